@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs what abc-operator's demo and tests need on a fresh machine, and nothing twice:
+#   - redis-server (Debian package),
+#   - a Python venv with the pinned pyabc (python/requirements.txt), cached outside the checkout
+#     keyed by the requirements' hash and linked as .venv.
+# Usage: scripts/deps.sh [redis] [python]   (no argument: both)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+want=${*:-redis python}
+
+apt_install() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "scripts/deps.sh: $* missing; install it with: sudo apt-get install -y $*" >&2
+    exit 1
+  fi
+  echo "installing Debian packages: $*" >&2
+  # update once per machine: a fresh one has no package lists
+  if [ ! -f /var/lib/apt/lists/lock ] || [ -z "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v lock)" ]; then
+    apt-get update -qq
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null; }
+}
+
+case " $want " in *" redis "*)
+  command -v redis-server >/dev/null || apt_install redis-server
+  # The package starts a system-wide redis on 6379; abc-operator never uses it.
+  ;;
+esac
+
+case " $want " in *" python "*)
+  py=${ABC_BASE_PYTHON:-python3}
+  command -v "$py" >/dev/null || apt_install python3 python3-venv
+  "$py" -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+  req=$root/python/requirements.txt
+  key=$(cat "$req" <("$py" -c 'import sys; print(sys.version)') | sha256sum | cut -c1-16)
+  cache=${XDG_CACHE_HOME:-$HOME/.cache}/abc-operator/venv-$key
+  if [ ! -x "$cache/bin/python" ] || [ ! -f "$cache/.complete" ]; then
+    echo "creating the Python venv with pinned pyabc (first time: about 2 minutes)" >&2
+    rm -rf "$cache"
+    "$py" -m venv "$cache"
+    "$cache/bin/pip" install -q --disable-pip-version-check -r "$req"
+    touch "$cache/.complete"
+  fi
+  ln -sfn "$cache" "$root/.venv"
+  ;;
+esac

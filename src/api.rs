@@ -1,0 +1,498 @@
+//! The `AbcRun` custom resource: one pyABC Redis-sampler run (Redis, workers, optional master).
+//!
+//! Validation lives in the schema (ranges, patterns, CEL rules) so the API server rejects a bad
+//! manifest before the controller ever sees it; the local runner applies the same checks through
+//! [`AbcRunSpec::validate`].
+
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// API group of every abc-operator resource.
+pub const GROUP: &str = "abc-operator.dev";
+/// Label put on every object that belongs to a run (value: the AbcRun's name).
+pub const RUN_LABEL: &str = "abc-operator.dev/run";
+/// Label telling what part of a run an object is (`redis`, `worker`, `master`).
+pub const COMPONENT_LABEL: &str = "abc-operator.dev/component";
+/// The one field manager the operator applies every object with.
+pub const FIELD_MANAGER: &str = "abc-operator";
+
+/// A pyABC ABC-SMC run sampled through Redis: a password-protected Redis, a scalable set of
+/// workers, and optionally the master (the user's script) as a Job.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "abc-operator.dev",
+    version = "v1alpha1",
+    kind = "AbcRun",
+    plural = "abcruns",
+    shortname = "abc",
+    namespaced,
+    status = "AbcRunStatus",
+    scale(
+        spec_replicas_path = ".spec.workers.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Generation", type_ = "integer", json_path = ".status.progress.generation"),
+    printcolumn(name = "Accepted", type_ = "string", json_path = ".status.progress.acceptances"),
+    printcolumn(name = "Workers", type_ = "string", json_path = ".status.workers"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AbcRunSpec {
+    /// Container image with Python, pyabc and the model's dependencies; used by workers and
+    /// the master. The operator mounts its worker entrypoint into it, so pyabc is all it needs.
+    #[x_kube(validation = Rule::new("self.size() > 0").message("spec.image must name a container image with python and pyabc"))]
+    pub image: String,
+
+    /// Image pull policy for workers and master (Always, IfNotPresent, Never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(Always|IfNotPresent|Never)$"))]
+    pub image_pull_policy: Option<String>,
+
+    /// The workers that simulate (pyABC's `abc-redis-worker`, run through the operator's
+    /// ledger-keeping entrypoint).
+    #[serde(default)]
+    pub workers: WorkersSpec,
+
+    /// Where Redis comes from: managed by the operator (the default) or external.
+    #[serde(default)]
+    pub redis: RedisSpec,
+
+    /// The master: the user's script that runs `ABCSMC.run` with a Redis sampler. Without it the
+    /// user runs the master elsewhere (e.g. a laptop through a port-forward).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<MasterSpec>,
+
+    /// Ask workers to leave at the end of the current generation, then scale them to zero.
+    #[serde(default)]
+    pub stop: bool,
+
+    /// Scale workers to zero and hold the master Job (Kueue-style suspension).
+    #[serde(default)]
+    pub suspend: bool,
+
+    /// Delete the AbcRun (and so everything it owns) this many seconds after it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i64>,
+}
+
+/// Worker pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkersSpec {
+    /// Number of worker pods (driven by `kubectl scale`, an HPA or KEDA through the scale
+    /// subresource).
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub replicas: i32,
+
+    /// Runtime limit of one worker, in pyABC's syntax (`30s`, `10m`, `2h`, `2d`). An expired
+    /// worker leaves cleanly and is replaced at once.
+    #[serde(default = "default_runtime")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?[smhd]$"))]
+    pub runtime: String,
+
+    /// Worker processes per pod (each one a pyABC worker with its own ledger).
+    #[serde(default = "default_processes")]
+    #[schemars(range(min = 1, max = 256))]
+    pub processes: i32,
+
+    /// Seconds a worker gets after SIGTERM to finish its current evaluation and leave the
+    /// generation cleanly; one killed past it is repaired like any lost worker.
+    #[serde(default = "default_grace")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub termination_grace_period_seconds: i64,
+
+    /// Seconds without a ledger heartbeat after which a worker whose pod still exists is
+    /// declared lost (a hung process or a network partition) and repaired.
+    #[serde(default = "default_heartbeat_timeout")]
+    #[schemars(range(min = 5, max = 86400))]
+    pub heartbeat_timeout_seconds: i64,
+
+    /// Compute resources of each worker container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Node selector of worker pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Tolerations of worker pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Extra environment of the worker container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+}
+
+impl Default for WorkersSpec {
+    fn default() -> Self {
+        WorkersSpec {
+            replicas: default_replicas(),
+            runtime: default_runtime(),
+            processes: default_processes(),
+            termination_grace_period_seconds: default_grace(),
+            heartbeat_timeout_seconds: default_heartbeat_timeout(),
+            resources: None,
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+fn default_runtime() -> String {
+    "2h".into()
+}
+fn default_processes() -> i32 {
+    1
+}
+fn default_grace() -> i64 {
+    60
+}
+fn default_heartbeat_timeout() -> i64 {
+    60
+}
+
+/// Redis: either managed by the operator or an existing one.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.managed) && has(self.external))").message("spec.redis: set either managed or external, not both"))]
+pub struct RedisSpec {
+    /// A Redis Deployment and Service owned by the run (the default when `external` is unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedRedis>,
+    /// An existing Redis the run uses instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalRedis>,
+}
+
+/// A Redis the operator runs for this run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedRedis {
+    /// Redis image (defaults to the operator's pinned Redis image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Compute resources of the Redis container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// A Secret holding the password; generated (and kept across reconciles) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<SecretKeyRef>,
+}
+
+/// A Redis outside the run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalRedis {
+    /// Host name or address of the Redis server.
+    #[x_kube(validation = Rule::new("self.size() > 0").message("spec.redis.external.host must not be empty"))]
+    pub host: String,
+    /// Port of the Redis server.
+    #[serde(default = "default_redis_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// The Secret holding the Redis password. Required: abc-operator never talks to a Redis
+    /// without one.
+    pub password_secret: SecretKeyRef,
+}
+
+/// The standard Redis port.
+pub fn default_redis_port() -> i32 {
+    6379
+}
+
+/// A key of a Secret in the run's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[x_kube(validation = Rule::new("self.size() > 0").message("a Secret name must not be empty"))]
+    pub name: String,
+    /// Key in the Secret.
+    #[serde(default = "default_password_key")]
+    pub key: String,
+}
+
+/// The Secret key the generated password is stored under.
+pub fn default_password_key() -> String {
+    "password".into()
+}
+
+/// The master: the user's script that runs the ABC-SMC analysis.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MasterSpec {
+    /// Command of the master (e.g. `["python", "gaussian.py"]`). It finds Redis in
+    /// `ABC_REDIS_HOST`, `ABC_REDIS_PORT` and `ABC_REDIS_PASSWORD`, and should write its results
+    /// database under `ABC_RESULTS_DIR`. Locally it runs in the manifest's folder.
+    #[x_kube(validation = Rule::new("self.size() > 0").message("spec.master.command must not be empty"))]
+    pub command: Vec<String>,
+    /// Arguments to the command.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Extra environment of the master container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Compute resources of the master container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Retries of a failed master (the Job's backoffLimit).
+    #[serde(default = "default_backoff_limit")]
+    #[schemars(range(min = 0, max = 100))]
+    pub backoff_limit: i32,
+    /// Fail the run when the master has run this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub active_deadline_seconds: Option<i64>,
+    /// Where the results database lives (mounted at `ABC_RESULTS_DIR`): a PersistentVolumeClaim
+    /// that outlives the run, or (unset) an emptyDir that does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results_claim_name: Option<String>,
+}
+
+fn default_backoff_limit() -> i32 {
+    2
+}
+
+/// Observed state of a run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AbcRunStatus {
+    /// Pending, Running, Succeeded, Failed, Stopped or Suspended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// RedisReady, WorkersReady, MasterRunning, Degraded, ...
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Worker pods that exist (the scale subresource's status replicas).
+    #[serde(default)]
+    pub replicas: i32,
+    /// Worker pods that are ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Label selector of the worker pods (the scale subresource's selector, used by an HPA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// `ready/desired` worker pods, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<String>,
+    /// Sampling progress read from the run's Redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// Workers found lost (killed inside a generation) and repaired so far.
+    #[serde(default)]
+    pub lost_workers: i64,
+}
+
+/// Phase of a run.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum Phase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Stopped,
+    Suspended,
+}
+
+impl Phase {
+    /// A finished run does not come back (TTL counts from here).
+    pub fn is_finished(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed | Phase::Stopped)
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// What `abc-redis-manager info` shows, and more.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// pyABC's analysis id of the current run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis_id: Option<String>,
+    /// Current generation (population index t).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// `dynamic` or `static`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Accepted particles in the current generation.
+    #[serde(default)]
+    pub accepted: i64,
+    /// Particles required in the current generation (population size).
+    #[serde(default)]
+    pub required: i64,
+    /// `accepted/required`, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acceptances: Option<String>,
+    /// Evaluations started in the current generation.
+    #[serde(default)]
+    pub evaluations: i64,
+    /// Failed evaluations in the current generation (including those of repaired workers).
+    #[serde(default)]
+    pub failures: i64,
+    /// Workers inside the current generation.
+    #[serde(default)]
+    pub active_workers: i64,
+    /// When generation or acceptances last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress_time: Option<String>,
+}
+
+fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    serde_json::from_value(serde_json::json!({
+        "type": "array",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+        "items": {
+            "type": "object",
+            "properties": {
+                "lastTransitionTime": { "format": "date-time", "type": "string" },
+                "message": { "type": "string" },
+                "observedGeneration": { "type": "integer", "format": "int64", "default": 0 },
+                "reason": { "type": "string" },
+                "status": { "type": "string" },
+                "type": { "type": "string" }
+            },
+            "required": ["lastTransitionTime", "message", "reason", "status", "type"],
+        },
+    }))
+    .expect("static conditions schema is valid")
+}
+
+/// Errors in a spec that the schema cannot express, or that a local run finds before starting
+/// anything.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SpecError {
+    #[error("spec.image must name a container image with python and pyabc")]
+    MissingImage,
+    #[error("spec.workers.replicas must be between 0 and 10000, got {0}")]
+    Replicas(i32),
+    #[error("spec.workers.runtime {0:?} is not in pyABC's syntax: a number followed by s, m, h or d (e.g. 30s, 10m, 2h, 2d)")]
+    Runtime(String),
+    #[error("spec.workers.processes must be between 1 and 256, got {0}")]
+    Processes(i32),
+    #[error("spec.redis: set either managed or external, not both")]
+    RedisBoth,
+    #[error("spec.master.command must not be empty")]
+    EmptyMasterCommand,
+}
+
+/// Parses a pyABC runtime (`30s`, `10m`, `2h`, `2d`, fractions allowed) into seconds.
+pub fn parse_runtime(runtime: &str) -> Result<f64, SpecError> {
+    let bad = || SpecError::Runtime(runtime.to_string());
+    let (number, unit) = runtime.split_at(runtime.len().checked_sub(1).ok_or_else(bad)?);
+    let factor = match unit {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        _ => return Err(bad()),
+    };
+    if number.is_empty() || !number.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(bad());
+    }
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    Ok(value * factor)
+}
+
+impl AbcRunSpec {
+    /// The checks the CRD schema makes, for manifests that never reach an API server.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.image.is_empty() {
+            return Err(SpecError::MissingImage);
+        }
+        if !(0..=10000).contains(&self.workers.replicas) {
+            return Err(SpecError::Replicas(self.workers.replicas));
+        }
+        parse_runtime(&self.workers.runtime)?;
+        if !(1..=256).contains(&self.workers.processes) {
+            return Err(SpecError::Processes(self.workers.processes));
+        }
+        if self.redis.managed.is_some() && self.redis.external.is_some() {
+            return Err(SpecError::RedisBoth);
+        }
+        if let Some(master) = &self.master {
+            if master.command.is_empty() {
+                return Err(SpecError::EmptyMasterCommand);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The CRD as the YAML committed under `crds/`.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&AbcRun::crd()).expect("the CRD serializes to YAML")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn runtime_parses_pyabc_syntax() {
+        assert_eq!(parse_runtime("30s").unwrap(), 30.0);
+        assert_eq!(parse_runtime("10m").unwrap(), 600.0);
+        assert_eq!(parse_runtime("2h").unwrap(), 7200.0);
+        assert_eq!(parse_runtime("1.5d").unwrap(), 129600.0);
+        for bad in ["abc", "", "s", "10", "-1s", "1e3s", "10 m"] {
+            assert!(parse_runtime(bad).is_err(), "{bad:?} must be rejected");
+        }
+    }
+
+    #[test]
+    fn minimal_manifest_gets_defaults() {
+        let run: AbcRun = serde_yaml::from_str(
+            "apiVersion: abc-operator.dev/v1alpha1\nkind: AbcRun\nmetadata: {name: x}\nspec: {image: img}\n",
+        )
+        .unwrap();
+        assert_eq!(run.spec.workers, WorkersSpec::default());
+        assert_eq!(run.spec.redis, RedisSpec::default());
+        assert!(run.spec.validate().is_ok());
+    }
+
+    #[test]
+    fn validate_names_the_bad_field() {
+        let mut spec: AbcRunSpec = serde_yaml::from_str("image: img").unwrap();
+        spec.workers.replicas = -1;
+        assert_eq!(spec.validate(), Err(SpecError::Replicas(-1)));
+        spec.workers.replicas = 1;
+        spec.workers.runtime = "abc".into();
+        assert!(spec.validate().unwrap_err().to_string().contains("\"abc\""));
+    }
+
+    #[test]
+    fn crd_has_scale_subresource_and_cel_rules() {
+        let crd = serde_json::to_value(AbcRun::crd()).unwrap();
+        let version = &crd["spec"]["versions"][0];
+        let scale = &version["subresources"]["scale"];
+        assert_eq!(scale["specReplicasPath"], ".spec.workers.replicas");
+        assert_eq!(scale["statusReplicasPath"], ".status.replicas");
+        assert_eq!(scale["labelSelectorPath"], ".status.selector");
+        let text = crd.to_string();
+        assert!(text.contains("set either managed or external, not both"));
+    }
+}

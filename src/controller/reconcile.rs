@@ -1,0 +1,388 @@
+//! One reconcile of an AbcRun: resolve the password, build the owned objects, apply them with
+//! server-side apply, observe the parts and the run's Redis, write status when it changed.
+
+use super::status::{self, MasterState, Observed};
+use super::{Context, Error};
+use crate::api::{AbcRun, FIELD_MANAGER, Phase, Progress, SecretKeyRef};
+use crate::protocol;
+use crate::resources;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often a running run's Redis is read for progress (bounded rate per run).
+const POLL_RUNNING: Duration = Duration::from_secs(2);
+/// How often an idle or finished run is looked at again without a watch event.
+const POLL_IDLE: Duration = Duration::from_secs(300);
+/// Retry interval for problems only the user can fix (a missing Secret): no hot loop.
+const POLL_PROBLEM: Duration = Duration::from_secs(15);
+
+pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_started();
+    let namespace = run.namespace().ok_or(Error::NotNamespaced)?;
+    let name = run.name_any();
+    if run.meta().deletion_timestamp.is_some() {
+        // Owner references let the garbage collector remove what the run owned.
+        ctx.metrics.forget_run(&namespace, &name);
+        ctx.redis.forget(&run);
+        return Ok(Action::await_change());
+    }
+
+    let password = resolve_password(&run, &ctx, &namespace).await?;
+    let owned = resources::build(&run, password.generated.as_deref()).map_err(Error::Build)?;
+    apply_owned(&ctx, &namespace, &owned).await?;
+
+    let mut observed = observe(&run, &ctx, &namespace, &owned, &password).await?;
+    let snapshot = match (&password.value, observed.redis_problem.is_none()) {
+        (Some(pw), true) => read_redis(&run, &ctx, &namespace, pw, &mut observed).await,
+        _ => None,
+    };
+    if let Some(snapshot) = &snapshot {
+        clear_stale_lock_if_master_down(&run, &ctx, &namespace, &owned, snapshot).await;
+    }
+
+    let new_status = status::compute(&run, &observed, Timestamp::now());
+    record_metrics(&ctx, &namespace, &name, &new_status);
+    if run.status.as_ref() != Some(&new_status) {
+        write_status(&ctx, &namespace, &name, &new_status).await?;
+        publish_transitions(&run, &ctx, &new_status).await;
+    }
+
+    if let Some(action) = ttl_action(&run, &ctx, &namespace, &new_status).await? {
+        return Ok(action);
+    }
+    Ok(next_poll(&new_status, password.problem.is_some()))
+}
+
+/// The run's Redis password: read from its Secret, or generated once for a managed Redis.
+struct Password {
+    /// The password, when it could be found.
+    value: Option<String>,
+    /// A newly generated or kept password for the operator-owned Secret (managed Redis only).
+    generated: Option<String>,
+    /// What the user must fix, e.g. a referenced Secret that does not exist.
+    problem: Option<String>,
+}
+
+async fn resolve_password(run: &AbcRun, ctx: &Context, namespace: &str) -> Result<Password, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let reference: SecretKeyRef = resources::password_secret_ref(run);
+    let existing = secrets.get_opt(&reference.name).await.map_err(Error::Kube)?;
+    if resources::generates_password(run) {
+        let kept = existing.as_ref().and_then(|s| secret_value(s, &reference.key));
+        let value = kept.unwrap_or_else(generate_password);
+        return Ok(Password { value: Some(value.clone()), generated: Some(value), problem: None });
+    }
+    let value = existing.as_ref().and_then(|s| secret_value(s, &reference.key));
+    let problem = match (&existing, &value) {
+        (None, _) => Some(format!(
+            "Secret {:?} with the Redis password does not exist in namespace {namespace:?}; create it with key {:?}",
+            reference.name, reference.key
+        )),
+        (Some(_), None) => Some(format!("Secret {:?} has no key {:?} with the Redis password", reference.name, reference.key)),
+        _ => None,
+    };
+    Ok(Password { value, generated: None, problem })
+}
+
+fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(bytes.0.clone()).ok().filter(|s| !s.is_empty())
+}
+
+fn generate_password() -> String {
+    use rand::Rng;
+    use rand::distr::Alphanumeric;
+    rand::rng().sample_iter(&Alphanumeric).take(32).map(char::from).collect()
+}
+
+/// Applies every owned object with server-side apply under the one field manager. An unchanged
+/// object is a no-op on the server (no new resourceVersion), which keeps reconcile write-free.
+async fn apply_owned(ctx: &Context, namespace: &str, owned: &resources::Owned) -> Result<(), Error> {
+    let c = &ctx.client;
+    // Destructure without `..` so a new owned object cannot be forgotten here.
+    let resources::Owned { secret, config_map, redis_deployment, redis_service, network_policy, workers, master_job } = owned;
+    if let Some(o) = secret {
+        apply(c, namespace, o).await?;
+    }
+    apply(c, namespace, config_map).await?;
+    if let Some(o) = network_policy {
+        apply(c, namespace, o).await?;
+    }
+    if let Some(o) = redis_deployment {
+        apply(c, namespace, o).await?;
+    }
+    if let Some(o) = redis_service {
+        apply(c, namespace, o).await?;
+    }
+    apply(c, namespace, workers).await?;
+    if let Some(o) = master_job {
+        apply(c, namespace, o).await?;
+    }
+    Ok(())
+}
+
+async fn apply<K>(client: &kube::Client, namespace: &str, object: &K) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let name = object.meta().name.clone().unwrap_or_default();
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object))
+        .await
+        .map_err(|source| Error::Apply { kind: K::kind(&Default::default()).to_string(), name, source })?;
+    Ok(())
+}
+
+async fn observe(
+    run: &AbcRun,
+    ctx: &Context,
+    namespace: &str,
+    owned: &resources::Owned,
+    password: &Password,
+) -> Result<Observed, Error> {
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+    let workers_name = owned.workers.metadata.name.clone().unwrap_or_default();
+    let workers = deployments.get_opt(&workers_name).await.map_err(Error::Kube)?;
+    let worker_status = workers.as_ref().and_then(|d| d.status.clone()).unwrap_or_default();
+
+    let redis_ready = match &owned.redis_deployment {
+        Some(d) => {
+            let name = d.metadata.name.clone().unwrap_or_default();
+            let redis = deployments.get_opt(&name).await.map_err(Error::Kube)?;
+            redis.and_then(|d| d.status).and_then(|s| s.ready_replicas).unwrap_or(0) > 0
+        }
+        // An external Redis is ready when it answers; read_redis decides.
+        None => true,
+    };
+
+    let master = match &owned.master_job {
+        Some(job) => {
+            let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+            let name = job.metadata.name.clone().unwrap_or_default();
+            Some(master_state(jobs.get_opt(&name).await.map_err(Error::Kube)?.as_ref()))
+        }
+        None => None,
+    };
+
+    Ok(Observed {
+        redis_ready,
+        redis_problem: password.problem.clone(),
+        workers_replicas: worker_status.replicas.unwrap_or(0),
+        workers_ready: worker_status.ready_replicas.unwrap_or(0),
+        workers_desired: owned.workers.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
+        selector: resources::worker_selector(run),
+        master,
+        progress: None,
+        lost_workers: run.status.as_ref().map(|s| s.lost_workers).unwrap_or(0),
+        workers_idle: false,
+    })
+}
+
+/// The master Job's state, from its conditions and counts.
+pub fn master_state(job: Option<&Job>) -> MasterState {
+    let Some(status) = job.and_then(|j| j.status.as_ref()) else {
+        return MasterState::Pending;
+    };
+    for c in status.conditions.iter().flatten() {
+        if c.status == "True" {
+            match c.type_.as_str() {
+                "Complete" => return MasterState::Succeeded,
+                "Failed" => return MasterState::Failed(c.reason.clone().unwrap_or_else(|| "Failed".into())),
+                _ => {}
+            }
+        }
+    }
+    if status.active.unwrap_or(0) > 0 { MasterState::Running } else { MasterState::Pending }
+}
+
+/// Reads the run's Redis once; on failure records the problem (the run keeps its last progress).
+async fn read_redis(
+    run: &AbcRun,
+    ctx: &Context,
+    namespace: &str,
+    password: &str,
+    observed: &mut Observed,
+) -> Option<protocol::Snapshot> {
+    let (host, port) = resources::redis_address(run, namespace);
+    let result = ctx.redis.snapshot(run, &host, port, password).await;
+    match result {
+        Ok(snapshot) => {
+            observed.redis_ready = observed.redis_ready || run.spec.redis.external.is_some();
+            observed.progress = Some(progress_of(&snapshot));
+            observed.workers_idle = snapshot.n_worker.unwrap_or(0) == 0;
+            Some(snapshot)
+        }
+        Err(err) => {
+            if run.spec.redis.external.is_some() {
+                observed.redis_ready = false;
+            }
+            observed.redis_problem = Some(format!("cannot read the run's Redis at {host}:{port}: {err}"));
+            None
+        }
+    }
+}
+
+fn progress_of(s: &protocol::Snapshot) -> Progress {
+    Progress {
+        analysis_id: s.analysis_id.clone(),
+        generation: s.generation,
+        mode: s.mode.clone(),
+        accepted: s.n_acc.unwrap_or(0),
+        required: s.n_req.unwrap_or(0),
+        acceptances: None,
+        evaluations: s.n_eval.unwrap_or(0),
+        failures: s.n_fail.unwrap_or(0),
+        active_workers: s.n_worker.unwrap_or(0),
+        last_progress_time: None,
+    }
+}
+
+/// A master that died leaves pyABC's `analysis_id` behind, and its retry would fail with "The
+/// server seems busy with an analysis already". Between a failed master pod and its retry no
+/// master runs, so the lock is stale by definition: clear it then, and say so.
+async fn clear_stale_lock_if_master_down(
+    run: &AbcRun,
+    ctx: &Context,
+    namespace: &str,
+    owned: &resources::Owned,
+    snapshot: &protocol::Snapshot,
+) {
+    let Some(job) = &owned.master_job else { return };
+    if snapshot.analysis_id.is_none() {
+        return;
+    }
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    let Ok(Some(job)) = jobs.get_opt(job.metadata.name.as_deref().unwrap_or_default()).await else {
+        return;
+    };
+    let Some(status) = &job.status else { return };
+    let finished = status.conditions.iter().flatten().any(|c| c.status == "True" && (c.type_ == "Complete" || c.type_ == "Failed"));
+    if finished || status.failed.unwrap_or(0) == 0 || status.active.unwrap_or(0) > 0 {
+        return;
+    }
+    let (host, port) = resources::redis_address(run, namespace);
+    match ctx.redis.clear_stale_analysis_lock(run, &host, port).await {
+        Ok(true) => {
+            tracing::info!(run = %run.name_any(), namespace, "cleared the stale analysis lock of a failed master");
+            ctx.publish(run, EventType::Normal, "ClearedAnalysisLock",
+                "the master failed; cleared pyABC's stale analysis_id so its retry can start".into()).await;
+        }
+        Ok(false) => {}
+        Err(err) => tracing::warn!(run = %run.name_any(), namespace, error = %err, "clearing the analysis lock failed"),
+    }
+}
+
+async fn write_status(ctx: &Context, namespace: &str, name: &str, status: &crate::api::AbcRunStatus) -> Result<(), Error> {
+    let api: Api<AbcRun> = Api::namespaced(ctx.client.clone(), namespace);
+    let patch = serde_json::json!({
+        "apiVersion": "abc-operator.dev/v1alpha1",
+        "kind": "AbcRun",
+        "status": status,
+    });
+    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(Error::Kube)?;
+    Ok(())
+}
+
+/// Events for what a person following the run wants to know: phase changes, finished
+/// generations, problems appearing.
+async fn publish_transitions(run: &AbcRun, ctx: &Context, new: &crate::api::AbcRunStatus) {
+    let old = run.status.clone().unwrap_or_default();
+    if old.phase != new.phase {
+        if let Some(phase) = new.phase {
+            let type_ = if phase == Phase::Failed { EventType::Warning } else { EventType::Normal };
+            let note = match phase {
+                Phase::Failed => new
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == status::DEGRADED)
+                    .map(|c| c.message.clone())
+                    .unwrap_or_else(|| "the run failed".into()),
+                other => format!("the run is {other}"),
+            };
+            ctx.publish(run, type_, &phase.to_string(), note).await;
+        }
+    }
+    let degraded = |s: &crate::api::AbcRunStatus| {
+        s.conditions.iter().find(|c| c.type_ == status::DEGRADED && c.status == "True").map(|c| c.message.clone())
+    };
+    if let (None, Some(problem)) = (degraded(&old), degraded(new)) {
+        ctx.publish(run, EventType::Warning, "Degraded", problem).await;
+    }
+    let gen = |s: &crate::api::AbcRunStatus| s.progress.as_ref().and_then(|p| p.generation);
+    if let (Some(before), Some(now)) = (gen(&old), gen(new)) {
+        if now > before {
+            ctx.publish(run, EventType::Normal, "GenerationCompleted",
+                format!("generation {before} completed; sampling generation {now}")).await;
+        }
+    }
+}
+
+fn record_metrics(ctx: &Context, namespace: &str, name: &str, status: &crate::api::AbcRunStatus) {
+    use crate::metrics::{PhaseLabels, RunLabels};
+    let m = &ctx.metrics;
+    let labels = RunLabels { namespace: namespace.into(), run: name.into() };
+    for phase in ["Pending", "Running", "Succeeded", "Failed", "Stopped", "Suspended"] {
+        let current = status.phase.map(|p| p.to_string()).as_deref() == Some(phase);
+        let l = PhaseLabels { namespace: namespace.into(), run: name.into(), phase: phase.into() };
+        m.run_phase.get_or_create(&l).set(current as i64);
+    }
+    m.workers_ready.get_or_create(&labels).set(status.ready_replicas as i64);
+    let desired = status.workers.as_deref().and_then(|w| w.split('/').nth(1)).and_then(|d| d.parse().ok()).unwrap_or(0);
+    m.workers_desired.get_or_create(&labels).set(desired);
+    if let Some(p) = &status.progress {
+        m.generation.get_or_create(&labels).set(p.generation.unwrap_or(0));
+        m.accepted.get_or_create(&labels).set(p.accepted);
+        m.required.get_or_create(&labels).set(p.required);
+        m.evaluations.get_or_create(&labels).set(p.evaluations);
+        m.active_workers.get_or_create(&labels).set(p.active_workers);
+    }
+}
+
+/// Deletes a finished run once its TTL is over; otherwise says when to look again.
+async fn ttl_action(run: &AbcRun, ctx: &Context, namespace: &str, status: &crate::api::AbcRunStatus) -> Result<Option<Action>, Error> {
+    let (Some(ttl), Some(finished)) = (run.spec.ttl_seconds_after_finished, status::finished_at(status)) else {
+        return Ok(None);
+    };
+    let left = ttl - Timestamp::now().duration_since(finished).as_secs();
+    if left > 0 {
+        return Ok(Some(Action::requeue(Duration::from_secs(left as u64 + 1))));
+    }
+    tracing::info!(run = %run.name_any(), namespace, ttl, "deleting finished run after its TTL");
+    let api: Api<AbcRun> = Api::namespaced(ctx.client.clone(), namespace);
+    api.delete(&run.name_any(), &DeleteParams::background()).await.map_err(Error::Kube)?;
+    Ok(Some(Action::await_change()))
+}
+
+fn next_poll(status: &crate::api::AbcRunStatus, user_problem: bool) -> Action {
+    if user_problem {
+        return Action::requeue(POLL_PROBLEM);
+    }
+    match status.phase {
+        Some(Phase::Running | Phase::Pending) => Action::requeue(POLL_RUNNING),
+        Some(Phase::Stopped) if status.progress.as_ref().is_some_and(|p| p.active_workers > 0) => Action::requeue(POLL_RUNNING),
+        _ => Action::requeue(POLL_IDLE),
+    }
+}
+
+impl Context {
+    /// Publishes an Event on the run; failures to publish are logged, never fatal.
+    pub async fn publish(&self, run: &AbcRun, type_: EventType, reason: &str, note: String) {
+        let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+        if let Err(err) = self.recorder.publish(&event, &run.object_ref(&())).await {
+            tracing::warn!(run = %run.name_any(), error = %err, "publishing an event failed");
+        }
+    }
+}

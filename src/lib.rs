@@ -1,0 +1,13 @@
+//! abc-operator: runs pyABC's Redis-based ABC-SMC sampling on Kubernetes or locally.
+//!
+//! Layers point one way: [`api`] and [`protocol`] know nothing of the controller or the local
+//! runner; [`resources`] builds objects without a client; only [`controller`] and [`local`] act
+//! on runs.
+
+pub mod api;
+pub mod controller;
+pub mod local;
+pub mod metrics;
+pub mod protocol;
+pub mod redis_server;
+pub mod resources;

@@ -1,0 +1,190 @@
+//! Prometheus metrics of the controller, and the HTTP endpoint serving them with liveness and
+//! readiness.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RunLabels {
+    pub namespace: String,
+    pub run: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub namespace: String,
+    pub run: String,
+    pub phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub error: String,
+}
+
+/// Every metric the controller exports (prefix `abc_operator_`).
+pub struct Metrics {
+    pub registry: Registry,
+    pub reconciles: Counter,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub reconcile_duration: Histogram,
+    /// 1 for the run's current phase, 0 for the others it has had.
+    pub run_phase: Family<PhaseLabels, Gauge>,
+    pub workers_desired: Family<RunLabels, Gauge>,
+    pub workers_ready: Family<RunLabels, Gauge>,
+    pub generation: Family<RunLabels, Gauge>,
+    pub accepted: Family<RunLabels, Gauge>,
+    pub required: Family<RunLabels, Gauge>,
+    pub evaluations: Family<RunLabels, Gauge>,
+    pub active_workers: Family<RunLabels, Gauge>,
+    pub lost_workers: Family<RunLabels, Counter>,
+    ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("abc_operator");
+        let reconciles = Counter::default();
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        let reconcile_duration =
+            Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0].into_iter());
+        registry.register("reconciles", "Reconciles of AbcRuns", reconciles.clone());
+        registry.register("reconcile_errors", "Failed reconciles, by error", reconcile_errors.clone());
+        registry.register("reconcile_duration_seconds", "Duration of a reconcile", reconcile_duration.clone());
+        let m = Metrics {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            run_phase: Family::default(),
+            workers_desired: Family::default(),
+            workers_ready: Family::default(),
+            generation: Family::default(),
+            accepted: Family::default(),
+            required: Family::default(),
+            evaluations: Family::default(),
+            active_workers: Family::default(),
+            lost_workers: Family::default(),
+            ready: AtomicBool::new(false),
+        };
+        let mut m = m;
+        let r = &mut m.registry;
+        r.register("run_phase", "Phase of each AbcRun (1 = current)", m.run_phase.clone());
+        r.register("run_workers_desired", "Worker pods an AbcRun asks for", m.workers_desired.clone());
+        r.register("run_workers_ready", "Ready worker pods of an AbcRun", m.workers_ready.clone());
+        r.register("run_generation", "Current pyABC generation", m.generation.clone());
+        r.register("run_accepted", "Accepted particles in the current generation", m.accepted.clone());
+        r.register("run_required", "Particles required in the current generation", m.required.clone());
+        r.register("run_evaluations", "Evaluations in the current generation", m.evaluations.clone());
+        r.register("run_active_workers", "Workers inside the current generation", m.active_workers.clone());
+        r.register("run_lost_workers", "Lost workers found and repaired", m.lost_workers.clone());
+        m
+    }
+}
+
+impl Metrics {
+    /// Marks the controller ready (its watches are running).
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Starts timing a reconcile; the duration is recorded when the guard drops.
+    pub fn reconcile_started(&self) -> ReconcileTimer<'_> {
+        self.reconciles.inc();
+        ReconcileTimer { metrics: self, start: Instant::now() }
+    }
+
+    /// Forgets a deleted run's series so they do not linger.
+    pub fn forget_run(&self, namespace: &str, run: &str) {
+        let labels = RunLabels { namespace: namespace.into(), run: run.into() };
+        for family in [
+            &self.workers_desired,
+            &self.workers_ready,
+            &self.generation,
+            &self.accepted,
+            &self.required,
+            &self.evaluations,
+            &self.active_workers,
+        ] {
+            family.remove(&labels);
+        }
+        self.lost_workers.remove(&labels);
+        for phase in ["Pending", "Running", "Succeeded", "Failed", "Stopped", "Suspended"] {
+            self.run_phase.remove(&PhaseLabels {
+                namespace: namespace.into(),
+                run: run.into(),
+                phase: phase.into(),
+            });
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+pub struct ReconcileTimer<'a> {
+    metrics: &'a Metrics,
+    start: Instant,
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        self.metrics.reconcile_duration.observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until the process ends.
+pub async fn serve(addr: std::net::SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    use axum::{Router, http::StatusCode, routing::get};
+    let m = metrics.clone();
+    let app = Router::new()
+        .route("/metrics", get(move || {
+            let m = m.clone();
+            async move { m.encode() }
+        }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(move || {
+            let m = metrics.clone();
+            async move {
+                if m.is_ready() {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                }
+            }
+        }));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_series_are_exported_and_forgotten() {
+        let m = Metrics::default();
+        let labels = RunLabels { namespace: "n".into(), run: "r".into() };
+        m.generation.get_or_create(&labels).set(3);
+        assert!(m.encode().contains(r#"abc_operator_run_generation{namespace="n",run="r"} 3"#));
+        m.forget_run("n", "r");
+        assert!(!m.encode().contains(r#"run="r""#));
+    }
+}

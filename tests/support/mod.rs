@@ -1,0 +1,7 @@
+//! Shared test support: a real control plane, a real redis-server, the pinned Python.
+//! Each test binary includes this with `mod support;` and uses what it needs.
+#![allow(dead_code)]
+
+pub mod cluster;
+pub mod python;
+pub mod redis;
