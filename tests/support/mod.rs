@@ -3,5 +3,6 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod controller;
 pub mod python;
 pub mod redis;

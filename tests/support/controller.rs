@@ -1,0 +1,85 @@
+//! The operator as users run it: the real `abc-operator controller` process, watching one test
+//! namespace of the test control plane.
+
+use super::cluster;
+use std::process::{Child, Command, Stdio};
+
+pub struct ControllerProcess {
+    child: Child,
+    pub metrics_port: u16,
+    pub log: std::path::PathBuf,
+}
+
+impl ControllerProcess {
+    pub fn start(namespace: &str) -> ControllerProcess {
+        let metrics_port = free_port();
+        let log = std::env::temp_dir().join(format!("abc-controller-{namespace}-{metrics_port}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_abc-operator"))
+            .arg("controller")
+            .args(["--namespace", namespace])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .env("KUBECONFIG", cluster::kubeconfig())
+            .env("RUST_LOG", "info,abc_operator=debug,kube=warn")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("abc-operator controller starts");
+        ControllerProcess { child, metrics_port, log }
+    }
+
+    /// The controller's Prometheus metrics text.
+    pub async fn metrics(&self) -> Option<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).await.ok()?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await
+            .ok()?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await.ok()?;
+        Some(body)
+    }
+
+    /// Value of a counter or gauge line that starts with `series`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.metrics().await?;
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn stop(mut self) {
+        self.kill();
+    }
+
+    fn kill(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
