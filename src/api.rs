@@ -94,7 +94,7 @@ pub struct WorkersSpec {
     /// Runtime limit of one worker, in pyABC's syntax (`30s`, `10m`, `2h`, `2d`). An expired
     /// worker leaves cleanly and is replaced at once.
     #[serde(default = "default_runtime")]
-    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?[smhd]$"))]
+    #[x_kube(validation = Rule::new(r"self.matches('^[0-9]+(\\.[0-9]+)?[smhd]$')").message("spec.workers.runtime must be in pyABC's syntax: a number and s, m, h or d (30s, 10m, 2h, 2d)"))]
     pub runtime: String,
 
     /// Worker processes per pod (each one a pyABC worker with its own ledger).
