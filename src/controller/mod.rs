@@ -1,4 +1,28 @@
-//! The Kubernetes controller for AbcRuns (being wired; see the next commit).
+//! The Kubernetes controller for AbcRuns: watches runs and what they own, reconciles them
+//! level-triggered, and serves metrics and health.
+
+mod reconcile;
+mod redis_access;
+pub mod status;
+mod workers;
+
+pub use reconcile::master_state;
+use redis_access::RedisAccess;
+
+use crate::api::{AbcRun, COMPONENT_LABEL, RUN_LABEL};
+use crate::metrics::{ErrorLabels, Metrics};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, ListParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Options of `abc-operator controller`.
 #[derive(clap::Args, Debug)]
@@ -9,9 +33,128 @@ pub struct ControllerArgs {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "ABC_WATCH_NAMESPACE")]
     pub namespace: Option<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "ABC_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// Errors of one reconcile; each names what a user or operator can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("AbcRun has no namespace (the CRD is namespaced; is the CRD from crds/ installed?)")]
+    NotNamespaced,
+    #[error("building the run's objects failed: {0}")]
+    Build(#[source] crate::resources::BuildError),
+    #[error("applying {kind} {name:?} failed: {source}")]
+    Apply { kind: String, name: String, #[source] source: kube::Error },
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[source] kube::Error),
+}
+
+impl Error {
+    /// Short label for the error metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::NotNamespaced => "not_namespaced",
+            Error::Build(_) => "build",
+            Error::Apply { .. } => "apply",
+            Error::Kube(_) => "kube",
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    redis: RedisAccess,
 }
 
 /// Runs the controller until SIGTERM or Ctrl-C.
-pub async fn run(_args: ControllerArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    init_tracing(args.log_json);
+    let client = Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!("cannot reach the Kubernetes API (in cluster, or through KUBECONFIG): {e}")
+    })?;
+    let runs: Api<AbcRun> = api(&client, args.namespace.as_deref());
+    if let Err(err) = runs.list(&ListParams::default().limit(1)).await {
+        anyhow::bail!(
+            "cannot list AbcRuns ({err}); is the CRD installed? `kubectl apply -f crds/abcrun.yaml`"
+        );
+    }
+
+    let metrics = Arc::new(Metrics::default());
+    let reporter = Reporter {
+        controller: "abc-operator".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        metrics: metrics.clone(),
+        redis: RedisAccess::default(),
+    });
+
+    let ns = args.namespace.as_deref();
+    let owned = watcher::Config::default().labels(RUN_LABEL);
+    let worker_pods = watcher::Config::default().labels(&format!("{COMPONENT_LABEL}=worker"));
+    let controller = Controller::new(runs, watcher::Config::default().any_semantic())
+        .owns(api::<Deployment>(&client, ns), owned.clone())
+        .owns(api::<Job>(&client, ns), owned.clone())
+        .owns(api::<Secret>(&client, ns), owned)
+        // Worker pods belong to a ReplicaSet, not to the run: map them by label.
+        .watches(api::<Pod>(&client, ns), worker_pods, |pod: Pod| {
+            let run = pod.labels().get(RUN_LABEL)?.clone();
+            Some(ObjectRef::<AbcRun>::new(&run).within(&pod.namespace()?))
+        })
+        .shutdown_on_signal()
+        .run(reconcile::reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "reconcile ended with an error");
+            }
+        });
+
+    metrics.set_ready();
+    tracing::info!("abc-operator controller started");
+    let server = crate::metrics::serve(args.metrics_addr, metrics);
+    tokio::select! {
+        _ = controller => tracing::info!("controller stopped"),
+        result = server => result.map_err(|e| anyhow::anyhow!("metrics endpoint on {}: {e}", args.metrics_addr))?,
+    }
+    Ok(())
+}
+
+/// An Api over all namespaces, or one when the controller is limited to it.
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn error_policy(run: Arc<AbcRun>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels { error: err.metric_label().into() })
+        .inc();
+    tracing::warn!(run = %run.name_any(), namespace = ?run.namespace(), error = %err, "reconcile failed");
+    let run2 = run.clone();
+    let message = err.to_string();
+    tokio::spawn(async move {
+        ctx.publish(&run2, kube::runtime::events::EventType::Warning, "ReconcileError", message).await;
+    });
+    Action::requeue(Duration::from_secs(10))
+}
+
+fn init_tracing(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }

@@ -2,15 +2,16 @@
 //! server-side apply, observe the parts and the run's Redis, write status when it changed.
 
 use super::status::{self, MasterState, Observed};
+use super::workers::{self, WorkerAction};
 use super::{Context, Error};
 use crate::api::{AbcRun, FIELD_MANAGER, Phase, Progress, SecretKeyRef};
 use crate::protocol;
 use crate::resources;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
@@ -42,12 +43,17 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
     apply_owned(&ctx, &namespace, &owned).await?;
 
     let mut observed = observe(&run, &ctx, &namespace, &owned, &password).await?;
-    let snapshot = match (&password.value, observed.redis_problem.is_none()) {
-        (Some(pw), true) => read_redis(&run, &ctx, &namespace, pw, &mut observed).await,
+    let (host, port) = resources::redis_host_port_for_operator(&run).map_err(Error::Build)?;
+    let endpoint = password.value.as_ref().map(|pw| protocol::Endpoint { host, port, password: Some(pw.clone()) });
+    let snapshot = match (&endpoint, observed.redis_problem.is_none()) {
+        (Some(endpoint), true) => read_redis(&run, &ctx, endpoint, &mut observed).await,
         _ => None,
     };
-    if let Some(snapshot) = &snapshot {
-        clear_stale_lock_if_master_down(&run, &ctx, &namespace, &owned, snapshot).await;
+    // Pods are listed after the snapshot: a ledger whose pod is missing from this list was
+    // written by a pod that has since gone.
+    handle_workers(&run, &ctx, &namespace, endpoint.as_ref(), snapshot.as_ref(), &mut observed).await?;
+    if let (Some(endpoint), Some(snapshot)) = (&endpoint, &snapshot) {
+        clear_stale_lock_if_master_down(&run, &ctx, &namespace, &owned, endpoint, snapshot).await;
     }
 
     let new_status = status::compute(&run, &observed, Timestamp::now());
@@ -77,9 +83,8 @@ async fn resolve_password(run: &AbcRun, ctx: &Context, namespace: &str) -> Resul
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let reference: SecretKeyRef = resources::password_secret_ref(run);
     let existing = secrets.get_opt(&reference.name).await.map_err(Error::Kube)?;
-    if resources::generates_password(run) {
-        let kept = existing.as_ref().and_then(|s| secret_value(s, &reference.key));
-        let value = kept.unwrap_or_else(generate_password);
+    if resources::needs_generated_password(run) {
+        let value = resources::password_to_keep(existing.as_ref()).unwrap_or_else(resources::generate_password);
         return Ok(Password { value: Some(value.clone()), generated: Some(value), problem: None });
     }
     let value = existing.as_ref().and_then(|s| secret_value(s, &reference.key));
@@ -97,12 +102,6 @@ async fn resolve_password(run: &AbcRun, ctx: &Context, namespace: &str) -> Resul
 fn secret_value(secret: &Secret, key: &str) -> Option<String> {
     let bytes = secret.data.as_ref()?.get(key)?;
     String::from_utf8(bytes.0.clone()).ok().filter(|s| !s.is_empty())
-}
-
-fn generate_password() -> String {
-    use rand::Rng;
-    use rand::distr::Alphanumeric;
-    rand::rng().sample_iter(&Alphanumeric).take(32).map(char::from).collect()
 }
 
 /// Applies every owned object with server-side apply under the one field manager. An unchanged
@@ -210,13 +209,10 @@ pub fn master_state(job: Option<&Job>) -> MasterState {
 async fn read_redis(
     run: &AbcRun,
     ctx: &Context,
-    namespace: &str,
-    password: &str,
+    endpoint: &protocol::Endpoint,
     observed: &mut Observed,
 ) -> Option<protocol::Snapshot> {
-    let (host, port) = resources::redis_address(run, namespace);
-    let result = ctx.redis.snapshot(run, &host, port, password).await;
-    match result {
+    match ctx.redis.snapshot(run, endpoint).await {
         Ok(snapshot) => {
             observed.redis_ready = observed.redis_ready || run.spec.redis.external.is_some();
             observed.progress = Some(progress_of(&snapshot));
@@ -227,17 +223,69 @@ async fn read_redis(
             if run.spec.redis.external.is_some() {
                 observed.redis_ready = false;
             }
-            observed.redis_problem = Some(format!("cannot read the run's Redis at {host}:{port}: {err}"));
+            observed.redis_problem = Some(format!("cannot read the run's Redis: {err}"));
             None
         }
     }
+}
+
+/// Repairs lost workers and replaces ended or hung worker pods (see [`workers::decide`]).
+async fn handle_workers(
+    run: &AbcRun,
+    ctx: &Context,
+    namespace: &str,
+    endpoint: Option<&protocol::Endpoint>,
+    snapshot: Option<&protocol::Snapshot>,
+    observed: &mut Observed,
+) -> Result<(), Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let listed = pods
+        .list(&ListParams::default().labels(&resources::worker_selector(run)))
+        .await
+        .map_err(Error::Kube)?
+        .items;
+    let timeout_ms = run.spec.workers.heartbeat_timeout_seconds * 1000;
+    // Without Redis no ledger can be judged, but ended pods are still replaced.
+    let (ledgers, now_ms) = snapshot.map(|s| (s.ledgers.as_slice(), s.time_ms)).unwrap_or((&[], 0));
+    let actions = workers::decide(&listed, ledgers, now_ms, timeout_ms);
+    for action in actions {
+        match action {
+            WorkerAction::Repair { ledger_id, worker, reason } => {
+                let Some(endpoint) = endpoint else { continue };
+                match ctx.redis.repair(run, endpoint, &ledger_id).await {
+                    Ok(Some(repair)) if repair.corrected() => {
+                        observed.lost_workers += 1;
+                        let labels = crate::metrics::RunLabels { namespace: namespace.into(), run: run.name_any() };
+                        ctx.metrics.lost_workers.get_or_create(&labels).inc();
+                        tracing::warn!(run = %run.name_any(), namespace, worker, ledger = ledger_id, reason, %repair, "repaired lost worker");
+                        ctx.publish(run, EventType::Warning, "RepairedLostWorker",
+                            format!("worker {ledger_id} was lost ({reason}); {repair}")).await;
+                    }
+                    Ok(_) => tracing::debug!(run = %run.name_any(), ledger = ledger_id, "removed the ledger of an ended worker"),
+                    Err(err) => tracing::warn!(run = %run.name_any(), ledger = ledger_id, error = %err, "repairing a lost worker failed; retrying"),
+                }
+            }
+            WorkerAction::Replace { pod, reason, expired } => {
+                match pods.delete(&pod, &DeleteParams::default()).await {
+                    Ok(_) => {
+                        tracing::info!(run = %run.name_any(), namespace, pod, reason, "replacing worker pod");
+                        let (type_, why) = if expired { (EventType::Normal, "WorkerExpired") } else { (EventType::Warning, "WorkerReplaced") };
+                        ctx.publish(run, type_, why, format!("replacing worker pod {pod}: {reason}")).await;
+                    }
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(err) => return Err(Error::Kube(err)),
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn progress_of(s: &protocol::Snapshot) -> Progress {
     Progress {
         analysis_id: s.analysis_id.clone(),
         generation: s.generation,
-        mode: s.mode.clone(),
+        mode: s.mode.map(|m| m.to_string()),
         accepted: s.n_acc.unwrap_or(0),
         required: s.n_req.unwrap_or(0),
         acceptances: None,
@@ -256,6 +304,7 @@ async fn clear_stale_lock_if_master_down(
     ctx: &Context,
     namespace: &str,
     owned: &resources::Owned,
+    endpoint: &protocol::Endpoint,
     snapshot: &protocol::Snapshot,
 ) {
     let Some(job) = &owned.master_job else { return };
@@ -271,14 +320,13 @@ async fn clear_stale_lock_if_master_down(
     if finished || status.failed.unwrap_or(0) == 0 || status.active.unwrap_or(0) > 0 {
         return;
     }
-    let (host, port) = resources::redis_address(run, namespace);
-    match ctx.redis.clear_stale_analysis_lock(run, &host, port).await {
-        Ok(true) => {
+    match ctx.redis.clear_stale_analysis_lock(run, endpoint).await {
+        Ok(Some(_)) => {
             tracing::info!(run = %run.name_any(), namespace, "cleared the stale analysis lock of a failed master");
             ctx.publish(run, EventType::Normal, "ClearedAnalysisLock",
                 "the master failed; cleared pyABC's stale analysis_id so its retry can start".into()).await;
         }
-        Ok(false) => {}
+        Ok(None) => {}
         Err(err) => tracing::warn!(run = %run.name_any(), namespace, error = %err, "clearing the analysis lock failed"),
     }
 }
@@ -321,8 +369,8 @@ async fn publish_transitions(run: &AbcRun, ctx: &Context, new: &crate::api::AbcR
     if let (None, Some(problem)) = (degraded(&old), degraded(new)) {
         ctx.publish(run, EventType::Warning, "Degraded", problem).await;
     }
-    let gen = |s: &crate::api::AbcRunStatus| s.progress.as_ref().and_then(|p| p.generation);
-    if let (Some(before), Some(now)) = (gen(&old), gen(new)) {
+    let generation_of = |s: &crate::api::AbcRunStatus| s.progress.as_ref().and_then(|p| p.generation);
+    if let (Some(before), Some(now)) = (generation_of(&old), generation_of(new)) {
         if now > before {
             ctx.publish(run, EventType::Normal, "GenerationCompleted",
                 format!("generation {before} completed; sampling generation {now}")).await;

@@ -2,7 +2,7 @@
 //! per run), with a short timeout so one unreachable Redis never holds up other runs.
 
 use crate::api::AbcRun;
-use crate::protocol::{self, ProtocolError, Snapshot};
+use crate::protocol::{self, Endpoint, ProtocolError, Repair, Snapshot};
 use kube::ResourceExt;
 use redis::aio::ConnectionManager;
 use std::collections::HashMap;
@@ -13,42 +13,39 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Default)]
 pub struct RedisAccess {
-    /// Keyed by run uid; the address and password are part of the entry so a changed Secret or
-    /// address opens a new connection.
+    /// Keyed by run uid; the endpoint is part of the entry so a changed Secret or address opens
+    /// a new connection.
     connections: Mutex<HashMap<String, (String, ConnectionManager)>>,
 }
 
 impl RedisAccess {
-    async fn connection(&self, run: &AbcRun, host: &str, port: u16, password: &str) -> Result<ConnectionManager, ProtocolError> {
+    async fn connection(&self, run: &AbcRun, endpoint: &Endpoint) -> Result<ConnectionManager, ProtocolError> {
         let uid = run.uid().unwrap_or_default();
-        let target = format!("{host}:{port}:{}", fingerprint(password));
+        let target = format!("{endpoint}:{}", fingerprint(endpoint.password.as_deref().unwrap_or_default()));
         if let Some((t, conn)) = self.connections.lock().await.get(&uid) {
             if *t == target {
                 return Ok(conn.clone());
             }
         }
-        let conn = tokio::time::timeout(TIMEOUT, protocol::connect(host, port, Some(password)))
-            .await
-            .map_err(|_| ProtocolError::Timeout(format!("{host}:{port}")))??;
+        let conn = timeout(endpoint, protocol::connect(endpoint)).await?;
         self.connections.lock().await.insert(uid, (target, conn.clone()));
         Ok(conn)
     }
 
-    pub async fn snapshot(&self, run: &AbcRun, host: &str, port: u16, password: &str) -> Result<Snapshot, ProtocolError> {
-        let mut conn = self.connection(run, host, port, password).await?;
-        tokio::time::timeout(TIMEOUT, protocol::snapshot(&mut conn))
-            .await
-            .map_err(|_| ProtocolError::Timeout(format!("{host}:{port}")))?
+    pub async fn snapshot(&self, run: &AbcRun, endpoint: &Endpoint) -> Result<Snapshot, ProtocolError> {
+        let mut conn = self.connection(run, endpoint).await?;
+        timeout(endpoint, Snapshot::read(&mut conn)).await
     }
 
-    /// Deletes a stale `analysis_id`; true when there was one.
-    pub async fn clear_stale_analysis_lock(&self, run: &AbcRun, host: &str, port: u16) -> Result<bool, ProtocolError> {
-        let uid = run.uid().unwrap_or_default();
-        let conn = self.connections.lock().await.get(&uid).map(|(_, c)| c.clone());
-        let Some(mut conn) = conn else {
-            return Err(ProtocolError::Timeout(format!("{host}:{port}")));
-        };
-        protocol::clear_stale_analysis_lock(&mut conn).await
+    pub async fn repair(&self, run: &AbcRun, endpoint: &Endpoint, ledger_id: &str) -> Result<Option<Repair>, ProtocolError> {
+        let mut conn = self.connection(run, endpoint).await?;
+        timeout(endpoint, protocol::repair_lost_worker(&mut conn, ledger_id)).await
+    }
+
+    /// Deletes a stale `analysis_id`; returns it when there was one.
+    pub async fn clear_stale_analysis_lock(&self, run: &AbcRun, endpoint: &Endpoint) -> Result<Option<String>, ProtocolError> {
+        let mut conn = self.connection(run, endpoint).await?;
+        timeout(endpoint, protocol::clear_stale_analysis_lock(&mut conn)).await
     }
 
     pub fn forget(&self, run: &AbcRun) {
@@ -56,6 +53,13 @@ impl RedisAccess {
             map.remove(&run.uid().unwrap_or_default());
         }
     }
+}
+
+/// Bounds a Redis call so one unreachable Redis never holds up a reconcile for long.
+async fn timeout<T>(endpoint: &Endpoint, call: impl std::future::Future<Output = Result<T, ProtocolError>>) -> Result<T, ProtocolError> {
+    tokio::time::timeout(TIMEOUT, call).await.unwrap_or_else(|_| {
+        Err(ProtocolError::Unreachable { server: format!("Redis at {endpoint}"), detail: "no answer within 3 s".into() })
+    })
 }
 
 /// A short hash, so the cache key changes with the password without holding it twice.

@@ -4,5 +4,6 @@
 
 pub mod cluster;
 pub mod controller;
+pub mod kubelet;
 pub mod python;
 pub mod redis;

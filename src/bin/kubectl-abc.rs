@@ -1,0 +1,167 @@
+//! `kubectl abc info|stop|reset-workers NAME`: pyABC's `abc-redis-manager`, for AbcRuns.
+//!
+//! It reaches a run's Redis through the API server (a port-forward to the managed Redis pod)
+//! with the password from the run's Secret, so no shell on the Redis host and no exposed port
+//! are needed; `--redis redis://:PASSWORD@HOST:PORT` talks to any pyABC Redis directly.
+
+use abc_operator::api::{AbcRun, COMPONENT_LABEL, RUN_LABEL};
+use abc_operator::protocol::{self, Endpoint};
+use abc_operator::resources;
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+
+#[derive(Parser)]
+#[command(name = "kubectl abc", version, about = "Watch and steer pyABC runs (AbcRuns)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Namespace of the run (default: the kubeconfig's).
+    #[arg(short, long, global = true)]
+    namespace: Option<String>,
+    /// Talk to this pyABC Redis directly: redis://:PASSWORD@HOST:PORT
+    #[arg(long, global = true, env = "ABC_REDIS_URL")]
+    redis: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// What `abc-redis-manager info` shows (`-o wide|json`: the full snapshot with ledgers).
+    Info {
+        name: Option<String>,
+        #[arg(short, long, value_enum, default_value = "line")]
+        output: Output,
+    },
+    /// Ask the workers to leave at the end of the current generation (pyABC's stop).
+    Stop { name: Option<String> },
+    /// pyABC's reset-workers (set the worker count of the generation to 0). The operator repairs
+    /// lost workers by itself; this is the manual fallback pyABC documents.
+    ResetWorkers { name: Option<String> },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Line,
+    Wide,
+    Json,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("kubectl abc: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let name = match &cli.command {
+        Command::Info { name, .. } | Command::Stop { name } | Command::ResetWorkers { name } => name.clone(),
+    };
+    let (mut conn, _forward) = match (&cli.redis, &name) {
+        (Some(url), _) => (connect_url(url).await?, None),
+        (None, Some(name)) => {
+            let (conn, forward) = connect_run(name, cli.namespace.as_deref()).await?;
+            (conn, forward)
+        }
+        (None, None) => bail!("name an AbcRun (kubectl abc info NAME) or pass --redis redis://:PASSWORD@HOST:PORT"),
+    };
+    match cli.command {
+        Command::Info { output, .. } => {
+            let snapshot = protocol::Snapshot::read(&mut conn).await?;
+            match output {
+                Output::Line => println!("{}", snapshot.info_line()),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&snapshot)?),
+                Output::Wide => {
+                    println!("{}", snapshot.info_line());
+                    println!("{}", serde_yaml::to_string(&snapshot)?);
+                }
+            }
+        }
+        Command::Stop { .. } => {
+            protocol::stop(&mut conn).await?;
+            println!("asked the workers to stop at the end of the current generation");
+        }
+        Command::ResetWorkers { .. } => {
+            protocol::reset_workers(&mut conn).await?;
+            println!("reset the worker count of the current generation to 0");
+        }
+    }
+    Ok(())
+}
+
+async fn connect_url(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
+    let info: redis::ConnectionInfo = url.parse().with_context(|| format!("--redis {url:?} is not a redis:// URL"))?;
+    let (host, port) = match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
+        other => bail!("--redis must be a TCP address, got {other:?}"),
+    };
+    let password = info.redis_settings().password().map(str::to_string);
+    Ok(protocol::connect(&Endpoint { host, port, password }).await?)
+}
+
+/// Connects to a run's Redis: external directly, managed through a port-forward to its pod.
+async fn connect_run(
+    name: &str,
+    namespace: Option<&str>,
+) -> anyhow::Result<(redis::aio::ConnectionManager, Option<tokio::task::JoinHandle<()>>)> {
+    let client = Client::try_default().await.context("cannot reach the Kubernetes API")?;
+    let namespace = namespace.map(str::to_string).unwrap_or_else(|| client.default_namespace().to_string());
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &namespace);
+    let run = runs
+        .get_opt(name)
+        .await?
+        .with_context(|| format!("no AbcRun {name:?} in namespace {namespace:?}"))?;
+    let reference = resources::password_secret_ref(&run);
+    let secret = Api::<Secret>::namespaced(client.clone(), &namespace)
+        .get_opt(&reference.name)
+        .await?
+        .with_context(|| format!("the run's password Secret {:?} does not exist", reference.name))?;
+    let password = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&reference.key))
+        .and_then(|v| String::from_utf8(v.0.clone()).ok())
+        .with_context(|| format!("Secret {:?} has no key {:?}", reference.name, reference.key))?;
+
+    if run.spec.redis.external.is_some() {
+        let (host, port) = resources::redis_host_port_for_operator(&run)?;
+        return Ok((protocol::connect(&Endpoint { host, port, password: Some(password) }).await?, None));
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let selector = format!("{RUN_LABEL}={name},{COMPONENT_LABEL}=redis");
+    let pod = pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .into_iter()
+        .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .with_context(|| format!("the run {name:?} has no running Redis pod yet"))?;
+    let (port, forward) = port_forward(pods, pod.name_any(), 6379).await?;
+    let endpoint = Endpoint { host: "127.0.0.1".into(), port, password: Some(password) };
+    Ok((protocol::connect(&endpoint).await?, Some(forward)))
+}
+
+/// Forwards a local loopback port to `pod_port` of the pod through the API server.
+async fn port_forward(pods: Api<Pod>, pod: String, pod_port: u16) -> anyhow::Result<(u16, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let task = tokio::spawn(async move {
+        while let Ok((mut local, _)) = listener.accept().await {
+            let pods = pods.clone();
+            let pod = pod.clone();
+            tokio::spawn(async move {
+                let Ok(mut forwarder) = pods.portforward(&pod, &[pod_port]).await else { return };
+                let Some(mut remote) = forwarder.take_stream(pod_port) else { return };
+                let _ = tokio::io::copy_bidirectional(&mut local, &mut remote).await;
+            });
+        }
+    });
+    Ok((port, task))
+}

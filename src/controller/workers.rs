@@ -1,0 +1,190 @@
+//! Which worker pods to replace and which workers' ledgers to repair, decided from observed
+//! state only: the run's worker pods (read after the Redis snapshot, so a ledger whose pod is
+//! missing from the list really lost its pod) and the snapshot's ledgers.
+
+use crate::protocol::Ledger;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use kube::ResourceExt;
+use std::collections::BTreeMap;
+
+/// Name of the worker container in worker pods.
+pub const WORKER_CONTAINER: &str = "worker";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WorkerAction {
+    /// The worker process is gone without releasing its ledger: repair the counters.
+    Repair { ledger_id: String, worker: String, reason: String },
+    /// The pod's worker process has ended (runtime over, crash) or hangs: delete the pod so
+    /// the ReplicaSet replaces it at once, instead of the kubelet restarting it with back-off.
+    Replace { pod: String, reason: String, expired: bool },
+}
+
+/// The actions for one reconcile. `heartbeat_timeout_ms` declares a worker whose pod exists
+/// but whose ledger stopped beating (a hung process, a lost network) lost.
+pub fn decide(pods: &[Pod], ledgers: &[Ledger], now_ms: i64, heartbeat_timeout_ms: i64) -> Vec<WorkerAction> {
+    let by_name: BTreeMap<String, &Pod> = pods.iter().map(|p| (p.name_any(), p)).collect();
+    let mut actions = Vec::new();
+    let mut replaced = std::collections::BTreeSet::new();
+
+    for ledger in ledgers {
+        let worker = ledger.worker.clone().unwrap_or_else(|| ledger.id.clone());
+        let lost = match by_name.get(&worker) {
+            None => Some("its pod is gone".to_string()),
+            Some(pod) => match worker_status(pod) {
+                Some(status) if ended_after(status, ledger) => Some(format!(
+                    "its container ended ({})",
+                    termination(status).unwrap_or_else(|| "terminated".into())
+                )),
+                _ if stale(ledger, now_ms, heartbeat_timeout_ms) => {
+                    if replaced.insert(worker.clone()) {
+                        actions.push(WorkerAction::Replace {
+                            pod: worker.clone(),
+                            reason: format!("no heartbeat for over {} s", heartbeat_timeout_ms / 1000),
+                            expired: false,
+                        });
+                    }
+                    Some(format!("no heartbeat for over {} s", heartbeat_timeout_ms / 1000))
+                }
+                _ => None,
+            },
+        };
+        if let Some(reason) = lost {
+            actions.push(WorkerAction::Repair { ledger_id: ledger.id.clone(), worker, reason });
+        }
+    }
+
+    for (name, pod) in &by_name {
+        if pod.metadata.deletion_timestamp.is_some() || replaced.contains(name) {
+            continue;
+        }
+        let Some(status) = worker_status(pod) else { continue };
+        let ended = status.state.as_ref().and_then(|s| s.terminated.as_ref()).is_some()
+            || status.restart_count > 0;
+        if ended {
+            let expired = last_exit_code(status) == Some(0);
+            let reason = if expired {
+                "its runtime is over".to_string()
+            } else {
+                termination(status).unwrap_or_else(|| "its worker exited".into())
+            };
+            actions.push(WorkerAction::Replace { pod: name.clone(), reason, expired });
+        }
+    }
+    actions
+}
+
+fn worker_status(pod: &Pod) -> Option<&ContainerStatus> {
+    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    statuses.iter().find(|c| c.name == WORKER_CONTAINER).or_else(|| statuses.first())
+}
+
+/// The container this ledger's process ran in has ended since the ledger was written: now
+/// (terminated) or earlier (restarted, the old process's ledger left behind).
+fn ended_after(status: &ContainerStatus, ledger: &Ledger) -> bool {
+    if status.state.as_ref().and_then(|s| s.terminated.as_ref()).is_some() {
+        return true;
+    }
+    let Some(last) = status.last_state.as_ref().and_then(|s| s.terminated.as_ref()) else {
+        return false;
+    };
+    match (last.finished_at.as_ref(), ledger.started_ms) {
+        (Some(finished), Some(started)) => finished.0.as_millisecond() >= started,
+        // Without times, a restarted container means the ledger may be the old process's;
+        // the heartbeat decides.
+        _ => false,
+    }
+}
+
+fn stale(ledger: &Ledger, now_ms: i64, timeout_ms: i64) -> bool {
+    let last = ledger.heartbeat_ms.or(ledger.started_ms);
+    last.is_some_and(|t| now_ms - t > timeout_ms)
+}
+
+fn last_exit_code(status: &ContainerStatus) -> Option<i32> {
+    let state = status.state.as_ref().and_then(|s| s.terminated.as_ref());
+    let last = status.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+    state.or(last).map(|t| t.exit_code)
+}
+
+fn termination(status: &ContainerStatus) -> Option<String> {
+    let state = status.state.as_ref().and_then(|s| s.terminated.as_ref());
+    let last = status.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+    state.or(last).map(|t| {
+        format!("exit code {}{}", t.exit_code, t.reason.as_ref().map(|r| format!(", {r}")).unwrap_or_default())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, container_status: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "status": {"containerStatuses": [container_status]}
+        }))
+        .unwrap()
+    }
+
+    fn running(name: &str) -> Pod {
+        pod(name, serde_json::json!({"name": "worker", "image": "i", "imageID": "", "ready": true,
+            "restartCount": 0, "state": {"running": {}}}))
+    }
+
+    fn exited(name: &str, code: i32) -> Pod {
+        pod(name, serde_json::json!({"name": "worker", "image": "i", "imageID": "", "ready": false,
+            "restartCount": 0, "state": {"terminated": {"exitCode": code}}}))
+    }
+
+    fn ledger(id: &str, worker: &str, heartbeat_ms: i64) -> Ledger {
+        Ledger {
+            id: id.into(),
+            worker: Some(worker.into()),
+            host: None,
+            pid: None,
+            started_ms: Some(0),
+            heartbeat_ms: Some(heartbeat_ms),
+            analysis_id: Some("a".into()),
+            generation: Some(0),
+            joined: true,
+            claim: None,
+            jobs: 0,
+            lock: None,
+        }
+    }
+
+    #[test]
+    fn live_workers_are_left_alone() {
+        assert!(decide(&[running("w1")], &[ledger("w1", "w1", 1000)], 2000, 60_000).is_empty());
+    }
+
+    #[test]
+    fn a_ledger_without_its_pod_is_repaired() {
+        let ledgers = [ledger("w1-0", "w1", 1000), ledger("w1-1", "w1", 1000)];
+        let actions = decide(&[running("w2")], &ledgers, 2000, 60_000);
+        let repaired: Vec<_> = actions
+            .iter()
+            .filter_map(|a| match a {
+                WorkerAction::Repair { ledger_id, .. } => Some(ledger_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(repaired, ["w1-0", "w1-1"], "every process of the lost pod is repaired");
+    }
+
+    #[test]
+    fn an_expired_worker_is_replaced_and_a_crashed_one_repaired_too() {
+        let actions = decide(&[exited("w1", 0), exited("w2", 137)], &[ledger("w2", "w2", 1000)], 2000, 60_000);
+        assert!(actions.contains(&WorkerAction::Replace { pod: "w1".into(), reason: "its runtime is over".into(), expired: true }));
+        assert!(actions.iter().any(|a| matches!(a, WorkerAction::Repair { ledger_id, .. } if ledger_id == "w2")));
+        assert!(actions.iter().any(|a| matches!(a, WorkerAction::Replace { pod, expired: false, .. } if pod == "w2")));
+    }
+
+    #[test]
+    fn a_silent_worker_is_repaired_and_replaced_after_the_timeout() {
+        let ledgers = [ledger("w1", "w1", 1000)];
+        let actions = decide(&[running("w1")], &ledgers, 1000 + 61_000, 60_000);
+        assert_eq!(actions.len(), 2, "{actions:?}");
+        assert!(decide(&[running("w1")], &ledgers, 1000 + 59_000, 60_000).is_empty());
+    }
+}

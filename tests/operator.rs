@@ -1,0 +1,312 @@
+//! The AbcRun reconciler against a real control plane: the CRD from `crds/`, the real
+//! `abc-operator controller` process, kube-controller-manager's Deployment, Job, GC and HPA
+//! controllers, and kwok pods.
+
+mod support;
+
+use abc_operator::api::AbcRun;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::Stdio;
+use support::cluster::{self, TestNamespace, eventually, kubectl};
+use support::controller::ControllerProcess;
+
+/// Applies crds/abcrun.yaml (as a user would) and waits until it is established.
+fn install_crd() {
+    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/abcrun.yaml");
+    let out = kubectl().args(["apply", "--server-side", "--force-conflicts", "-f", crd]).output().unwrap();
+    assert!(out.status.success(), "CRD rejected: {}", String::from_utf8_lossy(&out.stderr));
+    let out = kubectl()
+        .args(["wait", "--for=condition=Established", "crd/abcruns.abc-operator.dev", "--timeout=60s"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "CRD not established: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `kubectl apply -f -` of a manifest in a namespace; returns (success, stderr).
+fn kubectl_apply(namespace: &str, manifest: &str) -> (bool, String) {
+    let mut child = kubectl()
+        .args(["apply", "-n", namespace, "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(manifest.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+const GAUSSIAN: &str = r#"
+apiVersion: abc-operator.dev/v1alpha1
+kind: AbcRun
+metadata: {name: gaussian}
+spec:
+  image: abc-example-gaussian:0.1.0
+  workers: {replicas: 3, runtime: 10m}
+  master: {command: [python, gaussian.py]}
+"#;
+
+async fn run_status(runs: &Api<AbcRun>, name: &str) -> Option<abc_operator::api::AbcRunStatus> {
+    runs.get(name).await.ok()?.status
+}
+
+fn labels_of_run(name: &str) -> ListParams {
+    ListParams::default().labels(&format!("abc-operator.dev/run={name}"))
+}
+
+#[tokio::test]
+async fn example_run_gets_its_objects_pods_status_and_is_garbage_collected() {
+    install_crd();
+    let client = cluster::client().await;
+    let ns = TestNamespace::new(&client, "op-example").await;
+    let _controller = ControllerProcess::start(&ns.name);
+    let (ok, err) = kubectl_apply(&ns.name, GAUSSIAN);
+    assert!(ok, "example AbcRun rejected: {err}");
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let workers = eventually(60, "the worker Deployment", || async {
+        deployments.get_opt("gaussian-workers").await.ok().flatten()
+    })
+    .await;
+    let pod_spec = workers.spec.as_ref().unwrap().template.spec.clone().unwrap();
+    assert_eq!(workers.spec.as_ref().unwrap().replicas, Some(3));
+    let container = &pod_spec.containers[0];
+    let password_env = container.env.iter().flatten().find(|e| e.name == "ABC_REDIS_PASSWORD").unwrap();
+    assert!(password_env.value.is_none(), "the password must come from a Secret reference");
+    assert!(password_env.value_from.as_ref().unwrap().secret_key_ref.is_some());
+    let security = container.security_context.as_ref().unwrap();
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(pod_spec.security_context.as_ref().unwrap().run_as_non_root, Some(true));
+
+    // Every other owned object exists, owned by the run.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let secret = eventually(30, "the generated password Secret", || async {
+        secrets.list(&labels_of_run("gaussian")).await.ok()?.items.into_iter().next()
+    })
+    .await;
+    let password = secret.data.as_ref().unwrap().values().next().unwrap().0.clone();
+    assert!(password.len() >= 16, "generated password is too short");
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns.name);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    assert_eq!(services.list(&labels_of_run("gaussian")).await.unwrap().items.len(), 1);
+    assert_eq!(policies.list(&labels_of_run("gaussian")).await.unwrap().items.len(), 1);
+    assert_eq!(jobs.list(&labels_of_run("gaussian")).await.unwrap().items.len(), 1);
+    assert_eq!(config_maps.list(&labels_of_run("gaussian")).await.unwrap().items.len(), 1);
+    for d in deployments.list(&labels_of_run("gaussian")).await.unwrap() {
+        let owner = &d.owner_references()[0];
+        assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("AbcRun", "gaussian"));
+    }
+
+    // Pods run on the kwok node and status follows.
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
+    let status = eventually(90, "phase Running with 3 ready workers", || async {
+        let s = run_status(&runs, "gaussian").await?;
+        (s.phase == Some(abc_operator::api::Phase::Running) && s.ready_replicas == 3).then_some(s)
+    })
+    .await;
+    assert_eq!(status.workers.as_deref(), Some("3/3"));
+    let selector = status.selector.clone().unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    assert_eq!(pods.list(&ListParams::default().labels(&selector)).await.unwrap().items.len(), 3);
+    for ty in ["RedisReady", "WorkersReady", "MasterRunning"] {
+        let c = status.conditions.iter().find(|c| c.type_ == ty).unwrap_or_else(|| panic!("no {ty} condition"));
+        assert_eq!(c.status, "True", "{ty}: {}", c.message);
+    }
+
+    // Deleting the run deletes everything it owned.
+    runs.delete("gaussian", &DeleteParams::foreground()).await.unwrap();
+    eventually(90, "owned objects garbage-collected", || async {
+        let left = deployments.list(&labels_of_run("gaussian")).await.ok()?.items.len()
+            + secrets.list(&labels_of_run("gaussian")).await.ok()?.items.len()
+            + jobs.list(&labels_of_run("gaussian")).await.ok()?.items.len()
+            + services.list(&labels_of_run("gaussian")).await.ok()?.items.len()
+            + pods.list(&labels_of_run("gaussian")).await.ok()?.items.len();
+        (left == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn kubectl_scale_and_an_hpa_drive_the_workers() {
+    install_crd();
+    let client = cluster::client().await;
+    let ns = TestNamespace::new(&client, "op-scale").await;
+    let _controller = ControllerProcess::start(&ns.name);
+    let (ok, err) = kubectl_apply(&ns.name, GAUSSIAN);
+    assert!(ok, "{err}");
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
+    eventually(60, "status.replicas 3", || async {
+        (run_status(&runs, "gaussian").await?.replicas == 3).then_some(())
+    })
+    .await;
+
+    let out = kubectl().args(["scale", "-n", &ns.name, "abcrun/gaussian", "--replicas=5"]).output().unwrap();
+    assert!(out.status.success(), "kubectl scale: {}", String::from_utf8_lossy(&out.stderr));
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    eventually(60, "worker Deployment at 5", || async {
+        let d = deployments.get("gaussian-workers").await.ok()?;
+        (d.spec?.replicas == Some(5)).then_some(())
+    })
+    .await;
+    eventually(60, "status.replicas 5", || async {
+        (run_status(&runs, "gaussian").await?.replicas == 5).then_some(())
+    })
+    .await;
+
+    // The real HPA controller reads the AbcRun's scale subresource.
+    let hpa = format!(
+        r#"
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {{name: gaussian}}
+spec:
+  scaleTargetRef: {{apiVersion: abc-operator.dev/v1alpha1, kind: AbcRun, name: gaussian}}
+  minReplicas: 1
+  maxReplicas: 10
+  metrics:
+  - type: Resource
+    resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 80}}}}
+"#
+    );
+    let (ok, err) = kubectl_apply(&ns.name, &hpa);
+    assert!(ok, "HPA rejected: {err}");
+    let hpas: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> =
+        Api::namespaced(client.clone(), &ns.name);
+    let able = eventually(60, "HPA condition AbleToScale", || async {
+        let h = hpas.get("gaussian").await.ok()?;
+        h.status?.conditions?.into_iter().find(|c| c.type_ == "AbleToScale")
+    })
+    .await;
+    assert_eq!(able.status, "True", "HPA cannot scale the AbcRun: {:?}", able.message);
+}
+
+#[tokio::test]
+async fn a_restarted_controller_writes_nothing_to_an_unchanged_run() {
+    install_crd();
+    let client = cluster::client().await;
+    let ns = TestNamespace::new(&client, "op-restart").await;
+    let controller = ControllerProcess::start(&ns.name);
+    let (ok, err) = kubectl_apply(&ns.name, GAUSSIAN);
+    assert!(ok, "{err}");
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
+    eventually(90, "a steady Running run", || async {
+        let s = run_status(&runs, "gaussian").await?;
+        (s.phase == Some(abc_operator::api::Phase::Running) && s.ready_replicas == 3).then_some(())
+    })
+    .await;
+    // Once nothing changes between two looks 3 s apart, record every object's resourceVersion.
+    let mut versions_before = resource_versions(&client, &ns.name).await;
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        let now = resource_versions(&client, &ns.name).await;
+        if now == versions_before {
+            break;
+        }
+        versions_before = now;
+    }
+    controller.stop();
+
+    let restarted = ControllerProcess::start(&ns.name);
+    // Wait until the new controller has reconciled the run at least twice.
+    eventually(60, "two reconciles by the restarted controller", || async {
+        let n = restarted.metric("abc_operator_reconciles_total").await?;
+        (n >= 2.0).then_some(())
+    })
+    .await;
+    let versions_after = resource_versions(&client, &ns.name).await;
+    assert_eq!(versions_before, versions_after, "the restarted controller wrote to unchanged objects");
+}
+
+/// resourceVersion of the run and of every object it owns.
+async fn resource_versions(client: &Client, namespace: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let lp = labels_of_run("gaussian");
+    macro_rules! collect {
+        ($t:ty, $kind:literal) => {
+            for o in Api::<$t>::namespaced(client.clone(), namespace).list(&lp).await.unwrap() {
+                out.insert(format!("{}/{}", $kind, o.name_any()), o.resource_version().unwrap());
+            }
+        };
+    }
+    collect!(Deployment, "Deployment");
+    collect!(Secret, "Secret");
+    collect!(Service, "Service");
+    collect!(Job, "Job");
+    collect!(ConfigMap, "ConfigMap");
+    collect!(NetworkPolicy, "NetworkPolicy");
+    let run = Api::<AbcRun>::namespaced(client.clone(), namespace).get("gaussian").await.unwrap();
+    out.insert("AbcRun/gaussian".into(), run.resource_version().unwrap());
+    out
+}
+
+#[tokio::test]
+async fn invalid_manifests_are_rejected_with_a_clear_message() {
+    install_crd();
+    let client = cluster::client().await;
+    let ns = TestNamespace::new(&client, "op-invalid").await;
+    let cases = [
+        ("workers: {replicas: -1}\n  image: i", "replicas"),
+        ("workers: {runtime: abc}\n  image: i", "runtime"),
+        (
+            "image: i\n  redis: {managed: {}, external: {host: h, passwordSecret: {name: s}}}",
+            "either managed or external",
+        ),
+        ("workers: {replicas: 1}", "image"),
+    ];
+    for (spec, expected) in cases {
+        let manifest = format!("apiVersion: abc-operator.dev/v1alpha1\nkind: AbcRun\nmetadata: {{name: bad}}\nspec:\n  {spec}\n");
+        let (ok, err) = kubectl_apply(&ns.name, &manifest);
+        assert!(!ok, "accepted an invalid AbcRun: {spec}");
+        assert!(err.contains(expected), "the error for {spec:?} does not mention {expected:?}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn a_missing_password_secret_is_a_condition_not_a_crash_or_a_hot_loop() {
+    install_crd();
+    let client = cluster::client().await;
+    let ns = TestNamespace::new(&client, "op-secret").await;
+    let controller = ControllerProcess::start(&ns.name);
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
+    let run: AbcRun = serde_yaml::from_str(
+        "apiVersion: abc-operator.dev/v1alpha1\nkind: AbcRun\nmetadata: {name: ext}\nspec:\n  image: i\n  redis: {external: {host: 127.0.0.1, port: 1, passwordSecret: {name: nope}}}\n",
+    )
+    .unwrap();
+    runs.create(&PostParams::default(), &run).await.unwrap();
+    let degraded = eventually(60, "a Degraded condition", || async {
+        let s = run_status(&runs, "ext").await?;
+        s.conditions.into_iter().find(|c| c.type_ == "Degraded" && c.status == "True")
+    })
+    .await;
+    assert!(degraded.message.contains("\"nope\""), "{}", degraded.message);
+    assert!(degraded.message.contains("does not exist"), "{}", degraded.message);
+
+    // No hot loop: a handful of reconciles over a few seconds, and the controller still serves.
+    let before = controller.metric("abc_operator_reconciles_total").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let after = controller.metric("abc_operator_reconciles_total").await.unwrap();
+    assert!(after - before <= 5.0, "{} reconciles in 5 s: hot loop", after - before);
+
+    // Creating the Secret heals the run without a restart.
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "nope"}, "stringData": {"password": "pw"}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), &ns.name).create(&PostParams::default(), &secret).await.unwrap();
+    eventually(60, "the Secret problem to clear", || async {
+        let s = run_status(&runs, "ext").await?;
+        let c = s.conditions.into_iter().find(|c| c.type_ == "Degraded")?;
+        (!c.message.contains("does not exist")).then_some(())
+    })
+    .await;
+}

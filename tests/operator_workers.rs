@@ -1,0 +1,209 @@
+//! The operator with real pyABC: an external loopback redis-server, worker "pods" on kwok whose
+//! processes the fake kubelet runs locally through the shipped entrypoint, and a real master.
+//! Progress reaches the AbcRun status; a worker lost mid-generation is repaired once; workers
+//! whose runtime is over are replaced without CrashLoopBackOff.
+
+mod support;
+
+use abc_operator::api::AbcRun;
+use abc_operator::redis_server::{RedisServer, RedisServerOptions};
+use k8s_openapi::api::core::v1::{Event, Pod, Secret};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::Client;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use support::cluster::{self, TestNamespace, eventually, kubectl};
+use support::controller::ControllerProcess;
+use support::kubelet::{FakeKubelet, RedisTarget};
+
+fn python() -> PathBuf {
+    support::python::python()
+}
+
+fn install_crd() {
+    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/abcrun.yaml");
+    let out = kubectl().args(["apply", "--server-side", "--force-conflicts", "-f", crd]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = kubectl()
+        .args(["wait", "--for=condition=Established", "crd/abcruns.abc-operator.dev", "--timeout=60s"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+/// A run on the test cluster whose Redis is a loopback redis-server.
+struct Setup {
+    client: Client,
+    ns: TestNamespace,
+    redis: RedisServer,
+    runs: Api<AbcRun>,
+}
+
+async fn setup(prefix: &str, workers: u32, runtime: &str, model_sleep: &str) -> Setup {
+    install_crd();
+    let client = cluster::client().await;
+    let ns = TestNamespace::new(&client, prefix).await;
+    let redis = RedisServer::start(RedisServerOptions::default()).expect("redis-server starts");
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "redis-pw"}, "stringData": {"password": redis.password()}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), &ns.name).create(&PostParams::default(), &secret).await.unwrap();
+    let run: AbcRun = serde_yaml::from_str(&format!(
+        r#"
+apiVersion: abc-operator.dev/v1alpha1
+kind: AbcRun
+metadata: {{name: sim}}
+spec:
+  image: worker
+  workers:
+    replicas: {workers}
+    runtime: {runtime}
+    heartbeatTimeoutSeconds: 30
+    env: [{{name: ABC_TEST_MODEL_SLEEP, value: "{model_sleep}"}}]
+  redis:
+    external: {{host: 127.0.0.1, port: {port}, passwordSecret: {{name: redis-pw}}}}
+"#,
+        port = redis.port()
+    ))
+    .unwrap();
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
+    runs.create(&PostParams::default(), &run).await.unwrap();
+    Setup { client, ns, redis, runs }
+}
+
+impl Setup {
+    fn kubelet(&self) -> FakeKubelet {
+        let target = RedisTarget { host: "127.0.0.1".into(), port: self.redis.port(), password: self.redis.password().into() };
+        FakeKubelet::start(self.client.clone(), &self.ns.name, target, python())
+    }
+
+    /// The master, run by the test as a user would from a laptop.
+    fn master(&self, population: u32, generations: u32) -> Child {
+        let results = tempfile::tempdir().unwrap().keep();
+        Command::new(python())
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/protocol_master.py"))
+            .env("ABC_REDIS_HOST", "127.0.0.1")
+            .env("ABC_REDIS_PORT", self.redis.port().to_string())
+            .env("ABC_REDIS_PASSWORD", self.redis.password())
+            .env("ABC_RESULTS_DIR", &results)
+            .env("MPLCONFIGDIR", &results)
+            .env("PROTO_POPULATION", population.to_string())
+            .env("PROTO_GENERATIONS", generations.to_string())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(results.join("master.log")).unwrap())
+            .spawn()
+            .unwrap()
+    }
+
+    async fn events(&self, reason: &str) -> Vec<Event> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns.name);
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .collect()
+    }
+}
+
+/// Waits for the master to exit (bounded) and returns whether it succeeded.
+async fn master_finishes(master: &mut Child, secs: u64) -> bool {
+    eventually(secs, "the master to finish", || {
+        let status = master.try_wait().unwrap();
+        async move { status }
+    })
+    .await
+    .success()
+}
+
+#[tokio::test]
+async fn status_shows_pyabc_progress_from_redis() {
+    let s = setup("wk-status", 2, "10m", "0.005").await;
+    let _controller = ControllerProcess::start(&s.ns.name);
+    let _kubelet = s.kubelet();
+    let mut master = s.master(100, 3);
+
+    let mut generations_seen = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    let status = loop {
+        assert!(std::time::Instant::now() < deadline, "status never showed two generations: saw {generations_seen:?}");
+        if let Some(status) = s.runs.get("sim").await.ok().and_then(|r| r.status) {
+            if let Some(generation) = status.progress.as_ref().and_then(|p| p.generation) {
+                generations_seen.insert(generation);
+            }
+            if generations_seen.len() >= 2 && status.progress.as_ref().is_some_and(|p| p.acceptances.is_some()) {
+                break status;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let progress = status.progress.unwrap();
+    assert_eq!(progress.required, 100);
+    assert!(progress.analysis_id.is_some());
+    assert!(master_finishes(&mut master, 240).await, "the master failed");
+    assert!(!s.events("GenerationCompleted").await.is_empty(), "no GenerationCompleted event");
+}
+
+#[tokio::test]
+async fn a_worker_pod_lost_mid_generation_is_repaired_once_and_the_run_completes() {
+    let s = setup("wk-lost", 3, "10m", "0.2").await;
+    let controller = ControllerProcess::start(&s.ns.name);
+    let kubelet = s.kubelet();
+    let mut master = s.master(30, 2);
+
+    // Wait until every worker is inside a generation, then lose one (pod deleted with grace 0,
+    // its process SIGKILLed by the kubelet).
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns.name);
+    eventually(120, "3 workers inside a generation", || {
+        let runs = s.runs.clone();
+        async move {
+            let p = runs.get("sim").await.ok()?.status?.progress?;
+            (p.active_workers == 3).then_some(())
+        }
+    })
+    .await;
+    let victim = kubelet.running().into_iter().next().unwrap();
+    pods.delete(&victim, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.unwrap();
+    // Restart the controller while it may be repairing: the repair still happens exactly once.
+    controller.stop();
+    let controller = ControllerProcess::start(&s.ns.name);
+
+    assert!(master_finishes(&mut master, 240).await, "the run did not complete after the loss");
+    let repairs = eventually(60, "a RepairedLostWorker event", || {
+        let s = &s;
+        async move {
+            let events = s.events("RepairedLostWorker").await;
+            (!events.is_empty()).then_some(events)
+        }
+    })
+    .await;
+    let repairs_of_victim: u32 = repairs
+        .iter()
+        .filter(|e| e.message.as_deref().unwrap_or_default().contains(&victim))
+        .map(|e| e.count.unwrap_or(1).max(1) as u32)
+        .sum();
+    assert_eq!(repairs_of_victim, 1, "the lost worker must be repaired exactly once: {repairs:?}");
+    let status = s.runs.get("sim").await.unwrap().status.unwrap();
+    assert_eq!(status.lost_workers, 1);
+    drop(controller);
+}
+
+#[tokio::test]
+async fn expired_workers_are_replaced_without_crash_loops() {
+    let s = setup("wk-expiry", 3, "20s", "0.2").await;
+    let _controller = ControllerProcess::start(&s.ns.name);
+    let kubelet = s.kubelet();
+    let mut master = s.master(60, 6);
+
+    assert!(master_finishes(&mut master, 300).await, "the run did not complete");
+    let log = kubelet.log.lock().unwrap().clone();
+    let expired = log.exited.iter().filter(|(_, code)| *code == 0).count();
+    assert!(expired >= 3, "workers with a 20 s runtime never expired: {log:?}");
+    assert!(log.crash_loops.is_empty(), "pods reached CrashLoopBackOff: {:?}", log.crash_loops);
+    assert!(log.started.len() > 3, "expired workers were not replaced: {log:?}");
+    assert!(!s.events("WorkerExpired").await.is_empty());
+}
