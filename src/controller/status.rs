@@ -79,10 +79,12 @@ pub fn compute(run: &AbcRun, observed: &Observed, now: Timestamp) -> AbcRunStatu
     let mut push = |type_: &str, ok: bool, reason: &str, message: String| {
         conditions.push(condition(&previous.conditions, type_, ok, reason, message, generation, now));
     };
-    match &observed.redis_problem {
-        Some(problem) => push(REDIS_READY, false, "RedisUnavailable", problem.clone()),
-        None if observed.redis_ready => push(REDIS_READY, true, "RedisReady", "Redis answers with the run's password".into()),
-        None => push(REDIS_READY, false, "RedisStarting", "waiting for the Redis pod to become ready".into()),
+    // RedisReady says whether Redis runs (its pod is ready, or the external one answered);
+    // whether the operator can read it is Degraded's business.
+    match (observed.redis_ready, &observed.redis_problem) {
+        (true, _) => push(REDIS_READY, true, "RedisReady", "Redis is ready".into()),
+        (false, Some(problem)) => push(REDIS_READY, false, "RedisUnavailable", problem.clone()),
+        (false, None) => push(REDIS_READY, false, "RedisStarting", "waiting for the Redis pod to become ready".into()),
     }
     push(
         WORKERS_READY,
