@@ -39,7 +39,11 @@ pub const FIELD_MANAGER: &str = "abc-operator";
     printcolumn(name = "Generation", type_ = "integer", json_path = ".status.progress.generation"),
     printcolumn(name = "Accepted", type_ = "string", json_path = ".status.progress.acceptances"),
     printcolumn(name = "Workers", type_ = "string", json_path = ".status.workers"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    doc = "A pyABC ABC-SMC run sampled through Redis: a password-protected Redis, a scalable set of workers, and optionally the master as a Job.",
+    // The run's name names its objects: `{run}-redis` is a Service (a DNS-1035 label) and
+    // `{run}-master` a Job (whose name must fit a 63-character label value).
+    validation = Rule::new("self.metadata.name.size() <= 56 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("an AbcRun name must be at most 56 lowercase letters, digits and '-', start with a letter and end with a letter or digit (it names the run's Service and Job)")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AbcRunSpec {

@@ -1,0 +1,570 @@
+#!/usr/bin/env python3
+"""abc-operator's worker entrypoint: pyABC's own Redis worker, plus a ledger.
+
+pyABC's workers change shared counters (n_worker, n_eval, n_fail, n_job) and keep no record
+of what they owe. A worker killed inside a generation (SIGKILL, OOM, node loss) leaves the
+master waiting forever. This entrypoint runs pyABC's unchanged worker loop
+(`pyabc.sampler.redis_eps.cli._work`) with a Redis client subclass that records, in the same
+atomic Lua script as each counter change, what the worker owes: the generation it joined,
+the evaluation indices it claimed and has not yet reported, the failures already counted
+against them, the static jobs and the static lock it holds. The operator's repair script
+(REPAIR_LUA below, shared with the operator) gives exactly that back, once, for a worker
+known dead.
+
+Ledger: hash `abc_operator:ledger:{id}`, listed in the set `abc_operator:ledgers`.
+Deleting the hash is part of every repair, so the hash is the token that makes a repair
+happen at most once; every ledger-keeping script refuses to touch a counter once its
+ledger is gone (a worker declared lost that was only hung), and the worker then exits 3.
+
+Environment:
+  ABC_REDIS_HOST, ABC_REDIS_PORT, ABC_REDIS_PASSWORD   the run's Redis
+  ABC_WORKER_ID           identity (default: the host name, which is the pod name);
+                          with several processes each one is `{id}-{i}`
+  ABC_WORKER_RUNTIME      runtime limit in pyABC's syntax (default 2h)
+  ABC_WORKER_PROCESSES    worker processes (default 1)
+  ABC_HEARTBEAT_SECONDS   ledger heartbeat period (default 5)
+
+Exit codes: 0 normal end (runtime over, SIGTERM, stop message), 1 error, 2 bad
+configuration, 3 the ledger was repaired by someone else (this worker was declared lost).
+"""
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+import redis
+from pyabc.sampler.redis_eps import cli
+from redis.lock import Lock
+
+LEDGER_SET = 'abc_operator:ledgers'
+LEDGER_PREFIX = 'abc_operator:ledger:'
+EXIT_ERROR, EXIT_CONFIG, EXIT_LOST = 1, 2, 3
+GONE = 'ABC_LEDGER_GONE'
+
+log = logging.getLogger('abc_worker')
+
+# ---------------------------------------------------------------------------------------
+# Lua scripts. Each one runs atomically in Redis, so a ledger and the counter it shadows
+# can never disagree, whenever the process dies.
+
+NOW_MS = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
+end
+"""
+
+# KEYS: ledger, ledger set. ARGV: id, worker, process, host, pid.
+REGISTER_LUA = NOW_MS + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local now = now_ms()
+redis.call('HSET', KEYS[1], 'worker', ARGV[2], 'process', ARGV[3], 'host', ARGV[4],
+  'pid', ARGV[5], 'started', now, 'heartbeat', now)
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: ledger. Never recreates a ledger a repair deleted.
+HEARTBEAT_LUA = NOW_MS + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'heartbeat', now_ms())
+return 1
+"""
+
+# KEYS: ledger, pyABC counter. ARGV: op, amount (negative for DECRBY), analysis, generation.
+# The counter change pyABC asked for, and its shadow in the ledger.
+COUNTER_LUA = """
+local ledger = KEYS[1]
+if redis.call('EXISTS', ledger) == 0 then
+  return redis.error_reply('ABC_LEDGER_GONE this worker was declared lost and repaired')
+end
+local op, amount = ARGV[1], tonumber(ARGV[2])
+local value = redis.call('INCRBY', KEYS[2], amount)
+if op == 'count' then return value end
+-- the generation stays recorded while the worker is in it or still owes something in it
+local function forget_if_done()
+  if redis.call('HEXISTS', ledger, 'joined') == 0 and redis.call('HEXISTS', ledger, 'claim_max') == 0
+      and redis.call('HEXISTS', ledger, 'jobs') == 0 then
+    redis.call('HDEL', ledger, 'analysis', 'generation')
+  end
+end
+if op == 'leave' then
+  redis.call('HDEL', ledger, 'joined')
+  forget_if_done()
+  return value
+end
+redis.call('HSET', ledger, 'analysis', ARGV[3], 'generation', ARGV[4])
+if op == 'join' then
+  redis.call('HSET', ledger, 'joined', '1')
+elseif op == 'claim' then
+  -- a dynamic worker owns indices value-amount+1..value until it reports them in
+  -- done_ixs; static evaluations are only counted and owe nothing
+  if redis.call('GET', 'mode_' .. ARGV[3] .. '_' .. ARGV[4]) == 'dynamic' then
+    redis.call('HSET', ledger, 'claim_max', value, 'claim_n', amount, 'claim_fail', 0)
+  end
+elseif op == 'fail' then
+  -- already in n_fail: a repair must not count these again
+  if redis.call('HEXISTS', ledger, 'claim_max') == 1 then
+    redis.call('HINCRBY', ledger, 'claim_fail', amount)
+  end
+elseif op == 'job' then
+  -- n_job -1 takes a job, +1 gives it back
+  if redis.call('HINCRBY', ledger, 'jobs', -amount) <= 0 then
+    redis.call('HDEL', ledger, 'jobs')
+    forget_if_done()
+  end
+end
+return value
+"""
+
+# KEYS: ledger. ARGV: 'dynamic' or 'static', then pyABC's result pipeline, each command as
+# its argument count and its arguments. Runs the pipeline (INCRBY n_acc, RPUSH queue, RPUSH
+# done_ixs) and closes the claim (dynamic) or the held job (static) in the same step.
+RESULTS_LUA = """
+local ledger = KEYS[1]
+if redis.call('EXISTS', ledger) == 0 then
+  return redis.error_reply('ABC_LEDGER_GONE this worker was declared lost and repaired')
+end
+local replies, i = {}, 2
+while i <= #ARGV do
+  local n, name, key = tonumber(ARGV[i]), string.upper(ARGV[i + 1]), ARGV[i + 2]
+  if name == 'INCRBY' then
+    replies[#replies + 1] = redis.call('INCRBY', key, ARGV[i + 3])
+  elseif name == 'RPUSH' then
+    -- in chunks: Lua's unpack is limited by its stack
+    local last = i + n
+    for s = i + 3, last, 1000 do
+      replies[#replies + 1] = redis.call('RPUSH', key, unpack(ARGV, s, math.min(s + 999, last)))
+    end
+  else
+    return redis.error_reply('ABC_LEDGER unexpected command in a result pipeline: ' .. name)
+  end
+  i = i + n + 1
+end
+if ARGV[1] == 'dynamic' then
+  redis.call('HDEL', ledger, 'claim_max', 'claim_n', 'claim_fail')
+elseif redis.call('HINCRBY', ledger, 'jobs', -1) <= 0 then
+  redis.call('HDEL', ledger, 'jobs')
+end
+return replies
+"""
+
+# KEYS: ledger, lock. ARGV: token, expiry in ms or ''. pyABC's static lock has no expiry:
+# a worker killed holding it would block every static worker forever.
+LOCK_ACQUIRE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('ABC_LEDGER_GONE this worker was declared lost and repaired')
+end
+local ok
+if ARGV[2] ~= '' then
+  ok = redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
+else
+  ok = redis.call('SET', KEYS[2], ARGV[1], 'NX')
+end
+if not ok then return 0 end
+redis.call('HSET', KEYS[1], 'lock_name', KEYS[2], 'lock_token', ARGV[1])
+return 1
+"""
+
+# KEYS: ledger, lock. ARGV: token. Not fenced: releasing one's own lock is always right.
+LOCK_RELEASE_LUA = """
+redis.call('HDEL', KEYS[1], 'lock_name', 'lock_token')
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0
+"""
+
+# The operator runs this same script (it reads it from this file, between the markers).
+REPAIR_LUA = """
+-- abc-operator repair script: begin
+-- KEYS: ledger hash, ledger set. ARGV: ledger id.
+-- Gives back what a dead worker owes, once: deleting the ledger is part of the repair.
+-- Returns nil without a ledger, else {analysis, generation, left, first, last,
+-- failures_added, jobs_returned, lock_released, stale}.
+local raw = redis.call('HGETALL', KEYS[1])
+if #raw == 0 then
+  redis.call('SREM', KEYS[2], ARGV[1])
+  return false
+end
+local f = {}
+for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+local ana, t = f['analysis'], f['generation']
+local left, first, last, failed, jobs, unlocked, stale = 0, 0, 0, 0, 0, 0, 0
+local function key(name) return name .. '_' .. ana .. '_' .. t end
+-- pyABC counters are only corrected while they exist: INCRBY must never create one
+local function exists(name) return redis.call('EXISTS', key(name)) == 1 end
+if ana and t then
+  local current = redis.call('GET', 'analysis_id')
+  local current_t = current and tonumber(redis.call('GET', 'generation_' .. current) or '')
+  local ledger_t = tonumber(t)
+  -- live: the current analysis, and its current generation or (look-ahead) the one before
+  if current == ana and current_t and ledger_t and ledger_t >= current_t - 1 then
+    if f['joined'] and exists('n_worker') then
+      if (tonumber(redis.call('GET', key('n_worker'))) or 0) > 0 then
+        redis.call('DECR', key('n_worker'))
+        left = 1
+      end
+    end
+    local max, count = tonumber(f['claim_max'] or ''), tonumber(f['claim_n'] or '')
+    if max and count and count > 0 and exists('n_eval') then
+      first, last = max - count + 1, max
+      for s = first, last, 1000 do
+        local chunk = {}
+        for i = s, math.min(s + 999, last) do chunk[#chunk + 1] = i end
+        redis.call('RPUSH', key('done_ixs'), unpack(chunk))
+      end
+      -- pyABC treats the lost evaluations like failed ones
+      failed = count - math.max(0, math.min(count, tonumber(f['claim_fail'] or '0') or 0))
+      if failed > 0 then redis.call('INCRBY', key('n_fail'), failed) end
+    end
+    local held = tonumber(f['jobs'] or '0') or 0
+    if held > 0 and exists('n_job') then
+      redis.call('INCRBY', key('n_job'), held)
+      jobs = held
+    end
+  else
+    stale = 1
+  end
+end
+if f['lock_name'] and f['lock_token'] and redis.call('GET', f['lock_name']) == f['lock_token'] then
+  redis.call('DEL', f['lock_name'])
+  unlocked = 1
+end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+if left == 1 or last > 0 or jobs > 0 or unlocked == 1 then
+  -- live workers re-enter the generation (they join only on a message)
+  redis.call('PUBLISH', 'abc_msg_pubsub', 'start')
+end
+return {ana or false, t or false, left, first, last, failed, jobs, unlocked, stale}
+-- abc-operator repair script: end
+"""
+
+
+# ---------------------------------------------------------------------------------------
+# The Redis client pyABC's worker loop gets.
+
+
+class LedgerGone(Exception):
+    """Our ledger was repaired: we were declared lost and must not touch counters again."""
+
+
+class State:
+    """What the main thread and the keeper thread share in one worker process."""
+
+    def __init__(self, ledger_id: str):
+        self.ledger_id = ledger_id
+        self.ledger_key = LEDGER_PREFIX + ledger_id
+        # held around joining/leaving a generation, so that the runtime deadline cannot
+        # make the process exit between a join and its bookkeeping
+        self.lock = threading.Lock()
+        self.in_generation = False
+        self.stopping = threading.Event()
+
+
+STATE: State = None  # set per process before pyABC's loop starts
+
+# pyABC counter key prefix -> ledger operation for INCRBY (amount > 0) and DECRBY
+COUNTER_OPS = (
+    ('n_worker_', 'join', 'leave'),
+    ('n_eval_', 'claim', 'claim'),
+    ('n_fail_', 'fail', 'fail'),
+    ('n_job_', 'job', 'job'),
+    ('n_lookahead_eval_', 'count', 'count'),
+    ('n_acc_', 'count', 'count'),
+)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _gone(err: redis.exceptions.ResponseError) -> bool:
+    return str(err).startswith(GONE)
+
+
+class LedgerLock(Lock):
+    """pyABC's static `redis.lock('worker')`, recorded in the ledger while held."""
+
+    def do_acquire(self, token) -> bool:
+        expiry = '' if not self.timeout else str(int(self.timeout * 1000))
+        return bool(self.redis.ledger_script('lock_acquire', [self.name], [token, expiry]))
+
+    def do_release(self, expected_token) -> None:
+        if not self.redis.ledger_script('lock_release', [self.name], [expected_token]):
+            raise redis.exceptions.LockNotOwnedError(
+                "Cannot release a lock that's no longer owned", lock_name=self.name
+            )
+
+
+class LedgerRedis(redis.StrictRedis):
+    """StrictRedis whose counter changes and result pipelines also keep the ledger."""
+
+    def __init__(self, *args, **kwargs):
+        # Workers wait indefinitely for messages between generations; redis-py 8 defaults
+        # to a 5 s socket timeout, which turns that wait into an error.
+        kwargs.setdefault('socket_timeout', None)
+        kwargs.setdefault('socket_keepalive', True)
+        super().__init__(*args, **kwargs)
+        self._scripts = {
+            'counter': self.register_script(COUNTER_LUA),
+            'results': self.register_script(RESULTS_LUA),
+            'lock_acquire': self.register_script(LOCK_ACQUIRE_LUA),
+            'lock_release': self.register_script(LOCK_RELEASE_LUA),
+        }
+
+    def ledger_script(self, name, keys, args):
+        try:
+            return self._scripts[name](keys=[STATE.ledger_key, *keys], args=args, client=self)
+        except redis.exceptions.ResponseError as err:
+            if _gone(err):
+                raise LedgerGone(str(err)) from None
+            raise
+
+    def execute_command(self, *args, **options):
+        op = self._ledger_op(args)
+        if op is None:
+            return super().execute_command(*args, **options)
+        op, key, amount, analysis, generation = op
+        with STATE.lock:
+            value = self.ledger_script('counter', [key], [op, amount, analysis, generation])
+            if op == 'join':
+                STATE.in_generation = True
+            elif op == 'leave':
+                STATE.in_generation = False
+        return value
+
+    @staticmethod
+    def _ledger_op(args):
+        """(op, key, amount, analysis, generation) for a pyABC counter change, else None."""
+        if len(args) != 3 or _text(args[0]).upper() not in ('INCRBY', 'DECRBY'):
+            return None
+        key = _text(args[1])
+        amount = int(args[2]) * (1 if _text(args[0]).upper() == 'INCRBY' else -1)
+        for prefix, up, down in COUNTER_OPS:
+            if key.startswith(prefix):
+                analysis, _, generation = key[len(prefix):].rpartition('_')
+                return (up if amount > 0 else down), key, amount, analysis, generation
+        return None
+
+    def pipeline(self, transaction=True, shard_hint=None):
+        """pyABC reports results with a pipeline: run it as one ledger-keeping script."""
+        pipe = super().pipeline(transaction, shard_hint)
+        plain_execute = pipe.execute
+
+        def execute(raise_on_error=True):
+            commands = [args for args, _options in pipe.command_stack]
+            kind = _results_kind(commands)
+            if kind is None:  # e.g. the worker's initial multi-GET: left untouched
+                return plain_execute(raise_on_error)
+            pipe.reset()
+            flat = [kind]
+            for args in commands:
+                flat += [len(args), *args]
+            return self.ledger_script('results', [], flat)
+
+        pipe.execute = execute
+        return pipe
+
+    def lock(self, name, *args, **kwargs):
+        kwargs['lock_class'] = LedgerLock
+        return super().lock(name, *args, **kwargs)
+
+
+def _results_kind(commands):
+    """'dynamic' for a pipeline reporting done indices, 'static' for a static result."""
+    pushes = [_text(args[1]) for args in commands if _text(args[0]).upper() == 'RPUSH']
+    if any(key.startswith('done_ixs_') for key in pushes):
+        return 'dynamic'
+    if any(key.startswith('queue_') for key in pushes):
+        return 'static'
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# One worker process.
+
+
+class Config:
+    def __init__(self, env):
+        self.host = env.get('ABC_REDIS_HOST', 'localhost')
+        self.port = int(env.get('ABC_REDIS_PORT', '6379'))
+        self.password = env.get('ABC_REDIS_PASSWORD') or None
+        self.worker_id = env.get('ABC_WORKER_ID') or socket.gethostname()
+        self.runtime = env.get('ABC_WORKER_RUNTIME', '2h')
+        self.runtime_s = cli.runtime_parse(self.runtime)
+        self.processes = int(env.get('ABC_WORKER_PROCESSES', '1'))
+        self.heartbeat_s = float(env.get('ABC_HEARTBEAT_SECONDS', '5'))
+        if self.processes < 1 or self.heartbeat_s <= 0 or self.runtime_s <= 0:
+            raise ValueError('processes, heartbeat and runtime must be positive')
+
+    def client(self, **kwargs):
+        return redis.StrictRedis(
+            host=self.host, port=self.port, password=self.password, **kwargs
+        )
+
+
+def settle(admin, state: State, why: str):
+    """Run the repair script on our own ledger.
+
+    Normally the ledger owes nothing and this just deletes it. After an unexpected error
+    inside a generation, or for a predecessor with our id that died (a restarted
+    container), it gives the obligations back exactly like the operator would.
+    """
+    repair = admin.register_script(REPAIR_LUA)
+    result = repair(keys=[state.ledger_key, LEDGER_SET], args=[state.ledger_id])
+    if result is None:
+        return
+    ana, t, left, first, last, failed, jobs, unlocked, stale = result
+    if left or last or jobs or unlocked:
+        log.warning(
+            f'{why}: repaired ledger {state.ledger_id} (generation {_text(t)}): '
+            f'left={left} indices={first}..{last} n_fail+={failed} jobs+={jobs} '
+            f'lock_released={unlocked}'
+        )
+
+
+def keep(admin, state: State, config: Config, deadline: float):
+    """Heartbeat, fencing and the runtime limit, in a background thread.
+
+    pyABC checks its runtime only inside a generation and after a pub/sub message, so an
+    idle worker would outlive it; here the limit holds in every state.
+    """
+    heartbeat = admin.register_script(HEARTBEAT_LUA)
+    while True:
+        remaining = deadline - time.monotonic()
+        wait = min(config.heartbeat_s, remaining if remaining > 0 else 0.5)
+        if state.stopping.wait(wait):
+            return
+        try:
+            alive = heartbeat(keys=[state.ledger_key])
+        except redis.RedisError as err:
+            log.warning(f'heartbeat failed: {err}')
+            continue
+        if not alive and not state.stopping.is_set():
+            log.error('ledger repaired by the operator: this worker was declared lost')
+            os._exit(EXIT_LOST)
+        if time.monotonic() >= deadline:
+            with state.lock:
+                if not state.in_generation and not state.stopping.is_set():
+                    # idle: leave now; inside a generation pyABC leaves at its next check
+                    log.info(f'runtime {config.runtime} over while idle: exiting')
+                    state.stopping.set()
+                    settle(admin, state, 'runtime over')
+                    logging.shutdown()
+                    os._exit(0)
+
+
+def run_worker(config: Config, ledger_id: str, process: int) -> int:
+    global STATE
+    STATE = state = State(ledger_id)
+    deadline = time.monotonic() + config.runtime_s
+    admin = config.client(socket_timeout=30, socket_connect_timeout=30)
+    try:
+        settle(admin, state, 'a previous process with this id left obligations')
+        registered = admin.register_script(REGISTER_LUA)(
+            keys=[state.ledger_key, LEDGER_SET],
+            args=[ledger_id, config.worker_id, process, socket.gethostname(), os.getpid()],
+        )
+    except redis.RedisError as err:
+        log.error(f'cannot use Redis at {config.host}:{config.port}: {err}')
+        return EXIT_ERROR
+    if not registered:
+        log.error(f'another worker registered the ledger id {ledger_id} meanwhile')
+        return EXIT_CONFIG
+    keeper = threading.Thread(
+        target=keep, args=(admin, state, config, deadline), daemon=True
+    )
+    keeper.start()
+    log.info(f'worker {ledger_id} ready (runtime {config.runtime})')
+    code = 0
+    try:
+        cli.StrictRedis = LedgerRedis  # the only change to pyABC's worker
+        cli._work(config.host, config.port, config.runtime, config.password, True)
+    except SystemExit as exit_:  # pyABC's KillHandler exits on SIGTERM/SIGINT
+        code = exit_.code if isinstance(exit_.code, int) else 0
+    except LedgerGone:
+        log.error('ledger repaired by the operator: this worker was declared lost')
+        return EXIT_LOST
+    except Exception:
+        log.exception('worker failed')
+        code = EXIT_ERROR
+    finally:
+        with state.lock:
+            state.stopping.set()
+    try:
+        settle(admin, state, 'exit')
+    except redis.RedisError as err:
+        log.error(f'could not remove the ledger at exit: {err}')
+        code = code or EXIT_ERROR
+    log.info(f'worker {ledger_id} exits with {code}')
+    return code
+
+
+# ---------------------------------------------------------------------------------------
+# Several processes: each a worker with its own ledger, supervised by this one.
+
+
+def supervise(config: Config) -> int:
+    ctx = multiprocessing.get_context('fork')  # pyabc is imported once, in the parent
+    children = {}
+    for i in range(config.processes):
+        ledger_id = f'{config.worker_id}-{i}'
+        child = ctx.Process(target=_child, args=(config, ledger_id, i), name=ledger_id)
+        child.start()
+        children[child.sentinel] = child
+
+    def forward(signum, _frame):
+        for child in children.values():
+            if child.pid and child.exitcode is None:
+                os.kill(child.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = 0
+    admin = config.client(socket_timeout=30, socket_connect_timeout=30)
+    while children:
+        for sentinel in multiprocessing.connection.wait(list(children)):
+            child = children.pop(sentinel)
+            child.join()
+            if child.exitcode != 0:
+                # killed (e.g. OOM) or failed: give back what it owed right away
+                log.warning(f'worker process {child.name} ended with {child.exitcode}')
+                code = code or (child.exitcode if child.exitcode > 0 else EXIT_ERROR)
+                try:
+                    settle(admin, State(child.name), f'process {child.name} died')
+                except redis.RedisError as err:
+                    log.error(f'could not repair the ledger of {child.name}: {err}')
+    return code
+
+
+def _child(config: Config, ledger_id: str, process: int):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    sys.exit(run_worker(config, ledger_id, process))
+
+
+def main() -> int:
+    logging.basicConfig(
+        level=logging.INFO, format='%(asctime)s %(name)s %(levelname)s %(message)s'
+    )
+    try:
+        config = Config(os.environ)
+    except (ValueError, KeyError) as err:
+        log.error(f'bad worker configuration: {err}')
+        return EXIT_CONFIG
+    if config.processes == 1:
+        return run_worker(config, config.worker_id, 0)
+    return supervise(config)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

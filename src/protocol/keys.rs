@@ -1,0 +1,93 @@
+//! Key and channel names of pyABC 0.13.0 (`pyabc/sampler/redis_eps/cmd.py`), and the keys of the
+//! operator's worker ledger.
+
+/// `analysis_id`: the id of the current analysis; its existence marks the server as busy.
+pub const ANALYSIS_ID: &str = "analysis_id";
+/// `generation_{ana}`: the current generation index t (the calibration sample is t = -1).
+pub const GENERATION: &str = "generation";
+/// `mode_{ana}_{t}`: [`DYNAMIC`] or [`STATIC`].
+pub const MODE: &str = "mode";
+/// Value of [`MODE`] for `RedisStaticSampler`.
+pub const STATIC: &str = "static";
+/// Value of [`MODE`] for `RedisEvalParallelSampler`.
+pub const DYNAMIC: &str = "dynamic";
+/// `queue_{ana}_{t}`: pickled accepted samples, RPUSHed by workers, BLPOPed by the master.
+pub const QUEUE: &str = "queue";
+/// `done_ixs_{ana}_{t}`: indices of finished evaluations (dynamic mode).
+pub const DONE_IXS: &str = "done_ixs";
+/// The pub/sub channel of start and stop messages.
+pub const MSG: &str = "abc_msg_pubsub";
+/// Message on [`MSG`]: workers read the current generation and join it.
+pub const START: &str = "start";
+/// Message on [`MSG`]: idle workers exit.
+pub const STOP: &str = "stop";
+/// `all_accepted_{ana}_{t}`: `1` in the calibration sample, where every particle is accepted.
+pub const ALL_ACCEPTED: &str = "all_accepted";
+/// `sample_simulate_accept_{ana}_{t}`: the cloudpickled model (simulate_one, sample_factory).
+pub const SSA: &str = "sample_simulate_accept";
+/// `is_look_ahead_{ana}_{t}`: `1` while the generation is sampled ahead with a preliminary proposal.
+pub const IS_LOOK_AHEAD: &str = "is_look_ahead";
+/// `max_n_eval_look_ahead_{ana}_{t}`: evaluation cap of look-ahead sampling.
+pub const MAX_N_EVAL_LOOK_AHEAD: &str = "max_n_eval_look_ahead";
+/// `batch_size_{ana}_{t}`: evaluations a dynamic worker claims at once.
+pub const BATCH_SIZE: &str = "batch_size";
+/// `n_eval_{ana}_{t}`: evaluations claimed (INCRBY before simulating).
+pub const N_EVAL: &str = "n_eval";
+/// `n_acc_{ana}_{t}`: accepted particles.
+pub const N_ACC: &str = "n_acc";
+/// `n_req_{ana}_{t}`: particles required (population size).
+pub const N_REQ: &str = "n_req";
+/// `n_fail_{ana}_{t}`: failed evaluations.
+pub const N_FAIL: &str = "n_fail";
+/// `n_worker_{ana}_{t}`: workers inside the generation.
+pub const N_WORKER: &str = "n_worker";
+/// `n_lookahead_eval_{ana}_{t}`: look-ahead evaluations.
+pub const N_LOOKAHEAD_EVAL: &str = "n_lookahead_eval";
+/// `n_job_{ana}_{t}`: jobs left (static mode).
+pub const N_JOB: &str = "n_job";
+/// The Redis lock static workers take around a job (`redis.lock('worker')`, no expiry).
+pub const STATIC_WORKER_LOCK: &str = "worker";
+
+/// Set of the ids of every worker ledger.
+pub const LEDGER_SET: &str = "abc_operator:ledgers";
+/// Prefix of a worker's ledger hash: `abc_operator:ledger:{id}`.
+pub const LEDGER_PREFIX: &str = "abc_operator:ledger:";
+
+/// Appends ids to a variable name exactly like pyABC's `idfy`:
+/// `idfy("n_eval", ["abc", "3"])` is `n_eval_abc_3`.
+pub fn idfy<I, A>(var: &str, args: I) -> String
+where
+    I: IntoIterator<Item = A>,
+    A: std::fmt::Display,
+{
+    let mut key = var.to_string();
+    for arg in args {
+        key.push('_');
+        key.push_str(&arg.to_string());
+    }
+    key
+}
+
+/// `{var}_{ana}_{t}`, the form of every per-generation key.
+pub fn generation_key(var: &str, analysis_id: &str, t: i64) -> String {
+    format!("{var}_{analysis_id}_{t}")
+}
+
+/// The ledger hash of a worker id.
+pub fn ledger_key(ledger_id: &str) -> String {
+    format!("{LEDGER_PREFIX}{ledger_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idfy_matches_pyabc() {
+        assert_eq!(idfy(N_EVAL, ["abc123", "3"]), "n_eval_abc123_3");
+        assert_eq!(idfy(GENERATION, ["abc"]), "generation_abc");
+        assert_eq!(idfy::<[&str; 0], &str>(ANALYSIS_ID, []), "analysis_id");
+        assert_eq!(generation_key(N_WORKER, "a-b", -1), "n_worker_a-b_-1");
+        assert_eq!(ledger_key("pod-1"), "abc_operator:ledger:pod-1");
+    }
+}

@@ -1,0 +1,233 @@
+//! pyABC Redis protocol: key names, snapshots, stop/reset, worker ledger and repair.
+//!
+//! Speaks the protocol of pyabc 0.13.0's Redis samplers (`pyabc/sampler/redis_eps`): the
+//! keys of [`keys`], the `abc_msg_pubsub` channel, and the manager's `info`, `stop` and
+//! `reset-workers`. On top of it, the worker ledger: pyABC keeps no record of what a worker
+//! owes, so a worker killed inside a generation leaves the master waiting forever. Workers
+//! started through [`WORKER_ENTRYPOINT`] record it, and [`repair_lost_worker`] gives it back.
+//!
+//! # Worker ledger layout
+//!
+//! One Redis hash per worker process, `abc_operator:ledger:{id}` ([`keys::ledger_key`]), and
+//! the set `abc_operator:ledgers` ([`keys::LEDGER_SET`]) of every id. `{id}` is
+//! `ABC_WORKER_ID` (the pod name, or a local id), `{id}-{i}` with several processes. Fields:
+//!
+//! | field | set when | meaning |
+//! |---|---|---|
+//! | `worker`, `process`, `host`, `pid` | registration | `ABC_WORKER_ID`, process index, host name, pid |
+//! | `started`, `heartbeat` | registration; `heartbeat` every `ABC_HEARTBEAT_SECONDS` | Redis `TIME` in ms (one clock for all) |
+//! | `analysis`, `generation` | with `joined`, a claim or a job; removed when none is left | the generation `{ana}`, `{t}` the worker is in or owes something to |
+//! | `joined` | `1` from its `INCR n_worker_{ana}_{t}` to its `DECR` | the worker counts in n_worker |
+//! | `claim_max`, `claim_n` | from `INCRBY n_eval_{ana}_{t} k` (dynamic mode) to its result pipeline | it owns indices `claim_max-claim_n+1 ..= claim_max`, not yet in done_ixs |
+//! | `claim_fail` | `INCR n_fail` during the claim | failures of the claim already counted in n_fail |
+//! | `jobs` | `DECR n_job` (+1), `INCR n_job` or a result (-1), static mode | static jobs held |
+//! | `lock_name`, `lock_token` | while holding pyABC's static `redis.lock('worker')` | the lock has no expiry: a dead holder blocks every static worker |
+//!
+//! Each field changes in the same Lua script as the pyABC counter it shadows (the result
+//! pipeline runs as one script too), so the ledger is right whenever the worker dies. Every
+//! one of those scripts refuses to touch a counter once the ledger is gone: a repaired worker
+//! that was only hung exits instead of counting twice. Idle ledgers (registered, owing
+//! nothing) are normal; a worker that exits normally removes its own.
+//!
+//! The repair script lives in the entrypoint (the worker also runs it on its own ledger at
+//! exit and for a predecessor with its id at start); [`repair_lost_worker`] runs the same.
+//! It corrects counters only for the current analysis, in its current generation or the one
+//! before (look-ahead sampling starts t+1 while the master still collects t), and only
+//! counters that still exist; any other ledger is stale and just deleted.
+//!
+//! For callers: repair a worker known dead (pod deleted, heartbeat older than the timeout,
+//! see [`stale_workers`]); one pod's ledgers are [`Snapshot::ledgers_of`] its name. A
+//! restarted container (same pod name, so same ids) repairs its predecessor's ledgers itself
+//! when it starts, so a container restart needs no repair from outside (one would race with
+//! the new process and fence it). Ids must be unique among live workers.
+
+mod control;
+pub mod keys;
+mod repair;
+mod snapshot;
+
+pub use control::{clear_stale_analysis_lock, reset_workers, stop};
+pub use repair::{Repair, repair_lost_worker, repair_script_source};
+pub use snapshot::{Claim, Ledger, Mode, Snapshot, stale_workers};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, IntoConnectionInfo, RedisConnectionInfo, RedisError};
+use std::time::Duration;
+
+/// The worker entrypoint the operator ships (mounted from a ConfigMap, or written to a file by
+/// the local runner and run with the image's python).
+pub const WORKER_ENTRYPOINT: &str = include_str!("abc_worker.py");
+
+/// Where a run's Redis is. The password is never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// Errors talking to a run's Redis, each naming its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("{server} rejected the password ({detail}); check the run's Redis password Secret")]
+    WrongPassword { server: String, detail: String },
+    #[error("{server} requires a password and none was given")]
+    PasswordRequired { server: String },
+    #[error(
+        "cannot reach {server}: {detail}; check that Redis runs and that host and port are right"
+    )]
+    Unreachable { server: String, detail: String },
+    #[error("{server} did not answer like a Redis server ({detail}); check host and port")]
+    NotRedis { server: String, detail: String },
+    #[error("this Redis does not hold pyABC 0.13 sampler data as expected: {0}")]
+    NotPyabc(String),
+    #[error("Redis command failed: {0}")]
+    Redis(RedisError),
+}
+
+impl ProtocolError {
+    /// Sorts a client error into a cause the user can act on.
+    pub(crate) fn from_redis(err: RedisError, server: &str) -> ProtocolError {
+        let server = server.to_string();
+        let detail = err.detail().unwrap_or_default().to_string();
+        match err.code() {
+            Some("WRONGPASS") => return ProtocolError::WrongPassword { server, detail },
+            Some("NOAUTH") => return ProtocolError::PasswordRequired { server },
+            Some("WRONGTYPE") => {
+                return ProtocolError::NotPyabc(format!(
+                    "a key has another type than pyABC gives it ({detail})"
+                ));
+            }
+            Some("ABC_NOT_PYABC") => return ProtocolError::NotPyabc(detail),
+            _ => {}
+        }
+        match err.kind() {
+            ErrorKind::AuthenticationFailed => ProtocolError::WrongPassword {
+                server,
+                detail: err.to_string(),
+            },
+            ErrorKind::Parse => ProtocolError::NotRedis {
+                server,
+                detail: err.to_string(),
+            },
+            _ if err.is_io_error()
+                || err.is_timeout()
+                || err.is_connection_refusal()
+                || err.is_connection_dropped() =>
+            {
+                ProtocolError::Unreachable {
+                    server,
+                    detail: err.to_string(),
+                }
+            }
+            _ => ProtocolError::Redis(err),
+        }
+    }
+}
+
+impl From<RedisError> for ProtocolError {
+    fn from(err: RedisError) -> Self {
+        ProtocolError::from_redis(err, "Redis")
+    }
+}
+
+/// Connects to a run's Redis (auto-reconnecting) and checks that it answers with this
+/// password. Connection attempts time out after 5 s, commands after 10 s.
+pub async fn connect(endpoint: &Endpoint) -> Result<ConnectionManager, ProtocolError> {
+    let server = format!("Redis at {endpoint}");
+    let mut settings = RedisConnectionInfo::default();
+    if let Some(password) = &endpoint.password {
+        settings = settings.set_password(password);
+    }
+    let info = redis::ConnectionAddr::Tcp(endpoint.host.clone(), endpoint.port)
+        .into_connection_info()
+        .map_err(|err| ProtocolError::from_redis(err, &server))?
+        .set_redis_settings(settings);
+    let client =
+        redis::Client::open(info).map_err(|err| ProtocolError::from_redis(err, &server))?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(1));
+    let mut conn = ConnectionManager::new_with_config(client, config)
+        .await
+        .map_err(|err| ProtocolError::from_redis(err, &server))?;
+    let _: String = redis::cmd("PING")
+        .query_async(&mut conn)
+        .await
+        .map_err(|err| ProtocolError::from_redis(err, &server))?;
+    Ok(conn)
+}
+
+/// Reads a text value out of a script reply.
+pub(crate) fn text(value: &redis::Value, what: &str) -> Result<Option<String>, ProtocolError> {
+    use redis::Value;
+    match value {
+        Value::Nil => Ok(None),
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone())
+            .map(Some)
+            .map_err(|_| ProtocolError::NotPyabc(format!("{what} is not UTF-8 text"))),
+        Value::SimpleString(s) => Ok(Some(s.clone())),
+        Value::Int(i) => Ok(Some(i.to_string())),
+        other => Err(ProtocolError::NotPyabc(format!(
+            "{what}: unexpected reply {other:?}"
+        ))),
+    }
+}
+
+/// Parses an integer pyABC or the ledger keeps, naming the key when it is something else.
+pub(crate) fn integer(value: Option<&str>, what: &str) -> Result<Option<i64>, ProtocolError> {
+    value
+        .map(|raw| {
+            raw.trim().parse::<i64>().map_err(|_| {
+                ProtocolError::NotPyabc(format!("{what} holds {raw:?}, expected an integer"))
+            })
+        })
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_debug_hides_password() {
+        let endpoint = Endpoint {
+            host: "h".into(),
+            port: 1,
+            password: Some("s3cret".into()),
+        };
+        assert!(!format!("{endpoint:?}").contains("s3cret"));
+        assert_eq!(endpoint.to_string(), "h:1");
+    }
+
+    #[test]
+    fn integers_name_the_key() {
+        assert_eq!(integer(Some("42"), "k").unwrap(), Some(42));
+        assert_eq!(integer(None, "k").unwrap(), None);
+        let err = integer(Some("abc"), "key n_req_x_0")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("n_req_x_0") && err.contains("\"abc\""),
+            "{err}"
+        );
+    }
+}

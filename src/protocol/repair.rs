@@ -1,0 +1,203 @@
+//! The exact, once-only repair of a lost worker.
+
+use super::keys::{LEDGER_SET, ledger_key};
+use super::{ProtocolError, WORKER_ENTRYPOINT, integer, text};
+use redis::Value;
+use serde::Serialize;
+use std::ops::RangeInclusive;
+use std::sync::LazyLock;
+
+const BEGIN: &str = "-- abc-operator repair script: begin";
+const END: &str = "-- abc-operator repair script: end";
+
+/// The repair Lua script. It lives in the worker entrypoint (which runs it on its own
+/// ledger at exit), so worker and operator can never disagree on it.
+pub fn repair_script_source() -> &'static str {
+    static SOURCE: LazyLock<&'static str> = LazyLock::new(|| {
+        let start = WORKER_ENTRYPOINT
+            .find(BEGIN)
+            .expect("abc_worker.py holds the repair script's begin marker");
+        let end = WORKER_ENTRYPOINT[start..]
+            .find(END)
+            .expect("abc_worker.py holds the repair script's end marker");
+        &WORKER_ENTRYPOINT[start..start + end + END.len()]
+    });
+    &SOURCE
+}
+
+static REPAIR: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(repair_script_source()));
+
+/// What a repair corrected (for an Event, a log line, a metric).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Repair {
+    /// The ledger repaired.
+    pub ledger_id: String,
+    /// Analysis of the generation the worker was in, if any.
+    pub analysis_id: Option<String>,
+    /// That generation.
+    pub generation: Option<i64>,
+    /// n_worker was decremented: the worker had joined and not left.
+    pub left_generation: bool,
+    /// Claimed evaluation indices pushed to done_ixs.
+    pub indices: Option<RangeInclusive<i64>>,
+    /// Added to n_fail: the claimed evaluations minus failures already counted.
+    pub failures_added: i64,
+    /// Added to n_job: static jobs the worker held.
+    pub jobs_returned: i64,
+    /// pyABC's static lock, held by the dead worker, was deleted.
+    pub lock_released: bool,
+    /// The ledger belonged to an analysis or generation no longer running: only deleted.
+    pub stale: bool,
+}
+
+impl Repair {
+    /// Whether any pyABC counter or lock changed (and `start` was published).
+    pub fn corrected(&self) -> bool {
+        self.left_generation
+            || self.indices.is_some()
+            || self.jobs_returned > 0
+            || self.lock_released
+    }
+}
+
+impl std::fmt::Display for Repair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "worker {}", self.ledger_id)?;
+        if let (Some(ana), Some(t)) = (&self.analysis_id, self.generation) {
+            write!(f, " (analysis {ana}, generation {t})")?;
+        }
+        if !self.corrected() {
+            return f.write_str(if self.stale {
+                ": ledger of a finished generation removed"
+            } else {
+                ": owed nothing, ledger removed"
+            });
+        }
+        let mut parts = Vec::new();
+        if self.left_generation {
+            parts.push("n_worker -1".to_string());
+        }
+        if let Some(indices) = &self.indices {
+            parts.push(format!(
+                "indices {}..={} marked done, n_fail +{}",
+                indices.start(),
+                indices.end(),
+                self.failures_added
+            ));
+        }
+        if self.jobs_returned > 0 {
+            parts.push(format!("n_job +{}", self.jobs_returned));
+        }
+        if self.lock_released {
+            parts.push("static worker lock released".into());
+        }
+        write!(f, ": {}", parts.join(", "))
+    }
+}
+
+/// Gives back what a dead worker owed, atomically and once: decrements n_worker if it had
+/// joined (never below 0), pushes its unreported indices to done_ixs and counts them as failed
+/// (minus failures already counted), returns its static jobs to n_job, releases pyABC's static
+/// lock if it held it, deletes the ledger, and publishes `start` so that live workers re-enter.
+/// Counters of a ledger's analysis or generation that is no longer running are left alone
+/// (the ledger is only deleted). Without a ledger (already repaired, or never a worker) it
+/// does nothing and returns `None`.
+///
+/// Only call it for a worker known dead (pod gone, container terminated, heartbeat expired):
+/// a live worker whose ledger is repaired exits instead of counting twice.
+pub async fn repair_lost_worker<C>(
+    conn: &mut C,
+    ledger_id: &str,
+) -> Result<Option<Repair>, ProtocolError>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let reply: Value = REPAIR
+        .key(ledger_key(ledger_id))
+        .key(LEDGER_SET)
+        .arg(ledger_id)
+        .invoke_async(conn)
+        .await?;
+    let repair = parse(ledger_id, reply)?;
+    if let Some(repair) = &repair {
+        if repair.corrected() {
+            tracing::info!(%repair, "repaired lost worker");
+        } else {
+            tracing::debug!(%repair, "removed ledger");
+        }
+    }
+    Ok(repair)
+}
+
+fn parse(ledger_id: &str, reply: Value) -> Result<Option<Repair>, ProtocolError> {
+    let items = match reply {
+        Value::Nil => return Ok(None),
+        Value::Array(items) if items.len() == 9 => items,
+        other => {
+            return Err(ProtocolError::NotPyabc(format!(
+                "unexpected repair reply {other:?}"
+            )));
+        }
+    };
+    let what = "repair reply";
+    let number = |i: usize| -> Result<i64, ProtocolError> {
+        Ok(integer(text(&items[i], what)?.as_deref(), what)?.unwrap_or(0))
+    };
+    let (first, last) = (number(3)?, number(4)?);
+    // The repair has happened by now: an odd recorded generation is reported as unknown
+    // rather than as an error (the ledger it came from is gone).
+    let generation = text(&items[1], what)?.and_then(|t| t.parse().ok());
+    Ok(Some(Repair {
+        ledger_id: ledger_id.to_string(),
+        analysis_id: text(&items[0], what)?,
+        generation,
+        left_generation: number(2)? == 1,
+        indices: (last > 0).then_some(first..=last),
+        failures_added: number(5)?,
+        jobs_returned: number(6)?,
+        lock_released: number(7)? == 1,
+        stale: number(8)? == 1,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_is_extracted_from_the_entrypoint() {
+        let source = repair_script_source();
+        assert!(source.starts_with(BEGIN) && source.ends_with(END));
+        assert!(source.contains("redis.call('DEL', KEYS[1])"));
+        assert!(source.contains("'abc_msg_pubsub', 'start'"));
+        // Python reads it as a plain string literal: a backslash would differ between the two
+        assert!(!source.contains('\\'));
+    }
+
+    #[test]
+    fn parses_and_describes() {
+        assert_eq!(parse("w", Value::Nil).unwrap(), None);
+        let int = Value::Int;
+        let reply = Value::Array(vec![
+            Value::BulkString(b"ana".to_vec()),
+            Value::BulkString(b"-1".to_vec()),
+            int(1),
+            int(19),
+            int(20),
+            int(1),
+            int(0),
+            int(0),
+            int(0),
+        ]);
+        let repair = parse("w", reply).unwrap().unwrap();
+        assert_eq!(repair.generation, Some(-1));
+        assert_eq!(repair.indices, Some(19..=20));
+        assert!(repair.corrected());
+        assert_eq!(
+            repair.to_string(),
+            "worker w (analysis ana, generation -1): n_worker -1, indices 19..=20 marked done, n_fail +1"
+        );
+        assert!(parse("w", int(1)).is_err());
+    }
+}

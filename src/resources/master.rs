@@ -1,0 +1,261 @@
+//! The master Job: the user's script running `ABCSMC.run` against the run's Redis.
+//!
+//! A Job's pod template is immutable once created: this builder is deterministic (same spec,
+//! same template) so re-applying an unchanged run is a no-op. A changed `spec.master` cannot
+//! be applied to an existing Job; the controller has to decide (e.g. report it, or recreate
+//! a Job that has not started).
+
+use super::{
+    BuildError, Component, POD_UID, container_security_context, env, merge_env, object_meta,
+    pod_security_context, redis_env,
+};
+use crate::api::AbcRun;
+use k8s_openapi::api::batch::v1::{
+    Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
+};
+use k8s_openapi::api::core::v1::{
+    Container, EmptyDirVolumeSource, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec,
+    Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
+
+/// Where the master's results volume is mounted (`ABC_RESULTS_DIR`).
+pub const RESULTS_DIR: &str = "/results";
+
+/// Name of the master Job.
+pub fn master_job_name(run: &AbcRun) -> String {
+    format!("{}-master", run.name_any())
+}
+
+/// The master Job (`{run}-master`), or `None` when `spec.master` is unset.
+///
+/// `restartPolicy: Never` with `backoffLimit` retries; `suspend` follows `spec.suspend`;
+/// a pod disrupted by the cluster (eviction, preemption, node drain) does not count against
+/// `backoffLimit`.
+pub fn master_job(run: &AbcRun) -> Result<Option<Job>, BuildError> {
+    let Some(master) = &run.spec.master else {
+        return Ok(None);
+    };
+    let ours = [
+        redis_env(run),
+        vec![
+            env("ABC_RESULTS_DIR", RESULTS_DIR),
+            env("PYTHONUNBUFFERED", "1"),
+            env("HOME", "/tmp"),
+            env("MPLCONFIGDIR", "/tmp"),
+        ],
+    ]
+    .concat();
+    let results = match &master.results_claim_name {
+        Some(claim) => Volume {
+            name: "results".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.clone(),
+                read_only: None,
+            }),
+            ..Volume::default()
+        },
+        None => Volume {
+            name: "results".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+    };
+    let container = Container {
+        name: "master".into(),
+        image: Some(run.spec.image.clone()),
+        image_pull_policy: run.spec.image_pull_policy.clone(),
+        command: Some(master.command.clone()),
+        args: (!master.args.is_empty()).then(|| master.args.clone()),
+        env: Some(merge_env(ours, &master.env)),
+        resources: master.resources.clone(),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "results".into(),
+                mount_path: RESULTS_DIR.into(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "tmp".into(),
+                mount_path: "/tmp".into(),
+                ..VolumeMount::default()
+            },
+        ]),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        security_context: Some(container_security_context()),
+        ..Container::default()
+    };
+    let meta = object_meta(run, master_job_name(run), Component::Master)?;
+    Ok(Some(Job {
+        spec: Some(JobSpec {
+            backoff_limit: Some(master.backoff_limit),
+            active_deadline_seconds: master.active_deadline_seconds,
+            suspend: Some(run.spec.suspend),
+            pod_failure_policy: Some(PodFailurePolicy {
+                rules: vec![PodFailurePolicyRule {
+                    action: "Ignore".into(),
+                    on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+                        type_: "DisruptionTarget".into(),
+                        status: Some("True".into()),
+                    }]),
+                    on_exit_codes: None,
+                }],
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: meta.labels.clone(),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(pod_security_context(POD_UID)),
+                    containers: vec![container],
+                    volumes: Some(vec![
+                        results,
+                        Volume {
+                            name: "tmp".into(),
+                            empty_dir: Some(EmptyDirVolumeSource::default()),
+                            ..Volume::default()
+                        },
+                    ]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        metadata: meta,
+        ..Job::default()
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::test_support::{minimal, run};
+
+    fn job(yaml: &str) -> Job {
+        master_job(&run(yaml)).unwrap().unwrap()
+    }
+
+    fn env_value(c: &Container, name: &str) -> Option<String> {
+        c.env
+            .as_ref()?
+            .iter()
+            .find(|e| e.name == name)?
+            .value
+            .clone()
+    }
+
+    #[test]
+    fn no_master_no_job() {
+        assert!(master_job(&minimal()).unwrap().is_none());
+    }
+
+    #[test]
+    fn runs_the_users_command_once_with_redis_and_results_dir() {
+        let job = job(
+            "image: img\nmaster:\n  command: [python, gaussian.py]\n  args: [--pop, '100']\n  backoffLimit: 0\n  activeDeadlineSeconds: 3600\n",
+        );
+        assert_eq!(job.metadata.name.as_deref(), Some("gaussian-master"));
+        let spec = job.spec.unwrap();
+        assert_eq!(spec.backoff_limit, Some(0));
+        assert_eq!(spec.active_deadline_seconds, Some(3600));
+        assert_eq!(spec.suspend, Some(false));
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        let c = &pod.containers[0];
+        assert_eq!(c.command.as_ref().unwrap(), &["python", "gaussian.py"]);
+        assert_eq!(c.args.as_ref().unwrap(), &["--pop", "100"]);
+        assert_eq!(
+            env_value(c, "ABC_REDIS_HOST").as_deref(),
+            Some("gaussian-redis")
+        );
+        assert_eq!(
+            env_value(c, "ABC_RESULTS_DIR").as_deref(),
+            Some(RESULTS_DIR)
+        );
+        assert!(
+            c.env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|e| e.name != "ABC_WORKER_ID")
+        );
+        let mount = c
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.mount_path == RESULTS_DIR);
+        assert!(mount.is_some());
+    }
+
+    #[test]
+    fn results_live_on_the_claim_when_given() {
+        let ephemeral = job("image: i\nmaster: {command: [m]}\n");
+        let volumes = ephemeral
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .volumes
+            .unwrap();
+        assert!(
+            volumes
+                .iter()
+                .find(|v| v.name == "results")
+                .unwrap()
+                .empty_dir
+                .is_some()
+        );
+
+        let kept = job("image: i\nmaster: {command: [m], resultsClaimName: abc-results}\n");
+        let volumes = kept.spec.unwrap().template.spec.unwrap().volumes.unwrap();
+        let claim = volumes.iter().find(|v| v.name == "results").unwrap();
+        assert_eq!(
+            claim.persistent_volume_claim.as_ref().unwrap().claim_name,
+            "abc-results"
+        );
+    }
+
+    #[test]
+    fn suspended_run_holds_the_job() {
+        let job = job("image: i\nsuspend: true\nmaster: {command: [m]}\n");
+        assert_eq!(job.spec.unwrap().suspend, Some(true));
+    }
+
+    #[test]
+    fn disruptions_do_not_use_up_retries() {
+        let policy = job("image: i\nmaster: {command: [m]}\n")
+            .spec
+            .unwrap()
+            .pod_failure_policy
+            .unwrap();
+        assert_eq!(policy.rules[0].action, "Ignore");
+        assert_eq!(
+            policy.rules[0].on_pod_conditions.as_ref().unwrap()[0].type_,
+            "DisruptionTarget"
+        );
+    }
+
+    #[test]
+    fn users_cannot_redirect_the_results_or_the_redis() {
+        let job = job(
+            "image: i\nmaster:\n  command: [m]\n  env: [{name: ABC_RESULTS_DIR, value: /elsewhere}, {name: ABC_REDIS_HOST, value: x}, {name: SEED, value: '1'}]\n",
+        );
+        let c = &job.spec.unwrap().template.spec.unwrap().containers[0];
+        assert_eq!(
+            env_value(c, "ABC_RESULTS_DIR").as_deref(),
+            Some(RESULTS_DIR)
+        );
+        assert_eq!(
+            env_value(c, "ABC_REDIS_HOST").as_deref(),
+            Some("gaussian-redis")
+        );
+        assert_eq!(env_value(c, "SEED").as_deref(), Some("1"));
+    }
+}

@@ -1,0 +1,383 @@
+//! The managed Redis: a one-replica Deployment and its Service.
+//!
+//! # How the password reaches redis-server
+//!
+//! Redis has no "read the password from a file or env" option, and anything on the command line
+//! of redis-server (`--requirepass ...`) is readable by every process of the node through
+//! `/proc/*/cmdline` and shows up in `ps`. So an init container (same image, whose shell is all
+//! it needs) gets the password as env from the Secret and writes an ACL file for the `default`
+//! user into an in-memory emptyDir:
+//!
+//! ```text
+//! user default on #<sha256 of the password> ~* &* +@all
+//! ```
+//!
+//! `printf` is a shell builtin (no process, no argv) and the password reaches `sha256sum` on
+//! stdin, so it is on no command line; the file holds only its SHA-256, which also needs no
+//! quoting whatever characters a user-provided password has. redis-server then starts with
+//! `--aclfile`. Clients authenticate with `AUTH <password>` as usual (pyABC, the entrypoint,
+//! the operator). The password is not in the main container's argv either; only its readiness
+//! probe's `redis-cli` reads it, from `REDISCLI_AUTH`.
+//!
+//! A changed password (a user's own `passwordSecret` edited) takes effect when the Redis pod
+//! restarts; the generated one never changes.
+
+use super::{
+    BuildError, Component, REDIS_PORT, container_security_context, managed_redis, object_meta,
+    password_env, pod_security_context, redis_service_name, selector_labels,
+};
+use crate::api::AbcRun;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EmptyDirVolumeSource, ExecAction, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::BTreeMap;
+
+/// The Redis image of a managed Redis unless `spec.redis.managed.image` says otherwise.
+pub const DEFAULT_REDIS_IMAGE: &str = "redis:7.4-alpine";
+/// uid (and gid) Redis runs as (the `redis` user of the official images).
+pub const REDIS_UID: i64 = 999;
+
+const CONFIG_DIR: &str = "/config";
+const ACL_FILE: &str = "/config/users.acl";
+const DATA_DIR: &str = "/data";
+const PORT_NAME: &str = "redis";
+
+/// Writes the ACL file from `REDIS_PASSWORD` without putting the password on any command line
+/// (see the module docs).
+const WRITE_ACL_SCRIPT: &str = r#"set -eu
+umask 077
+hash="$(printf '%s' "$REDIS_PASSWORD" | sha256sum | cut -d ' ' -f 1)"
+printf 'user default on #%s ~* &* +@all\n' "$hash" > /config/users.acl
+"#;
+
+/// Ready when an authenticated PING answers: proves the ACL file took the password.
+const READINESS_SCRIPT: &str = "redis-cli -h 127.0.0.1 -p 6379 ping | grep -qx PONG";
+
+/// Name of the managed Redis' Deployment (same as its Service).
+pub fn redis_deployment_name(run: &AbcRun) -> String {
+    redis_service_name(run)
+}
+
+/// Requests of the Redis container when `spec.redis.managed.resources` is unset: a Redis with
+/// no requests is the first pod evicted under node pressure, which would lose the run's state.
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity("100m".into())),
+            ("memory".to_string(), Quantity("128Mi".into())),
+        ])),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// The managed Redis' Deployment, or `None` for an external Redis.
+///
+/// One replica, `Recreate` (two Redis pods behind the Service would split the run's state),
+/// no persistence (`--save ""`, `--appendonly no`: pyABC's state is per run and ephemeral),
+/// `/data` an emptyDir.
+pub fn redis_deployment(run: &AbcRun) -> Result<Option<Deployment>, BuildError> {
+    let Some(managed) = managed_redis(run) else {
+        return Ok(None);
+    };
+    let image = managed
+        .image
+        .clone()
+        .unwrap_or_else(|| DEFAULT_REDIS_IMAGE.to_string());
+    let config_mount = VolumeMount {
+        name: "config".into(),
+        mount_path: CONFIG_DIR.into(),
+        ..VolumeMount::default()
+    };
+    let init = Container {
+        name: "write-acl".into(),
+        image: Some(image.clone()),
+        command: Some(vec!["sh".into(), "-c".into(), WRITE_ACL_SCRIPT.into()]),
+        env: Some(vec![password_env(run, "REDIS_PASSWORD")]),
+        volume_mounts: Some(vec![config_mount.clone()]),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), Quantity("10m".into())),
+                ("memory".to_string(), Quantity("16Mi".into())),
+            ])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(container_security_context()),
+        ..Container::default()
+    };
+    let redis = Container {
+        name: "redis".into(),
+        image: Some(image),
+        command: Some(
+            [
+                "redis-server",
+                "--port",
+                "6379",
+                "--aclfile",
+                ACL_FILE,
+                "--dir",
+                DATA_DIR,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+        env: Some(vec![password_env(run, "REDISCLI_AUTH")]),
+        ports: Some(vec![ContainerPort {
+            name: Some(PORT_NAME.into()),
+            container_port: REDIS_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(Probe {
+            exec: Some(ExecAction {
+                command: Some(vec!["sh".into(), "-c".into(), READINESS_SCRIPT.into()]),
+            }),
+            period_seconds: Some(5),
+            timeout_seconds: Some(3),
+            failure_threshold: Some(3),
+            ..Probe::default()
+        }),
+        liveness_probe: Some(Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::String(PORT_NAME.into()),
+                host: None,
+            }),
+            initial_delay_seconds: Some(5),
+            period_seconds: Some(10),
+            timeout_seconds: Some(3),
+            failure_threshold: Some(6),
+            ..Probe::default()
+        }),
+        resources: Some(managed.resources.clone().unwrap_or_else(default_resources)),
+        volume_mounts: Some(vec![
+            config_mount,
+            VolumeMount {
+                name: "data".into(),
+                mount_path: DATA_DIR.into(),
+                ..VolumeMount::default()
+            },
+        ]),
+        security_context: Some(container_security_context()),
+        ..Container::default()
+    };
+    let selector = selector_labels(run, Component::Redis);
+    let meta = object_meta(run, redis_deployment_name(run), Component::Redis)?;
+    Ok(Some(Deployment {
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            revision_history_limit: Some(2),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("Recreate".into()),
+                rolling_update: None,
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: meta.labels.clone(),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(pod_security_context(REDIS_UID)),
+                    init_containers: Some(vec![init]),
+                    containers: vec![redis],
+                    volumes: Some(vec![
+                        Volume {
+                            name: "config".into(),
+                            empty_dir: Some(EmptyDirVolumeSource {
+                                medium: Some("Memory".into()),
+                                size_limit: Some(Quantity("1Mi".into())),
+                            }),
+                            ..Volume::default()
+                        },
+                        Volume {
+                            name: "data".into(),
+                            empty_dir: Some(EmptyDirVolumeSource::default()),
+                            ..Volume::default()
+                        },
+                    ]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        metadata: meta,
+        ..Deployment::default()
+    }))
+}
+
+/// The managed Redis' Service (`{run}-redis`, port 6379), or `None` for an external Redis.
+pub fn redis_service(run: &AbcRun) -> Result<Option<Service>, BuildError> {
+    if managed_redis(run).is_none() {
+        return Ok(None);
+    }
+    Ok(Some(Service {
+        metadata: object_meta(run, redis_service_name(run), Component::Redis)?,
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector_labels(run, Component::Redis)),
+            ports: Some(vec![ServicePort {
+                name: Some(PORT_NAME.into()),
+                port: REDIS_PORT,
+                target_port: Some(IntOrString::String(PORT_NAME.into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::test_support::{minimal, run};
+
+    fn pod(run: &AbcRun) -> PodSpec {
+        redis_deployment(run)
+            .unwrap()
+            .unwrap()
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+    }
+
+    #[test]
+    fn password_is_on_no_command_line() {
+        let pod = pod(&minimal());
+        for c in pod
+            .containers
+            .iter()
+            .chain(pod.init_containers.iter().flatten())
+        {
+            let argv = [
+                c.command.clone().unwrap_or_default(),
+                c.args.clone().unwrap_or_default(),
+            ]
+            .concat()
+            .join(" ");
+            assert!(!argv.contains("requirepass"), "{}: {argv}", c.name);
+            // The password only appears as a variable the shell expands inside a builtin.
+            if argv.contains("REDIS_PASSWORD") {
+                assert!(argv.contains(r#"printf '%s' "$REDIS_PASSWORD" | sha256sum"#));
+            }
+        }
+        let redis = &pod.containers[0];
+        let argv = redis.command.as_ref().unwrap();
+        let aclfile = argv.iter().position(|a| a == "--aclfile").unwrap();
+        assert_eq!(argv[aclfile + 1], ACL_FILE);
+        assert!(WRITE_ACL_SCRIPT.contains("> /config/users.acl"));
+    }
+
+    #[test]
+    fn runs_as_redis_user_with_ephemeral_data_and_authenticated_readiness() {
+        let pod = pod(&minimal());
+        let sc = pod.security_context.as_ref().unwrap();
+        assert_eq!(sc.run_as_user, Some(REDIS_UID));
+        let redis = &pod.containers[0];
+        assert_eq!(redis.image.as_deref(), Some(DEFAULT_REDIS_IMAGE));
+        assert!(
+            redis
+                .volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|m| m.mount_path == "/data")
+        );
+        let env = redis.env.as_ref().unwrap();
+        assert!(
+            env.iter()
+                .any(|e| e.name == "REDISCLI_AUTH" && e.value_from.is_some())
+        );
+        let readiness = redis
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .exec
+            .as_ref()
+            .unwrap();
+        assert!(
+            readiness
+                .command
+                .as_ref()
+                .unwrap()
+                .join(" ")
+                .contains("redis-cli")
+        );
+        assert!(redis.liveness_probe.as_ref().unwrap().tcp_socket.is_some());
+        let volumes = pod.volumes.unwrap();
+        assert!(volumes.iter().all(|v| v.empty_dir.is_some()));
+        // The ACL file (a password hash) lives in memory only.
+        let config = volumes.iter().find(|v| v.name == "config").unwrap();
+        assert_eq!(
+            config.empty_dir.as_ref().unwrap().medium.as_deref(),
+            Some("Memory")
+        );
+    }
+
+    #[test]
+    fn one_replica_recreated_never_two() {
+        let spec = redis_deployment(&minimal()).unwrap().unwrap().spec.unwrap();
+        assert_eq!(spec.replicas, Some(1));
+        assert_eq!(spec.strategy.unwrap().type_.as_deref(), Some("Recreate"));
+    }
+
+    #[test]
+    fn image_and_resources_come_from_the_spec() {
+        let run = run(
+            "image: i\nredis:\n  managed:\n    image: redis:7.2\n    resources: {limits: {memory: 1Gi}}\n",
+        );
+        let redis = &pod(&run).containers[0];
+        assert_eq!(redis.image.as_deref(), Some("redis:7.2"));
+        let resources = redis.resources.as_ref().unwrap();
+        assert_eq!(
+            resources.limits.as_ref().unwrap()["memory"],
+            Quantity("1Gi".into())
+        );
+        assert!(resources.requests.is_none());
+    }
+
+    #[test]
+    fn service_selects_the_redis_pod_on_6379() {
+        let run = minimal();
+        let svc = redis_service(&run).unwrap().unwrap();
+        assert_eq!(svc.metadata.name.as_deref(), Some("gaussian-redis"));
+        let spec = svc.spec.unwrap();
+        assert_eq!(spec.ports.unwrap()[0].port, 6379);
+        let pod_labels = redis_deployment(&run)
+            .unwrap()
+            .unwrap()
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .labels
+            .unwrap();
+        for (k, v) in spec.selector.unwrap() {
+            assert_eq!(pod_labels[&k], v);
+        }
+    }
+
+    #[test]
+    fn external_redis_has_no_deployment_or_service() {
+        let run = run("image: i\nredis:\n  external: {host: h, passwordSecret: {name: s}}\n");
+        assert!(redis_deployment(&run).unwrap().is_none());
+        assert!(redis_service(&run).unwrap().is_none());
+    }
+}

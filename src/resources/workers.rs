@@ -1,0 +1,322 @@
+//! The worker Deployment: `spec.workers.replicas` pods running the operator's entrypoint
+//! (pyABC's `abc-redis-worker` with a ledger) from the mounted ConfigMap.
+//!
+//! Deployments only know `restartPolicy: Always`. A worker whose runtime expired exits 0 and
+//! would be restarted in place (and eventually crash-loop back-off); the controller deletes
+//! completed worker pods instead, and the ReplicaSet replaces them at once.
+
+use super::{
+    BuildError, Component, ENTRYPOINT_DIR, ENTRYPOINT_PATH, POD_UID, container_security_context,
+    entrypoint_sha256, env, merge_env, object_meta, pod_security_context, redis_env,
+    selector_labels, worker_entrypoint_name,
+};
+use crate::api::{AbcRun, GROUP};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    ObjectFieldSelector, PodSpec, PodTemplateSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+use std::collections::BTreeMap;
+
+/// Ledger heartbeat period of workers (`ABC_HEARTBEAT_SECONDS`), in seconds.
+pub const HEARTBEAT_SECONDS: i64 = 5;
+
+/// Name of the worker Deployment.
+pub fn workers_deployment_name(run: &AbcRun) -> String {
+    format!("{}-workers", run.name_any())
+}
+
+/// Worker pods the run asks for: `spec.workers.replicas`, or 0 when stopped or suspended.
+pub fn desired_worker_replicas(run: &AbcRun) -> i32 {
+    if run.spec.stop || run.spec.suspend {
+        0
+    } else {
+        run.spec.workers.replicas
+    }
+}
+
+/// The worker Deployment (`{run}-workers`).
+///
+/// Rolling updates surge new workers before old ones get SIGTERM (`maxUnavailable: 0`): a
+/// template change (new image, new entrypoint) never drops sampling capacity, and the old
+/// workers finish their evaluation within `terminationGracePeriodSeconds`.
+pub fn worker_deployment(run: &AbcRun) -> Result<Deployment, BuildError> {
+    let workers = &run.spec.workers;
+    let ours = [
+        redis_env(run),
+        vec![
+            EnvVar {
+                name: "ABC_WORKER_ID".into(),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        api_version: Some("v1".into()),
+                        field_path: "metadata.name".into(),
+                    }),
+                    ..EnvVarSource::default()
+                }),
+            },
+            env("ABC_WORKER_RUNTIME", workers.runtime.clone()),
+            env("ABC_WORKER_PROCESSES", workers.processes.to_string()),
+            env("ABC_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS.to_string()),
+            env("PYTHONUNBUFFERED", "1"),
+            env("HOME", "/tmp"),
+            env("MPLCONFIGDIR", "/tmp"),
+        ],
+    ]
+    .concat();
+    let container = Container {
+        name: "worker".into(),
+        image: Some(run.spec.image.clone()),
+        image_pull_policy: run.spec.image_pull_policy.clone(),
+        command: Some(vec!["python".into(), ENTRYPOINT_PATH.into()]),
+        env: Some(merge_env(ours, &workers.env)),
+        resources: workers.resources.clone(),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "entrypoint".into(),
+                mount_path: ENTRYPOINT_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "tmp".into(),
+                mount_path: "/tmp".into(),
+                ..VolumeMount::default()
+            },
+        ]),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        security_context: Some(container_security_context()),
+        ..Container::default()
+    };
+    let meta = object_meta(run, workers_deployment_name(run), Component::Worker)?;
+    Ok(Deployment {
+        spec: Some(DeploymentSpec {
+            replicas: Some(desired_worker_replicas(run)),
+            revision_history_limit: Some(2),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(run, Component::Worker)),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::String("25%".into())),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: meta.labels.clone(),
+                    annotations: Some(BTreeMap::from([(
+                        format!("{GROUP}/entrypoint-sha256"),
+                        entrypoint_sha256(),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(pod_security_context(POD_UID)),
+                    termination_grace_period_seconds: Some(
+                        workers.termination_grace_period_seconds,
+                    ),
+                    node_selector: (!workers.node_selector.is_empty())
+                        .then(|| workers.node_selector.clone()),
+                    tolerations: (!workers.tolerations.is_empty())
+                        .then(|| workers.tolerations.clone()),
+                    containers: vec![container],
+                    volumes: Some(vec![
+                        Volume {
+                            name: "entrypoint".into(),
+                            config_map: Some(ConfigMapVolumeSource {
+                                name: worker_entrypoint_name(run),
+                                default_mode: Some(0o444),
+                                ..ConfigMapVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        },
+                        Volume {
+                            name: "tmp".into(),
+                            empty_dir: Some(EmptyDirVolumeSource::default()),
+                            ..Volume::default()
+                        },
+                    ]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        metadata: meta,
+        ..Deployment::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::test_support::{minimal, run};
+
+    fn container(run: &AbcRun) -> Container {
+        worker_deployment(run)
+            .unwrap()
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .containers[0]
+            .clone()
+    }
+
+    fn env_value(c: &Container, name: &str) -> Option<String> {
+        c.env
+            .as_ref()?
+            .iter()
+            .find(|e| e.name == name)?
+            .value
+            .clone()
+    }
+
+    #[test]
+    fn replicas_follow_the_spec_and_drop_to_zero_when_stopped_or_suspended() {
+        let scaled = run("image: i\nworkers: {replicas: 7}\n");
+        assert_eq!(
+            worker_deployment(&scaled).unwrap().spec.unwrap().replicas,
+            Some(7)
+        );
+        let stopped = run("image: i\nworkers: {replicas: 7}\nstop: true\n");
+        assert_eq!(
+            worker_deployment(&stopped).unwrap().spec.unwrap().replicas,
+            Some(0)
+        );
+        let suspended = run("image: i\nworkers: {replicas: 7}\nsuspend: true\n");
+        assert_eq!(
+            worker_deployment(&suspended)
+                .unwrap()
+                .spec
+                .unwrap()
+                .replicas,
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn workers_run_the_mounted_entrypoint_and_find_the_managed_redis() {
+        let c = container(&minimal());
+        assert_eq!(
+            c.command.as_deref(),
+            Some(&["python".to_string(), ENTRYPOINT_PATH.to_string()][..])
+        );
+        let mount = c
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.mount_path == ENTRYPOINT_DIR)
+            .unwrap();
+        assert_eq!(mount.read_only, Some(true));
+        assert_eq!(
+            env_value(&c, "ABC_REDIS_HOST").as_deref(),
+            Some("gaussian-redis")
+        );
+        assert_eq!(env_value(&c, "ABC_REDIS_PORT").as_deref(), Some("6379"));
+        assert_eq!(env_value(&c, "ABC_WORKER_RUNTIME").as_deref(), Some("2h"));
+        assert_eq!(env_value(&c, "ABC_WORKER_PROCESSES").as_deref(), Some("1"));
+        assert_eq!(env_value(&c, "ABC_HEARTBEAT_SECONDS").as_deref(), Some("5"));
+        assert_eq!(env_value(&c, "HOME").as_deref(), Some("/tmp"));
+        let id = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "ABC_WORKER_ID")
+            .unwrap();
+        assert_eq!(
+            id.value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "metadata.name"
+        );
+        assert!(
+            c.volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|m| m.mount_path == "/tmp")
+        );
+    }
+
+    #[test]
+    fn external_redis_host_and_port_reach_the_workers() {
+        let c = container(&run(
+            "image: i\nredis:\n  external: {host: redis.shared.svc, port: 6380, passwordSecret: {name: s, key: k}}\n",
+        ));
+        assert_eq!(
+            env_value(&c, "ABC_REDIS_HOST").as_deref(),
+            Some("redis.shared.svc")
+        );
+        assert_eq!(env_value(&c, "ABC_REDIS_PORT").as_deref(), Some("6380"));
+        let pw = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "ABC_REDIS_PASSWORD")
+            .unwrap();
+        let key = pw
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!((key.name.as_str(), key.key.as_str()), ("s", "k"));
+    }
+
+    #[test]
+    fn scheduling_and_lifetime_come_from_the_spec() {
+        let run = run(
+            "image: i\nimagePullPolicy: Always\nworkers:\n  runtime: 30m\n  processes: 4\n  terminationGracePeriodSeconds: 300\n  nodeSelector: {pool: cpu}\n  tolerations: [{key: spot, operator: Exists}]\n  resources: {requests: {cpu: '2'}}\n  env: [{name: MODEL, value: fast}]\n",
+        );
+        let pod = worker_deployment(&run)
+            .unwrap()
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        assert_eq!(pod.termination_grace_period_seconds, Some(300));
+        assert_eq!(pod.node_selector.unwrap()["pool"], "cpu");
+        assert_eq!(pod.tolerations.unwrap()[0].key.as_deref(), Some("spot"));
+        let c = &pod.containers[0];
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
+        assert!(c.resources.as_ref().unwrap().requests.is_some());
+        assert_eq!(env_value(c, "ABC_WORKER_RUNTIME").as_deref(), Some("30m"));
+        assert_eq!(env_value(c, "ABC_WORKER_PROCESSES").as_deref(), Some("4"));
+        assert_eq!(env_value(c, "MODEL").as_deref(), Some("fast"));
+    }
+
+    #[test]
+    fn rollouts_never_reduce_capacity() {
+        let strategy = worker_deployment(&minimal())
+            .unwrap()
+            .spec
+            .unwrap()
+            .strategy
+            .unwrap();
+        assert_eq!(
+            strategy.rolling_update.unwrap().max_unavailable,
+            Some(IntOrString::Int(0))
+        );
+    }
+}
