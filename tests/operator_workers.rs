@@ -218,3 +218,35 @@ async fn expired_workers_are_replaced_without_crash_loops() {
     assert!(log.started.len() > 3, "expired workers were not replaced: {log:?}");
     assert!(!s.events("WorkerExpired").await.is_empty());
 }
+
+#[tokio::test]
+async fn stop_lets_workers_finish_the_generation_then_scales_them_to_zero() {
+    let s = setup("wk-stop", 3, "10m", "0.05").await;
+    let _controller = ControllerProcess::start(&s.ns.name);
+    let _kubelet = s.kubelet();
+    let mut master = s.master(150, 6);
+    let at_stop = eventually(180, "3 workers inside a generation after calibration", || {
+        let runs = s.runs.clone();
+        async move {
+            let p = runs.get("sim").await.ok()?.status?.progress?;
+            (p.active_workers == 3 && p.generation? >= 0 && p.accepted < p.required).then_some(p)
+        }
+    })
+    .await;
+    let patch = serde_json::json!({"spec": {"stop": true}});
+    s.runs.patch("sim", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(s.client.clone(), &s.ns.name);
+    eventually(180, "workers scaled to zero", || async {
+        let d = deployments.get("sim-workers").await.ok()?;
+        (d.spec?.replicas == Some(0)).then_some(())
+    })
+    .await;
+    let status = s.runs.get("sim").await.unwrap().status.unwrap();
+    assert_eq!(status.phase, Some(abc_operator::api::Phase::Stopped));
+    let p = status.progress.unwrap();
+    let finished_generation = p.generation > at_stop.generation || p.accepted >= p.required;
+    assert!(finished_generation, "workers left before finishing generation {:?}: {p:?}", at_stop.generation);
+    let _ = master.kill();
+    let _ = master.wait();
+}

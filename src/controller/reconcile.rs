@@ -39,12 +39,18 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
     }
 
     let password = resolve_password(&run, &ctx, &namespace).await?;
-    let owned = resources::build(&run, password.generated.as_deref()).map_err(Error::Build)?;
+    let (host, port) = resources::redis_host_port_for_operator(&run).map_err(Error::Build)?;
+    let endpoint = password.value.as_ref().map(|pw| protocol::Endpoint { host, port, password: Some(pw.clone()) });
+    let mut owned = resources::build(&run, password.generated.as_deref()).map_err(Error::Build)?;
+    if drain_on_stop(&run, &ctx, endpoint.as_ref()).await {
+        // Keep the workers until they have left the generation; then the builder's zero applies.
+        if let Some(spec) = owned.workers.spec.as_mut() {
+            spec.replicas = Some(run.spec.workers.replicas);
+        }
+    }
     apply_owned(&ctx, &namespace, &owned).await?;
 
     let mut observed = observe(&run, &ctx, &namespace, &owned, &password).await?;
-    let (host, port) = resources::redis_host_port_for_operator(&run).map_err(Error::Build)?;
-    let endpoint = password.value.as_ref().map(|pw| protocol::Endpoint { host, port, password: Some(pw.clone()) });
     let snapshot = match (&endpoint, observed.redis_problem.is_none()) {
         (Some(endpoint), true) => read_redis(&run, &ctx, endpoint, &mut observed).await,
         _ => None,
@@ -67,6 +73,25 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
         return Ok(action);
     }
     Ok(next_poll(&new_status, password.problem.is_some()))
+}
+
+/// `spec.stop`: pyABC's `stop` makes idle workers leave now and busy ones at the end of the
+/// current generation. While some are still inside a generation the workers keep running;
+/// returns whether that is the case (the caller then holds the replicas).
+async fn drain_on_stop(run: &AbcRun, ctx: &Context, endpoint: Option<&protocol::Endpoint>) -> bool {
+    let (true, false, Some(endpoint)) = (run.spec.stop, run.spec.suspend, endpoint) else {
+        return false;
+    };
+    let Ok(snapshot) = ctx.redis.snapshot(run, endpoint).await else {
+        return false;
+    };
+    if snapshot.n_worker.unwrap_or(0) == 0 {
+        return false;
+    }
+    if let Err(err) = ctx.redis.stop(run, endpoint).await {
+        tracing::warn!(run = %run.name_any(), error = %err, "publishing pyABC's stop failed");
+    }
+    true
 }
 
 /// The run's Redis password: read from its Secret, or generated once for a managed Redis.
@@ -265,6 +290,8 @@ async fn handle_workers(
                     Err(err) => tracing::warn!(run = %run.name_any(), ledger = ledger_id, error = %err, "repairing a lost worker failed; retrying"),
                 }
             }
+            // A stopping run lets its workers go instead of replacing them.
+            WorkerAction::Replace { .. } if run.spec.stop => {}
             WorkerAction::Replace { pod, reason, expired } => {
                 match pods.delete(&pod, &DeleteParams::default()).await {
                     Ok(_) => {

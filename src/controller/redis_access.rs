@@ -42,6 +42,12 @@ impl RedisAccess {
         timeout(endpoint, protocol::repair_lost_worker(&mut conn, ledger_id)).await
     }
 
+    /// Publishes pyABC's `stop` to the run's workers.
+    pub async fn stop(&self, run: &AbcRun, endpoint: &Endpoint) -> Result<i64, ProtocolError> {
+        let mut conn = self.connection(run, endpoint).await?;
+        timeout(endpoint, protocol::stop(&mut conn)).await
+    }
+
     /// Deletes a stale `analysis_id`; returns it when there was one.
     pub async fn clear_stale_analysis_lock(&self, run: &AbcRun, endpoint: &Endpoint) -> Result<Option<String>, ProtocolError> {
         let mut conn = self.connection(run, endpoint).await?;
