@@ -250,3 +250,39 @@ async fn stop_lets_workers_finish_the_generation_then_scales_them_to_zero() {
     let _ = master.kill();
     let _ = master.wait();
 }
+
+#[tokio::test]
+async fn a_failed_master_leaves_no_stale_analysis_lock_for_its_retry() {
+    let s = setup("wk-lock", 0, "10m", "0").await;
+    // A master that died mid-run left pyABC's lock behind.
+    let mut conn = support::redis::connect(&s.redis).await;
+    let _: () = redis::AsyncCommands::set(&mut conn, "analysis_id", "dead-master").await.unwrap();
+    let patch = serde_json::json!({"spec": {"master": {"command": ["python", "gaussian.py"], "backoffLimit": 2}}});
+    s.runs.patch("sim", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+    let _controller = ControllerProcess::start(&s.ns.name);
+
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let master_pod = eventually(60, "a running master pod", || async {
+        let list = pods.list(&ListParams::default().labels("abc-operator.dev/component=master")).await.ok()?;
+        list.items.into_iter().find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+    })
+    .await;
+    // The master's container fails (as a kubelet would report it).
+    let name = kube::ResourceExt::name_any(&master_pod);
+    let annotate = serde_json::json!({"metadata": {"annotations": {"kwok.x-k8s.io/status": "custom"}}});
+    pods.patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&annotate)).await.unwrap();
+    let failed = serde_json::json!({"status": {"phase": "Failed", "containerStatuses": [{
+        "name": "master", "image": "worker", "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}]}});
+    pods.patch_status(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&failed)).await.unwrap();
+
+    eventually(60, "the stale analysis lock cleared", || {
+        let mut conn = conn.clone();
+        async move {
+            let id: Option<String> = redis::AsyncCommands::get(&mut conn, "analysis_id").await.ok()?;
+            id.is_none().then_some(())
+        }
+    })
+    .await;
+    assert!(!s.events("ClearedAnalysisLock").await.is_empty(), "no Event says the lock was cleared");
+}
