@@ -13,6 +13,7 @@ use rand::Rng;
 use rand::distr::Alphanumeric;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -28,6 +29,9 @@ pub struct RedisServerOptions {
     pub program: PathBuf,
     /// How long to wait for the server to answer PING.
     pub startup_timeout: Duration,
+    /// Keep the server when the process that started it dies (`--keep-redis`); otherwise the
+    /// kernel stops it with its parent, even when the parent is SIGKILLed.
+    pub outlive_parent: bool,
 }
 
 impl Default for RedisServerOptions {
@@ -37,6 +41,7 @@ impl Default for RedisServerOptions {
             password: None,
             program: PathBuf::from("redis-server"),
             startup_timeout: Duration::from_secs(10),
+            outlive_parent: false,
         }
     }
 }
@@ -48,6 +53,7 @@ impl std::fmt::Debug for RedisServerOptions {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("program", &self.program)
             .field("startup_timeout", &self.startup_timeout)
+            .field("outlive_parent", &self.outlive_parent)
             .finish()
     }
 }
@@ -155,11 +161,25 @@ impl RedisServer {
             .open(&config_path)
             .and_then(|mut file| file.write_all(config.as_bytes()))
             .map_err(RedisServerError::Files)?;
-        let child = Command::new(&options.program)
+        let mut command = Command::new(&options.program);
+        command
             .arg(&config_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // Its own process group: a terminal's Ctrl-C goes to the runner, which stops
+            // workers first and Redis last, not to redis-server directly.
+            .process_group(0);
+        if !options.outlive_parent {
+            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+            // The signal is tied to the spawning thread: call `start` from a long-lived one.
+            unsafe {
+                command.pre_exec(|| {
+                    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+                });
+            }
+        }
+        let child = command
             .spawn()
             .map_err(|source| {
                 if source.kind() == std::io::ErrorKind::NotFound {
@@ -265,6 +285,15 @@ impl RedisServer {
             host: "127.0.0.1".into(),
             port: self.port,
             password: Some(self.password.clone()),
+        }
+    }
+
+    /// Lets the server run on after this handle (and, with `outlive_parent`, this process)
+    /// is gone; its directory (holding the 0600 config) stays too.
+    pub fn detach(mut self) {
+        self.child.take();
+        if let Some(dir) = self.dir.take() {
+            let _ = dir.keep();
         }
     }
 

@@ -1,0 +1,70 @@
+"""The classic pyABC Gaussian example, sampled through Redis by abc-operator's workers.
+
+Model: y ~ N(mu, 0.5^2); prior: mu ~ U(-5, 5); observed: y = 2.0; distance: |y - y0|.
+The posterior of mu is close to N(2.0, 0.5^2) once epsilon is small.
+
+The master (this script) finds Redis and its results folder in the environment, which
+`abc-operator run` (locally) and the operator (on a cluster) set:
+  ABC_REDIS_HOST, ABC_REDIS_PORT, ABC_REDIS_PASSWORD  where the workers are
+  ABC_RESULTS_DIR                                     where gaussian.db goes
+Nothing else is written, so it runs with a read-only root filesystem.
+"""
+
+import os
+import sys
+import tempfile
+
+# pyabc imports matplotlib, which wants a writable config dir; on a read-only root
+# filesystem HOME may not be writable, so point it at a temp dir (or the results dir).
+results_dir = os.environ.get("ABC_RESULTS_DIR", ".")
+if "MPLCONFIGDIR" not in os.environ:
+    try:
+        os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="mpl-")
+    except OSError:
+        os.environ["MPLCONFIGDIR"] = os.path.join(results_dir, ".matplotlib")
+
+import numpy as np  # noqa: E402
+import pyabc  # noqa: E402
+from pyabc.sampler import RedisEvalParallelSampler  # noqa: E402
+
+OBSERVED = {"y": 2.0}
+POPULATION_SIZE = 200
+MINIMUM_EPSILON = 0.1
+MAX_GENERATIONS = 5
+
+
+def model(parameter):
+    return {"y": parameter["mu"] + 0.5 * np.random.randn()}
+
+
+def distance(x, x0):
+    return abs(x["y"] - x0["y"])
+
+
+def main():
+    host = os.environ.get("ABC_REDIS_HOST", "localhost")
+    port = int(os.environ.get("ABC_REDIS_PORT", "6379"))
+    password = os.environ.get("ABC_REDIS_PASSWORD") or None
+    os.makedirs(results_dir, exist_ok=True)
+    db_path = os.path.abspath(os.path.join(results_dir, "gaussian.db"))
+
+    prior = pyabc.Distribution(mu=pyabc.RV("uniform", -5, 10))
+    sampler = RedisEvalParallelSampler(host=host, port=port, password=password)
+    abc = pyabc.ABCSMC(model, prior, distance, population_size=POPULATION_SIZE, sampler=sampler)
+    abc.new("sqlite:///" + db_path, OBSERVED)
+    history = abc.run(minimum_epsilon=MINIMUM_EPSILON, max_nr_populations=MAX_GENERATIONS)
+
+    df, w = history.get_distribution(m=0, t=history.max_t)
+    mu = df["mu"].to_numpy()
+    mean = float(np.sum(w * mu))
+    sd = float(np.sqrt(np.sum(w * (mu - mean) ** 2)))
+    print("posterior summary")
+    print(f"  mu: weighted mean {mean:.3f}, weighted sd {sd:.3f} (observed y = {OBSERVED['y']})")
+    print(f"  generations: {history.n_populations}")
+    print(f"  total evaluations: {history.total_nr_simulations}")
+    print(f"  database: {db_path}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,667 @@
+//! `abc-operator run`: a real redis-server, real pyabc workers and masters, the built binary.
+//!
+//! Needs `redis-server` on PATH and a Python with the pinned pyabc: `$ABC_PYTHON`, else
+//! `.venv/bin/python` at the crate root (`python3 -m venv .venv && .venv/bin/pip install -r
+//! python/requirements.txt`). Every test is bounded in time; on a timeout the runner is killed
+//! and the test fails with what the runner printed.
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+/// Runs that start pyabc processes take one at a time: each imports pyabc in three processes,
+/// and on a small machine parallel runs would only make every time limit meaningless.
+static HEAVY: Mutex<()> = Mutex::new(());
+
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn crate_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python() -> PathBuf {
+    if let Some(path) = std::env::var_os("ABC_PYTHON").filter(|p| !p.is_empty()) {
+        return path.into();
+    }
+    let venv = crate_dir().join(".venv/bin/python");
+    assert!(
+        venv.is_file(),
+        "these tests need a python with pyabc: set ABC_PYTHON, or create .venv at the crate root \
+         (python3 -m venv .venv && .venv/bin/pip install -r python/requirements.txt)"
+    );
+    venv
+}
+
+fn fixture(name: &str) -> PathBuf {
+    crate_dir().join("tests/fixtures").join(name)
+}
+
+/// The runner under test, with its output collected by background threads.
+struct Run {
+    child: Child,
+    cwd: tempfile::TempDir,
+    lines: mpsc::Receiver<String>,
+    stdout: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+    status: Option<ExitStatus>,
+}
+
+impl Run {
+    /// `abc-operator run MANIFEST ARGS`, in a fresh folder, in a process group of its own (as
+    /// a shell runs a foreground job, so that a group SIGINT is the terminal's Ctrl-C).
+    fn start(manifest: &Path, args: &[&str]) -> Run {
+        Run::start_with(manifest, args, true)
+    }
+
+    fn start_with(manifest: &Path, args: &[&str], with_python: bool) -> Run {
+        let cwd = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_abc-operator"));
+        cmd.arg("run")
+            .arg(manifest)
+            .args(args)
+            .current_dir(cwd.path());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.env_remove("ABC_PYTHON").env("RUST_LOG", "info");
+        if with_python {
+            cmd.env("ABC_PYTHON", python());
+        }
+        cmd.process_group(0);
+        let mut child = cmd.spawn().expect("the abc-operator binary runs");
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Run {
+            child,
+            cwd,
+            lines,
+            stdout: Vec::new(),
+            stderr,
+            status: None,
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn fail(&mut self, why: &str) -> ! {
+        let _ = killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
+        std::thread::sleep(Duration::from_millis(300));
+        self.drain();
+        panic!(
+            "{why}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.stdout.join("\n"),
+            self.stderr()
+        );
+    }
+
+    fn drain(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.stdout.push(line);
+        }
+    }
+
+    /// The JSON events printed so far.
+    fn events(&mut self) -> Vec<Value> {
+        self.drain();
+        self.stdout
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits for a JSON event matching `pred`.
+    fn wait_event(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut checked = 0;
+        loop {
+            self.drain();
+            while checked < self.stdout.len() {
+                let line = self.stdout[checked].clone();
+                checked += 1;
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(event) if pred(&event) => return event,
+                    Ok(_) => {}
+                    Err(_) => self.fail(&format!("stdout line is not JSON: {line}")),
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.status = Some(status);
+                std::thread::sleep(Duration::from_millis(200));
+                self.drain();
+                if checked == self.stdout.len() {
+                    self.fail(&format!("runner exited ({status}) before {what}"));
+                }
+                continue;
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!("no {what} within {timeout:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the runner to exit; its exit code.
+    fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.status {
+                break status;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!("the runner did not exit within {timeout:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        self.status = Some(status);
+        // The reader threads finish with the pipes.
+        std::thread::sleep(Duration::from_millis(300));
+        self.drain();
+        match status.code() {
+            Some(code) => code,
+            None => self.fail(&format!("the runner died: {status}")),
+        }
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if self.status.is_none() && self.child.try_wait().ok().flatten().is_none() {
+            let _ = killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Alive and not a zombie.
+fn alive(pid: i64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            stat.rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next())
+                != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Processes whose command line starts with redis-server and names `port` (redis-server
+/// shows `redis-server 127.0.0.1:PORT`).
+fn redis_pids(port: u64) -> Vec<i64> {
+    let needle = format!(":{port}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i64>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            cmdline.starts_with("redis-server") && cmdline.contains(&needle)
+        })
+        .filter(|pid| alive(*pid))
+        .collect()
+}
+
+/// Waits until none of `pids` is alive; the survivors otherwise.
+fn survivors(pids: &[i64], within: Duration) -> Vec<i64> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left: Vec<i64> = pids.iter().copied().filter(|p| alive(*p)).collect();
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn by_event<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["event"] == kind).collect()
+}
+
+fn redis_port(events: &[Value]) -> u64 {
+    by_event(events, "started")[0]["redis"]["port"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Every pid the runner reported (workers, master) plus its redis-server.
+fn all_pids(events: &[Value]) -> Vec<i64> {
+    let mut pids: Vec<i64> = events
+        .iter()
+        .filter(|e| e["event"] == "worker_started" || e["event"] == "master_started")
+        .filter_map(|e| e["pid"].as_i64())
+        .collect();
+    let redis = redis_pids(redis_port(events));
+    assert_eq!(redis.len(), 1, "exactly one redis-server on the run's port");
+    let reported = by_event(events, "started")[0]["redis"]["pid"].as_i64();
+    assert_eq!(
+        reported,
+        Some(redis[0]),
+        "the started event names redis-server's pid"
+    );
+    pids.extend(redis);
+    pids
+}
+
+/// A progress event inside a generation with both workers in it and room before its end.
+fn mid_generation(e: &Value) -> bool {
+    e["event"] == "progress"
+        && e["generation"].as_i64().is_some_and(|t| t >= 0)
+        && e["in_generation"].as_i64() >= Some(2)
+        && e["accepted"].as_i64() >= Some(2)
+        && e["accepted"].as_i64().unwrap_or(0) + 8 < e["required"].as_i64().unwrap_or(0)
+}
+
+#[test]
+fn gaussian_example_runs_to_completion() {
+    let _heavy = heavy();
+    let manifest = crate_dir().join("examples/gaussian/abcrun.yaml");
+    let mut run = Run::start(&manifest, &["--run-dir", "run"]);
+    let code = run.wait_exit(Duration::from_secs(300));
+    let stdout = run.stdout.join("\n");
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{}", run.stderr());
+    // The master's own summary reaches the terminal, between one line per generation.
+    for expected in [
+        "master | posterior summary",
+        "weighted mean",
+        "total evaluations",
+        "master finished",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "{expected:?} missing in:\n{stdout}"
+        );
+    }
+    for t in 0..3 {
+        let line = format!("generation {t}");
+        assert!(
+            run.stdout
+                .iter()
+                .any(|l| l.starts_with(&line) && l.contains("done")),
+            "no finished line for {line} in:\n{stdout}"
+        );
+    }
+    let run_dir = run.cwd.path().join("run");
+    assert!(
+        run_dir.join("results/gaussian.db").is_file(),
+        "results in ABC_RESULTS_DIR"
+    );
+    assert!(
+        run_dir.join("logs/master.log").is_file() && run_dir.join("logs/local-1.log").is_file()
+    );
+    assert!(
+        !run_dir.join("redis.env").exists(),
+        "no password file for a run with a master"
+    );
+    let port: u64 = stdout
+        .split("redis 127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .expect("the first line names the redis port");
+    assert!(
+        redis_pids(port).is_empty(),
+        "redis-server stopped at the end"
+    );
+}
+
+#[test]
+fn killed_worker_is_repaired_and_the_run_completes() {
+    let _heavy = heavy();
+    let mut run = Run::start(
+        &fixture("local_slow/abcrun.yaml"),
+        &["--json", "--run-dir", "run"],
+    );
+    run.wait_event(
+        "a generation with both workers in it",
+        Duration::from_secs(180),
+        mid_generation,
+    );
+    let events = run.events();
+    let victim = by_event(&events, "worker_started")
+        .into_iter()
+        .rev()
+        .find(|e| e["slot"] == 1)
+        .map(|e| {
+            (
+                e["worker"].as_str().unwrap().to_string(),
+                e["pid"].as_i64().unwrap(),
+            )
+        })
+        .unwrap();
+    kill(Pid::from_raw(victim.1 as i32), Signal::SIGKILL).unwrap();
+
+    let exited = run.wait_event("the lost worker's exit", Duration::from_secs(30), |e| {
+        e["event"] == "worker_exited" && e["pid"].as_i64() == Some(victim.1)
+    });
+    assert_eq!(exited["lost"], true);
+    assert_eq!(exited["exit"], "killed by SIGKILL");
+    let repaired = run.wait_event("the repair", Duration::from_secs(10), |e| {
+        e["event"] == "repaired" || e["event"] == "lost_worker"
+    });
+    assert_eq!(
+        repaired["event"], "repaired",
+        "a worker killed inside a generation owes something: {repaired}"
+    );
+    assert_eq!(repaired["worker"], victim.0.as_str());
+    assert_eq!(repaired["repair"]["left_generation"], true, "{repaired}");
+    run.wait_event("the replacement worker", Duration::from_secs(10), |e| {
+        e["event"] == "worker_started" && e["worker"] == format!("{}-r2", victim.0).as_str()
+    });
+
+    let code = run.wait_exit(Duration::from_secs(240));
+    assert_eq!(
+        code,
+        0,
+        "the run completes after the repair; stderr:\n{}",
+        run.stderr()
+    );
+    let events = run.events();
+    let finished = by_event(&events, "finished");
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0]["exit_code"], 0);
+    assert!(
+        run.stderr().contains("master | slow done: 3 generations"),
+        "{}",
+        run.stderr()
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["event"] != "repaired" || e["worker"] == victim.0.as_str()),
+        "only the killed worker needed a repair"
+    );
+}
+
+#[test]
+fn a_hung_worker_is_killed_repaired_and_replaced() {
+    let _heavy = heavy();
+    let mut run = Run::start(
+        &fixture("local_slow/hung.yaml"),
+        &["--json", "--run-dir", "run"],
+    );
+    run.wait_event(
+        "a generation with both workers in it",
+        Duration::from_secs(180),
+        mid_generation,
+    );
+    let events = run.events();
+    let victim = by_event(&events, "worker_started")
+        .into_iter()
+        .rev()
+        .find(|e| e["slot"] == 2)
+        .map(|e| {
+            (
+                e["worker"].as_str().unwrap().to_string(),
+                e["pid"].as_i64().unwrap(),
+            )
+        })
+        .unwrap();
+    // Stopped, the process lives on but its ledger heartbeat stops.
+    kill(Pid::from_raw(victim.1 as i32), Signal::SIGSTOP).unwrap();
+    let exited = run.wait_event("the hung worker killed", Duration::from_secs(30), |e| {
+        e["event"] == "worker_exited" && e["pid"].as_i64() == Some(victim.1)
+    });
+    assert_eq!(exited["exit"], "killed by SIGKILL", "{exited}");
+    let repaired = run.wait_event("the repair", Duration::from_secs(10), |e| {
+        e["event"] == "repaired" || e["event"] == "lost_worker"
+    });
+    assert_eq!(repaired["worker"], victim.0.as_str(), "{repaired}");
+    let code = run.wait_exit(Duration::from_secs(240));
+    assert_eq!(code, 0, "stderr:\n{}", run.stderr());
+    assert!(
+        run.stderr().contains("stopped its heartbeat"),
+        "the kill is logged: {}",
+        run.stderr()
+    );
+}
+
+#[test]
+fn ctrl_c_stops_workers_gracefully_and_leaves_nothing_behind() {
+    let _heavy = heavy();
+    let mut run = Run::start(
+        &fixture("local_slow/abcrun.yaml"),
+        &["--json", "--run-dir", "run"],
+    );
+    run.wait_event(
+        "a generation with both workers in it",
+        Duration::from_secs(180),
+        mid_generation,
+    );
+    let events = run.events();
+    let pids = all_pids(&events);
+    assert_eq!(
+        pids.len(),
+        4,
+        "two workers, the master and redis-server: {pids:?}"
+    );
+
+    for pid in &pids {
+        // Otherwise the terminal's SIGINT would hit it directly, before the runner stops the
+        // workers (which need Redis to leave their generation cleanly).
+        let group = nix::unistd::getpgid(Some(Pid::from_raw(*pid as i32))).unwrap();
+        assert_ne!(
+            group.as_raw(),
+            run.pid(),
+            "process {pid} is in the runner's process group"
+        );
+    }
+    // Ctrl-C in a terminal: SIGINT to the whole foreground process group.
+    killpg(Pid::from_raw(run.pid()), Signal::SIGINT).unwrap();
+    let code = run.wait_exit(Duration::from_secs(60));
+    assert_eq!(code, 130, "stderr:\n{}", run.stderr());
+    assert_eq!(
+        survivors(&pids, Duration::from_secs(5)),
+        Vec::<i64>::new(),
+        "processes left behind"
+    );
+    let events = run.events();
+    let exits = by_event(&events, "worker_exited");
+    assert_eq!(exits.len(), 2, "{exits:?}");
+    for exit in exits {
+        // Workers stop before Redis and the master: they leave their generation themselves.
+        assert_eq!(
+            exit["lost"],
+            false,
+            "worker stopped gracefully: {exit}\nstderr:\n{}",
+            run.stderr()
+        );
+    }
+    assert!(by_event(&events, "repaired").is_empty());
+}
+
+#[test]
+fn a_killed_runner_takes_its_processes_with_it() {
+    let _heavy = heavy();
+    let mut run = Run::start(
+        &fixture("local_slow/abcrun.yaml"),
+        &["--json", "--run-dir", "run"],
+    );
+    run.wait_event(
+        "the master and both workers",
+        Duration::from_secs(120),
+        |e| e["event"] == "master_started",
+    );
+    let events = run.events();
+    let pids = all_pids(&events);
+    kill(Pid::from_raw(run.pid()), Signal::SIGKILL).unwrap();
+    run.wait_exit_by_signal();
+    let left = survivors(&pids, Duration::from_secs(10));
+    for pid in &left {
+        let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+    }
+    assert_eq!(left, Vec::<i64>::new(), "processes outlived the runner");
+}
+
+impl Run {
+    fn wait_exit_by_signal(&mut self) {
+        let status = self.child.wait().unwrap();
+        self.status = Some(status);
+    }
+}
+
+#[test]
+fn without_a_master_workers_wait_until_ctrl_c() {
+    let _heavy = heavy();
+    let mut run = Run::start(
+        &fixture("local_nomaster.yaml"),
+        &["--json", "--run-dir", "run"],
+    );
+    let waiting = run.wait_event("the connection file", Duration::from_secs(60), |e| {
+        e["event"] == "waiting_for_master"
+    });
+    let env_file = PathBuf::from(waiting["env_file"].as_str().unwrap());
+    let mode = std::fs::metadata(&env_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the connection file holds the password");
+    let text = std::fs::read_to_string(&env_file).unwrap();
+    let password = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ABC_REDIS_PASSWORD="))
+        .map(|p| p.trim_matches('\'').to_string())
+        .expect("the connection file has the password");
+    assert!(password.len() >= 16);
+    for var in ["ABC_REDIS_HOST=", "ABC_REDIS_PORT=", "ABC_RESULTS_DIR="] {
+        assert!(text.contains(var), "{var} in {text}");
+    }
+    let events = run.events();
+    let pids = all_pids(&events);
+    assert_eq!(pids.len(), 3, "two workers and redis-server");
+    // Workers keep running until Ctrl-C.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(pids.iter().all(|p| alive(*p)));
+
+    killpg(Pid::from_raw(run.pid()), Signal::SIGINT).unwrap();
+    let code = run.wait_exit(Duration::from_secs(60));
+    assert_eq!(code, 0, "stderr:\n{}", run.stderr());
+    assert_eq!(survivors(&pids, Duration::from_secs(5)), Vec::<i64>::new());
+    assert!(
+        !env_file.exists(),
+        "the connection file goes with the server"
+    );
+    let everything = format!("{}\n{}", run.stdout.join("\n"), run.stderr());
+    assert!(
+        !everything.contains(&password),
+        "the password is never printed"
+    );
+}
+
+/// Nothing was started: no run folder, no progress, no events.
+fn assert_started_nothing(run: &mut Run) {
+    assert!(run.stdout.is_empty(), "stdout: {:?}", run.stdout);
+    let entries: Vec<_> = std::fs::read_dir(run.cwd.path()).unwrap().collect();
+    assert!(entries.is_empty(), "the runner created {entries:?}");
+}
+
+#[test]
+fn an_invalid_manifest_exits_2_and_starts_nothing() {
+    let mut run = Run::start_with(&fixture("local_invalid.yaml"), &["--json"], false);
+    let code = run.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, 2);
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains("local_invalid.yaml") && stderr.contains("spec.workers.runtime"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("\"abc\"") && stderr.contains("30s, 10m"),
+        "says what is valid: {stderr}"
+    );
+    assert_started_nothing(&mut run);
+}
+
+#[test]
+fn a_missing_python_exits_2_and_starts_nothing() {
+    let manifest = crate_dir().join("examples/gaussian/abcrun.yaml");
+    let mut run = Run::start_with(&manifest, &["--python", "/nonexistent/python3"], false);
+    let code = run.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, 2);
+    let stderr = run.stderr();
+    for expected in [
+        "/nonexistent/python3",
+        "--python",
+        "ABC_PYTHON",
+        "pip install",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "{expected:?} missing in: {stderr}"
+        );
+    }
+    assert_started_nothing(&mut run);
+}
+
+#[test]
+fn workers_that_keep_crashing_make_the_run_give_up() {
+    let _heavy = heavy();
+    let mut run = Run::start(
+        &fixture("local_crash/abcrun.yaml"),
+        &["--json", "--run-dir", "run"],
+    );
+    let code = run.wait_exit(Duration::from_secs(90));
+    assert_eq!(code, 2);
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains("worker local-1-r5 failed 5 times in a row"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("boom: the model cannot be imported"),
+        "the log's tail is shown: {stderr}"
+    );
+    let events = run.events();
+    let starts = by_event(&events, "worker_started");
+    assert_eq!(
+        starts.len(),
+        5,
+        "restarted after each fast failure, then gave up"
+    );
+    assert!(
+        redis_pids(redis_port(&events)).is_empty(),
+        "redis-server stopped"
+    );
+}
