@@ -19,7 +19,7 @@ test: deps tools
 	trap 'tools/cluster.sh down '$$env_dir EXIT; \
 	export ABC_TEST_KUBECONFIG=$$env_dir/kubeconfig ABC_PYTHON=$(PYTHON) \
 	       ABC_TOOLS_BIN=$$(tools/build.sh --print); \
-	$(CARGO) test --all-targets -- --test-threads=4
+	$(CARGO) test --all-targets --no-fail-fast -- --test-threads=4
 
 deps:
 	scripts/deps.sh

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use redis::AsyncCommands;
 use std::process::Command;
-use support::cluster::{self, TestNamespace, kubectl};
+use support::cluster::{self, TestNamespace};
 
 fn kubectl_abc(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_kubectl-abc"))
@@ -64,12 +64,7 @@ async fn info_prints_what_abc_redis_manager_prints() {
 
 #[tokio::test]
 async fn info_finds_an_abcrun_redis_and_its_password() {
-    let out = kubectl()
-        .args(["apply", "--server-side", "--force-conflicts", "-f", concat!(env!("CARGO_MANIFEST_DIR"), "/crds/abcrun.yaml")])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let _ = kubectl().args(["wait", "--for=condition=Established", "crd/abcruns.abc-operator.dev"]).output();
+    cluster::install_crd();
     let client = cluster::client().await;
     let ns = TestNamespace::new(&client, "abc-cli").await;
     let server = support::redis::server();

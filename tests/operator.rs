@@ -14,20 +14,9 @@ use kube::{Client, ResourceExt};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::Stdio;
-use support::cluster::{self, TestNamespace, eventually, kubectl};
+use support::cluster::{self, TestNamespace, eventually, install_crd, kubectl};
 use support::controller::ControllerProcess;
 
-/// Applies crds/abcrun.yaml (as a user would) and waits until it is established.
-fn install_crd() {
-    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/abcrun.yaml");
-    let out = kubectl().args(["apply", "--server-side", "--force-conflicts", "-f", crd]).output().unwrap();
-    assert!(out.status.success(), "CRD rejected: {}", String::from_utf8_lossy(&out.stderr));
-    let out = kubectl()
-        .args(["wait", "--for=condition=Established", "crd/abcruns.abc-operator.dev", "--timeout=60s"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "CRD not established: {}", String::from_utf8_lossy(&out.stderr));
-}
 
 /// `kubectl apply -f -` of a manifest in a namespace; returns (success, stderr).
 fn kubectl_apply(namespace: &str, manifest: &str) -> (bool, String) {

@@ -13,7 +13,7 @@ use kube::Client;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use support::cluster::{self, TestNamespace, eventually, kubectl};
+use support::cluster::{self, TestNamespace, eventually, install_crd, kubectl};
 use support::controller::ControllerProcess;
 use support::kubelet::{FakeKubelet, RedisTarget};
 
@@ -21,16 +21,6 @@ fn python() -> PathBuf {
     support::python::python()
 }
 
-fn install_crd() {
-    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/abcrun.yaml");
-    let out = kubectl().args(["apply", "--server-side", "--force-conflicts", "-f", crd]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = kubectl()
-        .args(["wait", "--for=condition=Established", "crd/abcruns.abc-operator.dev", "--timeout=60s"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-}
 
 /// A run on the test cluster whose Redis is a loopback redis-server.
 struct Setup {
@@ -145,7 +135,10 @@ async fn status_shows_pyabc_progress_from_redis() {
     assert_eq!(progress.required, 100);
     assert!(progress.analysis_id.is_some());
     assert!(master_finishes(&mut master, 240).await, "the master failed");
-    assert!(!s.events("GenerationCompleted").await.is_empty(), "no GenerationCompleted event");
+    eventually(30, "a GenerationCompleted event", || async {
+        (!s.events("GenerationCompleted").await.is_empty()).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -216,7 +209,7 @@ async fn expired_workers_are_replaced_without_crash_loops() {
     assert!(expired >= 3, "workers with a 20 s runtime never expired: {log:?}");
     assert!(log.crash_loops.is_empty(), "pods reached CrashLoopBackOff: {:?}", log.crash_loops);
     assert!(log.started.len() > 3, "expired workers were not replaced: {log:?}");
-    assert!(!s.events("WorkerExpired").await.is_empty());
+    eventually(30, "a WorkerExpired event", || async { (!s.events("WorkerExpired").await.is_empty()).then_some(()) }).await;
 }
 
 #[tokio::test]
@@ -284,5 +277,8 @@ async fn a_failed_master_leaves_no_stale_analysis_lock_for_its_retry() {
         }
     })
     .await;
-    assert!(!s.events("ClearedAnalysisLock").await.is_empty(), "no Event says the lock was cleared");
+    eventually(30, "an Event saying the lock was cleared", || async {
+        (!s.events("ClearedAnalysisLock").await.is_empty()).then_some(())
+    })
+    .await;
 }

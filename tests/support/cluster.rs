@@ -73,6 +73,22 @@ pub fn kubectl() -> Command {
     cmd
 }
 
+/// Applies `crds/abcrun.yaml` as a user would and waits until the API serves it.
+pub fn install_crd() {
+    let crd = crate_root().join("crds/abcrun.yaml");
+    let out = kubectl()
+        .args(["apply", "--server-side", "--force-conflicts", "-f"])
+        .arg(&crd)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "CRD rejected: {}", String::from_utf8_lossy(&out.stderr));
+    let out = kubectl()
+        .args(["wait", "--for=condition=Established", "crd/abcruns.abc-operator.dev", "--timeout=60s"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "CRD not established: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// A client for the test control plane.
 pub async fn client() -> Client {
     let path = kubeconfig().to_path_buf();
