@@ -235,9 +235,13 @@ async fn stop_lets_workers_finish_the_generation_then_scales_them_to_zero() {
         (d.spec?.replicas == Some(0)).then_some(())
     })
     .await;
-    let status = s.runs.get("sim").await.unwrap().status.unwrap();
-    assert_eq!(status.phase, Some(abc_operator::api::Phase::Stopped));
-    let p = status.progress.unwrap();
+    // Status follows the scale-down within a reconcile or two.
+    let p = eventually(60, "status Stopped with no worker in a generation", || async {
+        let status = s.runs.get("sim").await.ok()?.status?;
+        let p = status.progress?;
+        (status.phase == Some(abc_operator::api::Phase::Stopped) && p.active_workers == 0).then_some(p)
+    })
+    .await;
     let finished_generation = p.generation > at_stop.generation || p.accepted >= p.required;
     assert!(finished_generation, "workers left before finishing generation {:?}: {p:?}", at_stop.generation);
     let _ = master.kill();
