@@ -392,7 +392,9 @@ pub enum SpecError {
     MissingImage,
     #[error("spec.workers.replicas must be between 0 and 10000, got {0}")]
     Replicas(i32),
-    #[error("spec.workers.runtime {0:?} is not in pyABC's syntax: a number followed by s, m, h or d (e.g. 30s, 10m, 2h, 2d)")]
+    #[error(
+        "spec.workers.runtime {0:?} is not in pyABC's syntax: a number followed by s, m, h or d (e.g. 30s, 10m, 2h, 2d)"
+    )]
     Runtime(String),
     #[error("spec.workers.processes must be between 1 and 256, got {0}")]
     Processes(i32),

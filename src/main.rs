@@ -3,7 +3,10 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(version, about = "Runs pyABC's Redis-based ABC-SMC sampling on Kubernetes or locally")]
+#[command(
+    version,
+    about = "Runs pyABC's Redis-based ABC-SMC sampling on Kubernetes or locally"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

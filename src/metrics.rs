@@ -56,8 +56,16 @@ impl Default for Metrics {
         let reconcile_duration =
             Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0].into_iter());
         registry.register("reconciles", "Reconciles of AbcRuns", reconciles.clone());
-        registry.register("reconcile_errors", "Failed reconciles, by error", reconcile_errors.clone());
-        registry.register("reconcile_duration_seconds", "Duration of a reconcile", reconcile_duration.clone());
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles, by error",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of a reconcile",
+            reconcile_duration.clone(),
+        );
         let m = Metrics {
             registry,
             reconciles,
@@ -76,15 +84,51 @@ impl Default for Metrics {
         };
         let mut m = m;
         let r = &mut m.registry;
-        r.register("run_phase", "Phase of each AbcRun (1 = current)", m.run_phase.clone());
-        r.register("run_workers_desired", "Worker pods an AbcRun asks for", m.workers_desired.clone());
-        r.register("run_workers_ready", "Ready worker pods of an AbcRun", m.workers_ready.clone());
-        r.register("run_generation", "Current pyABC generation", m.generation.clone());
-        r.register("run_accepted", "Accepted particles in the current generation", m.accepted.clone());
-        r.register("run_required", "Particles required in the current generation", m.required.clone());
-        r.register("run_evaluations", "Evaluations in the current generation", m.evaluations.clone());
-        r.register("run_active_workers", "Workers inside the current generation", m.active_workers.clone());
-        r.register("run_lost_workers", "Lost workers found and repaired", m.lost_workers.clone());
+        r.register(
+            "run_phase",
+            "Phase of each AbcRun (1 = current)",
+            m.run_phase.clone(),
+        );
+        r.register(
+            "run_workers_desired",
+            "Worker pods an AbcRun asks for",
+            m.workers_desired.clone(),
+        );
+        r.register(
+            "run_workers_ready",
+            "Ready worker pods of an AbcRun",
+            m.workers_ready.clone(),
+        );
+        r.register(
+            "run_generation",
+            "Current pyABC generation",
+            m.generation.clone(),
+        );
+        r.register(
+            "run_accepted",
+            "Accepted particles in the current generation",
+            m.accepted.clone(),
+        );
+        r.register(
+            "run_required",
+            "Particles required in the current generation",
+            m.required.clone(),
+        );
+        r.register(
+            "run_evaluations",
+            "Evaluations in the current generation",
+            m.evaluations.clone(),
+        );
+        r.register(
+            "run_active_workers",
+            "Workers inside the current generation",
+            m.active_workers.clone(),
+        );
+        r.register(
+            "run_lost_workers",
+            "Lost workers found and repaired",
+            m.lost_workers.clone(),
+        );
         m
     }
 }
@@ -102,12 +146,18 @@ impl Metrics {
     /// Starts timing a reconcile; the duration is recorded when the guard drops.
     pub fn reconcile_started(&self) -> ReconcileTimer<'_> {
         self.reconciles.inc();
-        ReconcileTimer { metrics: self, start: Instant::now() }
+        ReconcileTimer {
+            metrics: self,
+            start: Instant::now(),
+        }
     }
 
     /// Forgets a deleted run's series so they do not linger.
     pub fn forget_run(&self, namespace: &str, run: &str) {
-        let labels = RunLabels { namespace: namespace.into(), run: run.into() };
+        let labels = RunLabels {
+            namespace: namespace.into(),
+            run: run.into(),
+        };
         for family in [
             &self.workers_desired,
             &self.workers_ready,
@@ -120,7 +170,14 @@ impl Metrics {
             family.remove(&labels);
         }
         self.lost_workers.remove(&labels);
-        for phase in ["Pending", "Running", "Succeeded", "Failed", "Stopped", "Suspended"] {
+        for phase in [
+            "Pending",
+            "Running",
+            "Succeeded",
+            "Failed",
+            "Stopped",
+            "Suspended",
+        ] {
             self.run_phase.remove(&PhaseLabels {
                 namespace: namespace.into(),
                 run: run.into(),
@@ -145,7 +202,9 @@ pub struct ReconcileTimer<'a> {
 
 impl Drop for ReconcileTimer<'_> {
     fn drop(&mut self) {
-        self.metrics.reconcile_duration.observe(self.start.elapsed().as_secs_f64());
+        self.metrics
+            .reconcile_duration
+            .observe(self.start.elapsed().as_secs_f64());
     }
 }
 
@@ -154,21 +213,27 @@ pub async fn serve(addr: std::net::SocketAddr, metrics: Arc<Metrics>) -> std::io
     use axum::{Router, http::StatusCode, routing::get};
     let m = metrics.clone();
     let app = Router::new()
-        .route("/metrics", get(move || {
-            let m = m.clone();
-            async move { m.encode() }
-        }))
+        .route(
+            "/metrics",
+            get(move || {
+                let m = m.clone();
+                async move { m.encode() }
+            }),
+        )
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(move || {
-            let m = metrics.clone();
-            async move {
-                if m.is_ready() {
-                    (StatusCode::OK, "ready")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "starting")
+        .route(
+            "/readyz",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    if m.is_ready() {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                    }
                 }
-            }
-        }));
+            }),
+        );
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     axum::serve(listener, app).await
@@ -181,9 +246,15 @@ mod tests {
     #[test]
     fn run_series_are_exported_and_forgotten() {
         let m = Metrics::default();
-        let labels = RunLabels { namespace: "n".into(), run: "r".into() };
+        let labels = RunLabels {
+            namespace: "n".into(),
+            run: "r".into(),
+        };
         m.generation.get_or_create(&labels).set(3);
-        assert!(m.encode().contains(r#"abc_operator_run_generation{namespace="n",run="r"} 3"#));
+        assert!(
+            m.encode()
+                .contains(r#"abc_operator_run_generation{namespace="n",run="r"} 3"#)
+        );
         m.forget_run("n", "r");
         assert!(!m.encode().contains(r#"run="r""#));
     }

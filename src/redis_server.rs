@@ -179,18 +179,16 @@ impl RedisServer {
                 });
             }
         }
-        let child = command
-            .spawn()
-            .map_err(|source| {
-                if source.kind() == std::io::ErrorKind::NotFound {
-                    RedisServerError::NotInstalled
-                } else {
-                    RedisServerError::Spawn {
-                        program: options.program.display().to_string(),
-                        source,
-                    }
+        let child = command.spawn().map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                RedisServerError::NotInstalled
+            } else {
+                RedisServerError::Spawn {
+                    program: options.program.display().to_string(),
+                    source,
                 }
-            })?;
+            }
+        })?;
         let mut server = RedisServer {
             child: Some(child),
             dir: Some(dir),

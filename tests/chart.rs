@@ -48,12 +48,31 @@ async fn rendered_chart_installs_the_controller_with_least_privilege() {
     // A release name of its own: ClusterRoles are cluster-wide and tests run in parallel.
     let release = format!("abc-{}", ns.name);
     let out = helm()
-        .args(["template", &release, CHART, "--namespace", &ns.name, "--include-crds"])
+        .args([
+            "template",
+            &release,
+            CHART,
+            "--namespace",
+            &ns.name,
+            "--include-crds",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "helm template: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut apply = kubectl()
-        .args(["apply", "--server-side", "--force-conflicts", "-n", &ns.name, "-f", "-"])
+        .args([
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-n",
+            &ns.name,
+            "-f",
+            "-",
+        ])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .stdout(Stdio::piped())
@@ -61,7 +80,11 @@ async fn rendered_chart_installs_the_controller_with_least_privilege() {
         .unwrap();
     apply.stdin.take().unwrap().write_all(&out.stdout).unwrap();
     let applied = apply.wait_with_output().unwrap();
-    assert!(applied.status.success(), "kubectl apply: {}", String::from_utf8_lossy(&applied.stderr));
+    assert!(
+        applied.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     let deployment = eventually(60, "the operator Deployment with a ready pod", || async {
@@ -72,7 +95,14 @@ async fn rendered_chart_installs_the_controller_with_least_privilege() {
     .await;
     let pod = deployment.spec.unwrap().template.spec.unwrap();
     let container = &pod.containers[0];
-    assert!(container.args.iter().flatten().any(|a| a == "controller") || container.command.iter().flatten().any(|a| a == "controller"));
+    assert!(
+        container.args.iter().flatten().any(|a| a == "controller")
+            || container
+                .command
+                .iter()
+                .flatten()
+                .any(|a| a == "controller")
+    );
     let security = container.security_context.as_ref().unwrap();
     assert_eq!(security.read_only_root_filesystem, Some(true));
     assert_eq!(security.allow_privilege_escalation, Some(false));
@@ -89,7 +119,10 @@ async fn rendered_chart_installs_the_controller_with_least_privilege() {
         ("create", "networkpolicies.networking.k8s.io"),
         ("create", "events.events.k8s.io"),
     ] {
-        assert!(can_i(&ns.name, &sa, verb, resource), "the operator cannot {verb} {resource}");
+        assert!(
+            can_i(&ns.name, &sa, verb, resource),
+            "the operator cannot {verb} {resource}"
+        );
     }
     // ...and nothing a controller of runs has no business doing.
     for (verb, resource) in [
@@ -99,10 +132,18 @@ async fn rendered_chart_installs_the_controller_with_least_privilege() {
         ("create", "customresourcedefinitions.apiextensions.k8s.io"),
         ("update", "nodes"),
     ] {
-        assert!(!can_i(&ns.name, &sa, verb, resource), "the operator may {verb} {resource}: too broad");
+        assert!(
+            !can_i(&ns.name, &sa, verb, resource),
+            "the operator may {verb} {resource}: too broad"
+        );
     }
     // Cluster-scoped objects of this release outlive the namespace: remove them.
     let _ = kubectl()
-        .args(["delete", "clusterrole,clusterrolebinding", "-l", &format!("app.kubernetes.io/instance={release}")])
+        .args([
+            "delete",
+            "clusterrole,clusterrolebinding",
+            "-l",
+            &format!("app.kubernetes.io/instance={release}"),
+        ])
         .output();
 }

@@ -39,19 +39,31 @@ async fn deployment_pods_run_on_the_kwok_node_and_are_garbage_collected() {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
 
-    deployments.create(&PostParams::default(), &deployment("web", 3)).await.unwrap();
+    deployments
+        .create(&PostParams::default(), &deployment("web", 3))
+        .await
+        .unwrap();
     let running = eventually(60, "3 running pods", || async {
         let running = running_pods(&pods, "web").await;
         (running.len() == 3).then_some(running)
     })
     .await;
     for pod in &running {
-        assert_eq!(pod.spec.as_ref().unwrap().node_name.as_deref(), Some("kwok-node-0"));
+        assert_eq!(
+            pod.spec.as_ref().unwrap().node_name.as_deref(),
+            Some("kwok-node-0")
+        );
     }
 
-    deployments.delete("web", &DeleteParams::foreground()).await.unwrap();
+    deployments
+        .delete("web", &DeleteParams::foreground())
+        .await
+        .unwrap();
     eventually(60, "pods garbage-collected", || async {
-        let left = pods.list(&ListParams::default().labels("app=web")).await.unwrap();
+        let left = pods
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .unwrap();
         left.items.is_empty().then_some(())
     })
     .await;
@@ -64,7 +76,10 @@ async fn deployment_scales_through_its_scale_subresource() {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
 
-    deployments.create(&PostParams::default(), &deployment("sim", 1)).await.unwrap();
+    deployments
+        .create(&PostParams::default(), &deployment("sim", 1))
+        .await
+        .unwrap();
     let patch = serde_json::json!({ "spec": { "replicas": 4 } });
     deployments
         .patch_scale("sim", &PatchParams::default(), &Patch::Merge(&patch))

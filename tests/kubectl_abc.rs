@@ -27,7 +27,14 @@ async fn write_generation(conn: &mut redis::aio::ConnectionManager) {
     let ana = "3f1c";
     let _: () = conn.set("analysis_id", ana).await.unwrap();
     let _: () = conn.set(format!("generation_{ana}"), 2).await.unwrap();
-    for (key, value) in [("mode", "dynamic"), ("n_req", "100"), ("n_acc", "37"), ("n_eval", "412"), ("n_fail", "3"), ("n_worker", "4")] {
+    for (key, value) in [
+        ("mode", "dynamic"),
+        ("n_req", "100"),
+        ("n_acc", "37"),
+        ("n_eval", "412"),
+        ("n_fail", "3"),
+        ("n_worker", "4"),
+    ] {
         let _: () = conn.set(format!("{key}_{ana}_2"), value).await.unwrap();
     }
 }
@@ -44,7 +51,11 @@ async fn info_prints_what_abc_redis_manager_prints() {
         let (ok, ours, err) = kubectl_abc(&["info", "--redis", &url]);
         assert!(ok, "kubectl abc info failed: {err}");
         let theirs = support::python::manager(&endpoint, "info");
-        assert_eq!(ours, theirs.trim(), "kubectl abc info differs from abc-redis-manager info ({state})");
+        assert_eq!(
+            ours,
+            theirs.trim(),
+            "kubectl abc info differs from abc-redis-manager info ({state})"
+        );
     }
     let (ok, json, _) = kubectl_abc(&["info", "--redis", &url, "-o", "json"]);
     assert!(ok);
@@ -53,13 +64,23 @@ async fn info_prints_what_abc_redis_manager_prints() {
 
     let (ok, _, _) = kubectl_abc(&["reset-workers", "--redis", &url]);
     assert!(ok);
-    let n: i64 = support::redis::connect(&server).await.get("n_worker_3f1c_2").await.unwrap();
-    assert_eq!(n, 0, "reset-workers sets the generation's worker count to 0, as pyABC's does");
+    let n: i64 = support::redis::connect(&server)
+        .await
+        .get("n_worker_3f1c_2")
+        .await
+        .unwrap();
+    assert_eq!(
+        n, 0,
+        "reset-workers sets the generation's worker count to 0, as pyABC's does"
+    );
 
     let wrong = format!("redis://:wrong@127.0.0.1:{}", server.port());
     let (ok, _, err) = kubectl_abc(&["info", "--redis", &wrong]);
     assert!(!ok);
-    assert!(err.contains("password"), "a wrong password must be named as the cause: {err}");
+    assert!(
+        err.contains("password"),
+        "a wrong password must be named as the cause: {err}"
+    );
 }
 
 #[tokio::test]
@@ -73,17 +94,26 @@ async fn info_finds_an_abcrun_redis_and_its_password() {
         "metadata": {"name": "pw"}, "stringData": {"password": server.password()}
     }))
     .unwrap();
-    Api::<Secret>::namespaced(client.clone(), &ns.name).create(&PostParams::default(), &secret).await.unwrap();
+    Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
     let run: AbcRun = serde_yaml::from_str(&format!(
         "apiVersion: abc-operator.dev/v1alpha1\nkind: AbcRun\nmetadata: {{name: ext}}\nspec:\n  image: i\n  redis: {{external: {{host: 127.0.0.1, port: {}, passwordSecret: {{name: pw}}}}}}\n",
         server.port()
     ))
     .unwrap();
-    Api::<AbcRun>::namespaced(client.clone(), &ns.name).create(&PostParams::default(), &run).await.unwrap();
+    Api::<AbcRun>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &run)
+        .await
+        .unwrap();
 
     let (ok, line, err) = kubectl_abc(&["info", "ext", "-n", &ns.name]);
     assert!(ok, "{err}");
-    assert_eq!(line, support::python::manager(&server.endpoint(), "info").trim());
+    assert_eq!(
+        line,
+        support::python::manager(&server.endpoint(), "info").trim()
+    );
     let (ok, _, err) = kubectl_abc(&["info", "missing", "-n", &ns.name]);
     assert!(!ok);
     assert!(err.contains("no AbcRun \"missing\""), "{err}");

@@ -17,7 +17,6 @@ use std::process::Stdio;
 use support::cluster::{self, TestNamespace, eventually, install_crd, kubectl};
 use support::controller::ControllerProcess;
 
-
 /// `kubectl apply -f -` of a manifest in a namespace; returns (success, stderr).
 fn kubectl_apply(namespace: &str, manifest: &str) -> (bool, String) {
     let mut child = kubectl()
@@ -27,9 +26,17 @@ fn kubectl_apply(namespace: &str, manifest: &str) -> (bool, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(manifest.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifest.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 const GAUSSIAN: &str = r#"
@@ -64,36 +71,109 @@ async fn example_run_gets_its_objects_pods_status_and_is_garbage_collected() {
         deployments.get_opt("gaussian-workers").await.ok().flatten()
     })
     .await;
-    let pod_spec = workers.spec.as_ref().unwrap().template.spec.clone().unwrap();
+    let pod_spec = workers
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .clone()
+        .unwrap();
     assert_eq!(workers.spec.as_ref().unwrap().replicas, Some(3));
     let container = &pod_spec.containers[0];
-    let password_env = container.env.iter().flatten().find(|e| e.name == "ABC_REDIS_PASSWORD").unwrap();
-    assert!(password_env.value.is_none(), "the password must come from a Secret reference");
-    assert!(password_env.value_from.as_ref().unwrap().secret_key_ref.is_some());
+    let password_env = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "ABC_REDIS_PASSWORD")
+        .unwrap();
+    assert!(
+        password_env.value.is_none(),
+        "the password must come from a Secret reference"
+    );
+    assert!(
+        password_env
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .is_some()
+    );
     let security = container.security_context.as_ref().unwrap();
     assert_eq!(security.read_only_root_filesystem, Some(true));
     assert_eq!(security.allow_privilege_escalation, Some(false));
-    assert_eq!(pod_spec.security_context.as_ref().unwrap().run_as_non_root, Some(true));
+    assert_eq!(
+        pod_spec.security_context.as_ref().unwrap().run_as_non_root,
+        Some(true)
+    );
 
     // Every other owned object exists, owned by the run.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
     let secret = eventually(30, "the generated password Secret", || async {
-        secrets.list(&labels_of_run("gaussian")).await.ok()?.items.into_iter().next()
+        secrets
+            .list(&labels_of_run("gaussian"))
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .next()
     })
     .await;
-    let password = secret.data.as_ref().unwrap().values().next().unwrap().0.clone();
+    let password = secret
+        .data
+        .as_ref()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .0
+        .clone();
     assert!(password.len() >= 16, "generated password is too short");
     let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
     let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns.name);
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    assert_eq!(services.list(&labels_of_run("gaussian")).await.unwrap().items.len(), 1);
-    assert_eq!(policies.list(&labels_of_run("gaussian")).await.unwrap().items.len(), 1);
-    assert_eq!(jobs.list(&labels_of_run("gaussian")).await.unwrap().items.len(), 1);
-    assert_eq!(config_maps.list(&labels_of_run("gaussian")).await.unwrap().items.len(), 1);
+    assert_eq!(
+        services
+            .list(&labels_of_run("gaussian"))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    assert_eq!(
+        policies
+            .list(&labels_of_run("gaussian"))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    assert_eq!(
+        jobs.list(&labels_of_run("gaussian"))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    assert_eq!(
+        config_maps
+            .list(&labels_of_run("gaussian"))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
     for d in deployments.list(&labels_of_run("gaussian")).await.unwrap() {
         let owner = &d.owner_references()[0];
-        assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("AbcRun", "gaussian"));
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str()),
+            ("AbcRun", "gaussian")
+        );
     }
 
     // Pods run on the kwok node and status follows.
@@ -106,20 +186,58 @@ async fn example_run_gets_its_objects_pods_status_and_is_garbage_collected() {
     assert_eq!(status.workers.as_deref(), Some("3/3"));
     let selector = status.selector.clone().unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    assert_eq!(pods.list(&ListParams::default().labels(&selector)).await.unwrap().items.len(), 3);
+    assert_eq!(
+        pods.list(&ListParams::default().labels(&selector))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        3
+    );
     for ty in ["RedisReady", "WorkersReady", "MasterRunning"] {
-        let c = status.conditions.iter().find(|c| c.type_ == ty).unwrap_or_else(|| panic!("no {ty} condition"));
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == ty)
+            .unwrap_or_else(|| panic!("no {ty} condition"));
         assert_eq!(c.status, "True", "{ty}: {}", c.message);
     }
 
     // Deleting the run deletes everything it owned.
-    runs.delete("gaussian", &DeleteParams::foreground()).await.unwrap();
+    runs.delete("gaussian", &DeleteParams::foreground())
+        .await
+        .unwrap();
     eventually(90, "owned objects garbage-collected", || async {
-        let left = deployments.list(&labels_of_run("gaussian")).await.ok()?.items.len()
-            + secrets.list(&labels_of_run("gaussian")).await.ok()?.items.len()
-            + jobs.list(&labels_of_run("gaussian")).await.ok()?.items.len()
-            + services.list(&labels_of_run("gaussian")).await.ok()?.items.len()
-            + pods.list(&labels_of_run("gaussian")).await.ok()?.items.len();
+        let left = deployments
+            .list(&labels_of_run("gaussian"))
+            .await
+            .ok()?
+            .items
+            .len()
+            + secrets
+                .list(&labels_of_run("gaussian"))
+                .await
+                .ok()?
+                .items
+                .len()
+            + jobs
+                .list(&labels_of_run("gaussian"))
+                .await
+                .ok()?
+                .items
+                .len()
+            + services
+                .list(&labels_of_run("gaussian"))
+                .await
+                .ok()?
+                .items
+                .len()
+            + pods
+                .list(&labels_of_run("gaussian"))
+                .await
+                .ok()?
+                .items
+                .len();
         (left == 0).then_some(())
     })
     .await;
@@ -139,8 +257,15 @@ async fn kubectl_scale_and_an_hpa_drive_the_workers() {
     })
     .await;
 
-    let out = kubectl().args(["scale", "-n", &ns.name, "abcrun/gaussian", "--replicas=5"]).output().unwrap();
-    assert!(out.status.success(), "kubectl scale: {}", String::from_utf8_lossy(&out.stderr));
+    let out = kubectl()
+        .args(["scale", "-n", &ns.name, "abcrun/gaussian", "--replicas=5"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl scale: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     eventually(60, "worker Deployment at 5", || async {
         let d = deployments.get("gaussian-workers").await.ok()?;
@@ -173,10 +298,17 @@ spec:
         Api::namespaced(client.clone(), &ns.name);
     let able = eventually(60, "HPA condition AbleToScale", || async {
         let h = hpas.get("gaussian").await.ok()?;
-        h.status?.conditions?.into_iter().find(|c| c.type_ == "AbleToScale")
+        h.status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "AbleToScale")
     })
     .await;
-    assert_eq!(able.status, "True", "HPA cannot scale the AbcRun: {:?}", able.message);
+    assert_eq!(
+        able.status, "True",
+        "HPA cannot scale the AbcRun: {:?}",
+        able.message
+    );
 }
 
 #[tokio::test]
@@ -213,7 +345,10 @@ async fn a_restarted_controller_writes_nothing_to_an_unchanged_run() {
     })
     .await;
     let versions_after = resource_versions(&client, &ns.name).await;
-    assert_eq!(versions_before, versions_after, "the restarted controller wrote to unchanged objects");
+    assert_eq!(
+        versions_before, versions_after,
+        "the restarted controller wrote to unchanged objects"
+    );
 }
 
 /// resourceVersion of the run and of every object it owns.
@@ -222,8 +357,15 @@ async fn resource_versions(client: &Client, namespace: &str) -> BTreeMap<String,
     let lp = labels_of_run("gaussian");
     macro_rules! collect {
         ($t:ty, $kind:literal) => {
-            for o in Api::<$t>::namespaced(client.clone(), namespace).list(&lp).await.unwrap() {
-                out.insert(format!("{}/{}", $kind, o.name_any()), o.resource_version().unwrap());
+            for o in Api::<$t>::namespaced(client.clone(), namespace)
+                .list(&lp)
+                .await
+                .unwrap()
+            {
+                out.insert(
+                    format!("{}/{}", $kind, o.name_any()),
+                    o.resource_version().unwrap(),
+                );
             }
         };
     }
@@ -233,7 +375,10 @@ async fn resource_versions(client: &Client, namespace: &str) -> BTreeMap<String,
     collect!(Job, "Job");
     collect!(ConfigMap, "ConfigMap");
     collect!(NetworkPolicy, "NetworkPolicy");
-    let run = Api::<AbcRun>::namespaced(client.clone(), namespace).get("gaussian").await.unwrap();
+    let run = Api::<AbcRun>::namespaced(client.clone(), namespace)
+        .get("gaussian")
+        .await
+        .unwrap();
     out.insert("AbcRun/gaussian".into(), run.resource_version().unwrap());
     out
 }
@@ -253,10 +398,15 @@ async fn invalid_manifests_are_rejected_with_a_clear_message() {
         ("workers: {replicas: 1}", "image"),
     ];
     for (spec, expected) in cases {
-        let manifest = format!("apiVersion: abc-operator.dev/v1alpha1\nkind: AbcRun\nmetadata: {{name: bad}}\nspec:\n  {spec}\n");
+        let manifest = format!(
+            "apiVersion: abc-operator.dev/v1alpha1\nkind: AbcRun\nmetadata: {{name: bad}}\nspec:\n  {spec}\n"
+        );
         let (ok, err) = kubectl_apply(&ns.name, &manifest);
         assert!(!ok, "accepted an invalid AbcRun: {spec}");
-        assert!(err.contains(expected), "the error for {spec:?} does not mention {expected:?}: {err}");
+        assert!(
+            err.contains(expected),
+            "the error for {spec:?} does not mention {expected:?}: {err}"
+        );
     }
 }
 
@@ -274,24 +424,47 @@ async fn a_missing_password_secret_is_a_condition_not_a_crash_or_a_hot_loop() {
     runs.create(&PostParams::default(), &run).await.unwrap();
     let degraded = eventually(60, "a Degraded condition", || async {
         let s = run_status(&runs, "ext").await?;
-        s.conditions.into_iter().find(|c| c.type_ == "Degraded" && c.status == "True")
+        s.conditions
+            .into_iter()
+            .find(|c| c.type_ == "Degraded" && c.status == "True")
     })
     .await;
-    assert!(degraded.message.contains("\"nope\""), "{}", degraded.message);
-    assert!(degraded.message.contains("does not exist"), "{}", degraded.message);
+    assert!(
+        degraded.message.contains("\"nope\""),
+        "{}",
+        degraded.message
+    );
+    assert!(
+        degraded.message.contains("does not exist"),
+        "{}",
+        degraded.message
+    );
 
     // No hot loop: a handful of reconciles over a few seconds, and the controller still serves.
-    let before = controller.metric("abc_operator_reconciles_total").await.unwrap();
+    let before = controller
+        .metric("abc_operator_reconciles_total")
+        .await
+        .unwrap();
     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-    let after = controller.metric("abc_operator_reconciles_total").await.unwrap();
-    assert!(after - before <= 5.0, "{} reconciles in 5 s: hot loop", after - before);
+    let after = controller
+        .metric("abc_operator_reconciles_total")
+        .await
+        .unwrap();
+    assert!(
+        after - before <= 5.0,
+        "{} reconciles in 5 s: hot loop",
+        after - before
+    );
 
     // Creating the Secret heals the run without a restart.
     let secret: Secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "nope"}, "stringData": {"password": "pw"}
     }))
     .unwrap();
-    Api::<Secret>::namespaced(client.clone(), &ns.name).create(&PostParams::default(), &secret).await.unwrap();
+    Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
     eventually(60, "the Secret problem to clear", || async {
         let s = run_status(&runs, "ext").await?;
         let c = s.conditions.into_iter().find(|c| c.type_ == "Degraded")?;

@@ -8,8 +8,8 @@ mod support;
 use abc_operator::api::AbcRun;
 use abc_operator::redis_server::{RedisServer, RedisServerOptions};
 use k8s_openapi::api::core::v1::{Event, Pod, Secret};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -20,7 +20,6 @@ use support::kubelet::{FakeKubelet, RedisTarget};
 fn python() -> PathBuf {
     support::python::python()
 }
-
 
 /// A run on the test cluster whose Redis is a loopback redis-server.
 struct Setup {
@@ -39,7 +38,10 @@ async fn setup(prefix: &str, workers: u32, runtime: &str, model_sleep: &str) -> 
         "metadata": {"name": "redis-pw"}, "stringData": {"password": redis.password()}
     }))
     .unwrap();
-    Api::<Secret>::namespaced(client.clone(), &ns.name).create(&PostParams::default(), &secret).await.unwrap();
+    Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
     let run: AbcRun = serde_yaml::from_str(&format!(
         r#"
 apiVersion: abc-operator.dev/v1alpha1
@@ -60,12 +62,21 @@ spec:
     .unwrap();
     let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
     runs.create(&PostParams::default(), &run).await.unwrap();
-    Setup { client, ns, redis, runs }
+    Setup {
+        client,
+        ns,
+        redis,
+        runs,
+    }
 }
 
 impl Setup {
     fn kubelet(&self) -> FakeKubelet {
-        let target = RedisTarget { host: "127.0.0.1".into(), port: self.redis.port(), password: self.redis.password().into() };
+        let target = RedisTarget {
+            host: "127.0.0.1".into(),
+            port: self.redis.port(),
+            password: self.redis.password().into(),
+        };
         FakeKubelet::start(self.client.clone(), &self.ns.name, target, python())
     }
 
@@ -73,7 +84,10 @@ impl Setup {
     fn master(&self, population: u32, generations: u32) -> Child {
         let results = tempfile::tempdir().unwrap().keep();
         Command::new(python())
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/protocol_master.py"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/protocol_master.py"
+            ))
             .env("ABC_REDIS_HOST", "127.0.0.1")
             .env("ABC_REDIS_PORT", self.redis.port().to_string())
             .env("ABC_REDIS_PASSWORD", self.redis.password())
@@ -120,12 +134,20 @@ async fn status_shows_pyabc_progress_from_redis() {
     let mut generations_seen = std::collections::BTreeSet::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(240);
     let status = loop {
-        assert!(std::time::Instant::now() < deadline, "status never showed two generations: saw {generations_seen:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status never showed two generations: saw {generations_seen:?}"
+        );
         if let Some(status) = s.runs.get("sim").await.ok().and_then(|r| r.status) {
             if let Some(generation) = status.progress.as_ref().and_then(|p| p.generation) {
                 generations_seen.insert(generation);
             }
-            if generations_seen.len() >= 2 && status.progress.as_ref().is_some_and(|p| p.acceptances.is_some()) {
+            if generations_seen.len() >= 2
+                && status
+                    .progress
+                    .as_ref()
+                    .is_some_and(|p| p.acceptances.is_some())
+            {
                 break status;
             }
         }
@@ -160,12 +182,23 @@ async fn a_worker_pod_lost_mid_generation_is_repaired_once_and_the_run_completes
     })
     .await;
     let victim = kubelet.running().into_iter().next().unwrap();
-    pods.delete(&victim, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.unwrap();
+    pods.delete(
+        &victim,
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     // Restart the controller while it may be repairing: the repair still happens exactly once.
     controller.stop();
     let controller = ControllerProcess::start(&s.ns.name);
 
-    assert!(master_finishes(&mut master, 240).await, "the run did not complete after the loss");
+    assert!(
+        master_finishes(&mut master, 240).await,
+        "the run did not complete after the loss"
+    );
     let repairs = eventually(60, "a RepairedLostWorker event", || {
         let s = &s;
         async move {
@@ -179,7 +212,10 @@ async fn a_worker_pod_lost_mid_generation_is_repaired_once_and_the_run_completes
         .filter(|e| e.message.as_deref().unwrap_or_default().contains(&victim))
         .map(|e| e.count.unwrap_or(1).max(1) as u32)
         .sum();
-    assert_eq!(repairs_of_victim, 1, "the lost worker must be repaired exactly once: {repairs:?}");
+    assert_eq!(
+        repairs_of_victim, 1,
+        "the lost worker must be repaired exactly once: {repairs:?}"
+    );
     let status = s.runs.get("sim").await.unwrap().status.unwrap();
     assert_eq!(status.lost_workers, 1);
     drop(controller);
@@ -204,12 +240,29 @@ async fn expired_workers_are_replaced_without_crash_loops() {
     .await;
     let log = kubelet.log.lock().unwrap().clone();
     let status = s.runs.get("sim").await.unwrap().status;
-    assert_eq!(finished, Ok(true), "the run did not complete: {log:?} {status:?}");
+    assert_eq!(
+        finished,
+        Ok(true),
+        "the run did not complete: {log:?} {status:?}"
+    );
     let expired = log.exited.iter().filter(|(_, code)| *code == 0).count();
-    assert!(expired >= 3, "workers with a 20 s runtime never expired: {log:?}");
-    assert!(log.crash_loops.is_empty(), "pods reached CrashLoopBackOff: {:?}", log.crash_loops);
-    assert!(log.started.len() > 3, "expired workers were not replaced: {log:?}");
-    eventually(30, "a WorkerExpired event", || async { (!s.events("WorkerExpired").await.is_empty()).then_some(()) }).await;
+    assert!(
+        expired >= 3,
+        "workers with a 20 s runtime never expired: {log:?}"
+    );
+    assert!(
+        log.crash_loops.is_empty(),
+        "pods reached CrashLoopBackOff: {:?}",
+        log.crash_loops
+    );
+    assert!(
+        log.started.len() > 3,
+        "expired workers were not replaced: {log:?}"
+    );
+    eventually(30, "a WorkerExpired event", || async {
+        (!s.events("WorkerExpired").await.is_empty()).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -218,32 +271,54 @@ async fn stop_lets_workers_finish_the_generation_then_scales_them_to_zero() {
     let _controller = ControllerProcess::start(&s.ns.name);
     let _kubelet = s.kubelet();
     let mut master = s.master(150, 6);
-    let at_stop = eventually(180, "3 workers inside a generation after calibration", || {
-        let runs = s.runs.clone();
-        async move {
-            let p = runs.get("sim").await.ok()?.status?.progress?;
-            (p.active_workers == 3 && p.generation? >= 0 && p.accepted < p.required).then_some(p)
-        }
-    })
+    let at_stop = eventually(
+        180,
+        "3 workers inside a generation after calibration",
+        || {
+            let runs = s.runs.clone();
+            async move {
+                let p = runs.get("sim").await.ok()?.status?.progress?;
+                (p.active_workers == 3 && p.generation? >= 0 && p.accepted < p.required)
+                    .then_some(p)
+            }
+        },
+    )
     .await;
     let patch = serde_json::json!({"spec": {"stop": true}});
-    s.runs.patch("sim", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+    s.runs
+        .patch(
+            "sim",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
 
-    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(s.client.clone(), &s.ns.name);
     eventually(180, "workers scaled to zero", || async {
         let d = deployments.get("sim-workers").await.ok()?;
         (d.spec?.replicas == Some(0)).then_some(())
     })
     .await;
     // Status follows the scale-down within a reconcile or two.
-    let p = eventually(60, "status Stopped with no worker in a generation", || async {
-        let status = s.runs.get("sim").await.ok()?.status?;
-        let p = status.progress?;
-        (status.phase == Some(abc_operator::api::Phase::Stopped) && p.active_workers == 0).then_some(p)
-    })
+    let p = eventually(
+        60,
+        "status Stopped with no worker in a generation",
+        || async {
+            let status = s.runs.get("sim").await.ok()?.status?;
+            let p = status.progress?;
+            (status.phase == Some(abc_operator::api::Phase::Stopped) && p.active_workers == 0)
+                .then_some(p)
+        },
+    )
     .await;
     let finished_generation = p.generation > at_stop.generation || p.accepted >= p.required;
-    assert!(finished_generation, "workers left before finishing generation {:?}: {p:?}", at_stop.generation);
+    assert!(
+        finished_generation,
+        "workers left before finishing generation {:?}: {p:?}",
+        at_stop.generation
+    );
     let _ = master.kill();
     let _ = master.wait();
 }
@@ -253,30 +328,59 @@ async fn a_failed_master_leaves_no_stale_analysis_lock_for_its_retry() {
     let s = setup("wk-lock", 0, "10m", "0").await;
     // A master that died mid-run left pyABC's lock behind.
     let mut conn = support::redis::connect(&s.redis).await;
-    let _: () = redis::AsyncCommands::set(&mut conn, "analysis_id", "dead-master").await.unwrap();
+    let _: () = redis::AsyncCommands::set(&mut conn, "analysis_id", "dead-master")
+        .await
+        .unwrap();
     let patch = serde_json::json!({"spec": {"master": {"command": ["python", "gaussian.py"], "backoffLimit": 2}}});
-    s.runs.patch("sim", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+    s.runs
+        .patch(
+            "sim",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
     let _controller = ControllerProcess::start(&s.ns.name);
 
     let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns.name);
     let master_pod = eventually(60, "a running master pod", || async {
-        let list = pods.list(&ListParams::default().labels("abc-operator.dev/component=master")).await.ok()?;
-        list.items.into_iter().find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        let list = pods
+            .list(&ListParams::default().labels("abc-operator.dev/component=master"))
+            .await
+            .ok()?;
+        list.items
+            .into_iter()
+            .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
     })
     .await;
     // The master's container fails (as a kubelet would report it).
     let name = kube::ResourceExt::name_any(&master_pod);
-    let annotate = serde_json::json!({"metadata": {"annotations": {"kwok.x-k8s.io/status": "custom"}}});
-    pods.patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&annotate)).await.unwrap();
+    let annotate =
+        serde_json::json!({"metadata": {"annotations": {"kwok.x-k8s.io/status": "custom"}}});
+    pods.patch(
+        &name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&annotate),
+    )
+    .await
+    .unwrap();
     let failed = serde_json::json!({"status": {"phase": "Failed", "containerStatuses": [{
         "name": "master", "image": "worker", "imageID": "", "ready": false, "restartCount": 0,
         "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}]}});
-    pods.patch_status(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&failed)).await.unwrap();
+    pods.patch_status(
+        &name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&failed),
+    )
+    .await
+    .unwrap();
 
     eventually(60, "the stale analysis lock cleared", || {
         let mut conn = conn.clone();
         async move {
-            let id: Option<String> = redis::AsyncCommands::get(&mut conn, "analysis_id").await.ok()?;
+            let id: Option<String> = redis::AsyncCommands::get(&mut conn, "analysis_id")
+                .await
+                .ok()?;
             id.is_none().then_some(())
         }
     })

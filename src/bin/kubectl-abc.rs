@@ -14,7 +14,11 @@ use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
 #[derive(Parser)]
-#[command(name = "kubectl abc", version, about = "Watch and steer pyABC runs (AbcRuns)")]
+#[command(
+    name = "kubectl abc",
+    version,
+    about = "Watch and steer pyABC runs (AbcRuns)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -62,7 +66,9 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let name = match &cli.command {
-        Command::Info { name, .. } | Command::Stop { name } | Command::ResetWorkers { name } => name.clone(),
+        Command::Info { name, .. } | Command::Stop { name } | Command::ResetWorkers { name } => {
+            name.clone()
+        }
     };
     let (mut conn, _forward) = match (&cli.redis, &name) {
         (Some(url), _) => (connect_url(url).await?, None),
@@ -70,7 +76,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (conn, forward) = connect_run(name, cli.namespace.as_deref()).await?;
             (conn, forward)
         }
-        (None, None) => bail!("name an AbcRun (kubectl abc info NAME) or pass --redis redis://:PASSWORD@HOST:PORT"),
+        (None, None) => bail!(
+            "name an AbcRun (kubectl abc info NAME) or pass --redis redis://:PASSWORD@HOST:PORT"
+        ),
     };
     match cli.command {
         Command::Info { output, .. } => {
@@ -97,22 +105,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn connect_url(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
-    let info: redis::ConnectionInfo = url.parse().with_context(|| format!("--redis {url:?} is not a redis:// URL"))?;
+    let info: redis::ConnectionInfo = url
+        .parse()
+        .with_context(|| format!("--redis {url:?} is not a redis:// URL"))?;
     let (host, port) = match info.addr() {
         redis::ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
         other => bail!("--redis must be a TCP address, got {other:?}"),
     };
     let password = info.redis_settings().password().map(str::to_string);
-    Ok(protocol::connect(&Endpoint { host, port, password }).await?)
+    Ok(protocol::connect(&Endpoint {
+        host,
+        port,
+        password,
+    })
+    .await?)
 }
 
 /// Connects to a run's Redis: external directly, managed through a port-forward to its pod.
 async fn connect_run(
     name: &str,
     namespace: Option<&str>,
-) -> anyhow::Result<(redis::aio::ConnectionManager, Option<tokio::task::JoinHandle<()>>)> {
-    let client = Client::try_default().await.context("cannot reach the Kubernetes API")?;
-    let namespace = namespace.map(str::to_string).unwrap_or_else(|| client.default_namespace().to_string());
+) -> anyhow::Result<(
+    redis::aio::ConnectionManager,
+    Option<tokio::task::JoinHandle<()>>,
+)> {
+    let client = Client::try_default()
+        .await
+        .context("cannot reach the Kubernetes API")?;
+    let namespace = namespace
+        .map(str::to_string)
+        .unwrap_or_else(|| client.default_namespace().to_string());
     let runs: Api<AbcRun> = Api::namespaced(client.clone(), &namespace);
     let run = runs
         .get_opt(name)
@@ -122,7 +144,12 @@ async fn connect_run(
     let secret = Api::<Secret>::namespaced(client.clone(), &namespace)
         .get_opt(&reference.name)
         .await?
-        .with_context(|| format!("the run's password Secret {:?} does not exist", reference.name))?;
+        .with_context(|| {
+            format!(
+                "the run's password Secret {:?} does not exist",
+                reference.name
+            )
+        })?;
     let password = secret
         .data
         .as_ref()
@@ -132,7 +159,15 @@ async fn connect_run(
 
     if run.spec.redis.external.is_some() {
         let (host, port) = resources::redis_host_port_for_operator(&run)?;
-        return Ok((protocol::connect(&Endpoint { host, port, password: Some(password) }).await?, None));
+        return Ok((
+            protocol::connect(&Endpoint {
+                host,
+                port,
+                password: Some(password),
+            })
+            .await?,
+            None,
+        ));
     }
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let selector = format!("{RUN_LABEL}={name},{COMPONENT_LABEL}=redis");
@@ -144,12 +179,20 @@ async fn connect_run(
         .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
         .with_context(|| format!("the run {name:?} has no running Redis pod yet"))?;
     let (port, forward) = port_forward(pods, pod.name_any(), 6379).await?;
-    let endpoint = Endpoint { host: "127.0.0.1".into(), port, password: Some(password) };
+    let endpoint = Endpoint {
+        host: "127.0.0.1".into(),
+        port,
+        password: Some(password),
+    };
     Ok((protocol::connect(&endpoint).await?, Some(forward)))
 }
 
 /// Forwards a local loopback port to `pod_port` of the pod through the API server.
-async fn port_forward(pods: Api<Pod>, pod: String, pod_port: u16) -> anyhow::Result<(u16, tokio::task::JoinHandle<()>)> {
+async fn port_forward(
+    pods: Api<Pod>,
+    pod: String,
+    pod_port: u16,
+) -> anyhow::Result<(u16, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let task = tokio::spawn(async move {
@@ -157,8 +200,12 @@ async fn port_forward(pods: Api<Pod>, pod: String, pod_port: u16) -> anyhow::Res
             let pods = pods.clone();
             let pod = pod.clone();
             tokio::spawn(async move {
-                let Ok(mut forwarder) = pods.portforward(&pod, &[pod_port]).await else { return };
-                let Some(mut remote) = forwarder.take_stream(pod_port) else { return };
+                let Ok(mut forwarder) = pods.portforward(&pod, &[pod_port]).await else {
+                    return;
+                };
+                let Some(mut remote) = forwarder.take_stream(pod_port) else {
+                    return;
+                };
                 let _ = tokio::io::copy_bidirectional(&mut local, &mut remote).await;
             });
         }

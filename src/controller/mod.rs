@@ -46,7 +46,12 @@ pub enum Error {
     #[error("building the run's objects failed: {0}")]
     Build(#[source] crate::resources::BuildError),
     #[error("applying {kind} {name:?} failed: {source}")]
-    Apply { kind: String, name: String, #[source] source: kube::Error },
+    Apply {
+        kind: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("Kubernetes API error: {0}")]
     Kube(#[source] kube::Error),
 }
@@ -141,20 +146,35 @@ where
 fn error_policy(run: Arc<AbcRun>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .reconcile_errors
-        .get_or_create(&ErrorLabels { error: err.metric_label().into() })
+        .get_or_create(&ErrorLabels {
+            error: err.metric_label().into(),
+        })
         .inc();
     tracing::warn!(run = %run.name_any(), namespace = ?run.namespace(), error = %err, "reconcile failed");
     let run2 = run.clone();
     let message = err.to_string();
     tokio::spawn(async move {
-        ctx.publish(&run2, kube::runtime::events::EventType::Warning, "ReconcileError", message).await;
+        ctx.publish(
+            &run2,
+            kube::runtime::events::EventType::Warning,
+            "ReconcileError",
+            message,
+        )
+        .await;
     });
     Action::requeue(Duration::from_secs(10))
 }
 
 fn init_tracing(json: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }

@@ -40,7 +40,11 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
 
     let password = resolve_password(&run, &ctx, &namespace).await?;
     let (host, port) = resources::redis_host_port_for_operator(&run).map_err(Error::Build)?;
-    let endpoint = password.value.as_ref().map(|pw| protocol::Endpoint { host, port, password: Some(pw.clone()) });
+    let endpoint = password.value.as_ref().map(|pw| protocol::Endpoint {
+        host,
+        port,
+        password: Some(pw.clone()),
+    });
     let mut owned = resources::build(&run, password.generated.as_deref()).map_err(Error::Build)?;
     if drain_on_stop(&run, &ctx, endpoint.as_ref()).await {
         // Keep the workers until they have left the generation; then the builder's zero applies.
@@ -57,7 +61,15 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
     };
     // Pods are listed after the snapshot: a ledger whose pod is missing from this list was
     // written by a pod that has since gone.
-    handle_workers(&run, &ctx, &namespace, endpoint.as_ref(), snapshot.as_ref(), &mut observed).await?;
+    handle_workers(
+        &run,
+        &ctx,
+        &namespace,
+        endpoint.as_ref(),
+        snapshot.as_ref(),
+        &mut observed,
+    )
+    .await?;
     if let (Some(endpoint), Some(snapshot)) = (&endpoint, &snapshot) {
         clear_stale_lock_if_master_down(&run, &ctx, &namespace, &owned, endpoint, snapshot).await;
     }
@@ -107,34 +119,65 @@ struct Password {
 async fn resolve_password(run: &AbcRun, ctx: &Context, namespace: &str) -> Result<Password, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let reference: SecretKeyRef = resources::password_secret_ref(run);
-    let existing = secrets.get_opt(&reference.name).await.map_err(Error::Kube)?;
+    let existing = secrets
+        .get_opt(&reference.name)
+        .await
+        .map_err(Error::Kube)?;
     if resources::needs_generated_password(run) {
-        let value = resources::password_to_keep(existing.as_ref()).unwrap_or_else(resources::generate_password);
-        return Ok(Password { value: Some(value.clone()), generated: Some(value), problem: None });
+        let value = resources::password_to_keep(existing.as_ref())
+            .unwrap_or_else(resources::generate_password);
+        return Ok(Password {
+            value: Some(value.clone()),
+            generated: Some(value),
+            problem: None,
+        });
     }
-    let value = existing.as_ref().and_then(|s| secret_value(s, &reference.key));
+    let value = existing
+        .as_ref()
+        .and_then(|s| secret_value(s, &reference.key));
     let problem = match (&existing, &value) {
         (None, _) => Some(format!(
             "Secret {:?} with the Redis password does not exist in namespace {namespace:?}; create it with key {:?}",
             reference.name, reference.key
         )),
-        (Some(_), None) => Some(format!("Secret {:?} has no key {:?} with the Redis password", reference.name, reference.key)),
+        (Some(_), None) => Some(format!(
+            "Secret {:?} has no key {:?} with the Redis password",
+            reference.name, reference.key
+        )),
         _ => None,
     };
-    Ok(Password { value, generated: None, problem })
+    Ok(Password {
+        value,
+        generated: None,
+        problem,
+    })
 }
 
 fn secret_value(secret: &Secret, key: &str) -> Option<String> {
     let bytes = secret.data.as_ref()?.get(key)?;
-    String::from_utf8(bytes.0.clone()).ok().filter(|s| !s.is_empty())
+    String::from_utf8(bytes.0.clone())
+        .ok()
+        .filter(|s| !s.is_empty())
 }
 
 /// Applies every owned object with server-side apply under the one field manager. An unchanged
 /// object is a no-op on the server (no new resourceVersion), which keeps reconcile write-free.
-async fn apply_owned(ctx: &Context, namespace: &str, owned: &resources::Owned) -> Result<(), Error> {
+async fn apply_owned(
+    ctx: &Context,
+    namespace: &str,
+    owned: &resources::Owned,
+) -> Result<(), Error> {
     let c = &ctx.client;
     // Destructure without `..` so a new owned object cannot be forgotten here.
-    let resources::Owned { secret, config_map, redis_deployment, redis_service, network_policy, workers, master_job } = owned;
+    let resources::Owned {
+        secret,
+        config_map,
+        redis_deployment,
+        redis_service,
+        network_policy,
+        workers,
+        master_job,
+    } = owned;
     if let Some(o) = secret {
         apply(c, namespace, o).await?;
     }
@@ -157,14 +200,26 @@ async fn apply_owned(ctx: &Context, namespace: &str, owned: &resources::Owned) -
 
 async fn apply<K>(client: &kube::Client, namespace: &str, object: &K) -> Result<(), Error>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
     K::DynamicType: Default,
 {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let name = object.meta().name.clone().unwrap_or_default();
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object))
-        .await
-        .map_err(|source| Error::Apply { kind: K::kind(&Default::default()).to_string(), name, source })?;
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .map_err(|source| Error::Apply {
+        kind: K::kind(&Default::default()).to_string(),
+        name,
+        source,
+    })?;
     Ok(())
 }
 
@@ -177,14 +232,24 @@ async fn observe(
 ) -> Result<Observed, Error> {
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
     let workers_name = owned.workers.metadata.name.clone().unwrap_or_default();
-    let workers = deployments.get_opt(&workers_name).await.map_err(Error::Kube)?;
-    let worker_status = workers.as_ref().and_then(|d| d.status.clone()).unwrap_or_default();
+    let workers = deployments
+        .get_opt(&workers_name)
+        .await
+        .map_err(Error::Kube)?;
+    let worker_status = workers
+        .as_ref()
+        .and_then(|d| d.status.clone())
+        .unwrap_or_default();
 
     let redis_ready = match &owned.redis_deployment {
         Some(d) => {
             let name = d.metadata.name.clone().unwrap_or_default();
             let redis = deployments.get_opt(&name).await.map_err(Error::Kube)?;
-            redis.and_then(|d| d.status).and_then(|s| s.ready_replicas).unwrap_or(0) > 0
+            redis
+                .and_then(|d| d.status)
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0)
+                > 0
         }
         // An external Redis is ready when it answers; read_redis decides.
         None => true,
@@ -194,7 +259,9 @@ async fn observe(
         Some(job) => {
             let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
             let name = job.metadata.name.clone().unwrap_or_default();
-            Some(master_state(jobs.get_opt(&name).await.map_err(Error::Kube)?.as_ref()))
+            Some(master_state(
+                jobs.get_opt(&name).await.map_err(Error::Kube)?.as_ref(),
+            ))
         }
         None => None,
     };
@@ -204,12 +271,16 @@ async fn observe(
         redis_problem: password.problem.clone(),
         workers_replicas: worker_status.replicas.unwrap_or(0),
         workers_ready: worker_status.ready_replicas.unwrap_or(0),
-        workers_desired: owned.workers.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
+        workers_desired: owned
+            .workers
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(0),
         selector: resources::worker_selector(run),
         master,
         progress: None,
         lost_workers: run.status.as_ref().map(|s| s.lost_workers).unwrap_or(0),
-        workers_idle: false,
     })
 }
 
@@ -222,12 +293,18 @@ pub fn master_state(job: Option<&Job>) -> MasterState {
         if c.status == "True" {
             match c.type_.as_str() {
                 "Complete" => return MasterState::Succeeded,
-                "Failed" => return MasterState::Failed(c.reason.clone().unwrap_or_else(|| "Failed".into())),
+                "Failed" => {
+                    return MasterState::Failed(c.reason.clone().unwrap_or_else(|| "Failed".into()));
+                }
                 _ => {}
             }
         }
     }
-    if status.active.unwrap_or(0) > 0 { MasterState::Running } else { MasterState::Pending }
+    if status.active.unwrap_or(0) > 0 {
+        MasterState::Running
+    } else {
+        MasterState::Pending
+    }
 }
 
 /// Reads the run's Redis once; on failure records the problem (the run keeps its last progress).
@@ -241,7 +318,6 @@ async fn read_redis(
         Ok(snapshot) => {
             observed.redis_ready = observed.redis_ready || run.spec.redis.external.is_some();
             observed.progress = Some(progress_of(&snapshot));
-            observed.workers_idle = snapshot.n_worker.unwrap_or(0) == 0;
             Some(snapshot)
         }
         Err(err) => {
@@ -271,38 +347,68 @@ async fn handle_workers(
         .items;
     let timeout_ms = run.spec.workers.heartbeat_timeout_seconds * 1000;
     // Without Redis no ledger can be judged, but ended pods are still replaced.
-    let (ledgers, now_ms) = snapshot.map(|s| (s.ledgers.as_slice(), s.time_ms)).unwrap_or((&[], 0));
+    let (ledgers, now_ms) = snapshot
+        .map(|s| (s.ledgers.as_slice(), s.time_ms))
+        .unwrap_or((&[], 0));
     let actions = workers::decide(&listed, ledgers, now_ms, timeout_ms);
     for action in actions {
         match action {
-            WorkerAction::Repair { ledger_id, worker, reason } => {
+            WorkerAction::Repair {
+                ledger_id,
+                worker,
+                reason,
+            } => {
                 let Some(endpoint) = endpoint else { continue };
                 match ctx.redis.repair(run, endpoint, &ledger_id).await {
                     Ok(Some(repair)) if repair.corrected() => {
                         observed.lost_workers += 1;
-                        let labels = crate::metrics::RunLabels { namespace: namespace.into(), run: run.name_any() };
+                        let labels = crate::metrics::RunLabels {
+                            namespace: namespace.into(),
+                            run: run.name_any(),
+                        };
                         ctx.metrics.lost_workers.get_or_create(&labels).inc();
                         tracing::warn!(run = %run.name_any(), namespace, worker, ledger = ledger_id, reason, %repair, "repaired lost worker");
-                        ctx.publish(run, EventType::Warning, "RepairedLostWorker",
-                            format!("worker {ledger_id} was lost ({reason}); {repair}")).await;
+                        ctx.publish(
+                            run,
+                            EventType::Warning,
+                            "RepairedLostWorker",
+                            format!("worker {ledger_id} was lost ({reason}); {repair}"),
+                        )
+                        .await;
                     }
-                    Ok(_) => tracing::debug!(run = %run.name_any(), ledger = ledger_id, "removed the ledger of an ended worker"),
-                    Err(err) => tracing::warn!(run = %run.name_any(), ledger = ledger_id, error = %err, "repairing a lost worker failed; retrying"),
+                    Ok(_) => {
+                        tracing::debug!(run = %run.name_any(), ledger = ledger_id, "removed the ledger of an ended worker")
+                    }
+                    Err(err) => {
+                        tracing::warn!(run = %run.name_any(), ledger = ledger_id, error = %err, "repairing a lost worker failed; retrying")
+                    }
                 }
             }
             // A stopping run lets its workers go instead of replacing them.
             WorkerAction::Replace { .. } if run.spec.stop => {}
-            WorkerAction::Replace { pod, reason, expired } => {
-                match pods.delete(&pod, &DeleteParams::default()).await {
-                    Ok(_) => {
-                        tracing::info!(run = %run.name_any(), namespace, pod, reason, "replacing worker pod");
-                        let (type_, why) = if expired { (EventType::Normal, "WorkerExpired") } else { (EventType::Warning, "WorkerReplaced") };
-                        ctx.publish(run, type_, why, format!("replacing worker pod {pod}: {reason}")).await;
-                    }
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(err) => return Err(Error::Kube(err)),
+            WorkerAction::Replace {
+                pod,
+                reason,
+                expired,
+            } => match pods.delete(&pod, &DeleteParams::default()).await {
+                Ok(_) => {
+                    tracing::info!(run = %run.name_any(), namespace, pod, reason, "replacing worker pod");
+                    let (type_, why) = if expired {
+                        (EventType::Normal, "WorkerExpired")
+                    } else {
+                        (EventType::Warning, "WorkerReplaced")
+                    };
+                    ctx.publish(
+                        run,
+                        type_,
+                        why,
+                        format!("replacing worker pod {pod}: {reason}"),
+                    )
+                    .await;
                 }
-            }
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(err) => return Err(Error::Kube(err)),
+            },
         }
     }
     Ok(())
@@ -339,35 +445,59 @@ async fn clear_stale_lock_if_master_down(
         return;
     }
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
-    let Ok(Some(job)) = jobs.get_opt(job.metadata.name.as_deref().unwrap_or_default()).await else {
+    let Ok(Some(job)) = jobs
+        .get_opt(job.metadata.name.as_deref().unwrap_or_default())
+        .await
+    else {
         return;
     };
     let Some(status) = &job.status else { return };
-    let finished = status.conditions.iter().flatten().any(|c| c.status == "True" && (c.type_ == "Complete" || c.type_ == "Failed"));
+    let finished = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.status == "True" && (c.type_ == "Complete" || c.type_ == "Failed"));
     if finished || status.failed.unwrap_or(0) == 0 || status.active.unwrap_or(0) > 0 {
         return;
     }
     match ctx.redis.clear_stale_analysis_lock(run, endpoint).await {
         Ok(Some(_)) => {
             tracing::info!(run = %run.name_any(), namespace, "cleared the stale analysis lock of a failed master");
-            ctx.publish(run, EventType::Normal, "ClearedAnalysisLock",
-                "the master failed; cleared pyABC's stale analysis_id so its retry can start".into()).await;
+            ctx.publish(
+                run,
+                EventType::Normal,
+                "ClearedAnalysisLock",
+                "the master failed; cleared pyABC's stale analysis_id so its retry can start"
+                    .into(),
+            )
+            .await;
         }
         Ok(None) => {}
-        Err(err) => tracing::warn!(run = %run.name_any(), namespace, error = %err, "clearing the analysis lock failed"),
+        Err(err) => {
+            tracing::warn!(run = %run.name_any(), namespace, error = %err, "clearing the analysis lock failed")
+        }
     }
 }
 
-async fn write_status(ctx: &Context, namespace: &str, name: &str, status: &crate::api::AbcRunStatus) -> Result<(), Error> {
+async fn write_status(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    status: &crate::api::AbcRunStatus,
+) -> Result<(), Error> {
     let api: Api<AbcRun> = Api::namespaced(ctx.client.clone(), namespace);
     let patch = serde_json::json!({
         "apiVersion": "abc-operator.dev/v1alpha1",
         "kind": "AbcRun",
         "status": status,
     });
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(Error::Kube)?;
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::Kube)?;
     Ok(())
 }
 
@@ -377,7 +507,11 @@ async fn publish_transitions(run: &AbcRun, ctx: &Context, new: &crate::api::AbcR
     let old = run.status.clone().unwrap_or_default();
     if old.phase != new.phase {
         if let Some(phase) = new.phase {
-            let type_ = if phase == Phase::Failed { EventType::Warning } else { EventType::Normal };
+            let type_ = if phase == Phase::Failed {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
             let note = match phase {
                 Phase::Failed => new
                     .conditions
@@ -391,16 +525,26 @@ async fn publish_transitions(run: &AbcRun, ctx: &Context, new: &crate::api::AbcR
         }
     }
     let degraded = |s: &crate::api::AbcRunStatus| {
-        s.conditions.iter().find(|c| c.type_ == status::DEGRADED && c.status == "True").map(|c| c.message.clone())
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == status::DEGRADED && c.status == "True")
+            .map(|c| c.message.clone())
     };
     if let (None, Some(problem)) = (degraded(&old), degraded(new)) {
-        ctx.publish(run, EventType::Warning, "Degraded", problem).await;
+        ctx.publish(run, EventType::Warning, "Degraded", problem)
+            .await;
     }
-    let generation_of = |s: &crate::api::AbcRunStatus| s.progress.as_ref().and_then(|p| p.generation);
+    let generation_of =
+        |s: &crate::api::AbcRunStatus| s.progress.as_ref().and_then(|p| p.generation);
     if let (Some(before), Some(now)) = (generation_of(&old), generation_of(new)) {
         if now > before {
-            ctx.publish(run, EventType::Normal, "GenerationCompleted",
-                format!("generation {before} completed; sampling generation {now}")).await;
+            ctx.publish(
+                run,
+                EventType::Normal,
+                "GenerationCompleted",
+                format!("generation {before} completed; sampling generation {now}"),
+            )
+            .await;
         }
     }
 }
@@ -408,27 +552,60 @@ async fn publish_transitions(run: &AbcRun, ctx: &Context, new: &crate::api::AbcR
 fn record_metrics(ctx: &Context, namespace: &str, name: &str, status: &crate::api::AbcRunStatus) {
     use crate::metrics::{PhaseLabels, RunLabels};
     let m = &ctx.metrics;
-    let labels = RunLabels { namespace: namespace.into(), run: name.into() };
-    for phase in ["Pending", "Running", "Succeeded", "Failed", "Stopped", "Suspended"] {
+    let labels = RunLabels {
+        namespace: namespace.into(),
+        run: name.into(),
+    };
+    for phase in [
+        "Pending",
+        "Running",
+        "Succeeded",
+        "Failed",
+        "Stopped",
+        "Suspended",
+    ] {
         let current = status.phase.map(|p| p.to_string()).as_deref() == Some(phase);
-        let l = PhaseLabels { namespace: namespace.into(), run: name.into(), phase: phase.into() };
+        let l = PhaseLabels {
+            namespace: namespace.into(),
+            run: name.into(),
+            phase: phase.into(),
+        };
         m.run_phase.get_or_create(&l).set(current as i64);
     }
-    m.workers_ready.get_or_create(&labels).set(status.ready_replicas as i64);
-    let desired = status.workers.as_deref().and_then(|w| w.split('/').nth(1)).and_then(|d| d.parse().ok()).unwrap_or(0);
+    m.workers_ready
+        .get_or_create(&labels)
+        .set(status.ready_replicas as i64);
+    let desired = status
+        .workers
+        .as_deref()
+        .and_then(|w| w.split('/').nth(1))
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0);
     m.workers_desired.get_or_create(&labels).set(desired);
     if let Some(p) = &status.progress {
-        m.generation.get_or_create(&labels).set(p.generation.unwrap_or(0));
+        m.generation
+            .get_or_create(&labels)
+            .set(p.generation.unwrap_or(0));
         m.accepted.get_or_create(&labels).set(p.accepted);
         m.required.get_or_create(&labels).set(p.required);
         m.evaluations.get_or_create(&labels).set(p.evaluations);
-        m.active_workers.get_or_create(&labels).set(p.active_workers);
+        m.active_workers
+            .get_or_create(&labels)
+            .set(p.active_workers);
     }
 }
 
 /// Deletes a finished run once its TTL is over; otherwise says when to look again.
-async fn ttl_action(run: &AbcRun, ctx: &Context, namespace: &str, status: &crate::api::AbcRunStatus) -> Result<Option<Action>, Error> {
-    let (Some(ttl), Some(finished)) = (run.spec.ttl_seconds_after_finished, status::finished_at(status)) else {
+async fn ttl_action(
+    run: &AbcRun,
+    ctx: &Context,
+    namespace: &str,
+    status: &crate::api::AbcRunStatus,
+) -> Result<Option<Action>, Error> {
+    let (Some(ttl), Some(finished)) = (
+        run.spec.ttl_seconds_after_finished,
+        status::finished_at(status),
+    ) else {
         return Ok(None);
     };
     let left = ttl - Timestamp::now().duration_since(finished).as_secs();
@@ -437,7 +614,9 @@ async fn ttl_action(run: &AbcRun, ctx: &Context, namespace: &str, status: &crate
     }
     tracing::info!(run = %run.name_any(), namespace, ttl, "deleting finished run after its TTL");
     let api: Api<AbcRun> = Api::namespaced(ctx.client.clone(), namespace);
-    api.delete(&run.name_any(), &DeleteParams::background()).await.map_err(Error::Kube)?;
+    api.delete(&run.name_any(), &DeleteParams::background())
+        .await
+        .map_err(Error::Kube)?;
     Ok(Some(Action::await_change()))
 }
 
@@ -447,7 +626,14 @@ fn next_poll(status: &crate::api::AbcRunStatus, user_problem: bool) -> Action {
     }
     match status.phase {
         Some(Phase::Running | Phase::Pending) => Action::requeue(POLL_RUNNING),
-        Some(Phase::Stopped) if status.progress.as_ref().is_some_and(|p| p.active_workers > 0) => Action::requeue(POLL_RUNNING),
+        Some(Phase::Stopped)
+            if status
+                .progress
+                .as_ref()
+                .is_some_and(|p| p.active_workers > 0) =>
+        {
+            Action::requeue(POLL_RUNNING)
+        }
         _ => Action::requeue(POLL_IDLE),
     }
 }
@@ -455,7 +641,13 @@ fn next_poll(status: &crate::api::AbcRunStatus, user_problem: bool) -> Action {
 impl Context {
     /// Publishes an Event on the run; failures to publish are logged, never fatal.
     pub async fn publish(&self, run: &AbcRun, type_: EventType, reason: &str, note: String) {
-        let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
         if let Err(err) = self.recorder.publish(&event, &run.object_ref(&())).await {
             tracing::warn!(run = %run.name_any(), error = %err, "publishing an event failed");
         }

@@ -19,25 +19,44 @@ pub struct RedisAccess {
 }
 
 impl RedisAccess {
-    async fn connection(&self, run: &AbcRun, endpoint: &Endpoint) -> Result<ConnectionManager, ProtocolError> {
+    async fn connection(
+        &self,
+        run: &AbcRun,
+        endpoint: &Endpoint,
+    ) -> Result<ConnectionManager, ProtocolError> {
         let uid = run.uid().unwrap_or_default();
-        let target = format!("{endpoint}:{}", fingerprint(endpoint.password.as_deref().unwrap_or_default()));
+        let target = format!(
+            "{endpoint}:{}",
+            fingerprint(endpoint.password.as_deref().unwrap_or_default())
+        );
         if let Some((t, conn)) = self.connections.lock().await.get(&uid) {
             if *t == target {
                 return Ok(conn.clone());
             }
         }
         let conn = timeout(endpoint, protocol::connect(endpoint)).await?;
-        self.connections.lock().await.insert(uid, (target, conn.clone()));
+        self.connections
+            .lock()
+            .await
+            .insert(uid, (target, conn.clone()));
         Ok(conn)
     }
 
-    pub async fn snapshot(&self, run: &AbcRun, endpoint: &Endpoint) -> Result<Snapshot, ProtocolError> {
+    pub async fn snapshot(
+        &self,
+        run: &AbcRun,
+        endpoint: &Endpoint,
+    ) -> Result<Snapshot, ProtocolError> {
         let mut conn = self.connection(run, endpoint).await?;
         timeout(endpoint, Snapshot::read(&mut conn)).await
     }
 
-    pub async fn repair(&self, run: &AbcRun, endpoint: &Endpoint, ledger_id: &str) -> Result<Option<Repair>, ProtocolError> {
+    pub async fn repair(
+        &self,
+        run: &AbcRun,
+        endpoint: &Endpoint,
+        ledger_id: &str,
+    ) -> Result<Option<Repair>, ProtocolError> {
         let mut conn = self.connection(run, endpoint).await?;
         timeout(endpoint, protocol::repair_lost_worker(&mut conn, ledger_id)).await
     }
@@ -49,7 +68,11 @@ impl RedisAccess {
     }
 
     /// Deletes a stale `analysis_id`; returns it when there was one.
-    pub async fn clear_stale_analysis_lock(&self, run: &AbcRun, endpoint: &Endpoint) -> Result<Option<String>, ProtocolError> {
+    pub async fn clear_stale_analysis_lock(
+        &self,
+        run: &AbcRun,
+        endpoint: &Endpoint,
+    ) -> Result<Option<String>, ProtocolError> {
         let mut conn = self.connection(run, endpoint).await?;
         timeout(endpoint, protocol::clear_stale_analysis_lock(&mut conn)).await
     }
@@ -62,10 +85,18 @@ impl RedisAccess {
 }
 
 /// Bounds a Redis call so one unreachable Redis never holds up a reconcile for long.
-async fn timeout<T>(endpoint: &Endpoint, call: impl std::future::Future<Output = Result<T, ProtocolError>>) -> Result<T, ProtocolError> {
-    tokio::time::timeout(TIMEOUT, call).await.unwrap_or_else(|_| {
-        Err(ProtocolError::Unreachable { server: format!("Redis at {endpoint}"), detail: "no answer within 3 s".into() })
-    })
+async fn timeout<T>(
+    endpoint: &Endpoint,
+    call: impl std::future::Future<Output = Result<T, ProtocolError>>,
+) -> Result<T, ProtocolError> {
+    tokio::time::timeout(TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ProtocolError::Unreachable {
+                server: format!("Redis at {endpoint}"),
+                detail: "no answer within 3 s".into(),
+            })
+        })
 }
 
 /// A short hash, so the cache key changes with the password without holding it twice.

@@ -26,8 +26,6 @@ pub struct Observed {
     pub progress: Option<Progress>,
     /// Workers repaired so far (carried over from the previous status plus new repairs).
     pub lost_workers: i64,
-    /// Workers that have left the generation after a stop (no worker inside a generation).
-    pub workers_idle: bool,
 }
 
 /// State of the master Job.
@@ -77,34 +75,65 @@ pub fn compute(run: &AbcRun, observed: &Observed, now: Timestamp) -> AbcRunStatu
 
     let mut conditions = Vec::new();
     let mut push = |type_: &str, ok: bool, reason: &str, message: String| {
-        conditions.push(condition(&previous.conditions, type_, ok, reason, message, generation, now));
+        conditions.push(condition(
+            &previous.conditions,
+            type_,
+            ok,
+            reason,
+            message,
+            generation,
+            now,
+        ));
     };
     // RedisReady says whether Redis runs (its pod is ready, or the external one answered);
     // whether the operator can read it is Degraded's business.
     match (observed.redis_ready, &observed.redis_problem) {
         (true, _) => push(REDIS_READY, true, "RedisReady", "Redis is ready".into()),
         (false, Some(problem)) => push(REDIS_READY, false, "RedisUnavailable", problem.clone()),
-        (false, None) => push(REDIS_READY, false, "RedisStarting", "waiting for the Redis pod to become ready".into()),
+        (false, None) => push(
+            REDIS_READY,
+            false,
+            "RedisStarting",
+            "waiting for the Redis pod to become ready".into(),
+        ),
     }
     push(
         WORKERS_READY,
         observed.workers_desired > 0 && observed.workers_ready >= observed.workers_desired,
-        if observed.workers_ready >= observed.workers_desired { "AllReady" } else { "Scaling" },
-        format!("{}/{} worker pods ready", observed.workers_ready, observed.workers_desired),
+        if observed.workers_ready >= observed.workers_desired {
+            "AllReady"
+        } else {
+            "Scaling"
+        },
+        format!(
+            "{}/{} worker pods ready",
+            observed.workers_ready, observed.workers_desired
+        ),
     );
     if let Some(master) = &observed.master {
         let (ok, reason, message) = match master {
-            MasterState::Pending => (false, "Pending", "the master Job has no running pod yet".to_string()),
+            MasterState::Pending => (
+                false,
+                "Pending",
+                "the master Job has no running pod yet".to_string(),
+            ),
             MasterState::Running => (true, "Running", "the master is sampling".to_string()),
-            MasterState::Succeeded => (false, "Succeeded", "the master finished successfully".to_string()),
+            MasterState::Succeeded => (
+                false,
+                "Succeeded",
+                "the master finished successfully".to_string(),
+            ),
             MasterState::Failed(why) => (false, "Failed", format!("the master failed: {why}")),
         };
         push(MASTER_RUNNING, ok, reason, message);
     }
-    let degraded = observed.redis_problem.clone().or_else(|| match &observed.master {
-        Some(MasterState::Failed(why)) => Some(format!("the master failed: {why}")),
-        _ => None,
-    });
+    let degraded = observed
+        .redis_problem
+        .clone()
+        .or_else(|| match &observed.master {
+            Some(MasterState::Failed(why)) => Some(format!("the master failed: {why}")),
+            _ => None,
+        });
     match degraded {
         Some(why) => push(DEGRADED, true, "Problem", why),
         None => push(DEGRADED, false, "Healthy", "no problem found".into()),
@@ -114,10 +143,15 @@ pub fn compute(run: &AbcRun, observed: &Observed, now: Timestamp) -> AbcRunStatu
         p.acceptances = Some(format!("{}/{}", p.accepted, p.required));
         // Progress time moves only when generation or acceptances move.
         let same = previous.progress.as_ref().is_some_and(|old| {
-            old.generation == p.generation && old.accepted == p.accepted && old.analysis_id == p.analysis_id
+            old.generation == p.generation
+                && old.accepted == p.accepted
+                && old.analysis_id == p.analysis_id
         });
         p.last_progress_time = if same {
-            previous.progress.as_ref().and_then(|old| old.last_progress_time.clone())
+            previous
+                .progress
+                .as_ref()
+                .and_then(|old| old.last_progress_time.clone())
         } else {
             Some(now.to_string())
         };
@@ -131,7 +165,10 @@ pub fn compute(run: &AbcRun, observed: &Observed, now: Timestamp) -> AbcRunStatu
         replicas: observed.workers_replicas,
         ready_replicas: observed.workers_ready,
         selector: Some(observed.selector.clone()),
-        workers: Some(format!("{}/{}", observed.workers_ready, observed.workers_desired)),
+        workers: Some(format!(
+            "{}/{}",
+            observed.workers_ready, observed.workers_desired
+        )),
         // Keep the last progress seen when Redis is briefly unreachable or the run is over.
         progress: progress.or(previous.progress),
         lost_workers: observed.lost_workers,
@@ -169,7 +206,11 @@ pub fn finished_at(status: &AbcRunStatus) -> Option<Timestamp> {
         return None;
     }
     // Degraded or MasterRunning flip when a run ends; the latest transition is the end.
-    status.conditions.iter().map(|c| c.last_transition_time.0).max()
+    status
+        .conditions
+        .iter()
+        .map(|c| c.last_transition_time.0)
+        .max()
 }
 
 #[cfg(test)]
@@ -206,27 +247,55 @@ mod tests {
         assert_eq!(phase(&r, &o), Phase::Succeeded);
         o.master = Some(MasterState::Failed("BackoffLimitExceeded".into()));
         assert_eq!(phase(&r, &o), Phase::Failed);
-        assert_eq!(phase(&run("{image: i, stop: true}"), &healthy()), Phase::Stopped);
-        assert_eq!(phase(&run("{image: i, suspend: true}"), &healthy()), Phase::Suspended);
+        assert_eq!(
+            phase(&run("{image: i, stop: true}"), &healthy()),
+            Phase::Stopped
+        );
+        assert_eq!(
+            phase(&run("{image: i, suspend: true}"), &healthy()),
+            Phase::Suspended
+        );
     }
 
     #[test]
     fn steady_state_gives_an_identical_status() {
         let mut r = run("{image: i}");
-        let observed = Observed { progress: Some(Progress { generation: Some(1), accepted: 5, required: 10, ..Default::default() }), ..healthy() };
+        let observed = Observed {
+            progress: Some(Progress {
+                generation: Some(1),
+                accepted: 5,
+                required: 10,
+                ..Default::default()
+            }),
+            ..healthy()
+        };
         let first = compute(&r, &observed, Timestamp::from_second(1000).unwrap());
         r.status = Some(first.clone());
         let second = compute(&r, &observed, Timestamp::from_second(2000).unwrap());
-        assert_eq!(first, second, "a later reconcile of the same state must not change status");
-        assert_eq!(second.progress.unwrap().acceptances.as_deref(), Some("5/10"));
+        assert_eq!(
+            first, second,
+            "a later reconcile of the same state must not change status"
+        );
+        assert_eq!(
+            second.progress.unwrap().acceptances.as_deref(),
+            Some("5/10")
+        );
     }
 
     #[test]
     fn missing_secret_is_a_condition_not_an_error() {
         let r = run("{image: i}");
-        let observed = Observed { redis_ready: false, redis_problem: Some("Secret \"pw\" not found".into()), ..healthy() };
+        let observed = Observed {
+            redis_ready: false,
+            redis_problem: Some("Secret \"pw\" not found".into()),
+            ..healthy()
+        };
         let status = compute(&r, &observed, Timestamp::from_second(1).unwrap());
-        let degraded = status.conditions.iter().find(|c| c.type_ == DEGRADED).unwrap();
+        let degraded = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == DEGRADED)
+            .unwrap();
         assert_eq!(degraded.status, "True");
         assert!(degraded.message.contains("not found"));
         assert_eq!(status.phase, Some(Phase::Pending));
@@ -235,10 +304,34 @@ mod tests {
     #[test]
     fn progress_time_moves_only_with_progress() {
         let mut r = run("{image: i}");
-        let p = |acc| Some(Progress { generation: Some(0), accepted: acc, required: 10, ..Default::default() });
-        let s1 = compute(&r, &Observed { progress: p(1), ..healthy() }, Timestamp::from_second(10).unwrap());
+        let p = |acc| {
+            Some(Progress {
+                generation: Some(0),
+                accepted: acc,
+                required: 10,
+                ..Default::default()
+            })
+        };
+        let s1 = compute(
+            &r,
+            &Observed {
+                progress: p(1),
+                ..healthy()
+            },
+            Timestamp::from_second(10).unwrap(),
+        );
         r.status = Some(s1.clone());
-        let s2 = compute(&r, &Observed { progress: p(2), ..healthy() }, Timestamp::from_second(20).unwrap());
-        assert_ne!(s1.progress.unwrap().last_progress_time, s2.progress.unwrap().last_progress_time);
+        let s2 = compute(
+            &r,
+            &Observed {
+                progress: p(2),
+                ..healthy()
+            },
+            Timestamp::from_second(20).unwrap(),
+        );
+        assert_ne!(
+            s1.progress.unwrap().last_progress_time,
+            s2.progress.unwrap().last_progress_time
+        );
     }
 }

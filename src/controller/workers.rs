@@ -13,15 +13,28 @@ pub const WORKER_CONTAINER: &str = "worker";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WorkerAction {
     /// The worker process is gone without releasing its ledger: repair the counters.
-    Repair { ledger_id: String, worker: String, reason: String },
+    Repair {
+        ledger_id: String,
+        worker: String,
+        reason: String,
+    },
     /// The pod's worker process has ended (runtime over, crash) or hangs: delete the pod so
     /// the ReplicaSet replaces it at once, instead of the kubelet restarting it with back-off.
-    Replace { pod: String, reason: String, expired: bool },
+    Replace {
+        pod: String,
+        reason: String,
+        expired: bool,
+    },
 }
 
 /// The actions for one reconcile. `heartbeat_timeout_ms` declares a worker whose pod exists
 /// but whose ledger stopped beating (a hung process, a lost network) lost.
-pub fn decide(pods: &[Pod], ledgers: &[Ledger], now_ms: i64, heartbeat_timeout_ms: i64) -> Vec<WorkerAction> {
+pub fn decide(
+    pods: &[Pod],
+    ledgers: &[Ledger],
+    now_ms: i64,
+    heartbeat_timeout_ms: i64,
+) -> Vec<WorkerAction> {
     let by_name: BTreeMap<String, &Pod> = pods.iter().map(|p| (p.name_any(), p)).collect();
     let mut actions = Vec::new();
     let mut replaced = std::collections::BTreeSet::new();
@@ -39,17 +52,27 @@ pub fn decide(pods: &[Pod], ledgers: &[Ledger], now_ms: i64, heartbeat_timeout_m
                     if replaced.insert(worker.clone()) {
                         actions.push(WorkerAction::Replace {
                             pod: worker.clone(),
-                            reason: format!("no heartbeat for over {} s", heartbeat_timeout_ms / 1000),
+                            reason: format!(
+                                "no heartbeat for over {} s",
+                                heartbeat_timeout_ms / 1000
+                            ),
                             expired: false,
                         });
                     }
-                    Some(format!("no heartbeat for over {} s", heartbeat_timeout_ms / 1000))
+                    Some(format!(
+                        "no heartbeat for over {} s",
+                        heartbeat_timeout_ms / 1000
+                    ))
                 }
                 _ => None,
             },
         };
         if let Some(reason) = lost {
-            actions.push(WorkerAction::Repair { ledger_id: ledger.id.clone(), worker, reason });
+            actions.push(WorkerAction::Repair {
+                ledger_id: ledger.id.clone(),
+                worker,
+                reason,
+            });
         }
     }
 
@@ -57,8 +80,14 @@ pub fn decide(pods: &[Pod], ledgers: &[Ledger], now_ms: i64, heartbeat_timeout_m
         if pod.metadata.deletion_timestamp.is_some() || replaced.contains(name) {
             continue;
         }
-        let Some(status) = worker_status(pod) else { continue };
-        let ended = status.state.as_ref().and_then(|s| s.terminated.as_ref()).is_some()
+        let Some(status) = worker_status(pod) else {
+            continue;
+        };
+        let ended = status
+            .state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .is_some()
             || status.restart_count > 0;
         if ended {
             let expired = last_exit_code(status) == Some(0);
@@ -67,7 +96,11 @@ pub fn decide(pods: &[Pod], ledgers: &[Ledger], now_ms: i64, heartbeat_timeout_m
             } else {
                 termination(status).unwrap_or_else(|| "its worker exited".into())
             };
-            actions.push(WorkerAction::Replace { pod: name.clone(), reason, expired });
+            actions.push(WorkerAction::Replace {
+                pod: name.clone(),
+                reason,
+                expired,
+            });
         }
     }
     actions
@@ -75,16 +108,28 @@ pub fn decide(pods: &[Pod], ledgers: &[Ledger], now_ms: i64, heartbeat_timeout_m
 
 fn worker_status(pod: &Pod) -> Option<&ContainerStatus> {
     let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
-    statuses.iter().find(|c| c.name == WORKER_CONTAINER).or_else(|| statuses.first())
+    statuses
+        .iter()
+        .find(|c| c.name == WORKER_CONTAINER)
+        .or_else(|| statuses.first())
 }
 
 /// The container this ledger's process ran in has ended since the ledger was written: now
 /// (terminated) or earlier (restarted, the old process's ledger left behind).
 fn ended_after(status: &ContainerStatus, ledger: &Ledger) -> bool {
-    if status.state.as_ref().and_then(|s| s.terminated.as_ref()).is_some() {
+    if status
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .is_some()
+    {
         return true;
     }
-    let Some(last) = status.last_state.as_ref().and_then(|s| s.terminated.as_ref()) else {
+    let Some(last) = status
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+    else {
         return false;
     };
     match (last.finished_at.as_ref(), ledger.started_ms) {
@@ -102,15 +147,28 @@ fn stale(ledger: &Ledger, now_ms: i64, timeout_ms: i64) -> bool {
 
 fn last_exit_code(status: &ContainerStatus) -> Option<i32> {
     let state = status.state.as_ref().and_then(|s| s.terminated.as_ref());
-    let last = status.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+    let last = status
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref());
     state.or(last).map(|t| t.exit_code)
 }
 
 fn termination(status: &ContainerStatus) -> Option<String> {
     let state = status.state.as_ref().and_then(|s| s.terminated.as_ref());
-    let last = status.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+    let last = status
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref());
     state.or(last).map(|t| {
-        format!("exit code {}{}", t.exit_code, t.reason.as_ref().map(|r| format!(", {r}")).unwrap_or_default())
+        format!(
+            "exit code {}{}",
+            t.exit_code,
+            t.reason
+                .as_ref()
+                .map(|r| format!(", {r}"))
+                .unwrap_or_default()
+        )
     })
 }
 
@@ -127,13 +185,19 @@ mod tests {
     }
 
     fn running(name: &str) -> Pod {
-        pod(name, serde_json::json!({"name": "worker", "image": "i", "imageID": "", "ready": true,
-            "restartCount": 0, "state": {"running": {}}}))
+        pod(
+            name,
+            serde_json::json!({"name": "worker", "image": "i", "imageID": "", "ready": true,
+            "restartCount": 0, "state": {"running": {}}}),
+        )
     }
 
     fn exited(name: &str, code: i32) -> Pod {
-        pod(name, serde_json::json!({"name": "worker", "image": "i", "imageID": "", "ready": false,
-            "restartCount": 0, "state": {"terminated": {"exitCode": code}}}))
+        pod(
+            name,
+            serde_json::json!({"name": "worker", "image": "i", "imageID": "", "ready": false,
+            "restartCount": 0, "state": {"terminated": {"exitCode": code}}}),
+        )
     }
 
     fn ledger(id: &str, worker: &str, heartbeat_ms: i64) -> Ledger {
@@ -169,15 +233,34 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(repaired, ["w1-0", "w1-1"], "every process of the lost pod is repaired");
+        assert_eq!(
+            repaired,
+            ["w1-0", "w1-1"],
+            "every process of the lost pod is repaired"
+        );
     }
 
     #[test]
     fn an_expired_worker_is_replaced_and_a_crashed_one_repaired_too() {
-        let actions = decide(&[exited("w1", 0), exited("w2", 137)], &[ledger("w2", "w2", 1000)], 2000, 60_000);
-        assert!(actions.contains(&WorkerAction::Replace { pod: "w1".into(), reason: "its runtime is over".into(), expired: true }));
-        assert!(actions.iter().any(|a| matches!(a, WorkerAction::Repair { ledger_id, .. } if ledger_id == "w2")));
-        assert!(actions.iter().any(|a| matches!(a, WorkerAction::Replace { pod, expired: false, .. } if pod == "w2")));
+        let actions = decide(
+            &[exited("w1", 0), exited("w2", 137)],
+            &[ledger("w2", "w2", 1000)],
+            2000,
+            60_000,
+        );
+        assert!(actions.contains(&WorkerAction::Replace {
+            pod: "w1".into(),
+            reason: "its runtime is over".into(),
+            expired: true
+        }));
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, WorkerAction::Repair { ledger_id, .. } if ledger_id == "w2"))
+        );
+        assert!(actions.iter().any(
+            |a| matches!(a, WorkerAction::Replace { pod, expired: false, .. } if pod == "w2")
+        ));
     }
 
     #[test]

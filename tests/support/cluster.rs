@@ -61,7 +61,10 @@ pub fn kubeconfig() -> &'static Path {
             .args(["--owner-pid", &pid.to_string()])
             .status()
             .expect("tools/cluster.sh runs");
-        assert!(status.success(), "starting the test control plane failed (see above)");
+        assert!(
+            status.success(),
+            "starting the test control plane failed (see above)"
+        );
         dir.join("kubeconfig")
     })
 }
@@ -81,12 +84,25 @@ pub fn install_crd() {
         .arg(&crd)
         .output()
         .unwrap();
-    assert!(out.status.success(), "CRD rejected: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "CRD rejected: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = kubectl()
-        .args(["wait", "--for=condition=Established", "crd/abcruns.abc-operator.dev", "--timeout=60s"])
+        .args([
+            "wait",
+            "--for=condition=Established",
+            "crd/abcruns.abc-operator.dev",
+            "--timeout=60s",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "CRD not established: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "CRD not established: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A client for the test control plane.

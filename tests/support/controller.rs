@@ -13,7 +13,8 @@ pub struct ControllerProcess {
 impl ControllerProcess {
     pub fn start(namespace: &str) -> ControllerProcess {
         let metrics_port = free_port();
-        let log = std::env::temp_dir().join(format!("abc-controller-{namespace}-{metrics_port}.log"));
+        let log =
+            std::env::temp_dir().join(format!("abc-controller-{namespace}-{metrics_port}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_abc-operator"))
             .arg("controller")
@@ -25,13 +26,19 @@ impl ControllerProcess {
             .stderr(out)
             .spawn()
             .expect("abc-operator controller starts");
-        ControllerProcess { child, metrics_port, log }
+        ControllerProcess {
+            child,
+            metrics_port,
+            log,
+        }
     }
 
     /// The controller's Prometheus metrics text.
     pub async fn metrics(&self) -> Option<String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).await.ok()?;
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
+            .await
+            .ok()?;
         stream
             .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
             .await
@@ -81,5 +88,9 @@ impl Drop for ControllerProcess {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

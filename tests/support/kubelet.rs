@@ -48,7 +48,12 @@ pub struct FakeKubelet {
 
 impl FakeKubelet {
     /// Starts running the worker pods of `namespace` (label `abc-operator.dev/component=worker`).
-    pub fn start(client: Client, namespace: &str, redis: RedisTarget, python: PathBuf) -> FakeKubelet {
+    pub fn start(
+        client: Client,
+        namespace: &str,
+        redis: RedisTarget,
+        python: PathBuf,
+    ) -> FakeKubelet {
         let dir = tempfile::tempdir().unwrap().keep();
         let entrypoint = dir.join("abc_worker.py");
         std::fs::write(&entrypoint, abc_operator::protocol::WORKER_ENTRYPOINT).unwrap();
@@ -68,13 +73,20 @@ impl FakeKubelet {
     /// The pid of a pod's worker process, if it runs.
     pub fn pid(&self, pod: &str) -> Option<u32> {
         let workers = self.workers.lock().unwrap();
-        workers.get(pod).filter(|w| w.exited_at.is_none()).map(|w| w.child.id())
+        workers
+            .get(pod)
+            .filter(|w| w.exited_at.is_none())
+            .map(|w| w.child.id())
     }
 
     /// Pods whose worker process runs now.
     pub fn running(&self) -> Vec<String> {
         let workers = self.workers.lock().unwrap();
-        workers.iter().filter(|(_, w)| w.exited_at.is_none()).map(|(n, _)| n.clone()).collect()
+        workers
+            .iter()
+            .filter(|(_, w)| w.exited_at.is_none())
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 }
 
@@ -97,7 +109,10 @@ async fn tick(
     entrypoint: &PathBuf,
     dir: &PathBuf,
 ) {
-    let Ok(list) = pods.list(&ListParams::default().labels("abc-operator.dev/component=worker")).await else {
+    let Ok(list) = pods
+        .list(&ListParams::default().labels("abc-operator.dev/component=worker"))
+        .await
+    else {
         return;
     };
     let live: HashMap<String, Pod> = list
@@ -111,7 +126,11 @@ async fn tick(
     {
         let mut workers = workers.lock().unwrap();
         // Deleted pods: SIGKILL their process (kwok deletes with grace 0).
-        let gone: Vec<String> = workers.keys().filter(|n| !live.contains_key(*n)).cloned().collect();
+        let gone: Vec<String> = workers
+            .keys()
+            .filter(|n| !live.contains_key(*n))
+            .cloned()
+            .collect();
         for name in gone {
             let mut w = workers.remove(&name).unwrap();
             if w.exited_at.is_none() {
@@ -129,7 +148,10 @@ async fn tick(
                     log.lock().unwrap().exited.push((name.clone(), code));
                     to_patch.push((name.clone(), terminated(code)));
                 }
-            } else if w.exited_at.is_some_and(|t| t.elapsed() > Duration::from_secs(10)) {
+            } else if w
+                .exited_at
+                .is_some_and(|t| t.elapsed() > Duration::from_secs(10))
+            {
                 log.lock().unwrap().crash_loops.push(name.clone());
                 to_patch.push((name.clone(), crash_loop()));
                 w.exited_at = None;
@@ -144,19 +166,36 @@ async fn tick(
             if running && !workers.contains_key(name) {
                 let child = spawn(pod, redis, python, entrypoint, dir);
                 log.lock().unwrap().started.push(name.clone());
-                workers.insert(name.clone(), Worker { child, exited_at: None });
+                workers.insert(
+                    name.clone(),
+                    Worker {
+                        child,
+                        exited_at: None,
+                    },
+                );
             }
         }
     }
     for (name, status) in to_patch {
         // kwok leaves pods with this annotation to us, then the status is what we write.
-        let annotate = serde_json::json!({"metadata": {"annotations": {"kwok.x-k8s.io/status": "custom"}}});
-        let _ = pods.patch(&name, &PatchParams::default(), &Patch::Merge(&annotate)).await;
-        let _ = pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await;
+        let annotate =
+            serde_json::json!({"metadata": {"annotations": {"kwok.x-k8s.io/status": "custom"}}});
+        let _ = pods
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&annotate))
+            .await;
+        let _ = pods
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await;
     }
 }
 
-fn spawn(pod: &Pod, redis: &RedisTarget, python: &PathBuf, entrypoint: &PathBuf, dir: &PathBuf) -> Child {
+fn spawn(
+    pod: &Pod,
+    redis: &RedisTarget,
+    python: &PathBuf,
+    entrypoint: &PathBuf,
+    dir: &PathBuf,
+) -> Child {
     let name = pod.name_any();
     let container = &pod.spec.as_ref().unwrap().containers[0];
     let mut cmd = Command::new(python);
