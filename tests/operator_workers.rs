@@ -13,7 +13,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use support::cluster::{self, TestNamespace, eventually, install_crd, kubectl};
+use support::cluster::{self, TestNamespace, eventually, install_crd};
 use support::controller::ControllerProcess;
 use support::kubelet::{FakeKubelet, RedisTarget};
 

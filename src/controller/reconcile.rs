@@ -294,7 +294,9 @@ pub fn master_state(job: Option<&Job>) -> MasterState {
             match c.type_.as_str() {
                 "Complete" => return MasterState::Succeeded,
                 "Failed" => {
-                    return MasterState::Failed(c.reason.clone().unwrap_or_else(|| "Failed".into()));
+                    return MasterState::Failed(
+                        c.reason.clone().unwrap_or_else(|| "Failed".into()),
+                    );
                 }
                 _ => {}
             }
