@@ -1,0 +1,846 @@
+#!/usr/bin/env python3
+"""Side-by-side figures: pyABC by hand against abc-operator, in one run (`make bench`).
+
+A. Ledger cost: sampling throughput of plain `abc-redis-worker` against the operator's
+   worker entrypoint (src/protocol/abc_worker.py), same redis-server, same master.
+B. Throughput of pyABC by hand (redis-server + abc-redis-worker + master) against
+   `abc-operator run` of a generated manifest with the same master and model.
+C. Lost-worker recovery: SIGKILL of a worker in the middle of an evaluation, at the end of
+   a calibration generation, and the time until the run gets past the point where it
+   would otherwise wait forever.
+
+Variants are alternated (ABBA...), every figure is the median of its runs; see
+bench/README.md for what each figure means. Runs with ABC_PYTHON (a python with pyabc
+0.13.0 and redis-py < 8), else the python running this script.
+
+Environment:
+  BENCH_QUICK=1        a smoke version of a few minutes (small sizes, one run per variant)
+  BENCH_SECTIONS=A,B,C which sections to run (default all)
+  BENCH_REPEATS=N      runs per variant in A and B (default 4, quick 1)
+  BENCH_KILLS=N        kills in C for abc-operator run (default 5, quick 2; at most 4 per worker)
+  BENCH_GIVE_UP_S=S    how long C waits for pyABC by hand (default 30, quick 10)
+  BENCH_WORKERS=N      workers (default 2)
+  ABC_OPERATOR_BIN     the binary (default target/release/abc-operator)
+  BENCH_KEEP=1         keep the scratch folder (logs of every process) at the end
+"""
+
+import json
+import os
+import queue
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+MASTER = ROOT / "bench" / "master.py"
+ENTRYPOINT = ROOT / "src" / "protocol" / "abc_worker.py"
+PYTHON = os.environ.get("ABC_PYTHON") or sys.executable
+BIN = Path(os.environ.get("ABC_OPERATOR_BIN") or ROOT / "target" / "release" / "abc-operator")
+QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
+SECTIONS = {s.strip().upper() for s in os.environ.get("BENCH_SECTIONS", "A,B,C").split(",")}
+# The runner's restart policy gives up on a worker slot after 5 quick failures in a row, and
+# every SIGKILL here is one; kills alternate between slots, so 4 per slot at most.
+KILLS = min(int(os.environ.get("BENCH_KILLS", "2" if QUICK else "5")), 4 * WORKERS)
+GIVE_UP_S = float(os.environ.get("BENCH_GIVE_UP_S", "10" if QUICK else "30"))
+MASTER_TIMEOUT_S = 300.0
+
+# (model sleep ms, population, generations after calibration); in A one run of a variant
+# (one set of workers) samples every case, so the workers' start-up is paid once per run
+if QUICK:
+    A_CASES, A_REPEATS = [(0, 200, 2), (10, 60, 2)], 1
+    B_CASE, B_REPEATS = (10, 60, 2), 1
+else:
+    A_CASES, A_REPEATS = [(0, 400, 3), (10, 120, 3)], 4
+    B_CASE, B_REPEATS = (10, 120, 3), 4
+if "BENCH_REPEATS" in os.environ:
+    A_REPEATS = B_REPEATS = int(os.environ["BENCH_REPEATS"])
+C_SLEEP_MS, C_POP = 200, 16
+A_TARGETS = {0: 0.15, 10: 0.02}  # highest acceptable cost per model time
+B_TARGET = 0.98
+C_TARGET_S = 2.0
+
+T0 = time.monotonic()
+
+
+def say(msg):
+    print(f"[{time.monotonic() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+class BenchError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------
+# Processes: each in its own process group (in this script's session), all stopped in the end.
+
+
+GROUP = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+
+
+class Children:
+    def __init__(self, scratch: Path):
+        self.scratch = scratch
+        self.procs = []
+        self.env = dict(os.environ)
+        self.env["PYTHONUNBUFFERED"] = "1"
+        self.env.setdefault("MPLCONFIGDIR", str(scratch / "mpl"))
+        (scratch / "mpl").mkdir(exist_ok=True)
+        for key in ("ABC_REDIS_HOST", "ABC_REDIS_PORT", "ABC_REDIS_PASSWORD", "ABC_RESULTS_DIR"):
+            self.env.pop(key, None)
+
+    def spawn(self, argv, log: Path, env=None, cwd=None, stdout=None, stdin=None):
+        full = dict(self.env)
+        full.update(env or {})
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [str(a) for a in argv],
+                env=full,
+                cwd=cwd or self.scratch,
+                stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                stdout=stdout if stdout is not None else out,
+                stderr=out,
+                # Its own process group (stopped as a whole), but this script's session:
+                # with sched_autogroup every session is scheduled as one unit, so every
+                # variant gets the same share of a shared machine, like processes started
+                # from one terminal.
+                **GROUP,
+            )
+        self.procs.append(proc)
+        return proc
+
+    @staticmethod
+    def signal(proc, sig):
+        # Only while the leader is unreaped: then its pid (= the group id) cannot be reused.
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, proc, grace=10.0):
+        self.signal(proc, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.signal(proc, signal.SIGKILL)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        if proc in self.procs and proc.poll() is not None:
+            self.procs.remove(proc)
+
+    def stop_all(self):
+        for proc in list(self.procs):
+            self.signal(proc, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in list(self.procs):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.signal(proc, signal.SIGKILL)
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    pass
+        self.procs = [p for p in self.procs if p.poll() is None]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A password-protected redis-server on loopback, configured like the operator's own:
+    the password in a 0600 config file (never on a command line), protected mode on,
+    nothing persisted."""
+
+    def __init__(self, children: Children, tag: str):
+        self.children = children
+        self.dir = Path(tempfile.mkdtemp(prefix=f"redis-{tag}-", dir=children.scratch))
+        self.password = secrets.token_hex(16)
+        self.host = "127.0.0.1"
+        for _ in range(3):
+            self.port = free_port()
+            conf = self.dir / "redis.conf"
+            log = self.dir / "redis.log"
+            text = (
+                f'bind 127.0.0.1\nport {self.port}\nprotected-mode yes\n'
+                f'requirepass "{self.password}"\nsave ""\nappendonly no\n'
+                f'dir "{self.dir}"\nlogfile "{log}"\ndaemonize no\n'
+            )
+            fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            self.proc = children.spawn(["redis-server", conf], self.dir / "stdout.log")
+            if self._ready(log):
+                return
+        raise BenchError(f"redis-server did not start; see {log}")
+
+    def _ready(self, log: Path) -> bool:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False  # e.g. the port was taken meanwhile: try another
+            try:
+                if self.client().ping():
+                    return True
+            except redis.RedisError:
+                pass
+            time.sleep(0.05)
+        self.children.stop(self.proc)
+        return False
+
+    def client(self, **kwargs):
+        return redis.StrictRedis(
+            host=self.host, port=self.port, password=self.password, socket_timeout=30, **kwargs
+        )
+
+    def env(self):
+        return {
+            "ABC_REDIS_HOST": self.host,
+            "ABC_REDIS_PORT": str(self.port),
+            "ABC_REDIS_PASSWORD": self.password,
+        }
+
+    def stop(self):
+        self.children.stop(self.proc)
+
+
+# ---------------------------------------------------------------------------------------
+# The variants.
+
+
+def master_env(sleep_ms, pop, gens, **extra):
+    """The master's BENCH_* settings for one case."""
+    env = {
+        "BENCH_SLEEP_MS": str(sleep_ms),
+        "BENCH_POP": str(pop),
+        "BENCH_GENERATIONS": str(gens),
+        "BENCH_WORKERS": str(WORKERS),
+    }
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+class ServedMaster:
+    """One master process (BENCH_SERVE) for many runs on one Redis: pyabc is imported once."""
+
+    def __init__(self, children: Children, server: RedisServer, tag: str):
+        self.children = children
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{tag}-master-", dir=children.scratch))
+        env = server.env()
+        env.update({"ABC_RESULTS_DIR": str(self.dir), "BENCH_SERVE": "1"})
+        self.proc = children.spawn([PYTHON, MASTER], self.dir / "master.log", env=env,
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.lines = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self._expect("BENCH_READY", 120)
+        self.n = 0
+
+    def _read(self):
+        with open(self.dir / "master.stdout.log", "w") as keep:
+            for line in self.proc.stdout:
+                line = line.decode(errors="replace")
+                keep.write(line)
+                keep.flush()
+                self.lines.put(line.strip())
+        self.lines.put(None)
+
+    def _expect(self, prefix, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise BenchError(f"the master did not answer within {timeout:.0f}s; see {self.dir}")
+            if line is None:
+                raise BenchError(f"the master exited; see {self.dir / 'master.log'}")
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+
+    def run(self, settings: dict, timeout=MASTER_TIMEOUT_S):
+        self.n += 1
+        settings = dict(settings, BENCH_RESULT=f"result-{self.n}.json")
+        self.proc.stdin.write((json.dumps(settings) + "\n").encode())
+        self.proc.stdin.flush()
+        return json.loads(Path(self._expect("BENCH_DONE", timeout)).read_text())
+
+    def stop(self):
+        self.children.stop(self.proc)
+
+
+class ByHand:
+    """pyABC by hand: workers (plain or the entrypoint) and the master, on a given Redis."""
+
+    def __init__(self, children: Children, server: RedisServer, kind: str, tag: str):
+        self.children, self.server, self.kind = children, server, kind
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{tag}-", dir=children.scratch))
+        self.workers = []
+        self.master = None
+        for i in range(WORKERS):
+            log = self.dir / f"worker-{i}.log"
+            if kind == "plain":
+                # pyABC's own CLI; it takes the password only on its command line.
+                worker = Path(PYTHON).parent / "abc-redis-worker"
+                argv = [worker] if worker.exists() else [shutil.which("abc-redis-worker")]
+                argv += ["--host", server.host, "--port", server.port,
+                         "--password", server.password, "--runtime", "2h"]
+                proc = children.spawn(argv, log)
+            else:
+                env = server.env()
+                env.update({
+                    "ABC_WORKER_ID": f"{self.dir.name}-{i}",
+                    "ABC_WORKER_RUNTIME": "2h",
+                    "ABC_WORKER_PROCESSES": "1",
+                    "ABC_HEARTBEAT_SECONDS": "15",  # what abc-operator run uses by default
+                })
+                proc = children.spawn([PYTHON, ENTRYPOINT], log, env=env)
+            self.workers.append(proc)
+
+    def start_master(self, menv):
+        env = self.server.env()
+        env["ABC_RESULTS_DIR"] = str(self.dir / "results")
+        env.update(menv)
+        self.master = self.children.spawn([PYTHON, MASTER], self.dir / "master.log", env=env)
+        return self.master
+
+    def finish(self, timeout=MASTER_TIMEOUT_S):
+        try:
+            code = self.master.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"master still running after {timeout:.0f}s; see {self.dir}")
+        if code != 0:
+            raise BenchError(f"master failed ({code}); see {self.dir / 'master.log'}")
+        return json.loads((self.dir / "results" / "bench-result.json").read_text())
+
+    def stop(self):
+        procs = [p for p in [self.master] + self.workers if p is not None]
+        for proc in procs:
+            self.children.signal(proc, signal.SIGTERM)
+        for proc in procs:
+            self.children.stop(proc)
+
+
+class OperatorRun:
+    """`abc-operator run` of a generated manifest, read through its --json events."""
+
+    def __init__(self, children: Children, menv: dict, tag: str):
+        self.children = children
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{tag}-", dir=children.scratch))
+        shutil.copy(MASTER, self.dir / "master.py")
+        manifest = {
+            "apiVersion": "abc-operator.dev/v1alpha1",
+            "kind": "AbcRun",
+            "metadata": {"name": "bench"},
+            "spec": {
+                "image": "abc-bench:local",
+                "workers": {"replicas": WORKERS, "runtime": "2h",
+                            "terminationGracePeriodSeconds": 10},
+                "master": {
+                    "command": ["python", "master.py"],
+                    "env": [{"name": k, "value": v} for k, v in menv.items()],
+                },
+            },
+        }
+        path = self.dir / "abcrun.yaml"
+        path.write_text(json.dumps(manifest, indent=2) + "\n")  # JSON is YAML
+        self.events = queue.Queue()
+        self.proc = children.spawn(
+            [BIN, "run", path, "--workers", WORKERS, "--python", PYTHON, "--json",
+             "--run-dir", self.dir / "run"],
+            self.dir / "runner.stderr.log",
+            stdout=subprocess.PIPE,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        with open(self.dir / "runner.events.jsonl", "w") as keep:
+            for line in self.proc.stdout:
+                now = time.monotonic()
+                keep.write(line.decode(errors="replace"))
+                keep.flush()
+                try:
+                    self.events.put((now, json.loads(line)))
+                except ValueError:
+                    pass
+        self.events.put((time.monotonic(), {"event": "eof"}))
+
+    def drain(self):
+        out = []
+        while True:
+            try:
+                out.append(self.events.get_nowait())
+            except queue.Empty:
+                return out
+
+    def finish(self, timeout=MASTER_TIMEOUT_S):
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"abc-operator run still running after {timeout:.0f}s; see {self.dir}")
+        if code != 0:
+            raise BenchError(
+                f"abc-operator run failed ({code}); see {self.dir / 'runner.stderr.log'} "
+                f"and {self.dir / 'run' / 'logs'}"
+            )
+        return json.loads((self.dir / "run" / "results" / "bench-result.json").read_text())
+
+    def stop(self):
+        self.children.stop(self.proc, grace=20)
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids):
+    """user + system CPU time of these processes so far (from /proc)."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLK_TCK
+
+
+def wait_subscribed(client, n, timeout=300):
+    deadline = time.monotonic() + timeout
+    while dict(client.pubsub_numsub("abc_msg_pubsub")).get(b"abc_msg_pubsub", 0) < n:
+        if time.monotonic() > deadline:
+            raise BenchError(f"workers did not subscribe within {timeout:.0f}s")
+        time.sleep(0.05)
+
+
+def run_by_hand(children, kind, case, tag):
+    """One run by hand: a fresh redis-server, workers of `kind` and a fresh master."""
+    server = RedisServer(children, tag)
+    run = ByHand(children, server, kind, tag)
+    try:
+        run.start_master(master_env(*case))
+        return [(case, run.finish())]
+    finally:
+        run.stop()
+        server.stop()
+
+
+def run_ledger_cost(children, server, master, kind, tag):
+    """One run of section A: workers of `kind` on the shared server, every A case in turn
+    through the shared master. Each result also has the CPU time the workers and
+    redis-server spent per evaluation (measured while the master sampled that case)."""
+    server.client().flushall()
+    run = ByHand(children, server, kind, tag)
+    out = []
+    try:
+        # A small analysis first, not counted: the first one in a worker's life pays for
+        # lazy imports and first calls, which would otherwise land on the first case.
+        wait_subscribed(server.client(), WORKERS)
+        master.run(master_env(0, 20, 1))
+        for case in A_CASES:
+            # workers idle and subscribed: from here on their CPU time is sampling's
+            wait_subscribed(server.client(), WORKERS)
+            pids = [p.pid for p in run.workers]
+            before = cpu_seconds(pids), cpu_seconds([server.proc.pid])
+            res = master.run(master_env(*case))
+            after = cpu_seconds(pids), cpu_seconds([server.proc.pid])
+            per_eval = [(a - b) * 1000 / res["evaluations"] for a, b in zip(after, before)]
+            res["cpu_workers_ms_per_eval"], res["cpu_redis_ms_per_eval"] = per_eval
+            res["cpu_ms_per_eval"] = sum(per_eval)
+            out.append((case, res))
+        return out
+    finally:
+        run.stop()
+
+
+def run_operator(children, case, tag):
+    run = OperatorRun(children, master_env(*case), tag)
+    try:
+        return [(case, run.finish())]
+    finally:
+        run.stop()
+
+
+def alternate(variants, repeats, label):
+    """Runs each variant `repeats` times, alternating ABBA...; a run returns [(case,
+    result)]. Returns {case: {variant: [results]}}."""
+    results = {}
+    for r in range(repeats):
+        order = variants if r % 2 == 0 else list(reversed(variants))
+        for name, fn in order:
+            for case, res in fn(f"{label}-{name}-{r}"):
+                results.setdefault(case, {n: [] for n, _ in variants})[name].append(res)
+                cpu = res.get("cpu_ms_per_eval")
+                say(f"{label} {case[0]} ms model, {name} run {r + 1}/{repeats}: "
+                    f"{res['evaluations']} evaluations, {res['sampling_s']:.2f}s sampling, "
+                    f"{res['throughput']:.1f}/s"
+                    + (f", {cpu:.2f} ms CPU/evaluation (workers {res['cpu_workers_ms_per_eval']:.2f}"
+                       f" + redis {res['cpu_redis_ms_per_eval']:.2f})" if cpu is not None else ""))
+    return results
+
+
+def median_tp(results):
+    return statistics.median(r["throughput"] for r in results)
+
+
+def runs_text(results):
+    return " ".join(f"{r['throughput']:.0f}" for r in results)
+
+
+def ratio_text(base, other):
+    """Ratio of the medians, then (with several runs) the ratio within each alternated pair."""
+    ratio = median_tp(other) / median_tp(base)
+    text = f"{ratio:.3f}"
+    if len(base) > 1:
+        pairs = " ".join(f"{o['throughput'] / b['throughput']:.2f}" for b, o in zip(base, other))
+        text += f" (pairs {pairs})"
+    return ratio, text
+
+
+def spread_text(*variants):
+    """The largest (max - min) / median among the variants' runs: how noisy they were."""
+    spreads = []
+    for runs in variants:
+        tps = [r["throughput"] for r in runs]
+        if len(tps) > 1:
+            spreads.append((max(tps) - min(tps)) / statistics.median(tps))
+    return f"{max(spreads) * 100:.0f}%" if spreads else "-"
+
+
+# ---------------------------------------------------------------------------------------
+# C: lost-worker recovery.
+
+
+def recovery_run(children, kind, kills, give_up_s, tag):
+    """One run of `kills` analyses (each with a calibration); in each calibration, once
+    every particle is claimed, SIGKILLs a worker in the middle of an evaluation and times
+    how long until n_acc reaches n_req (or the generation/analysis moves on).
+
+    kind: 'hand' (redis-server + abc-redis-worker + master) or 'operator'."""
+    trace = Path(tempfile.mkdtemp(prefix=f"{tag}-trace-", dir=children.scratch))
+    conn_file = children.scratch / f"{tag}-conn.json"
+    menv = master_env(C_SLEEP_MS, C_POP, 1, BENCH_ANALYSES=kills, BENCH_TRACE_DIR=trace,
+                      BENCH_CONN_FILE=conn_file)
+    server = run = None
+    worker_slot = {}  # pid -> slot
+    alive = set()
+    repaired_at = []
+    samples = []
+    kills_per_slot = {}
+
+    def pump():
+        if kind != "operator":
+            return
+        for at, ev in run.drain():
+            e = ev.get("event")
+            if e == "worker_started":
+                worker_slot[ev["pid"]] = ev["slot"]
+                alive.add(ev["pid"])
+            elif e == "worker_exited":
+                alive.discard(ev.get("pid"))
+            elif e == "repaired":
+                repaired_at.append(at)
+
+    try:
+        if kind == "hand":
+            server = RedisServer(children, tag)
+            run = ByHand(children, server, "plain", tag)
+            run.start_master(menv)
+            client = server.client()
+            for i, w in enumerate(run.workers):
+                worker_slot[w.pid] = i + 1
+                alive.add(w.pid)
+            runner = run.master
+        else:
+            run = OperatorRun(children, menv, tag)
+            runner = run.proc
+            deadline = time.monotonic() + 120
+            while not conn_file.exists():
+                if runner.poll() is not None or time.monotonic() > deadline:
+                    raise BenchError(f"abc-operator run did not start its master; see {run.dir}")
+                time.sleep(0.1)
+            conn = json.loads(conn_file.read_text())
+            client = redis.StrictRedis(host=conn["host"], port=conn["port"],
+                                       password=conn["password"], socket_timeout=30)
+        seen = set()
+        while len(seen) < kills:
+            pump()
+            if runner.poll() is not None:
+                break
+            ana = client.get("analysis_id")
+            if ana is None or ana in seen:
+                time.sleep(0.005)
+                continue
+            a = ana.decode()
+            t = client.get(f"generation_{a}")
+            if t is None:
+                time.sleep(0.005)
+                continue
+            t = t.decode()
+            k = f"{a}_{t}"
+            n_eval, n_req, all_acc = client.mget(f"n_eval_{k}", f"n_req_{k}", f"all_accepted_{k}")
+            if all_acc != b"1":  # past the calibration: this analysis is missed
+                say(f"C {kind}: missed the calibration of analysis {len(seen) + 1}")
+                seen.add(ana)
+                continue
+            if n_eval is None or n_req is None or int(n_eval) < int(n_req):
+                time.sleep(0.005)
+                continue
+            # Every particle is claimed: live workers leave the generation after their
+            # current evaluation. Kill one that is in the middle of one (started < 150 ms
+            # ago, of 200 ms): what it claimed is then owed to the master forever.
+            victim = None
+            wait_until = time.monotonic() + 0.1
+            while victim is None and time.monotonic() < wait_until:
+                pump()
+                now = time.time()
+                cands = []
+                for f in trace.iterdir():
+                    try:
+                        pid, started = int(f.name), float(f.read_text() or "0")
+                    except (ValueError, OSError):
+                        continue
+                    if pid in alive and now - started < 0.15:
+                        slot = worker_slot.get(pid)
+                        cands.append((kills_per_slot.get(slot, 0), -started, pid, slot))
+                if cands:
+                    _, _, victim, slot = min(cands)
+                else:
+                    time.sleep(0.005)
+            seen.add(ana)
+            if victim is None:
+                say(f"C {kind}: no worker in the middle of an evaluation; analysis skipped")
+                continue
+            n_acc_before = int(client.get(f"n_acc_{k}") or 0)
+            start = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+            kills_per_slot[slot] = kills_per_slot.get(slot, 0) + 1
+            alive.discard(victim)
+            repaired_at.clear()
+            progressed = None
+            while time.monotonic() - start < give_up_s:
+                cur, gen, n_acc = client.get("analysis_id"), client.get(f"generation_{a}"), \
+                    client.get(f"n_acc_{k}")
+                if cur != ana or gen is None or gen.decode() != t or int(n_acc or 0) >= int(n_req):
+                    progressed = time.monotonic() - start
+                    break
+                time.sleep(0.005)
+            pump()
+            repair = repaired_at[0] - start if repaired_at else None
+            samples.append({"progress_s": progressed, "repair_s": repair,
+                            "n_acc_at_kill": n_acc_before, "n_req": int(n_req)})
+            say(f"C {kind}: kill {len(samples)}/{kills} (worker slot {slot}, n_acc "
+                f"{n_acc_before}/{int(n_req)}): "
+                + (f"progress after {progressed:.2f}s" if progressed is not None
+                   else f"no progress after {give_up_s:.0f}s")
+                + (f", repaired after {repair:.2f}s" if repair is not None else ""))
+            if progressed is None:
+                break  # the run is stuck for good: nothing more to measure
+        if kind == "operator" and len(samples) == kills:
+            run.finish()
+    finally:
+        run and run.stop()
+        server and server.stop()
+    return samples
+
+
+def pct(values, q):
+    values = sorted(values)
+    if not values:
+        return None
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+# ---------------------------------------------------------------------------------------
+# Table.
+
+
+def table(rows):
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for j, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def verdict(ok):
+    return "ok" if ok else "MISSED"
+
+
+def main():
+    scratch = Path(tempfile.mkdtemp(prefix="abc-bench-"))
+    children = Children(scratch)
+    rows = [["", "case", "pyABC by hand", "abc-operator", "ratio", "spread", "target", ""]]
+    notes = []
+    failed = False
+    load_before = os.getloadavg()
+
+    def stop_on_signal(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop_on_signal)
+    try:
+        say(f"scratch folder (logs): {scratch}")
+        if "A" in SECTIONS:
+            server = RedisServer(children, "A")
+            master = ServedMaster(children, server, "A")
+            try:
+                say(f"A: {len(A_CASES)} models, {A_REPEATS} run(s) per variant")
+                by_case = alternate(
+                    [("plain", lambda tag: run_ledger_cost(children, server, master, "plain", tag)),
+                     ("ledger", lambda tag: run_ledger_cost(children, server, master, "ledger", tag))],
+                    A_REPEATS, "A")
+                for case in A_CASES:
+                    sleep_ms, pop, gens = case
+                    res = by_case[case]
+                    plain, ledger = median_tp(res["plain"]), median_tp(res["ledger"])
+                    ratio, rtext = ratio_text(res["plain"], res["ledger"])
+                    cost = 1 - ratio
+                    # wall time a worker spends per evaluation, entrypoint minus plain
+                    extra_ms = WORKERS * (1 / ledger - 1 / plain) * 1000
+                    target = A_TARGETS.get(sleep_ms, 0.02)
+                    rows.append([
+                        "A. ledger cost" if case == A_CASES[0] else "",
+                        f"{sleep_ms} ms model, pop {pop}, {gens} gen, sim/s",
+                        f"{plain:.0f} ({runs_text(res['plain'])}) plain abc-redis-worker",
+                        f"{ledger:.0f} ({runs_text(res['ledger'])}) entrypoint",
+                        f"cost {cost * 100:+.1f}%, {extra_ms:+.2f} ms/evaluation: {rtext}",
+                        spread_text(res["plain"], res["ledger"]),
+                        f"cost <= {target * 100:.0f}%",
+                        verdict(cost <= target),
+                    ])
+                    def cpu(runs, key="cpu_ms_per_eval"):
+                        return statistics.median(r[key] for r in runs)
+
+                    def cpu_text(runs):
+                        each = " ".join(f"{r['cpu_ms_per_eval']:.2f}" for r in runs)
+                        return (f"{cpu(runs):.2f} ({each}), redis "
+                                f"{cpu(runs, 'cpu_redis_ms_per_eval'):.2f}")
+
+                    more = cpu(res["ledger"]) / cpu(res["plain"]) - 1
+                    more_redis = (cpu(res["ledger"], "cpu_redis_ms_per_eval")
+                                  / cpu(res["plain"], "cpu_redis_ms_per_eval") - 1)
+                    rows.append([
+                        "", "  CPU ms/evaluation, workers + redis",
+                        cpu_text(res["plain"]), cpu_text(res["ledger"]),
+                        f"CPU {more * 100:+.1f}%, redis {more_redis * 100:+.0f}%",
+                        "", "", "",
+                    ])
+            finally:
+                master.stop()
+                server.stop()
+        binary = BIN.exists()
+        if not binary and SECTIONS & {"B", "C"}:
+            notes.append(f"B and C skipped: {BIN.relative_to(ROOT) if BIN.is_relative_to(ROOT) else BIN}"
+                         " not built (cargo build --release --bin abc-operator)")
+        if "B" in SECTIONS and binary:
+            case = B_CASE
+            sleep_ms, pop, gens = case
+            say(f"B: {sleep_ms} ms model, pop {pop}, {gens} generations, {B_REPEATS} run(s) per variant")
+            res = alternate(
+                [("hand", lambda tag: run_by_hand(children, "plain", case, tag)),
+                 ("operator", lambda tag: run_operator(children, case, tag))],
+                B_REPEATS, "B")[case]
+            hand, op = median_tp(res["hand"]), median_tp(res["operator"])
+            ratio, rtext = ratio_text(res["hand"], res["operator"])
+            rows.append([
+                "B. throughput",
+                f"{sleep_ms} ms model, pop {pop}, {gens} gen, sim/s",
+                f"{hand:.0f} ({runs_text(res['hand'])})",
+                f"{op:.0f} ({runs_text(res['operator'])}) abc-operator run",
+                rtext,
+                spread_text(res["hand"], res["operator"]),
+                f">= {B_TARGET}",
+                verdict(ratio >= B_TARGET),
+            ])
+        if "C" in SECTIONS and binary:
+            say(f"C: {C_SLEEP_MS} ms model, pop {C_POP}; pyABC by hand, 1 kill")
+            hand = recovery_run(children, "hand", 1, GIVE_UP_S, "C-hand")
+            say(f"C: abc-operator run, {KILLS} kills")
+            op = recovery_run(children, "operator", KILLS, GIVE_UP_S, "C-operator")
+            hand_text = "no kill landed"
+            if hand:
+                h = hand[0]["progress_s"]
+                hand_text = (f"never (gave up after {GIVE_UP_S:.0f} s)" if h is None
+                             else f"progressed after {h:.2f} s (?)")
+            prog = [s["progress_s"] for s in op if s["progress_s"] is not None]
+            stuck = sum(1 for s in op if s["progress_s"] is None)
+            rep = [s["repair_s"] for s in op if s["repair_s"] is not None]
+            if prog:
+                p50, p95 = pct(prog, 0.5), pct(prog, 0.95)
+                op_text = f"p50 {p50:.2f} s, p95 {p95:.2f} s (n={len(prog)})"
+                if stuck:
+                    op_text += f", {stuck} never"
+                ok = stuck == 0 and p95 < C_TARGET_S
+            else:
+                op_text, ok = "no kill landed" if not op else "never", False
+            rows.append([
+                "C. lost worker",
+                f"SIGKILL mid-evaluation ({C_SLEEP_MS} ms model) -> run progresses",
+                hand_text, op_text, "", "", f"p95 < {C_TARGET_S:.0f} s", verdict(ok),
+            ])
+            if rep:
+                rows.append([
+                    "", "  of which: SIGKILL -> runner's `repaired` event", "-",
+                    f"p50 {pct(rep, 0.5):.2f} s, p95 {pct(rep, 0.95):.2f} s", "", "", "", "",
+                ])
+    except BenchError as err:
+        failed = True
+        notes.append(f"error: {err}")
+    except KeyboardInterrupt:
+        failed = True
+        notes.append("interrupted")
+    finally:
+        say("stopping everything that was started")
+        children.stop_all()
+        if children.procs:
+            notes.append(f"{len(children.procs)} process(es) could not be stopped")
+    load_after = os.getloadavg()
+    try:
+        redis_version = subprocess.run(["redis-server", "--version"], capture_output=True,
+                                       text=True).stdout.split()[2]
+    except (OSError, IndexError):
+        redis_version = "?"
+    try:
+        pyabc_version = subprocess.run(
+            [PYTHON, "-c", "import importlib.metadata as m; print(m.version('pyabc'), m.version('redis'))"],
+            capture_output=True, text=True).stdout.split()
+    except OSError:
+        pyabc_version = []
+    print()
+    print(f"abc-operator bench{' (BENCH_QUICK)' if QUICK else ''}: pyabc "
+          f"{pyabc_version[0] if pyabc_version else '?'}, redis-py "
+          f"{pyabc_version[1] if len(pyabc_version) > 1 else '?'}, redis-server {redis_version}, "
+          f"{os.cpu_count()} CPU(s), {WORKERS} workers; load average {load_before[0]:.1f} before, "
+          f"{load_after[0]:.1f} after")
+    print("A/B: sampling throughput (evaluations / sampling wall time, from the master), "
+          "median of alternated runs (each run in parentheses)")
+    if len(rows) > 1:
+        print(table(rows))
+    for note in notes:
+        print(f"note: {note}")
+    print(f"took {time.monotonic() - T0:.0f} s")
+    if failed or os.environ.get("BENCH_KEEP"):
+        print(f"logs kept in {scratch}", file=sys.stderr)
+    else:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
