@@ -568,7 +568,15 @@ fn without_a_master_workers_wait_until_ctrl_c() {
     for var in ["ABC_REDIS_HOST=", "ABC_REDIS_PORT=", "ABC_RESULTS_DIR="] {
         assert!(text.contains(var), "{var} in {text}");
     }
-    let events = run.events();
+    // Both workers' start events may trail the connection file's.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let events = loop {
+        let events = run.events();
+        if by_event(&events, "worker_started").len() >= 2 || Instant::now() > deadline {
+            break events;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let pids = all_pids(&events);
     assert_eq!(pids.len(), 3, "two workers and redis-server");
     // Workers keep running until Ctrl-C.
