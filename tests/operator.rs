@@ -208,37 +208,10 @@ async fn example_run_gets_its_objects_pods_status_and_is_garbage_collected() {
         .await
         .unwrap();
     eventually(90, "owned objects garbage-collected", || async {
-        let left = deployments
-            .list(&labels_of_run("gaussian"))
+        owned_objects(&client, &ns.name)
             .await
-            .ok()?
-            .items
-            .len()
-            + secrets
-                .list(&labels_of_run("gaussian"))
-                .await
-                .ok()?
-                .items
-                .len()
-            + jobs
-                .list(&labels_of_run("gaussian"))
-                .await
-                .ok()?
-                .items
-                .len()
-            + services
-                .list(&labels_of_run("gaussian"))
-                .await
-                .ok()?
-                .items
-                .len()
-            + pods
-                .list(&labels_of_run("gaussian"))
-                .await
-                .ok()?
-                .items
-                .len();
-        (left == 0).then_some(())
+            .is_empty()
+            .then_some(())
     })
     .await;
 }
@@ -351,8 +324,8 @@ async fn a_restarted_controller_writes_nothing_to_an_unchanged_run() {
     );
 }
 
-/// resourceVersion of the run and of every object it owns.
-async fn resource_versions(client: &Client, namespace: &str) -> BTreeMap<String, String> {
+/// resourceVersion of every object the run "gaussian" owns (pods included), by kind/name.
+async fn owned_objects(client: &Client, namespace: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let lp = labels_of_run("gaussian");
     macro_rules! collect {
@@ -375,6 +348,13 @@ async fn resource_versions(client: &Client, namespace: &str) -> BTreeMap<String,
     collect!(Job, "Job");
     collect!(ConfigMap, "ConfigMap");
     collect!(NetworkPolicy, "NetworkPolicy");
+    collect!(Pod, "Pod");
+    out
+}
+
+/// resourceVersion of the run and of every object it owns.
+async fn resource_versions(client: &Client, namespace: &str) -> BTreeMap<String, String> {
+    let mut out = owned_objects(client, namespace).await;
     let run = Api::<AbcRun>::namespaced(client.clone(), namespace)
         .get("gaussian")
         .await
