@@ -66,7 +66,7 @@ impl Default for Metrics {
             "Duration of a reconcile",
             reconcile_duration.clone(),
         );
-        let m = Metrics {
+        let mut m = Metrics {
             registry,
             reconciles,
             reconcile_errors,
@@ -82,7 +82,6 @@ impl Default for Metrics {
             lost_workers: Family::default(),
             ready: AtomicBool::new(false),
         };
-        let mut m = m;
         let r = &mut m.registry;
         r.register(
             "run_phase",

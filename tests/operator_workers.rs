@@ -101,6 +101,14 @@ impl Setup {
             .unwrap()
     }
 
+    /// Waits (bounded) until an Event with `reason` was published on the run's namespace.
+    async fn wait_for_event(&self, reason: &str) {
+        eventually(30, &format!("a {reason} event"), || async {
+            (!self.events(reason).await.is_empty()).then_some(())
+        })
+        .await;
+    }
+
     async fn events(&self, reason: &str) -> Vec<Event> {
         let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns.name);
         events
@@ -157,10 +165,7 @@ async fn status_shows_pyabc_progress_from_redis() {
     assert_eq!(progress.required, 100);
     assert!(progress.analysis_id.is_some());
     assert!(master_finishes(&mut master, 240).await, "the master failed");
-    eventually(30, "a GenerationCompleted event", || async {
-        (!s.events("GenerationCompleted").await.is_empty()).then_some(())
-    })
-    .await;
+    s.wait_for_event("GenerationCompleted").await;
 }
 
 #[tokio::test]
@@ -259,10 +264,7 @@ async fn expired_workers_are_replaced_without_crash_loops() {
         log.started.len() > 3,
         "expired workers were not replaced: {log:?}"
     );
-    eventually(30, "a WorkerExpired event", || async {
-        (!s.events("WorkerExpired").await.is_empty()).then_some(())
-    })
-    .await;
+    s.wait_for_event("WorkerExpired").await;
 }
 
 #[tokio::test]
@@ -385,8 +387,5 @@ async fn a_failed_master_leaves_no_stale_analysis_lock_for_its_retry() {
         }
     })
     .await;
-    eventually(30, "an Event saying the lock was cleared", || async {
-        (!s.events("ClearedAnalysisLock").await.is_empty()).then_some(())
-    })
-    .await;
+    s.wait_for_event("ClearedAnalysisLock").await;
 }
