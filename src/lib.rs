@@ -5,6 +5,7 @@
 //! on runs.
 
 pub mod api;
+pub mod autoscaling;
 pub mod controller;
 pub mod local;
 pub mod metrics;

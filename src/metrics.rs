@@ -45,6 +45,9 @@ pub struct Metrics {
     pub evaluations: Family<RunLabels, Gauge>,
     pub active_workers: Family<RunLabels, Gauge>,
     pub lost_workers: Family<RunLabels, Counter>,
+    /// The autoscaling demand (see [`crate::autoscaling::Demand`]).
+    pub evaluations_needed: Family<RunLabels, Gauge>,
+    pub analysis_active: Family<RunLabels, Gauge>,
     ready: AtomicBool,
 }
 
@@ -80,6 +83,8 @@ impl Default for Metrics {
             evaluations: Family::default(),
             active_workers: Family::default(),
             lost_workers: Family::default(),
+            evaluations_needed: Family::default(),
+            analysis_active: Family::default(),
             ready: AtomicBool::new(false),
         };
         let r = &mut m.registry;
@@ -128,6 +133,16 @@ impl Default for Metrics {
             "Lost workers found and repaired",
             m.lost_workers.clone(),
         );
+        r.register(
+            "run_evaluations_needed",
+            "Evaluations still needed in the current generation (estimate)",
+            m.evaluations_needed.clone(),
+        );
+        r.register(
+            "run_analysis_active",
+            "1 while an analysis is in progress",
+            m.analysis_active.clone(),
+        );
         m
     }
 }
@@ -165,6 +180,8 @@ impl Metrics {
             &self.required,
             &self.evaluations,
             &self.active_workers,
+            &self.evaluations_needed,
+            &self.analysis_active,
         ] {
             family.remove(&labels);
         }
@@ -207,8 +224,12 @@ impl Drop for ReconcileTimer<'_> {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` until the process ends.
-pub async fn serve(addr: std::net::SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+/// Serves `/metrics`, `/healthz`, `/readyz` and the routes of `extra` until the process ends.
+pub async fn serve(
+    addr: std::net::SocketAddr,
+    metrics: Arc<Metrics>,
+    extra: axum::Router,
+) -> std::io::Result<()> {
     use axum::{Router, http::StatusCode, routing::get};
     let m = metrics.clone();
     let app = Router::new()
@@ -232,9 +253,10 @@ pub async fn serve(addr: std::net::SocketAddr, metrics: Arc<Metrics>) -> std::io
                     }
                 }
             }),
-        );
+        )
+        .merge(extra);
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz and /demand");
     axum::serve(listener, app).await
 }
 

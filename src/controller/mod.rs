@@ -10,6 +10,7 @@ pub use reconcile::master_state;
 use redis_access::RedisAccess;
 
 use crate::api::{AbcRun, COMPONENT_LABEL, RUN_LABEL};
+use crate::autoscaling::DemandBoard;
 use crate::metrics::{ErrorLabels, Metrics};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -36,6 +37,8 @@ pub struct ControllerArgs {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "ABC_LOG_JSON")]
     pub log_json: bool,
+    #[command(flatten)]
+    pub external_metrics: crate::autoscaling::ExternalMetricsArgs,
 }
 
 /// Errors of one reconcile; each names what a user or operator can act on.
@@ -73,6 +76,8 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// Each run's demand, for the autoscaling endpoints.
+    pub demand: Arc<DemandBoard>,
     redis: RedisAccess,
 }
 
@@ -90,6 +95,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     }
 
     let metrics = Arc::new(Metrics::default());
+    let demand = Arc::new(DemandBoard::default());
     let reporter = Reporter {
         controller: "abc-operator".into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -98,6 +104,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
+        demand: demand.clone(),
         redis: RedisAccess::default(),
     });
 
@@ -123,10 +130,17 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
 
     metrics.set_ready();
     tracing::info!("abc-operator controller started");
-    let server = crate::metrics::serve(args.metrics_addr, metrics);
+    let server = crate::metrics::serve(
+        args.metrics_addr,
+        metrics,
+        crate::autoscaling::demand_routes(demand.clone()),
+    );
+    let external_metrics =
+        crate::autoscaling::serve_external_metrics(client, args.external_metrics, demand);
     tokio::select! {
         _ = controller => tracing::info!("controller stopped"),
         result = server => result.map_err(|e| anyhow::anyhow!("metrics endpoint on {}: {e}", args.metrics_addr))?,
+        () = external_metrics => {}
     }
     Ok(())
 }

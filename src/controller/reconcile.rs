@@ -34,6 +34,7 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
     if run.meta().deletion_timestamp.is_some() {
         // Owner references let the garbage collector remove what the run owned.
         ctx.metrics.forget_run(&namespace, &name);
+        ctx.demand.forget(&namespace, &name);
         ctx.redis.forget(&run);
         return Ok(Action::await_change());
     }
@@ -75,6 +76,14 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
     }
 
     let new_status = status::compute(&run, &observed, Timestamp::now());
+    record_demand(
+        &ctx,
+        &namespace,
+        &name,
+        &new_status,
+        snapshot.as_ref(),
+        &observed,
+    );
     record_metrics(&ctx, &namespace, &name, &new_status);
     if run.status.as_ref() != Some(&new_status) {
         write_status(&ctx, &namespace, &name, &new_status).await?;
@@ -549,6 +558,41 @@ async fn publish_transitions(run: &AbcRun, ctx: &Context, new: &crate::api::AbcR
             .await;
         }
     }
+}
+
+/// Puts the run's demand on the board the autoscaling endpoints read, and into the gauges.
+fn record_demand(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    status: &crate::api::AbcRunStatus,
+    snapshot: Option<&protocol::Snapshot>,
+    observed: &Observed,
+) {
+    let reading = snapshot.ok_or_else(|| {
+        observed
+            .redis_problem
+            .clone()
+            .unwrap_or_else(|| "the run's Redis has not been read yet".into())
+    });
+    let phase = status.phase.unwrap_or(Phase::Pending);
+    ctx.demand.record(namespace, name, phase, reading);
+    let labels = crate::metrics::RunLabels {
+        namespace: namespace.into(),
+        run: name.into(),
+    };
+    let demand = ctx
+        .demand
+        .get(namespace, name)
+        .unwrap_or(crate::autoscaling::Demand::IDLE);
+    ctx.metrics
+        .evaluations_needed
+        .get_or_create(&labels)
+        .set(demand.evaluations_needed);
+    ctx.metrics
+        .analysis_active
+        .get_or_create(&labels)
+        .set(demand.active as i64);
 }
 
 fn record_metrics(ctx: &Context, namespace: &str, name: &str, status: &crate::api::AbcRunStatus) {

@@ -157,7 +157,7 @@ impl Ledger {
 }
 
 /// The state of a run's Redis at one instant (read atomically, in one round trip).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Snapshot {
     /// Redis server time, in ms: the clock of every ledger heartbeat.
     pub time_ms: i64,
