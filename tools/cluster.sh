@@ -145,8 +145,7 @@ start kube-apiserver "$bin/kube-apiserver" \
   --requestheader-allowed-names front-proxy-client \
   --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
   --requestheader-extra-headers-prefix X-Remote-Extra- \
-  --proxy-client-cert-file "$pki/front-proxy-client.crt" --proxy-client-key-file "$pki/front-proxy-client.key" \
-  --enable-aggregator-routing=true
+  --proxy-client-cert-file "$pki/front-proxy-client.crt" --proxy-client-key-file "$pki/front-proxy-client.key"
 
 kubectl=("$bin/kubectl" --kubeconfig "$kubeconfig")
 for i in $(seq 600); do

@@ -12,6 +12,11 @@ pub struct ControllerProcess {
 
 impl ControllerProcess {
     pub fn start(namespace: &str) -> ControllerProcess {
+        Self::start_with(namespace, &[])
+    }
+
+    /// Starts the controller with extra command-line options.
+    pub fn start_with(namespace: &str, extra: &[&str]) -> ControllerProcess {
         let metrics_port = free_port();
         let log =
             std::env::temp_dir().join(format!("abc-controller-{namespace}-{metrics_port}.log"));
@@ -20,6 +25,7 @@ impl ControllerProcess {
             .arg("controller")
             .args(["--namespace", namespace])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(extra)
             .env("KUBECONFIG", cluster::kubeconfig())
             .env("RUST_LOG", "info,abc_operator=debug,kube=warn")
             .stdout(Stdio::null())
@@ -35,12 +41,17 @@ impl ControllerProcess {
 
     /// The controller's Prometheus metrics text.
     pub async fn metrics(&self) -> Option<String> {
+        self.get("/metrics").await
+    }
+
+    /// The response (status line, headers and body) of a GET on the metrics port.
+    pub async fn get(&self, path: &str) -> Option<String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
             .await
             .ok()?;
         stream
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
             .await
             .ok()?;
         let mut body = String::new();

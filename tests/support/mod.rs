@@ -7,3 +7,4 @@ pub mod controller;
 pub mod kubelet;
 pub mod python;
 pub mod redis;
+pub mod run;

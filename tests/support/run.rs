@@ -1,0 +1,127 @@
+//! A run on the test cluster whose Redis is a loopback redis-server: the AbcRun, the fake
+//! kubelet that runs its worker pods' processes, and a real pyABC master run by the test.
+
+use super::cluster::{self, TestNamespace, eventually, install_crd};
+use super::kubelet::{FakeKubelet, RedisTarget};
+use abc_operator::api::AbcRun;
+use abc_operator::redis_server::{RedisServer, RedisServerOptions};
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::Client;
+use kube::api::{Api, ListParams, PostParams};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+pub fn python() -> PathBuf {
+    super::python::python()
+}
+
+/// A run on the test cluster whose Redis is a loopback redis-server.
+pub struct Setup {
+    pub client: Client,
+    pub ns: TestNamespace,
+    pub redis: RedisServer,
+    pub runs: Api<AbcRun>,
+}
+
+pub async fn setup(prefix: &str, workers: u32, runtime: &str, model_sleep: &str) -> Setup {
+    install_crd();
+    let client = cluster::client().await;
+    let ns = TestNamespace::new(&client, prefix).await;
+    let redis = RedisServer::start(RedisServerOptions::default()).expect("redis-server starts");
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "redis-pw"}, "stringData": {"password": redis.password()}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let run: AbcRun = serde_yaml::from_str(&format!(
+        r#"
+apiVersion: abc-operator.dev/v1alpha1
+kind: AbcRun
+metadata: {{name: sim}}
+spec:
+  image: worker
+  workers:
+    replicas: {workers}
+    runtime: {runtime}
+    heartbeatTimeoutSeconds: 30
+    env: [{{name: ABC_TEST_MODEL_SLEEP, value: "{model_sleep}"}}]
+  redis:
+    external: {{host: 127.0.0.1, port: {port}, passwordSecret: {{name: redis-pw}}}}
+"#,
+        port = redis.port()
+    ))
+    .unwrap();
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
+    runs.create(&PostParams::default(), &run).await.unwrap();
+    Setup {
+        client,
+        ns,
+        redis,
+        runs,
+    }
+}
+
+impl Setup {
+    pub fn kubelet(&self) -> FakeKubelet {
+        let target = RedisTarget {
+            host: "127.0.0.1".into(),
+            port: self.redis.port(),
+            password: self.redis.password().into(),
+        };
+        FakeKubelet::start(self.client.clone(), &self.ns.name, target, python())
+    }
+
+    /// The master, run by the test as a user would from a laptop.
+    pub fn master(&self, population: u32, generations: u32) -> Child {
+        let results = tempfile::tempdir().unwrap().keep();
+        Command::new(python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/protocol_master.py"
+            ))
+            .env("ABC_REDIS_HOST", "127.0.0.1")
+            .env("ABC_REDIS_PORT", self.redis.port().to_string())
+            .env("ABC_REDIS_PASSWORD", self.redis.password())
+            .env("ABC_RESULTS_DIR", &results)
+            .env("MPLCONFIGDIR", &results)
+            .env("PROTO_POPULATION", population.to_string())
+            .env("PROTO_GENERATIONS", generations.to_string())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(results.join("master.log")).unwrap())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits (bounded) until an Event with `reason` was published on the run's namespace.
+    pub async fn wait_for_event(&self, reason: &str) {
+        eventually(30, &format!("a {reason} event"), || async {
+            (!self.events(reason).await.is_empty()).then_some(())
+        })
+        .await;
+    }
+
+    pub async fn events(&self, reason: &str) -> Vec<Event> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns.name);
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .collect()
+    }
+}
+
+/// Waits for the master to exit (bounded) and returns whether it succeeded.
+pub async fn master_finishes(master: &mut Child, secs: u64) -> bool {
+    eventually(secs, "the master to finish", || {
+        let status = master.try_wait().unwrap();
+        async move { status }
+    })
+    .await
+    .success()
+}
