@@ -63,22 +63,37 @@ async fn rendered_chart_installs_the_controller_with_least_privilege() {
         "helm template: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The external metrics APIService is cluster-wide and tests/autoscaling.rs registers its
+    // own: check this one and apply the rest.
+    let rendered = String::from_utf8(out.stdout).unwrap();
+    let (apiservices, objects): (Vec<&str>, Vec<&str>) = rendered
+        .split("\n---")
+        .partition(|doc| doc.contains("\nkind: APIService"));
+    let [apiservice] = apiservices[..] else {
+        panic!("the chart renders no external metrics APIService")
+    };
+    let apiservice: serde_yaml::Value = serde_yaml::from_str(apiservice).unwrap();
+    assert_eq!(
+        apiservice["metadata"]["name"],
+        "v1beta1.external.metrics.k8s.io"
+    );
+    let backend = &apiservice["spec"]["service"];
+    assert_eq!(backend["namespace"].as_str(), Some(ns.name.as_str()));
+    assert_eq!(backend["port"].as_u64(), Some(443));
+    let service_name = backend["name"].as_str().unwrap().to_string();
     let mut apply = kubectl()
-        .args([
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-n",
-            &ns.name,
-            "-f",
-            "-",
-        ])
+        .args(["apply", "--server-side", "--force-conflicts", "-f", "-"])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    apply.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+    apply
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(objects.join("\n---").as_bytes())
+        .unwrap();
     let applied = apply.wait_with_output().unwrap();
     assert!(
         applied.status.success(),
@@ -107,6 +122,31 @@ async fn rendered_chart_installs_the_controller_with_least_privilege() {
     assert_eq!(security.read_only_root_filesystem, Some(true));
     assert_eq!(security.allow_privilege_escalation, Some(false));
     let sa = pod.service_account_name.unwrap();
+    // The APIService's Service reaches the container's HTTPS port.
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(client.clone(), &ns.name);
+    let service = services.get(&service_name).await.unwrap().spec.unwrap();
+    let target = &service.ports.unwrap()[0].target_port;
+    assert_eq!(
+        target,
+        &Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("https".into()))
+    );
+    assert!(
+        container
+            .ports
+            .iter()
+            .flatten()
+            .any(|p| p.name.as_deref() == Some("https")),
+        "the operator container has no https port"
+    );
+    assert!(
+        container
+            .args
+            .iter()
+            .flatten()
+            .any(|a| a == "--external-metrics-addr"),
+        "the operator does not serve the external metrics API"
+    );
 
     // What the controller needs...
     for (verb, resource) in [
@@ -118,6 +158,12 @@ async fn rendered_chart_installs_the_controller_with_least_privilege() {
         ("delete", "pods"),
         ("create", "networkpolicies.networking.k8s.io"),
         ("create", "events.events.k8s.io"),
+        // The external metrics API: delegated authentication and authorization.
+        ("create", "subjectaccessreviews.authorization.k8s.io"),
+        (
+            "patch",
+            "apiservices.apiregistration.k8s.io/v1beta1.external.metrics.k8s.io",
+        ),
     ] {
         assert!(
             can_i(&ns.name, &sa, verb, resource),
@@ -131,19 +177,45 @@ async fn rendered_chart_installs_the_controller_with_least_privilege() {
         ("delete", "namespaces"),
         ("create", "customresourcedefinitions.apiextensions.k8s.io"),
         ("update", "nodes"),
+        (
+            "patch",
+            "apiservices.apiregistration.k8s.io/v1beta1.metrics.k8s.io",
+        ),
+        ("create", "apiservices.apiregistration.k8s.io"),
     ] {
         assert!(
             !can_i(&ns.name, &sa, verb, resource),
             "the operator may {verb} {resource}: too broad"
         );
     }
-    // Cluster-scoped objects of this release outlive the namespace: remove them.
+    let reads_aggregation_settings = kubectl()
+        .args([
+            "auth",
+            "can-i",
+            "get",
+            "configmaps/extension-apiserver-authentication",
+        ])
+        .args(["-n", "kube-system"])
+        .arg(format!("--as=system:serviceaccount:{}:{sa}", ns.name))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&reads_aggregation_settings.stdout).trim(),
+        "yes"
+    );
+    // Objects of this release outside its namespace outlive it: remove them.
+    let selector = format!("app.kubernetes.io/instance={release}");
+    let _ = kubectl()
+        .args(["delete", "clusterrole,clusterrolebinding", "-l", &selector])
+        .output();
     let _ = kubectl()
         .args([
             "delete",
-            "clusterrole,clusterrolebinding",
+            "rolebinding",
+            "-n",
+            "kube-system",
             "-l",
-            &format!("app.kubernetes.io/instance={release}"),
+            &selector,
         ])
         .output();
 }
