@@ -25,6 +25,8 @@ apt_install() {
 case " $want " in *" redis "*)
   command -v redis-server >/dev/null || apt_install redis-server
   # The package starts a system-wide redis on 6379; abc-operator never uses it.
+  # The autoscaling test calls the external metrics API directly, as an outsider would.
+  command -v curl >/dev/null || apt_install curl
   ;;
 esac
 

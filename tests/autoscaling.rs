@@ -138,6 +138,23 @@ async fn an_hpa_scales_workers_on_demand_and_back_after_the_run() {
         ],
     );
     registration.available().await;
+    // Only the aggregation layer may act for a user: a direct caller claiming to be an admin
+    // through the same headers is refused.
+    let direct = std::process::Command::new("curl")
+        .args([
+            "-sk",
+            "-H",
+            "X-Remote-User: system:admin",
+            "-H",
+            "X-Remote-Group: system:masters",
+        ])
+        .arg(format!(
+            "https://127.0.0.1:{port}/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{METRIC}"
+        ))
+        .output()
+        .unwrap();
+    let refused: serde_json::Value = serde_json::from_slice(&direct.stdout).unwrap();
+    assert_eq!(refused["code"], 401, "{refused}");
 
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(s.client.clone(), &ns);
     hpas.create(&PostParams::default(), &hpa("sim", 10))
