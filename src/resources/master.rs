@@ -6,8 +6,8 @@
 //! a Job that has not started).
 
 use super::{
-    BuildError, Component, POD_UID, container_security_context, env, merge_env, object_meta,
-    pod_security_context, redis_env,
+    BuildError, Component, POD_UID, container_security_context, env, hardened_pod_spec, merge_env,
+    object_meta, redis_env, tmp_mount, tmp_volume,
 };
 use crate::api::AbcRun;
 use k8s_openapi::api::batch::v1::{
@@ -76,11 +76,7 @@ pub fn master_job(run: &AbcRun) -> Result<Option<Job>, BuildError> {
                 mount_path: RESULTS_DIR.into(),
                 ..VolumeMount::default()
             },
-            VolumeMount {
-                name: "tmp".into(),
-                mount_path: "/tmp".into(),
-                ..VolumeMount::default()
-            },
+            tmp_mount(),
         ]),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         security_context: Some(container_security_context()),
@@ -109,19 +105,7 @@ pub fn master_job(run: &AbcRun) -> Result<Option<Job>, BuildError> {
                 }),
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".into()),
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    security_context: Some(pod_security_context(POD_UID)),
-                    containers: vec![container],
-                    volumes: Some(vec![
-                        results,
-                        Volume {
-                            name: "tmp".into(),
-                            empty_dir: Some(EmptyDirVolumeSource::default()),
-                            ..Volume::default()
-                        },
-                    ]),
-                    ..PodSpec::default()
+                    ..hardened_pod_spec(POD_UID, vec![container], vec![results, tmp_volume()])
                 }),
             },
             ..JobSpec::default()
@@ -134,19 +118,10 @@ pub fn master_job(run: &AbcRun) -> Result<Option<Job>, BuildError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::test_support::{minimal, run};
+    use crate::resources::test_support::{env_value, minimal, run};
 
     fn job(yaml: &str) -> Job {
         master_job(&run(yaml)).unwrap().unwrap()
-    }
-
-    fn env_value(c: &Container, name: &str) -> Option<String> {
-        c.env
-            .as_ref()?
-            .iter()
-            .find(|e| e.name == name)?
-            .value
-            .clone()
     }
 
     #[test]

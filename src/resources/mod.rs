@@ -37,8 +37,9 @@ use crate::api::{AbcRun, COMPONENT_LABEL, ManagedRedis, RUN_LABEL, default_redis
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, EnvVar, EnvVarSource, PodSecurityContext, SeccompProfile, Secret,
-    SecretKeySelector, SecurityContext, Service,
+    Capabilities, ConfigMap, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    PodSecurityContext, PodSpec, SeccompProfile, Secret, SecretKeySelector, SecurityContext,
+    Service, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -260,6 +261,37 @@ fn pod_security_context(uid: i64) -> PodSecurityContext {
     }
 }
 
+/// The pod spec every owned pod starts from: non-root `uid`, no service account token (no
+/// owned pod talks to the API server), no service links (their variables would leak other
+/// services' addresses into the user's model).
+fn hardened_pod_spec(uid: i64, containers: Vec<Container>, volumes: Vec<Volume>) -> PodSpec {
+    PodSpec {
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        security_context: Some(pod_security_context(uid)),
+        containers,
+        volumes: Some(volumes),
+        ..PodSpec::default()
+    }
+}
+
+/// A writable `/tmp` (Python and pyABC need one; the root file system is read-only).
+fn tmp_volume() -> Volume {
+    Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }
+}
+
+fn tmp_mount() -> VolumeMount {
+    VolumeMount {
+        name: "tmp".into(),
+        mount_path: "/tmp".into(),
+        ..VolumeMount::default()
+    }
+}
+
 /// Security context of every owned container: no privilege escalation, read-only root file
 /// system, no capabilities.
 fn container_security_context() -> SecurityContext {
@@ -357,6 +389,16 @@ pub(crate) mod test_support {
 
     pub fn minimal() -> AbcRun {
         run("image: models/gaussian:1")
+    }
+
+    /// The literal value of a container's environment variable.
+    pub fn env_value(c: &k8s_openapi::api::core::v1::Container, name: &str) -> Option<String> {
+        c.env
+            .as_ref()?
+            .iter()
+            .find(|e| e.name == name)?
+            .value
+            .clone()
     }
 }
 

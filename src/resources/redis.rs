@@ -23,8 +23,8 @@
 //! restarts; the generated one never changes.
 
 use super::{
-    BuildError, Component, REDIS_PORT, container_security_context, managed_redis, object_meta,
-    password_env, pod_security_context, redis_service_name, selector_labels,
+    BuildError, Component, REDIS_PORT, container_security_context, hardened_pod_spec,
+    managed_redis, object_meta, password_env, redis_service_name, selector_labels,
 };
 use crate::api::AbcRun;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
@@ -188,27 +188,26 @@ pub fn redis_deployment(run: &AbcRun) -> Result<Option<Deployment>, BuildError> 
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    security_context: Some(pod_security_context(REDIS_UID)),
                     init_containers: Some(vec![init]),
-                    containers: vec![redis],
-                    volumes: Some(vec![
-                        Volume {
-                            name: "config".into(),
-                            empty_dir: Some(EmptyDirVolumeSource {
-                                medium: Some("Memory".into()),
-                                size_limit: Some(Quantity("1Mi".into())),
-                            }),
-                            ..Volume::default()
-                        },
-                        Volume {
-                            name: "data".into(),
-                            empty_dir: Some(EmptyDirVolumeSource::default()),
-                            ..Volume::default()
-                        },
-                    ]),
-                    ..PodSpec::default()
+                    ..hardened_pod_spec(
+                        REDIS_UID,
+                        vec![redis],
+                        vec![
+                            Volume {
+                                name: "config".into(),
+                                empty_dir: Some(EmptyDirVolumeSource {
+                                    medium: Some("Memory".into()),
+                                    size_limit: Some(Quantity("1Mi".into())),
+                                }),
+                                ..Volume::default()
+                            },
+                            Volume {
+                                name: "data".into(),
+                                empty_dir: Some(EmptyDirVolumeSource::default()),
+                                ..Volume::default()
+                            },
+                        ],
+                    )
                 }),
             },
             ..DeploymentSpec::default()

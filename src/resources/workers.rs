@@ -7,16 +7,16 @@
 
 use super::{
     BuildError, Component, ENTRYPOINT_DIR, ENTRYPOINT_PATH, POD_UID, container_security_context,
-    entrypoint_sha256, env, merge_env, object_meta, pod_security_context, redis_env,
-    selector_labels, worker_entrypoint_name,
+    entrypoint_sha256, env, hardened_pod_spec, merge_env, object_meta, redis_env, selector_labels,
+    tmp_mount, tmp_volume, worker_entrypoint_name,
 };
 use crate::api::{AbcRun, GROUP};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    ObjectFieldSelector, PodSpec, PodTemplateSpec, Volume, VolumeMount,
+    ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec,
+    PodTemplateSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -84,11 +84,7 @@ pub fn worker_deployment(run: &AbcRun) -> Result<Deployment, BuildError> {
                 read_only: Some(true),
                 ..VolumeMount::default()
             },
-            VolumeMount {
-                name: "tmp".into(),
-                mount_path: "/tmp".into(),
-                ..VolumeMount::default()
-            },
+            tmp_mount(),
         ]),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         security_context: Some(container_security_context()),
@@ -120,9 +116,6 @@ pub fn worker_deployment(run: &AbcRun) -> Result<Deployment, BuildError> {
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    security_context: Some(pod_security_context(POD_UID)),
                     termination_grace_period_seconds: Some(
                         workers.termination_grace_period_seconds,
                     ),
@@ -130,24 +123,22 @@ pub fn worker_deployment(run: &AbcRun) -> Result<Deployment, BuildError> {
                         .then(|| workers.node_selector.clone()),
                     tolerations: (!workers.tolerations.is_empty())
                         .then(|| workers.tolerations.clone()),
-                    containers: vec![container],
-                    volumes: Some(vec![
-                        Volume {
-                            name: "entrypoint".into(),
-                            config_map: Some(ConfigMapVolumeSource {
-                                name: worker_entrypoint_name(run),
-                                default_mode: Some(0o444),
-                                ..ConfigMapVolumeSource::default()
-                            }),
-                            ..Volume::default()
-                        },
-                        Volume {
-                            name: "tmp".into(),
-                            empty_dir: Some(EmptyDirVolumeSource::default()),
-                            ..Volume::default()
-                        },
-                    ]),
-                    ..PodSpec::default()
+                    ..hardened_pod_spec(
+                        POD_UID,
+                        vec![container],
+                        vec![
+                            Volume {
+                                name: "entrypoint".into(),
+                                config_map: Some(ConfigMapVolumeSource {
+                                    name: worker_entrypoint_name(run),
+                                    default_mode: Some(0o444),
+                                    ..ConfigMapVolumeSource::default()
+                                }),
+                                ..Volume::default()
+                            },
+                            tmp_volume(),
+                        ],
+                    )
                 }),
             },
             ..DeploymentSpec::default()
@@ -160,7 +151,7 @@ pub fn worker_deployment(run: &AbcRun) -> Result<Deployment, BuildError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::test_support::{minimal, run};
+    use crate::resources::test_support::{env_value, minimal, run};
 
     fn container(run: &AbcRun) -> Container {
         worker_deployment(run)
@@ -171,15 +162,6 @@ mod tests {
             .spec
             .unwrap()
             .containers[0]
-            .clone()
-    }
-
-    fn env_value(c: &Container, name: &str) -> Option<String> {
-        c.env
-            .as_ref()?
-            .iter()
-            .find(|e| e.name == name)?
-            .value
             .clone()
     }
 
