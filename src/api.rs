@@ -315,6 +315,15 @@ pub enum Phase {
 }
 
 impl Phase {
+    pub const ALL: [Phase; 6] = [
+        Phase::Pending,
+        Phase::Running,
+        Phase::Succeeded,
+        Phase::Failed,
+        Phase::Stopped,
+        Phase::Suspended,
+    ];
+
     /// A finished run does not come back (TTL counts from here).
     pub fn is_finished(self) -> bool {
         matches!(self, Phase::Succeeded | Phase::Failed | Phase::Stopped)

@@ -186,18 +186,11 @@ impl Metrics {
             family.remove(&labels);
         }
         self.lost_workers.remove(&labels);
-        for phase in [
-            "Pending",
-            "Running",
-            "Succeeded",
-            "Failed",
-            "Stopped",
-            "Suspended",
-        ] {
+        for phase in crate::api::Phase::ALL {
             self.run_phase.remove(&PhaseLabels {
                 namespace: namespace.into(),
                 run: run.into(),
-                phase: phase.into(),
+                phase: phase.to_string(),
             });
         }
     }

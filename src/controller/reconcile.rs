@@ -602,19 +602,12 @@ fn record_metrics(ctx: &Context, namespace: &str, name: &str, status: &crate::ap
         namespace: namespace.into(),
         run: name.into(),
     };
-    for phase in [
-        "Pending",
-        "Running",
-        "Succeeded",
-        "Failed",
-        "Stopped",
-        "Suspended",
-    ] {
-        let current = status.phase.map(|p| p.to_string()).as_deref() == Some(phase);
+    for phase in Phase::ALL {
+        let current = status.phase == Some(phase);
         let l = PhaseLabels {
             namespace: namespace.into(),
             run: name.into(),
-            phase: phase.into(),
+            phase: phase.to_string(),
         };
         m.run_phase.get_or_create(&l).set(current as i64);
     }
