@@ -3,7 +3,6 @@
 mod support;
 
 use abc_operator::api::AbcRun;
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use redis::AsyncCommands;
 use std::process::Command;
@@ -90,14 +89,7 @@ async fn info_finds_an_abcrun_redis_and_its_password() {
     let ns = TestNamespace::new(&client, "abc-cli").await;
     let server = support::redis::server();
     write_generation(&mut support::redis::connect(&server).await).await;
-    let secret: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "pw"}, "stringData": {"password": server.password()}
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(client.clone(), &ns.name)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    support::run::create_password_secret(&client, &ns.name, "pw", server.password()).await;
     let run: AbcRun = serde_yaml::from_str(&format!(
         "apiVersion: abc-operator.dev/v1alpha1\nkind: AbcRun\nmetadata: {{name: ext}}\nspec:\n  image: i\n  redis: {{external: {{host: 127.0.0.1, port: {}, passwordSecret: {{name: pw}}}}}}\n",
         server.port()

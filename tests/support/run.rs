@@ -23,19 +23,24 @@ pub struct Setup {
     pub runs: Api<AbcRun>,
 }
 
+/// A Secret `name` with the Redis password under the key `password`, as users create it.
+pub async fn create_password_secret(client: &Client, namespace: &str, name: &str, password: &str) {
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name}, "stringData": {"password": password}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+}
+
 pub async fn setup(prefix: &str, workers: u32, runtime: &str, model_sleep: &str) -> Setup {
     install_crd();
     let client = cluster::client().await;
     let ns = TestNamespace::new(&client, prefix).await;
     let redis = RedisServer::start(RedisServerOptions::default()).expect("redis-server starts");
-    let secret: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "redis-pw"}, "stringData": {"password": redis.password()}
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(client.clone(), &ns.name)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    create_password_secret(&client, &ns.name, "redis-pw", redis.password()).await;
     let run: AbcRun = serde_yaml::from_str(&format!(
         r#"
 apiVersion: abc-operator.dev/v1alpha1
