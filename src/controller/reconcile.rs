@@ -56,7 +56,10 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
     apply_owned(&ctx, &namespace, &owned).await?;
 
     let mut observed = observe(&run, &ctx, &namespace, &owned, &password).await?;
-    let snapshot = match (&endpoint, observed.redis_problem.is_none()) {
+    // A managed Redis whose pod is not ready yet is not read: the attempt could only time out
+    // and report a false problem while the run starts.
+    let readable = observed.redis_problem.is_none() && observed.redis_ready;
+    let snapshot = match (&endpoint, readable) {
         (Some(endpoint), true) => read_redis(&run, &ctx, endpoint, &mut observed).await,
         _ => None,
     };
@@ -327,7 +330,6 @@ async fn read_redis(
 ) -> Option<protocol::Snapshot> {
     match ctx.redis.snapshot(run, endpoint).await {
         Ok(snapshot) => {
-            observed.redis_ready = observed.redis_ready || run.spec.redis.external.is_some();
             observed.progress = Some(progress_of(&snapshot));
             Some(snapshot)
         }
@@ -573,7 +575,7 @@ fn record_demand(
         observed
             .redis_problem
             .clone()
-            .unwrap_or_else(|| "the run's Redis has not been read yet".into())
+            .unwrap_or_else(|| "the run's Redis is not ready yet".into())
     });
     let phase = status.phase.unwrap_or(Phase::Pending);
     ctx.demand.record(namespace, name, phase, reading);
