@@ -266,3 +266,65 @@ async fn an_hpa_scales_workers_on_demand_and_back_after_the_run() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(controller);
 }
+
+/// Scale-down: the kubelet sends SIGTERM and waits terminationGracePeriodSeconds. A worker busy
+/// with an evaluation finishes it, reports it, leaves the generation and exits 0 with no
+/// ledger left: nothing for the operator to repair, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_busy_worker_finish_and_report_its_evaluation() {
+    use nix::sys::signal::Signal;
+    use support::redis::{connect, server, snapshot, wait_for};
+    let redis = server();
+    let endpoint = redis.endpoint();
+    let mut conn = connect(&redis).await;
+    let root = tempfile::tempdir().unwrap();
+    let population = [("PROTO_POPULATION", "6"), ("PROTO_GENERATIONS", "1")];
+    let mut master = support::python::master(&endpoint, &population, root.path());
+    let slow = [("ABC_TEST_MODEL_SLEEP", "2")];
+    let mut busy = support::python::worker(&endpoint, "busy", &slow, root.path());
+    // In the calibration generation every evaluation is accepted, so each one reported is an
+    // acceptance.
+    let at_term = wait_for(
+        &mut conn,
+        Duration::from_secs(180),
+        "the worker inside a calibration evaluation",
+        |s| {
+            s.all_accepted == Some(true)
+                && s.ledgers
+                    .iter()
+                    .any(|l| l.id == "busy" && l.claim.is_some())
+        },
+    )
+    .await;
+    busy.signal(Signal::SIGTERM);
+    assert_eq!(
+        busy.wait(Duration::from_secs(30)).code(),
+        Some(0),
+        "{}",
+        busy.log_tail()
+    );
+    let after = snapshot(&mut conn).await;
+    assert!(after.ledgers.is_empty(), "{:?}", after.ledgers);
+    assert_eq!(
+        after.n_worker,
+        Some(0),
+        "the worker did not leave the generation"
+    );
+    // Every evaluation it claimed was reported (none given up at exit as a failure), including
+    // the one in flight at SIGTERM.
+    assert_eq!(after.n_acc, after.n_eval, "{after:?}");
+    assert_eq!(after.n_fail.unwrap_or(0), 0, "{after:?}");
+    assert!(
+        after.n_acc > at_term.n_acc,
+        "the evaluation in flight was not reported"
+    );
+    // Another worker finishes the run: nothing was lost.
+    let mut next = support::python::worker(&endpoint, "next", &[], root.path());
+    assert!(
+        master.wait(Duration::from_secs(180)).success(),
+        "{}",
+        master.log_tail()
+    );
+    next.signal(Signal::SIGTERM);
+    next.wait(Duration::from_secs(30));
+}
