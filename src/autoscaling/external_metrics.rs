@@ -131,48 +131,42 @@ fn parse_selector(selector: Option<&str>) -> Result<RunSelector, Failure> {
             ),
         )
     };
-    let (key, op, values) = if let Some((key, rest)) = split_set_operator(selector) {
-        let rest = rest.trim();
-        let list = rest
+    let set = |list: &str| -> Result<Vec<String>, Failure> {
+        let list = list.trim();
+        let inner = list
             .strip_prefix('(')
-            .and_then(|r| r.strip_suffix(')'))
+            .and_then(|l| l.strip_suffix(')'))
             .ok_or_else(|| bad("a set needs parentheses"))?;
-        let names: Vec<String> = list.split(',').map(|n| n.trim().to_string()).collect();
-        (key.0, key.1, names)
+        Ok(inner.split(',').map(|n| n.trim().to_string()).collect())
+    };
+    let one = |name: &str| vec![name.trim().to_string()];
+    let (key, negated, names) = if let Some((key, list)) = selector.split_once(" notin ") {
+        (key, true, set(list)?)
+    } else if let Some((key, list)) = selector.split_once(" in ") {
+        (key, false, set(list)?)
     } else if selector.contains(',') {
         return Err(bad("only one requirement is supported"));
-    } else if let Some((key, value)) = selector.split_once("!=") {
-        (key, "notin", vec![value.trim().to_string()])
-    } else if let Some((key, value)) = selector
+    } else if let Some((key, name)) = selector.split_once("!=") {
+        (key, true, one(name))
+    } else if let Some((key, name)) = selector
         .split_once("==")
         .or_else(|| selector.split_once('='))
     {
-        (key, "in", vec![value.trim().to_string()])
+        (key, false, one(name))
     } else {
         return Err(bad("unsupported requirement"));
     };
     if key.trim() != RUN_SELECTOR_LABEL {
         return Err(bad(&format!("unknown label {:?}", key.trim())));
     }
-    if values.iter().any(String::is_empty) {
+    if names.iter().any(String::is_empty) {
         return Err(bad("empty run name"));
     }
-    Ok(if op == "in" {
-        RunSelector::In(values)
+    Ok(if negated {
+        RunSelector::NotIn(names)
     } else {
-        RunSelector::NotIn(values)
+        RunSelector::In(names)
     })
-}
-
-/// `KEY in (...)` / `KEY notin (...)`: returns ((key, operator), rest).
-fn split_set_operator(selector: &str) -> Option<((&str, &'static str), &str)> {
-    for op in ["notin", "in"] {
-        let spaced = format!(" {op} ");
-        if let Some((key, rest)) = selector.split_once(&spaced) {
-            return Some(((key, op), rest));
-        }
-    }
-    None
 }
 
 /// The `ExternalMetricValueList` of `metric` for the runs of `namespace` the selector picks.

@@ -198,9 +198,12 @@ fn external_metrics_router(api: ExternalMetricsApi) -> Router {
         .with_state(api)
 }
 
+fn status_code(failure: &Failure) -> StatusCode {
+    StatusCode::from_u16(failure.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
 fn status_response(failure: &Failure) -> Response {
-    let code = StatusCode::from_u16(failure.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (code, Json(failure.to_status())).into_response()
+    (status_code(failure), Json(failure.to_status())).into_response()
 }
 
 fn unauthenticated() -> Failure {
@@ -288,9 +291,8 @@ async fn demand_json(
         Ok(demand) => Json(demand).into_response(),
         Err(err) => {
             let failure = Failure::from(err);
-            let code =
-                StatusCode::from_u16(failure.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            (code, Json(serde_json::json!({"error": failure.message}))).into_response()
+            let body = Json(serde_json::json!({"error": failure.message}));
+            (status_code(&failure), body).into_response()
         }
     }
 }
