@@ -630,26 +630,34 @@ async fn repair_rules_on_hand_made_ledgers() {
         "Workers=1 Evaluations=10 Acceptances=None/None (generation 3)"
     );
 
+    assert_eq!(snap.lost_workers, 0, "no repair yet");
     let repair = repair_lost_worker(&mut conn, "w").await.unwrap().unwrap();
     assert!(repair.left_generation && !repair.stale);
     assert_eq!(
         (repair.indices.clone(), repair.failures_added),
         (Some(8..=10), 2)
     );
+    // Counted by the script itself, in Redis, and read back by the snapshot.
+    assert_eq!(repair.lost_workers, 1);
+    assert_eq!(get_i(&mut conn, protocol::keys::LOST_WORKERS).await, Some(1));
     assert_eq!(get_i(&mut conn, "n_worker_ana_3").await, Some(0));
     assert_eq!(get_i(&mut conn, "n_fail_ana_3").await, Some(3));
     let done: Vec<i64> = conn.lrange("done_ixs_ana_3", 0, -1).await.unwrap();
     assert_eq!(done, [8, 9, 10]);
-    assert!(snapshot(&mut conn).await.ledgers.is_empty());
-    // Exactly once.
+    let snap = snapshot(&mut conn).await;
+    assert!(snap.ledgers.is_empty());
+    assert_eq!(snap.lost_workers, 1);
+    // Exactly once, and counted once.
     assert_eq!(repair_lost_worker(&mut conn, "w").await.unwrap(), None);
     assert_eq!(get_i(&mut conn, "n_fail_ana_3").await, Some(3));
+    assert_eq!(snapshot(&mut conn).await.lost_workers, 1);
 
     // n_worker already 0 (e.g. after reset-workers): never below 0.
     put_ledger(&mut conn, "w", &claim("3")).await;
     let repair = repair_lost_worker(&mut conn, "w").await.unwrap().unwrap();
     assert!(!repair.left_generation);
     assert_eq!(get_i(&mut conn, "n_worker_ana_3").await, Some(0));
+    assert_eq!(repair.lost_workers, 2, "its claim was given back: a repair");
 
     // The generation before the current one (look-ahead) is still live.
     put_ledger(&mut conn, "w", &claim("2")).await;
@@ -662,6 +670,7 @@ async fn repair_rules_on_hand_made_ledgers() {
     let repair = repair_lost_worker(&mut conn, "w").await.unwrap().unwrap();
     assert!(repair.stale && !repair.corrected());
     assert_eq!(get_i(&mut conn, "n_worker_ana_1").await, Some(1));
+    assert_eq!(repair.lost_workers, 3, "a stale ledger is not a lost worker");
     put_ledger(
         &mut conn,
         "w",
@@ -708,6 +717,7 @@ async fn repair_rules_on_hand_made_ledgers() {
     .await;
     let repair = repair_lost_worker(&mut conn, "w").await.unwrap().unwrap();
     assert!(!repair.lock_released);
+    assert_eq!(repair.lost_workers, 3);
     assert_eq!(
         conn.get::<_, Option<String>>("worker")
             .await
@@ -733,6 +743,8 @@ async fn repair_rules_on_hand_made_ledgers() {
 
     // Never a ledger: no-op.
     assert_eq!(repair_lost_worker(&mut conn, "nobody").await.unwrap(), None);
+    // The look-ahead repair and the lock release counted; nothing else did.
+    assert_eq!(snapshot(&mut conn).await.lost_workers, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,8 @@ known dead.
 
 Ledger: hash `abc_operator:ledger:{id}`, listed in the set `abc_operator:ledgers`.
 Deleting the hash is part of every repair, so the hash is the token that makes a repair
-happen at most once; every ledger-keeping script refuses to touch a counter once its
+happen at most once; a repair that corrects something also counts it in
+`abc_operator:lost_workers`, in the same step; every ledger-keeping script refuses to touch a counter once its
 ledger is gone (a worker declared lost that was only hung), and the worker then exits 3.
 
 Environment:
@@ -44,6 +45,7 @@ from redis.lock import Lock
 
 LEDGER_SET = 'abc_operator:ledgers'
 LEDGER_PREFIX = 'abc_operator:ledger:'
+LOST_WORKERS = 'abc_operator:lost_workers'
 EXIT_ERROR, EXIT_CONFIG, EXIT_LOST = 1, 2, 3
 GONE = 'ABC_LEDGER_GONE'
 
@@ -185,10 +187,10 @@ return 0
 # The operator runs this same script (it reads it from this file, between the markers).
 REPAIR_LUA = """
 -- abc-operator repair script: begin
--- KEYS: ledger hash, ledger set. ARGV: ledger id.
+-- KEYS: ledger hash, ledger set, lost-worker counter. ARGV: ledger id.
 -- Gives back what a dead worker owes, once: deleting the ledger is part of the repair.
 -- Returns nil without a ledger, else {analysis, generation, left, first, last,
--- failures_added, jobs_returned, lock_released, stale}.
+-- failures_added, jobs_returned, lock_released, stale, lost_workers}.
 local raw = redis.call('HGETALL', KEYS[1])
 if #raw == 0 then
   redis.call('SREM', KEYS[2], ARGV[1])
@@ -240,11 +242,17 @@ if f['lock_name'] and f['lock_token'] and redis.call('GET', f['lock_name']) == f
 end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
+local lost
 if left == 1 or last > 0 or jobs > 0 or unlocked == 1 then
+  -- counted here, in the same step as the correction, so that no crash of whoever runs the
+  -- repair can lose or double a lost worker
+  lost = redis.call('INCR', KEYS[3])
   -- live workers re-enter the generation (they join only on a message)
   redis.call('PUBLISH', 'abc_msg_pubsub', 'start')
+else
+  lost = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
 end
-return {ana or false, t or false, left, first, last, failed, jobs, unlocked, stale}
+return {ana or false, t or false, left, first, last, failed, jobs, unlocked, stale, lost}
 -- abc-operator repair script: end
 """
 
@@ -420,10 +428,10 @@ def settle(admin, state: State, why: str):
     container), it gives the obligations back exactly like the operator would.
     """
     repair = admin.register_script(REPAIR_LUA)
-    result = repair(keys=[state.ledger_key, LEDGER_SET], args=[state.ledger_id])
+    result = repair(keys=[state.ledger_key, LEDGER_SET, LOST_WORKERS], args=[state.ledger_id])
     if result is None:
         return
-    ana, t, left, first, last, failed, jobs, unlocked, stale = result
+    ana, t, left, first, last, failed, jobs, unlocked, stale, _lost = result
     if left or last or jobs or unlocked:
         log.warning(
             f'{why}: repaired ledger {state.ledger_id} (generation {_text(t)}): '
