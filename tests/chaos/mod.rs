@@ -211,7 +211,7 @@ impl Chaos {
                 // Every other kill (and every calibration kill) picks a worker that is inside
                 // a generation right now, so that some victims surely owe something; the others
                 // pick any worker, idle ones included.
-                let inside = self.calibration_only || kills.len() % 2 == 0;
+                let inside = self.calibration_only || kills.len().is_multiple_of(2);
                 let candidates: Vec<usize> = registered_live
                     .iter()
                     .copied()
