@@ -14,8 +14,9 @@ known dead.
 Ledger: hash `abc_operator:ledger:{id}`, listed in the set `abc_operator:ledgers`.
 Deleting the hash is part of every repair, so the hash is the token that makes a repair
 happen at most once; a repair that corrects something also counts it in
-`abc_operator:lost_workers`, in the same step; every ledger-keeping script refuses to touch a counter once its
-ledger is gone (a worker declared lost that was only hung), and the worker then exits 3.
+`abc_operator:lost_workers`, in the same step. Every ledger-keeping script refuses to touch a
+counter once its ledger is gone (a worker declared lost that was only hung), and the worker
+then exits 3.
 
 Environment:
   ABC_REDIS_HOST, ABC_REDIS_PORT, ABC_REDIS_PASSWORD   the run's Redis
@@ -482,7 +483,9 @@ def settle(admin, state: State, why: str):
     container), it gives the obligations back exactly like the operator would.
     """
     repair = admin.register_script(REPAIR_LUA)
-    result = repair(keys=[state.ledger_key, LEDGER_SET, LOST_WORKERS], args=[state.ledger_id])
+    result = repair(
+        keys=[state.ledger_key, LEDGER_SET, LOST_WORKERS], args=[state.ledger_id]
+    )
     if result is None:
         return
     ana, t, left, first, last, failed, jobs, unlocked, stale, _lost = result
