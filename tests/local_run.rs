@@ -390,6 +390,10 @@ fn killed_worker_is_repaired_and_the_run_completes() {
     );
     assert_eq!(repaired["worker"], victim.0.as_str());
     assert_eq!(repaired["repair"]["left_generation"], true, "{repaired}");
+    assert_eq!(
+        repaired["lost_workers"], 1,
+        "counted by the repair script in Redis: {repaired}"
+    );
     run.wait_event("the replacement worker", Duration::from_secs(10), |e| {
         e["event"] == "worker_started" && e["worker"] == format!("{}-r2", victim.0).as_str()
     });
@@ -405,6 +409,7 @@ fn killed_worker_is_repaired_and_the_run_completes() {
     let finished = by_event(&events, "finished");
     assert_eq!(finished.len(), 1);
     assert_eq!(finished[0]["exit_code"], 0);
+    assert_eq!(finished[0]["lost_workers"], 1, "{}", finished[0]);
     assert!(
         run.stderr().contains("master | slow done: 3 generations"),
         "{}",

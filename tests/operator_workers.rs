@@ -106,6 +106,75 @@ async fn a_worker_pod_lost_mid_generation_is_repaired_once_and_the_run_completes
     drop(controller);
 }
 
+/// A repair whose status write was lost (the controller crashed right after the repair
+/// script) is still counted: the script counts it in the run's Redis and the controller reads
+/// that. And the count never goes back, even when Redis loses its data.
+#[tokio::test]
+async fn lost_worker_count_survives_a_controller_crash_and_a_redis_reset() {
+    let s = setup("wk-count", 0, "10m", "0").await;
+    let mut conn = abc_operator::protocol::connect(&s.redis.endpoint())
+        .await
+        .unwrap();
+    let set = |key: &str, value: &str| redis::cmd("SET").arg(key).arg(value).clone();
+    // A generation, and the ledger of a worker that died inside it.
+    for (key, value) in [
+        ("analysis_id", "ana"),
+        ("generation_ana", "0"),
+        ("n_worker_ana_0", "1"),
+    ] {
+        let _: () = set(key, value).query_async(&mut conn).await.unwrap();
+    }
+    let _: () = redis::cmd("HSET")
+        .arg(abc_operator::protocol::keys::ledger_key("gone-pod"))
+        .arg(&["analysis", "ana", "generation", "0", "joined", "1"][..])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SADD")
+        .arg(abc_operator::protocol::keys::LEDGER_SET)
+        .arg("gone-pod")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // The repair of a controller that crashed before it wrote the status.
+    let repair = abc_operator::protocol::repair_lost_worker(&mut conn, "gone-pod")
+        .await
+        .unwrap()
+        .expect("a ledger to repair");
+    assert!(repair.corrected() && repair.lost_workers == 1, "{repair:?}");
+
+    let controller = ControllerProcess::start(&s.ns.name);
+    eventually(60, "lostWorkers 1 in the status", || {
+        let runs = s.runs.clone();
+        async move {
+            let status = runs.get("sim").await.ok()?.status?;
+            (status.lost_workers == 1).then_some(())
+        }
+    })
+    .await;
+    assert!(
+        s.events("RepairedLostWorker").await.is_empty(),
+        "the new controller repaired nothing itself, it only counted"
+    );
+
+    // Redis loses its data (a Redis without persistence restarted) and a new analysis starts.
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    for (key, value) in [("analysis_id", "ana2"), ("generation_ana2", "0")] {
+        let _: () = set(key, value).query_async(&mut conn).await.unwrap();
+    }
+    let status = eventually(60, "the new analysis in the status", || {
+        let runs = s.runs.clone();
+        async move {
+            let status = runs.get("sim").await.ok()?.status?;
+            let analysis = status.progress.as_ref()?.analysis_id.clone();
+            (analysis.as_deref() == Some("ana2")).then_some(status)
+        }
+    })
+    .await;
+    assert_eq!(status.lost_workers, 1, "the count never goes back");
+    drop(controller);
+}
+
 #[tokio::test]
 async fn expired_workers_are_replaced_without_crash_loops() {
     let s = setup("wk-expiry", 3, "20s", "0.1").await;

@@ -5,6 +5,7 @@
 //! Needs `redis-server` on PATH and the pinned Python (`$ABC_PYTHON` or `.venv`; `make test`
 //! creates it). Every wait is bounded; every process is killed when its guard drops.
 
+mod chaos;
 mod support;
 
 use abc_operator::protocol::{
@@ -37,38 +38,49 @@ fn ledger<'a>(snap: &'a Snapshot, id: &str) -> &'a Ledger {
 
 /// What must hold in every snapshot of a run, whatever the instant.
 fn check_invariants(snap: &Snapshot) {
+    if let Some(broken) = violated_invariant(snap) {
+        panic!("{broken}");
+    }
+}
+
+/// The first invariant of [`check_invariants`] that `snap` breaks, if any.
+fn violated_invariant(snap: &Snapshot) -> Option<String> {
     for (name, value) in [
         ("n_worker", snap.n_worker),
         ("n_eval", snap.n_eval),
         ("n_acc", snap.n_acc),
         ("n_fail", snap.n_fail),
         ("n_job", snap.n_job),
+        ("n_lookahead_eval", snap.n_lookahead_eval),
     ] {
-        assert!(value.unwrap_or(0) >= 0, "{name} negative: {snap:#?}");
+        if value.unwrap_or(0) < 0 {
+            return Some(format!("{name} negative: {snap:#?}"));
+        }
     }
-    if let Some(n_worker) = snap.n_worker {
-        assert_eq!(
-            snap.joined_current().count() as i64,
-            n_worker,
+    if let Some(n_worker) = snap.n_worker
+        && snap.joined_current().count() as i64 != n_worker
+    {
+        return Some(format!(
             "ledgers joined to the current generation must equal pyABC's n_worker: {snap:#?}"
-        );
+        ));
     }
     for l in &snap.ledgers {
-        if l.claim.is_some() || l.jobs > 0 {
-            assert!(l.joined, "a claim or job outside a generation: {l:#?}");
+        if (l.claim.is_some() || l.jobs > 0) && !l.joined {
+            return Some(format!("a claim or job outside a generation: {l:#?}"));
         }
         if let Some(claim) = &l.claim {
-            assert!((0..=claim.count).contains(&claim.failures), "{l:#?}");
+            if !(0..=claim.count).contains(&claim.failures) {
+                return Some(format!("claim failures out of range: {l:#?}"));
+            }
             if let (Some(ana), Some(t)) = (&snap.analysis_id, snap.generation)
                 && l.in_generation(ana, t)
+                && claim.max_index > snap.n_eval.unwrap_or(0)
             {
-                assert!(
-                    claim.max_index <= snap.n_eval.unwrap_or(0),
-                    "claim beyond n_eval: {snap:#?}"
-                );
+                return Some(format!("claim beyond n_eval: {snap:#?}"));
             }
         }
     }
+    None
 }
 
 /// What the snapshots of a run showed.
@@ -630,26 +642,37 @@ async fn repair_rules_on_hand_made_ledgers() {
         "Workers=1 Evaluations=10 Acceptances=None/None (generation 3)"
     );
 
+    assert_eq!(snap.lost_workers, 0, "no repair yet");
     let repair = repair_lost_worker(&mut conn, "w").await.unwrap().unwrap();
     assert!(repair.left_generation && !repair.stale);
     assert_eq!(
         (repair.indices.clone(), repair.failures_added),
         (Some(8..=10), 2)
     );
+    // Counted by the script itself, in Redis, and read back by the snapshot.
+    assert_eq!(repair.lost_workers, 1);
+    assert_eq!(
+        get_i(&mut conn, protocol::keys::LOST_WORKERS).await,
+        Some(1)
+    );
     assert_eq!(get_i(&mut conn, "n_worker_ana_3").await, Some(0));
     assert_eq!(get_i(&mut conn, "n_fail_ana_3").await, Some(3));
     let done: Vec<i64> = conn.lrange("done_ixs_ana_3", 0, -1).await.unwrap();
     assert_eq!(done, [8, 9, 10]);
-    assert!(snapshot(&mut conn).await.ledgers.is_empty());
-    // Exactly once.
+    let snap = snapshot(&mut conn).await;
+    assert!(snap.ledgers.is_empty());
+    assert_eq!(snap.lost_workers, 1);
+    // Exactly once, and counted once.
     assert_eq!(repair_lost_worker(&mut conn, "w").await.unwrap(), None);
     assert_eq!(get_i(&mut conn, "n_fail_ana_3").await, Some(3));
+    assert_eq!(snapshot(&mut conn).await.lost_workers, 1);
 
     // n_worker already 0 (e.g. after reset-workers): never below 0.
     put_ledger(&mut conn, "w", &claim("3")).await;
     let repair = repair_lost_worker(&mut conn, "w").await.unwrap().unwrap();
     assert!(!repair.left_generation);
     assert_eq!(get_i(&mut conn, "n_worker_ana_3").await, Some(0));
+    assert_eq!(repair.lost_workers, 2, "its claim was given back: a repair");
 
     // The generation before the current one (look-ahead) is still live.
     put_ledger(&mut conn, "w", &claim("2")).await;
@@ -662,6 +685,10 @@ async fn repair_rules_on_hand_made_ledgers() {
     let repair = repair_lost_worker(&mut conn, "w").await.unwrap().unwrap();
     assert!(repair.stale && !repair.corrected());
     assert_eq!(get_i(&mut conn, "n_worker_ana_1").await, Some(1));
+    assert_eq!(
+        repair.lost_workers, 3,
+        "a stale ledger is not a lost worker"
+    );
     put_ledger(
         &mut conn,
         "w",
@@ -708,6 +735,7 @@ async fn repair_rules_on_hand_made_ledgers() {
     .await;
     let repair = repair_lost_worker(&mut conn, "w").await.unwrap().unwrap();
     assert!(!repair.lock_released);
+    assert_eq!(repair.lost_workers, 3);
     assert_eq!(
         conn.get::<_, Option<String>>("worker")
             .await
@@ -733,6 +761,8 @@ async fn repair_rules_on_hand_made_ledgers() {
 
     // Never a ledger: no-op.
     assert_eq!(repair_lost_worker(&mut conn, "nobody").await.unwrap(), None);
+    // The look-ahead repair and the lock release counted; nothing else did.
+    assert_eq!(snapshot(&mut conn).await.lost_workers, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -934,4 +964,79 @@ async fn redis_server_keeps_its_password_off_command_lines_and_cleans_up() {
         )),
         "{err}"
     );
+}
+
+// Chaos: random SIGKILLs of workers during real runs, repaired by the product's repair code
+// (see tests/chaos/mod.rs for what each run asserts).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_dynamic_sampler() {
+    chaos::Chaos {
+        name: "dynamic",
+        master_env: vec![("PROTO_BATCH_SIZE", "2"), ("PROTO_FAIL_RATE", "0.05")],
+        population: 30,
+        generations: 4,
+        model_sleep: "0.02",
+        workers: 4,
+        max_kills: 4,
+        kill_window: Duration::from_secs(40),
+        pause_ms: 400..1200,
+        calibration_only: false,
+    }
+    .run()
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_static_sampler() {
+    chaos::Chaos {
+        name: "static",
+        master_env: vec![("PROTO_SAMPLER", "static")],
+        population: 30,
+        generations: 4,
+        model_sleep: "0.02",
+        workers: 4,
+        max_kills: 4,
+        kill_window: Duration::from_secs(40),
+        pause_ms: 400..1200,
+        calibration_only: false,
+    }
+    .run()
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_look_ahead() {
+    chaos::Chaos {
+        name: "look-ahead",
+        master_env: vec![("PROTO_LOOK_AHEAD", "1")],
+        population: 30,
+        generations: 4,
+        model_sleep: "0.02",
+        workers: 4,
+        max_kills: 4,
+        kill_window: Duration::from_secs(40),
+        pause_ms: 400..1200,
+        calibration_only: false,
+    }
+    .run()
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_sigkill_in_calibration() {
+    chaos::Chaos {
+        name: "calibration",
+        master_env: vec![],
+        population: 40,
+        generations: 2,
+        model_sleep: "0.1",
+        workers: 3,
+        max_kills: 2,
+        kill_window: Duration::from_secs(60),
+        pause_ms: 100..300,
+        calibration_only: true,
+    }
+    .run()
+    .await;
 }

@@ -331,6 +331,10 @@ async fn read_redis(
     match ctx.redis.snapshot(run, endpoint).await {
         Ok(snapshot) => {
             observed.progress = Some(progress_of(&snapshot));
+            // The repair script counts in Redis itself, so a repair whose status write was
+            // lost (a controller crash) is counted here; max, so that a Redis that lost its
+            // data does not make the number go back.
+            observed.lost_workers = observed.lost_workers.max(snapshot.lost_workers);
             Some(snapshot)
         }
         Err(err) => {
@@ -374,7 +378,7 @@ async fn handle_workers(
                 let Some(endpoint) = endpoint else { continue };
                 match ctx.redis.repair(run, endpoint, &ledger_id).await {
                     Ok(Some(repair)) if repair.corrected() => {
-                        observed.lost_workers += 1;
+                        observed.lost_workers = observed.lost_workers.max(repair.lost_workers);
                         let labels = crate::metrics::RunLabels {
                             namespace: namespace.into(),
                             run: run.name_any(),

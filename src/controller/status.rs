@@ -24,7 +24,8 @@ pub struct Observed {
     pub master: Option<MasterState>,
     /// Progress read from Redis, when Redis answered.
     pub progress: Option<Progress>,
-    /// Workers repaired so far (carried over from the previous status plus new repairs).
+    /// Workers repaired so far: the larger of the previous status and the count the repair
+    /// script keeps in the run's Redis (`protocol::keys::LOST_WORKERS`).
     pub lost_workers: i64,
 }
 

@@ -192,6 +192,7 @@ mod tests {
             jobs_returned: 0,
             lock_released: false,
             stale: false,
+            lost_workers: 1,
         };
         assert_eq!(
             describe(&repair),

@@ -135,6 +135,7 @@ pub async fn run(args: RunArgs) -> Result<u8, LocalError> {
         stopping: false,
         poll_failed: false,
         last_poll: Instant::now(),
+        lost_workers: 0,
     };
     let outcome = runner.run_until_done(&mut signals).await;
     let result = runner.shutdown(outcome, &mut signals).await;
@@ -240,6 +241,9 @@ struct Runner {
     stopping: bool,
     poll_failed: bool,
     last_poll: Instant,
+    /// Lost workers repaired in this run: the count the repair script keeps in Redis (so
+    /// repairs made by a worker pod's own supervisor count too), never going back.
+    lost_workers: i64,
 }
 
 /// SIGINT or SIGTERM to the runner.
@@ -627,10 +631,11 @@ impl Runner {
             Ok(repairs) => {
                 let elapsed = round1(self.elapsed());
                 for repair in &repairs {
+                    self.lost_workers = self.lost_workers.max(repair.lost_workers);
                     // The note first: it ends the live line, so the warning starts on its own.
                     let note = self.renderer.note(
                         &format!("repaired lost worker {} ({exit})", redis::describe(repair)),
-                        json!({"event": "repaired", "worker": id, "exit": exit.to_string(), "repair": repair, "elapsed_s": elapsed}),
+                        json!({"event": "repaired", "worker": id, "exit": exit.to_string(), "repair": repair, "lost_workers": self.lost_workers, "elapsed_s": elapsed}),
                     );
                     self.printer.out(note);
                     tracing::warn!(worker = %id, ledger = %repair.ledger_id, %exit, %repair, "repaired lost worker");
@@ -664,6 +669,7 @@ impl Runner {
         match redis::observe(&mut self.conn).await {
             Ok((mut obs, snapshot)) => {
                 self.poll_failed = false;
+                self.lost_workers = self.lost_workers.max(snapshot.lost_workers);
                 obs.workers = self.slots.iter().filter(|s| s.running.is_some()).count();
                 let ended = match self.renderer.ending(&obs) {
                     Some((ana, t)) => redis::final_counts(&mut self.conn, &ana, t)
@@ -808,7 +814,13 @@ impl Runner {
                 return Err(err);
             }
         };
-        self.printer.event(json!({"event": "finished", "exit_code": code, "results_dir": self.dirs.results, "elapsed_s": elapsed}));
+        if self.lost_workers > 0 {
+            self.printer.say(format!(
+                "{} lost worker(s) repaired during the run",
+                self.lost_workers
+            ));
+        }
+        self.printer.event(json!({"event": "finished", "exit_code": code, "results_dir": self.dirs.results, "lost_workers": self.lost_workers, "elapsed_s": elapsed}));
         Ok(code)
     }
 

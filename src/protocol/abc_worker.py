@@ -13,8 +13,10 @@ known dead.
 
 Ledger: hash `abc_operator:ledger:{id}`, listed in the set `abc_operator:ledgers`.
 Deleting the hash is part of every repair, so the hash is the token that makes a repair
-happen at most once; every ledger-keeping script refuses to touch a counter once its
-ledger is gone (a worker declared lost that was only hung), and the worker then exits 3.
+happen at most once; a repair that corrects something also counts it in
+`abc_operator:lost_workers`, in the same step. Every ledger-keeping script refuses to touch a
+counter once its ledger is gone (a worker declared lost that was only hung), and the worker
+then exits 3.
 
 Environment:
   ABC_REDIS_HOST, ABC_REDIS_PORT, ABC_REDIS_PASSWORD   the run's Redis
@@ -44,6 +46,7 @@ from redis.lock import Lock
 
 LEDGER_SET = 'abc_operator:ledgers'
 LEDGER_PREFIX = 'abc_operator:ledger:'
+LOST_WORKERS = 'abc_operator:lost_workers'
 EXIT_ERROR, EXIT_CONFIG, EXIT_LOST = 1, 2, 3
 GONE = 'ABC_LEDGER_GONE'
 
@@ -78,7 +81,8 @@ return 1
 """
 
 # KEYS: ledger, pyABC counter. ARGV: op, amount (negative for DECRBY), analysis, generation.
-# The counter change pyABC asked for, and its shadow in the ledger.
+# The counter change pyABC asked for, and its shadow in the ledger. On the hot path (a claim,
+# once per batch) it makes 4 calls: EXISTS, INCRBY, GET mode, one HSET.
 COUNTER_LUA = """
 local ledger = KEYS[1]
 if redis.call('EXISTS', ledger) == 0 then
@@ -99,21 +103,25 @@ if op == 'leave' then
   forget_if_done()
   return value
 end
-redis.call('HSET', ledger, 'analysis', ARGV[3], 'generation', ARGV[4])
+local here = {'analysis', ARGV[3], 'generation', ARGV[4]}
 if op == 'join' then
-  redis.call('HSET', ledger, 'joined', '1')
+  redis.call('HSET', ledger, 'joined', '1', unpack(here))
 elseif op == 'claim' then
   -- a dynamic worker owns indices value-amount+1..value until it reports them in
   -- done_ixs; static evaluations are only counted and owe nothing
   if redis.call('GET', 'mode_' .. ARGV[3] .. '_' .. ARGV[4]) == 'dynamic' then
-    redis.call('HSET', ledger, 'claim_max', value, 'claim_n', amount, 'claim_fail', 0)
+    redis.call('HSET', ledger, 'claim_max', value, 'claim_n', amount, 'claim_fail', 0, unpack(here))
+  else
+    redis.call('HSET', ledger, unpack(here))
   end
 elseif op == 'fail' then
+  redis.call('HSET', ledger, unpack(here))
   -- already in n_fail: a repair must not count these again
   if redis.call('HEXISTS', ledger, 'claim_max') == 1 then
     redis.call('HINCRBY', ledger, 'claim_fail', amount)
   end
 elseif op == 'job' then
+  redis.call('HSET', ledger, unpack(here))
   -- n_job -1 takes a job, +1 gives it back
   if redis.call('HINCRBY', ledger, 'jobs', -amount) <= 0 then
     redis.call('HDEL', ledger, 'jobs')
@@ -123,15 +131,18 @@ end
 return value
 """
 
-# KEYS: ledger. ARGV: 'dynamic' or 'static', then pyABC's result pipeline, each command as
-# its argument count and its arguments. Runs the pipeline (INCRBY n_acc, RPUSH queue, RPUSH
-# done_ixs) and closes the claim (dynamic) or the held job (static) in the same step.
+# KEYS: ledger. ARGV: 'dynamic' or 'static'; for dynamic results the `{ana}_{t}` of the
+# generation, else ''; then pyABC's result pipeline, each command as its argument count and its
+# arguments. Runs the pipeline (INCRBY n_acc, RPUSH queue, RPUSH done_ixs) and closes the claim
+# (dynamic) or the held job (static) in the same step. Returns {pipeline replies, reads}: for
+# dynamic results, also the values that pyABC's loop reads right after reporting (see
+# LedgerRedis: they spare the worker one round trip each, per evaluation).
 RESULTS_LUA = """
 local ledger = KEYS[1]
 if redis.call('EXISTS', ledger) == 0 then
   return redis.error_reply('ABC_LEDGER_GONE this worker was declared lost and repaired')
 end
-local replies, i = {}, 2
+local replies, i = {}, 3
 while i <= #ARGV do
   local n, name, key = tonumber(ARGV[i]), string.upper(ARGV[i + 1]), ARGV[i + 2]
   if name == 'INCRBY' then
@@ -147,12 +158,18 @@ while i <= #ARGV do
   end
   i = i + n + 1
 end
+local reads = {}
 if ARGV[1] == 'dynamic' then
   redis.call('HDEL', ledger, 'claim_max', 'claim_n', 'claim_fail')
+  if ARGV[2] ~= '' then
+    local g = ARGV[2]
+    reads = redis.call('MGET', 'analysis_id', 'n_acc_' .. g, 'n_req_' .. g, 'n_eval_' .. g,
+      'n_fail_' .. g, 'is_look_ahead_' .. g)
+  end
 elseif redis.call('HINCRBY', ledger, 'jobs', -1) <= 0 then
   redis.call('HDEL', ledger, 'jobs')
 end
-return replies
+return {replies, reads}
 """
 
 # KEYS: ledger, lock. ARGV: token, expiry in ms or ''. pyABC's static lock has no expiry:
@@ -185,10 +202,10 @@ return 0
 # The operator runs this same script (it reads it from this file, between the markers).
 REPAIR_LUA = """
 -- abc-operator repair script: begin
--- KEYS: ledger hash, ledger set. ARGV: ledger id.
+-- KEYS: ledger hash, ledger set, lost-worker counter. ARGV: ledger id.
 -- Gives back what a dead worker owes, once: deleting the ledger is part of the repair.
 -- Returns nil without a ledger, else {analysis, generation, left, first, last,
--- failures_added, jobs_returned, lock_released, stale}.
+-- failures_added, jobs_returned, lock_released, stale, lost_workers}.
 local raw = redis.call('HGETALL', KEYS[1])
 if #raw == 0 then
   redis.call('SREM', KEYS[2], ARGV[1])
@@ -240,11 +257,17 @@ if f['lock_name'] and f['lock_token'] and redis.call('GET', f['lock_name']) == f
 end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
+local lost
 if left == 1 or last > 0 or jobs > 0 or unlocked == 1 then
+  -- counted here, in the same step as the correction, so that no crash of whoever runs the
+  -- repair can lose or double a lost worker
+  lost = redis.call('INCR', KEYS[3])
   -- live workers re-enter the generation (they join only on a message)
   redis.call('PUBLISH', 'abc_msg_pubsub', 'start')
+else
+  lost = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
 end
-return {ana or false, t or false, left, first, last, failed, jobs, unlocked, stale}
+return {ana or false, t or false, left, first, last, failed, jobs, unlocked, stale, lost}
 -- abc-operator repair script: end
 """
 
@@ -306,7 +329,16 @@ class LedgerLock(Lock):
 
 
 class LedgerRedis(redis.StrictRedis):
-    """StrictRedis whose counter changes and result pipelines also keep the ledger."""
+    """StrictRedis whose counter changes and result pipelines also keep the ledger.
+
+    Round trips per dynamic evaluation (batch size 1): pyABC's plain client makes 5 (GET n_acc,
+    GET n_req, GET analysis_id, INCRBY n_eval, the result MULTI/EXEC; 8 in the calibration
+    sample), this one 2: the claim script and the result script, which also reads, in the
+    same atomic step, the values pyABC's loop checks next. Those reads are served once each,
+    only until the next command of any other kind, so they are never older than the result
+    they came with; pyABC's own GETs are no more recent than that, since other workers change
+    the counters between them anyway.
+    """
 
     def __init__(self, *args, **kwargs):
         # Workers wait indefinitely for messages between generations; redis-py 8 defaults
@@ -320,16 +352,30 @@ class LedgerRedis(redis.StrictRedis):
             'lock_acquire': self.register_script(LOCK_ACQUIRE_LUA),
             'lock_release': self.register_script(LOCK_RELEASE_LUA),
         }
+        # key -> value read by the last result script, for pyABC's next GETs
+        self._reads = {}
 
     def ledger_script(self, name, keys, args):
+        """EVALSHA of a ledger script, straight to the connection (no wrapper on the hot
+        path); loads the script once if the server does not know it yet."""
+        script = self._scripts[name]
+        command = ('EVALSHA', script.sha, len(keys) + 1, STATE.ledger_key, *keys, *args)
         try:
-            return self._scripts[name](keys=[STATE.ledger_key, *keys], args=args, client=self)
+            try:
+                return super().execute_command(*command)
+            except redis.exceptions.NoScriptError:
+                script.sha = super().execute_command('SCRIPT LOAD', script.script)
+                return super().execute_command('EVALSHA', script.sha, *command[2:])
         except redis.exceptions.ResponseError as err:
             if _gone(err):
                 raise LedgerGone(str(err)) from None
             raise
 
     def execute_command(self, *args, **options):
+        if self._reads:
+            if args[0] == 'GET' and len(args) == 2 and args[1] in self._reads:
+                return self._reads.pop(args[1])
+            self._reads = {}
         op = self._ledger_op(args)
         if op is None:
             return super().execute_command(*args, **options)
@@ -345,10 +391,13 @@ class LedgerRedis(redis.StrictRedis):
     @staticmethod
     def _ledger_op(args):
         """(op, key, amount, analysis, generation) for a pyABC counter change, else None."""
-        if len(args) != 3 or _text(args[0]).upper() not in ('INCRBY', 'DECRBY'):
+        if len(args) != 3:
+            return None
+        command = _text(args[0]).upper()
+        if command != 'INCRBY' and command != 'DECRBY':
             return None
         key = _text(args[1])
-        amount = int(args[2]) * (1 if _text(args[0]).upper() == 'INCRBY' else -1)
+        amount = int(args[2]) * (1 if command == 'INCRBY' else -1)
         for prefix, up, down in COUNTER_OPS:
             if key.startswith(prefix):
                 analysis, _, generation = key[len(prefix):].rpartition('_')
@@ -357,19 +406,23 @@ class LedgerRedis(redis.StrictRedis):
 
     def pipeline(self, transaction=True, shard_hint=None):
         """pyABC reports results with a pipeline: run it as one ledger-keeping script."""
+        self._reads = {}
         pipe = super().pipeline(transaction, shard_hint)
         plain_execute = pipe.execute
 
         def execute(raise_on_error=True):
             commands = [args for args, _options in pipe.command_stack]
-            kind = _results_kind(commands)
+            kind, generation = _results_kind(commands)
             if kind is None:  # e.g. the worker's initial multi-GET: left untouched
                 return plain_execute(raise_on_error)
             pipe.reset()
-            flat = [kind]
+            flat = [kind, generation]
             for args in commands:
                 flat += [len(args), *args]
-            return self.ledger_script('results', [], flat)
+            replies, reads = self.ledger_script('results', [], flat)
+            if generation:
+                self._reads = dict(zip(_read_keys(generation), reads))
+            return replies
 
         pipe.execute = execute
         return pipe
@@ -379,14 +432,24 @@ class LedgerRedis(redis.StrictRedis):
         return super().lock(name, *args, **kwargs)
 
 
+def _read_keys(generation):
+    """The keys RESULTS_LUA reads for `{ana}_{t}`, in its order."""
+    return ['analysis_id'] + [
+        name + generation
+        for name in ('n_acc_', 'n_req_', 'n_eval_', 'n_fail_', 'is_look_ahead_')
+    ]
+
+
 def _results_kind(commands):
-    """'dynamic' for a pipeline reporting done indices, 'static' for a static result."""
+    """('dynamic', '{ana}_{t}') for a pipeline reporting done indices, ('static', '') for a
+    static result, (None, '') for any other pipeline."""
     pushes = [_text(args[1]) for args in commands if _text(args[0]).upper() == 'RPUSH']
-    if any(key.startswith('done_ixs_') for key in pushes):
-        return 'dynamic'
+    for key in pushes:
+        if key.startswith('done_ixs_'):
+            return 'dynamic', key[len('done_ixs_'):]
     if any(key.startswith('queue_') for key in pushes):
-        return 'static'
-    return None
+        return 'static', ''
+    return None, ''
 
 
 # ---------------------------------------------------------------------------------------
@@ -420,10 +483,12 @@ def settle(admin, state: State, why: str):
     container), it gives the obligations back exactly like the operator would.
     """
     repair = admin.register_script(REPAIR_LUA)
-    result = repair(keys=[state.ledger_key, LEDGER_SET], args=[state.ledger_id])
+    result = repair(
+        keys=[state.ledger_key, LEDGER_SET, LOST_WORKERS], args=[state.ledger_id]
+    )
     if result is None:
         return
-    ana, t, left, first, last, failed, jobs, unlocked, stale = result
+    ana, t, left, first, last, failed, jobs, unlocked, stale, _lost = result
     if left or last or jobs or unlocked:
         log.warning(
             f'{why}: repaired ledger {state.ledger_id} (generation {_text(t)}): '

@@ -52,6 +52,12 @@ pub const STATIC_WORKER_LOCK: &str = "worker";
 pub const LEDGER_SET: &str = "abc_operator:ledgers";
 /// Prefix of a worker's ledger hash: `abc_operator:ledger:{id}`.
 pub const LEDGER_PREFIX: &str = "abc_operator:ledger:";
+/// Workers repaired on this Redis so far: INCRed by the repair script itself, in the same atomic
+/// step as the correction, only when it corrected something. Per Redis rather than per
+/// analysis: a run owns its Redis (pyABC holds one analysis at a time on it) and counts lost
+/// workers over its whole life, across the analyses its master runs, so one key read in the
+/// snapshot is the run's count, with nothing to sum or scan.
+pub const LOST_WORKERS: &str = "abc_operator:lost_workers";
 
 /// Appends ids to a variable name exactly like pyABC's `idfy`:
 /// `idfy("n_eval", ["abc", "3"])` is `n_eval_abc_3`.

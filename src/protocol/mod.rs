@@ -29,6 +29,11 @@
 //! that was only hung exits instead of counting twice. Idle ledgers (registered, owing
 //! nothing) are normal; a worker that exits normally removes its own.
 //!
+//! A repair that corrected something also INCRs `abc_operator:lost_workers`
+//! ([`keys::LOST_WORKERS`]) in the same script, so the count of lost workers survives a crash
+//! of whoever ran the repair (it is in [`Snapshot::lost_workers`] and [`Repair::lost_workers`]);
+//! a second call for the same worker finds no ledger and counts nothing.
+//!
 //! The repair script lives in the entrypoint (the worker also runs it on its own ledger at
 //! exit and for a predecessor with its id at start); [`repair_lost_worker`] runs the same.
 //! It corrects counters only for the current analysis, in its current generation or the one

@@ -1,6 +1,6 @@
 //! The exact, once-only repair of a lost worker.
 
-use super::keys::{LEDGER_SET, ledger_key};
+use super::keys::{LEDGER_SET, LOST_WORKERS, ledger_key};
 use super::{ProtocolError, WORKER_ENTRYPOINT, integer, text};
 use redis::Value;
 use serde::Serialize;
@@ -49,6 +49,9 @@ pub struct Repair {
     pub lock_released: bool,
     /// The ledger belonged to an analysis or generation no longer running: only deleted.
     pub stale: bool,
+    /// Workers repaired on this Redis so far, this one included if it corrected something
+    /// (the repair script counts in [`LOST_WORKERS`] in the same atomic step).
+    pub lost_workers: i64,
 }
 
 impl Repair {
@@ -99,7 +102,8 @@ impl std::fmt::Display for Repair {
 /// Gives back what a dead worker owed, atomically and once: decrements n_worker if it had
 /// joined (never below 0), pushes its unreported indices to done_ixs and counts them as failed
 /// (minus failures already counted), returns its static jobs to n_job, releases pyABC's static
-/// lock if it held it, deletes the ledger, and publishes `start` so that live workers re-enter.
+/// lock if it held it, deletes the ledger, publishes `start` so that live workers re-enter, and
+/// counts the lost worker in [`LOST_WORKERS`] (all in one step, so no crash can lose the count).
 /// Counters of a ledger's analysis or generation that is no longer running are left alone
 /// (the ledger is only deleted). Without a ledger (already repaired, or never a worker) it
 /// does nothing and returns `None`.
@@ -116,6 +120,7 @@ where
     let reply: Value = REPAIR
         .key(ledger_key(ledger_id))
         .key(LEDGER_SET)
+        .key(LOST_WORKERS)
         .arg(ledger_id)
         .invoke_async(conn)
         .await?;
@@ -133,7 +138,7 @@ where
 fn parse(ledger_id: &str, reply: Value) -> Result<Option<Repair>, ProtocolError> {
     let items = match reply {
         Value::Nil => return Ok(None),
-        Value::Array(items) if items.len() == 9 => items,
+        Value::Array(items) if items.len() == 10 => items,
         other => {
             return Err(ProtocolError::NotPyabc(format!(
                 "unexpected repair reply {other:?}"
@@ -158,6 +163,7 @@ fn parse(ledger_id: &str, reply: Value) -> Result<Option<Repair>, ProtocolError>
         jobs_returned: number(6)?,
         lock_released: number(7)? == 1,
         stale: number(8)? == 1,
+        lost_workers: number(9)?,
     }))
 }
 
@@ -189,8 +195,10 @@ mod tests {
             int(0),
             int(0),
             int(0),
+            int(4),
         ]);
         let repair = parse("w", reply).unwrap().unwrap();
+        assert_eq!(repair.lost_workers, 4);
         assert_eq!(repair.generation, Some(-1));
         assert_eq!(repair.indices, Some(19..=20));
         assert!(repair.corrected());

@@ -1,6 +1,6 @@
 //! One consistent read of a run's Redis: the current generation's counters and every ledger.
 
-use super::keys::{LEDGER_PREFIX, LEDGER_SET};
+use super::keys::{LEDGER_PREFIX, LEDGER_SET, LOST_WORKERS};
 use super::{ProtocolError, integer, text};
 use redis::Value;
 use serde::Serialize;
@@ -38,6 +38,7 @@ for _, id in ipairs(read(KEYS[1], 'set') or {}) do
   if fields and #fields > 0 then ledgers[#ledgers + 1] = {id, fields} end
 end
 out[15] = ledgers
+out[16] = read(KEYS[2], 'string')
 if problem then return redis.error_reply('ABC_NOT_PYABC ' .. problem) end
 return out
 "#;
@@ -177,6 +178,9 @@ pub struct Snapshot {
     pub is_look_ahead: Option<bool>,
     /// Every worker ledger, sorted by id.
     pub ledgers: Vec<Ledger>,
+    /// Workers repaired on this Redis so far ([`LOST_WORKERS`], counted by the repair script
+    /// itself); 0 before the first repair.
+    pub lost_workers: i64,
 }
 
 impl Snapshot {
@@ -187,6 +191,7 @@ impl Snapshot {
     {
         let reply: Value = SNAPSHOT
             .key(LEDGER_SET)
+            .key(LOST_WORKERS)
             .arg(LEDGER_PREFIX)
             .invoke_async(conn)
             .await?;
@@ -240,6 +245,11 @@ impl Snapshot {
             }
         }
         ledgers.sort_by(|a, b| a.id.cmp(&b.id));
+        let what = format!("key {LOST_WORKERS}");
+        let lost_workers = match items.get(15) {
+            Some(value) => integer(text(value, &what)?.as_deref(), &what)?.unwrap_or(0),
+            None => 0,
+        };
         Ok(Snapshot {
             time_ms: seconds * 1000 + micros / 1000,
             analysis_id,
@@ -255,6 +265,7 @@ impl Snapshot {
             all_accepted: flag(12, "all_accepted")?,
             is_look_ahead: flag(13, "is_look_ahead")?,
             ledgers,
+            lost_workers,
         })
     }
 
@@ -366,7 +377,12 @@ mod tests {
             ),
             ledger("w-0", &[("worker", "w"), ("heartbeat", "1700000000000")]),
         ];
-        let snap = Snapshot::parse(reply(&values, ledgers)).unwrap();
+        let Value::Array(mut items) = reply(&values, ledgers) else {
+            unreachable!()
+        };
+        items.push(bulk("3"));
+        let snap = Snapshot::parse(Value::Array(items)).unwrap();
+        assert_eq!(snap.lost_workers, 3);
         assert_eq!(snap.time_ms, 1_700_000_000_250);
         assert_eq!(snap.mode, Some(Mode::Dynamic));
         assert_eq!(snap.n_job, None);
@@ -391,6 +407,7 @@ mod tests {
         let none = [None; 12];
         let snap = Snapshot::parse(reply(&none, vec![])).unwrap();
         assert_eq!(snap.info_line(), "No active generation");
+        assert_eq!(snap.lost_workers, 0, "no repair yet");
         let mut values = [None; 12];
         values[0] = Some("ana");
         values[1] = Some("-1");
@@ -426,5 +443,13 @@ mod tests {
             "{err}"
         );
         assert!(Snapshot::parse(Value::Int(3)).is_err());
+        let Value::Array(mut items) = reply(&[None; 12], vec![]) else {
+            unreachable!()
+        };
+        items.push(bulk("many"));
+        let err = Snapshot::parse(Value::Array(items))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(LOST_WORKERS) && err.contains("many"), "{err}");
     }
 }
