@@ -262,10 +262,15 @@ if left == 1 or last > 0 or jobs > 0 or unlocked == 1 then
   -- counted here, in the same step as the correction, so that no crash of whoever runs the
   -- repair can lose or double a lost worker
   lost = redis.call('INCR', KEYS[3])
-  -- live workers re-enter the generation (they join only on a message)
-  redis.call('PUBLISH', 'abc_msg_pubsub', 'start')
 else
   lost = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
+end
+if last > 0 or jobs > 0 then
+  -- work was given back: live workers that left re-enter the generation to do it (they join
+  -- only on a message). Not after a bare n_worker -1: the generation may be ending, and a
+  -- static master that saw n_worker 0 deletes the generation's keys under a worker joining
+  -- then, whose leaving makes n_worker -1.
+  redis.call('PUBLISH', 'abc_msg_pubsub', 'start')
 end
 return {ana or false, t or false, left, first, last, failed, jobs, unlocked, stale, lost}
 -- abc-operator repair script: end
