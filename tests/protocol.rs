@@ -765,6 +765,71 @@ async fn repair_rules_on_hand_made_ledgers() {
     assert_eq!(snapshot(&mut conn).await.lost_workers, 4);
 }
 
+/// `start` wakes idle workers into the current generation: only worth it when the repair gave
+/// work back. After a bare n_worker -1 the generation may be ending, and a static master that
+/// saw n_worker 0 deletes its keys under workers joining then (their leaving makes n_worker -1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_publishes_start_only_when_it_gives_work_back() {
+    use futures::StreamExt;
+    let redis = server();
+    let mut conn = connect(&redis).await;
+    set_all(
+        &mut conn,
+        &[
+            ("analysis_id", "ana"),
+            ("generation_ana", "3"),
+            ("mode_ana_3", "dynamic"),
+            ("n_worker_ana_3", "2"),
+            ("n_eval_ana_3", "10"),
+            ("n_fail_ana_3", "0"),
+        ],
+    )
+    .await;
+    let mut pubsub = redis::Client::open(redis.url())
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    pubsub.subscribe(protocol::keys::MSG).await.unwrap();
+    let mut messages = pubsub.on_message();
+    let joined = [("analysis", "ana"), ("generation", "3"), ("joined", "1")];
+
+    put_ledger(&mut conn, "between-claims", &joined).await;
+    let repair = repair_lost_worker(&mut conn, "between-claims")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(repair.left_generation && repair.indices.is_none());
+    assert_eq!(repair.lost_workers, 1, "a lost worker all the same");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), messages.next())
+            .await
+            .is_err(),
+        "no start after a bare n_worker -1"
+    );
+
+    put_ledger(
+        &mut conn,
+        "claiming",
+        &[joined.as_slice(), &[("claim_max", "10"), ("claim_n", "1")]].concat(),
+    )
+    .await;
+    let repair = repair_lost_worker(&mut conn, "claiming")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(repair.indices, Some(10..=10));
+    let message = tokio::time::timeout(Duration::from_secs(5), messages.next())
+        .await
+        .expect("start after giving indices back")
+        .unwrap();
+    assert_eq!(
+        message.get_payload::<String>().unwrap(),
+        protocol::keys::START
+    );
+    assert_eq!(get_i(&mut conn, "n_worker_ana_3").await, Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manager_commands_and_dead_master_lock() {
     let redis = server();

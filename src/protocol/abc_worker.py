@@ -163,8 +163,7 @@ if ARGV[1] == 'dynamic' then
   redis.call('HDEL', ledger, 'claim_max', 'claim_n', 'claim_fail')
   if ARGV[2] ~= '' then
     local g = ARGV[2]
-    reads = redis.call('MGET', 'analysis_id', 'n_acc_' .. g, 'n_req_' .. g, 'n_eval_' .. g,
-      'n_fail_' .. g, 'is_look_ahead_' .. g)
+    reads = redis.call('MGET', 'analysis_id', 'n_acc_' .. g, 'n_req_' .. g, 'is_look_ahead_' .. g)
   end
 elseif redis.call('HINCRBY', ledger, 'jobs', -1) <= 0 then
   redis.call('HDEL', ledger, 'jobs')
@@ -262,10 +261,15 @@ if left == 1 or last > 0 or jobs > 0 or unlocked == 1 then
   -- counted here, in the same step as the correction, so that no crash of whoever runs the
   -- repair can lose or double a lost worker
   lost = redis.call('INCR', KEYS[3])
-  -- live workers re-enter the generation (they join only on a message)
-  redis.call('PUBLISH', 'abc_msg_pubsub', 'start')
 else
   lost = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
+end
+if last > 0 or jobs > 0 then
+  -- work was given back: live workers that left re-enter the generation to do it (they join
+  -- only on a message). Not after a bare n_worker -1: the generation may be ending, and a
+  -- static master that saw n_worker 0 deletes the generation's keys under a worker joining
+  -- then, whose leaving makes n_worker -1.
+  redis.call('PUBLISH', 'abc_msg_pubsub', 'start')
 end
 return {ana or false, t or false, left, first, last, failed, jobs, unlocked, stale, lost}
 -- abc-operator repair script: end
@@ -333,8 +337,8 @@ class LedgerRedis(redis.StrictRedis):
 
     Round trips per dynamic evaluation (batch size 1): pyABC's plain client makes 5 (GET n_acc,
     GET n_req, GET analysis_id, INCRBY n_eval, the result MULTI/EXEC; 8 in the calibration
-    sample), this one 2: the claim script and the result script, which also reads, in the
-    same atomic step, the values pyABC's loop checks next. Those reads are served once each,
+    sample), this one 2 (6 in the calibration sample): the claim script and the result script,
+    which also reads, in the same atomic step, the values pyABC's loop checks next. Those reads are served once each,
     only until the next command of any other kind, so they are never older than the result
     they came with; pyABC's own GETs are no more recent than that, since other workers change
     the counters between them anyway.
@@ -434,9 +438,11 @@ class LedgerRedis(redis.StrictRedis):
 
 def _read_keys(generation):
     """The keys RESULTS_LUA reads for `{ana}_{t}`, in its order."""
+    # Not n_eval and n_fail: they bound the evaluations of the calibration sample and of
+    # look-ahead sampling, where pyABC reads them right before it claims; read earlier, they
+    # would let a worker claim more often past that bound than pyABC's own client does.
     return ['analysis_id'] + [
-        name + generation
-        for name in ('n_acc_', 'n_req_', 'n_eval_', 'n_fail_', 'is_look_ahead_')
+        name + generation for name in ('n_acc_', 'n_req_', 'is_look_ahead_')
     ]
 
 

@@ -55,7 +55,8 @@ pub struct Repair {
 }
 
 impl Repair {
-    /// Whether any pyABC counter or lock changed (and `start` was published).
+    /// Whether any pyABC counter or lock changed (a lost worker, counted in
+    /// [`LOST_WORKERS`]; `start` was published if work was given back).
     pub fn corrected(&self) -> bool {
         self.left_generation
             || self.indices.is_some()
@@ -102,8 +103,9 @@ impl std::fmt::Display for Repair {
 /// Gives back what a dead worker owed, atomically and once: decrements n_worker if it had
 /// joined (never below 0), pushes its unreported indices to done_ixs and counts them as failed
 /// (minus failures already counted), returns its static jobs to n_job, releases pyABC's static
-/// lock if it held it, deletes the ledger, publishes `start` so that live workers re-enter, and
-/// counts the lost worker in [`LOST_WORKERS`] (all in one step, so no crash can lose the count).
+/// lock if it held it, deletes the ledger, publishes `start` if it gave work back (indices or
+/// jobs) so that live workers re-enter, and counts the lost worker in [`LOST_WORKERS`] (all in
+/// one step, so no crash can lose the count).
 /// Counters of a ledger's analysis or generation that is no longer running are left alone
 /// (the ledger is only deleted). Without a ledger (already repaired, or never a worker) it
 /// does nothing and returns `None`.
