@@ -44,7 +44,9 @@ pub struct Metrics {
     pub required: Family<RunLabels, Gauge>,
     pub evaluations: Family<RunLabels, Gauge>,
     pub active_workers: Family<RunLabels, Gauge>,
-    pub lost_workers: Family<RunLabels, Counter>,
+    /// `status.lostWorkers`: counted in the run's Redis by the repair itself, so it survives
+    /// controller restarts (a gauge that only grows).
+    pub lost_workers: Family<RunLabels, Gauge>,
     /// The autoscaling demand (see [`crate::autoscaling::Demand`]).
     pub evaluations_needed: Family<RunLabels, Gauge>,
     pub analysis_active: Family<RunLabels, Gauge>,
@@ -182,10 +184,10 @@ impl Metrics {
             &self.active_workers,
             &self.evaluations_needed,
             &self.analysis_active,
+            &self.lost_workers,
         ] {
             family.remove(&labels);
         }
-        self.lost_workers.remove(&labels);
         for phase in crate::api::Phase::ALL {
             self.run_phase.remove(&PhaseLabels {
                 namespace: namespace.into(),

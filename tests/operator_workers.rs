@@ -156,6 +156,15 @@ async fn lost_worker_count_survives_a_controller_crash_and_a_redis_reset() {
         s.events("RepairedLostWorker").await.is_empty(),
         "the new controller repaired nothing itself, it only counted"
     );
+    let series = format!(
+        "abc_operator_run_lost_workers{{namespace=\"{}\",run=\"sim\"}}",
+        s.ns.name
+    );
+    assert_eq!(
+        controller.metric(&series).await,
+        Some(1.0),
+        "the metric follows the status"
+    );
 
     // Redis loses its data (a Redis without persistence restarted) and a new analysis starts.
     let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();

@@ -379,11 +379,6 @@ async fn handle_workers(
                 match ctx.redis.repair(run, endpoint, &ledger_id).await {
                     Ok(Some(repair)) if repair.corrected() => {
                         observed.lost_workers = observed.lost_workers.max(repair.lost_workers);
-                        let labels = crate::metrics::RunLabels {
-                            namespace: namespace.into(),
-                            run: run.name_any(),
-                        };
-                        ctx.metrics.lost_workers.get_or_create(&labels).inc();
                         tracing::warn!(run = %run.name_any(), namespace, worker, ledger = ledger_id, reason, %repair, "repaired lost worker");
                         ctx.publish(
                             run,
@@ -627,6 +622,9 @@ fn record_metrics(ctx: &Context, namespace: &str, name: &str, status: &crate::ap
         .and_then(|d| d.parse().ok())
         .unwrap_or(0);
     m.workers_desired.get_or_create(&labels).set(desired);
+    m.lost_workers
+        .get_or_create(&labels)
+        .set(status.lost_workers);
     if let Some(p) = &status.progress {
         m.generation
             .get_or_create(&labels)
