@@ -1036,56 +1036,26 @@ async fn redis_server_keeps_its_password_off_command_lines_and_cleans_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_dynamic_sampler() {
-    chaos::Chaos {
-        name: "dynamic",
-        master_env: vec![("PROTO_BATCH_SIZE", "2"), ("PROTO_FAIL_RATE", "0.05")],
-        population: 30,
-        generations: 4,
-        model_sleep: "0.02",
-        workers: 4,
-        max_kills: 4,
-        kill_window: Duration::from_secs(40),
-        pause_ms: 400..1200,
-        calibration_only: false,
-    }
+    chaos::Chaos::repeated_kills(
+        "dynamic",
+        vec![("PROTO_BATCH_SIZE", "2"), ("PROTO_FAIL_RATE", "0.05")],
+    )
     .run()
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_static_sampler() {
-    chaos::Chaos {
-        name: "static",
-        master_env: vec![("PROTO_SAMPLER", "static")],
-        population: 30,
-        generations: 4,
-        model_sleep: "0.02",
-        workers: 4,
-        max_kills: 4,
-        kill_window: Duration::from_secs(40),
-        pause_ms: 400..1200,
-        calibration_only: false,
-    }
-    .run()
-    .await;
+    chaos::Chaos::repeated_kills("static", vec![("PROTO_SAMPLER", "static")])
+        .run()
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_look_ahead() {
-    chaos::Chaos {
-        name: "look-ahead",
-        master_env: vec![("PROTO_LOOK_AHEAD", "1")],
-        population: 30,
-        generations: 4,
-        model_sleep: "0.02",
-        workers: 4,
-        max_kills: 4,
-        kill_window: Duration::from_secs(40),
-        pause_ms: 400..1200,
-        calibration_only: false,
-    }
-    .run()
-    .await;
+    chaos::Chaos::repeated_kills("look-ahead", vec![("PROTO_LOOK_AHEAD", "1")])
+        .run()
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -54,6 +54,28 @@ pub struct Chaos {
     pub calibration_only: bool,
 }
 
+impl Chaos {
+    /// Up to 4 kills within 40 s of a 4-generation run (population 30, a fast model) that
+    /// starts with 4 workers: the sampler is the master's choice (`master_env`).
+    pub fn repeated_kills(
+        name: &'static str,
+        master_env: Vec<(&'static str, &'static str)>,
+    ) -> Chaos {
+        Chaos {
+            name,
+            master_env,
+            population: 30,
+            generations: 4,
+            model_sleep: "0.02",
+            workers: 4,
+            max_kills: 4,
+            kill_window: Duration::from_secs(40),
+            pause_ms: 400..1200,
+            calibration_only: false,
+        }
+    }
+}
+
 /// What happened to one victim.
 #[derive(Debug)]
 struct Kill {
