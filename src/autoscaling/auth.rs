@@ -178,10 +178,10 @@ impl Authorizer {
             .await
             .map_err(|e| format!("authorization check (SubjectAccessReview) failed: {e}"))?;
         let allowed = reviewed.status.is_some_and(|s| s.allowed);
-        self.decisions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, (allowed, Instant::now()));
+        let mut decisions = self.decisions.lock().unwrap_or_else(|e| e.into_inner());
+        // Expired decisions go on each insert, so the cache holds only the last TTL's callers.
+        decisions.retain(|_, (_, at)| at.elapsed() < DECISION_TTL);
+        decisions.insert(key, (allowed, Instant::now()));
         Ok(allowed)
     }
 }

@@ -116,14 +116,14 @@ pub struct DemandBoard {
 
 impl DemandBoard {
     /// Records the demand of a run in `phase`, from its Redis `snapshot` or the reason there is
-    /// none. A finished run needs no Redis: its demand is 0.
+    /// none, and returns it when known. A finished run needs no Redis: its demand is 0.
     pub fn record(
         &self,
         namespace: &str,
         name: &str,
         phase: Phase,
         snapshot: Result<&Snapshot, String>,
-    ) {
+    ) -> Option<Demand> {
         let mut runs = self.runs.write().unwrap_or_else(|e| e.into_inner());
         let key = (namespace.to_string(), name.to_string());
         let prior = runs.get(&key).and_then(|e| e.rate);
@@ -136,6 +136,7 @@ impl DemandBoard {
             Ok(d) => d.acceptance_rate.or(prior),
             Err(_) => prior,
         };
+        let known = reading.as_ref().ok().copied();
         runs.insert(
             key,
             Entry {
@@ -144,6 +145,7 @@ impl DemandBoard {
                 rate,
             },
         );
+        known
     }
 
     pub fn forget(&self, namespace: &str, name: &str) {

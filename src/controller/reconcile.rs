@@ -577,15 +577,14 @@ fn record_demand(
             .unwrap_or_else(|| "the run's Redis is not ready yet".into())
     });
     let phase = status.phase.unwrap_or(Phase::Pending);
-    ctx.demand.record(namespace, name, phase, reading);
+    let demand = ctx
+        .demand
+        .record(namespace, name, phase, reading)
+        .unwrap_or(crate::autoscaling::Demand::IDLE);
     let labels = crate::metrics::RunLabels {
         namespace: namespace.into(),
         run: name.into(),
     };
-    let demand = ctx
-        .demand
-        .get(namespace, name)
-        .unwrap_or(crate::autoscaling::Demand::IDLE);
     ctx.metrics
         .evaluations_needed
         .get_or_create(&labels)
