@@ -4,21 +4,26 @@ CARGO ?= cargo
 PYTHON := $(CURDIR)/.venv/bin/python
 TESTENV := $(CURDIR)/target/testenv
 
-.PHONY: demo test deps tools cluster cluster-down crds build bench lint helm-lint clean-testenv
+.PHONY: demo test deps tools cluster cluster-down cluster-real cluster-real-down crds build bench images
+# The operator image of the test cluster carries the debug build the tests use (tools/images.sh).
+OPERATOR_DEBUG_BIN = $${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/abc-operator
 
 ## demo: run the Gaussian example locally to the end (installs redis-server and pinned pyabc)
 demo: deps
 	$(CARGO) build --release --bin abc-operator
 	ABC_PYTHON=$(PYTHON) ./target/release/abc-operator run examples/gaussian/abcrun.yaml
 
-## test: every test, real parts included (redis-server, pyabc, a loopback control plane)
+## test: every test, real parts included (redis-server, pyabc, a loopback control plane with
+## a fake node, and one with a real node running the images built here)
 test: deps tools
 	@set -euo pipefail; \
-	env_dir=$(CURDIR)/target/testenv-test-$$$$; \
+	$(CARGO) build --bin abc-operator; \
+	env_dir=$(CURDIR)/target/testenv-test-$$$$; real_dir=$(CURDIR)/target/testenv-real-test-$$$$; \
+	trap 'tools/cluster.sh down '$$env_dir'; tools/cluster.sh down '$$real_dir EXIT; \
 	tools/cluster.sh up $$env_dir --owner-pid $$$$ >/dev/null; \
-	trap 'tools/cluster.sh down '$$env_dir EXIT; \
-	export ABC_TEST_KUBECONFIG=$$env_dir/kubeconfig ABC_PYTHON=$(PYTHON) \
-	       ABC_TOOLS_BIN=$$(tools/build.sh --print); \
+	ABC_OPERATOR_BIN=$(OPERATOR_DEBUG_BIN) tools/cluster.sh up $$real_dir --owner-pid $$$$ --real-node >/dev/null; \
+	export ABC_TEST_KUBECONFIG=$$env_dir/kubeconfig ABC_REAL_NODE_KUBECONFIG=$$real_dir/kubeconfig \
+	       ABC_PYTHON=$(PYTHON) ABC_TOOLS_BIN=$$(tools/build.sh --print); \
 	$(CARGO) test --all-targets --no-fail-fast -- --test-threads=4
 
 deps:
@@ -34,6 +39,15 @@ cluster: tools
 
 cluster-down:
 	tools/cluster.sh down $(TESTENV)
+
+## cluster-real: the control plane with a real node (kubelet, containerd, kube-proxy, CoreDNS)
+## holding the images built here; writes target/testenv-real/kubeconfig (root only)
+cluster-real: tools
+	$(CARGO) build --bin abc-operator
+	ABC_OPERATOR_BIN=$(OPERATOR_DEBUG_BIN) tools/cluster.sh up $(TESTENV)-real --real-node
+
+cluster-real-down:
+	tools/cluster.sh down $(TESTENV)-real
 
 ## crds: regenerate crds/ and the chart's CRD from the Rust types
 crds:

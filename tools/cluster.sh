@@ -2,13 +2,18 @@
 # A real Kubernetes control plane on loopback, as envtest starts one, plus kwok for fake nodes:
 # etcd, kube-apiserver, kube-controller-manager (all default controllers: Deployments,
 # ReplicaSets, Jobs, garbage collection, HPA), kube-scheduler and kwok with one fake node.
+# With --real-node, instead of the fake node: one real node (tools/node.sh: containerd, runc,
+# a CNI bridge, kubelet, kube-proxy, CoreDNS, and the project's images), and the API server on
+# the node's bridge address, so that pods reach it through the `kubernetes` Service.
 #
-# Usage: tools/cluster.sh up   [DIR] [--owner-pid PID]   start; DIR defaults to target/testenv
-#        tools/cluster.sh down [DIR]                     stop exactly what `up` started, remove data
+# Usage: tools/cluster.sh up   [DIR] [--owner-pid PID] [--real-node]
+#                                      start; DIR defaults to target/testenv
+#        tools/cluster.sh down [DIR]   stop exactly what `up` started, remove data
 #
 # `up` writes DIR/kubeconfig and returns once the node is Ready. Ports are picked free at start,
-# so several copies (parallel tests) do not collide. With --owner-pid the control plane is torn
-# down when that process exits (test binaries that started their own).
+# so several copies (parallel tests) do not collide; a real node exists once per machine (see
+# tools/node.sh). With --owner-pid the control plane is torn down when that process exits (test
+# binaries that started their own).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,9 +22,11 @@ cmd=${1:-}
 shift || true
 dir=$root/target/testenv
 owner=""
+real_node=false
 while [ $# -gt 0 ]; do
   case "$1" in
     --owner-pid) owner=$2; shift 2 ;;
+    --real-node) real_node=true; shift ;;
     *) dir=$1; shift ;;
   esac
 done
@@ -43,6 +50,10 @@ down() {
     kill -9 "$pid" 2>/dev/null || true
     rm -f "$pidfile"
   done
+  # The real node, if this control plane has it.
+  if [ -f /run/abc-node/dir ] && [ "$(cat /run/abc-node/dir)" = "$dir" ]; then
+    "$here/node.sh" down
+  fi
   if [ -f "$dir/pids/reaper" ] && [ "$(cat "$dir/pids/reaper")" != "$PPID" ]; then
     kill "$(cat "$dir/pids/reaper")" 2>/dev/null || true
   fi
@@ -54,7 +65,7 @@ if [ "$cmd" = "down" ]; then
   exit 0
 fi
 if [ "$cmd" != "up" ]; then
-  echo "usage: tools/cluster.sh up|down [DIR] [--owner-pid PID]" >&2
+  echo "usage: tools/cluster.sh up|down [DIR] [--owner-pid PID] [--real-node]" >&2
   exit 2
 fi
 
@@ -67,6 +78,17 @@ down
 bin=$("$here/build.sh")
 stages=$(dirname "$bin")/kwok-stages.yaml
 mkdir -p "$dir"/{pids,logs,pki,etcd}
+
+# The API server's address: loopback, or the real node's bridge address (which must exist
+# before the API server binds to it) so that pods reach it too.
+api_ip=127.0.0.1
+san=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc
+if [ "$real_node" = true ]; then
+  "$here/node.sh" net-up "$dir" || { rm -rf "$dir"; exit 1; }
+  api_ip=10.244.0.1
+  # Pods reach it as the `kubernetes` Service's first address and by its DNS names.
+  san=$san,IP:$api_ip,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc.cluster.local
+fi
 
 fail() {
   echo "tools/cluster.sh: $1 failed to start; its log follows" >&2
@@ -96,7 +118,7 @@ pki=$dir/pki
   openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 365 -subj "/CN=abc-testenv-ca" 2>/dev/null
   openssl req -x509 -newkey rsa:2048 -nodes -keyout front-proxy-ca.key -out front-proxy-ca.crt -days 365 -subj "/CN=abc-testenv-front-proxy-ca" 2>/dev/null
   # X.509 v3 extensions on every leaf: rustls (the Rust clients) refuses v1 certificates.
-  printf "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n" >san.ext
+  printf "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=$san\n" >san.ext
   printf "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n" >client.ext
   openssl req -newkey rsa:2048 -nodes -keyout apiserver.key -out apiserver.csr -subj "/CN=kube-apiserver" 2>/dev/null
   openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out apiserver.crt -days 365 -extfile san.ext 2>/dev/null
@@ -104,6 +126,9 @@ pki=$dir/pki
   openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out admin.crt -days 365 -extfile client.ext 2>/dev/null
   openssl req -newkey rsa:2048 -nodes -keyout front-proxy-client.key -out front-proxy-client.csr -subj "/CN=front-proxy-client" 2>/dev/null
   openssl x509 -req -in front-proxy-client.csr -CA front-proxy-ca.crt -CAkey front-proxy-ca.key -CAcreateserial -out front-proxy-client.crt -days 365 -extfile client.ext 2>/dev/null
+  # The API server's client identity towards kubelets (logs, exec, port-forward).
+  openssl req -newkey rsa:2048 -nodes -keyout kubelet-client.key -out kubelet-client.csr -subj "/O=system:masters/CN=kube-apiserver-kubelet-client" 2>/dev/null
+  openssl x509 -req -in kubelet-client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out kubelet-client.crt -days 365 -extfile client.ext 2>/dev/null
   openssl genrsa -out sa.key 2048 2>/dev/null
   openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
 ) || { echo "tools/cluster.sh: creating certificates with openssl failed" >&2; rm -rf "$dir"; exit 1; }
@@ -115,7 +140,7 @@ kind: Config
 clusters:
 - name: abc-testenv
   cluster:
-    server: https://127.0.0.1:$api_port
+    server: https://$api_ip:$api_port
     certificate-authority: $pki/ca.crt
 users:
 - name: admin
@@ -135,7 +160,7 @@ start etcd "$bin/etcd" --name default --data-dir "$dir/etcd" \
 
 start kube-apiserver "$bin/kube-apiserver" \
   --etcd-servers "http://127.0.0.1:$etcd_port" \
-  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+  --bind-address "$api_ip" --advertise-address "$api_ip" --secure-port "$api_port" \
   --cert-dir "$pki" --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
   --client-ca-file "$pki/ca.crt" --authorization-mode RBAC \
   --service-account-issuer https://kubernetes.default.svc.cluster.local \
@@ -145,7 +170,9 @@ start kube-apiserver "$bin/kube-apiserver" \
   --requestheader-allowed-names front-proxy-client \
   --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
   --requestheader-extra-headers-prefix X-Remote-Extra- \
-  --proxy-client-cert-file "$pki/front-proxy-client.crt" --proxy-client-key-file "$pki/front-proxy-client.key"
+  --proxy-client-cert-file "$pki/front-proxy-client.crt" --proxy-client-key-file "$pki/front-proxy-client.key" \
+  --kubelet-client-certificate "$pki/kubelet-client.crt" --kubelet-client-key "$pki/kubelet-client.key" \
+  --kubelet-preferred-address-types InternalIP,Hostname
 
 kubectl=("$bin/kubectl" --kubeconfig "$kubeconfig")
 for i in $(seq 600); do
@@ -167,6 +194,14 @@ start kube-scheduler "$bin/kube-scheduler" \
   --kubeconfig "$kubeconfig" --authentication-kubeconfig "$kubeconfig" --authorization-kubeconfig "$kubeconfig" \
   --bind-address 127.0.0.1 --secure-port "$sched_port" --leader-elect=false
 
+if [ "$real_node" = true ]; then
+  if ! "$here/node.sh" start "$dir" "$bin"; then
+    cp -r "$dir/logs" "$dir.failed-logs" 2>/dev/null || true
+    down
+    echo "tools/cluster.sh: the real node failed to start (above); logs kept in $dir.failed-logs" >&2
+    exit 1
+  fi
+else
 start kwok "$bin/kwok" --kubeconfig "$kubeconfig" --config "$stages" \
   --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
   --manage-nodes-with-label-selector= --disregard-status-with-annotation-selector=kwok.x-k8s.io/status=custom \
@@ -199,6 +234,7 @@ for i in $(seq 600); do
   [ "$i" = 600 ] && fail kwok
   sleep 0.2
 done
+fi
 
 if [ -n "$owner" ]; then
   # Tear down when the owning process exits; detached so it outlives this script.
@@ -207,5 +243,9 @@ if [ -n "$owner" ]; then
   echo $! >"$dir/pids/reaper"
 fi
 
-echo "control plane up; node kwok-node-0 Ready"
+if [ "$real_node" = true ]; then
+  echo "control plane up; real node abc-node-0 Ready"
+else
+  echo "control plane up; node kwok-node-0 Ready"
+fi
 echo "export KUBECONFIG=$kubeconfig"

@@ -3,6 +3,9 @@
 Model: y ~ N(mu, 0.5^2); prior: mu ~ U(-5, 5); observed: y = 2.0; distance: |y - y0|.
 The posterior of mu is close to N(2.0, 0.5^2) once epsilon is small.
 
+`GAUSSIAN_MODEL_SECONDS` (in the workers' environment; default 0) makes each simulation take
+that long: enough to watch a generation, scale the workers, or kill one in the middle of it.
+
 The master (this script) finds Redis and its results folder in the environment, which
 `abc-operator run` (locally) and the operator (on a cluster) set:
   ABC_REDIS_HOST, ABC_REDIS_PORT, ABC_REDIS_PASSWORD  where the workers are
@@ -13,6 +16,7 @@ Nothing else is written, so it runs with a read-only root filesystem.
 import os
 import sys
 import tempfile
+import time
 
 # pyabc imports matplotlib, which wants a writable config dir; on a read-only root
 # filesystem HOME may not be writable, so point it at a temp dir (or the results dir).
@@ -34,6 +38,10 @@ MAX_GENERATIONS = 5
 
 
 def model(parameter):
+    # Read where the model runs (a worker), so that the workers' environment sets it.
+    seconds = float(os.environ.get("GAUSSIAN_MODEL_SECONDS", "0"))
+    if seconds > 0:
+        time.sleep(seconds)
     return {"y": parameter["mu"] + 0.5 * np.random.randn()}
 
 
@@ -62,6 +70,12 @@ def main():
     print(f"  mu: weighted mean {mean:.3f}, weighted sd {sd:.3f} (observed y = {OBSERVED['y']})")
     print(f"  generations: {history.n_populations}")
     print(f"  total evaluations: {history.total_nr_simulations}")
+    populations = history.get_all_populations()
+    for row in populations[populations.t >= 0].itertuples():
+        print(
+            f"  generation {row.t}: {row.particles} particles, {row.samples} evaluations,"
+            f" epsilon {row.epsilon:.3f}"
+        )
     print(f"  database: {db_path}")
     sys.stdout.flush()
 

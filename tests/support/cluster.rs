@@ -42,86 +42,147 @@ fn kubectl_ok(kubeconfig: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// The kubeconfig of the test control plane, started on first use if none runs.
-pub fn kubeconfig() -> &'static Path {
-    static KUBECONFIG: OnceLock<PathBuf> = OnceLock::new();
-    KUBECONFIG.get_or_init(|| {
-        if let Ok(path) = std::env::var("ABC_TEST_KUBECONFIG") {
-            return path.into();
-        }
-        let shared = crate_root().join("target/testenv/kubeconfig");
-        if shared.exists() && kubectl_ok(&shared) {
-            return shared;
-        }
-        let pid = std::process::id();
-        let dir = crate_root().join(format!("target/testenv-{pid}"));
-        let status = Command::new(crate_root().join("tools/cluster.sh"))
-            .arg("up")
-            .arg(&dir)
-            .args(["--owner-pid", &pid.to_string()])
-            .status()
-            .expect("tools/cluster.sh runs");
+/// The two test clusters. Both are real control planes; they differ in their node:
+/// - `Kwok`: a fake node whose pods run nothing (the tests play kubelet where they need
+///   processes); cheap, so also for scale.
+/// - `RealNode`: one real kubelet node with containerd, kube-proxy and cluster DNS, whose pods
+///   run the project's images (tools/node.sh). One per machine: every test that needs it
+///   shares it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cluster {
+    Kwok,
+    RealNode,
+}
+
+impl Cluster {
+    /// The kubeconfig of this cluster: the one `make test` started (exported in `env`), the
+    /// one `make cluster`/`make cluster-real` started, or one of its own that dies with the
+    /// test process.
+    pub fn kubeconfig(self) -> &'static Path {
+        static KWOK: OnceLock<PathBuf> = OnceLock::new();
+        static REAL_NODE: OnceLock<PathBuf> = OnceLock::new();
+        let (cell, env, flags): (_, _, &[&str]) = match self {
+            Cluster::Kwok => (&KWOK, "ABC_TEST_KUBECONFIG", &[]),
+            Cluster::RealNode => (&REAL_NODE, "ABC_REAL_NODE_KUBECONFIG", &["--real-node"]),
+        };
+        cell.get_or_init(|| {
+            if let Ok(path) = std::env::var(env) {
+                return path.into();
+            }
+            let shared = crate_root()
+                .join("target")
+                .join(shared_dir_name(self))
+                .join("kubeconfig");
+            if shared.exists() && kubectl_ok(&shared) {
+                return shared;
+            }
+            let pid = std::process::id();
+            let dir = crate_root().join(format!("target/{}-{pid}", shared_dir_name(self)));
+            let status = Command::new(crate_root().join("tools/cluster.sh"))
+                .arg("up")
+                .arg(&dir)
+                .args(["--owner-pid", &pid.to_string()])
+                .args(flags)
+                .status()
+                .expect("tools/cluster.sh runs");
+            assert!(
+                status.success(),
+                "starting the {self:?} test cluster failed (see above)"
+            );
+            dir.join("kubeconfig")
+        })
+    }
+
+    /// A `kubectl` command against this cluster.
+    pub fn kubectl(self) -> Command {
+        let mut cmd = Command::new(tools_bin().join("kubectl"));
+        cmd.arg("--kubeconfig").arg(self.kubeconfig());
+        cmd
+    }
+
+    /// Applies `crds/abcrun.yaml` as a user would and waits until the API serves it.
+    pub fn install_crd(self) {
+        let crd = crate_root().join("crds/abcrun.yaml");
+        let out = self
+            .kubectl()
+            .args(["apply", "--server-side", "--force-conflicts", "-f"])
+            .arg(&crd)
+            .output()
+            .unwrap();
         assert!(
-            status.success(),
-            "starting the test control plane failed (see above)"
+            out.status.success(),
+            "CRD rejected: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
-        dir.join("kubeconfig")
-    })
+        let out = self
+            .kubectl()
+            .args([
+                "wait",
+                "--for=condition=Established",
+                "crd/abcruns.abc-operator.dev",
+                "--timeout=60s",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "CRD not established: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A client for this cluster.
+    pub async fn client(self) -> Client {
+        let path = self.kubeconfig().to_path_buf();
+        let kubeconfig = Kubeconfig::read_from(&path).expect("the test kubeconfig is readable");
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("the test kubeconfig is valid");
+        Client::try_from(config).expect("a client can be built")
+    }
 }
 
-/// A `kubectl` command against the test control plane.
+fn shared_dir_name(cluster: Cluster) -> &'static str {
+    match cluster {
+        Cluster::Kwok => "testenv",
+        Cluster::RealNode => "testenv-real",
+    }
+}
+
+/// The kubeconfig of the kwok test cluster.
+pub fn kubeconfig() -> &'static Path {
+    Cluster::Kwok.kubeconfig()
+}
+
+/// A `kubectl` command against the kwok test cluster.
 pub fn kubectl() -> Command {
-    let mut cmd = Command::new(tools_bin().join("kubectl"));
-    cmd.arg("--kubeconfig").arg(kubeconfig());
-    cmd
+    Cluster::Kwok.kubectl()
 }
 
-/// Applies `crds/abcrun.yaml` as a user would and waits until the API serves it.
+/// Applies `crds/abcrun.yaml` to the kwok test cluster.
 pub fn install_crd() {
-    let crd = crate_root().join("crds/abcrun.yaml");
-    let out = kubectl()
-        .args(["apply", "--server-side", "--force-conflicts", "-f"])
-        .arg(&crd)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "CRD rejected: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = kubectl()
-        .args([
-            "wait",
-            "--for=condition=Established",
-            "crd/abcruns.abc-operator.dev",
-            "--timeout=60s",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "CRD not established: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    Cluster::Kwok.install_crd()
 }
 
-/// A client for the test control plane.
+/// A client for the kwok test cluster.
 pub async fn client() -> Client {
-    let path = kubeconfig().to_path_buf();
-    let kubeconfig = Kubeconfig::read_from(&path).expect("the test kubeconfig is readable");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .expect("the test kubeconfig is valid");
-    Client::try_from(config).expect("a client can be built")
+    Cluster::Kwok.client().await
 }
 
 /// A namespace that exists for one test and is deleted when it is dropped.
 pub struct TestNamespace {
     pub name: String,
+    cluster: Cluster,
 }
 
 impl TestNamespace {
+    /// A namespace on the kwok cluster.
     pub async fn new(client: &Client, prefix: &str) -> TestNamespace {
+        Self::on(Cluster::Kwok, client, prefix).await
+    }
+
+    /// A namespace on `cluster`, which `client` talks to.
+    pub async fn on(cluster: Cluster, client: &Client, prefix: &str) -> TestNamespace {
         let suffix: u32 = rand::random::<u32>() % 1_000_000;
         let name = format!("{prefix}-{suffix:06}");
         let ns: Namespace = serde_json::from_value(serde_json::json!({
@@ -142,14 +203,16 @@ impl TestNamespace {
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        TestNamespace { name }
+        TestNamespace { name, cluster }
     }
 }
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         // Drop cannot await (and the client's runtime may be the one blocked here): kubectl.
-        let _ = kubectl()
+        let _ = self
+            .cluster
+            .kubectl()
             .args(["delete", "namespace", &self.name, "--wait=false"])
             .output();
     }

@@ -1,0 +1,472 @@
+//! End to end on the real node: what a user does, with real containers. `helm install` of the
+//! chart with the operator image built here, `kubectl apply` of the examples, real kills, and
+//! checks made from outside the containers (their processes on this machine).
+//!
+//! All tests share the one real node (tools/node.sh; one per machine) and one release of the
+//! operator, installed by whichever test comes first; each test has its own namespace.
+//! NetworkPolicy is not proven here: the node's bridge CNI does not enforce it.
+
+mod support;
+
+use abc_operator::api::AbcRun;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams};
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use support::cluster::{Cluster, TestNamespace, eventually, tools_bin};
+
+const NODE: Cluster = Cluster::RealNode;
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/abc-operator");
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+const OPERATOR_NAMESPACE: &str = "abc-system";
+/// The images tools/images.sh builds and tools/node.sh imports (no registry).
+const REDIS_IMAGE: &str = "abc-redis:7.0";
+/// containerd's socket on the real node (tools/node.sh).
+const CONTAINERD: &str = "/run/abc-node/containerd.sock";
+
+fn ok(what: &str, out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn kubectl(args: &[&str]) -> String {
+    ok(
+        &format!("kubectl {}", args.join(" ")),
+        NODE.kubectl().args(args).output().unwrap(),
+    )
+}
+
+fn kubectl_stdin(args: &[&str], input: &str) -> String {
+    let mut child = NODE
+        .kubectl()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    ok(
+        &format!("kubectl {}", args.join(" ")),
+        child.wait_with_output().unwrap(),
+    )
+}
+
+fn helm() -> Command {
+    let mut cmd = Command::new(tools_bin().join("helm"));
+    let home = std::env::temp_dir().join("abc-operator-helm-home");
+    cmd.env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .env("KUBECONFIG", NODE.kubeconfig());
+    cmd
+}
+
+/// `helm install` of the chart, as the README says, with the images built here: once per test
+/// process. Waits until the operator's pod is Ready.
+fn install_operator() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let out = helm()
+            .args(["upgrade", "--install", "abc-operator", CHART])
+            .args(["--namespace", OPERATOR_NAMESPACE, "--create-namespace"])
+            // No registry: the image is on the node already.
+            .args(["--set", "image.pullPolicy=Never"])
+            .args(["--set", &format!("redis.image={REDIS_IMAGE}")])
+            .args(["--set", "logLevel=info\\,abc_operator=debug"])
+            .args(["--wait", "--timeout", "180s"])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            let pods = NODE
+                .kubectl()
+                .args(["describe", "pods", "-n", OPERATOR_NAMESPACE])
+                .output()
+                .unwrap();
+            panic!(
+                "helm install failed:\n{}{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&pods.stdout)
+            );
+        }
+    });
+}
+
+/// A manifest from examples/, as a user applies it, in namespace `ns`, after `edit`.
+fn apply_example(ns: &str, file: &str, edit: impl FnOnce(&mut serde_yaml::Value)) {
+    let path = format!("{EXAMPLES}/{file}");
+    let mut doc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut doc);
+    kubectl_stdin(
+        &["apply", "-n", ns, "-f", "-"],
+        &serde_yaml::to_string(&doc).unwrap(),
+    );
+}
+
+fn phase(run: &AbcRun) -> String {
+    run.status
+        .as_ref()
+        .and_then(|s| s.phase.as_ref())
+        .map(|p| p.to_string())
+        .unwrap_or_default()
+}
+
+/// Waits for `phase`; fails early, with the run's status, if it ends in another phase.
+async fn wait_for_phase(runs: &Api<AbcRun>, name: &str, want: &str, secs: u64) -> AbcRun {
+    eventually(secs, &format!("AbcRun {name} in phase {want}"), || async {
+        let run = runs.get(name).await.ok()?;
+        let now = phase(&run);
+        if now != want && ["Succeeded", "Failed"].contains(&now.as_str()) {
+            panic!(
+                "AbcRun {name} ended {now}, not {want}: {:#?}",
+                run.status
+            );
+        }
+        (now == want).then_some(run)
+    })
+    .await
+}
+
+async fn pods(client: &kube::Client, ns: &str, selector: &str) -> Vec<Pod> {
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(selector))
+        .await
+        .unwrap()
+        .items
+}
+
+fn running(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+}
+
+/// The host pid of each running container on the node, by container id (containerd's tasks).
+fn container_pids() -> std::collections::BTreeMap<String, u32> {
+    let out = Command::new("ctr")
+        .args(["-a", CONTAINERD, "-n", "k8s.io", "tasks", "ls"])
+        .output()
+        .expect("ctr runs");
+    ok("ctr tasks ls", out)
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut cols = line.split_whitespace();
+            let id = cols.next()?.to_string();
+            let pid = cols.next()?.parse().ok()?;
+            (cols.next()? == "RUNNING").then_some((id, pid))
+        })
+        .collect()
+}
+
+/// The host pid of `container` in `pod`.
+fn pid_of(pod: &Pod, container: &str) -> u32 {
+    let status = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == container))
+        .unwrap_or_else(|| panic!("pod {:?} has no container {container}", pod.metadata.name));
+    let id = status
+        .container_id
+        .as_deref()
+        .and_then(|id| id.strip_prefix("containerd://"))
+        .expect("a running container has a containerd id");
+    *container_pids()
+        .get(id)
+        .unwrap_or_else(|| panic!("container {id} has no running task on the node"))
+}
+
+/// What a container's process really is, read from /proc on this machine.
+#[derive(Debug)]
+struct ProcessFacts {
+    uid: u32,
+    gid: u32,
+    effective_caps: u64,
+    no_new_privs: bool,
+    read_only_root: bool,
+}
+
+fn process_facts(pid: u32) -> ProcessFacts {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> Vec<String> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    // The root mount as the process sees it: mount point "/" (field 5), its options (field 6).
+    let root_options = mountinfo
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(4) == Some(&"/"))
+        .map(|f| f[5].to_string())
+        .unwrap_or_default();
+    ProcessFacts {
+        uid: field("Uid")[1].parse().unwrap(),
+        gid: field("Gid")[1].parse().unwrap(),
+        effective_caps: u64::from_str_radix(&field("CapEff")[0], 16).unwrap(),
+        no_new_privs: field("NoNewPrivs").first().map(String::as_str) == Some("1"),
+        read_only_root: root_options.split(',').any(|o| o == "ro"),
+    }
+}
+
+async fn events_of(client: &kube::Client, ns: &str, reason: &str) -> Vec<Event> {
+    Api::<Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .collect()
+}
+
+#[tokio::test]
+async fn helm_install_gives_a_ready_operator_serving_metrics_and_external_metrics() {
+    install_operator();
+    let client = NODE.client().await;
+    let deployment = Api::<Deployment>::namespaced(client.clone(), OPERATOR_NAMESPACE)
+        .get("abc-operator")
+        .await
+        .unwrap();
+    assert!(
+        deployment.status.and_then(|s| s.ready_replicas).unwrap_or(0) >= 1,
+        "the operator's pod is not Ready"
+    );
+    // Prometheus' path: the metrics Service, here through the API server's service proxy.
+    let metrics = kubectl(&[
+        "get",
+        "--raw",
+        &format!(
+            "/api/v1/namespaces/{OPERATOR_NAMESPACE}/services/http:abc-operator-metrics:8080/proxy/metrics"
+        ),
+    ]);
+    assert!(
+        metrics.contains("abc_operator_reconciles"),
+        "no controller metrics through the Service:\n{metrics}"
+    );
+    // The HPA's path: the aggregation layer reaches the operator's external metrics API.
+    eventually(90, "the external metrics APIService Available", || async {
+        let out = NODE
+            .kubectl()
+            .args(["get", "apiservice", "v1beta1.external.metrics.k8s.io"])
+            .args(["-o", "jsonpath={.status.conditions[?(@.type==\"Available\")].status}"])
+            .output()
+            .ok()?;
+        (String::from_utf8_lossy(&out.stdout) == "True").then_some(())
+    })
+    .await;
+    let resources = kubectl(&["get", "--raw", "/apis/external.metrics.k8s.io/v1beta1"]);
+    assert!(
+        resources.contains("abcrun_evaluations_needed"),
+        "the external metrics API does not list the run metrics: {resources}"
+    );
+}
+
+#[tokio::test]
+async fn gaussian_example_runs_to_succeeded_in_real_pods() {
+    install_operator();
+    let client = NODE.client().await;
+    let ns = TestNamespace::on(NODE, &client, "e2e-gaussian").await;
+    // The example exactly as shipped: its image name is the one built here.
+    apply_example(&ns.name, "gaussian/abcrun.yaml", |_| {});
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
+
+    // While it samples: what `kubectl get abc` and `kubectl abc info` show a user.
+    let columns = eventually(240, "kubectl get abc showing a generation", || async {
+        let out = NODE
+            .kubectl()
+            .args(["get", "abc", "gaussian", "-n", &ns.name, "--no-headers"])
+            .output()
+            .ok()?;
+        let line = String::from_utf8_lossy(&out.stdout).to_string();
+        let cols: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+        // NAME PHASE GENERATION ACCEPTED WORKERS AGE
+        (cols.len() >= 6 && cols[1] == "Running" && cols[2].parse::<i64>().is_ok())
+            .then_some(cols)
+    })
+    .await;
+    assert!(
+        columns[3].contains('/') && columns[4] == "2/2",
+        "kubectl get abc columns: {columns:?}"
+    );
+    let info = Command::new(env!("CARGO_BIN_EXE_kubectl-abc"))
+        .args(["info", "gaussian", "-n", &ns.name])
+        .env("KUBECONFIG", NODE.kubeconfig())
+        .output()
+        .unwrap();
+    let info = ok("kubectl abc info (through a port-forward)", info);
+    assert!(
+        info.contains("Workers=") && info.contains("Evaluations=") && info.contains("Acceptances="),
+        "kubectl abc info printed: {info}"
+    );
+
+    let run = wait_for_phase(&runs, "gaussian", "Succeeded", 300).await;
+    let status = run.status.unwrap();
+    assert_eq!(status.lost_workers, 0, "no worker was lost: {status:#?}");
+    let log = kubectl(&["logs", "-n", &ns.name, "job/gaussian-master"]);
+    let mean: f64 = log
+        .lines()
+        .find_map(|l| l.split("weighted mean ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|m| m.trim_end_matches(',').parse().ok())
+        .unwrap_or_else(|| panic!("no posterior in the master's log:\n{log}"));
+    assert!(
+        (1.5..2.5).contains(&mean),
+        "posterior mean {mean} is far from the observed 2.0:\n{log}"
+    );
+}
+
+/// Each population of the master's log (`generation t: N particles, ...`).
+fn population_sizes(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| l.trim().strip_prefix("generation "))
+        .filter_map(|rest| rest.split(": ").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn killed_and_force_deleted_workers_are_each_repaired_once_with_their_own_event() {
+    install_operator();
+    let client = NODE.client().await;
+    let ns = TestNamespace::on(NODE, &client, "e2e-lost").await;
+    // Slow simulations, so that the kills land inside a generation.
+    apply_example(&ns.name, "gaussian/abcrun.yaml", |doc| {
+        doc["spec"]["workers"]["replicas"] = 3.into();
+        doc["spec"]["workers"]["env"] = serde_yaml::from_str(
+            "[{name: GAUSSIAN_MODEL_SECONDS, value: '0.05'}]",
+        )
+        .unwrap();
+    });
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
+    let selector = "abc-operator.dev/run=gaussian,abc-operator.dev/component=worker";
+    eventually(240, "generation 1 under way", || async {
+        let progress = runs.get("gaussian").await.ok()?.status?.progress?;
+        (progress.generation? >= 1 && progress.accepted < progress.required / 2).then_some(())
+    })
+    .await;
+
+    let workers: Vec<Pod> = pods(&client, &ns.name, selector)
+        .await
+        .into_iter()
+        .filter(running)
+        .collect();
+    assert!(workers.len() >= 2, "fewer than 2 running workers: {}", workers.len());
+    let killed = workers[0].metadata.name.clone().unwrap();
+    let deleted = workers[1].metadata.name.clone().unwrap();
+    // As the OOM killer would: the worker process dies at once, its pod stays.
+    let pid = pid_of(&workers[0], "worker");
+    ok(
+        "kill -9",
+        Command::new("kill").args(["-9", &pid.to_string()]).output().unwrap(),
+    );
+    // As a lost node would look: the pod object goes at once.
+    kubectl(&[
+        "delete", "pod", &deleted, "-n", &ns.name, "--grace-period=0", "--force",
+    ]);
+
+    let run = wait_for_phase(&runs, "gaussian", "Succeeded", 420).await;
+    assert_eq!(run.status.unwrap().lost_workers, 2, "two workers were lost");
+    let repairs = events_of(&client, &ns.name, "RepairedLostWorker").await;
+    let named: BTreeSet<String> = repairs
+        .iter()
+        .filter_map(|e| {
+            let note = e.note.clone().unwrap_or_default();
+            [&killed, &deleted]
+                .into_iter()
+                .find(|pod| note.contains(pod.as_str()))
+                .cloned()
+        })
+        .collect();
+    assert_eq!(
+        (repairs.len(), named.len()),
+        (2, 2),
+        "one RepairedLostWorker Event per lost worker, each naming its pod: {repairs:#?}"
+    );
+    for event in &repairs {
+        assert_eq!(
+            event.series.as_ref().map(|s| s.count).unwrap_or(1),
+            1,
+            "a repair was folded into a series: {event:#?}"
+        );
+    }
+    let log = kubectl(&["logs", "-n", &ns.name, "job/gaussian-master"]);
+    let sizes = population_sizes(&log);
+    assert!(
+        !sizes.is_empty() && sizes.iter().all(|&n| n == 200),
+        "every generation has exactly its 200 particles: {sizes:?}\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn every_container_runs_non_root_read_only_without_capabilities() {
+    install_operator();
+    let client = NODE.client().await;
+    let ns = TestNamespace::on(NODE, &client, "e2e-secure").await;
+    apply_example(&ns.name, "no-master/abcrun.yaml", |doc| {
+        doc["spec"]["workers"]["replicas"] = 1.into();
+    });
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
+    wait_for_phase(&runs, "no-master", "Running", 180).await;
+
+    let operator = pods(&client, OPERATOR_NAMESPACE, "app.kubernetes.io/name=abc-operator").await;
+    let redis = pods(&client, &ns.name, "abc-operator.dev/run=no-master,abc-operator.dev/component=redis").await;
+    let workers = pods(&client, &ns.name, "abc-operator.dev/run=no-master,abc-operator.dev/component=worker").await;
+    let cases = [
+        ("operator", operator.iter().find(|p| running(p)), "abc-operator", 65532),
+        ("redis", redis.iter().find(|p| running(p)), "redis", 999),
+        ("worker", workers.iter().find(|p| running(p)), "worker", 1000),
+    ];
+    for (what, pod, container, uid) in cases {
+        let pod = pod.unwrap_or_else(|| panic!("no running {what} pod"));
+        let facts = process_facts(pid_of(pod, container));
+        assert_eq!((facts.uid, facts.gid), (uid, uid), "{what} runs as {facts:?}");
+        assert_eq!(facts.effective_caps, 0, "{what} has capabilities: {facts:?}");
+        assert!(facts.no_new_privs, "{what} may gain privileges: {facts:?}");
+        assert!(facts.read_only_root, "{what}'s root is writable: {facts:?}");
+        let name = pod.metadata.name.clone().unwrap();
+        let namespace = pod.metadata.namespace.clone().unwrap();
+        let log = kubectl(&["logs", "-n", &namespace, &name, "--all-containers"]);
+        assert!(
+            !log.to_lowercase().contains("read-only file system"),
+            "{what} tried to write outside its writable paths:\n{log}"
+        );
+    }
+
+    // Without the password, Redis answers nothing but an authentication error, even inside
+    // the cluster (from a pod of the same image Redis runs).
+    let service = "no-master-redis";
+    let out = NODE
+        .kubectl()
+        .args(["run", "intruder", "-n", &ns.name, "--rm", "-i", "--restart=Never"])
+        .args(["--image", REDIS_IMAGE, "--image-pull-policy=Never", "--quiet"])
+        .args(["--overrides", r#"{"spec":{"securityContext":{"runAsUser":999,"runAsNonRoot":true}}}"#])
+        .args(["--", "redis-cli", "-h", service, "-p", "6379", "GET", "analysis_id"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("NOAUTH"),
+        "a client without the password got: {said}"
+    );
+}
