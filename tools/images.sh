@@ -38,6 +38,9 @@
 set -euo pipefail
 # Failures inside $(...) stop the script too (bash does not do so by default).
 shopt -s inherit_errexit
+# A failure that die (status 3) or step (status 4) did not explain says where it happened.
+trap 'rc=$?; [ "$BASH_SUBSHELL" != 0 ] || [ "$rc" = 3 ] || [ "$rc" = 4 ] ||
+  echo "tools/images.sh: failed (status $rc) at line $LINENO: $BASH_COMMAND" >&2' ERR
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 self=$root/tools/images.sh
@@ -54,7 +57,7 @@ declare -A ref=(
 )
 
 log() { echo "tools/images.sh: $*" >&2; }
-die() { log "$*"; exit 1; }
+die() { log "$*"; exit 3; }
 
 print=0
 names=()
@@ -329,17 +332,20 @@ in_root() {
   local -a envs=("${df_args[@]}" "${df_env[@]}" "${build_env[@]}")
   [ -e "$rootfs/etc/resolv.conf" ] || : >"$rootfs/etc/resolv.conf"
   [ -z "$wheelhouse" ] || mkdir -p "$rootfs/wheelhouse"
+  local rc=0
   unshare --mount --pid --fork --mount-proc="$rootfs/proc" \
     /bin/sh -c '
       set -e
       r=$1 wh=$2 userspec=$3 wd=$4 cmd=$5; shift 5
       mount --bind /etc/resolv.conf "$r/etc/resolv.conf"
+      if [ -d "$r/dev/pts" ]; then mount -t devpts -o newinstance,ptmxmode=0666 devpts "$r/dev/pts"; fi
       [ -z "$wh" ] || mount --bind -o ro "$wh" "$r/wheelhouse"
       umask 022
       exec chroot --userspec="$userspec" --groups="" "$r" /usr/bin/env -i "$@" \
         /bin/sh -c "cd \"\$0\" && exec /bin/sh -c \"\$1\"" "$wd" "$cmd"
-    ' sh "$rootfs" "$wheelhouse" "$userspec" "${df_workdir:-/}" "$1" "${envs[@]}" </dev/null
+    ' sh "$rootfs" "$wheelhouse" "$userspec" "${df_workdir:-/}" "$1" "${envs[@]}" </dev/null || rc=$?
   [ -z "$wheelhouse" ] || rmdir "$rootfs/wheelhouse"
+  return "$rc"
 }
 
 # --- steps, logs, hashes ---------------------------------------------------------------------
@@ -351,10 +357,14 @@ step() {
   local logf=$logdir/$name.log
   mkdir -p "$logdir"
   log "[$image] $desc"
-  if ! ("$@") >"$logf" 2>&1; then
+  # In the background and waited for: inside `if` or `||` bash would ignore set -e in the step.
+  local rc=0
+  ("$@") >"$logf" 2>&1 &
+  wait $! || rc=$?
+  if [ "$rc" != 0 ]; then
     log "[$image] step '$name' ($desc) failed; its log is $logf:"
     tail -n 25 "$logf" >&2
-    exit 1
+    exit 4
   fi
   [ $((SECONDS - t)) -lt 5 ] || log "[$image]   ... $((SECONDS - t)) s"
 }
@@ -445,8 +455,8 @@ ensure_ca_bundle() {
 
 # --- the wheelhouse (pip on the host, cp311 wheels for Debian bookworm's python3) ---------------
 wheel_req=$root/python/requirements.txt
-wheel_key=$(cat "$wheel_req" | sha)
-wheel_dir=$cache/wheelhouse-$wheel_key
+# Debian bookworm's python3 (checked after the example's build).
+image_python=3.11.2
 
 host_pip() {
   local venv
@@ -462,9 +472,55 @@ host_pip() {
   echo "$venv/bin/pip"
 }
 make_wheelhouse() { # make_wheelhouse PIP DIR
+  local pip=$1 dir=$2 missing
   # pip wheel downloads the wheels and builds one for any requirement published as sdist only.
-  "$1" wheel --disable-pip-version-check --no-cache-dir -r "$wheel_req" -w "$2"
+  "$pip" wheel --disable-pip-version-check --no-cache-dir -r "$wheel_req" -w "$dir"
+  # pip resolved for the host's interpreter; the image's may need more: markers such as
+  # python_full_version < "3.11.3" (redis-py's async-timeout) hold for Debian's 3.11.2 only.
+  # Add what the wheels require under the image's interpreter until nothing is missing.
+  while missing=$(wheel_missing "${pip%/pip}/python" "$dir") && [ -n "$missing" ]; do
+    echo "required by the image's Python $image_python: $missing"
+    # shellcheck disable=SC2086 # one requirement per line, no spaces in them
+    "$pip" wheel --disable-pip-version-check --no-cache-dir -w "$dir" $missing
+  done
 }
+# wheel_missing PYTHON DIR: the requirements of the wheels in DIR, evaluated for the image's
+# Python, that no wheel in DIR satisfies (one per line).
+wheel_missing() {
+  "$1" - "$2" "$image_python" <<'PY'
+import glob, os, sys, zipfile
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name, parse_wheel_filename
+
+wheel_dir, full = sys.argv[1], sys.argv[2]
+env = {**default_environment(), "python_full_version": full,
+       "python_version": ".".join(full.split(".")[:2]), "implementation_version": full}
+have = {}
+for w in glob.glob(os.path.join(wheel_dir, "*.whl")):
+    name, version, _, _ = parse_wheel_filename(os.path.basename(w))
+    have[name] = (version, w)
+missing = set()
+for version, w in have.values():
+    with zipfile.ZipFile(w) as z:
+        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        lines = z.read(meta).decode("utf-8", "replace").splitlines()
+    for line in lines:
+        if not line:
+            break
+        if not line.startswith("Requires-Dist:"):
+            continue
+        req = Requirement(line.split(":", 1)[1].strip())
+        if req.marker and not req.marker.evaluate({**env, "extra": ""}):
+            continue
+        got = have.get(canonicalize_name(req.name))
+        if got is None or not req.specifier.contains(got[0], prereleases=True):
+            missing.add(f"{req.name}{req.specifier}")
+print("\n".join(sorted(missing)))
+PY
+}
+wheel_key=$( (cat "$wheel_req"; echo "$image_python"; declare -f make_wheelhouse wheel_missing) | sha)
+wheel_dir=$cache/wheelhouse-$wheel_key
 ensure_wheelhouse() {
   [ -f "$wheel_dir/.complete" ] && return 0
   local pip image=wheelhouse logdir=$cache/logs/wheelhouse-$wheel_key
@@ -522,7 +578,8 @@ image_setup() {
       dockerfile=$d/Dockerfile context=$work/pause-context
       # kubernetes' Makefile builds linux images with BASE=scratch.
       build_args=(BASE=scratch "ARCH=$goarch")
-      extra=$(cat "$d/linux/pause.c"; gcc --version | head -n1; ldd --version | head -n1)
+      # sed, not head: head exits early and the writer's SIGPIPE would fail the pipeline.
+      extra=$(cat "$d/linux/pause.c"; gcc --version | sed -n 1p; ldd --version | sed -n 1p)
       ;;
     redis)
       dockerfile=$root/images/redis/Dockerfile context=$root
@@ -548,7 +605,7 @@ archive_of() {
   local work=${work:-/nonexistent}
   image_setup
   parsed=$(parse_dockerfile "$dockerfile" "${build_args[@]}")
-  df_mode=config df_reset
+  df_mode=config; df_reset
   # Context files of COPY (not --from): hashed by name and content.
   local srcs=()
   while IFS= read -r line; do
@@ -625,7 +682,7 @@ build_image() { # build_image NAME ARCHIVE
       ensure_base
       if [ -n "$wheel_pid" ]; then
         log "[$image] waiting for the wheelhouse (pip wheel on the host)"
-        wait "$wheel_pid" || exit 1
+        wait "$wheel_pid" || exit 4
         wheel_pid=''
       fi
       ensure_wheelhouse
@@ -640,8 +697,13 @@ build_image() { # build_image NAME ARCHIVE
       ;;
   esac
   parsed=$(parse_dockerfile "$dockerfile" "${build_args[@]}")
-  df_mode=build df_reset
+  df_mode=build; df_reset
   eval "$parsed"
+  if [ "$image" = example-gaussian ]; then
+    local v
+    v=$(chroot "$rootfs" /usr/bin/python3 -c 'import platform; print(platform.python_version())')
+    [ "$v" = "$image_python" ] || die "[$image] the image's python3 is $v, not $image_python: update image_python in $self"
+  fi
   if [ "$image" = operator ]; then
     # The glibc build's libraries, exactly where ldd found them (symlinks resolved).
     local lib
@@ -660,6 +722,12 @@ build_image() { # build_image NAME ARCHIVE
   mv "$archive.tmp" "$archive"
   rm -rf "$rootfs" "$work/oci"
   log "[$image] ${ref[$image]} built in $((SECONDS - t0)) s: $archive ($(du -h "$archive" | cut -f1))"
+}
+
+kill_tree() { # kill_tree PID: PID and its descendants, children first
+  local c
+  for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do kill_tree "$c"; done
+  kill "$1" 2>/dev/null || true
 }
 
 # --- main ----------------------------------------------------------------------------------------
@@ -683,8 +751,9 @@ if [ "$print" = 0 ]; then
     fi
     work=$(mktemp -d "$cache/work.XXXXXX")
     wheel_pid=''
-    # Only our own background job and our own temp dir; no mount lives outside a namespace.
-    trap '[ -z "${wheel_pid:-}" ] || kill "$wheel_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+    # Only our own background job (and its children) and our own temp dir; no mount lives
+    # outside a namespace.
+    trap '[ -z "${wheel_pid:-}" ] || kill_tree "$wheel_pid"; rm -rf "$work"' EXIT
     start=$SECONDS
     log "building ${todo[*]} into $cache"
     # The wheelhouse downloads while debootstrap runs.
