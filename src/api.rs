@@ -184,7 +184,7 @@ pub struct RedisSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ManagedRedis {
-    /// Redis image (defaults to the operator's pinned Redis image).
+    /// Redis image (defaults to the operator's `--redis-image`, redis:7.4-alpine unless set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Compute resources of the Redis container.

@@ -37,6 +37,10 @@ pub struct ControllerArgs {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "ABC_LOG_JSON")]
     pub log_json: bool,
+    /// Image of a managed Redis whose run sets no `spec.redis.managed.image` (e.g. a copy in
+    /// an air-gapped cluster's own registry).
+    #[arg(long, env = "ABC_REDIS_IMAGE", default_value = crate::resources::DEFAULT_REDIS_IMAGE)]
+    pub redis_image: String,
     #[command(flatten)]
     pub external_metrics: crate::autoscaling::ExternalMetricsArgs,
 }
@@ -78,6 +82,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Each run's demand, for the autoscaling endpoints.
     pub demand: Arc<DemandBoard>,
+    /// What the builders take from the operator's options.
+    pub build_settings: crate::resources::BuildSettings,
     redis: RedisAccess,
 }
 
@@ -105,6 +111,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
         demand: demand.clone(),
+        build_settings: crate::resources::BuildSettings {
+            default_redis_image: args.redis_image.clone(),
+        },
         redis: RedisAccess::default(),
     });
 

@@ -46,7 +46,8 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
         port,
         password: Some(pw.clone()),
     });
-    let mut owned = resources::build(&run, password.generated.as_deref()).map_err(Error::Build)?;
+    let mut owned = resources::build(&run, password.generated.as_deref(), &ctx.build_settings)
+        .map_err(Error::Build)?;
     if drain_on_stop(&run, &ctx, endpoint.as_ref()).await {
         // Keep the workers until they have left the generation; then the builder's zero applies.
         if let Some(spec) = owned.workers.spec.as_mut() {

@@ -100,6 +100,22 @@ pub enum BuildError {
     MissingPassword(String),
 }
 
+/// What the builders take from the operator's configuration rather than from the run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildSettings {
+    /// Image of a managed Redis whose run does not name one (`--redis-image`): air-gapped
+    /// clusters pull it from their own registry.
+    pub default_redis_image: String,
+}
+
+impl Default for BuildSettings {
+    fn default() -> Self {
+        BuildSettings {
+            default_redis_image: DEFAULT_REDIS_IMAGE.to_string(),
+        }
+    }
+}
+
 /// Every object an AbcRun owns, as the controller applies them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Owned {
@@ -125,7 +141,11 @@ pub struct Owned {
 /// [`needs_generated_password`] (managed Redis without `passwordSecret`) and ignored otherwise.
 /// The controller keeps the one already stored ([`password_to_keep`]) or generates one
 /// ([`generate_password`]) the first time.
-pub fn build(run: &AbcRun, password: Option<&str>) -> Result<Owned, BuildError> {
+pub fn build(
+    run: &AbcRun,
+    password: Option<&str>,
+    settings: &BuildSettings,
+) -> Result<Owned, BuildError> {
     // Checks name, namespace and uid once for every builder below.
     object_meta(run, String::new(), Component::Worker)?;
     let secret = if needs_generated_password(run) {
@@ -137,7 +157,7 @@ pub fn build(run: &AbcRun, password: Option<&str>) -> Result<Owned, BuildError> 
     Ok(Owned {
         secret,
         config_map: worker_entrypoint_config_map(run)?,
-        redis_deployment: redis_deployment(run)?,
+        redis_deployment: redis_deployment(run, settings)?,
         redis_service: redis_service(run)?,
         network_policy: redis_network_policy(run)?,
         workers: worker_deployment(run)?,
@@ -472,7 +492,7 @@ mod tests {
 
     #[test]
     fn managed_run_owns_everything_with_labels_and_owner_reference() {
-        let owned = build(&with_master(), Some(PASSWORD)).unwrap();
+        let owned = build(&with_master(), Some(PASSWORD), &BuildSettings::default()).unwrap();
         let objects = all_objects(&owned);
         let kinds: Vec<&str> = objects.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
@@ -515,7 +535,7 @@ mod tests {
 
     #[test]
     fn password_is_never_a_literal_outside_its_secret() {
-        let owned = build(&with_master(), Some(PASSWORD)).unwrap();
+        let owned = build(&with_master(), Some(PASSWORD), &BuildSettings::default()).unwrap();
         for (what, obj) in all_objects(&owned) {
             let text = obj.to_string();
             if what.starts_with("Secret/") {
@@ -586,7 +606,7 @@ mod tests {
 
     #[test]
     fn every_container_is_non_root_read_only_without_capabilities() {
-        let owned = build(&with_master(), Some(PASSWORD)).unwrap();
+        let owned = build(&with_master(), Some(PASSWORD), &BuildSettings::default()).unwrap();
         let specs = pod_specs(&owned);
         assert_eq!(specs.len(), 3);
         for spec in specs {
@@ -605,21 +625,21 @@ mod tests {
         let run = run(
             "image: img\nredis:\n  external:\n    host: redis.shared.svc\n    port: 6380\n    passwordSecret: {name: shared-redis, key: pw}\n",
         );
-        let owned = build(&run, None).unwrap();
+        let owned = build(&run, None, &BuildSettings::default()).unwrap();
         assert!(owned.secret.is_none());
         assert!(owned.redis_deployment.is_none());
         assert!(owned.redis_service.is_none());
         assert!(owned.network_policy.is_none());
         assert!(owned.master_job.is_none());
         // A password handed in by mistake is not used anywhere.
-        let with_password = build(&run, Some(PASSWORD)).unwrap();
+        let with_password = build(&run, Some(PASSWORD), &BuildSettings::default()).unwrap();
         assert_eq!(with_password, owned);
     }
 
     #[test]
     fn managed_redis_with_own_secret_needs_no_generated_password() {
         let run = run("image: img\nredis:\n  managed:\n    passwordSecret: {name: mine}\n");
-        let owned = build(&run, None).unwrap();
+        let owned = build(&run, None, &BuildSettings::default()).unwrap();
         assert!(owned.secret.is_none());
         assert!(owned.redis_deployment.is_some());
     }
@@ -627,15 +647,15 @@ mod tests {
     #[test]
     fn generated_password_is_required() {
         assert_eq!(
-            build(&minimal(), None),
+            build(&minimal(), None, &BuildSettings::default()),
             Err(BuildError::MissingPassword("gaussian".into()))
         );
     }
 
     #[test]
     fn building_twice_gives_the_same_objects() {
-        let a = build(&with_master(), Some(PASSWORD)).unwrap();
-        let b = build(&with_master(), Some(PASSWORD)).unwrap();
+        let a = build(&with_master(), Some(PASSWORD), &BuildSettings::default()).unwrap();
+        let b = build(&with_master(), Some(PASSWORD), &BuildSettings::default()).unwrap();
         assert_eq!(a, b);
         assert_eq!(
             serde_json::to_string(&a.workers).unwrap(),
@@ -648,13 +668,13 @@ mod tests {
         let mut run = minimal();
         run.metadata.namespace = None;
         assert!(matches!(
-            build(&run, Some(PASSWORD)),
+            build(&run, Some(PASSWORD), &BuildSettings::default()),
             Err(BuildError::MissingNamespace(_))
         ));
         let mut run = minimal();
         run.metadata.uid = None;
         assert!(matches!(
-            build(&run, Some(PASSWORD)),
+            build(&run, Some(PASSWORD), &BuildSettings::default()),
             Err(BuildError::MissingUid(_))
         ));
         for bad in [
@@ -667,13 +687,13 @@ mod tests {
             let mut run = minimal();
             run.metadata.name = Some(bad.clone());
             assert_eq!(
-                build(&run, Some(PASSWORD)),
+                build(&run, Some(PASSWORD), &BuildSettings::default()),
                 Err(BuildError::InvalidName(bad))
             );
         }
         let mut run = minimal();
         run.metadata.name = Some("a".repeat(56));
-        assert!(build(&run, Some(PASSWORD)).is_ok());
+        assert!(build(&run, Some(PASSWORD), &BuildSettings::default()).is_ok());
     }
 
     #[test]
@@ -689,7 +709,7 @@ mod tests {
             worker_selector(&run),
             "abc-operator.dev/component=worker,abc-operator.dev/run=gaussian"
         );
-        let owned = build(&run, Some(PASSWORD)).unwrap();
+        let owned = build(&run, Some(PASSWORD), &BuildSettings::default()).unwrap();
         let pod_labels = owned
             .workers
             .spec

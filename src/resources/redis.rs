@@ -23,8 +23,9 @@
 //! restarts; the generated one never changes.
 
 use super::{
-    BuildError, Component, REDIS_PORT, container_security_context, hardened_pod_spec,
-    managed_redis, object_meta, password_env, redis_service_name, selector_labels,
+    BuildError, BuildSettings, Component, REDIS_PORT, container_security_context,
+    hardened_pod_spec, managed_redis, object_meta, password_env, redis_service_name,
+    selector_labels,
 };
 use crate::api::AbcRun;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
@@ -37,7 +38,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 
-/// The Redis image of a managed Redis unless `spec.redis.managed.image` says otherwise.
+/// The Redis image of a managed Redis when neither `spec.redis.managed.image` nor the
+/// operator's `--redis-image` says otherwise.
 pub const DEFAULT_REDIS_IMAGE: &str = "redis:7.4-alpine";
 /// uid (and gid) Redis runs as (the `redis` user of the official images).
 pub const REDIS_UID: i64 = 999;
@@ -80,14 +82,18 @@ fn default_resources() -> ResourceRequirements {
 /// One replica, `Recreate` (two Redis pods behind the Service would split the run's state),
 /// no persistence (`--save ""`, `--appendonly no`: pyABC's state is per run and ephemeral),
 /// `/data` an emptyDir.
-pub fn redis_deployment(run: &AbcRun) -> Result<Option<Deployment>, BuildError> {
+pub fn redis_deployment(
+    run: &AbcRun,
+    settings: &BuildSettings,
+) -> Result<Option<Deployment>, BuildError> {
     let Some(managed) = managed_redis(run) else {
         return Ok(None);
     };
     let image = managed
         .image
         .clone()
-        .unwrap_or_else(|| DEFAULT_REDIS_IMAGE.to_string());
+        .filter(|image| !image.is_empty())
+        .unwrap_or_else(|| settings.default_redis_image.clone());
     let config_mount = VolumeMount {
         name: "config".into(),
         mount_path: CONFIG_DIR.into(),
@@ -246,7 +252,7 @@ mod tests {
     use crate::resources::test_support::{minimal, run};
 
     fn pod(run: &AbcRun) -> PodSpec {
-        redis_deployment(run)
+        redis_deployment(run, &BuildSettings::default())
             .unwrap()
             .unwrap()
             .spec
@@ -331,7 +337,11 @@ mod tests {
 
     #[test]
     fn one_replica_recreated_never_two() {
-        let spec = redis_deployment(&minimal()).unwrap().unwrap().spec.unwrap();
+        let spec = redis_deployment(&minimal(), &BuildSettings::default())
+            .unwrap()
+            .unwrap()
+            .spec
+            .unwrap();
         assert_eq!(spec.replicas, Some(1));
         assert_eq!(spec.strategy.unwrap().type_.as_deref(), Some("Recreate"));
     }
@@ -352,13 +362,38 @@ mod tests {
     }
 
     #[test]
+    fn the_operators_redis_image_applies_unless_the_run_names_one() {
+        // An air-gapped cluster mirrors Redis under its own name and tells the operator once.
+        let mirrored = BuildSettings {
+            default_redis_image: "mirror.example/redis:7.4".into(),
+        };
+        let images = |run: &AbcRun| {
+            let spec = redis_deployment(run, &mirrored)
+                .unwrap()
+                .unwrap()
+                .spec
+                .unwrap()
+                .template
+                .spec
+                .unwrap();
+            [&spec.init_containers.unwrap()[0], &spec.containers[0]]
+                .map(|c| c.image.clone().unwrap_or_default())
+        };
+        assert_eq!(images(&minimal()), ["mirror.example/redis:7.4"; 2]);
+        let own = run("image: i\nredis:\n  managed: {image: redis:7.2}\n");
+        assert_eq!(images(&own), ["redis:7.2"; 2], "the run's own image wins");
+        let empty = run("image: i\nredis:\n  managed: {image: \"\"}\n");
+        assert_eq!(images(&empty), ["mirror.example/redis:7.4"; 2]);
+    }
+
+    #[test]
     fn service_selects_the_redis_pod_on_6379() {
         let run = minimal();
         let svc = redis_service(&run).unwrap().unwrap();
         assert_eq!(svc.metadata.name.as_deref(), Some("gaussian-redis"));
         let spec = svc.spec.unwrap();
         assert_eq!(spec.ports.unwrap()[0].port, 6379);
-        let pod_labels = redis_deployment(&run)
+        let pod_labels = redis_deployment(&run, &BuildSettings::default())
             .unwrap()
             .unwrap()
             .spec
@@ -376,7 +411,11 @@ mod tests {
     #[test]
     fn external_redis_has_no_deployment_or_service() {
         let run = run("image: i\nredis:\n  external: {host: h, passwordSecret: {name: s}}\n");
-        assert!(redis_deployment(&run).unwrap().is_none());
+        assert!(
+            redis_deployment(&run, &BuildSettings::default())
+                .unwrap()
+                .is_none()
+        );
         assert!(redis_service(&run).unwrap().is_none());
     }
 }
