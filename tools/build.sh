@@ -52,7 +52,7 @@ for t in "${targets[@]}"; do
   [ -x "$bin/$name" ] || missing=$((missing + 1))
 done
 if [ "$missing" -gt 0 ]; then
-  echo "building $missing test-cluster binaries from pinned Go modules (first time: about 30 minutes on 2 cores)" >&2
+  echo "building $missing test-cluster binaries from pinned Go modules (first time: about 15 minutes on 2 cores)" >&2
   start=$SECONDS
   for mod in "${modules[@]}"; do
     names=() pkgs=()
