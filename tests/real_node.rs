@@ -380,7 +380,13 @@ async fn killed_and_force_deleted_workers_are_each_repaired_once_with_their_own_
         "kill -9",
         Command::new("kill").args(["-9", &pid.to_string()]).output().unwrap(),
     );
-    // As a lost node would look: the pod object goes at once.
+    // As a lost node looks: the process can do nothing more (frozen, so that the kubelet's
+    // SIGTERM cannot let it leave gracefully) and its pod object goes at once.
+    let frozen = pid_of(&workers[1], "worker");
+    ok(
+        "kill -STOP",
+        Command::new("kill").args(["-STOP", &frozen.to_string()]).output().unwrap(),
+    );
     kubectl(&[
         "delete", "pod", &deleted, "-n", &ns.name, "--grace-period=0", "--force",
     ]);
@@ -469,4 +475,204 @@ async fn every_container_runs_non_root_read_only_without_capabilities() {
         said.contains("NOAUTH"),
         "a client without the password got: {said}"
     );
+}
+
+/// Watches the run's worker pods until `done` is set; returns every waiting or terminated
+/// reason their worker containers showed (e.g. `CrashLoopBackOff`).
+fn watch_worker_reasons(
+    client: kube::Client,
+    ns: String,
+    selector: String,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<BTreeSet<String>> {
+    tokio::spawn(async move {
+        let mut seen = BTreeSet::new();
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            for pod in pods(&client, &ns, &selector).await {
+                let statuses = pod.status.and_then(|s| s.container_statuses).unwrap_or_default();
+                for status in statuses {
+                    let state = status.state.unwrap_or_default();
+                    if let Some(reason) = state.waiting.and_then(|w| w.reason) {
+                        seen.insert(reason);
+                    }
+                    if let Some(reason) = state.terminated.and_then(|t| t.reason) {
+                        seen.insert(reason);
+                    }
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        seen
+    })
+}
+
+#[tokio::test]
+async fn expired_workers_are_replaced_at_once_without_crash_loops() {
+    install_operator();
+    let client = NODE.client().await;
+    let ns = TestNamespace::on(NODE, &client, "e2e-expiry").await;
+    apply_example(&ns.name, "gaussian/abcrun.yaml", |doc| {
+        doc["spec"]["workers"]["runtime"] = "20s".into();
+        doc["spec"]["workers"]["env"] =
+            serde_yaml::from_str("[{name: GAUSSIAN_MODEL_SECONDS, value: '0.03'}]").unwrap();
+    });
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reasons = watch_worker_reasons(
+        client.clone(),
+        ns.name.clone(),
+        "abc-operator.dev/run=gaussian,abc-operator.dev/component=worker".into(),
+        done.clone(),
+    );
+    let run = wait_for_phase(&runs, "gaussian", "Succeeded", 600).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reasons = reasons.await.unwrap();
+
+    let expired = events_of(&client, &ns.name, "WorkerExpired").await;
+    assert!(
+        !expired.is_empty(),
+        "a run of several 20 s runtimes replaced no expired worker"
+    );
+    assert!(
+        !reasons.contains("CrashLoopBackOff"),
+        "a worker pod went into CrashLoopBackOff: {reasons:?}"
+    );
+    assert_eq!(run.status.unwrap().lost_workers, 0);
+    let log = kubectl(&["logs", "-n", &ns.name, "job/gaussian-master"]);
+    let sizes = population_sizes(&log);
+    assert!(
+        !sizes.is_empty() && sizes.iter().all(|&n| n == 200),
+        "every generation has exactly its 200 particles: {sizes:?}\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn scaling_down_during_a_generation_lets_the_removed_worker_finish() {
+    install_operator();
+    let client = NODE.client().await;
+    let ns = TestNamespace::on(NODE, &client, "e2e-scale").await;
+    apply_example(&ns.name, "gaussian/abcrun.yaml", |doc| {
+        doc["spec"]["workers"]["replicas"] = 3.into();
+        doc["spec"]["workers"]["env"] =
+            serde_yaml::from_str("[{name: GAUSSIAN_MODEL_SECONDS, value: '0.05'}]").unwrap();
+    });
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
+    let selector = "abc-operator.dev/run=gaussian,abc-operator.dev/component=worker";
+    eventually(240, "3 workers inside generation 1", || async {
+        let progress = runs.get("gaussian").await.ok()?.status?.progress?;
+        (progress.generation? >= 1
+            && progress.active_workers == 3
+            && progress.accepted < progress.required / 2)
+            .then_some(())
+    })
+    .await;
+    kubectl(&["scale", "abcrun/gaussian", "--replicas=1", "-n", &ns.name]);
+    // The kubelet sends SIGTERM; the worker finishes its evaluation, reports it and leaves
+    // the generation itself, so that nothing is left to repair.
+    eventually(120, "one worker pod left", || async {
+        let left: Vec<Pod> = pods(&client, &ns.name, selector).await;
+        (left.len() == 1).then_some(())
+    })
+    .await;
+    let run = wait_for_phase(&runs, "gaussian", "Succeeded", 420).await;
+    assert_eq!(
+        run.status.unwrap().lost_workers,
+        0,
+        "a worker removed by scale-down was counted as lost"
+    );
+    let repairs = events_of(&client, &ns.name, "RepairedLostWorker").await;
+    assert!(repairs.is_empty(), "scale-down needed repairs: {repairs:#?}");
+    let log = kubectl(&["logs", "-n", &ns.name, "job/gaussian-master"]);
+    let sizes = population_sizes(&log);
+    assert!(
+        !sizes.is_empty() && sizes.iter().all(|&n| n == 200),
+        "every generation has exactly its 200 particles: {sizes:?}\n{log}"
+    );
+}
+
+/// The run's condition `type_`, as (status, reason, message).
+fn condition(run: &AbcRun, type_: &str) -> Option<(String, String, String)> {
+    run.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// A run whose workers cannot run settles into a condition that says why, with one Warning
+/// Event, and stops being rewritten (no hot loop).
+async fn bad_workers_are_reported(prefix: &str, image: &str, want_reason: &str, want_in_message: &str) {
+    install_operator();
+    let client = NODE.client().await;
+    let ns = TestNamespace::on(NODE, &client, prefix).await;
+    apply_example(&ns.name, "no-master/abcrun.yaml", |doc| {
+        doc["spec"]["image"] = image.into();
+        // Nothing is pulled on this machine: a missing image must not be looked for elsewhere.
+        doc["spec"]["imagePullPolicy"] = "Never".into();
+        doc["spec"]["workers"]["replicas"] = 1.into();
+    });
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
+    let run = eventually(180, &format!("WorkersReady=False with reason {want_reason}"), || async {
+        let run = runs.get("no-master").await.ok()?;
+        let (status, reason, _) = condition(&run, "WorkersReady")?;
+        (status == "False" && reason == want_reason).then_some(run)
+    })
+    .await;
+    let (_, _, message) = condition(&run, "WorkersReady").unwrap();
+    assert!(
+        message.contains(want_in_message),
+        "the WorkersReady message does not name {want_in_message:?}: {message}"
+    );
+    let (degraded, _, why) = condition(&run, "Degraded").unwrap();
+    assert_eq!(degraded, "True", "a run whose workers cannot run is Degraded: {why}");
+
+    // Settled: over 20 s (the kubelet retrying meanwhile) the run is not written again...
+    let version = run.metadata.resource_version.clone();
+    tokio::time::sleep(std::time::Duration::from_secs(20)).await;
+    let later = runs.get("no-master").await.unwrap();
+    assert_eq!(
+        later.metadata.resource_version, version,
+        "the run's status keeps being rewritten: {:#?}",
+        later.status
+    );
+    // ...and the problem was told once.
+    let warnings: Vec<Event> = Api::<Event>::namespaced(client.clone(), &ns.name)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.type_.as_deref() == Some("Warning")
+                && e.note.as_deref().unwrap_or_default().contains(want_in_message)
+        })
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one Warning Event naming {want_in_message:?}: {warnings:#?}"
+    );
+    assert_eq!(
+        warnings[0].series.as_ref().map(|s| s.count).unwrap_or(1),
+        1,
+        "the Warning was repeated: {warnings:#?}"
+    );
+}
+
+#[tokio::test]
+async fn an_image_that_does_not_exist_is_a_condition_naming_it() {
+    bad_workers_are_reported(
+        "e2e-noimage",
+        "abc-no-such-image:1",
+        "ErrImageNeverPull",
+        "abc-no-such-image:1",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_worker_that_cannot_start_is_a_condition_naming_the_exit() {
+    // An image without python: the worker command fails at once, again and again.
+    bad_workers_are_reported("e2e-noexec", REDIS_IMAGE, "CrashLoopBackOff", "python").await;
 }

@@ -185,6 +185,10 @@ state = "$RUN/containerd"
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+  # Nothing is pulled here: images are imported. A pull of a missing image (an unqualified
+  # name means docker.io) fails at once on this machine instead of leaving it.
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "$node/registry"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$node/cni/net.d"
@@ -205,6 +209,8 @@ EOF
   }, {"type": "loopback"}]
 }
 EOF
+  mkdir -p "$node/registry/docker.io"
+  printf 'server = "https://127.0.0.1:1"\n' >"$node/registry/docker.io/hosts.toml"
   start_proc containerd "$logs/containerd.log" containerd --config "$node/containerd.toml"
   for i in $(seq 100); do
     alive containerd || fail_start containerd "$logs/containerd.log"

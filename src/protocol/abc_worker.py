@@ -40,9 +40,17 @@ import sys
 import threading
 import time
 
-import redis
-from pyabc.sampler.redis_eps import cli
-from redis.lock import Lock
+# In a container this process is PID 1, and the kernel does not deliver a signal to PID 1
+# that has no handler. Until pyABC installs its own (importing it takes seconds), a SIGTERM
+# (a scale-down or a replacement right after the start) would be lost, and the kubelet's
+# SIGKILL at the end of the grace period would then hit a worker inside a generation.
+# Nothing is owed yet: leave at once.
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
+
+import redis  # noqa: E402
+from pyabc.sampler.redis_eps import cli  # noqa: E402
+from redis.lock import Lock  # noqa: E402
 
 LEDGER_SET = 'abc_operator:ledgers'
 LEDGER_PREFIX = 'abc_operator:ledger:'
