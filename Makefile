@@ -4,7 +4,7 @@ CARGO ?= cargo
 PYTHON := $(CURDIR)/.venv/bin/python
 TESTENV := $(CURDIR)/target/testenv
 
-.PHONY: demo test deps tools cluster cluster-down crds build bench lint helm-lint clean-testenv
+.PHONY: demo test deps tools images cluster cluster-down crds build bench lint helm-lint clean-testenv
 
 ## demo: run the Gaussian example locally to the end (installs redis-server and pinned pyabc)
 demo: deps
@@ -27,6 +27,12 @@ deps:
 ## tools: build the control-plane binaries and helm from the pinned Go modules (cached)
 tools:
 	tools/build.sh >/dev/null
+
+## images: the images a real kubelet node runs (pause, redis, example, operator) as docker
+## archives, built from Debian packages and PyPI without a registry (needs root; cached)
+images:
+	$(CARGO) build --release --bin abc-operator
+	tools/images.sh
 
 ## cluster: start the loopback control plane; writes target/testenv/kubeconfig
 cluster: tools

@@ -17,10 +17,11 @@
 #     of Debian's official images (no docs, man pages or locales, apt caches cleaned), made
 #     once and cached; FROM scratch is an empty root.
 #   - RUN runs in a chroot of the image's root (in private mount and pid namespaces, so no
-#     mount outlives the step). pip cannot reach the package index from there (TLS through a
-#     CA only the host's bundle holds), so Python wheels are downloaded on the host into a
-#     wheelhouse keyed by the requirements' hash and handed to RUN's pip read-only, through
-#     PIP_NO_INDEX/PIP_FIND_LINKS; nothing of it stays in the image.
+#     mount outlives the step). pip in a chroot has neither the host's pip settings nor its CA
+#     bundle (some machines reach the package index only through a CA the host alone holds),
+#     so the wheels are downloaded on the host into a wheelhouse keyed by the requirements'
+#     hash and handed to RUN's pip read-only, through PIP_NO_INDEX/PIP_FIND_LINKS; nothing of
+#     it stays in the image.
 #   - COPY/ADD take files from the build context (the repository); `COPY --from=STAGE` of a
 #     multi-stage build is mapped to what this script built on the host instead (the operator).
 #   - The config (user, env, workdir, entrypoint, cmd, ports, labels) is set with umoci.
@@ -33,7 +34,9 @@
 #   builds what is missing and prints one line per image: IMAGE_REF<TAB>ARCHIVE_PATH
 #   --print: the same lines without building (the operator binary must exist: it is hashed)
 # Environment: ABC_OPERATOR_BIN, ABC_DEBIAN_MIRROR (debootstrap's default mirror otherwise),
+#   ABC_DEBIAN_SECURITY_MIRROR (default: the mirror's URL + "-security", as Debian's own),
 #   ABC_IMAGES_CACHE (default ${XDG_CACHE_HOME:-$HOME/.cache}/abc-operator/images).
+# Old archives are not removed; `rm -rf` the cache folder to reclaim the space.
 # Building needs root (debootstrap, chroot, files owned by other users); --print does not.
 set -euo pipefail
 # Failures inside $(...) stop the script too (bash does not do so by default).
@@ -47,6 +50,7 @@ self=$root/tools/images.sh
 cache=${ABC_IMAGES_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/abc-operator/images}
 suite=bookworm
 mirror=${ABC_DEBIAN_MIRROR:-}
+security_mirror=${ABC_DEBIAN_SECURITY_MIRROR:-}
 
 all_names=(pause redis example-gaussian operator)
 declare -A ref=(
@@ -380,13 +384,14 @@ make_base() { # make_base DIR
   debootstrap --variant=minbase "$suite" "$dir" ${mirror:+"$mirror"}
   # The host's resolver and name were copied in; the runtime provides its own.
   : >"$dir/etc/resolv.conf"
+  chmod 0644 "$dir/etc/resolv.conf"
   rm -f "$dir/etc/hostname" "$dir/var/log/bootstrap.log"
-  # Security and point-release updates, as in Debian's images (only with the default mirror or
-  # one that mirrors the same layout: MIRROR-security).
+  # Security and point-release updates, as in Debian's images. Debian serves security updates
+  # beside the archive (URL + "-security"); a mirror elsewhere is ABC_DEBIAN_SECURITY_MIRROR.
   local m
   m=$(awk '$1 == "deb" { print $2; exit }' "$dir/etc/apt/sources.list")
-  printf 'deb %s %s-updates main\ndeb %s-security %s-security main\n' \
-    "$m" "$suite" "$m" "$suite" >>"$dir/etc/apt/sources.list"
+  printf 'deb %s %s-updates main\ndeb %s %s-security main\n' \
+    "$m" "$suite" "${security_mirror:-$m-security}" "$suite" >>"$dir/etc/apt/sources.list"
   cat >"$dir/etc/dpkg/dpkg.cfg.d/slim" <<'EOF'
 path-exclude /usr/share/doc/*
 path-include /usr/share/doc/*/copyright
@@ -422,7 +427,7 @@ base_run() {
   local build_env=() df_args=() df_env=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)
   in_root "$1"
 }
-base_key=$({ declare -f make_base base_run in_root; echo "$suite $mirror"; uname -m; } | sha)
+base_key=$({ declare -f make_base base_run in_root; echo "$suite $mirror $security_mirror"; uname -m; } | sha)
 base_dir=$cache/base-$base_key
 base_rootfs=$base_dir/rootfs
 
@@ -432,7 +437,7 @@ ensure_base() {
   rm -rf "$base_dir"
   mkdir -p "$base_dir"
   local logdir=$cache/logs/base-$base_key image=base
-  step debootstrap "debootstrap --variant=minbase $suite (first time only: about 5-8 minutes)" \
+  step debootstrap "debootstrap --variant=minbase $suite (first time only: 1-7 minutes, as fast as the mirror)" \
     make_base "$base_rootfs"
   touch "$base_dir/.complete"
 }
