@@ -264,15 +264,13 @@ print("\n".join(out))
 PY
 }
 
-# The df_* functions have two modes. "config" only collects the image config and the context
-# files COPY reads (to hash them); "build" also executes RUN and COPY against $rootfs.
+# The df_* functions execute the parsed Dockerfile against $rootfs: RUN and COPY change it,
+# the rest is collected as the image config (and ENV, ARG, USER, WORKDIR apply to later RUNs).
 df_reset() {
-  df_base='' df_user='' df_workdir='' df_stopsignal=''
+  df_user='' df_workdir='' df_stopsignal=''
   df_env=() df_args=() df_labels=() df_ports=() df_cmd=() df_entrypoint=()
 }
 df_from() {
-  df_base=$1
-  [ "$df_mode" = build ] || return 0
   if [ "$1" != scratch ]; then
     step copy-base "copy the cached Debian root" cp -a "$base_rootfs/." "$rootfs/"
   fi
@@ -291,7 +289,7 @@ df_label() { df_labels+=("$1=$2"); }
 df_workdir() {
   df_workdir=$1
   # Docker creates a missing WORKDIR (owned by root).
-  [ "$df_mode" != build ] || mkdir -p "$rootfs$1"
+  mkdir -p "$rootfs$1"
 }
 df_user() { df_user=$1; }
 df_expose() { df_ports+=("$1"); }
@@ -306,7 +304,6 @@ df_copy() { # df_copy FROM_STAGE SRC DST
     file=$context/$src
     [ -e "$file" ] || die "$dockerfile: COPY source $src missing in $context"
   fi
-  [ "$df_mode" = build ] || return 0
   case $dst in */) dst=$dst$(basename "$src") ;; esac
   mkdir -p "$rootfs$(dirname "$dst")"
   # Docker's COPY: owned by root, mode bits kept.
@@ -314,7 +311,6 @@ df_copy() { # df_copy FROM_STAGE SRC DST
   chown -R 0:0 "$rootfs$dst"
 }
 df_run() {
-  [ "$df_mode" = build ] || return 0
   run_count=$((run_count + 1))
   local what=$1
   [ ${#what} -le 70 ] || what="${what:0:67}..."
@@ -610,7 +606,6 @@ archive_of() {
   local work=${work:-/nonexistent}
   image_setup
   parsed=$(parse_dockerfile "$dockerfile" "${build_args[@]}")
-  df_mode=config; df_reset
   # Context files of COPY (not --from): hashed by name and content.
   local srcs=()
   while IFS= read -r line; do
@@ -702,7 +697,7 @@ build_image() { # build_image NAME ARCHIVE
       ;;
   esac
   parsed=$(parse_dockerfile "$dockerfile" "${build_args[@]}")
-  df_mode=build; df_reset
+  df_reset
   eval "$parsed"
   if [ "$image" = example-gaussian ]; then
     local v
