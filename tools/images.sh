@@ -643,14 +643,14 @@ umoci_config() { # umoci_config LAYOUT:TAG: the collected config onto the image
   umoci config "${a[@]}"
 }
 
-# What Docker leaves out of an image layer or a runtime mounts over: device nodes, the
-# wheelhouse mount point, stale apt state.
+# What Docker leaves out of an image layer (device nodes: the runtime provides /dev) and apt
+# state a RUN may have left.
 finish_rootfs() {
   find "$rootfs/dev" -mindepth 1 -delete 2>/dev/null || true
   rm -rf "$rootfs/var/lib/apt/lists/"* "$rootfs/var/cache/apt/"*.bin
 }
 
-pack() { # pack ARCHIVE: $rootfs and the config into a docker archive named $ref
+pack() { # $rootfs and the collected config into an OCI layout $work/oci
   local layout=$work/oci tag=${ref[$image]##*:}
   umoci init --layout "$layout"
   umoci new --image "$layout:$tag"
@@ -670,7 +670,8 @@ build_image() { # build_image NAME ARCHIVE
     pause)
       mkdir -p "$context/bin"
       need gcc gcc
-      [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || [ -n "$(find /usr/lib -name libc.a -print -quit)" ] || apt_install libc6-dev
+      # -static needs libc.a (gcc prints the bare name when it has none).
+      [ "$(gcc -print-file-name=libc.a)" != libc.a ] || apt_install libc6-dev
       local tagv
       tagv=$(sed -n 's/^TAG ?= *//p' "$(dirname "$dockerfile")/Makefile")
       # As kubernetes' build/pause/Makefile: -Os -Wall -Werror -static, then strip.
