@@ -4,6 +4,11 @@
 #
 # The build context is the repository root; only Cargo.toml, Cargo.lock and src/ are used.
 # BuildKit is needed for the cache mounts (the default builder of current Docker).
+#
+# The test cluster's real node runs an image with this file's final stage (user, ports,
+# entrypoint, cmd, CA bundle), built by tools/images.sh without a registry; it carries the
+# host's glibc build of the binary (with the libraries it links) instead of this static musl
+# one, as the musl target may not be installable there.
 
 FROM rust:1-bookworm AS build
 # Set by BuildKit to the platform being built (amd64, arm64).

@@ -33,6 +33,12 @@ deps:
 tools:
 	tools/build.sh >/dev/null
 
+## images: the images a real kubelet node runs (pause, redis, example, operator) as docker
+## archives, built from Debian packages and PyPI without a registry (needs root; cached)
+images:
+	$(CARGO) build --release --bin abc-operator
+	tools/images.sh
+
 ## cluster: start the loopback control plane; writes target/testenv/kubeconfig
 cluster: tools
 	tools/cluster.sh up $(TESTENV)

@@ -17,10 +17,11 @@
 #     of Debian's official images (no docs, man pages or locales, apt caches cleaned), made
 #     once and cached; FROM scratch is an empty root.
 #   - RUN runs in a chroot of the image's root (in private mount and pid namespaces, so no
-#     mount outlives the step). pip cannot reach the package index from there (TLS through a
-#     CA only the host's bundle holds), so Python wheels are downloaded on the host into a
-#     wheelhouse keyed by the requirements' hash and handed to RUN's pip read-only, through
-#     PIP_NO_INDEX/PIP_FIND_LINKS; nothing of it stays in the image.
+#     mount outlives the step). pip in a chroot has neither the host's pip settings nor its CA
+#     bundle (some machines reach the package index only through a CA the host alone holds),
+#     so the wheels are downloaded on the host into a wheelhouse keyed by the requirements'
+#     hash and handed to RUN's pip read-only, through PIP_NO_INDEX/PIP_FIND_LINKS; nothing of
+#     it stays in the image.
 #   - COPY/ADD take files from the build context (the repository); `COPY --from=STAGE` of a
 #     multi-stage build is mapped to what this script built on the host instead (the operator).
 #   - The config (user, env, workdir, entrypoint, cmd, ports, labels) is set with umoci.
@@ -33,7 +34,9 @@
 #   builds what is missing and prints one line per image: IMAGE_REF<TAB>ARCHIVE_PATH
 #   --print: the same lines without building (the operator binary must exist: it is hashed)
 # Environment: ABC_OPERATOR_BIN, ABC_DEBIAN_MIRROR (debootstrap's default mirror otherwise),
+#   ABC_DEBIAN_SECURITY_MIRROR (default: the mirror's URL + "-security", as Debian's own),
 #   ABC_IMAGES_CACHE (default ${XDG_CACHE_HOME:-$HOME/.cache}/abc-operator/images).
+# Old archives are not removed; `rm -rf` the cache folder to reclaim the space.
 # Building needs root (debootstrap, chroot, files owned by other users); --print does not.
 set -euo pipefail
 # Failures inside $(...) stop the script too (bash does not do so by default).
@@ -47,6 +50,7 @@ self=$root/tools/images.sh
 cache=${ABC_IMAGES_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/abc-operator/images}
 suite=bookworm
 mirror=${ABC_DEBIAN_MIRROR:-}
+security_mirror=${ABC_DEBIAN_SECURITY_MIRROR:-}
 
 all_names=(pause redis example-gaussian operator)
 declare -A ref=(
@@ -260,15 +264,13 @@ print("\n".join(out))
 PY
 }
 
-# The df_* functions have two modes. "config" only collects the image config and the context
-# files COPY reads (to hash them); "build" also executes RUN and COPY against $rootfs.
+# The df_* functions execute the parsed Dockerfile against $rootfs: RUN and COPY change it,
+# the rest is collected as the image config (and ENV, ARG, USER, WORKDIR apply to later RUNs).
 df_reset() {
-  df_base='' df_user='' df_workdir='' df_stopsignal=''
+  df_user='' df_workdir='' df_stopsignal=''
   df_env=() df_args=() df_labels=() df_ports=() df_cmd=() df_entrypoint=()
 }
 df_from() {
-  df_base=$1
-  [ "$df_mode" = build ] || return 0
   if [ "$1" != scratch ]; then
     step copy-base "copy the cached Debian root" cp -a "$base_rootfs/." "$rootfs/"
   fi
@@ -287,7 +289,7 @@ df_label() { df_labels+=("$1=$2"); }
 df_workdir() {
   df_workdir=$1
   # Docker creates a missing WORKDIR (owned by root).
-  [ "$df_mode" != build ] || mkdir -p "$rootfs$1"
+  mkdir -p "$rootfs$1"
 }
 df_user() { df_user=$1; }
 df_expose() { df_ports+=("$1"); }
@@ -302,7 +304,6 @@ df_copy() { # df_copy FROM_STAGE SRC DST
     file=$context/$src
     [ -e "$file" ] || die "$dockerfile: COPY source $src missing in $context"
   fi
-  [ "$df_mode" = build ] || return 0
   case $dst in */) dst=$dst$(basename "$src") ;; esac
   mkdir -p "$rootfs$(dirname "$dst")"
   # Docker's COPY: owned by root, mode bits kept.
@@ -310,7 +311,6 @@ df_copy() { # df_copy FROM_STAGE SRC DST
   chown -R 0:0 "$rootfs$dst"
 }
 df_run() {
-  [ "$df_mode" = build ] || return 0
   run_count=$((run_count + 1))
   local what=$1
   [ ${#what} -le 70 ] || what="${what:0:67}..."
@@ -380,13 +380,14 @@ make_base() { # make_base DIR
   debootstrap --variant=minbase "$suite" "$dir" ${mirror:+"$mirror"}
   # The host's resolver and name were copied in; the runtime provides its own.
   : >"$dir/etc/resolv.conf"
+  chmod 0644 "$dir/etc/resolv.conf"
   rm -f "$dir/etc/hostname" "$dir/var/log/bootstrap.log"
-  # Security and point-release updates, as in Debian's images (only with the default mirror or
-  # one that mirrors the same layout: MIRROR-security).
+  # Security and point-release updates, as in Debian's images. Debian serves security updates
+  # beside the archive (URL + "-security"); a mirror elsewhere is ABC_DEBIAN_SECURITY_MIRROR.
   local m
   m=$(awk '$1 == "deb" { print $2; exit }' "$dir/etc/apt/sources.list")
-  printf 'deb %s %s-updates main\ndeb %s-security %s-security main\n' \
-    "$m" "$suite" "$m" "$suite" >>"$dir/etc/apt/sources.list"
+  printf 'deb %s %s-updates main\ndeb %s %s-security main\n' \
+    "$m" "$suite" "${security_mirror:-$m-security}" "$suite" >>"$dir/etc/apt/sources.list"
   cat >"$dir/etc/dpkg/dpkg.cfg.d/slim" <<'EOF'
 path-exclude /usr/share/doc/*
 path-include /usr/share/doc/*/copyright
@@ -422,7 +423,7 @@ base_run() {
   local build_env=() df_args=() df_env=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)
   in_root "$1"
 }
-base_key=$({ declare -f make_base base_run in_root; echo "$suite $mirror"; uname -m; } | sha)
+base_key=$({ declare -f make_base base_run in_root; echo "$suite $mirror $security_mirror"; uname -m; } | sha)
 base_dir=$cache/base-$base_key
 base_rootfs=$base_dir/rootfs
 
@@ -432,7 +433,7 @@ ensure_base() {
   rm -rf "$base_dir"
   mkdir -p "$base_dir"
   local logdir=$cache/logs/base-$base_key image=base
-  step debootstrap "debootstrap --variant=minbase $suite (first time only: about 5-8 minutes)" \
+  step debootstrap "debootstrap --variant=minbase $suite (first time only: 1-7 minutes, as fast as the mirror)" \
     make_base "$base_rootfs"
   touch "$base_dir/.complete"
 }
@@ -605,7 +606,6 @@ archive_of() {
   local work=${work:-/nonexistent}
   image_setup
   parsed=$(parse_dockerfile "$dockerfile" "${build_args[@]}")
-  df_mode=config; df_reset
   # Context files of COPY (not --from): hashed by name and content.
   local srcs=()
   while IFS= read -r line; do
@@ -643,14 +643,14 @@ umoci_config() { # umoci_config LAYOUT:TAG: the collected config onto the image
   umoci config "${a[@]}"
 }
 
-# What Docker leaves out of an image layer or a runtime mounts over: device nodes, the
-# wheelhouse mount point, stale apt state.
+# What Docker leaves out of an image layer (device nodes: the runtime provides /dev) and apt
+# state a RUN may have left.
 finish_rootfs() {
   find "$rootfs/dev" -mindepth 1 -delete 2>/dev/null || true
   rm -rf "$rootfs/var/lib/apt/lists/"* "$rootfs/var/cache/apt/"*.bin
 }
 
-pack() { # pack ARCHIVE: $rootfs and the config into a docker archive named $ref
+pack() { # $rootfs and the collected config into an OCI layout $work/oci
   local layout=$work/oci tag=${ref[$image]##*:}
   umoci init --layout "$layout"
   umoci new --image "$layout:$tag"
@@ -670,7 +670,8 @@ build_image() { # build_image NAME ARCHIVE
     pause)
       mkdir -p "$context/bin"
       need gcc gcc
-      [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || [ -n "$(find /usr/lib -name libc.a -print -quit)" ] || apt_install libc6-dev
+      # -static needs libc.a (gcc prints the bare name when it has none).
+      [ "$(gcc -print-file-name=libc.a)" != libc.a ] || apt_install libc6-dev
       local tagv
       tagv=$(sed -n 's/^TAG ?= *//p' "$(dirname "$dockerfile")/Makefile")
       # As kubernetes' build/pause/Makefile: -Os -Wall -Werror -static, then strip.
@@ -697,7 +698,7 @@ build_image() { # build_image NAME ARCHIVE
       ;;
   esac
   parsed=$(parse_dockerfile "$dockerfile" "${build_args[@]}")
-  df_mode=build; df_reset
+  df_reset
   eval "$parsed"
   if [ "$image" = example-gaussian ]; then
     local v
