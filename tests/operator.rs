@@ -251,21 +251,19 @@ async fn kubectl_scale_and_an_hpa_drive_the_workers() {
     .await;
 
     // The real HPA controller reads the AbcRun's scale subresource.
-    let hpa = format!(
-        r#"
+    let hpa = r#"
 apiVersion: autoscaling/v2
 kind: HorizontalPodAutoscaler
-metadata: {{name: gaussian}}
+metadata: {name: gaussian}
 spec:
-  scaleTargetRef: {{apiVersion: abc-operator.dev/v1alpha1, kind: AbcRun, name: gaussian}}
+  scaleTargetRef: {apiVersion: abc-operator.dev/v1alpha1, kind: AbcRun, name: gaussian}
   minReplicas: 1
   maxReplicas: 10
   metrics:
   - type: Resource
-    resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 80}}}}
-"#
-    );
-    let (ok, err) = kubectl_apply(&ns.name, &hpa);
+    resource: {name: cpu, target: {type: Utilization, averageUtilization: 80}}
+"#;
+    let (ok, err) = kubectl_apply(&ns.name, hpa);
     assert!(ok, "HPA rejected: {err}");
     let hpas: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> =
         Api::namespaced(client.clone(), &ns.name);
