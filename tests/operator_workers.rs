@@ -463,12 +463,15 @@ async fn an_image_that_cannot_be_pulled_is_a_condition_and_one_event() {
     let s = setup("wk-image", 1, "10m", "0").await;
     let controller = ControllerProcess::start(&s.ns.name);
     let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns.name);
-    let pod = eventually(60, "a worker pod", || async {
+    // Running first: kwok would otherwise overwrite the status below with its own.
+    let pod = eventually(60, "a running worker pod", || async {
         let list = pods
             .list(&ListParams::default().labels("abc-operator.dev/component=worker"))
             .await
             .ok()?;
-        list.items.into_iter().next()
+        list.items
+            .into_iter()
+            .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
     })
     .await;
     let name = kube::ResourceExt::name_any(&pod);

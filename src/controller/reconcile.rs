@@ -423,6 +423,7 @@ async fn handle_workers(
     let actions = workers::decide(listed, ledgers, now_ms, timeout_ms);
     // One Event per lost pod (a pod with several worker processes has a ledger for each).
     let mut repaired: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut failed_delete = None;
     for action in actions {
         match action {
             WorkerAction::Repair {
@@ -472,7 +473,10 @@ async fn handle_workers(
                     .await;
                 }
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(err) => return Err(Error::Kube(err)),
+                // Reported after the repairs' Events: a repair is done once and for all.
+                Err(err) => {
+                    failed_delete.get_or_insert(Error::Kube(err));
+                }
             },
         }
     }
@@ -486,7 +490,7 @@ async fn handle_workers(
         )
         .await;
     }
-    Ok(())
+    failed_delete.map_or(Ok(()), Err)
 }
 
 /// A reference to a pod of the run, as an Event's related object. Without uid or
