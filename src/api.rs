@@ -447,10 +447,10 @@ impl AbcRunSpec {
         if self.redis.managed.is_some() && self.redis.external.is_some() {
             return Err(SpecError::RedisBoth);
         }
-        if let Some(master) = &self.master {
-            if master.command.is_empty() {
-                return Err(SpecError::EmptyMasterCommand);
-            }
+        if let Some(master) = &self.master
+            && master.command.is_empty()
+        {
+            return Err(SpecError::EmptyMasterCommand);
         }
         Ok(())
     }

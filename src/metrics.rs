@@ -58,8 +58,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("abc_operator");
         let reconciles = Counter::default();
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
-        let reconcile_duration =
-            Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0].into_iter());
+        let reconcile_duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         registry.register("reconciles", "Reconciles of AbcRuns", reconciles.clone());
         registry.register(
             "reconcile_errors",

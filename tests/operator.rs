@@ -251,21 +251,19 @@ async fn kubectl_scale_and_an_hpa_drive_the_workers() {
     .await;
 
     // The real HPA controller reads the AbcRun's scale subresource.
-    let hpa = format!(
-        r#"
+    let hpa = r#"
 apiVersion: autoscaling/v2
 kind: HorizontalPodAutoscaler
-metadata: {{name: gaussian}}
+metadata: {name: gaussian}
 spec:
-  scaleTargetRef: {{apiVersion: abc-operator.dev/v1alpha1, kind: AbcRun, name: gaussian}}
+  scaleTargetRef: {apiVersion: abc-operator.dev/v1alpha1, kind: AbcRun, name: gaussian}
   minReplicas: 1
   maxReplicas: 10
   metrics:
   - type: Resource
-    resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 80}}}}
-"#
-    );
-    let (ok, err) = kubectl_apply(&ns.name, &hpa);
+    resource: {name: cpu, target: {type: Utilization, averageUtilization: 80}}
+"#;
+    let (ok, err) = kubectl_apply(&ns.name, hpa);
     assert!(ok, "HPA rejected: {err}");
     let hpas: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> =
         Api::namespaced(client.clone(), &ns.name);
@@ -451,4 +449,53 @@ async fn a_missing_password_secret_is_a_condition_not_a_crash_or_a_hot_loop() {
         (!c.message.contains("does not exist")).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn the_operators_redis_image_is_the_default_of_a_managed_redis() {
+    install_crd();
+    let client = cluster::client().await;
+    let ns = TestNamespace::new(&client, "op-redis-image").await;
+    // An air-gapped cluster's own copy of Redis, set once for the operator.
+    let _controller =
+        ControllerProcess::start_with(&ns.name, &["--redis-image", "registry.local/redis:7.4"]);
+    let manifest = r#"
+apiVersion: abc-operator.dev/v1alpha1
+kind: AbcRun
+metadata: {name: mirrored}
+spec:
+  image: i
+---
+apiVersion: abc-operator.dev/v1alpha1
+kind: AbcRun
+metadata: {name: own}
+spec:
+  image: i
+  redis: {managed: {image: "redis:7.2"}}
+"#;
+    let (ok, err) = kubectl_apply(&ns.name, manifest);
+    assert!(ok, "AbcRuns rejected: {err}");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    for (run, image) in [
+        ("mirrored", "registry.local/redis:7.4"),
+        ("own", "redis:7.2"),
+    ] {
+        let redis = eventually(60, &format!("the Redis Deployment of {run}"), || async {
+            deployments
+                .get_opt(&format!("{run}-redis"))
+                .await
+                .ok()
+                .flatten()
+        })
+        .await;
+        let pod = redis.spec.unwrap().template.spec.unwrap();
+        let images: Vec<_> = pod
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&pod.containers)
+            .map(|c| c.image.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(images, [image, image], "{run}");
+    }
 }

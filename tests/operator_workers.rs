@@ -347,3 +347,270 @@ async fn a_failed_master_leaves_no_stale_analysis_lock_for_its_retry() {
     .await;
     s.wait_for_event("ClearedAnalysisLock").await;
 }
+
+/// Each lost pod is its own RepairedLostWorker Event, about that pod: kube's event recorder
+/// would otherwise fold them into one series that names only the first pod. A pod with two
+/// worker processes is one Event naming both repaired ledgers.
+#[tokio::test]
+async fn every_lost_pod_gets_its_own_repair_event_naming_it() {
+    let s = setup("wk-events", 0, "10m", "0").await;
+    let mut conn = abc_operator::protocol::connect(&s.redis.endpoint())
+        .await
+        .unwrap();
+    // A generation with three workers inside: two processes of pod a, one of pod b. Both pods
+    // are gone (force-deleted, say); their ledgers are left behind.
+    for (key, value) in [
+        ("analysis_id", "ana"),
+        ("generation_ana", "0"),
+        ("n_worker_ana_0", "3"),
+    ] {
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let ledgers = [
+        ("sim-workers-gone-a-0", "sim-workers-gone-a"),
+        ("sim-workers-gone-a-1", "sim-workers-gone-a"),
+        ("sim-workers-gone-b-0", "sim-workers-gone-b"),
+    ];
+    for (id, pod) in ledgers {
+        let _: () = redis::cmd("HSET")
+            .arg(abc_operator::protocol::keys::ledger_key(id))
+            .arg(
+                &[
+                    "worker",
+                    pod,
+                    "analysis",
+                    "ana",
+                    "generation",
+                    "0",
+                    "joined",
+                    "1",
+                ][..],
+            )
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("SADD")
+            .arg(abc_operator::protocol::keys::LEDGER_SET)
+            .arg(id)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    let _controller = ControllerProcess::start(&s.ns.name);
+    // As `kubectl get events` lists them (events.k8s.io, the API the recorder writes).
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(s.client.clone(), &s.ns.name);
+    let repairs = eventually(60, "a repair Event for each lost pod", || async {
+        let repairs: Vec<_> = events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("RepairedLostWorker"))
+            .collect();
+        (repairs.len() >= 2).then_some(repairs)
+    })
+    .await;
+    let mut about: Vec<(String, String)> = repairs
+        .iter()
+        .map(|e| {
+            let pod = e.related.as_ref().and_then(|r| r.name.clone());
+            (pod.unwrap_or_default(), e.note.clone().unwrap_or_default())
+        })
+        .collect();
+    about.sort();
+    let pods: Vec<&str> = about.iter().map(|(pod, _)| pod.as_str()).collect();
+    assert_eq!(
+        pods,
+        ["sim-workers-gone-a", "sim-workers-gone-b"],
+        "{repairs:#?}"
+    );
+    for (pod, note) in &about {
+        assert!(
+            note.contains(&format!("worker pod {pod} was lost")),
+            "{note}"
+        );
+    }
+    let (_, note_a) = &about[0];
+    assert!(
+        note_a.contains("sim-workers-gone-a-0") && note_a.contains("sim-workers-gone-a-1"),
+        "both processes of pod a are in its Event: {note_a}"
+    );
+    assert!(
+        repairs.iter().all(|e| e.series.is_none()),
+        "a repair was folded into a series: {repairs:#?}"
+    );
+    let status = eventually(30, "lostWorkers 3", || async {
+        let status = s.runs.get("sim").await.ok()?.status?;
+        (status.lost_workers == 3).then_some(status)
+    })
+    .await;
+    assert_eq!(status.lost_workers, 3);
+}
+
+/// A worker image the node cannot pull is a condition and one Warning Event naming the image,
+/// and the status does not change while the kubelet alternates between ErrImagePull and
+/// ImagePullBackOff.
+#[tokio::test]
+async fn an_image_that_cannot_be_pulled_is_a_condition_and_one_event() {
+    let s = setup("wk-image", 1, "10m", "0").await;
+    let controller = ControllerProcess::start(&s.ns.name);
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns.name);
+    // Running first: kwok would otherwise overwrite the status below with its own.
+    let pod = eventually(60, "a running worker pod", || async {
+        let list = pods
+            .list(&ListParams::default().labels("abc-operator.dev/component=worker"))
+            .await
+            .ok()?;
+        list.items
+            .into_iter()
+            .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+    })
+    .await;
+    let name = kube::ResourceExt::name_any(&pod);
+    // The kubelet's view of a missing image (kwok leaves a "custom" status alone).
+    let annotate =
+        serde_json::json!({"metadata": {"annotations": {"kwok.x-k8s.io/status": "custom"}}});
+    pods.patch(
+        &name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&annotate),
+    )
+    .await
+    .unwrap();
+    let pull_error = "rpc error: code = NotFound desc = failed to pull and unpack image \"docker.io/library/worker:latest\": not found";
+    let waiting = |reason: &str, message: String| {
+        serde_json::json!({"status": {"phase": "Pending", "containerStatuses": [{
+            "name": "worker", "image": "worker", "imageID": "", "ready": false,
+            "restartCount": 0, "state": {"waiting": {"reason": reason, "message": message}}}]}})
+    };
+    pods.patch_status(
+        &name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&waiting("ErrImagePull", pull_error.to_string())),
+    )
+    .await
+    .unwrap();
+
+    let run = eventually(
+        60,
+        "WorkersReady=False with reason ImagePullBackOff",
+        || async {
+            let run = s.runs.get("sim").await.ok()?;
+            let status = run.status.as_ref()?;
+            let workers = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "WorkersReady")?;
+            (workers.reason == "ImagePullBackOff").then_some(run)
+        },
+    )
+    .await;
+    let status = run.status.as_ref().unwrap();
+    let condition = |type_: &str| status.conditions.iter().find(|c| c.type_ == type_).unwrap();
+    assert!(
+        condition("WorkersReady").message.contains(&format!(
+            "pod {name}: container \"worker\" cannot pull image \"worker\": {pull_error}"
+        )),
+        "{status:?}"
+    );
+    let degraded = condition("Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "ImagePullBackOff")
+    );
+
+    // Let what follows from the first report settle (the Deployment's counts, say).
+    let mut run = run;
+    loop {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let now = s.runs.get("sim").await.unwrap();
+        if now.metadata.resource_version == run.metadata.resource_version {
+            break;
+        }
+        run = now;
+    }
+    // The kubelet backs off: same problem, so the run's status is not written again.
+    pods.patch_status(
+        &name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&waiting(
+            "ImagePullBackOff",
+            format!("Back-off pulling image \"worker\": ErrImagePull: {pull_error}"),
+        )),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let later = s.runs.get("sim").await.unwrap();
+    assert_eq!(
+        later.metadata.resource_version, run.metadata.resource_version,
+        "the same problem rewrote the status: {:?}",
+        later.status
+    );
+    // No hot loop: a run held up by its image is looked at now and then, and on pod changes.
+    let reconciles = || controller.metric("abc_operator_reconciles_total");
+    let before = reconciles().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = reconciles().await.unwrap();
+    assert!(
+        after - before <= 3.0,
+        "{} reconciles in 5 s",
+        after - before
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(s.client.clone(), &s.ns.name);
+    let warnings: Vec<_> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("ImagePullBackOff"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    let warning = &warnings[0];
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    assert!(
+        warning.series.is_none(),
+        "published more than once: {warning:#?}"
+    );
+    assert_eq!(
+        warning.related.as_ref().and_then(|r| r.name.as_deref()),
+        Some(name.as_str())
+    );
+    assert!(
+        warning
+            .note
+            .as_deref()
+            .unwrap_or_default()
+            .contains("cannot pull image \"worker\""),
+        "{warning:#?}"
+    );
+
+    // Fixed (say, the image was loaded onto the node): the problem is gone.
+    let running = serde_json::json!({"status": {"phase": "Running", "conditions": [
+        {"type": "Ready", "status": "True"}], "containerStatuses": [{
+        "name": "worker", "image": "worker", "imageID": "", "ready": true, "restartCount": 0,
+        "started": true, "state": {"running": {"startedAt": "2026-01-01T10:00:00Z"}}}]}});
+    pods.patch_status(
+        &name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&running),
+    )
+    .await
+    .unwrap();
+    eventually(60, "Degraded=False once the image runs", || async {
+        let status = s.runs.get("sim").await.ok()?.status?;
+        let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded")?;
+        (degraded.status == "False").then_some(())
+    })
+    .await;
+}

@@ -122,11 +122,14 @@ pub struct User {
     pub groups: Vec<String>,
 }
 
+/// Who asked to read which metric in which namespace: (user, namespace, metric).
+type DecisionKey = (User, String, String);
+
 /// `SubjectAccessReview`s with a short cache, so an HPA polling every few seconds costs the API
 /// server one review per user and metric every [`DECISION_TTL`].
 pub struct Authorizer {
     client: kube::Client,
-    decisions: Mutex<HashMap<(User, String, String), (bool, Instant)>>,
+    decisions: Mutex<HashMap<DecisionKey, (bool, Instant)>>,
 }
 
 impl Authorizer {
@@ -151,10 +154,9 @@ impl Authorizer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
+            && at.elapsed() < DECISION_TTL
         {
-            if at.elapsed() < DECISION_TTL {
-                return Ok(*allowed);
-            }
+            return Ok(*allowed);
         }
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {

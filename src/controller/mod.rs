@@ -1,6 +1,7 @@
 //! The Kubernetes controller for AbcRuns: watches runs and what they own, reconciles them
 //! level-triggered, and serves metrics and health.
 
+mod pod_problems;
 mod reconcile;
 mod redis_access;
 pub mod status;
@@ -9,7 +10,7 @@ mod workers;
 pub use reconcile::master_state;
 use redis_access::RedisAccess;
 
-use crate::api::{AbcRun, COMPONENT_LABEL, RUN_LABEL};
+use crate::api::{AbcRun, RUN_LABEL};
 use crate::autoscaling::DemandBoard;
 use crate::metrics::{ErrorLabels, Metrics};
 use futures::StreamExt;
@@ -78,7 +79,10 @@ impl Error {
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
+    /// Publishes the run's Events; one for all reconciles, so that repeats fold into series.
     pub recorder: Recorder,
+    /// Who publishes the Events (for Events that must not fold, see `publish_unfolded`).
+    pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
     /// Each run's demand, for the autoscaling endpoints.
     pub demand: Arc<DemandBoard>,
@@ -108,7 +112,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     };
     let ctx = Arc::new(Context {
         client: client.clone(),
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: Recorder::new(client.clone(), reporter.clone()),
+        reporter,
         metrics: metrics.clone(),
         demand: demand.clone(),
         build_settings: crate::resources::BuildSettings {
@@ -119,13 +124,15 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
 
     let ns = args.namespace.as_deref();
     let owned = watcher::Config::default().labels(RUN_LABEL);
-    let worker_pods = watcher::Config::default().labels(&format!("{COMPONENT_LABEL}=worker"));
+    // Every pod of a run (workers, master, Redis): their statuses are the run's status
+    // (readiness, image pull errors, crash loops), and each change reconciles the run once.
+    let run_pods = watcher::Config::default().labels(RUN_LABEL);
     let controller = Controller::new(runs, watcher::Config::default().any_semantic())
         .owns(api::<Deployment>(&client, ns), owned.clone())
         .owns(api::<Job>(&client, ns), owned.clone())
         .owns(api::<Secret>(&client, ns), owned)
-        // Worker pods belong to a ReplicaSet, not to the run: map them by label.
-        .watches(api::<Pod>(&client, ns), worker_pods, |pod: Pod| {
+        // The pods belong to a ReplicaSet or a Job, not to the run: map them by label.
+        .watches(api::<Pod>(&client, ns), run_pods, |pod: Pod| {
             let run = pod.labels().get(RUN_LABEL)?.clone();
             Some(ObjectRef::<AbcRun>::new(&run).within(&pod.namespace()?))
         })
@@ -176,14 +183,26 @@ fn error_policy(run: Arc<AbcRun>, err: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(run = %run.name_any(), namespace = ?run.namespace(), error = %err, "reconcile failed");
     let run2 = run.clone();
     let message = err.to_string();
+    // An error about one owned object is that object's Event: errors about different objects
+    // do not fold into one series showing only the first.
+    let related = match err {
+        Error::Apply { kind, name, .. } => Some(k8s_openapi::api::core::v1::ObjectReference {
+            kind: Some(kind.clone()),
+            name: Some(name.clone()),
+            namespace: run.namespace(),
+            ..Default::default()
+        }),
+        _ => None,
+    };
     tokio::spawn(async move {
-        ctx.publish(
-            &run2,
-            kube::runtime::events::EventType::Warning,
-            "ReconcileError",
-            message,
-        )
-        .await;
+        let type_ = kube::runtime::events::EventType::Warning;
+        match related {
+            Some(object) => {
+                ctx.publish_about(&run2, type_, "ReconcileError", message, object)
+                    .await
+            }
+            None => ctx.publish(&run2, type_, "ReconcileError", message).await,
+        }
     });
     Action::requeue(Duration::from_secs(10))
 }

@@ -1,22 +1,26 @@
 //! One reconcile of an AbcRun: resolve the password, build the owned objects, apply them with
 //! server-side apply, observe the parts and the run's Redis, write status when it changed.
 
+use super::pod_problems::pod_problem;
 use super::status::{self, MasterState, Observed};
 use super::workers::{self, WorkerAction};
 use super::{Context, Error};
-use crate::api::{AbcRun, FIELD_MANAGER, Phase, Progress, SecretKeyRef};
+use crate::api::{
+    AbcRun, COMPONENT_LABEL, FIELD_MANAGER, Phase, Progress, RUN_LABEL, SecretKeyRef,
+};
 use crate::protocol;
-use crate::resources;
+use crate::resources::{self, Component};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,10 +70,20 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
     };
     // Pods are listed after the snapshot: a ledger whose pod is missing from this list was
     // written by a pod that has since gone.
+    let pods = list_pods(&run, &ctx, &namespace).await?;
+    let now = Timestamp::now();
+    observed.worker_pod_problem = pod_problem(&pods.workers, now);
+    if owned.master_job.is_some() {
+        observed.master_pod_problem = pod_problem(&pods.master, now);
+    }
+    if owned.redis_deployment.is_some() {
+        observed.redis_pod_problem = pod_problem(&pods.redis, now);
+    }
     handle_workers(
         &run,
         &ctx,
         &namespace,
+        &pods.workers,
         endpoint.as_ref(),
         snapshot.as_ref(),
         &mut observed,
@@ -79,7 +93,7 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
         clear_stale_lock_if_master_down(&run, &ctx, &namespace, &owned, endpoint, snapshot).await;
     }
 
-    let new_status = status::compute(&run, &observed, Timestamp::now());
+    let new_status = status::compute(&run, &observed, now);
     record_demand(
         &ctx,
         &namespace,
@@ -91,13 +105,19 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
     record_metrics(&ctx, &namespace, &name, &new_status);
     if run.status.as_ref() != Some(&new_status) {
         write_status(&ctx, &namespace, &name, &new_status).await?;
-        publish_transitions(&run, &ctx, &new_status).await;
+        publish_transitions(&run, &ctx, &namespace, &new_status, &observed).await;
     }
 
     if let Some(action) = ttl_action(&run, &ctx, &namespace, &new_status).await? {
         return Ok(action);
     }
-    Ok(next_poll(&new_status, password.problem.is_some()))
+    // A run held up by what only the user can fix is looked at less often; its pods' watch
+    // events still reconcile it at once when the kubelet's view changes.
+    let held_up = new_status.phase == Some(Phase::Pending) && observed.pod_problem().is_some();
+    Ok(next_poll(
+        &new_status,
+        password.problem.is_some() || held_up,
+    ))
 }
 
 /// `spec.stop`: pyABC's `stop` makes idle workers leave now and busy ones at the end of the
@@ -294,6 +314,10 @@ async fn observe(
         master,
         progress: None,
         lost_workers: run.status.as_ref().map(|s| s.lost_workers).unwrap_or(0),
+        // Decided from the pods, listed after Redis was read.
+        worker_pod_problem: None,
+        master_pod_problem: None,
+        redis_pod_problem: None,
     })
 }
 
@@ -348,27 +372,58 @@ async fn read_redis(
     }
 }
 
+/// The run's pods, by the part of the run they belong to.
+struct RunPods {
+    workers: Vec<Pod>,
+    master: Vec<Pod>,
+    redis: Vec<Pod>,
+}
+
+async fn list_pods(run: &AbcRun, ctx: &Context, namespace: &str) -> Result<RunPods, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let selector = format!("{RUN_LABEL}={}", run.name_any());
+    let listed = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::Kube)?
+        .items;
+    let mut by_part = RunPods {
+        workers: Vec::new(),
+        master: Vec::new(),
+        redis: Vec::new(),
+    };
+    for pod in listed {
+        let part = match pod.labels().get(COMPONENT_LABEL).map(String::as_str) {
+            Some(c) if c == Component::Worker.as_str() => &mut by_part.workers,
+            Some(c) if c == Component::Master.as_str() => &mut by_part.master,
+            Some(c) if c == Component::Redis.as_str() => &mut by_part.redis,
+            _ => continue,
+        };
+        part.push(pod);
+    }
+    Ok(by_part)
+}
+
 /// Repairs lost workers and replaces ended or hung worker pods (see [`workers::decide`]).
 async fn handle_workers(
     run: &AbcRun,
     ctx: &Context,
     namespace: &str,
+    listed: &[Pod],
     endpoint: Option<&protocol::Endpoint>,
     snapshot: Option<&protocol::Snapshot>,
     observed: &mut Observed,
 ) -> Result<(), Error> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    let listed = pods
-        .list(&ListParams::default().labels(&resources::worker_selector(run)))
-        .await
-        .map_err(Error::Kube)?
-        .items;
     let timeout_ms = run.spec.workers.heartbeat_timeout_seconds * 1000;
     // Without Redis no ledger can be judged, but ended pods are still replaced.
     let (ledgers, now_ms) = snapshot
         .map(|s| (s.ledgers.as_slice(), s.time_ms))
         .unwrap_or((&[], 0));
-    let actions = workers::decide(&listed, ledgers, now_ms, timeout_ms);
+    let actions = workers::decide(listed, ledgers, now_ms, timeout_ms);
+    // One Event per lost pod (a pod with several worker processes has a ledger for each).
+    let mut repaired: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut failed_delete = None;
     for action in actions {
         match action {
             WorkerAction::Repair {
@@ -381,13 +436,10 @@ async fn handle_workers(
                     Ok(Some(repair)) if repair.corrected() => {
                         observed.lost_workers = observed.lost_workers.max(repair.lost_workers);
                         tracing::warn!(run = %run.name_any(), namespace, worker, ledger = ledger_id, reason, %repair, "repaired lost worker");
-                        ctx.publish(
-                            run,
-                            EventType::Warning,
-                            "RepairedLostWorker",
-                            format!("worker {ledger_id} was lost ({reason}); {repair}"),
-                        )
-                        .await;
+                        repaired
+                            .entry(worker)
+                            .or_default()
+                            .push(format!("{reason}; repaired {repair}"));
                     }
                     Ok(_) => {
                         tracing::debug!(run = %run.name_any(), ledger = ledger_id, "removed the ledger of an ended worker")
@@ -411,20 +463,47 @@ async fn handle_workers(
                     } else {
                         (EventType::Warning, "WorkerReplaced")
                     };
-                    ctx.publish(
+                    ctx.publish_about(
                         run,
                         type_,
                         why,
                         format!("replacing worker pod {pod}: {reason}"),
+                        pod_reference(namespace, &pod),
                     )
                     .await;
                 }
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(err) => return Err(Error::Kube(err)),
+                // Reported after the repairs' Events: a repair is done once and for all.
+                Err(err) => {
+                    failed_delete.get_or_insert(Error::Kube(err));
+                }
             },
         }
     }
-    Ok(())
+    for (pod, repairs) in repaired {
+        ctx.publish_about(
+            run,
+            EventType::Warning,
+            "RepairedLostWorker",
+            format!("worker pod {pod} was lost: {}", repairs.join("; ")),
+            pod_reference(namespace, &pod),
+        )
+        .await;
+    }
+    failed_delete.map_or(Ok(()), Err)
+}
+
+/// A reference to a pod of the run, as an Event's related object. Without uid or
+/// resourceVersion: a lost pod may be gone, and the Recorder compares references whole, so the
+/// same pod must always give the same reference.
+fn pod_reference(namespace: &str, pod: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(pod.into()),
+        namespace: Some(namespace.into()),
+        ..ObjectReference::default()
+    }
 }
 
 fn progress_of(s: &protocol::Snapshot) -> Progress {
@@ -516,49 +595,68 @@ async fn write_status(
 
 /// Events for what a person following the run wants to know: phase changes, finished
 /// generations, problems appearing.
-async fn publish_transitions(run: &AbcRun, ctx: &Context, new: &crate::api::AbcRunStatus) {
+async fn publish_transitions(
+    run: &AbcRun,
+    ctx: &Context,
+    namespace: &str,
+    new: &crate::api::AbcRunStatus,
+    observed: &Observed,
+) {
     let old = run.status.clone().unwrap_or_default();
-    if old.phase != new.phase {
-        if let Some(phase) = new.phase {
-            let type_ = if phase == Phase::Failed {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            };
-            let note = match phase {
-                Phase::Failed => new
-                    .conditions
-                    .iter()
-                    .find(|c| c.type_ == status::DEGRADED)
-                    .map(|c| c.message.clone())
-                    .unwrap_or_else(|| "the run failed".into()),
-                other => format!("the run is {other}"),
-            };
-            ctx.publish(run, type_, &phase.to_string(), note).await;
-        }
+    if old.phase != new.phase
+        && let Some(phase) = new.phase
+    {
+        let type_ = if phase == Phase::Failed {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        let note = match phase {
+            Phase::Failed => new
+                .conditions
+                .iter()
+                .find(|c| c.type_ == status::DEGRADED)
+                .map(|c| c.message.clone())
+                .unwrap_or_else(|| "the run failed".into()),
+            other => format!("the run is {other}"),
+        };
+        ctx.publish(run, type_, &phase.to_string(), note).await;
     }
+    // A problem appearing, or another one taking its place, is one Warning named after it
+    // (e.g. ImagePullBackOff) and about its pod when it has one; the same problem persisting
+    // changes no status, so it is not published again.
     let degraded = |s: &crate::api::AbcRunStatus| {
         s.conditions
             .iter()
             .find(|c| c.type_ == status::DEGRADED && c.status == "True")
-            .map(|c| c.message.clone())
+            .map(|c| (c.reason.clone(), c.message.clone()))
     };
-    if let (None, Some(problem)) = (degraded(&old), degraded(new)) {
-        ctx.publish(run, EventType::Warning, "Degraded", problem)
-            .await;
+    match (degraded(&old), degraded(new)) {
+        (before, Some((reason, message))) if before.as_ref().map(|b| &b.0) != Some(&reason) => {
+            match observed.pod_problem() {
+                Some(problem) if problem.reason == reason => {
+                    let pod = pod_reference(namespace, &problem.pod);
+                    ctx.publish_about(run, EventType::Warning, &reason, message, pod)
+                        .await
+                }
+                _ => ctx.publish(run, EventType::Warning, &reason, message).await,
+            }
+        }
+        _ => {}
     }
     let generation_of =
         |s: &crate::api::AbcRunStatus| s.progress.as_ref().and_then(|p| p.generation);
-    if let (Some(before), Some(now)) = (generation_of(&old), generation_of(new)) {
-        if now > before {
-            ctx.publish(
-                run,
-                EventType::Normal,
-                "GenerationCompleted",
-                format!("generation {before} completed; sampling generation {now}"),
-            )
-            .await;
-        }
+    if let (Some(before), Some(now)) = (generation_of(&old), generation_of(new))
+        && now > before
+    {
+        // Each generation completes once, with its own note: never folded.
+        ctx.publish_unfolded(
+            run,
+            EventType::Normal,
+            "GenerationCompleted",
+            format!("generation {before} completed; sampling generation {now}"),
+        )
+        .await;
     }
 }
 
@@ -681,18 +779,104 @@ fn next_poll(status: &crate::api::AbcRunStatus, user_problem: bool) -> Action {
     }
 }
 
+/// The API server refuses an Event whose note is longer than this (in bytes).
+const MAX_NOTE_BYTES: usize = 1024;
+
+/// `note`, cut at a character boundary to what the API server accepts.
+fn within_note_limit(mut note: String) -> String {
+    if note.len() <= MAX_NOTE_BYTES {
+        return note;
+    }
+    let mut end = MAX_NOTE_BYTES - '…'.len_utf8();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    note.truncate(end);
+    note.push('…');
+    note
+}
+
 impl Context {
     /// Publishes an Event on the run; failures to publish are logged, never fatal.
+    ///
+    /// kube's Recorder folds Events with the same type, reason, action and objects (within
+    /// 6 minutes) into one series that keeps the first note: use this for news that is the
+    /// same each time it repeats (a phase, a reconcile error), and [`Context::publish_about`]
+    /// when the Event concerns one object among several.
     pub async fn publish(&self, run: &AbcRun, type_: EventType, reason: &str, note: String) {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(err) = self.recorder.publish(&event, &run.object_ref(&())).await {
-            tracing::warn!(run = %run.name_any(), error = %err, "publishing an event failed");
-        }
+        self.publish_event(run, type_, reason, note, None).await;
+    }
+
+    /// Publishes an Event on the run about `related` (e.g. the worker pod that was lost), so
+    /// that Events about different objects stay apart while a repeat about the same object
+    /// still folds into its series.
+    pub async fn publish_about(
+        &self,
+        run: &AbcRun,
+        type_: EventType,
+        reason: &str,
+        note: String,
+        related: ObjectReference,
+    ) {
+        self.publish_event(run, type_, reason, note, Some(related))
+            .await;
+    }
+
+    /// Publishes an Event that never folds into an earlier one: for news whose note differs
+    /// each time under the same reason and objects (e.g. which generation completed), which
+    /// the shared Recorder would fold into a series showing only the first.
+    pub async fn publish_unfolded(
+        &self,
+        run: &AbcRun,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        // A Recorder's series cache is its own: a fresh one has nothing to fold into.
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        publish_with(&recorder, run, event(type_, reason, note, None)).await;
+    }
+
+    async fn publish_event(
+        &self,
+        run: &AbcRun,
+        type_: EventType,
+        reason: &str,
+        note: String,
+        related: Option<ObjectReference>,
+    ) {
+        publish_with(&self.recorder, run, event(type_, reason, note, related)).await;
+    }
+}
+
+fn event(type_: EventType, reason: &str, note: String, related: Option<ObjectReference>) -> Event {
+    Event {
+        type_,
+        reason: reason.into(),
+        note: Some(within_note_limit(note)),
+        action: "Reconcile".into(),
+        secondary: related,
+    }
+}
+
+async fn publish_with(recorder: &Recorder, run: &AbcRun, event: Event) {
+    if let Err(err) = recorder.publish(&event, &run.object_ref(&())).await {
+        tracing::warn!(run = %run.name_any(), error = %err, "publishing an event failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_notes_are_cut_to_what_the_api_server_accepts() {
+        // Many repaired processes of one pod, with a multi-byte character at the cut.
+        let note = format!("{}é{}", "a".repeat(MAX_NOTE_BYTES - 2), "b".repeat(500));
+        let cut = within_note_limit(note);
+        assert!(cut.len() <= MAX_NOTE_BYTES, "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        let short = "worker pod w1 was lost".to_string();
+        assert_eq!(within_note_limit(short.clone()), short);
     }
 }

@@ -29,10 +29,10 @@ impl RedisAccess {
             "{endpoint}:{}",
             fingerprint(endpoint.password.as_deref().unwrap_or_default())
         );
-        if let Some((t, conn)) = self.connections.lock().await.get(&uid) {
-            if *t == target {
-                return Ok(conn.clone());
-            }
+        if let Some((t, conn)) = self.connections.lock().await.get(&uid)
+            && *t == target
+        {
+            return Ok(conn.clone());
         }
         let conn = timeout(endpoint, protocol::connect(endpoint)).await?;
         self.connections

@@ -2,6 +2,7 @@
 //! so that the same cluster state always gives the same status and an unchanged run is not
 //! written to.
 
+pub use super::pod_problems::PodProblem;
 use crate::api::{AbcRun, AbcRunStatus, Phase, Progress};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -27,6 +28,23 @@ pub struct Observed {
     /// Workers repaired so far: the larger of the previous status and the count the repair
     /// script keeps in the run's Redis (`protocol::keys::LOST_WORKERS`).
     pub lost_workers: i64,
+    /// Why worker pods cannot run (a missing image, a crash loop...), if they cannot.
+    pub worker_pod_problem: Option<PodProblem>,
+    /// Why the master Job's pod cannot run, if it cannot.
+    pub master_pod_problem: Option<PodProblem>,
+    /// Why the managed Redis' pod cannot run, if it cannot.
+    pub redis_pod_problem: Option<PodProblem>,
+}
+
+impl Observed {
+    /// The pod problem the run's Degraded condition reports, if any: Redis' first (nothing
+    /// works without it), then the master's, then the workers'.
+    pub fn pod_problem(&self) -> Option<&PodProblem> {
+        self.redis_pod_problem
+            .as_ref()
+            .or(self.master_pod_problem.as_ref())
+            .or(self.worker_pod_problem.as_ref())
+    }
 }
 
 /// State of the master Job.
@@ -88,55 +106,64 @@ pub fn compute(run: &AbcRun, observed: &Observed, now: Timestamp) -> AbcRunStatu
     };
     // RedisReady says whether Redis runs (its pod is ready, or the external one answered);
     // whether the operator can read it is Degraded's business.
-    match (observed.redis_ready, &observed.redis_problem) {
-        (true, _) => push(REDIS_READY, true, "RedisReady", "Redis is ready".into()),
-        (false, Some(problem)) => push(REDIS_READY, false, "RedisUnavailable", problem.clone()),
-        (false, None) => push(
+    match (
+        observed.redis_ready,
+        &observed.redis_problem,
+        &observed.redis_pod_problem,
+    ) {
+        (true, _, _) => push(REDIS_READY, true, "RedisReady", "Redis is ready".into()),
+        (false, Some(problem), _) => push(REDIS_READY, false, "RedisUnavailable", problem.clone()),
+        (false, None, Some(pod)) => push(REDIS_READY, false, &pod.reason, pod.message.clone()),
+        (false, None, None) => push(
             REDIS_READY,
             false,
             "RedisStarting",
             "waiting for the Redis pod to become ready".into(),
         ),
     }
-    push(
-        WORKERS_READY,
-        observed.workers_desired > 0 && observed.workers_ready >= observed.workers_desired,
-        if observed.workers_ready >= observed.workers_desired {
-            "AllReady"
-        } else {
-            "Scaling"
-        },
-        format!(
-            "{}/{} worker pods ready",
-            observed.workers_ready, observed.workers_desired
+    let workers_ready =
+        observed.workers_desired > 0 && observed.workers_ready >= observed.workers_desired;
+    match &observed.worker_pod_problem {
+        // Also with enough ready workers: a rollout of a new image is stuck.
+        Some(pod) if observed.workers_desired > 0 => {
+            push(WORKERS_READY, false, &pod.reason, pod.message.clone())
+        }
+        _ => push(
+            WORKERS_READY,
+            workers_ready,
+            if observed.workers_ready >= observed.workers_desired {
+                "AllReady"
+            } else {
+                "Scaling"
+            },
+            format!(
+                "{}/{} worker pods ready",
+                observed.workers_ready, observed.workers_desired
+            ),
         ),
-    );
+    }
     if let Some(master) = &observed.master {
-        let (ok, reason, message) = match master {
-            MasterState::Pending => (
+        let (ok, reason, message) = match (master, &observed.master_pod_problem) {
+            (MasterState::Pending | MasterState::Running, Some(pod)) => {
+                (false, pod.reason.as_str(), pod.message.clone())
+            }
+            (MasterState::Pending, None) => (
                 false,
                 "Pending",
                 "the master Job has no running pod yet".to_string(),
             ),
-            MasterState::Running => (true, "Running", "the master is sampling".to_string()),
-            MasterState::Succeeded => (
+            (MasterState::Running, None) => (true, "Running", "the master is sampling".to_string()),
+            (MasterState::Succeeded, _) => (
                 false,
                 "Succeeded",
                 "the master finished successfully".to_string(),
             ),
-            MasterState::Failed(why) => (false, "Failed", format!("the master failed: {why}")),
+            (MasterState::Failed(why), _) => (false, "Failed", format!("the master failed: {why}")),
         };
         push(MASTER_RUNNING, ok, reason, message);
     }
-    let degraded = observed
-        .redis_problem
-        .clone()
-        .or_else(|| match &observed.master {
-            Some(MasterState::Failed(why)) => Some(format!("the master failed: {why}")),
-            _ => None,
-        });
-    match degraded {
-        Some(why) => push(DEGRADED, true, "Problem", why),
+    match degraded(observed) {
+        Some((reason, why)) => push(DEGRADED, true, &reason, why),
         None => push(DEGRADED, false, "Healthy", "no problem found".into()),
     }
 
@@ -174,6 +201,27 @@ pub fn compute(run: &AbcRun, observed: &Observed, now: Timestamp) -> AbcRunStatu
         progress: progress.or(previous.progress),
         lost_workers: observed.lost_workers,
     }
+}
+
+/// The reason and message of the run's Degraded condition, if something is wrong. A finished
+/// master ends the run, so pod problems matter only while it has not.
+fn degraded(observed: &Observed) -> Option<(String, String)> {
+    if let Some(problem) = &observed.redis_problem {
+        return Some(("RedisUnavailable".into(), problem.clone()));
+    }
+    match &observed.master {
+        Some(MasterState::Failed(why)) => {
+            return Some(("MasterFailed".into(), format!("the master failed: {why}")));
+        }
+        Some(MasterState::Succeeded) => return None,
+        _ => {}
+    }
+    let pod = observed.pod_problem()?;
+    if observed.workers_desired == 0 && observed.worker_pod_problem.as_ref() == Some(pod) {
+        // Workers scaled to zero (stopped, suspended): their last pods are going away.
+        return None;
+    }
+    Some((pod.reason.clone(), pod.message.clone()))
 }
 
 fn condition(
@@ -300,6 +348,92 @@ mod tests {
         assert_eq!(degraded.status, "True");
         assert!(degraded.message.contains("not found"));
         assert_eq!(status.phase, Some(Phase::Pending));
+    }
+
+    fn image_pull_problem(pod: &str) -> PodProblem {
+        PodProblem {
+            pod: pod.into(),
+            reason: "ImagePullBackOff".into(),
+            message: format!(
+                "pod {pod}: container \"worker\" cannot pull image \"models/gausian:1\": not found"
+            ),
+        }
+    }
+
+    fn condition_of<'a>(status: &'a AbcRunStatus, type_: &str) -> &'a Condition {
+        status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn a_pod_problem_is_a_stable_condition_with_the_kubelets_reason() {
+        let mut r = run("{image: models/gausian:1, master: {command: [python, m.py]}}");
+        let observed = Observed {
+            workers_ready: 0,
+            master: Some(MasterState::Pending),
+            worker_pod_problem: Some(image_pull_problem("sim-workers-1")),
+            ..healthy()
+        };
+        let first = compute(&r, &observed, Timestamp::from_second(1000).unwrap());
+        let workers = condition_of(&first, WORKERS_READY);
+        assert_eq!(
+            (workers.status.as_str(), workers.reason.as_str()),
+            ("False", "ImagePullBackOff")
+        );
+        assert!(workers.message.contains("\"models/gausian:1\": not found"));
+        let degraded = condition_of(&first, DEGRADED);
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "ImagePullBackOff")
+        );
+        assert_eq!(degraded.message, workers.message);
+        assert_eq!(first.phase, Some(Phase::Pending));
+
+        // The same problem a reconcile later: byte for byte the same status, so no write.
+        r.status = Some(first.clone());
+        let second = compute(&r, &observed, Timestamp::from_second(1015).unwrap());
+        assert_eq!(
+            serde_json::to_string(&first).unwrap(),
+            serde_json::to_string(&second).unwrap()
+        );
+    }
+
+    #[test]
+    fn the_masters_pod_problem_is_the_masters_condition() {
+        let r = run("{image: i, master: {command: [python, m.py]}}");
+        let observed = Observed {
+            master: Some(MasterState::Pending),
+            master_pod_problem: Some(PodProblem {
+                pod: "r-master-abcde".into(),
+                reason: "CreateContainerConfigError".into(),
+                message: "pod r-master-abcde: container \"master\" cannot be created: couldn't find key password in Secret n/pw".into(),
+            }),
+            ..healthy()
+        };
+        let status = compute(&r, &observed, Timestamp::from_second(1).unwrap());
+        let master = condition_of(&status, MASTER_RUNNING);
+        assert_eq!(
+            (master.status.as_str(), master.reason.as_str()),
+            ("False", "CreateContainerConfigError")
+        );
+        assert!(master.message.contains("couldn't find key password"));
+        assert_eq!(
+            condition_of(&status, DEGRADED).reason,
+            "CreateContainerConfigError"
+        );
+        assert_eq!(condition_of(&status, WORKERS_READY).status, "True");
+    }
+
+    #[test]
+    fn workers_scaled_to_zero_are_no_problem_while_they_go() {
+        let r = run("{image: i, stop: true}");
+        let observed = Observed {
+            workers_desired: 0,
+            worker_pod_problem: Some(image_pull_problem("sim-workers-1")),
+            master: None,
+            ..healthy()
+        };
+        let status = compute(&r, &observed, Timestamp::from_second(1).unwrap());
+        assert_eq!(condition_of(&status, DEGRADED).status, "False");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! state only: the run's worker pods (read after the Redis snapshot, so a ledger whose pod is
 //! missing from the list really lost its pod) and the snapshot's ledgers.
 
+use super::pod_problems::CRASH_AT_START;
 use crate::protocol::Ledger;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::ResourceExt;
@@ -91,6 +92,11 @@ pub fn decide(
             || status.restart_count > 0;
         if ended {
             let expired = last_exit_code(status) == Some(0);
+            if !expired && crashed_at_start(status) {
+                // A new pod would crash the same way at once: leave it to the kubelet's
+                // restart back-off, which the run's status reports (pod_problems).
+                continue;
+            }
             let reason = if expired {
                 "its runtime is over".to_string()
             } else {
@@ -143,6 +149,25 @@ fn ended_after(status: &ContainerStatus, ledger: &Ledger) -> bool {
 fn stale(ledger: &Ledger, now_ms: i64, timeout_ms: i64) -> bool {
     let last = ledger.heartbeat_ms.or(ledger.started_ms);
     last.is_some_and(|t| now_ms - t > timeout_ms)
+}
+
+/// The container's last run ended with an error within [`CRASH_AT_START`] of starting. Without
+/// both times (never from a kubelet) it did not: replacing is the safe default.
+fn crashed_at_start(status: &ContainerStatus) -> bool {
+    let state = status.state.as_ref().and_then(|s| s.terminated.as_ref());
+    let last = status
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref());
+    let Some(ended) = state.or(last) else {
+        return false;
+    };
+    match (&ended.started_at, &ended.finished_at) {
+        (Some(started), Some(finished)) => {
+            finished.0.duration_since(started.0).as_secs() < CRASH_AT_START.as_secs() as i64
+        }
+        _ => false,
+    }
 }
 
 fn last_exit_code(status: &ContainerStatus) -> Option<i32> {
@@ -260,6 +285,41 @@ mod tests {
         );
         assert!(actions.iter().any(
             |a| matches!(a, WorkerAction::Replace { pod, expired: false, .. } if pod == "w2")
+        ));
+    }
+
+    /// A worker whose last run started at `started` and exited with `code` at `finished`
+    /// (seconds), restarted by the kubelet since.
+    fn restarted(name: &str, code: i32, started: i64, finished: i64) -> Pod {
+        let time = |s: i64| {
+            k8s_openapi::jiff::Timestamp::from_second(s)
+                .unwrap()
+                .to_string()
+        };
+        pod(
+            name,
+            serde_json::json!({"name": "worker", "image": "i", "imageID": "", "ready": true,
+            "restartCount": 1, "state": {"running": {"startedAt": time(finished + 1)}},
+            "lastState": {"terminated": {"exitCode": code,
+                "startedAt": time(started), "finishedAt": time(finished)}}}),
+        )
+    }
+
+    #[test]
+    fn a_worker_crashing_at_start_is_left_to_the_kubelets_back_off() {
+        // Replacing it would only make a new pod crash the same way, without back-off.
+        assert!(decide(&[restarted("w1", 1, 1000, 1003)], &[], 2000, 60_000).is_empty());
+        // One that crashed after working for a while is replaced at once, as before...
+        let crashed_later = decide(&[restarted("w2", 137, 1000, 1600)], &[], 2000, 60_000);
+        assert!(matches!(
+            crashed_later.as_slice(),
+            [WorkerAction::Replace { pod, expired: false, .. }] if pod == "w2"
+        ));
+        // ...and so is one whose runtime is over, however short.
+        let expired = decide(&[restarted("w3", 0, 1000, 1003)], &[], 2000, 60_000);
+        assert!(matches!(
+            expired.as_slice(),
+            [WorkerAction::Replace { expired: true, .. }]
         ));
     }
 

@@ -27,6 +27,8 @@ pub struct RedisTarget {
 
 struct Worker {
     child: Child,
+    /// When the process started, as a kubelet reports the container's `startedAt`.
+    started_at: k8s_openapi::jiff::Timestamp,
     exited_at: Option<Instant>,
 }
 
@@ -146,7 +148,7 @@ async fn tick(
                     let code = status.code().unwrap_or(137);
                     w.exited_at = Some(Instant::now());
                     log.lock().unwrap().exited.push((name.clone(), code));
-                    to_patch.push((name.clone(), terminated(code)));
+                    to_patch.push((name.clone(), terminated(code, w.started_at)));
                 }
             } else if w
                 .exited_at
@@ -157,6 +159,7 @@ async fn tick(
                 w.exited_at = None;
                 if let Some(pod) = live.get(name) {
                     w.child = spawn(pod, redis, python, entrypoint, dir);
+                    w.started_at = k8s_openapi::jiff::Timestamp::now();
                 }
             }
         }
@@ -170,6 +173,7 @@ async fn tick(
                     name.clone(),
                     Worker {
                         child,
+                        started_at: k8s_openapi::jiff::Timestamp::now(),
                         exited_at: None,
                     },
                 );
@@ -219,12 +223,12 @@ fn spawn(
     cmd.spawn().expect("the worker process starts")
 }
 
-fn terminated(code: i32) -> serde_json::Value {
+fn terminated(code: i32, started_at: k8s_openapi::jiff::Timestamp) -> serde_json::Value {
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     serde_json::json!({"status": {"containerStatuses": [{
         "name": "worker", "image": "worker", "imageID": "", "ready": false, "restartCount": 0,
         "state": {"terminated": {"exitCode": code, "reason": if code == 0 {"Completed"} else {"Error"},
-                                  "startedAt": now, "finishedAt": now}}
+                                  "startedAt": started_at.to_string(), "finishedAt": now}}
     }]}})
 }
 

@@ -1,0 +1,305 @@
+//! Why a run's pods cannot run, decided from their statuses alone: an image the node cannot
+//! pull, a container the kubelet cannot create (e.g. a missing Secret key), a container that
+//! keeps exiting. Without this a run with a typo in its image would only sit in Pending.
+//!
+//! The same pods give the same problem, byte for byte: the kubelet's back-off durations and
+//! restart counts are left out of the message, and `ErrImagePull`/`ImagePullBackOff` (between
+//! which the kubelet alternates while it retries) are one problem. So a stuck run's status does
+//! not change from one reconcile to the next, and its Event is published once.
+
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use std::time::Duration;
+
+/// A container that exits with an error within this time of starting crashes at start (a
+/// missing module, a wrong password): the worker is left to the kubelet's restart back-off,
+/// which shows as `CrashLoopBackOff`, rather than replaced, which would only churn pods.
+pub const CRASH_AT_START: Duration = Duration::from_secs(60);
+
+/// A container restarted after an error that has been running this long has recovered. Before
+/// that it is still crash-looping: the kubelet restarts it between two back-offs, and calling
+/// each of those short runs "fine" would make the status flap.
+pub const RECOVERED_AFTER: Duration = Duration::from_secs(60);
+
+/// Why one of a run's pods cannot run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodProblem {
+    /// The pod it was seen in (the first such pod by name).
+    pub pod: String,
+    /// The kubelet's reason, as conditions and Events show it: `ImagePullBackOff`,
+    /// `InvalidImageName`, `ErrImageNeverPull`, `CreateContainerConfigError`,
+    /// `CreateContainerError` or `CrashLoopBackOff`.
+    pub reason: String,
+    /// What is wrong, naming the pod, the container, and the image or the last exit.
+    pub message: String,
+}
+
+/// The first problem among `pods` (by pod name, init containers first), or `None` when every
+/// pod runs or is on its way (scheduling, pulling, creating its containers). Pods being deleted
+/// and finished pods (a master Job's failed attempts: the Job's own status tells) are skipped.
+pub fn pod_problem(pods: &[Pod], now: Timestamp) -> Option<PodProblem> {
+    let mut pods: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            !matches!(phase, Some("Succeeded" | "Failed"))
+        })
+        .collect();
+    pods.sort_by_key(|p| p.name_any());
+    pods.into_iter().find_map(|pod| {
+        let status = pod.status.as_ref()?;
+        let containers = status
+            .init_container_statuses
+            .iter()
+            .flatten()
+            .chain(status.container_statuses.iter().flatten());
+        containers
+            .filter_map(|c| container_problem(c, now))
+            .next()
+            .map(|(reason, what)| PodProblem {
+                pod: pod.name_any(),
+                reason: reason.to_string(),
+                message: format!("pod {}: {what}", pod.name_any()),
+            })
+    })
+}
+
+/// The reason and the description (starting with the container's name) of what keeps one
+/// container from running, if anything does.
+fn container_problem(c: &ContainerStatus, now: Timestamp) -> Option<(&'static str, String)> {
+    let image = &c.image;
+    let name = &c.name;
+    let state = c.state.as_ref();
+    if let Some(waiting) = state.and_then(|s| s.waiting.as_ref()) {
+        let kubelet = waiting.message.as_deref().unwrap_or_default().trim();
+        return match waiting.reason.as_deref().unwrap_or_default() {
+            "ErrImagePull" | "ImagePullBackOff" => Some((
+                "ImagePullBackOff",
+                format!(
+                    "container {name:?} cannot pull image {image:?}: {}",
+                    pull_error(kubelet, image)
+                ),
+            )),
+            "InvalidImageName" => Some((
+                "InvalidImageName",
+                format!("container {name:?} has an invalid image name {image:?}: {kubelet}"),
+            )),
+            "ErrImageNeverPull" => Some((
+                "ErrImageNeverPull",
+                format!(
+                    "container {name:?}: image {image:?} is not on the node and its pull policy is Never: {kubelet}"
+                ),
+            )),
+            reason @ ("CreateContainerConfigError" | "CreateContainerError") => Some((
+                if reason == "CreateContainerConfigError" {
+                    "CreateContainerConfigError"
+                } else {
+                    "CreateContainerError"
+                },
+                format!("container {name:?} cannot be created: {kubelet}"),
+            )),
+            "CrashLoopBackOff" => Some(("CrashLoopBackOff", crash(c))),
+            // ContainerCreating, PodInitializing: on its way.
+            _ => None,
+        };
+    }
+    // Between two back-offs a crash-looping container runs (or has just exited) again.
+    let failed_before = c.restart_count > 0 && last_exit(c).is_some_and(|t| t.exit_code != 0);
+    if !failed_before {
+        return None;
+    }
+    let running_since = state
+        .and_then(|s| s.running.as_ref())
+        .and_then(|r| r.started_at.as_ref());
+    let exited_again = state.and_then(|s| s.terminated.as_ref()).is_some();
+    let recovered = running_since.is_some_and(|started| {
+        now.duration_since(started.0).as_secs() >= RECOVERED_AFTER.as_secs() as i64
+    });
+    (exited_again || (running_since.is_some() && !recovered))
+        .then(|| ("CrashLoopBackOff", crash(c)))
+}
+
+/// The kubelet's pull error without its back-off wrapper (`Back-off pulling image "X": `, which
+/// it adds while waiting to retry) and without the `ErrImagePull: ` prefix it adds there, so
+/// that both states describe the problem with the same words.
+fn pull_error(kubelet: &str, image: &str) -> String {
+    let detail = kubelet
+        .strip_prefix(&format!("Back-off pulling image {image:?}"))
+        .map(|rest| rest.trim_start_matches(':').trim())
+        .unwrap_or(kubelet);
+    let detail = detail
+        .strip_prefix("ErrImagePull:")
+        .unwrap_or(detail)
+        .trim();
+    if detail.is_empty() {
+        "the kubelet backs off pulling it".to_string()
+    } else {
+        detail.to_string()
+    }
+}
+
+/// How a crash-looping container last ended: reason, exit code and the last line of its
+/// termination message (the log's tail, with `FallbackToLogsOnError`).
+fn crash(c: &ContainerStatus) -> String {
+    let Some(last) = last_exit(c) else {
+        return format!("container {:?} keeps exiting", c.name);
+    };
+    let mut message = format!(
+        "container {:?} keeps exiting: {}, exit code {}",
+        c.name,
+        last.reason.as_deref().unwrap_or("Error"),
+        last.exit_code
+    );
+    let last_line = last
+        .message
+        .as_deref()
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty());
+    if let Some(line) = last_line {
+        let line: String = line.chars().take(200).collect();
+        message.push_str(&format!(" ({line})"));
+    }
+    message
+}
+
+/// The container's most recent exit: now, or before its last restart.
+fn last_exit(c: &ContainerStatus) -> Option<&k8s_openapi::api::core::v1::ContainerStateTerminated> {
+    let now = c.state.as_ref().and_then(|s| s.terminated.as_ref());
+    let before = c.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+    now.or(before)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pod status as the kubelet reports it, from `tests/fixtures/pod-status/`.
+    fn fixture(name: &str) -> Pod {
+        let path = format!(
+            "{}/tests/fixtures/pod-status/{name}.yaml",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let yaml = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        serde_yaml::from_str(&yaml).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// Five minutes after the fixtures' pods started.
+    fn now() -> Timestamp {
+        "2026-01-01T10:05:00Z".parse().unwrap()
+    }
+
+    fn problem(name: &str) -> Option<PodProblem> {
+        pod_problem(&[fixture(name)], now())
+    }
+
+    #[test]
+    fn pods_that_run_or_are_on_their_way_have_no_problem() {
+        for fine in [
+            "running",
+            "container-creating",
+            "restarted-recovered",
+            "master-attempt-failed",
+        ] {
+            assert_eq!(problem(fine), None, "{fine}");
+        }
+    }
+
+    #[test]
+    fn a_missing_image_names_the_image_and_the_kubelets_error() {
+        let p = problem("err-image-pull").unwrap();
+        assert_eq!(p.reason, "ImagePullBackOff");
+        assert_eq!(p.pod, "sim-workers-7d9f8-abcde");
+        assert_eq!(
+            p.message,
+            r#"pod sim-workers-7d9f8-abcde: container "worker" cannot pull image "models/gausian:1": rpc error: code = NotFound desc = failed to pull and unpack image "docker.io/models/gausian:1": failed to resolve reference "docker.io/models/gausian:1": not found"#
+        );
+        // The kubelet alternates between the two while it retries: one problem, one status.
+        assert_eq!(problem("image-pull-backoff"), Some(p));
+    }
+
+    #[test]
+    fn unusable_image_names_and_missing_config_say_what_the_kubelet_said() {
+        let invalid = problem("invalid-image-name").unwrap();
+        assert_eq!(invalid.reason, "InvalidImageName");
+        assert!(invalid.message.contains(r#"container "master" has an invalid image name "Models/Gaussian:1": Failed to apply default image tag"#), "{}", invalid.message);
+
+        let never = problem("err-image-never-pull").unwrap();
+        assert_eq!(never.reason, "ErrImageNeverPull");
+        assert!(
+            never
+                .message
+                .contains("is not on the node and its pull policy is Never")
+        );
+
+        let config = problem("create-container-config-error").unwrap();
+        assert_eq!(config.reason, "CreateContainerConfigError");
+        assert!(
+            config.message.ends_with(
+                "cannot be created: couldn't find key password in Secret science/redis-pw"
+            ),
+            "{}",
+            config.message
+        );
+    }
+
+    #[test]
+    fn a_crash_loop_shows_the_last_exit_not_the_back_off() {
+        let p = problem("crash-loop-backoff").unwrap();
+        assert_eq!(p.reason, "CrashLoopBackOff");
+        assert_eq!(
+            p.message,
+            r#"pod sim-workers-7d9f8-abcde: container "worker" keeps exiting: Error, exit code 1 (ModuleNotFoundError: No module named 'model')"#
+        );
+        let oom = problem("oom-killed").unwrap();
+        assert!(
+            oom.message
+                .ends_with("keeps exiting: OOMKilled, exit code 137"),
+            "{}",
+            oom.message
+        );
+    }
+
+    #[test]
+    fn a_crash_looping_container_between_back_offs_is_still_the_same_problem() {
+        // Running again for 5 s after its fourth failure: not recovered yet, and described as
+        // in the back-off, so the status does not flap with every restart.
+        let between = problem("restarted-just-now").unwrap();
+        assert_eq!(Some(between), problem("crash-loop-backoff"));
+        // Still up a minute later: recovered.
+        let later: Timestamp = "2026-01-01T10:06:00Z".parse().unwrap();
+        assert_eq!(pod_problem(&[fixture("restarted-just-now")], later), None);
+    }
+
+    #[test]
+    fn init_containers_count_and_the_first_pod_by_name_is_reported() {
+        let redis = problem("redis-init-image-pull-backoff").unwrap();
+        assert_eq!(redis.reason, "ImagePullBackOff");
+        assert!(
+            redis.message.starts_with(r#"pod sim-redis-5c4b7-qwert: container "write-acl" cannot pull image "redis:7.4-alpine": failed to pull"#),
+            "{}",
+            redis.message
+        );
+
+        let mut second = fixture("crash-loop-backoff");
+        second.metadata.name = Some("sim-workers-7d9f8-zzzzz".into());
+        let pods = [second, fixture("running"), fixture("err-image-pull")];
+        let p = pod_problem(&pods, now()).unwrap();
+        assert_eq!(
+            (p.pod.as_str(), p.reason.as_str()),
+            ("sim-workers-7d9f8-abcde", "ImagePullBackOff"),
+            "the same pods in any order give the same problem"
+        );
+    }
+
+    #[test]
+    fn a_pod_being_deleted_is_not_a_problem() {
+        let mut pod = fixture("crash-loop-backoff");
+        pod.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
+        assert_eq!(pod_problem(&[pod], now()), None);
+    }
+}
