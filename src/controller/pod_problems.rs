@@ -100,7 +100,9 @@ fn container_problem(c: &ContainerStatus, now: Timestamp) -> Option<(&'static st
                 },
                 format!("container {name:?} cannot be created: {kubelet}"),
             )),
-            "CrashLoopBackOff" => Some(("CrashLoopBackOff", crash(c))),
+            // A command that cannot even be started (not in the image): the kubelet alternates
+            // between these two as between pull errors; one problem.
+            "CrashLoopBackOff" | "RunContainerError" => Some(("CrashLoopBackOff", crash(c))),
             // ContainerCreating, PodInitializing: on its way.
             _ => None,
         };
@@ -261,6 +263,33 @@ mod tests {
             "{}",
             oom.message
         );
+    }
+
+    #[test]
+    fn a_command_that_cannot_start_is_a_crash_loop_naming_what_is_missing() {
+        let p = problem("start-error").unwrap();
+        assert_eq!(p.reason, "CrashLoopBackOff");
+        assert!(
+            p.message
+                .contains(r#"keeps exiting: StartError, exit code 128"#)
+                && p.message
+                    .contains(r#"exec: "python": executable file not found"#),
+            "{}",
+            p.message
+        );
+        // In the back-off between two attempts: the same problem, byte for byte.
+        let mut backing_off = fixture("start-error");
+        let status = &mut backing_off
+            .status
+            .as_mut()
+            .unwrap()
+            .container_statuses
+            .as_mut()
+            .unwrap()[0];
+        let waiting = status.state.as_mut().unwrap().waiting.as_mut().unwrap();
+        waiting.reason = Some("CrashLoopBackOff".into());
+        waiting.message = Some("back-off 10s restarting failed container=worker".into());
+        assert_eq!(pod_problem(&[backing_off], now()), Some(p));
     }
 
     #[test]

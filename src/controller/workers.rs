@@ -162,6 +162,10 @@ fn crashed_at_start(status: &ContainerStatus) -> bool {
     let Some(ended) = state.or(last) else {
         return false;
     };
+    // The command could not be started at all (the kubelet gives no start time then).
+    if ended.reason.as_deref() == Some("StartError") {
+        return true;
+    }
     match (&ended.started_at, &ended.finished_at) {
         (Some(started), Some(finished)) => {
             finished.0.duration_since(started.0).as_secs() < CRASH_AT_START.as_secs() as i64
@@ -321,6 +325,24 @@ mod tests {
             expired.as_slice(),
             [WorkerAction::Replace { expired: true, .. }]
         ));
+        // A command that could not even start crashes at start, whatever the start time says.
+        let mut never_started = restarted("w4", 128, 0, 1003);
+        let status = &mut never_started
+            .status
+            .as_mut()
+            .unwrap()
+            .container_statuses
+            .as_mut()
+            .unwrap()[0];
+        status
+            .last_state
+            .as_mut()
+            .unwrap()
+            .terminated
+            .as_mut()
+            .unwrap()
+            .reason = Some("StartError".into());
+        assert!(decide(&[never_started], &[], 2000, 60_000).is_empty());
     }
 
     #[test]

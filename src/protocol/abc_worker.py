@@ -50,6 +50,8 @@ signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
 
 import redis  # noqa: E402
 from pyabc.sampler.redis_eps import cli  # noqa: E402
+from pyabc.sampler.redis_eps.work import work_on_population_dynamic  # noqa: E402
+from pyabc.sampler.redis_eps.work_static import work_on_population_static  # noqa: E402
 from redis.lock import Lock  # noqa: E402
 
 LEDGER_SET = 'abc_operator:ledgers'
@@ -542,6 +544,24 @@ def keep(admin, state: State, config: Config, deadline: float):
                     os._exit(0)
 
 
+def leaving_after_a_kill(work):
+    """pyABC's KillHandler only records a SIGTERM that arrives inside a generation, and its
+    loop looks at the record before each evaluation: a SIGTERM during the generation's last
+    evaluations is forgotten when the generation ends, the worker joins the next one, and the
+    kubelet's SIGKILL hits it there at the end of the grace period. Leave after the
+    generation instead (pyABC has already taken the worker out of it)."""
+
+    def work_then_leave_if_killed(*args, **kwargs):
+        result = work(*args, **kwargs)
+        kill_handler = kwargs.get('kill_handler')
+        if kill_handler is not None and kill_handler.killed:
+            log.info('SIGTERM during the generation: leaving after it')
+            sys.exit(0)
+        return result
+
+    return work_then_leave_if_killed
+
+
 def run_worker(config: Config, ledger_id: str, process: int) -> int:
     global STATE
     STATE = state = State(ledger_id)
@@ -566,7 +586,11 @@ def run_worker(config: Config, ledger_id: str, process: int) -> int:
     log.info(f'worker {ledger_id} ready (runtime {config.runtime})')
     code = 0
     try:
-        cli.StrictRedis = LedgerRedis  # the only change to pyABC's worker
+        # The only changes to pyABC's worker: its Redis client keeps the ledger, and a
+        # SIGTERM inside a generation is not forgotten.
+        cli.StrictRedis = LedgerRedis
+        cli.work_on_population_dynamic = leaving_after_a_kill(work_on_population_dynamic)
+        cli.work_on_population_static = leaving_after_a_kill(work_on_population_static)
         cli._work(config.host, config.port, config.runtime, config.password, True)
     except SystemExit as exit_:  # pyABC's KillHandler exits on SIGTERM/SIGINT
         code = exit_.code if isinstance(exit_.code, int) else 0
