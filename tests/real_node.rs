@@ -753,7 +753,9 @@ async fn bad_workers_are_reported(
         .items
         .into_iter()
         .filter(|e| {
-            e.type_.as_deref() == Some("Warning")
+            // The operator's, not the kubelet's own.
+            e.reporting_controller.as_deref() == Some("abc-operator")
+                && e.type_.as_deref() == Some("Warning")
                 && e.note
                     .as_deref()
                     .unwrap_or_default()
