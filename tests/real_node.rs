@@ -287,6 +287,70 @@ async fn helm_install_gives_a_ready_operator_serving_metrics_and_external_metric
     );
 }
 
+fn operator_can(verb: &str, resource: &str, namespace: &str) -> bool {
+    let out = NODE
+        .kubectl()
+        .args(["auth", "can-i", verb, resource, "-n", namespace])
+        .arg(format!(
+            "--as=system:serviceaccount:{OPERATOR_NAMESPACE}:abc-operator"
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
+#[tokio::test]
+async fn the_installed_operator_has_what_it_needs_and_no_more() {
+    install_operator();
+    for (verb, resource) in [
+        ("watch", "abcruns.abc-operator.dev"),
+        ("patch", "abcruns.abc-operator.dev/status"),
+        ("create", "deployments.apps"),
+        ("patch", "jobs.batch"),
+        ("create", "secrets"),
+        ("delete", "pods"),
+        ("create", "networkpolicies.networking.k8s.io"),
+        ("create", "events.events.k8s.io"),
+        // The external metrics API: delegated authentication and authorization.
+        ("create", "subjectaccessreviews.authorization.k8s.io"),
+        (
+            "patch",
+            "apiservices.apiregistration.k8s.io/v1beta1.external.metrics.k8s.io",
+        ),
+    ] {
+        assert!(
+            operator_can(verb, resource, "default"),
+            "the operator cannot {verb} {resource}"
+        );
+    }
+    assert!(
+        operator_can(
+            "get",
+            "configmaps/extension-apiserver-authentication",
+            "kube-system"
+        ),
+        "the operator cannot read the aggregation layer's settings"
+    );
+    // Nothing a controller of runs has no business doing.
+    for (verb, resource) in [
+        ("create", "pods/exec"),
+        ("create", "clusterroles.rbac.authorization.k8s.io"),
+        ("delete", "namespaces"),
+        ("create", "customresourcedefinitions.apiextensions.k8s.io"),
+        ("update", "nodes"),
+        (
+            "patch",
+            "apiservices.apiregistration.k8s.io/v1beta1.metrics.k8s.io",
+        ),
+        ("create", "apiservices.apiregistration.k8s.io"),
+    ] {
+        assert!(
+            !operator_can(verb, resource, "default"),
+            "the operator may {verb} {resource}: too broad"
+        );
+    }
+}
+
 #[tokio::test]
 async fn gaussian_example_runs_to_succeeded_in_real_pods() {
     install_operator();
