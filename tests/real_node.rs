@@ -854,3 +854,45 @@ async fn a_worker_that_cannot_start_is_a_condition_naming_the_exit() {
     // An image without python: the worker command fails at once, again and again.
     bad_workers_are_reported("e2e-noexec", REDIS_IMAGE, "CrashLoopBackOff", "python").await;
 }
+
+#[tokio::test]
+async fn the_hpa_example_scales_real_worker_pods_on_demand() {
+    install_operator();
+    let client = NODE.client().await;
+    let ns = TestNamespace::on(NODE, &client, "e2e-hpa").await;
+    apply_example(&ns.name, "gaussian/abcrun.yaml", |doc| {
+        doc["spec"]["workers"]["replicas"] = 1.into();
+        doc["spec"]["workers"]["env"] =
+            serde_yaml::from_str("[{name: GAUSSIAN_MODEL_SECONDS, value: '0.05'}]").unwrap();
+    });
+    // The example as shipped, sized for this small machine: a few evaluations ahead of each
+    // worker, at most 3 workers.
+    apply_example(&ns.name, "autoscaling/hpa.yaml", |doc| {
+        doc["spec"]["maxReplicas"] = 3.into();
+        doc["spec"]["metrics"][0]["external"]["target"]["averageValue"] = "40".into();
+    });
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
+    let selector = "abc-operator.dev/run=gaussian,abc-operator.dev/component=worker";
+    eventually(
+        240,
+        "the HPA scaling the run to more than one running worker",
+        || async {
+            let run = runs.get("gaussian").await.ok()?;
+            let running_workers = pods(&client, &ns.name, selector)
+                .await
+                .iter()
+                .filter(|p| running(p))
+                .count();
+            (run.spec.workers.replicas >= 2 && running_workers >= 2).then_some(())
+        },
+    )
+    .await;
+    let run = wait_for_phase(&runs, "gaussian", "Succeeded", 420).await;
+    assert_eq!(run.status.unwrap().lost_workers, 0);
+    let log = kubectl(&["logs", "-n", &ns.name, "job/gaussian-master"]);
+    let sizes = population_sizes(&log);
+    assert!(
+        !sizes.is_empty() && sizes.iter().all(|&n| n == 200),
+        "every generation has exactly its 200 particles: {sizes:?}\n{log}"
+    );
+}

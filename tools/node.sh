@@ -8,7 +8,7 @@
 #        tools/node.sh net-up DIR            the pod bridge (the API server binds to its address)
 #        tools/node.sh start DIR BIN         containerd, images, kubelet, kube-proxy, CoreDNS;
 #                                            returns once the node is Ready and holds the images
-#        tools/node.sh down [DIR]            stops and removes exactly what net-up/start added
+#        tools/node.sh down                  stops and removes exactly what net-up/start added
 #
 # Only one real node can exist on a machine at a time: iptables' KUBE-* chains, the kubepods
 # cgroups, /var/log/containers and containerd's shim sockets are global. The node's own state
@@ -22,7 +22,6 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/.." && pwd)
 
 NODE_NAME=abc-node-0
 BRIDGE=abcbr0
@@ -44,8 +43,9 @@ die() { log "$*"; exit 1; }
 
 # --- check: fail at once, naming what is missing -------------------------------------------
 check() {
+  # Without root nothing else can even be probed.
+  [ "$(id -u)" = 0 ] || die "this machine cannot run a real node here: it needs root (a kubelet and containerd do)"
   local missing=()
-  [ "$(id -u)" = 0 ] || missing+=("root (a kubelet and containerd need it)")
   grep -qw overlay /proc/filesystems || missing+=("the overlay file system (kernel)")
   [ -d /sys/fs/cgroup/memory ] || [ -f /sys/fs/cgroup/cgroup.controllers ] ||
     missing+=("cgroups (no memory controller under /sys/fs/cgroup)")
@@ -58,8 +58,8 @@ check() {
   fi
   unshare --net --mount true 2>/dev/null || missing+=("network and mount namespaces (unshare failed)")
   if [ ${#missing[@]} -gt 0 ]; then
-    log "this machine cannot run a real node; missing: $(IFS=';'; echo "${missing[*]}")"
-    exit 1
+    local IFS=';'
+    die "this machine cannot run a real node; missing: ${missing[*]}"
   fi
 }
 

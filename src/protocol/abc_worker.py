@@ -30,23 +30,24 @@ Exit codes: 0 normal end (runtime over, SIGTERM, stop message), 1 error, 2 bad
 configuration, 3 the ledger was repaired by someone else (this worker was declared lost).
 """
 
-import logging
-import multiprocessing
-import multiprocessing.connection
-import os
 import signal
-import socket
 import sys
-import threading
-import time
 
-# In a container this process is PID 1, and the kernel does not deliver a signal to PID 1
-# that has no handler. Until pyABC installs its own (importing it takes seconds), a SIGTERM
-# (a scale-down or a replacement right after the start) would be lost, and the kubelet's
-# SIGKILL at the end of the grace period would then hit a worker inside a generation.
-# Nothing is owed yet: leave at once.
+# Until pyABC installs its own handler (importing it takes seconds), a SIGTERM (a scale-down or
+# a replacement right after the start) ends the worker at once: nothing is owed yet. Where
+# this process is PID 1 (a container of its own PID namespace) the kernel would otherwise not
+# deliver the signal at all, and the kubelet's SIGKILL at the end of the grace period would
+# hit the worker inside a generation.
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
+
+import logging  # noqa: E402
+import multiprocessing  # noqa: E402
+import multiprocessing.connection  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
 
 import redis  # noqa: E402
 from pyabc.sampler.redis_eps import cli  # noqa: E402

@@ -119,6 +119,12 @@ pub fn worker_deployment(run: &AbcRun) -> Result<Deployment, BuildError> {
                     termination_grace_period_seconds: Some(
                         workers.termination_grace_period_seconds,
                     ),
+                    // The pause container is PID 1, not the worker: the kernel does not deliver
+                    // a signal to a PID 1 without a handler, so a SIGTERM that comes while
+                    // Python is still starting (a pod deleted right after the kubelet restarted
+                    // its worker) would be lost, and the SIGKILL at the end of the grace period
+                    // would hit the worker inside a generation.
+                    share_process_namespace: Some(true),
                     node_selector: (!workers.node_selector.is_empty())
                         .then(|| workers.node_selector.clone()),
                     tolerations: (!workers.tolerations.is_empty())
