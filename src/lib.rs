@@ -8,6 +8,7 @@ pub mod api;
 pub mod autoscaling;
 pub mod controller;
 pub mod local;
+pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod redis_server;

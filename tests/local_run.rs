@@ -415,6 +415,12 @@ fn killed_worker_is_repaired_and_the_run_completes() {
         "{}",
         run.stderr()
     );
+    // The repair's warning is logged to stderr, which is no terminal here: plain text only.
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains("WARN") && !stderr.contains('\x1b'),
+        "a warning without colour codes expected on stderr:\n{stderr}"
+    );
     assert!(
         events
             .iter()

@@ -280,6 +280,12 @@ async fn helm_install_gives_a_ready_operator_serving_metrics_and_external_metric
         (String::from_utf8_lossy(&out.stdout) == "True").then_some(())
     })
     .await;
+    // A pod's log is no terminal: plain text, no colour codes.
+    let log = kubectl(&["logs", "-n", OPERATOR_NAMESPACE, "deploy/abc-operator"]);
+    assert!(
+        log.contains("INFO") && !log.contains('\x1b'),
+        "the operator's log has colour codes or no lines:\n{log}"
+    );
     let resources = kubectl(&["get", "--raw", "/apis/external.metrics.k8s.io/v1beta1"]);
     assert!(
         resources.contains("abcrun_evaluations_needed"),

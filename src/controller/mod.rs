@@ -213,6 +213,7 @@ fn init_tracing(json: bool) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(crate::logging::colour_on_stderr())
         .with_writer(std::io::stderr);
     let _ = if json {
         builder.json().try_init()

@@ -154,6 +154,7 @@ fn init_tracing(dirs: &RunDirs) {
     let stderr_filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     let stderr = tracing_subscriber::fmt::layer()
+        .with_ansi(crate::logging::colour_on_stderr())
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_filter(stderr_filter);
