@@ -410,9 +410,12 @@ async fn gaussian_example_runs_to_succeeded_in_real_pods() {
     );
 }
 
-/// Each population of the master's log (`generation t: N particles, ...`).
-fn population_sizes(log: &str) -> Vec<u64> {
-    log.lines()
+/// Every generation in the master's log (`generation t: N particles, ...`, printed by
+/// gaussian.py at the end) has exactly the example's 200 particles.
+fn assert_every_generation_complete(ns: &str) {
+    let log = kubectl(&["logs", "-n", ns, "job/gaussian-master"]);
+    let sizes: Vec<u64> = log
+        .lines()
         .filter_map(|l| l.trim().strip_prefix("generation "))
         .filter_map(|rest| {
             rest.split(": ")
@@ -422,7 +425,38 @@ fn population_sizes(log: &str) -> Vec<u64> {
                 .parse()
                 .ok()
         })
-        .collect()
+        .collect();
+    assert!(
+        !sizes.is_empty() && sizes.iter().all(|&n| n == 200),
+        "every generation has exactly its 200 particles: {sizes:?}\n{log}"
+    );
+}
+
+/// Makes each simulation of the Gaussian example take `seconds` (in the workers).
+fn slow_model(doc: &mut serde_yaml::Value, seconds: &str) {
+    doc["spec"]["workers"]["env"] = serde_yaml::from_str(&format!(
+        "[{{name: GAUSSIAN_MODEL_SECONDS, value: '{seconds}'}}]"
+    ))
+    .unwrap();
+}
+
+/// The Gaussian example with 3 workers and slow simulations, returned once all 3 are inside
+/// generation 1 with most of it still ahead (room to kill or scale inside it).
+async fn three_slow_workers_inside_generation_1(client: &kube::Client, ns: &str) -> Api<AbcRun> {
+    apply_example(ns, "gaussian/abcrun.yaml", |doc| {
+        doc["spec"]["workers"]["replicas"] = 3.into();
+        slow_model(doc, "0.05");
+    });
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), ns);
+    eventually(240, "3 workers inside generation 1", || async {
+        let progress = runs.get("gaussian").await.ok()?.status?.progress?;
+        (progress.generation? >= 1
+            && progress.active_workers == 3
+            && progress.accepted < progress.required / 2)
+            .then_some(())
+    })
+    .await;
+    runs
 }
 
 #[tokio::test]
@@ -430,19 +464,8 @@ async fn killed_and_force_deleted_workers_are_each_repaired_once_with_their_own_
     install_operator();
     let client = NODE.client().await;
     let ns = TestNamespace::on(NODE, &client, "e2e-lost").await;
-    // Slow simulations, so that the kills land inside a generation.
-    apply_example(&ns.name, "gaussian/abcrun.yaml", |doc| {
-        doc["spec"]["workers"]["replicas"] = 3.into();
-        doc["spec"]["workers"]["env"] =
-            serde_yaml::from_str("[{name: GAUSSIAN_MODEL_SECONDS, value: '0.05'}]").unwrap();
-    });
-    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
+    let runs = three_slow_workers_inside_generation_1(&client, &ns.name).await;
     let selector = "abc-operator.dev/run=gaussian,abc-operator.dev/component=worker";
-    eventually(240, "generation 1 under way", || async {
-        let progress = runs.get("gaussian").await.ok()?.status?.progress?;
-        (progress.generation? >= 1 && progress.accepted < progress.required / 2).then_some(())
-    })
-    .await;
 
     let workers: Vec<Pod> = pods(&client, &ns.name, selector)
         .await
@@ -510,12 +533,7 @@ async fn killed_and_force_deleted_workers_are_each_repaired_once_with_their_own_
             "a repair was folded into a series: {event:#?}"
         );
     }
-    let log = kubectl(&["logs", "-n", &ns.name, "job/gaussian-master"]);
-    let sizes = population_sizes(&log);
-    assert!(
-        !sizes.is_empty() && sizes.iter().all(|&n| n == 200),
-        "every generation has exactly its 200 particles: {sizes:?}\n{log}"
-    );
+    assert_every_generation_complete(&ns.name);
 }
 
 #[tokio::test]
@@ -668,8 +686,7 @@ async fn expired_workers_are_replaced_at_once_without_crash_loops() {
     let ns = TestNamespace::on(NODE, &client, "e2e-expiry").await;
     apply_example(&ns.name, "gaussian/abcrun.yaml", |doc| {
         doc["spec"]["workers"]["runtime"] = "20s".into();
-        doc["spec"]["workers"]["env"] =
-            serde_yaml::from_str("[{name: GAUSSIAN_MODEL_SECONDS, value: '0.03'}]").unwrap();
+        slow_model(doc, "0.03");
     });
     let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -693,12 +710,7 @@ async fn expired_workers_are_replaced_at_once_without_crash_loops() {
         "a worker pod went into CrashLoopBackOff: {reasons:?}"
     );
     assert_eq!(run.status.unwrap().lost_workers, 0);
-    let log = kubectl(&["logs", "-n", &ns.name, "job/gaussian-master"]);
-    let sizes = population_sizes(&log);
-    assert!(
-        !sizes.is_empty() && sizes.iter().all(|&n| n == 200),
-        "every generation has exactly its 200 particles: {sizes:?}\n{log}"
-    );
+    assert_every_generation_complete(&ns.name);
 }
 
 #[tokio::test]
@@ -706,21 +718,8 @@ async fn scaling_down_during_a_generation_lets_the_removed_worker_finish() {
     install_operator();
     let client = NODE.client().await;
     let ns = TestNamespace::on(NODE, &client, "e2e-scale").await;
-    apply_example(&ns.name, "gaussian/abcrun.yaml", |doc| {
-        doc["spec"]["workers"]["replicas"] = 3.into();
-        doc["spec"]["workers"]["env"] =
-            serde_yaml::from_str("[{name: GAUSSIAN_MODEL_SECONDS, value: '0.05'}]").unwrap();
-    });
-    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
+    let runs = three_slow_workers_inside_generation_1(&client, &ns.name).await;
     let selector = "abc-operator.dev/run=gaussian,abc-operator.dev/component=worker";
-    eventually(240, "3 workers inside generation 1", || async {
-        let progress = runs.get("gaussian").await.ok()?.status?.progress?;
-        (progress.generation? >= 1
-            && progress.active_workers == 3
-            && progress.accepted < progress.required / 2)
-            .then_some(())
-    })
-    .await;
     kubectl(&["scale", "abcrun/gaussian", "--replicas=1", "-n", &ns.name]);
     // The kubelet sends SIGTERM; the worker finishes its evaluation, reports it and leaves
     // the generation itself, so that nothing is left to repair.
@@ -740,12 +739,7 @@ async fn scaling_down_during_a_generation_lets_the_removed_worker_finish() {
         repairs.is_empty(),
         "scale-down needed repairs: {repairs:#?}"
     );
-    let log = kubectl(&["logs", "-n", &ns.name, "job/gaussian-master"]);
-    let sizes = population_sizes(&log);
-    assert!(
-        !sizes.is_empty() && sizes.iter().all(|&n| n == 200),
-        "every generation has exactly its 200 particles: {sizes:?}\n{log}"
-    );
+    assert_every_generation_complete(&ns.name);
 }
 
 /// The run's condition `type_`, as (status, reason, message).
@@ -868,8 +862,7 @@ async fn the_hpa_example_scales_real_worker_pods_on_demand() {
     let ns = TestNamespace::on(NODE, &client, "e2e-hpa").await;
     apply_example(&ns.name, "gaussian/abcrun.yaml", |doc| {
         doc["spec"]["workers"]["replicas"] = 1.into();
-        doc["spec"]["workers"]["env"] =
-            serde_yaml::from_str("[{name: GAUSSIAN_MODEL_SECONDS, value: '0.05'}]").unwrap();
+        slow_model(doc, "0.05");
     });
     // The example as shipped, sized for this small machine: a few evaluations ahead of each
     // worker, at most 3 workers.
@@ -895,10 +888,5 @@ async fn the_hpa_example_scales_real_worker_pods_on_demand() {
     .await;
     let run = wait_for_phase(&runs, "gaussian", "Succeeded", 420).await;
     assert_eq!(run.status.unwrap().lost_workers, 0);
-    let log = kubectl(&["logs", "-n", &ns.name, "job/gaussian-master"]);
-    let sizes = population_sizes(&log);
-    assert!(
-        !sizes.is_empty() && sizes.iter().all(|&n| n == 200),
-        "every generation has exactly its 200 particles: {sizes:?}\n{log}"
-    );
+    assert_every_generation_complete(&ns.name);
 }
