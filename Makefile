@@ -37,7 +37,7 @@ tools:
 ## archives, built from Debian packages and PyPI without a registry (needs root; cached)
 images:
 	$(CARGO) build --release --bin abc-operator
-	tools/images.sh
+	ABC_OPERATOR_BIN=$${CARGO_TARGET_DIR:-$(CURDIR)/target}/release/abc-operator tools/images.sh
 
 ## cluster: start the loopback control plane; writes target/testenv/kubeconfig
 cluster: tools
