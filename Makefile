@@ -4,7 +4,7 @@ CARGO ?= cargo
 PYTHON := $(CURDIR)/.venv/bin/python
 TESTENV := $(CURDIR)/target/testenv
 
-.PHONY: demo test deps tools cluster cluster-down cluster-real cluster-real-down crds build bench images
+.PHONY: demo check test deps tools cluster cluster-down cluster-real cluster-real-down crds build bench images
 # The operator image of the test cluster carries the debug build the tests use (tools/images.sh).
 OPERATOR_DEBUG_BIN = $${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/abc-operator
 
@@ -12,6 +12,14 @@ OPERATOR_DEBUG_BIN = $${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/abc-operator
 demo: deps
 	$(CARGO) build --release --bin abc-operator
 	ABC_PYTHON=$(PYTHON) ./target/release/abc-operator run examples/gaussian/abcrun.yaml
+
+## check: the fast loop, no cluster: formatting, clippy (warnings are errors), the unit tests
+## and the CRD drift test
+check:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) test --lib --bins
+	$(CARGO) test --test crd_drift
 
 ## test: every test, real parts included (redis-server, pyabc, a loopback control plane with
 ## a fake node, and one with a real node running the images built here)
