@@ -5,20 +5,9 @@
 mod support;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use std::process::Command;
-use support::cluster::tools_bin;
+use support::cluster::helm;
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/abc-operator");
-
-fn helm() -> Command {
-    let mut cmd = Command::new(tools_bin().join("helm"));
-    // helm keeps caches and config under HOME; keep them out of the user's.
-    let home = std::env::temp_dir().join("abc-operator-helm-home");
-    cmd.env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"));
-    cmd
-}
 
 #[test]
 fn helm_lint_passes() {

@@ -12,27 +12,14 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::Stdio;
-use support::cluster::{self, TestNamespace, eventually, install_crd, kubectl};
+use support::cluster::{self, TestNamespace, eventually, install_crd, kubectl, output_with_stdin};
 use support::controller::ControllerProcess;
 
 /// `kubectl apply -f -` of a manifest in a namespace; returns (success, stderr).
 fn kubectl_apply(namespace: &str, manifest: &str) -> (bool, String) {
-    let mut child = kubectl()
-        .args(["apply", "-n", namespace, "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(manifest.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut cmd = kubectl();
+    cmd.args(["apply", "-n", namespace, "-f", "-"]);
+    let out = output_with_stdin(cmd, manifest);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),

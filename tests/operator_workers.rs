@@ -12,6 +12,34 @@ use support::cluster::eventually;
 use support::controller::ControllerProcess;
 use support::run::{master_finishes, setup};
 
+/// A running pod of `component`, from now on left alone by kwok (a "custom" status), so that
+/// the test can set its status as a kubelet would. Running first: kwok would otherwise
+/// overwrite that status with its own.
+async fn running_pod_whose_status_the_test_sets(pods: &Api<Pod>, component: &str) -> String {
+    let selector = format!("abc-operator.dev/component={component}");
+    let pod = eventually(60, &format!("a running {component} pod"), || async {
+        let list = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .ok()?;
+        list.items
+            .into_iter()
+            .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+    })
+    .await;
+    let name = kube::ResourceExt::name_any(&pod);
+    let annotate =
+        serde_json::json!({"metadata": {"annotations": {"kwok.x-k8s.io/status": "custom"}}});
+    pods.patch(
+        &name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&annotate),
+    )
+    .await
+    .unwrap();
+    name
+}
+
 #[tokio::test]
 async fn status_shows_pyabc_progress_from_redis() {
     let s = setup("wk-status", 2, "10m", "0.005").await;
@@ -303,27 +331,8 @@ async fn a_failed_master_leaves_no_stale_analysis_lock_for_its_retry() {
     let _controller = ControllerProcess::start(&s.ns.name);
 
     let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns.name);
-    let master_pod = eventually(60, "a running master pod", || async {
-        let list = pods
-            .list(&ListParams::default().labels("abc-operator.dev/component=master"))
-            .await
-            .ok()?;
-        list.items
-            .into_iter()
-            .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-    })
-    .await;
     // The master's container fails (as a kubelet would report it).
-    let name = kube::ResourceExt::name_any(&master_pod);
-    let annotate =
-        serde_json::json!({"metadata": {"annotations": {"kwok.x-k8s.io/status": "custom"}}});
-    pods.patch(
-        &name,
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&annotate),
-    )
-    .await
-    .unwrap();
+    let name = running_pod_whose_status_the_test_sets(&pods, "master").await;
     let failed = serde_json::json!({"status": {"phase": "Failed", "containerStatuses": [{
         "name": "master", "image": "worker", "imageID": "", "ready": false, "restartCount": 0,
         "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}]}});
@@ -463,28 +472,8 @@ async fn an_image_that_cannot_be_pulled_is_a_condition_and_one_event() {
     let s = setup("wk-image", 1, "10m", "0").await;
     let controller = ControllerProcess::start(&s.ns.name);
     let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns.name);
-    // Running first: kwok would otherwise overwrite the status below with its own.
-    let pod = eventually(60, "a running worker pod", || async {
-        let list = pods
-            .list(&ListParams::default().labels("abc-operator.dev/component=worker"))
-            .await
-            .ok()?;
-        list.items
-            .into_iter()
-            .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-    })
-    .await;
-    let name = kube::ResourceExt::name_any(&pod);
-    // The kubelet's view of a missing image (kwok leaves a "custom" status alone).
-    let annotate =
-        serde_json::json!({"metadata": {"annotations": {"kwok.x-k8s.io/status": "custom"}}});
-    pods.patch(
-        &name,
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&annotate),
-    )
-    .await
-    .unwrap();
+    // The kubelet's view of a missing image.
+    let name = running_pod_whose_status_the_test_sets(&pods, "worker").await;
     let pull_error = "rpc error: code = NotFound desc = failed to pull and unpack image \"docker.io/library/worker:latest\": not found";
     let waiting = |reason: &str, message: String| {
         serde_json::json!({"status": {"phase": "Pending", "containerStatuses": [{

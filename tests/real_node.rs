@@ -14,10 +14,9 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
-use support::cluster::{Cluster, TestNamespace, eventually, tools_bin};
+use support::cluster::{Cluster, TestNamespace, events_with_reason, eventually, output_with_stdin};
 
 const NODE: Cluster = Cluster::RealNode;
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/abc-operator");
@@ -46,34 +45,12 @@ fn kubectl(args: &[&str]) -> String {
 }
 
 fn kubectl_stdin(args: &[&str], input: &str) -> String {
-    let mut child = NODE
-        .kubectl()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
+    let mut cmd = NODE.kubectl();
+    cmd.args(args);
     ok(
         &format!("kubectl {}", args.join(" ")),
-        child.wait_with_output().unwrap(),
+        output_with_stdin(cmd, input),
     )
-}
-
-fn helm() -> Command {
-    let mut cmd = Command::new(tools_bin().join("helm"));
-    let home = std::env::temp_dir().join("abc-operator-helm-home");
-    cmd.env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .env("KUBECONFIG", NODE.kubeconfig());
-    cmd
 }
 
 /// `helm install` of the chart, as the README says, with the images built here: once per test
@@ -81,7 +58,8 @@ fn helm() -> Command {
 fn install_operator() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
-        let out = helm()
+        let out = NODE
+            .helm()
             .args(["upgrade", "--install", "abc-operator", CHART])
             .args(["--namespace", OPERATOR_NAMESPACE, "--create-namespace"])
             // No registry: the image is on the node already.
@@ -225,17 +203,6 @@ fn process_facts(pid: u32) -> ProcessFacts {
         no_new_privs: field("NoNewPrivs").first().map(String::as_str) == Some("1"),
         read_only_root: root_options.split(',').any(|o| o == "ro"),
     }
-}
-
-async fn events_of(client: &kube::Client, ns: &str, reason: &str) -> Vec<Event> {
-    Api::<Event>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some(reason))
-        .collect()
 }
 
 #[tokio::test]
@@ -510,7 +477,7 @@ async fn killed_and_force_deleted_workers_are_each_repaired_once_with_their_own_
 
     let run = wait_for_phase(&runs, "gaussian", "Succeeded", 420).await;
     assert_eq!(run.status.unwrap().lost_workers, 2, "two workers were lost");
-    let repairs = events_of(&client, &ns.name, "RepairedLostWorker").await;
+    let repairs = events_with_reason(&client, &ns.name, "RepairedLostWorker").await;
     let named: BTreeSet<String> = repairs
         .iter()
         .filter_map(|e| {
@@ -700,7 +667,7 @@ async fn expired_workers_are_replaced_at_once_without_crash_loops() {
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let reasons = reasons.await.unwrap();
 
-    let expired = events_of(&client, &ns.name, "WorkerExpired").await;
+    let expired = events_with_reason(&client, &ns.name, "WorkerExpired").await;
     assert!(
         !expired.is_empty(),
         "a run of several 20 s runtimes replaced no expired worker"
@@ -734,7 +701,7 @@ async fn scaling_down_during_a_generation_lets_the_removed_worker_finish() {
         0,
         "a worker removed by scale-down was counted as lost"
     );
-    let repairs = events_of(&client, &ns.name, "RepairedLostWorker").await;
+    let repairs = events_with_reason(&client, &ns.name, "RepairedLostWorker").await;
     assert!(
         repairs.is_empty(),
         "scale-down needed repairs: {repairs:#?}"

@@ -131,6 +131,13 @@ impl Cluster {
         );
     }
 
+    /// `helm` against this cluster, with its caches and config kept out of the user's.
+    pub fn helm(self) -> Command {
+        let mut cmd = helm();
+        cmd.env("KUBECONFIG", self.kubeconfig());
+        cmd
+    }
+
     /// A client for this cluster.
     pub async fn client(self) -> Client {
         let path = self.kubeconfig().to_path_buf();
@@ -147,6 +154,52 @@ fn shared_dir_name(cluster: Cluster) -> &'static str {
         Cluster::Kwok => "testenv",
         Cluster::RealNode => "testenv-real",
     }
+}
+
+/// `helm` for commands that need no cluster (lint, template).
+pub fn helm() -> Command {
+    let mut cmd = Command::new(tools_bin().join("helm"));
+    // helm keeps caches and config under HOME; keep them out of the user's.
+    let home = std::env::temp_dir().join("abc-operator-helm-home");
+    cmd.env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"));
+    cmd
+}
+
+/// Runs `cmd` with `input` on its standard input; its output.
+pub fn output_with_stdin(mut cmd: Command, input: &str) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The Events in `namespace` with `reason`.
+pub async fn events_with_reason(
+    client: &Client,
+    namespace: &str,
+    reason: &str,
+) -> Vec<k8s_openapi::api::events::v1::Event> {
+    Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), namespace)
+        .list(&kube::api::ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .collect()
 }
 
 /// The kubeconfig of the kwok test cluster.
