@@ -9,8 +9,8 @@ mod chaos;
 mod support;
 
 use abc_operator::protocol::{
-    self, Ledger, Mode, ProtocolError, Snapshot, clear_stale_analysis_lock, repair_lost_worker,
-    reset_workers, stale_workers, stop,
+    self, Heartbeat, Ledger, Mode, ProtocolError, Snapshot, clear_stale_analysis_lock,
+    repair_lost_worker, reset_workers, stop,
 };
 use nix::sys::signal::Signal;
 use redis::AsyncCommands;
@@ -531,14 +531,18 @@ async fn entrypoint_heartbeat_runtime_sigterm_and_fencing() {
         },
     )
     .await;
-    assert!(stale_workers(&later, later.time_ms, Duration::from_secs(3)).is_empty());
+    let three_seconds = Heartbeat::from_timeout_seconds(3);
+    assert_eq!(three_seconds.stale_ledgers(&later).count(), 0);
 
     // A stopped (hung) process goes stale; the others do not.
     hung.signal(Signal::SIGSTOP);
     tokio::time::sleep(Duration::from_secs(4)).await;
     let snap = snapshot(&mut conn).await;
     assert_eq!(
-        stale_workers(&snap, snap.time_ms, Duration::from_secs(3)),
+        three_seconds
+            .stale_ledgers(&snap)
+            .map(|l| l.id.as_str())
+            .collect::<Vec<_>>(),
         ["hung"]
     );
 

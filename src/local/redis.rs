@@ -2,7 +2,7 @@
 //! that knows the APIs of [`crate::redis_server`] and [`crate::protocol`].
 
 use super::error::LocalError;
-use super::progress::{FinalCounts, Observation};
+use super::progress::FinalCounts;
 use crate::protocol::{self, Repair, Snapshot, keys};
 use crate::redis_server::{RedisServer, RedisServerOptions};
 
@@ -67,20 +67,9 @@ impl LocalRedis {
 /// The runner's connection (reconnects by itself if Redis restarts or a command times out).
 pub type Conn = redis::aio::ConnectionManager;
 
-/// One poll: the progress counters and the ledgers (for heartbeat checks).
-pub async fn observe(conn: &mut Conn) -> Result<(Observation, Snapshot), String> {
-    let snapshot = Snapshot::read(conn).await.map_err(|e| e.to_string())?;
-    let obs = Observation {
-        analysis_id: snapshot.analysis_id.clone(),
-        generation: snapshot.generation,
-        accepted: snapshot.n_acc.unwrap_or(0),
-        required: snapshot.n_req.unwrap_or(0),
-        evaluations: snapshot.n_eval.unwrap_or(0),
-        failures: snapshot.n_fail.unwrap_or(0),
-        in_generation: snapshot.n_worker.unwrap_or(0),
-        workers: 0,
-    };
-    Ok((obs, snapshot))
+/// One poll: the progress counters and the ledgers (for heartbeat checks and repairs).
+pub async fn snapshot(conn: &mut Conn) -> Result<Snapshot, String> {
+    Snapshot::read(conn).await.map_err(|e| e.to_string())
 }
 
 /// The counters of a generation that ended (pyABC 0.13 leaves them in Redis); `None` if gone.
@@ -110,25 +99,14 @@ pub async fn final_counts(
     }))
 }
 
-/// The ledger ids of a worker: its id, or `{id}-{i}` per process (see the entrypoint).
-pub fn ledger_ids(worker_id: &str, processes: u32) -> Vec<String> {
-    if processes <= 1 {
-        vec![worker_id.to_string()]
-    } else {
-        (0..processes).map(|i| format!("{worker_id}-{i}")).collect()
-    }
-}
-
-/// Repairs the ledgers of a dead worker; returns those that corrected something. A worker that
-/// exited through an exception settles its own ledger, so often there is nothing left to do.
-pub async fn repair(
-    conn: &mut Conn,
-    worker_id: &str,
-    processes: u32,
-) -> Result<Vec<Repair>, String> {
+/// Repairs the ledgers of a dead worker (found by their `worker` field, one per process);
+/// returns those that corrected something. A worker that exited through an exception settles
+/// its own ledger, so often there is nothing left to do.
+pub async fn repair(conn: &mut Conn, worker_id: &str) -> Result<Vec<Repair>, String> {
+    let snapshot = snapshot(conn).await?;
     let mut corrected = Vec::new();
-    for id in ledger_ids(worker_id, processes) {
-        match protocol::repair_lost_worker(conn, &id)
+    for ledger in snapshot.ledgers_of(worker_id) {
+        match protocol::repair_lost_worker(conn, &ledger.id)
             .await
             .map_err(|e| e.to_string())?
         {
@@ -139,74 +117,7 @@ pub async fn repair(
     Ok(corrected)
 }
 
-/// A short account of a repair for a progress line (the JSON event carries all of it).
-pub fn describe(repair: &Repair) -> String {
-    let mut parts = Vec::new();
-    if repair.left_generation {
-        parts.push("n_worker -1".to_string());
-    }
-    if let Some(indices) = &repair.indices {
-        let n = indices.end() - indices.start() + 1;
-        let which = if n == 1 {
-            format!("evaluation {}", indices.start())
-        } else {
-            format!("evaluations {}..={}", indices.start(), indices.end())
-        };
-        parts.push(format!(
-            "{which} given up (n_fail +{})",
-            repair.failures_added
-        ));
-    }
-    if repair.jobs_returned > 0 {
-        parts.push(format!("{} static job(s) returned", repair.jobs_returned));
-    }
-    if repair.lock_released {
-        parts.push("static worker lock released".to_string());
-    }
-    let generation = match repair.generation {
-        Some(-1) => " in the calibration sample".to_string(),
-        Some(t) => format!(" in generation {t}"),
-        None => String::new(),
-    };
-    format!("{}{generation}: {}", repair.ledger_id, parts.join(", "))
-}
-
 /// The Python worker entrypoint to write next to the run.
 pub fn worker_entrypoint() -> &'static str {
     protocol::WORKER_ENTRYPOINT
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn repairs_are_described_briefly() {
-        let repair = Repair {
-            ledger_id: "local-2".into(),
-            analysis_id: Some("a-long-uuid".into()),
-            generation: Some(3),
-            left_generation: true,
-            indices: Some(97..=97),
-            failures_added: 1,
-            jobs_returned: 0,
-            lock_released: false,
-            stale: false,
-            lost_workers: 1,
-        };
-        assert_eq!(
-            describe(&repair),
-            "local-2 in generation 3: n_worker -1, evaluation 97 given up (n_fail +1)"
-        );
-    }
-
-    #[test]
-    fn ledger_ids_follow_the_entrypoint() {
-        assert_eq!(ledger_ids("local-1", 1), vec!["local-1"]);
-        assert_eq!(
-            ledger_ids("local-1-r2", 2),
-            vec!["local-1-r2-0", "local-1-r2-1"]
-        );
-        assert!(worker_entrypoint().contains("f'{config.worker_id}-{i}'"));
-    }
 }

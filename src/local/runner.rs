@@ -6,14 +6,17 @@ use super::error::LocalError;
 use super::manifest::{self, Manifest};
 use super::printer::Printer;
 use super::process::{self, Output, Spec};
-use super::progress::{Renderer, Style, round1};
+use super::progress::{Observation, Renderer, Style, round1};
 use super::python::{self, CheckedPython};
 use super::redis::{self, Conn, LocalRedis};
 use super::supervisor::{Decision, RestartPolicy, SlotHistory, WorkerExit, decide, worker_id};
-use crate::protocol::{Snapshot, stale_workers};
+use crate::api::{Progress, WorkersSpec};
+use crate::protocol::{Heartbeat, Ledger, Snapshot, worker_env};
 use futures::FutureExt;
+use k8s_openapi::api::core::v1::EnvVar;
 use nix::sys::signal::Signal;
 use serde_json::json;
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -430,8 +433,6 @@ impl Runner {
     fn spawn_worker(&mut self, slot: usize) -> Result<(), LocalError> {
         let incarnation = self.slots[slot].incarnation + 1;
         let id = worker_id(slot + 1, incarnation);
-        let workers = &self.spec.workers;
-        let mut env = self.base_env();
         // The model may be pickled by reference to a module next to the manifest (as it would
         // be in the image's working directory), so the workers must be able to import it.
         let mut pythonpath = OsString::from(&self.manifest_dir);
@@ -439,26 +440,7 @@ impl Runner {
             pythonpath.push(":");
             pythonpath.push(existing);
         }
-        env.extend([
-            ("ABC_WORKER_ID".into(), id.clone().into()),
-            ("ABC_WORKER_RUNTIME".into(), workers.runtime.clone().into()),
-            (
-                "ABC_WORKER_PROCESSES".into(),
-                workers.processes.to_string().into(),
-            ),
-            (
-                "ABC_HEARTBEAT_SECONDS".into(),
-                heartbeat_seconds(workers.heartbeat_timeout_seconds)
-                    .to_string()
-                    .into(),
-            ),
-            ("PYTHONPATH".into(), pythonpath),
-        ]);
-        env.extend(
-            manifest::literal_env(&workers.env)
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into())),
-        );
+        let env = worker_env(self.base_env(), &id, &self.spec.workers, pythonpath);
         let spec = Spec {
             what: format!("worker {id}"),
             argv: vec![
@@ -502,13 +484,9 @@ impl Runner {
         let Some(master) = self.spec.master.clone() else {
             return Ok(());
         };
-        let mut env = self.base_env();
-        env.push(("ABC_RESULTS_DIR".into(), self.dirs.results.clone().into()));
-        env.extend(
-            manifest::literal_env(&master.env)
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into())),
-        );
+        let mut ours = self.base_env();
+        ours.push(("ABC_RESULTS_DIR".into(), self.dirs.results.clone().into()));
+        let env = with_user_env(ours, &master.env);
         let spec = Spec {
             what: "the master".into(),
             argv: python::master_argv(&master.command, &master.args, &self.python.python.path),
@@ -617,8 +595,7 @@ impl Runner {
 
     /// Repairs the ledger of a lost worker, so the master does not wait for its claimed work.
     async fn repair(&mut self, id: &str, exit: WorkerExit) {
-        let processes = u32::try_from(self.spec.workers.processes).unwrap_or(1);
-        match redis::repair(&mut self.conn, id, processes).await {
+        match redis::repair(&mut self.conn, id).await {
             Ok(repairs) if repairs.is_empty() && self.stopping => {
                 // Stopped while starting up or idle: nothing worth a note.
                 tracing::info!(worker = %id, %exit, "stopped worker owed nothing");
@@ -637,7 +614,7 @@ impl Runner {
                     self.lost_workers = self.lost_workers.max(repair.lost_workers);
                     // The note first: it ends the live line, so the warning starts on its own.
                     let note = self.renderer.note(
-                        &format!("repaired lost worker {} ({exit})", redis::describe(repair)),
+                        &format!("repaired lost {repair} ({exit})"),
                         json!({"event": "repaired", "worker": id, "exit": exit.to_string(), "repair": repair, "lost_workers": self.lost_workers, "elapsed_s": elapsed}),
                     );
                     self.printer.out(note);
@@ -669,11 +646,14 @@ impl Runner {
     /// One snapshot of the run's Redis, rendered as progress; hung workers are killed.
     async fn poll(&mut self) {
         self.last_poll = Instant::now();
-        match redis::observe(&mut self.conn).await {
-            Ok((mut obs, snapshot)) => {
+        match redis::snapshot(&mut self.conn).await {
+            Ok(snapshot) => {
                 self.poll_failed = false;
                 self.lost_workers = self.lost_workers.max(snapshot.lost_workers);
-                obs.workers = self.slots.iter().filter(|s| s.running.is_some()).count();
+                let obs = Observation {
+                    progress: Progress::from(&snapshot),
+                    workers: self.slots.iter().filter(|s| s.running.is_some()).count(),
+                };
                 let ended = match self.renderer.ending(&obs) {
                     Some((ana, t)) => redis::final_counts(&mut self.conn, &ana, t)
                         .await
@@ -702,24 +682,21 @@ impl Runner {
     /// A worker process that is alive but whose ledger heartbeat stopped (stopped, or stuck
     /// holding the GIL) would keep the master waiting: kill it, and its exit repairs it.
     fn kill_hung_workers(&mut self, snapshot: &Snapshot) {
-        let timeout = Duration::from_secs(
-            u64::try_from(self.spec.workers.heartbeat_timeout_seconds).unwrap_or(60),
-        );
-        for ledger_id in stale_workers(snapshot, snapshot.time_ms, timeout) {
-            let Some(worker) = snapshot
-                .ledgers
-                .iter()
-                .find(|l| l.id == ledger_id)
-                .and_then(|l| l.worker.clone())
-            else {
-                continue;
-            };
-            for running in self.slots.iter_mut().filter_map(|s| s.running.as_mut()) {
-                if running.id == worker && !running.killed && running.started.elapsed() > timeout {
-                    tracing::warn!(worker = %worker, pid = running.pid, timeout_s = timeout.as_secs(), "worker stopped its heartbeat; killing it");
-                    process::signal_group(running.pid, Signal::SIGKILL);
-                    running.killed = true;
-                }
+        let heartbeat =
+            Heartbeat::from_timeout_seconds(self.spec.workers.heartbeat_timeout_seconds);
+        let timeout = heartbeat.timeout();
+        let hung: BTreeSet<&str> = heartbeat
+            .stale_ledgers(snapshot)
+            .map(Ledger::worker_id)
+            .collect();
+        for running in self.slots.iter_mut().filter_map(|s| s.running.as_mut()) {
+            if hung.contains(running.id.as_str())
+                && !running.killed
+                && running.started.elapsed() > timeout
+            {
+                tracing::warn!(worker = %running.id, pid = running.pid, timeout_s = timeout.as_secs(), "worker stopped its heartbeat; killing it");
+                process::signal_group(running.pid, Signal::SIGKILL);
+                running.killed = true;
             }
         }
     }
@@ -940,10 +917,32 @@ fn exit_code(status: ExitStatus) -> u8 {
     }
 }
 
-/// How often a worker refreshes its ledger heartbeat: several times per timeout, so one late
-/// beat is not a lost worker.
-fn heartbeat_seconds(timeout: i64) -> i64 {
-    (timeout / 4).max(1)
+/// The environment of worker `id`: `base` (shared with the master), its identity, the
+/// entrypoint's settings and `pythonpath`, then the user's `spec.workers.env` by the cluster's
+/// rule ([`worker_env::merge`]).
+fn worker_env(
+    base: Vec<(OsString, OsString)>,
+    id: &str,
+    workers: &WorkersSpec,
+    pythonpath: OsString,
+) -> Vec<(OsString, OsString)> {
+    let mut ours = base;
+    ours.push(("ABC_WORKER_ID".into(), id.into()));
+    ours.extend(
+        worker_env::worker_settings(workers)
+            .into_iter()
+            .map(|(name, value)| (name.into(), value.into())),
+    );
+    ours.push(("PYTHONPATH".into(), pythonpath));
+    with_user_env(ours, &workers.env)
+}
+
+/// `ours`, then the literal entries of a user's env by the cluster's rule.
+fn with_user_env(ours: Vec<(OsString, OsString)>, user: &[EnvVar]) -> Vec<(OsString, OsString)> {
+    let user = manifest::literal_env(user)
+        .into_iter()
+        .map(|(name, value)| (name.into(), value.into()));
+    worker_env::merge(ours, user)
 }
 
 #[cfg(test)]
@@ -958,9 +957,67 @@ mod tests {
         assert_eq!(exit_code(ExitStatus::from_raw(9)), 137);
     }
 
+    fn value<'a>(env: &'a [(OsString, OsString)], name: &str) -> Option<&'a str> {
+        let mut values = env.iter().filter(|(n, _)| n == name);
+        let (_, value) = values.next()?;
+        assert!(values.next().is_none(), "{name} is set twice");
+        value.to_str()
+    }
+
     #[test]
-    fn heartbeat_is_a_fraction_of_the_timeout() {
-        assert_eq!(heartbeat_seconds(60), 15);
-        assert_eq!(heartbeat_seconds(2), 1);
+    fn users_env_overrides_settings_but_not_the_connection_or_identity() {
+        let workers: WorkersSpec = serde_yaml::from_str(
+            "env:\n- {name: ABC_REDIS_PASSWORD, value: guess}\n- {name: ABC_WORKER_ID, value: me}\n- {name: ABC_WORKER_PROCESSES, value: '3'}\n- {name: MODEL, value: fast}\n",
+        )
+        .unwrap();
+        let base = vec![("ABC_REDIS_PASSWORD".into(), "ours".into())];
+        let env = worker_env(base, "local-1", &workers, "/models".into());
+        assert_eq!(value(&env, "ABC_REDIS_PASSWORD"), Some("ours"));
+        assert_eq!(value(&env, "ABC_WORKER_ID"), Some("local-1"));
+        assert_eq!(value(&env, "ABC_WORKER_PROCESSES"), Some("3"));
+        assert_eq!(value(&env, "MODEL"), Some("fast"));
+        assert_eq!(value(&env, "PYTHONPATH"), Some("/models"));
+        let master = with_user_env(
+            vec![("ABC_RESULTS_DIR".into(), "results".into())],
+            &[EnvVar {
+                name: "ABC_RESULTS_DIR".into(),
+                value: Some("elsewhere".into()),
+                value_from: None,
+            }],
+        );
+        assert_eq!(value(&master, "ABC_RESULTS_DIR"), Some("results"));
+    }
+
+    #[test]
+    fn healthy_workers_beating_at_their_period_are_never_lost_at_the_shortest_timeout() {
+        let workers = WorkersSpec {
+            heartbeat_timeout_seconds: 5,
+            ..WorkersSpec::default()
+        };
+        let env = worker_env(vec![], "local-1", &workers, "".into());
+        let period_ms: i64 = value(&env, "ABC_HEARTBEAT_SECONDS")
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+            * 1000;
+        let heartbeat = Heartbeat::from_timeout_seconds(workers.heartbeat_timeout_seconds);
+        // Seen just before its next beat, and with that beat missed entirely.
+        for age_ms in [period_ms, 2 * period_ms] {
+            let snapshot = Snapshot {
+                time_ms: 100_000 + age_ms,
+                ledgers: vec![crate::protocol::liveness_test_support::ledger(
+                    "local-1",
+                    Some("local-1"),
+                    Some(0),
+                    Some(100_000),
+                )],
+                ..Snapshot::default()
+            };
+            assert_eq!(
+                heartbeat.stale_ledgers(&snapshot).count(),
+                0,
+                "age {age_ms} ms"
+            );
+        }
     }
 }

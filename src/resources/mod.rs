@@ -26,12 +26,10 @@ pub use redis::{
     DEFAULT_REDIS_IMAGE, REDIS_UID, redis_deployment, redis_deployment_name, redis_service,
 };
 pub use secret::{
-    GENERATED_PASSWORD_LEN, generate_password, generated_password_secret_name,
-    needs_generated_password, password_secret, password_secret_ref, password_to_keep,
+    generated_password_secret_name, needs_generated_password, password_secret, password_secret_ref,
+    password_to_keep,
 };
-pub use workers::{
-    HEARTBEAT_SECONDS, desired_worker_replicas, worker_deployment, workers_deployment_name,
-};
+pub use workers::{desired_worker_replicas, worker_deployment, workers_deployment_name};
 
 use crate::api::{AbcRun, COMPONENT_LABEL, ManagedRedis, RUN_LABEL, default_redis_port};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -140,7 +138,7 @@ pub struct Owned {
 /// `password` is the generated Redis password; it is required exactly when
 /// [`needs_generated_password`] (managed Redis without `passwordSecret`) and ignored otherwise.
 /// The controller keeps the one already stored ([`password_to_keep`]) or generates one
-/// ([`generate_password`]) the first time.
+/// ([`crate::protocol::generate_password`]) the first time.
 pub fn build(
     run: &AbcRun,
     password: Option<&str>,
@@ -352,16 +350,6 @@ fn password_env(run: &AbcRun, name: &str) -> EnvVar {
     }
 }
 
-/// Env names the operator owns in worker and master containers: a user's entry with one of
-/// these names is dropped (the connection, the identity and the results mount must stay the operator's).
-const RESERVED_ENV: [&str; 5] = [
-    "ABC_REDIS_HOST",
-    "ABC_REDIS_PORT",
-    "ABC_REDIS_PASSWORD",
-    "ABC_WORKER_ID",
-    "ABC_RESULTS_DIR",
-];
-
 /// Redis connection env of workers and master: host, port, password (from the Secret).
 fn redis_env(run: &AbcRun) -> Vec<EnvVar> {
     let (host, port) = redis_host_port(run);
@@ -370,23 +358,6 @@ fn redis_env(run: &AbcRun) -> Vec<EnvVar> {
         env("ABC_REDIS_PORT", port.to_string()),
         password_env(run, "ABC_REDIS_PASSWORD"),
     ]
-}
-
-/// `ours` followed by the user's env, one entry per name (env is a list-map keyed by name:
-/// duplicates break server-side apply). A user's entry replaces one of ours with the same name
-/// (e.g. `ABC_HEARTBEAT_SECONDS`), except the [`RESERVED_ENV`] ones; among the user's own
-/// duplicates the last wins, as it would in the container.
-fn merge_env(mut ours: Vec<EnvVar>, user: &[EnvVar]) -> Vec<EnvVar> {
-    for var in user {
-        if RESERVED_ENV.contains(&var.name.as_str()) {
-            continue;
-        }
-        match ours.iter_mut().find(|v| v.name == var.name) {
-            Some(existing) => *existing = var.clone(),
-            None => ours.push(var.clone()),
-        }
-    }
-    ours
 }
 
 #[cfg(test)]
@@ -743,30 +714,6 @@ mod tests {
         assert_eq!(
             redis_host_port_for_operator(&fqdn).unwrap(),
             ("redis.example.org".to_string(), 7000)
-        );
-    }
-
-    #[test]
-    fn user_env_overrides_defaults_but_not_the_connection() {
-        let merged = merge_env(
-            vec![
-                env("ABC_REDIS_HOST", "gaussian-redis"),
-                env("ABC_HEARTBEAT_SECONDS", "5"),
-            ],
-            &[
-                env("ABC_REDIS_HOST", "elsewhere"),
-                env("ABC_HEARTBEAT_SECONDS", "2"),
-                env("MODEL", "a"),
-                env("MODEL", "b"),
-            ],
-        );
-        assert_eq!(
-            merged,
-            vec![
-                env("ABC_REDIS_HOST", "gaussian-redis"),
-                env("ABC_HEARTBEAT_SECONDS", "2"),
-                env("MODEL", "b"),
-            ]
         );
     }
 }
