@@ -38,6 +38,16 @@ pub fn desired_worker_replicas(run: &AbcRun) -> i32 {
     }
 }
 
+/// The label selector string of the run's worker pods (the scale subresource's
+/// `status.selector`, used by an HPA).
+pub fn worker_selector(run: &AbcRun) -> String {
+    selector_labels(run, Component::Worker)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The worker Deployment (`{run}-workers`).
 ///
 /// Rolling updates surge new workers before old ones get SIGTERM (`maxUnavailable: 0`): a
@@ -331,5 +341,27 @@ mod tests {
             strategy.rolling_update.unwrap().max_unavailable,
             Some(IntOrString::Int(0))
         );
+    }
+
+    #[test]
+    fn worker_selector_selects_worker_pods() {
+        let run = minimal();
+        assert_eq!(
+            worker_selector(&run),
+            "abc-operator.dev/component=worker,abc-operator.dev/run=gaussian"
+        );
+        let pod_labels = worker_deployment(&run)
+            .unwrap()
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .labels
+            .unwrap();
+        for pair in worker_selector(&run).split(',') {
+            let (k, v) = pair.split_once('=').unwrap();
+            assert_eq!(pod_labels.get(k).map(String::as_str), Some(v));
+        }
     }
 }

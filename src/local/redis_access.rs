@@ -1,10 +1,10 @@
 //! The local run's Redis and what the runner asks of it, in the runner's terms: the one place
-//! that knows the APIs of [`crate::redis_server`] and [`crate::protocol`].
+//! that knows the APIs of [`super::redis_server`] and [`crate::protocol`].
 
 use super::error::LocalError;
 use super::progress::FinalCounts;
+use super::redis_server::{RedisServer, RedisServerOptions};
 use crate::protocol::{self, Repair, Snapshot, keys};
-use crate::redis_server::{RedisServer, RedisServerOptions};
 
 /// The run's redis-server (or, with `--keep-redis`, one left running at the end).
 pub struct LocalRedis {
