@@ -102,15 +102,4 @@ mod tests {
             ]
         );
     }
-
-    #[test]
-    fn the_heartbeat_period_follows_the_timeout() {
-        let workers = |timeout| WorkersSpec {
-            heartbeat_timeout_seconds: timeout,
-            ..WorkersSpec::default()
-        };
-        let period = |timeout| worker_settings(&workers(timeout))[2].1.clone();
-        assert_eq!(period(5), "1");
-        assert_eq!(period(60), "15");
-    }
 }
