@@ -375,6 +375,59 @@ async fn gaussian_example_runs_to_succeeded_in_real_pods() {
         (1.5..2.5).contains(&mean),
         "posterior mean {mean} is far from the observed 2.0:\n{log}"
     );
+
+    // Finished: the workers and the Redis are given back, the status keeps where it ended.
+    wait_until_freed(&client, &ns.name).await;
+    let out = kubectl(&["get", "abc", "gaussian", "-n", &ns.name, "--no-headers"]);
+    let columns: Vec<&str> = out.split_whitespace().collect();
+    assert!(
+        columns[1] == "Succeeded"
+            && columns[2].parse::<i64>().is_ok_and(|t| t >= 1)
+            && columns[3].ends_with("/200"),
+        "kubectl get abc of the finished run: {out}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_master_frees_the_workers_and_redis() {
+    install_operator();
+    let client = NODE.client().await;
+    let ns = TestNamespace::on(NODE, &client, "e2e-failed-master").await;
+    apply_example(&ns.name, "gaussian/abcrun.yaml", |doc| {
+        doc["spec"]["master"]["command"] =
+            serde_yaml::from_str("[python, -c, 'import sys; sys.exit(1)']").unwrap();
+        doc["spec"]["master"]["backoffLimit"] = 0.into();
+    });
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
+    let run = wait_for_phase(&runs, "gaussian", "Failed", 240).await;
+    assert_eq!(
+        condition(&run, "Degraded").map(|(status, reason, _)| (status, reason)),
+        Some(("True".into(), "MasterFailed".into()))
+    );
+    wait_until_freed(&client, &ns.name).await;
+}
+
+/// Waits until the finished Gaussian run's worker and Redis Deployments are at zero replicas
+/// and none of their pods is left.
+async fn wait_until_freed(client: &kube::Client, ns: &str) {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    eventually(120, "workers and Redis scaled to zero, their pods gone", || async {
+        for name in ["gaussian-workers", "gaussian-redis"] {
+            let replicas = deployments.get(name).await.ok()?.spec?.replicas;
+            if replicas != Some(0) {
+                return None;
+            }
+        }
+        let left = pods_api.list(&ListParams::default()).await.ok()?.items;
+        let left: Vec<_> = left
+            .iter()
+            .filter_map(|p| p.metadata.name.as_deref())
+            .filter(|n| n.starts_with("gaussian-workers-") || n.starts_with("gaussian-redis-"))
+            .collect();
+        left.is_empty().then_some(())
+    })
+    .await;
 }
 
 /// Every generation in the master's log (`generation t: N particles, ...`, printed by

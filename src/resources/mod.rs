@@ -33,7 +33,7 @@ pub use workers::{
     HEARTBEAT_SECONDS, desired_worker_replicas, worker_deployment, workers_deployment_name,
 };
 
-use crate::api::{AbcRun, COMPONENT_LABEL, ManagedRedis, RUN_LABEL, default_redis_port};
+use crate::api::{AbcRun, COMPONENT_LABEL, ManagedRedis, Phase, RUN_LABEL, default_redis_port};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
@@ -172,6 +172,16 @@ pub fn managed_redis(run: &AbcRun) -> Option<ManagedRedis> {
         Some(_) => None,
         None => Some(run.spec.redis.managed.clone().unwrap_or_default()),
     }
+}
+
+/// Whether the run's master Job has finished (the status says Succeeded or Failed): its workers
+/// and its managed Redis are then scaled to zero. The phase comes from the previous reconcile's
+/// observation, so the scale-down follows one reconcile after the Job's end.
+pub fn master_finished(run: &AbcRun) -> bool {
+    matches!(
+        run.status.as_ref().and_then(|s| s.phase),
+        Some(Phase::Succeeded | Phase::Failed)
+    )
 }
 
 /// Name of the managed Redis' Service (also its Deployment's and NetworkPolicy's name).

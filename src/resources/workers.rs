@@ -6,7 +6,7 @@
 //! completed worker pods instead, and the ReplicaSet replaces them at once.
 
 use super::{
-    BuildError, Component, ENTRYPOINT_DIR, ENTRYPOINT_PATH, POD_UID, container_security_context,
+    BuildError, Component, master_finished, ENTRYPOINT_DIR, ENTRYPOINT_PATH, POD_UID, container_security_context,
     entrypoint_sha256, env, hardened_pod_spec, merge_env, object_meta, redis_env, selector_labels,
     tmp_mount, tmp_volume, worker_entrypoint_name,
 };
@@ -31,9 +31,10 @@ pub fn workers_deployment_name(run: &AbcRun) -> String {
     format!("{}-workers", run.name_any())
 }
 
-/// Worker pods the run asks for: `spec.workers.replicas`, or 0 when stopped or suspended.
+/// Worker pods the run asks for: `spec.workers.replicas`, or 0 when stopped, suspended or
+/// finished (whatever an HPA or `kubectl scale` has set: a finished run gives its workers back).
 pub fn desired_worker_replicas(run: &AbcRun) -> i32 {
-    if run.spec.stop || run.spec.suspend {
+    if run.spec.stop || run.spec.suspend || master_finished(run) {
         0
     } else {
         run.spec.workers.replicas
@@ -158,6 +159,7 @@ pub fn worker_deployment(run: &AbcRun) -> Result<Deployment, BuildError> {
 mod tests {
     use super::*;
     use crate::resources::test_support::{env_value, minimal, run};
+    use crate::api::{AbcRunStatus, Phase};
 
     fn container(run: &AbcRun) -> Container {
         worker_deployment(run)
@@ -192,6 +194,29 @@ mod tests {
                 .replicas,
             Some(0)
         );
+    }
+
+    #[test]
+    fn a_finished_run_gives_its_workers_back_whatever_its_replicas_say() {
+        // An HPA's minReplicas (or `kubectl scale`) keeps `spec.workers.replicas` above 0.
+        for (phase, want) in [
+            (Phase::Running, 7),
+            (Phase::Stopped, 7),
+            (Phase::Succeeded, 0),
+            (Phase::Failed, 0),
+        ] {
+            let mut finished = run("image: i\nworkers: {replicas: 7}\n");
+            finished.status = Some(AbcRunStatus {
+                phase: Some(phase),
+                ..AbcRunStatus::default()
+            });
+            assert_eq!(desired_worker_replicas(&finished), want, "{phase}");
+            assert_eq!(
+                worker_deployment(&finished).unwrap().spec.unwrap().replicas,
+                Some(want),
+                "{phase}"
+            );
+        }
     }
 
     #[test]
