@@ -183,7 +183,10 @@ pub fn compute(run: &AbcRun, observed: &Observed, now: Timestamp) -> AbcRunStatu
         .progress
         .as_ref()
         .is_some_and(|p| p.generation.is_some());
-    let progress = observed.progress.clone().filter(|p| p.generation.is_some() || !had_progress);
+    let progress = observed
+        .progress
+        .clone()
+        .filter(|p| p.generation.is_some() || !had_progress);
     let progress = progress.map(|mut p| {
         p.acceptances = Some(format!("{}/{}", p.accepted, p.required));
         // Progress time moves only when generation or acceptances move.
@@ -467,7 +470,11 @@ mod tests {
             }),
             ..healthy()
         };
-        r.status = Some(compute(&r, &sampling, Timestamp::from_second(1000).unwrap()));
+        r.status = Some(compute(
+            &r,
+            &sampling,
+            Timestamp::from_second(1000).unwrap(),
+        ));
         // pyABC deleted its keys; then the master's Job completed and Redis went away.
         let cleared = Observed {
             progress: Some(Progress::default()),
@@ -486,7 +493,11 @@ mod tests {
             let status = compute(&r, &observed, Timestamp::from_second(2000).unwrap());
             let progress = status.progress.clone().unwrap();
             assert_eq!(
-                (progress.generation, progress.acceptances.as_deref(), progress.evaluations),
+                (
+                    progress.generation,
+                    progress.acceptances.as_deref(),
+                    progress.evaluations
+                ),
                 (Some(5), Some("200/200"), 900),
                 "{observed:?}"
             );
@@ -495,7 +506,10 @@ mod tests {
         let status = r.status.unwrap();
         assert_eq!(status.phase, Some(Phase::Succeeded));
         let redis = condition_of(&status, REDIS_READY);
-        assert_eq!((redis.status.as_str(), redis.reason.as_str()), ("False", "ScaledDown"));
+        assert_eq!(
+            (redis.status.as_str(), redis.reason.as_str()),
+            ("False", "ScaledDown")
+        );
         assert_eq!(condition_of(&status, DEGRADED).status, "False");
     }
 
@@ -507,10 +521,7 @@ mod tests {
             ..healthy()
         };
         let status = compute(&r, &observed, Timestamp::from_second(1).unwrap());
-        assert_eq!(
-            status.progress.unwrap().acceptances.as_deref(),
-            Some("0/0")
-        );
+        assert_eq!(status.progress.unwrap().acceptances.as_deref(), Some("0/0"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use nix::sys::signal::Signal;
 use serde_json::json;
 use std::ffi::OsString;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -102,6 +102,12 @@ pub async fn run(args: RunArgs) -> Result<u8, LocalError> {
     let entrypoint = temp.path().join("abc_worker.py");
     std::fs::write(&entrypoint, redis::worker_entrypoint()).map_err(|cause| LocalError::Files {
         path: entrypoint.clone(),
+        cause,
+    })?;
+    // `import abc_operator` in the master (new-or-resume), as on a cluster.
+    let module = temp.path().join(crate::resources::MASTER_MODULE_KEY);
+    std::fs::write(&module, crate::protocol::MASTER_MODULE).map_err(|cause| LocalError::Files {
+        path: module.clone(),
         cause,
     })?;
     let mpl = temp.path().join("matplotlib");
@@ -504,6 +510,13 @@ impl Runner {
         };
         let mut env = self.base_env();
         env.push(("ABC_RESULTS_DIR".into(), self.dirs.results.clone().into()));
+        let module_dir = self.entrypoint.parent().unwrap_or(Path::new("."));
+        let mut pythonpath = OsString::from(module_dir);
+        if let Some(existing) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
+            pythonpath.push(":");
+            pythonpath.push(existing);
+        }
+        env.push(("PYTHONPATH".into(), pythonpath));
         env.extend(
             manifest::literal_env(&master.env)
                 .into_iter()

@@ -62,6 +62,12 @@ use std::time::Duration;
 /// The worker entrypoint the operator ships (mounted from a ConfigMap, or written to a file by
 /// the local runner and run with the image's python).
 pub const WORKER_ENTRYPOINT: &str = include_str!("abc_worker.py");
+/// The `abc_operator` Python module for master scripts: a sampler from the run's environment
+/// and "new or resume" against the results database (mounted next to the entrypoint).
+pub const MASTER_MODULE: &str = include_str!("abc_operator.py");
+/// The Redis hash in which a master that resumed records it (`from_generation`, `at`);
+/// [`MASTER_MODULE`]'s `RESUME_KEY`.
+pub const RESUMED_KEY: &str = "abc-operator:resumed";
 
 /// Where a run's Redis is. The password is never printed by `Debug`.
 #[derive(Clone, PartialEq, Eq)]

@@ -17,9 +17,10 @@ mod secret;
 mod workers;
 
 pub use configmap::{
-    ENTRYPOINT_DIR, ENTRYPOINT_KEY, ENTRYPOINT_PATH, entrypoint_sha256,
+    ENTRYPOINT_DIR, ENTRYPOINT_KEY, ENTRYPOINT_PATH, MASTER_MODULE_KEY, entrypoint_sha256,
     worker_entrypoint_config_map, worker_entrypoint_name,
 };
+use configmap::{operator_files_mount, operator_files_volume};
 pub use master::{RESULTS_DIR, master_job, master_job_name};
 pub use networkpolicy::{OPERATOR_NAME_LABEL_VALUE, redis_network_policy};
 pub use redis::{

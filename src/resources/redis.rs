@@ -24,8 +24,8 @@
 
 use super::{
     BuildError, BuildSettings, Component, REDIS_PORT, container_security_context,
-    hardened_pod_spec, managed_redis, master_finished, object_meta, password_env, redis_service_name,
-    selector_labels,
+    hardened_pod_spec, managed_redis, master_finished, object_meta, password_env,
+    redis_service_name, selector_labels,
 };
 use crate::api::AbcRun;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
@@ -251,8 +251,8 @@ pub fn redis_service(run: &AbcRun) -> Result<Option<Service>, BuildError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::test_support::{minimal, run};
     use crate::api::{AbcRunStatus, Phase};
+    use crate::resources::test_support::{minimal, run};
 
     fn pod(run: &AbcRun) -> PodSpec {
         redis_deployment(run, &BuildSettings::default())

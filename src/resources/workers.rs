@@ -6,17 +6,16 @@
 //! completed worker pods instead, and the ReplicaSet replaces them at once.
 
 use super::{
-    BuildError, Component, master_finished, ENTRYPOINT_DIR, ENTRYPOINT_PATH, POD_UID, container_security_context,
-    entrypoint_sha256, env, hardened_pod_spec, merge_env, object_meta, redis_env, selector_labels,
-    tmp_mount, tmp_volume, worker_entrypoint_name,
+    BuildError, Component, ENTRYPOINT_DIR, ENTRYPOINT_PATH, POD_UID, container_security_context,
+    entrypoint_sha256, env, hardened_pod_spec, master_finished, merge_env, object_meta,
+    operator_files_mount, operator_files_volume, redis_env, selector_labels, tmp_mount, tmp_volume,
 };
 use crate::api::{AbcRun, GROUP};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec,
-    PodTemplateSpec, Volume, VolumeMount,
+    Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -78,15 +77,7 @@ pub fn worker_deployment(run: &AbcRun) -> Result<Deployment, BuildError> {
         command: Some(vec!["python".into(), ENTRYPOINT_PATH.into()]),
         env: Some(merge_env(ours, &workers.env)),
         resources: workers.resources.clone(),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "entrypoint".into(),
-                mount_path: ENTRYPOINT_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-            tmp_mount(),
-        ]),
+        volume_mounts: Some(vec![operator_files_mount(), tmp_mount()]),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         security_context: Some(container_security_context()),
         ..Container::default()
@@ -133,18 +124,7 @@ pub fn worker_deployment(run: &AbcRun) -> Result<Deployment, BuildError> {
                     ..hardened_pod_spec(
                         POD_UID,
                         vec![container],
-                        vec![
-                            Volume {
-                                name: "entrypoint".into(),
-                                config_map: Some(ConfigMapVolumeSource {
-                                    name: worker_entrypoint_name(run),
-                                    default_mode: Some(0o444),
-                                    ..ConfigMapVolumeSource::default()
-                                }),
-                                ..Volume::default()
-                            },
-                            tmp_volume(),
-                        ],
+                        vec![operator_files_volume(run), tmp_volume()],
                     )
                 }),
             },
@@ -158,8 +138,8 @@ pub fn worker_deployment(run: &AbcRun) -> Result<Deployment, BuildError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::test_support::{env_value, minimal, run};
     use crate::api::{AbcRunStatus, Phase};
+    use crate::resources::test_support::{env_value, minimal, run};
 
     fn container(run: &AbcRun) -> Container {
         worker_deployment(run)
