@@ -214,8 +214,9 @@ REPAIR_LUA = """
 -- abc-operator repair script: begin
 -- KEYS: ledger hash, ledger set, lost-worker counter. ARGV: ledger id.
 -- Gives back what a dead worker owes, once: deleting the ledger is part of the repair.
--- Returns nil without a ledger, else {analysis, generation, left, first, last,
--- failures_added, jobs_returned, lock_released, stale, lost_workers}.
+-- Returns nil without a ledger, else {name, value, ...} with the names analysis,
+-- generation, left_generation, first_index, last_index, failures_added, jobs_returned,
+-- lock_released, stale, lost_workers (both callers read them by name).
 local raw = redis.call('HGETALL', KEYS[1])
 if #raw == 0 then
   redis.call('SREM', KEYS[2], ARGV[1])
@@ -282,7 +283,9 @@ if last > 0 or jobs > 0 then
   -- then, whose leaving makes n_worker -1.
   redis.call('PUBLISH', 'abc_msg_pubsub', 'start')
 end
-return {ana or false, t or false, left, first, last, failed, jobs, unlocked, stale, lost}
+return {'analysis', ana or false, 'generation', t or false, 'left_generation', left,
+  'first_index', first, 'last_index', last, 'failures_added', failed, 'jobs_returned', jobs,
+  'lock_released', unlocked, 'stale', stale, 'lost_workers', lost}
 -- abc-operator repair script: end
 """
 
@@ -499,18 +502,19 @@ def settle(admin, state: State, why: str):
     inside a generation, or for a predecessor with our id that died (a restarted
     container), it gives the obligations back exactly like the operator would.
     """
-    repair = admin.register_script(REPAIR_LUA)
-    result = repair(
-        keys=[state.ledger_key, LEDGER_SET, LOST_WORKERS], args=[state.ledger_id]
-    )
-    if result is None:
+    script = admin.register_script(REPAIR_LUA)
+    reply = script(keys=[state.ledger_key, LEDGER_SET, LOST_WORKERS], args=[state.ledger_id])
+    if reply is None:
         return
-    ana, t, left, first, last, failed, jobs, unlocked, stale, _lost = result
+    repair = {_text(name): value for name, value in zip(reply[::2], reply[1::2])}
+    left, last = repair['left_generation'], repair['last_index']
+    jobs, unlocked = repair['jobs_returned'], repair['lock_released']
     if left or last or jobs or unlocked:
         log.warning(
-            f'{why}: repaired ledger {state.ledger_id} (generation {_text(t)}): '
-            f'left={left} indices={first}..{last} n_fail+={failed} jobs+={jobs} '
-            f'lock_released={unlocked}'
+            f'{why}: repaired ledger {state.ledger_id} '
+            f'(generation {_text(repair["generation"])}): '
+            f'left={left} indices={repair["first_index"]}..{last} '
+            f'n_fail+={repair["failures_added"]} jobs+={jobs} lock_released={unlocked}'
         )
 
 

@@ -1,7 +1,8 @@
 //! What `abc-redis-manager stop` and `reset-workers` do, and clearing a dead master's lock.
 
-use super::keys::{MSG, STOP};
-use super::{ProtocolError, integer, text};
+use super::ProtocolError;
+use super::keys::{ANALYSIS_ID, GENERATION, MSG, N_WORKER, STOP};
+use super::reply::{Fields, text};
 use redis::Value;
 use std::sync::LazyLock;
 
@@ -21,12 +22,14 @@ where
 static RESET_WORKERS: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
-local ana = redis.call('GET', 'analysis_id')
+-- KEYS: analysis_id. ARGV: the names of the generation and n_worker keys.
+-- Returns {name, value, ...}: the analysis and generation reset, under their keys' names.
+local ana = redis.call('GET', KEYS[1])
 if not ana then return false end
-local t = redis.call('GET', 'generation_' .. ana)
+local t = redis.call('GET', ARGV[1] .. '_' .. ana)
 if not t then return false end
-redis.call('SET', 'n_worker_' .. ana .. '_' .. t, 0)
-return {ana, t}
+redis.call('SET', ARGV[2] .. '_' .. ana .. '_' .. t, 0)
+return {KEYS[1], ana, ARGV[1], t}
 "#,
     )
 });
@@ -40,27 +43,31 @@ pub async fn reset_workers<C>(conn: &mut C) -> Result<Option<(String, i64)>, Pro
 where
     C: redis::aio::ConnectionLike + Send,
 {
-    let reply: Value = RESET_WORKERS.prepare_invoke().invoke_async(conn).await?;
-    match reply {
-        Value::Nil => Ok(None),
-        Value::Array(items) if items.len() == 2 => {
-            let ana = text(&items[0], "key analysis_id")?.unwrap_or_default();
-            let what = format!("key generation_{ana}");
-            let t = integer(text(&items[1], &what)?.as_deref(), &what)?.unwrap_or(0);
-            Ok(Some((ana, t)))
-        }
-        other => Err(ProtocolError::NotPyabc(format!(
-            "unexpected reset reply {other:?}"
-        ))),
+    let reply: Value = RESET_WORKERS
+        .key(ANALYSIS_ID)
+        .arg(GENERATION)
+        .arg(N_WORKER)
+        .invoke_async(conn)
+        .await?;
+    if reply == Value::Nil {
+        return Ok(None);
     }
+    let fields = Fields::parse("the reset-workers script's reply", reply)?;
+    let ana = fields
+        .text(ANALYSIS_ID, "key analysis_id")?
+        .unwrap_or_default();
+    let what = format!("key generation_{ana}");
+    let t = fields.integer(GENERATION, &what)?.unwrap_or(0);
+    Ok(Some((ana, t)))
 }
 
 static CLEAR_ANALYSIS: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
-local ana = redis.call('GET', 'analysis_id')
+-- KEYS: analysis_id. ARGV: the generation key's name. Returns the analysis id cleared.
+local ana = redis.call('GET', KEYS[1])
 if not ana then return false end
-redis.call('DEL', 'analysis_id', 'generation_' .. ana)
+redis.call('DEL', KEYS[1], ARGV[1] .. '_' .. ana)
 return ana
 "#,
     )
@@ -74,7 +81,11 @@ pub async fn clear_stale_analysis_lock<C>(conn: &mut C) -> Result<Option<String>
 where
     C: redis::aio::ConnectionLike + Send,
 {
-    let reply: Value = CLEAR_ANALYSIS.prepare_invoke().invoke_async(conn).await?;
+    let reply: Value = CLEAR_ANALYSIS
+        .key(ANALYSIS_ID)
+        .arg(GENERATION)
+        .invoke_async(conn)
+        .await?;
     let cleared = text(&reply, "key analysis_id")?;
     if let Some(ana) = &cleared {
         tracing::info!(analysis_id = %ana, "cleared the analysis lock of a dead master");

@@ -1,5 +1,10 @@
 //! Key and channel names of pyABC 0.13.0 (`pyabc/sampler/redis_eps/cmd.py`), and the keys of the
 //! operator's worker ledger.
+//!
+//! The operator's own Lua scripts (snapshot, reset-workers, the analysis lock) get these names
+//! as KEYS and ARGV rather than spelling them. The worker entrypoint's scripts spell them, as
+//! pyABC's Python does; so does the repair script, which the entrypoint and the operator share
+//! as one text, so that the two can never act on different keys.
 
 /// `analysis_id`: the id of the current analysis; its existence marks the server as busy.
 pub const ANALYSIS_ID: &str = "analysis_id";

@@ -49,6 +49,7 @@
 mod control;
 pub mod keys;
 mod repair;
+mod reply;
 mod snapshot;
 
 pub use control::{clear_stale_analysis_lock, reset_workers, stop};
@@ -108,6 +109,10 @@ pub enum ProtocolError {
     NotRedis { server: String, detail: String },
     #[error("this Redis does not hold pyABC 0.13 sampler data as expected: {0}")]
     NotPyabc(String),
+    #[error(
+        "{reply} {detail}: the script and the code reading it disagree (a bug in abc-operator)"
+    )]
+    ScriptReply { reply: String, detail: String },
     #[error("Redis command failed: {0}")]
     Redis(RedisError),
 }
@@ -187,33 +192,6 @@ pub async fn connect(endpoint: &Endpoint) -> Result<ConnectionManager, ProtocolE
     Ok(conn)
 }
 
-/// Reads a text value out of a script reply.
-pub(crate) fn text(value: &redis::Value, what: &str) -> Result<Option<String>, ProtocolError> {
-    use redis::Value;
-    match value {
-        Value::Nil => Ok(None),
-        Value::BulkString(bytes) => String::from_utf8(bytes.clone())
-            .map(Some)
-            .map_err(|_| ProtocolError::NotPyabc(format!("{what} is not UTF-8 text"))),
-        Value::SimpleString(s) => Ok(Some(s.clone())),
-        Value::Int(i) => Ok(Some(i.to_string())),
-        other => Err(ProtocolError::NotPyabc(format!(
-            "{what}: unexpected reply {other:?}"
-        ))),
-    }
-}
-
-/// Parses an integer pyABC or the ledger keeps, naming the key when it is something else.
-pub(crate) fn integer(value: Option<&str>, what: &str) -> Result<Option<i64>, ProtocolError> {
-    value
-        .map(|raw| {
-            raw.trim().parse::<i64>().map_err(|_| {
-                ProtocolError::NotPyabc(format!("{what} holds {raw:?}, expected an integer"))
-            })
-        })
-        .transpose()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,18 +205,5 @@ mod tests {
         };
         assert!(!format!("{endpoint:?}").contains("s3cret"));
         assert_eq!(endpoint.to_string(), "h:1");
-    }
-
-    #[test]
-    fn integers_name_the_key() {
-        assert_eq!(integer(Some("42"), "k").unwrap(), Some(42));
-        assert_eq!(integer(None, "k").unwrap(), None);
-        let err = integer(Some("abc"), "key n_req_x_0")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("n_req_x_0") && err.contains("\"abc\""),
-            "{err}"
-        );
     }
 }

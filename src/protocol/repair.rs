@@ -1,7 +1,8 @@
 //! The exact, once-only repair of a lost worker.
 
 use super::keys::{LEDGER_SET, LOST_WORKERS, ledger_key};
-use super::{ProtocolError, WORKER_ENTRYPOINT, integer, text};
+use super::reply::Fields;
+use super::{ProtocolError, WORKER_ENTRYPOINT};
 use redis::Value;
 use serde::Serialize;
 use std::ops::RangeInclusive;
@@ -137,35 +138,33 @@ where
     Ok(repair)
 }
 
+/// Reads the repair script's reply, `nil` or `{name, value, ...}` (the script says which
+/// names).
 fn parse(ledger_id: &str, reply: Value) -> Result<Option<Repair>, ProtocolError> {
-    let items = match reply {
-        Value::Nil => return Ok(None),
-        Value::Array(items) if items.len() == 10 => items,
-        other => {
-            return Err(ProtocolError::NotPyabc(format!(
-                "unexpected repair reply {other:?}"
-            )));
-        }
-    };
-    let what = "repair reply";
-    let number = |i: usize| -> Result<i64, ProtocolError> {
-        Ok(integer(text(&items[i], what)?.as_deref(), what)?.unwrap_or(0))
-    };
-    let (first, last) = (number(3)?, number(4)?);
+    if reply == Value::Nil {
+        return Ok(None);
+    }
+    let fields = Fields::parse("the repair script's reply", reply)?;
+    let what = |name: &str| format!("field {name} of the repair script's reply");
+    let number =
+        |name: &str| Ok::<_, ProtocolError>(fields.integer(name, &what(name))?.unwrap_or(0));
+    let (first, last) = (number("first_index")?, number("last_index")?);
     // The repair has happened by now: an odd recorded generation is reported as unknown
     // rather than as an error (the ledger it came from is gone).
-    let generation = text(&items[1], what)?.and_then(|t| t.parse().ok());
+    let generation = fields
+        .text("generation", &what("generation"))?
+        .and_then(|t| t.parse().ok());
     Ok(Some(Repair {
         ledger_id: ledger_id.to_string(),
-        analysis_id: text(&items[0], what)?,
+        analysis_id: fields.text("analysis", &what("analysis"))?,
         generation,
-        left_generation: number(2)? == 1,
+        left_generation: number("left_generation")? == 1,
         indices: (last > 0).then_some(first..=last),
-        failures_added: number(5)?,
-        jobs_returned: number(6)?,
-        lock_released: number(7)? == 1,
-        stale: number(8)? == 1,
-        lost_workers: number(9)?,
+        failures_added: number("failures_added")?,
+        jobs_returned: number("jobs_returned")?,
+        lock_released: number("lock_released")? == 1,
+        stale: number("stale")? == 1,
+        lost_workers: number("lost_workers")?,
     }))
 }
 
@@ -183,23 +182,32 @@ mod tests {
         assert!(!source.contains('\\'));
     }
 
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
     #[test]
     fn parses_and_describes() {
         assert_eq!(parse("w", Value::Nil).unwrap(), None);
-        let int = Value::Int;
-        let reply = Value::Array(vec![
-            Value::BulkString(b"ana".to_vec()),
-            Value::BulkString(b"-1".to_vec()),
-            int(1),
-            int(19),
-            int(20),
-            int(1),
-            int(0),
-            int(0),
-            int(0),
-            int(4),
-        ]);
-        let repair = parse("w", reply).unwrap().unwrap();
+        let mut items = vec![
+            bulk("analysis"),
+            bulk("ana"),
+            bulk("generation"),
+            bulk("-1"),
+        ];
+        for (name, value) in [
+            ("left_generation", 1),
+            ("first_index", 19),
+            ("last_index", 20),
+            ("failures_added", 1),
+            ("jobs_returned", 0),
+            ("lock_released", 0),
+            ("stale", 0),
+            ("lost_workers", 4),
+        ] {
+            items.extend([bulk(name), Value::Int(value)]);
+        }
+        let repair = parse("w", Value::Array(items.clone())).unwrap().unwrap();
         assert_eq!(repair.lost_workers, 4);
         assert_eq!(repair.generation, Some(-1));
         assert_eq!(repair.indices, Some(19..=20));
@@ -208,6 +216,10 @@ mod tests {
             repair.to_string(),
             "worker w (analysis ana, generation -1): n_worker -1, indices 19..=20 marked done, n_fail +1"
         );
-        assert!(parse("w", int(1)).is_err());
+        assert!(parse("w", Value::Int(1)).is_err());
+        // a reply without a field: the error names it
+        items.truncate(items.len() - 2);
+        let err = parse("w", Value::Array(items)).unwrap_err().to_string();
+        assert!(err.contains("no field \"lost_workers\""), "{err}");
     }
 }

@@ -1,15 +1,44 @@
 //! One consistent read of a run's Redis: the current generation's counters and every ledger.
 
-use super::keys::{LEDGER_PREFIX, LEDGER_SET, LOST_WORKERS};
-use super::{ProtocolError, integer, text};
+use super::ProtocolError;
+use super::keys::{
+    ALL_ACCEPTED, ANALYSIS_ID, DYNAMIC, GENERATION, IS_LOOK_AHEAD, LEDGER_PREFIX, LEDGER_SET,
+    LOST_WORKERS, MODE, N_ACC, N_EVAL, N_FAIL, N_JOB, N_LOOKAHEAD_EVAL, N_REQ, N_WORKER, STATIC,
+    generation_key, ledger_key,
+};
+use super::reply::Fields;
 use redis::Value;
 use serde::Serialize;
 use std::ops::RangeInclusive;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+/// The keys `{name}_{ana}_{t}` of the current generation that the snapshot reads.
+const GENERATION_KEYS: [&str; 10] = [
+    MODE,
+    N_REQ,
+    N_ACC,
+    N_EVAL,
+    N_FAIL,
+    N_WORKER,
+    N_JOB,
+    N_LOOKAHEAD_EVAL,
+    ALL_ACCEPTED,
+    IS_LOOK_AHEAD,
+];
+
+/// Field of the snapshot reply: Redis `TIME` in ms.
+const TIME_MS: &str = "time_ms";
+/// Field of the snapshot reply: every ledger, `{id, HGETALL of its hash, ...}`.
+const LEDGERS: &str = "ledgers";
+
 /// Reads everything in one atomic script; a key of an unexpected type is reported by name.
+/// Returns `{name, value, ...}`: `time_ms`, each key's value under the key's name (a
+/// per-generation key under its name without `_{ana}_{t}`; nil where Redis holds none), and
+/// `ledgers`.
 const SNAPSHOT_LUA: &str = r#"
+-- KEYS: analysis_id, the ledger set, the lost-worker counter. ARGV: the ledger key prefix, the
+-- generation key's name, then the names of the per-generation keys to read.
 local problem = false
 local function read(key, want)
   local kind = redis.call('TYPE', key)['ok']
@@ -23,22 +52,27 @@ local function read(key, want)
   return redis.call('HGETALL', key)
 end
 local now = redis.call('TIME')
-local ana = read('analysis_id', 'string')
+local ana = read(KEYS[1], 'string')
 local t = false
-if ana then t = read('generation_' .. ana, 'string') end
-local out = {now[1], now[2], ana, t}
-local names = {'mode', 'n_req', 'n_acc', 'n_eval', 'n_fail', 'n_worker', 'n_job',
-  'n_lookahead_eval', 'all_accepted', 'is_look_ahead'}
-for i, name in ipairs(names) do
-  out[4 + i] = ana and t and read(name .. '_' .. ana .. '_' .. t, 'string') or false
+if ana then t = read(ARGV[2] .. '_' .. ana, 'string') end
+local out = {'time_ms', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000),
+  KEYS[1], ana, ARGV[2], t}
+for i = 3, #ARGV do
+  out[#out + 1] = ARGV[i]
+  out[#out + 1] = ana and t and read(ARGV[i] .. '_' .. ana .. '_' .. t, 'string') or false
 end
 local ledgers = {}
-for _, id in ipairs(read(KEYS[1], 'set') or {}) do
+for _, id in ipairs(read(KEYS[2], 'set') or {}) do
   local fields = read(ARGV[1] .. id, 'hash')
-  if fields and #fields > 0 then ledgers[#ledgers + 1] = {id, fields} end
+  if fields and #fields > 0 then
+    ledgers[#ledgers + 1] = id
+    ledgers[#ledgers + 1] = fields
+  end
 end
-out[15] = ledgers
-out[16] = read(KEYS[2], 'string')
+out[#out + 1] = 'ledgers'
+out[#out + 1] = ledgers
+out[#out + 1] = KEYS[3]
+out[#out + 1] = read(KEYS[3], 'string')
 if problem then return redis.error_reply('ABC_NOT_PYABC ' .. problem) end
 return out
 "#;
@@ -58,8 +92,8 @@ pub enum Mode {
 impl std::fmt::Display for Mode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Mode::Dynamic => super::keys::DYNAMIC,
-            Mode::Static => super::keys::STATIC,
+            Mode::Dynamic => DYNAMIC,
+            Mode::Static => STATIC,
         })
     }
 }
@@ -120,18 +154,13 @@ impl Ledger {
         self.analysis_id.as_deref() == Some(analysis_id) && self.generation == Some(t)
     }
 
-    fn parse(id: String, fields: &[Value]) -> Result<Ledger, ProtocolError> {
-        let what = |field: &str| format!("ledger {LEDGER_PREFIX}{id} field {field}");
-        let mut map = std::collections::HashMap::new();
-        for pair in fields.chunks(2) {
-            if let [name, value] = pair {
-                let name = text(name, &what("name"))?.unwrap_or_default();
-                let value = text(value, &what(&name))?.unwrap_or_default();
-                map.insert(name, value);
-            }
-        }
-        let get = |field: &str| map.get(field).map(String::as_str);
-        let int = |field: &str| integer(get(field), &what(field));
+    /// Reads a ledger hash (`HGETALL`); its fields come and go, so a missing one is `None`.
+    fn parse(id: String, hash: Value) -> Result<Ledger, ProtocolError> {
+        let key = ledger_key(&id);
+        let hash = Fields::parse(format!("ledger {key}"), hash)?;
+        let what = |field: &str| format!("ledger {key} field {field}");
+        let get = |field: &str| hash.optional_text(field, &what(field));
+        let int = |field: &str| hash.optional_integer(field, &what(field));
         let claim = match (int("claim_max")?, int("claim_n")?) {
             (Some(max_index), Some(count)) => Some(Claim {
                 max_index,
@@ -141,17 +170,17 @@ impl Ledger {
             _ => None,
         };
         Ok(Ledger {
-            worker: get("worker").map(str::to_string),
-            host: get("host").map(str::to_string),
+            worker: get("worker")?,
+            host: get("host")?,
             pid: int("pid")?,
             started_ms: int("started")?,
             heartbeat_ms: int("heartbeat")?,
-            analysis_id: get("analysis").map(str::to_string),
+            analysis_id: get("analysis")?,
             generation: int("generation")?,
-            joined: get("joined").is_some(),
+            joined: get("joined")?.is_some(),
             claim,
             jobs: int("jobs")?.unwrap_or(0),
-            lock: get("lock_name").map(str::to_string),
+            lock: get("lock_name")?,
             id,
         })
     }
@@ -190,82 +219,61 @@ impl Snapshot {
         C: redis::aio::ConnectionLike + Send,
     {
         let reply: Value = SNAPSHOT
+            .key(ANALYSIS_ID)
             .key(LEDGER_SET)
             .key(LOST_WORKERS)
             .arg(LEDGER_PREFIX)
+            .arg(GENERATION)
+            .arg(&GENERATION_KEYS[..])
             .invoke_async(conn)
             .await?;
         Snapshot::parse(reply)
     }
 
     fn parse(reply: Value) -> Result<Snapshot, ProtocolError> {
-        let Value::Array(items) = reply else {
-            return Err(ProtocolError::NotPyabc(format!("snapshot reply {reply:?}")));
-        };
-        if items.len() < 14 {
-            return Err(ProtocolError::NotPyabc("short snapshot reply".into()));
-        }
-        let field = |i: usize, what: &str| text(&items[i], what);
-        let seconds = integer(field(0, "TIME")?.as_deref(), "TIME")?.unwrap_or(0);
-        let micros = integer(field(1, "TIME")?.as_deref(), "TIME")?.unwrap_or(0);
-        let analysis_id = field(2, "key analysis_id")?;
-        let ana = analysis_id.clone().unwrap_or_default();
-        let generation = integer(
-            field(3, &format!("key generation_{ana}"))?.as_deref(),
-            &format!("key generation_{ana}"),
-        )?;
-        let t = generation.map(|t| t.to_string()).unwrap_or_default();
-        let key = |name: &str| format!("key {name}_{ana}_{t}");
-        let number = |i: usize, name: &str| -> Result<Option<i64>, ProtocolError> {
-            integer(field(i, &key(name))?.as_deref(), &key(name))
-        };
-        let flag = |i: usize, name: &str| -> Result<Option<bool>, ProtocolError> {
-            Ok(number(i, name)?.map(|v| v != 0))
-        };
-        let mode = match field(4, &key("mode"))?.as_deref() {
+        let mut fields = Fields::parse("the snapshot script's reply", reply)?;
+        let mut ledgers = Fields::parse("the snapshot's ledger list", fields.take(LEDGERS)?)?
+            .into_entries()
+            .map(|(id, hash)| Ledger::parse(id, hash))
+            .collect::<Result<Vec<_>, _>>()?;
+        ledgers.sort_by(|a, b| a.id.cmp(&b.id));
+        let analysis_id = fields.text(ANALYSIS_ID, "key analysis_id")?;
+        let ana = analysis_id.as_deref().unwrap_or_default();
+        let generation = fields.integer(GENERATION, &format!("key {GENERATION}_{ana}"))?;
+        // Per-generation values exist only with an analysis and a generation.
+        let key =
+            |name: &str| format!("key {}", generation_key(name, ana, generation.unwrap_or(0)));
+        let number = |name: &str| fields.integer(name, &key(name));
+        let flag = |name: &str| Ok::<_, ProtocolError>(number(name)?.map(|v| v != 0));
+        let mode = match fields.text(MODE, &key(MODE))?.as_deref() {
             None => None,
-            Some("dynamic") => Some(Mode::Dynamic),
-            Some("static") => Some(Mode::Static),
+            Some(DYNAMIC) => Some(Mode::Dynamic),
+            Some(STATIC) => Some(Mode::Static),
             Some(other) => {
                 return Err(ProtocolError::NotPyabc(format!(
-                    "{} holds {other:?}, expected dynamic or static",
-                    key("mode")
+                    "{} holds {other:?}, expected {DYNAMIC} or {STATIC}",
+                    key(MODE)
                 )));
             }
         };
-        let mut ledgers = Vec::new();
-        if let Some(Value::Array(entries)) = items.get(14) {
-            for entry in entries {
-                if let Value::Array(pair) = entry
-                    && let [id, Value::Array(fields)] = pair.as_slice()
-                {
-                    let id = text(id, "ledger id")?.unwrap_or_default();
-                    ledgers.push(Ledger::parse(id, fields)?);
-                }
-            }
-        }
-        ledgers.sort_by(|a, b| a.id.cmp(&b.id));
-        let what = format!("key {LOST_WORKERS}");
-        let lost_workers = match items.get(15) {
-            Some(value) => integer(text(value, &what)?.as_deref(), &what)?.unwrap_or(0),
-            None => 0,
-        };
         Ok(Snapshot {
-            time_ms: seconds * 1000 + micros / 1000,
-            analysis_id,
+            time_ms: fields.integer(TIME_MS, "Redis TIME")?.unwrap_or(0),
+            analysis_id: analysis_id.clone(),
             generation,
             mode,
-            n_req: number(5, "n_req")?,
-            n_acc: number(6, "n_acc")?,
-            n_eval: number(7, "n_eval")?,
-            n_fail: number(8, "n_fail")?,
-            n_worker: number(9, "n_worker")?,
-            n_job: number(10, "n_job")?,
-            n_lookahead_eval: number(11, "n_lookahead_eval")?,
-            all_accepted: flag(12, "all_accepted")?,
-            is_look_ahead: flag(13, "is_look_ahead")?,
+            n_req: number(N_REQ)?,
+            n_acc: number(N_ACC)?,
+            n_eval: number(N_EVAL)?,
+            n_fail: number(N_FAIL)?,
+            n_worker: number(N_WORKER)?,
+            n_job: number(N_JOB)?,
+            n_lookahead_eval: number(N_LOOKAHEAD_EVAL)?,
+            all_accepted: flag(ALL_ACCEPTED)?,
+            is_look_ahead: flag(IS_LOOK_AHEAD)?,
             ledgers,
-            lost_workers,
+            lost_workers: fields
+                .integer(LOST_WORKERS, &format!("key {LOST_WORKERS}"))?
+                .unwrap_or(0),
         })
     }
 
@@ -330,39 +338,53 @@ mod tests {
         Value::BulkString(s.as_bytes().to_vec())
     }
 
-    fn reply(values: &[Option<&str>], ledgers: Vec<Value>) -> Value {
-        let mut items: Vec<Value> = vec![bulk("1700000000"), bulk("250000")];
-        items.extend(values.iter().map(|v| v.map_or(Value::Nil, bulk)));
-        items.push(Value::Array(ledgers));
+    /// A snapshot script reply at Redis time 1700000000.250: every key nil but those in
+    /// `values` (by the reply's field name), and these ledgers.
+    fn reply(values: &[(&str, &str)], ledgers: &[(&str, &[(&str, &str)])]) -> Value {
+        let mut items = vec![bulk(TIME_MS), Value::Int(1_700_000_000_250)];
+        for name in [ANALYSIS_ID, GENERATION, LOST_WORKERS]
+            .into_iter()
+            .chain(GENERATION_KEYS)
+        {
+            let value = values.iter().find(|(field, _)| *field == name);
+            items.push(bulk(name));
+            items.push(value.map_or(Value::Nil, |(_, v)| bulk(v)));
+        }
+        let ledgers = ledgers.iter().flat_map(|(id, fields)| {
+            let hash = fields.iter().flat_map(|(k, v)| [bulk(k), bulk(v)]);
+            [bulk(id), Value::Array(hash.collect())]
+        });
+        items.push(bulk(LEDGERS));
+        items.push(Value::Array(ledgers.collect()));
         Value::Array(items)
     }
 
-    fn ledger(id: &str, fields: &[(&str, &str)]) -> Value {
-        let flat = fields
-            .iter()
-            .flat_map(|(k, v)| [bulk(k), bulk(v)])
-            .collect();
-        Value::Array(vec![bulk(id), Value::Array(flat)])
+    /// Generation 1 of analysis `ana`, with `values` on top.
+    fn in_generation(values: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+        [(ANALYSIS_ID, "ana"), (GENERATION, "1")]
+            .into_iter()
+            .chain(values.iter().copied())
+            .collect()
     }
 
     #[test]
     fn parses_counters_ledgers_and_info() {
         let values = [
-            Some("ana"),
-            Some("2"),
-            Some("dynamic"),
-            Some("100"),
-            Some("40"),
-            Some("97"),
-            Some("3"),
-            Some("2"),
-            None,
-            Some("0"),
-            Some("0"),
-            Some("0"),
+            (ANALYSIS_ID, "ana"),
+            (GENERATION, "2"),
+            (MODE, "dynamic"),
+            (N_REQ, "100"),
+            (N_ACC, "40"),
+            (N_EVAL, "97"),
+            (N_FAIL, "3"),
+            (N_WORKER, "2"),
+            (N_LOOKAHEAD_EVAL, "0"),
+            (ALL_ACCEPTED, "0"),
+            (IS_LOOK_AHEAD, "0"),
+            (LOST_WORKERS, "3"),
         ];
-        let ledgers = vec![
-            ledger(
+        let ledgers: [(&str, &[(&str, &str)]); 2] = [
+            (
                 "w-1",
                 &[
                     ("worker", "w"),
@@ -375,13 +397,9 @@ mod tests {
                     ("claim_fail", "1"),
                 ],
             ),
-            ledger("w-0", &[("worker", "w"), ("heartbeat", "1700000000000")]),
+            ("w-0", &[("worker", "w"), ("heartbeat", "1700000000000")]),
         ];
-        let Value::Array(mut items) = reply(&values, ledgers) else {
-            unreachable!()
-        };
-        items.push(bulk("3"));
-        let snap = Snapshot::parse(Value::Array(items)).unwrap();
+        let snap = Snapshot::parse(reply(&values, &ledgers)).unwrap();
         assert_eq!(snap.lost_workers, 3);
         assert_eq!(snap.time_ms, 1_700_000_000_250);
         assert_eq!(snap.mode, Some(Mode::Dynamic));
@@ -404,14 +422,11 @@ mod tests {
 
     #[test]
     fn info_without_analysis_or_counters() {
-        let none = [None; 12];
-        let snap = Snapshot::parse(reply(&none, vec![])).unwrap();
+        let snap = Snapshot::parse(reply(&[], &[])).unwrap();
         assert_eq!(snap.info_line(), "No active generation");
         assert_eq!(snap.lost_workers, 0, "no repair yet");
-        let mut values = [None; 12];
-        values[0] = Some("ana");
-        values[1] = Some("-1");
-        let snap = Snapshot::parse(reply(&values, vec![])).unwrap();
+        let values = [(ANALYSIS_ID, "ana"), (GENERATION, "-1")];
+        let snap = Snapshot::parse(reply(&values, &[])).unwrap();
         assert_eq!(
             snap.info_line(),
             "Workers=None Evaluations=None Acceptances=None/None (generation -1)"
@@ -420,22 +435,16 @@ mod tests {
 
     #[test]
     fn odd_values_are_errors_naming_the_key() {
-        let mut values = [None; 12];
-        values[0] = Some("ana");
-        values[1] = Some("1");
-        values[3] = Some("lots");
-        let err = Snapshot::parse(reply(&values, vec![]))
+        let err = Snapshot::parse(reply(&in_generation(&[(N_REQ, "lots")]), &[]))
             .unwrap_err()
             .to_string();
         assert!(err.contains("n_req_ana_1") && err.contains("lots"), "{err}");
-        values[3] = None;
-        values[2] = Some("weird");
-        let err = Snapshot::parse(reply(&values, vec![]))
+        let err = Snapshot::parse(reply(&in_generation(&[(MODE, "weird")]), &[]))
             .unwrap_err()
             .to_string();
         assert!(err.contains("mode_ana_1"), "{err}");
-        let bad_ledger = ledger("x", &[("claim_max", "nine")]);
-        let err = Snapshot::parse(reply(&[None; 12], vec![bad_ledger]))
+        let bad_ledger: [(&str, &[(&str, &str)]); 1] = [("x", &[("claim_max", "nine")])];
+        let err = Snapshot::parse(reply(&[], &bad_ledger))
             .unwrap_err()
             .to_string();
         assert!(
@@ -443,13 +452,30 @@ mod tests {
             "{err}"
         );
         assert!(Snapshot::parse(Value::Int(3)).is_err());
-        let Value::Array(mut items) = reply(&[None; 12], vec![]) else {
-            unreachable!()
-        };
-        items.push(bulk("many"));
-        let err = Snapshot::parse(Value::Array(items))
+        let err = Snapshot::parse(reply(&[(LOST_WORKERS, "many")], &[]))
             .unwrap_err()
             .to_string();
         assert!(err.contains(LOST_WORKERS) && err.contains("many"), "{err}");
+    }
+
+    #[test]
+    fn a_field_missing_from_the_reply_is_an_error_naming_it() {
+        let Value::Array(items) = reply(&in_generation(&[(N_REQ, "10")]), &[]) else {
+            unreachable!()
+        };
+        for missing in [N_REQ, LEDGERS, LOST_WORKERS] {
+            let without: Vec<Value> = items
+                .chunks(2)
+                .filter(|pair| pair[0] != bulk(missing))
+                .flatten()
+                .cloned()
+                .collect();
+            let err = Snapshot::parse(Value::Array(without)).unwrap_err();
+            assert!(matches!(err, ProtocolError::ScriptReply { .. }), "{err:?}");
+            assert!(
+                err.to_string().contains(&format!("no field {missing:?}")),
+                "{err}"
+            );
+        }
     }
 }

@@ -14,9 +14,9 @@
 //! picks the same choices, not the same interleaving. Nothing asserts on durations; every
 //! wait is bounded.
 
-use super::{subdir, violated_invariant};
 use crate::support::python::{Proc, master, python, worker};
 use crate::support::redis::{connect, server, snapshot};
+use crate::{subdir, violated_invariant};
 use abc_operator::protocol::{Ledger, Snapshot, repair_lost_worker};
 use nix::sys::signal::Signal;
 use rand::rngs::StdRng;
@@ -372,4 +372,46 @@ impl Chaos {
             repaired: repair.corrected(),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_dynamic_sampler() {
+    Chaos::repeated_kills(
+        "dynamic",
+        vec![("PROTO_BATCH_SIZE", "2"), ("PROTO_FAIL_RATE", "0.05")],
+    )
+    .run()
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_static_sampler() {
+    Chaos::repeated_kills("static", vec![("PROTO_SAMPLER", "static")])
+        .run()
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_look_ahead() {
+    Chaos::repeated_kills("look-ahead", vec![("PROTO_LOOK_AHEAD", "1")])
+        .run()
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_sigkill_in_calibration() {
+    Chaos {
+        name: "calibration",
+        master_env: vec![],
+        population: 40,
+        generations: 2,
+        model_sleep: "0.1",
+        workers: 3,
+        max_kills: 2,
+        kill_window: Duration::from_secs(60),
+        pause_ms: 100..300,
+        calibration_only: true,
+    }
+    .run()
+    .await;
 }

@@ -1,0 +1,178 @@
+//! The worker entrypoint through real runs: its ledgers follow pyABC's counters, heartbeats,
+//! the runtime limit while idle, SIGTERM, and fencing of a worker declared lost.
+
+use crate::support::python::{manager, master, worker};
+use crate::support::redis::{connect, server, snapshot, wait_for};
+use crate::{ledger, run_to_end, subdir};
+use abc_operator::protocol::{self, Ledger, repair_lost_worker, stale_workers, stop};
+use nix::sys::signal::Signal;
+use redis::AsyncCommands;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledgers_follow_pyabc_counters_through_real_runs() {
+    let redis = server();
+    let endpoint = redis.endpoint();
+    let mut conn = connect(&redis).await;
+    let root = tempfile::tempdir().unwrap();
+    let env = [
+        ("ABC_TEST_MODEL_SLEEP", "0.002"),
+        ("ABC_HEARTBEAT_SECONDS", "1"),
+    ];
+    let mut a = worker(
+        &endpoint,
+        "a",
+        &[env[0], env[1], ("ABC_WORKER_PROCESSES", "2")],
+        root.path(),
+    );
+    let mut b = worker(&endpoint, "b", &env, root.path());
+    let snap = wait_for(
+        &mut conn,
+        Duration::from_secs(180),
+        "three registered ledgers",
+        |s| s.ledgers.len() == 3,
+    )
+    .await;
+    let ids: Vec<&str> = snap.ledgers.iter().map(|l| l.id.as_str()).collect();
+    assert_eq!(ids, ["a-0", "a-1", "b"]);
+    assert_eq!(snap.ledgers_of("a").count(), 2);
+    assert!(snap.ledgers.iter().all(Ledger::is_idle));
+
+    // A dynamic run with failures and batches, then one with look-ahead sampling.
+    for look_ahead in ["0", "1"] {
+        let dir = subdir(&root, &format!("look-ahead-{look_ahead}"));
+        let mut m = master(
+            &endpoint,
+            &[
+                ("PROTO_POPULATION", "60"),
+                ("PROTO_GENERATIONS", "3"),
+                ("PROTO_BATCH_SIZE", "2"),
+                ("PROTO_FAIL_RATE", "0.1"),
+                ("PROTO_LOOK_AHEAD", look_ahead),
+            ],
+            &dir,
+        );
+        let seen = run_to_end(&mut conn, &mut m).await;
+        assert!(
+            seen.generations.len() >= 3,
+            "saw generations {:?}",
+            seen.generations
+        );
+        // the invariants were checked while workers were inside generations and owed indices
+        assert!(
+            seen.busy > 10 && seen.claims > 10,
+            "busy {} claims {}",
+            seen.busy,
+            seen.claims
+        );
+        // Quiet: the master's stop() removed the analysis; nobody owes anything.
+        let snap = wait_for(&mut conn, Duration::from_secs(20), "idle ledgers", |s| {
+            s.ledgers.len() == 3 && s.ledgers.iter().all(Ledger::is_idle)
+        })
+        .await;
+        assert_eq!(snap.analysis_id, None);
+        assert_eq!(snap.info_line(), "No active generation");
+        assert_eq!(snap.info_line(), manager(&endpoint, "info"));
+    }
+
+    // pyABC's stop message: every worker process leaves, and no ledger is left behind.
+    assert_eq!(stop(&mut conn).await.unwrap(), 3);
+    assert!(
+        a.wait(Duration::from_secs(30)).success(),
+        "{}",
+        a.log_tail()
+    );
+    assert!(
+        b.wait(Duration::from_secs(30)).success(),
+        "{}",
+        b.log_tail()
+    );
+    assert!(snapshot(&mut conn).await.ledgers.is_empty());
+    let members: Vec<String> = conn.smembers(protocol::keys::LEDGER_SET).await.unwrap();
+    assert!(members.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entrypoint_heartbeat_runtime_sigterm_and_fencing() {
+    let redis = server();
+    let endpoint = redis.endpoint();
+    let mut conn = connect(&redis).await;
+    let root = tempfile::tempdir().unwrap();
+    let hb = ("ABC_HEARTBEAT_SECONDS", "1");
+    let mut expiring = worker(
+        &endpoint,
+        "expiring",
+        &[hb, ("ABC_WORKER_RUNTIME", "6s")],
+        root.path(),
+    );
+    let mut terminated = worker(&endpoint, "terminated", &[hb], root.path());
+    let mut hung = worker(&endpoint, "hung", &[hb], root.path());
+    let first = wait_for(&mut conn, Duration::from_secs(180), "three ledgers", |s| {
+        s.ledgers.len() == 3
+    })
+    .await;
+    let started = Instant::now();
+
+    // Heartbeats advance on the Redis clock.
+    let later = wait_for(
+        &mut conn,
+        Duration::from_secs(10),
+        "a newer heartbeat",
+        |s| {
+            s.ledgers.len() == 3
+                && ledger(s, "terminated").heartbeat_ms > ledger(&first, "terminated").heartbeat_ms
+        },
+    )
+    .await;
+    assert!(stale_workers(&later, later.time_ms, Duration::from_secs(3)).is_empty());
+
+    // A stopped (hung) process goes stale; the others do not.
+    hung.signal(Signal::SIGSTOP);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let snap = snapshot(&mut conn).await;
+    assert_eq!(
+        stale_workers(&snap, snap.time_ms, Duration::from_secs(3)),
+        ["hung"]
+    );
+
+    // Declared lost and repaired, it must not come back: it exits 3 at its next heartbeat.
+    let repair = repair_lost_worker(&mut conn, "hung")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!repair.corrected());
+    hung.signal(Signal::SIGCONT);
+    assert_eq!(
+        hung.wait(Duration::from_secs(15)).code(),
+        Some(3),
+        "{}",
+        hung.log_tail()
+    );
+    assert!(
+        snapshot(&mut conn)
+            .await
+            .ledgers
+            .iter()
+            .all(|l| l.id != "hung")
+    );
+
+    // SIGTERM while idle: exit 0, ledger removed.
+    terminated.signal(Signal::SIGTERM);
+    assert_eq!(
+        terminated.wait(Duration::from_secs(15)).code(),
+        Some(0),
+        "{}",
+        terminated.log_tail()
+    );
+
+    // pyABC ignores its runtime while idle; the entrypoint does not.
+    assert_eq!(
+        expiring.wait(Duration::from_secs(30)).code(),
+        Some(0),
+        "{}",
+        expiring.log_tail()
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(expiring.log().contains("runtime 6s over while idle"));
+    assert!(snapshot(&mut conn).await.ledgers.is_empty());
+}
