@@ -922,7 +922,14 @@ async fn the_hpa_example_scales_real_worker_pods_on_demand() {
 fn evaluations_in_log(log: &str) -> Vec<u64> {
     log.lines()
         .filter_map(|l| l.split("Accepted: ").nth(1))
-        .filter_map(|rest| rest.split(" / ").nth(1)?.split_whitespace().next()?.parse().ok())
+        .filter_map(|rest| {
+            rest.split(" / ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .collect()
 }
 
@@ -980,12 +987,31 @@ async fn a_killed_master_resumes_from_its_last_generation() {
     let generations: Vec<u64> = log
         .lines()
         .filter_map(|l| l.trim().strip_prefix("generation "))
-        .filter_map(|rest| rest.split(", ").nth(1)?.split_whitespace().next()?.parse().ok())
+        .filter_map(|rest| {
+            rest.split(", ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .collect();
-    assert_eq!(generations.len(), 6, "six generations in the database:\n{log}");
+    assert_eq!(
+        generations.len(),
+        6,
+        "six generations in the database:\n{log}"
+    );
     assert!(
         before.len() >= 3 && generations[..before.len()] == before[..],
         "stored generations were not sampled again: {before:?} before the kill, {generations:?} at the end"
     );
-    assert_eq!(run.status.unwrap().lost_workers, 0, "no worker was lost");
+    let status = run.status.unwrap();
+    assert_eq!(status.lost_workers, 0, "no worker was lost");
+    let resumes = status.resumes.expect("the resume is in the status");
+    assert_eq!(
+        (resumes.count, resumes.last_from_generation),
+        (1, before.len() as i64)
+    );
+    let events = events_with_reason(&client, &ns.name, "Resumed").await;
+    assert_eq!(events.len(), 1, "one Resumed Event: {events:#?}");
 }

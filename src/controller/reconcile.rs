@@ -323,6 +323,7 @@ async fn observe(
         worker_pod_problem: None,
         master_pod_problem: None,
         redis_pod_problem: None,
+        resumed: None,
     })
 }
 
@@ -365,6 +366,7 @@ async fn read_redis(
             // lost (a controller crash) is counted here; max, so that a Redis that lost its
             // data does not make the number go back.
             observed.lost_workers = observed.lost_workers.max(snapshot.lost_workers);
+            observed.resumed = snapshot.resumed.clone();
             Some(snapshot)
         }
         Err(err) => {
@@ -648,6 +650,22 @@ async fn publish_transitions(
             }
         }
         _ => {}
+    }
+    let resumes = |s: &crate::api::AbcRunStatus| s.resumes.as_ref().map_or(0, |r| r.count);
+    if resumes(new) > resumes(&old)
+        && let Some(last) = &new.resumes
+    {
+        ctx.publish_unfolded(
+            run,
+            EventType::Normal,
+            "Resumed",
+            format!(
+                "the master continued the run from generation {} of its results database \
+                 (stored generations are not sampled again; resume {})",
+                last.last_from_generation, last.count
+            ),
+        )
+        .await;
     }
     let generation_of =
         |s: &crate::api::AbcRunStatus| s.progress.as_ref().and_then(|p| p.generation);

@@ -3,7 +3,8 @@
 //! written to.
 
 pub use super::pod_problems::PodProblem;
-use crate::api::{AbcRun, AbcRunStatus, Phase, Progress};
+use crate::api::{AbcRun, AbcRunStatus, Phase, Progress, Resumes};
+use crate::protocol::Resumed;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
@@ -34,6 +35,8 @@ pub struct Observed {
     pub master_pod_problem: Option<PodProblem>,
     /// Why the managed Redis' pod cannot run, if it cannot.
     pub redis_pod_problem: Option<PodProblem>,
+    /// The last resume of a master that Redis holds, when Redis answered.
+    pub resumed: Option<Resumed>,
 }
 
 impl Observed {
@@ -220,7 +223,22 @@ pub fn compute(run: &AbcRun, observed: &Observed, now: Timestamp) -> AbcRunStatu
         // Keep the last progress seen when Redis is briefly unreachable or the run is over.
         progress: progress.or(previous.progress),
         lost_workers: observed.lost_workers,
+        resumes: resumes(previous.resumes, observed.resumed.as_ref()),
     }
+}
+
+/// Counts a resume Redis holds that the status has not counted yet (told apart by its time).
+fn resumes(previous: Option<Resumes>, seen: Option<&Resumed>) -> Option<Resumes> {
+    let Some(seen) = seen else { return previous };
+    let counted = previous.as_ref().is_some_and(|p| p.last_time == seen.at);
+    if counted {
+        return previous;
+    }
+    Some(Resumes {
+        count: previous.map_or(0, |p| p.count) + 1,
+        last_from_generation: seen.from_generation,
+        last_time: seen.at.clone(),
+    })
 }
 
 /// The reason and message of the run's Degraded condition, if something is wrong. A finished
@@ -511,6 +529,33 @@ mod tests {
             ("False", "ScaledDown")
         );
         assert_eq!(condition_of(&status, DEGRADED).status, "False");
+    }
+
+    #[test]
+    fn each_resume_is_counted_once() {
+        let mut r = run("{image: i, master: {command: [python, m.py]}}");
+        let resumed = |t: i64, at: &str| Observed {
+            resumed: Some(Resumed {
+                from_generation: t,
+                at: at.into(),
+            }),
+            ..healthy()
+        };
+        let mut counts = Vec::new();
+        // Seen on every read; a second resume; Redis lost (the record with it); a third.
+        for observed in [
+            resumed(3, "t1"),
+            resumed(3, "t1"),
+            resumed(5, "t2"),
+            healthy(),
+            resumed(5, "t3"),
+        ] {
+            let status = compute(&r, &observed, Timestamp::from_second(1).unwrap());
+            let resumes = status.resumes.clone().unwrap_or_default();
+            counts.push((resumes.count, resumes.last_from_generation));
+            r.status = Some(status);
+        }
+        assert_eq!(counts, [(1, 3), (1, 3), (2, 5), (2, 5), (3, 5)]);
     }
 
     #[test]

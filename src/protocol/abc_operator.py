@@ -26,8 +26,8 @@ import sys
 __all__ = ["ResumeError", "database_url", "run", "sampler"]
 
 # Redis key the operator and `abc-operator run` read to learn that a master resumed (a hash:
-# `from_generation`, `at`); outside pyABC's own keys.
-RESUME_KEY = "abc-operator:resumed"
+# `from_generation`, `at`); outside pyABC's own keys (src/protocol/keys.rs: RESUMED).
+RESUME_KEY = "abc_operator:resumed"
 
 
 class ResumeError(RuntimeError):

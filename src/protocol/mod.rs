@@ -54,7 +54,7 @@ mod snapshot;
 
 pub use control::{clear_stale_analysis_lock, reset_workers, stop};
 pub use repair::{Repair, repair_lost_worker, repair_script_source};
-pub use snapshot::{Claim, Ledger, Mode, Snapshot, stale_workers};
+pub use snapshot::{Claim, Ledger, Mode, Resumed, Snapshot, stale_workers};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, IntoConnectionInfo, RedisConnectionInfo, RedisError};
@@ -66,9 +66,6 @@ pub const WORKER_ENTRYPOINT: &str = include_str!("abc_worker.py");
 /// The `abc_operator` Python module for master scripts: a sampler from the run's environment
 /// and "new or resume" against the results database (mounted next to the entrypoint).
 pub const MASTER_MODULE: &str = include_str!("abc_operator.py");
-/// The Redis hash in which a master that resumed records it (`from_generation`, `at`);
-/// [`MASTER_MODULE`]'s `RESUME_KEY`.
-pub const RESUMED_KEY: &str = "abc-operator:resumed";
 
 /// Where a run's Redis is. The password is never printed by `Debug`.
 #[derive(Clone, PartialEq, Eq)]
