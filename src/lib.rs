@@ -11,5 +11,4 @@ pub mod local;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;
-pub mod redis_server;
 pub mod resources;

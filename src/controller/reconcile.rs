@@ -163,7 +163,7 @@ async fn resolve_password(run: &AbcRun, ctx: &Context, namespace: &str) -> Resul
         .map_err(Error::Kube)?;
     if resources::needs_generated_password(run) {
         let value = resources::password_to_keep(existing.as_ref())
-            .unwrap_or_else(resources::generate_password);
+            .unwrap_or_else(protocol::generate_password);
         return Ok(Password {
             value: Some(value.clone()),
             generated: Some(value),
@@ -361,7 +361,7 @@ async fn read_redis(
 ) -> Option<protocol::Snapshot> {
     match ctx.redis.snapshot(run, endpoint).await {
         Ok(snapshot) => {
-            observed.progress = Some(progress_of(&snapshot));
+            observed.progress = Some(Progress::from(&snapshot));
             // The repair script counts in Redis itself, so a repair whose status write was
             // lost (a controller crash) is counted here; max, so that a Redis that lost its
             // data does not make the number go back.
@@ -422,12 +422,13 @@ async fn handle_workers(
     observed: &mut Observed,
 ) -> Result<(), Error> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    let timeout_ms = run.spec.workers.heartbeat_timeout_seconds * 1000;
+    let heartbeat =
+        protocol::Heartbeat::from_timeout_seconds(run.spec.workers.heartbeat_timeout_seconds);
     // Without Redis no ledger can be judged, but ended pods are still replaced.
     let (ledgers, now_ms) = snapshot
         .map(|s| (s.ledgers.as_slice(), s.time_ms))
         .unwrap_or((&[], 0));
-    let actions = workers::decide(listed, ledgers, now_ms, timeout_ms);
+    let actions = workers::decide(listed, ledgers, now_ms, heartbeat);
     // One Event per lost pod (a pod with several worker processes has a ledger for each).
     let mut repaired: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut failed_delete = None;
@@ -510,21 +511,6 @@ fn pod_reference(namespace: &str, pod: &str) -> ObjectReference {
         name: Some(pod.into()),
         namespace: Some(namespace.into()),
         ..ObjectReference::default()
-    }
-}
-
-fn progress_of(s: &protocol::Snapshot) -> Progress {
-    Progress {
-        analysis_id: s.analysis_id.clone(),
-        generation: s.generation,
-        mode: s.mode.map(|m| m.to_string()),
-        accepted: s.n_acc.unwrap_or(0),
-        required: s.n_req.unwrap_or(0),
-        acceptances: None,
-        evaluations: s.n_eval.unwrap_or(0),
-        failures: s.n_fail.unwrap_or(0),
-        active_workers: s.n_worker.unwrap_or(0),
-        last_progress_time: None,
     }
 }
 

@@ -3,7 +3,7 @@
 //! missing from the list really lost its pod) and the snapshot's ledgers.
 
 use super::pod_problems::CRASH_AT_START;
-use crate::protocol::Ledger;
+use crate::protocol::{Heartbeat, Ledger};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::ResourceExt;
 use std::collections::BTreeMap;
@@ -28,20 +28,20 @@ pub enum WorkerAction {
     },
 }
 
-/// The actions for one reconcile. `heartbeat_timeout_ms` declares a worker whose pod exists
-/// but whose ledger stopped beating (a hung process, a lost network) lost.
+/// The actions for one reconcile at `now_ms` (Redis time). `heartbeat` declares a worker whose
+/// pod exists but whose ledger stopped beating (a hung process, a lost network) lost.
 pub fn decide(
     pods: &[Pod],
     ledgers: &[Ledger],
     now_ms: i64,
-    heartbeat_timeout_ms: i64,
+    heartbeat: Heartbeat,
 ) -> Vec<WorkerAction> {
     let by_name: BTreeMap<String, &Pod> = pods.iter().map(|p| (p.name_any(), p)).collect();
     let mut actions = Vec::new();
     let mut replaced = std::collections::BTreeSet::new();
 
     for ledger in ledgers {
-        let worker = ledger.worker.clone().unwrap_or_else(|| ledger.id.clone());
+        let worker = ledger.worker_id().to_string();
         let lost = match by_name.get(&worker) {
             None => Some("its pod is gone".to_string()),
             Some(pod) => match worker_status(pod) {
@@ -49,21 +49,17 @@ pub fn decide(
                     "its container ended ({})",
                     termination(status).unwrap_or_else(|| "terminated".into())
                 )),
-                _ if stale(ledger, now_ms, heartbeat_timeout_ms) => {
+                _ if heartbeat.is_stale(ledger, now_ms) => {
+                    let reason =
+                        format!("no heartbeat for over {} s", heartbeat.timeout().as_secs());
                     if replaced.insert(worker.clone()) {
                         actions.push(WorkerAction::Replace {
                             pod: worker.clone(),
-                            reason: format!(
-                                "no heartbeat for over {} s",
-                                heartbeat_timeout_ms / 1000
-                            ),
+                            reason: reason.clone(),
                             expired: false,
                         });
                     }
-                    Some(format!(
-                        "no heartbeat for over {} s",
-                        heartbeat_timeout_ms / 1000
-                    ))
+                    Some(reason)
                 }
                 _ => None,
             },
@@ -146,11 +142,6 @@ fn ended_after(status: &ContainerStatus, ledger: &Ledger) -> bool {
     }
 }
 
-fn stale(ledger: &Ledger, now_ms: i64, timeout_ms: i64) -> bool {
-    let last = ledger.heartbeat_ms.or(ledger.started_ms);
-    last.is_some_and(|t| now_ms - t > timeout_ms)
-}
-
 /// The container's last run ended with an error within [`CRASH_AT_START`] of starting. Without
 /// both times (never from a kubelet) it did not: replacing is the safe default.
 fn crashed_at_start(status: &ContainerStatus) -> bool {
@@ -204,6 +195,7 @@ fn termination(status: &ContainerStatus) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::liveness_test_support::ledger as liveness_ledger;
 
     fn pod(name: &str, container_status: serde_json::Value) -> Pod {
         serde_json::from_value(serde_json::json!({
@@ -231,30 +223,35 @@ mod tests {
 
     fn ledger(id: &str, worker: &str, heartbeat_ms: i64) -> Ledger {
         Ledger {
-            id: id.into(),
-            worker: Some(worker.into()),
-            host: None,
-            pid: None,
-            started_ms: Some(0),
-            heartbeat_ms: Some(heartbeat_ms),
             analysis_id: Some("a".into()),
             generation: Some(0),
             joined: true,
-            claim: None,
-            jobs: 0,
-            lock: None,
+            ..liveness_ledger(id, Some(worker), Some(0), Some(heartbeat_ms))
         }
+    }
+
+    /// The default heartbeat timeout.
+    fn minute() -> Heartbeat {
+        Heartbeat::from_timeout_seconds(60)
     }
 
     #[test]
     fn live_workers_are_left_alone() {
-        assert!(decide(&[running("w1")], &[ledger("w1", "w1", 1000)], 2000, 60_000).is_empty());
+        assert!(
+            decide(
+                &[running("w1")],
+                &[ledger("w1", "w1", 1000)],
+                2000,
+                minute()
+            )
+            .is_empty()
+        );
     }
 
     #[test]
     fn a_ledger_without_its_pod_is_repaired() {
         let ledgers = [ledger("w1-0", "w1", 1000), ledger("w1-1", "w1", 1000)];
-        let actions = decide(&[running("w2")], &ledgers, 2000, 60_000);
+        let actions = decide(&[running("w2")], &ledgers, 2000, minute());
         let repaired: Vec<_> = actions
             .iter()
             .filter_map(|a| match a {
@@ -275,7 +272,7 @@ mod tests {
             &[exited("w1", 0), exited("w2", 137)],
             &[ledger("w2", "w2", 1000)],
             2000,
-            60_000,
+            minute(),
         );
         assert!(actions.contains(&WorkerAction::Replace {
             pod: "w1".into(),
@@ -312,15 +309,15 @@ mod tests {
     #[test]
     fn a_worker_crashing_at_start_is_left_to_the_kubelets_back_off() {
         // Replacing it would only make a new pod crash the same way, without back-off.
-        assert!(decide(&[restarted("w1", 1, 1000, 1003)], &[], 2000, 60_000).is_empty());
+        assert!(decide(&[restarted("w1", 1, 1000, 1003)], &[], 2000, minute()).is_empty());
         // One that crashed after working for a while is replaced at once, as before...
-        let crashed_later = decide(&[restarted("w2", 137, 1000, 1600)], &[], 2000, 60_000);
+        let crashed_later = decide(&[restarted("w2", 137, 1000, 1600)], &[], 2000, minute());
         assert!(matches!(
             crashed_later.as_slice(),
             [WorkerAction::Replace { pod, expired: false, .. }] if pod == "w2"
         ));
         // ...and so is one whose runtime is over, however short.
-        let expired = decide(&[restarted("w3", 0, 1000, 1003)], &[], 2000, 60_000);
+        let expired = decide(&[restarted("w3", 0, 1000, 1003)], &[], 2000, minute());
         assert!(matches!(
             expired.as_slice(),
             [WorkerAction::Replace { expired: true, .. }]
@@ -342,14 +339,36 @@ mod tests {
             .as_mut()
             .unwrap()
             .reason = Some("StartError".into());
-        assert!(decide(&[never_started], &[], 2000, 60_000).is_empty());
+        assert!(decide(&[never_started], &[], 2000, minute()).is_empty());
     }
 
     #[test]
     fn a_silent_worker_is_repaired_and_replaced_after_the_timeout() {
         let ledgers = [ledger("w1", "w1", 1000)];
-        let actions = decide(&[running("w1")], &ledgers, 1000 + 61_000, 60_000);
+        let actions = decide(&[running("w1")], &ledgers, 1000 + 61_000, minute());
         assert_eq!(actions.len(), 2, "{actions:?}");
-        assert!(decide(&[running("w1")], &ledgers, 1000 + 59_000, 60_000).is_empty());
+        assert!(decide(&[running("w1")], &ledgers, 1000 + 59_000, minute()).is_empty());
+    }
+
+    #[test]
+    fn healthy_workers_beating_at_their_period_are_never_lost_at_the_shortest_timeout() {
+        let run = crate::resources::test_support::run(
+            "image: i\nworkers: {heartbeatTimeoutSeconds: 5}\n",
+        );
+        let deployment = crate::resources::worker_deployment(&run).unwrap();
+        let container = &deployment.spec.unwrap().template.spec.unwrap().containers[0];
+        let period_ms: i64 =
+            crate::resources::test_support::env_value(container, "ABC_HEARTBEAT_SECONDS")
+                .unwrap()
+                .parse::<i64>()
+                .unwrap()
+                * 1000;
+        let heartbeat = Heartbeat::from_timeout_seconds(run.spec.workers.heartbeat_timeout_seconds);
+        // Seen just before its next beat, and with that beat missed entirely.
+        for age_ms in [period_ms, 2 * period_ms] {
+            let ledgers = [ledger("w1", "w1", 100_000)];
+            let actions = decide(&[running("w1")], &ledgers, 100_000 + age_ms, heartbeat);
+            assert!(actions.is_empty(), "age {age_ms} ms: {actions:?}");
+        }
     }
 }

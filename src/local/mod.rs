@@ -9,11 +9,11 @@
 //! running; without a master, 0 after Ctrl-C. Errors (bad manifest, no pyabc, no redis-server,
 //! workers that keep crashing) are [`LocalError`]s, which the CLI prints and exits 2 with.
 //!
-//! Files: `runner.rs` drives the run, `supervisor.rs` decides about ended workers (pure),
-//! `progress.rs` renders progress (pure), `printer.rs` owns stdout, `process.rs` spawns and
-//! signals children, `redis.rs` is the one place that talks to Redis (through
-//! [`crate::redis_server`] and [`crate::protocol`]), `manifest.rs`, `python.rs` and `dirs.rs`
-//! prepare the run.
+//! Files: `runner/` drives the run (its module docs list its files), `supervisor.rs` decides
+//! about ended workers (pure), `progress.rs` renders progress (pure), `printer.rs` owns stdout,
+//! `process.rs` spawns and signals children, `redis_access.rs` is the one place that talks to
+//! Redis (through [`redis_server`], a password-protected redis-server, and
+//! [`crate::protocol`]), `manifest.rs`, `python.rs` and `dirs.rs` prepare the run.
 
 mod dirs;
 mod error;
@@ -22,7 +22,8 @@ mod printer;
 mod process;
 mod progress;
 mod python;
-mod redis;
+mod redis_access;
+pub mod redis_server;
 mod runner;
 mod supervisor;
 

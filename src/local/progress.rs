@@ -1,22 +1,16 @@
 //! Progress a person can follow (one line per generation) or a program can read (one JSON
 //! object per update). Pure: it turns observations into text; the caller writes it to stdout.
 
+use crate::api::Progress;
 use serde_json::{Value, json};
 use std::time::Duration;
 
 /// What one poll of the run's Redis showed, plus what the runner knows itself.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Observation {
-    /// pyABC's analysis id; `None` before the master started and after it finished.
-    pub analysis_id: Option<String>,
-    /// Current generation; -1 is pyABC's calibration population.
-    pub generation: Option<i64>,
-    pub accepted: i64,
-    pub required: i64,
-    pub evaluations: i64,
-    pub failures: i64,
-    /// Workers inside the current generation (pyABC's n_worker).
-    pub in_generation: i64,
+    /// The progress read from Redis, as an AbcRun's status shows it: no analysis id before the
+    /// master started and after it finished; generation -1 is pyABC's calibration population.
+    pub progress: Progress,
     /// Worker processes the runner has alive.
     pub workers: usize,
 }
@@ -75,9 +69,9 @@ impl Renderer {
     /// final counters and pass them to [`Renderer::observe`], since the last poll inside it
     /// may have missed its last half second.
     pub fn ending(&self, obs: &Observation) -> Option<(String, i64)> {
-        let prev = self.last.as_ref()?;
+        let (prev, now) = (&self.last.as_ref()?.progress, &obs.progress);
         let (ana, t) = (prev.analysis_id.clone()?, prev.generation?);
-        (prev.generation != obs.generation || prev.analysis_id != obs.analysis_id)
+        (prev.generation != now.generation || prev.analysis_id != now.analysis_id)
             .then_some((ana, t))
     }
 
@@ -96,23 +90,19 @@ impl Renderer {
         }
         // A generation ended when the generation or the analysis changed (or went away): it
         // gets its permanent line (or a `generation_done` object).
-        if let Some(prev) = previous.filter(|p| p.generation.is_some())
-            && (prev.generation != obs.generation || prev.analysis_id != obs.analysis_id)
+        if let Some(mut done) = previous.filter(|p| p.progress.generation.is_some())
+            && (done.progress.generation != obs.progress.generation
+                || done.progress.analysis_id != obs.progress.analysis_id)
         {
-            let done = match ended {
-                Some(c) => Observation {
-                    accepted: c.accepted,
-                    required: c.required,
-                    evaluations: c.evaluations,
-                    failures: c.failures,
-                    ..prev
-                },
+            let p = &mut done.progress;
+            match ended {
+                Some(c) => {
+                    (p.accepted, p.required) = (c.accepted, c.required);
+                    (p.evaluations, p.failures) = (c.evaluations, c.failures);
+                }
                 // A finished generation has, by pyABC's definition, its required particles.
-                None => Observation {
-                    accepted: prev.accepted.max(prev.required),
-                    ..prev
-                },
-            };
+                None => p.accepted = p.accepted.max(p.required),
+            }
             out.push(Out::Line(match self.style {
                 Style::Json => {
                     let mut event = progress_json(&done, elapsed);
@@ -126,8 +116,10 @@ impl Renderer {
         match self.style {
             Style::Json => out.push(Out::Line(progress_json(&obs, elapsed).to_string())),
             // No generation running (between analyses, or at the end): no live line either.
-            Style::Terminal if obs.generation.is_none() => out.push(Out::Live(String::new())),
-            _ if obs.generation.is_none() => {}
+            Style::Terminal if obs.progress.generation.is_none() => {
+                out.push(Out::Live(String::new()))
+            }
+            _ if obs.progress.generation.is_none() => {}
             Style::Terminal => out.push(Out::Live(format_line(&obs, elapsed, false))),
             Style::Plain => {
                 if elapsed.saturating_sub(self.last_plain_line) >= PLAIN_INTERVAL {
@@ -158,16 +150,17 @@ fn generation_label(generation: i64) -> String {
 
 /// `generation 3  accepted 143/200  evaluations 412  workers 2, 2 in generation  [9.1s]`.
 pub fn format_line(obs: &Observation, elapsed: Duration, done: bool) -> String {
-    let label = obs
+    let p = &obs.progress;
+    let label = p
         .generation
         .map(generation_label)
         .unwrap_or_else(|| "waiting".to_string());
     let mut line = format!(
         "{label:<13} accepted {:>5}/{:<5} evaluations {:>7}",
-        obs.accepted, obs.required, obs.evaluations
+        p.accepted, p.required, p.evaluations
     );
-    if obs.failures > 0 {
-        line.push_str(&format!("  failed {}", obs.failures));
+    if p.failures > 0 {
+        line.push_str(&format!("  failed {}", p.failures));
     }
     if done {
         line.push_str(&format!(
@@ -178,7 +171,7 @@ pub fn format_line(obs: &Observation, elapsed: Duration, done: bool) -> String {
         line.push_str(&format!(
             "  workers {}, {} in generation  [{:>6.1}s]",
             obs.workers,
-            obs.in_generation,
+            p.active_workers,
             elapsed.as_secs_f64()
         ));
     }
@@ -187,15 +180,16 @@ pub fn format_line(obs: &Observation, elapsed: Duration, done: bool) -> String {
 
 /// The JSON object of one progress update.
 pub fn progress_json(obs: &Observation, elapsed: Duration) -> Value {
+    let p = &obs.progress;
     json!({
         "event": "progress",
-        "analysis_id": obs.analysis_id,
-        "generation": obs.generation,
-        "accepted": obs.accepted,
-        "required": obs.required,
-        "evaluations": obs.evaluations,
-        "failures": obs.failures,
-        "in_generation": obs.in_generation,
+        "analysis_id": p.analysis_id,
+        "generation": p.generation,
+        "accepted": p.accepted,
+        "required": p.required,
+        "evaluations": p.evaluations,
+        "failures": p.failures,
+        "in_generation": p.active_workers,
         "workers": obs.workers,
         "elapsed_s": round1(elapsed),
     })
@@ -212,13 +206,15 @@ mod tests {
 
     fn obs(generation: i64, accepted: i64, evaluations: i64) -> Observation {
         Observation {
-            analysis_id: Some("a".into()),
-            generation: Some(generation),
-            accepted,
-            required: 200,
-            evaluations,
-            failures: 0,
-            in_generation: 2,
+            progress: Progress {
+                analysis_id: Some("a".into()),
+                generation: Some(generation),
+                accepted,
+                required: 200,
+                evaluations,
+                active_workers: 2,
+                ..Progress::default()
+            },
             workers: 2,
         }
     }
@@ -349,7 +345,7 @@ mod tests {
     fn failures_show_only_when_there_are_some() {
         let mut o = obs(1, 1, 1);
         assert!(!format_line(&o, secs(1), false).contains("failed"));
-        o.failures = 2;
+        o.progress.failures = 2;
         assert!(format_line(&o, secs(1), false).contains("failed 2"));
     }
 }

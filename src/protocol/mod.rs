@@ -41,20 +41,26 @@
 //! counters that still exist; any other ledger is stale and just deleted.
 //!
 //! For callers: repair a worker known dead (pod deleted, heartbeat older than the timeout,
-//! see [`stale_workers`]); one pod's ledgers are [`Snapshot::ledgers_of`] its name. A
+//! see [`Heartbeat`]); one pod's ledgers are [`Snapshot::ledgers_of`] its name. A
 //! restarted container (same pod name, so same ids) repairs its predecessor's ledgers itself
 //! when it starts, so a container restart needs no repair from outside (one would race with
 //! the new process and fence it). Ids must be unique among live workers.
 
 mod control;
 pub mod keys;
+mod liveness;
+mod progress;
 mod repair;
 mod reply;
 mod snapshot;
+pub mod worker_env;
 
 pub use control::{clear_stale_analysis_lock, reset_workers, stop};
+pub use liveness::Heartbeat;
+#[cfg(test)]
+pub(crate) use liveness::test_support as liveness_test_support;
 pub use repair::{Repair, repair_lost_worker, repair_script_source};
-pub use snapshot::{Claim, Ledger, Mode, Resumed, Snapshot, stale_workers};
+pub use snapshot::{Claim, Ledger, Mode, Resumed, Snapshot};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, IntoConnectionInfo, RedisConnectionInfo, RedisError};
@@ -89,6 +95,20 @@ impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}", self.host, self.port)
     }
+}
+
+/// Length of a generated Redis password (alphanumeric: about 190 bits).
+pub const GENERATED_PASSWORD_LEN: usize = 32;
+
+/// A fresh random Redis password (alphanumeric, so it needs no quoting anywhere: a Secret, a
+/// redis.conf, a URL), for the managed Redis of a run and for a local run's redis-server.
+pub fn generate_password() -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(GENERATED_PASSWORD_LEN)
+        .map(char::from)
+        .collect()
 }
 
 /// Errors talking to a run's Redis, each naming its cause.
@@ -202,5 +222,14 @@ mod tests {
         };
         assert!(!format!("{endpoint:?}").contains("s3cret"));
         assert_eq!(endpoint.to_string(), "h:1");
+    }
+
+    #[test]
+    fn generated_passwords_are_long_random_and_plain() {
+        let a = generate_password();
+        let b = generate_password();
+        assert_eq!(a.len(), GENERATED_PASSWORD_LEN);
+        assert_ne!(a, b);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
     }
 }

@@ -11,7 +11,6 @@ use redis::Value;
 use serde::Serialize;
 use std::ops::RangeInclusive;
 use std::sync::LazyLock;
-use std::time::Duration;
 
 /// The keys `{name}_{ana}_{t}` of the current generation that the snapshot reads.
 const GENERATION_KEYS: [&str; 10] = [
@@ -312,13 +311,6 @@ impl Snapshot {
         )
     }
 
-    /// The ledgers of one worker (`ABC_WORKER_ID`, e.g. a pod): one per process.
-    pub fn ledgers_of<'a>(&'a self, worker: &'a str) -> impl Iterator<Item = &'a Ledger> + 'a {
-        self.ledgers
-            .iter()
-            .filter(move |ledger| ledger.worker.as_deref() == Some(worker))
-    }
-
     /// Ledgers counted in the current generation's n_worker.
     pub fn joined_current(&self) -> impl Iterator<Item = &Ledger> {
         let current = self.analysis_id.as_deref().zip(self.generation);
@@ -344,24 +336,6 @@ fn resumed(value: Value) -> Result<Option<Resumed>, ProtocolError> {
             from_generation,
             at,
         }))
-}
-
-/// Ids of the ledgers whose heartbeat is older than `timeout` at `now_ms` (Redis time, e.g.
-/// [`Snapshot::time_ms`]): workers that are hung or cut off, to be repaired.
-pub fn stale_workers(snapshot: &Snapshot, now_ms: i64, timeout: Duration) -> Vec<String> {
-    let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-    snapshot
-        .ledgers
-        .iter()
-        .filter(|ledger| {
-            let last = ledger
-                .heartbeat_ms
-                .or(ledger.started_ms)
-                .unwrap_or(i64::MIN);
-            now_ms.saturating_sub(last) > timeout_ms
-        })
-        .map(|ledger| ledger.id.clone())
-        .collect()
 }
 
 #[cfg(test)]
@@ -477,13 +451,10 @@ mod tests {
         assert_eq!(claim.indices(), 96..=97);
         assert_eq!(claim.failures, 1);
         assert_eq!(snap.joined_current().count(), 1);
-        assert_eq!(snap.ledgers_of("w").count(), 2);
         assert_eq!(
             snap.info_line(),
             "Workers=2 Evaluations=97 Acceptances=40/100 (generation 2)"
         );
-        let stale = stale_workers(&snap, snap.time_ms, Duration::from_secs(5));
-        assert_eq!(stale, vec!["w-1".to_string()]);
     }
 
     #[test]

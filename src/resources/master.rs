@@ -7,10 +7,11 @@
 
 use super::{
     BuildError, Component, ENTRYPOINT_DIR, POD_UID, container_security_context, env,
-    hardened_pod_spec, merge_env, object_meta, operator_files_mount, operator_files_volume,
-    redis_env, tmp_mount, tmp_volume,
+    hardened_pod_spec, object_meta, operator_files_mount, operator_files_volume, redis_env,
+    tmp_mount, tmp_volume,
 };
 use crate::api::AbcRun;
+use crate::protocol::worker_env;
 use k8s_openapi::api::batch::v1::{
     Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
 };
@@ -72,7 +73,7 @@ pub fn master_job(run: &AbcRun) -> Result<Option<Job>, BuildError> {
         image_pull_policy: run.spec.image_pull_policy.clone(),
         command: Some(master.command.clone()),
         args: (!master.args.is_empty()).then(|| master.args.clone()),
-        env: Some(merge_env(ours, &master.env)),
+        env: Some(worker_env::merge(ours, master.env.iter().cloned())),
         resources: master.resources.clone(),
         volume_mounts: Some(vec![
             VolumeMount {

@@ -1,4 +1,5 @@
-//! The managed Redis: a one-replica Deployment and its Service.
+//! The run's Redis: where it is (managed or external), and the managed one's one-replica
+//! Deployment and Service.
 //!
 //! # How the password reaches redis-server
 //!
@@ -24,10 +25,9 @@
 
 use super::{
     BuildError, BuildSettings, Component, REDIS_PORT, container_security_context,
-    hardened_pod_spec, managed_redis, master_finished, object_meta, password_env,
-    redis_service_name, selector_labels,
+    hardened_pod_spec, master_finished, namespace, object_meta, password_env, selector_labels,
 };
-use crate::api::AbcRun;
+use crate::api::{AbcRun, ManagedRedis, default_redis_port};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EmptyDirVolumeSource, ExecAction, PodSpec, PodTemplateSpec, Probe,
@@ -36,7 +36,46 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
 use std::collections::BTreeMap;
+
+/// The managed Redis of the run (the default when `spec.redis.external` is unset), or `None`
+/// for an external one.
+pub fn managed_redis(run: &AbcRun) -> Option<ManagedRedis> {
+    match &run.spec.redis.external {
+        Some(_) => None,
+        None => Some(run.spec.redis.managed.clone().unwrap_or_default()),
+    }
+}
+
+/// Name of the managed Redis' Service (also its Deployment's and NetworkPolicy's name).
+pub fn redis_service_name(run: &AbcRun) -> String {
+    format!("{}-redis", run.name_any())
+}
+
+/// Redis host and port as the run's pods see them (same namespace: the Service's short name).
+pub fn redis_host_port(run: &AbcRun) -> (String, i32) {
+    match &run.spec.redis.external {
+        Some(external) => (external.host.clone(), external.port),
+        None => (redis_service_name(run), REDIS_PORT),
+    }
+}
+
+/// Redis host and port as the operator sees them from its own namespace: the managed Redis'
+/// Service as `{service}.{namespace}.svc`; an external host without a dot (a Service in the
+/// run's namespace, as the run's pods resolve it) qualified the same way; any other external
+/// host (a DNS name or an address) unchanged.
+pub fn redis_host_port_for_operator(run: &AbcRun) -> Result<(String, u16), BuildError> {
+    let namespace = namespace(run)?;
+    let (host, port) = redis_host_port(run);
+    let host = if host.contains('.') || host.contains(':') {
+        host
+    } else {
+        format!("{host}.{namespace}.svc")
+    };
+    let port = u16::try_from(port).unwrap_or(default_redis_port() as u16);
+    Ok((host, port))
+}
 
 /// The Redis image of a managed Redis when neither `spec.redis.managed.image` nor the
 /// operator's `--redis-image` says otherwise.
@@ -442,5 +481,26 @@ mod tests {
                 .is_none()
         );
         assert!(redis_service(&run).unwrap().is_none());
+    }
+
+    #[test]
+    fn operator_reaches_redis_by_qualified_service_name() {
+        assert_eq!(
+            redis_host_port_for_operator(&minimal()).unwrap(),
+            ("gaussian-redis.science.svc".to_string(), 6379)
+        );
+        let short =
+            run("image: i\nredis:\n  external: {host: shared, passwordSecret: {name: s}}\n");
+        assert_eq!(
+            redis_host_port_for_operator(&short).unwrap(),
+            ("shared.science.svc".to_string(), 6379)
+        );
+        let fqdn = run(
+            "image: i\nredis:\n  external: {host: redis.example.org, port: 7000, passwordSecret: {name: s}}\n",
+        );
+        assert_eq!(
+            redis_host_port_for_operator(&fqdn).unwrap(),
+            ("redis.example.org".to_string(), 7000)
+        );
     }
 }

@@ -6,11 +6,7 @@ use crate::api::{AbcRun, SecretKeyRef, default_password_key};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use rand::Rng;
 use std::collections::BTreeMap;
-
-/// Length of a generated password (alphanumeric: about 190 bits).
-pub const GENERATED_PASSWORD_LEN: usize = 32;
 
 /// Name of the generated password Secret.
 pub fn generated_password_secret_name(run: &AbcRun) -> String {
@@ -73,15 +69,6 @@ pub fn password_to_keep(existing: Option<&Secret>) -> Option<String> {
         .filter(|p| !p.is_empty())
 }
 
-/// A fresh random password (alphanumeric, so it needs no quoting anywhere).
-pub fn generate_password() -> String {
-    rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(GENERATED_PASSWORD_LEN)
-        .map(char::from)
-        .collect()
-}
-
 /// The generated password Secret (`{run}-redis-password`, key `password`). Built with `data`,
 /// not `stringData`, so applying it again is a no-op.
 pub fn password_secret(run: &AbcRun, password: &str) -> Result<Secret, BuildError> {
@@ -133,15 +120,6 @@ mod tests {
         let mut other_key = secret;
         other_key.data = Some(BTreeMap::from([("pw".into(), ByteString(b"x".to_vec()))]));
         assert_eq!(password_to_keep(Some(&other_key)), None);
-    }
-
-    #[test]
-    fn generated_passwords_are_long_random_and_plain() {
-        let a = generate_password();
-        let b = generate_password();
-        assert_eq!(a.len(), GENERATED_PASSWORD_LEN);
-        assert_ne!(a, b);
-        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
     }
 
     #[test]

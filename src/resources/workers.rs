@@ -6,11 +6,12 @@
 //! completed worker pods instead, and the ReplicaSet replaces them at once.
 
 use super::{
-    BuildError, Component, ENTRYPOINT_DIR, ENTRYPOINT_PATH, POD_UID, container_security_context,
-    entrypoint_sha256, env, hardened_pod_spec, master_finished, merge_env, object_meta,
-    operator_files_mount, operator_files_volume, redis_env, selector_labels, tmp_mount, tmp_volume,
+    BuildError, Component, ENTRYPOINT_PATH, POD_UID, container_security_context, entrypoint_sha256,
+    env, hardened_pod_spec, master_finished, object_meta, operator_files_mount,
+    operator_files_volume, redis_env, selector_labels, tmp_mount, tmp_volume,
 };
 use crate::api::{AbcRun, GROUP};
+use crate::protocol::worker_env;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
@@ -21,9 +22,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use std::collections::BTreeMap;
-
-/// Ledger heartbeat period of workers (`ABC_HEARTBEAT_SECONDS`), in seconds.
-pub const HEARTBEAT_SECONDS: i64 = 5;
 
 /// Name of the worker Deployment.
 pub fn workers_deployment_name(run: &AbcRun) -> String {
@@ -40,6 +38,16 @@ pub fn desired_worker_replicas(run: &AbcRun) -> i32 {
     }
 }
 
+/// The label selector string of the run's worker pods (the scale subresource's
+/// `status.selector`, used by an HPA).
+pub fn worker_selector(run: &AbcRun) -> String {
+    selector_labels(run, Component::Worker)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The worker Deployment (`{run}-workers`).
 ///
 /// Rolling updates surge new workers before old ones get SIGTERM (`maxUnavailable: 0`): a
@@ -49,21 +57,22 @@ pub fn worker_deployment(run: &AbcRun) -> Result<Deployment, BuildError> {
     let workers = &run.spec.workers;
     let ours = [
         redis_env(run),
-        vec![
-            EnvVar {
-                name: "ABC_WORKER_ID".into(),
-                value: None,
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector {
-                        api_version: Some("v1".into()),
-                        field_path: "metadata.name".into(),
-                    }),
-                    ..EnvVarSource::default()
+        vec![EnvVar {
+            name: "ABC_WORKER_ID".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    api_version: Some("v1".into()),
+                    field_path: "metadata.name".into(),
                 }),
-            },
-            env("ABC_WORKER_RUNTIME", workers.runtime.clone()),
-            env("ABC_WORKER_PROCESSES", workers.processes.to_string()),
-            env("ABC_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS.to_string()),
+                ..EnvVarSource::default()
+            }),
+        }],
+        worker_env::worker_settings(workers)
+            .into_iter()
+            .map(|(name, value)| env(name, value))
+            .collect(),
+        vec![
             env("PYTHONUNBUFFERED", "1"),
             env("HOME", "/tmp"),
             env("MPLCONFIGDIR", "/tmp"),
@@ -75,7 +84,7 @@ pub fn worker_deployment(run: &AbcRun) -> Result<Deployment, BuildError> {
         image: Some(run.spec.image.clone()),
         image_pull_policy: run.spec.image_pull_policy.clone(),
         command: Some(vec!["python".into(), ENTRYPOINT_PATH.into()]),
-        env: Some(merge_env(ours, &workers.env)),
+        env: Some(worker_env::merge(ours, workers.env.iter().cloned())),
         resources: workers.resources.clone(),
         volume_mounts: Some(vec![operator_files_mount(), tmp_mount()]),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
@@ -211,7 +220,7 @@ mod tests {
             .as_ref()
             .unwrap()
             .iter()
-            .find(|m| m.mount_path == ENTRYPOINT_DIR)
+            .find(|m| m.mount_path == crate::resources::ENTRYPOINT_DIR)
             .unwrap();
         assert_eq!(mount.read_only, Some(true));
         assert_eq!(
@@ -221,7 +230,10 @@ mod tests {
         assert_eq!(env_value(&c, "ABC_REDIS_PORT").as_deref(), Some("6379"));
         assert_eq!(env_value(&c, "ABC_WORKER_RUNTIME").as_deref(), Some("2h"));
         assert_eq!(env_value(&c, "ABC_WORKER_PROCESSES").as_deref(), Some("1"));
-        assert_eq!(env_value(&c, "ABC_HEARTBEAT_SECONDS").as_deref(), Some("5"));
+        assert_eq!(
+            env_value(&c, "ABC_HEARTBEAT_SECONDS").as_deref(),
+            Some("15")
+        );
         assert_eq!(env_value(&c, "HOME").as_deref(), Some("/tmp"));
         let id = c
             .env
@@ -300,6 +312,29 @@ mod tests {
     }
 
     #[test]
+    fn users_env_overrides_settings_but_not_the_connection_or_identity() {
+        let c = container(&run(
+            "image: i\nworkers:\n  env:\n  - {name: ABC_REDIS_HOST, value: elsewhere}\n  - {name: ABC_WORKER_ID, value: me}\n  - {name: ABC_HEARTBEAT_SECONDS, value: '2'}\n  - {name: MODEL, value: fast}\n",
+        ));
+        assert_eq!(
+            env_value(&c, "ABC_REDIS_HOST").as_deref(),
+            Some("gaussian-redis")
+        );
+        let ids: Vec<_> = c
+            .env
+            .iter()
+            .flatten()
+            .filter(|e| e.name == "ABC_WORKER_ID")
+            .collect();
+        assert!(
+            matches!(&ids[..], [id] if id.value.is_none() && id.value_from.is_some()),
+            "{ids:?}"
+        );
+        assert_eq!(env_value(&c, "ABC_HEARTBEAT_SECONDS").as_deref(), Some("2"));
+        assert_eq!(env_value(&c, "MODEL").as_deref(), Some("fast"));
+    }
+
+    #[test]
     fn rollouts_never_reduce_capacity() {
         let strategy = worker_deployment(&minimal())
             .unwrap()
@@ -311,5 +346,27 @@ mod tests {
             strategy.rolling_update.unwrap().max_unavailable,
             Some(IntOrString::Int(0))
         );
+    }
+
+    #[test]
+    fn worker_selector_selects_worker_pods() {
+        let run = minimal();
+        assert_eq!(
+            worker_selector(&run),
+            "abc-operator.dev/component=worker,abc-operator.dev/run=gaussian"
+        );
+        let pod_labels = worker_deployment(&run)
+            .unwrap()
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .labels
+            .unwrap();
+        for pair in worker_selector(&run).split(',') {
+            let (k, v) = pair.split_once('=').unwrap();
+            assert_eq!(pod_labels.get(k).map(String::as_str), Some(v));
+        }
     }
 }

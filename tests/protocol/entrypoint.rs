@@ -4,7 +4,7 @@
 use crate::support::python::{manager, master, worker};
 use crate::support::redis::{connect, server, snapshot, wait_for};
 use crate::{ledger, run_to_end, subdir};
-use abc_operator::protocol::{self, Ledger, repair_lost_worker, stale_workers, stop};
+use abc_operator::protocol::{self, Heartbeat, Ledger, repair_lost_worker, stop};
 use nix::sys::signal::Signal;
 use redis::AsyncCommands;
 use std::time::{Duration, Instant};
@@ -124,14 +124,18 @@ async fn entrypoint_heartbeat_runtime_sigterm_and_fencing() {
         },
     )
     .await;
-    assert!(stale_workers(&later, later.time_ms, Duration::from_secs(3)).is_empty());
+    let three_seconds = Heartbeat::from_timeout_seconds(3);
+    assert_eq!(three_seconds.stale_ledgers(&later).count(), 0);
 
     // A stopped (hung) process goes stale; the others do not.
     hung.signal(Signal::SIGSTOP);
     tokio::time::sleep(Duration::from_secs(4)).await;
     let snap = snapshot(&mut conn).await;
     assert_eq!(
-        stale_workers(&snap, snap.time_ms, Duration::from_secs(3)),
+        three_seconds
+            .stale_ledgers(&snap)
+            .map(|l| l.id.as_str())
+            .collect::<Vec<_>>(),
         ["hung"]
     );
 

@@ -10,8 +10,8 @@
 use crate::support::python::{Proc, manager, master, worker};
 use crate::support::redis::{connect, server, snapshot, wait_for};
 use crate::{check_invariants, ledger, run_to_end, subdir};
+use abc_operator::local::redis_server::RedisServer;
 use abc_operator::protocol::{Endpoint, Mode, Repair, Snapshot, repair_lost_worker, reset_workers};
-use abc_operator::redis_server::RedisServer;
 use nix::sys::signal::Signal;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;

@@ -47,8 +47,8 @@ async fn redis_server_keeps_its_password_off_command_lines_and_cleans_up() {
 
     // A port in use is a clear error.
     let taken = server();
-    let err = abc_operator::redis_server::RedisServer::start(
-        abc_operator::redis_server::RedisServerOptions {
+    let err = abc_operator::local::redis_server::RedisServer::start(
+        abc_operator::local::redis_server::RedisServerOptions {
             port: Some(taken.port()),
             ..Default::default()
         },

@@ -1,7 +1,7 @@
 //! A throwaway password-protected redis-server and connections to it.
 
+use abc_operator::local::redis_server::{RedisServer, RedisServerOptions};
 use abc_operator::protocol::{self, Snapshot};
-use abc_operator::redis_server::{RedisServer, RedisServerOptions};
 use redis::aio::ConnectionManager;
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 use super::cluster::{self, TestNamespace, eventually, install_crd};
 use super::kubelet::{FakeKubelet, RedisTarget};
 use abc_operator::api::AbcRun;
-use abc_operator::redis_server::{RedisServer, RedisServerOptions};
+use abc_operator::local::redis_server::{RedisServer, RedisServerOptions};
 use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::Client;
 use kube::api::{Api, ListParams, PostParams};

@@ -9,8 +9,6 @@
 use crate::protocol::Endpoint;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use rand::Rng;
-use rand::distr::Alphanumeric;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
@@ -23,7 +21,7 @@ use std::time::{Duration, Instant};
 pub struct RedisServerOptions {
     /// Port on 127.0.0.1; a free one when unset.
     pub port: Option<u16>,
-    /// The password; a random 32-character one when unset.
+    /// The password; a generated one ([`crate::protocol::generate_password`]) when unset.
     pub password: Option<String>,
     /// The redis-server program (default: `redis-server` from PATH).
     pub program: PathBuf,
@@ -112,11 +110,7 @@ impl RedisServer {
                 return Err(RedisServerError::BadPassword);
             }
             Some(password) => password,
-            None => rand::rng()
-                .sample_iter(Alphanumeric)
-                .take(32)
-                .map(char::from)
-                .collect(),
+            None => crate::protocol::generate_password(),
         };
         // A free port found by binding can be taken by someone else before redis binds it:
         // retry with another one in that case.

@@ -1,0 +1,123 @@
+//! The local run's Redis and what the runner asks of it, in the runner's terms: the one place
+//! that knows the APIs of [`super::redis_server`] and [`crate::protocol`].
+
+use super::error::LocalError;
+use super::progress::FinalCounts;
+use super::redis_server::{RedisServer, RedisServerOptions};
+use crate::protocol::{self, Repair, Snapshot, keys};
+
+/// The run's redis-server (or, with `--keep-redis`, one left running at the end).
+pub struct LocalRedis {
+    server: RedisServer,
+    pub host: String,
+    pub port: u16,
+}
+
+impl LocalRedis {
+    /// Starts a password-protected redis-server on 127.0.0.1.
+    ///
+    /// Called on the runtime's own thread on purpose, although it blocks for up to a few
+    /// seconds: a child started from a `spawn_blocking` thread would be tied to that thread's
+    /// life by a parent-death signal, and those threads end when idle.
+    pub fn start(port: Option<u16>, keep: bool) -> Result<LocalRedis, LocalError> {
+        let options = RedisServerOptions {
+            port,
+            outlive_parent: keep,
+            ..Default::default()
+        };
+        let server =
+            RedisServer::start(options).map_err(|err| LocalError::RedisStart(err.to_string()))?;
+        let endpoint = server.endpoint();
+        Ok(LocalRedis {
+            host: endpoint.host,
+            port: endpoint.port,
+            server,
+        })
+    }
+
+    /// Only for the environment of children and the 0600 connection file; never logged.
+    pub fn password(&self) -> &str {
+        self.server.password()
+    }
+
+    /// The redis-server's process id (for `--json` consumers).
+    pub fn pid(&self) -> Option<u32> {
+        self.server.pid()
+    }
+
+    /// Leaves the server running after the runner exits (`--keep-redis`).
+    pub fn keep(self) {
+        self.server.detach();
+    }
+
+    /// Stops the server now.
+    pub fn stop(mut self) {
+        if let Err(err) = self.server.stop() {
+            tracing::warn!(%err, "could not stop redis-server cleanly");
+        }
+    }
+
+    pub async fn connect(&self) -> Result<Conn, LocalError> {
+        protocol::connect(&self.server.endpoint())
+            .await
+            .map_err(|err| LocalError::Redis(err.to_string()))
+    }
+}
+
+/// The runner's connection (reconnects by itself if Redis restarts or a command times out).
+pub type Conn = redis::aio::ConnectionManager;
+
+/// One poll: the progress counters and the ledgers (for heartbeat checks and repairs).
+pub async fn snapshot(conn: &mut Conn) -> Result<Snapshot, String> {
+    Snapshot::read(conn).await.map_err(|e| e.to_string())
+}
+
+/// The counters of a generation that ended (pyABC 0.13 leaves them in Redis); `None` if gone.
+pub async fn final_counts(
+    conn: &mut Conn,
+    analysis_id: &str,
+    t: i64,
+) -> Result<Option<FinalCounts>, String> {
+    let names = [keys::N_ACC, keys::N_REQ, keys::N_EVAL, keys::N_FAIL];
+    let keys: Vec<String> = names
+        .iter()
+        .map(|name| keys::generation_key(name, analysis_id, t))
+        .collect();
+    let values: Vec<Option<i64>> = redis::cmd("MGET")
+        .arg(&keys)
+        .query_async(conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let [Some(accepted), Some(required), Some(evaluations), failures] = values[..] else {
+        return Ok(None);
+    };
+    Ok(Some(FinalCounts {
+        accepted,
+        required,
+        evaluations,
+        failures: failures.unwrap_or(0),
+    }))
+}
+
+/// Repairs the ledgers of a dead worker (found by their `worker` field, one per process);
+/// returns those that corrected something. A worker that exited through an exception settles
+/// its own ledger, so often there is nothing left to do.
+pub async fn repair(conn: &mut Conn, worker_id: &str) -> Result<Vec<Repair>, String> {
+    let snapshot = snapshot(conn).await?;
+    let mut corrected = Vec::new();
+    for ledger in snapshot.ledgers_of(worker_id) {
+        match protocol::repair_lost_worker(conn, &ledger.id)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Some(repair) if repair.corrected() => corrected.push(repair),
+            _ => {}
+        }
+    }
+    Ok(corrected)
+}
+
+/// The Python worker entrypoint to write next to the run.
+pub fn worker_entrypoint() -> &'static str {
+    protocol::WORKER_ENTRYPOINT
+}

@@ -1,0 +1,71 @@
+//! Each poll of the run's Redis: progress for the user, and hung workers killed.
+
+use super::Runner;
+use crate::api::Progress;
+use crate::local::process;
+use crate::local::progress::Observation;
+use crate::local::redis_access;
+use crate::protocol::{Heartbeat, Ledger, Snapshot};
+use nix::sys::signal::Signal;
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+impl Runner {
+    /// One snapshot of the run's Redis, rendered as progress; hung workers are killed.
+    pub(super) async fn poll(&mut self) {
+        self.last_poll = Instant::now();
+        match redis_access::snapshot(&mut self.conn).await {
+            Ok(snapshot) => {
+                self.poll_failed = false;
+                self.lost_workers = self.lost_workers.max(snapshot.lost_workers);
+                let obs = Observation {
+                    progress: Progress::from(&snapshot),
+                    workers: self.slots.iter().filter(|s| s.running.is_some()).count(),
+                };
+                let ended = match self.renderer.ending(&obs) {
+                    Some((ana, t)) => redis_access::final_counts(&mut self.conn, &ana, t)
+                        .await
+                        .ok()
+                        .flatten(),
+                    None => None,
+                };
+                let elapsed = self.elapsed();
+                for out in self.renderer.observe(obs, ended, elapsed) {
+                    self.printer.out(out);
+                }
+                if !self.stopping {
+                    self.kill_hung_workers(&snapshot);
+                }
+            }
+            Err(err) => {
+                // Once per outage, not twice a second.
+                if !self.poll_failed {
+                    tracing::warn!(%err, "cannot read progress from Redis");
+                }
+                self.poll_failed = true;
+            }
+        }
+    }
+
+    /// A worker process that is alive but whose ledger heartbeat stopped (stopped, or stuck
+    /// holding the GIL) would keep the master waiting: kill it, and its exit repairs it.
+    fn kill_hung_workers(&mut self, snapshot: &Snapshot) {
+        let heartbeat =
+            Heartbeat::from_timeout_seconds(self.spec.workers.heartbeat_timeout_seconds);
+        let timeout = heartbeat.timeout();
+        let hung: BTreeSet<&str> = heartbeat
+            .stale_ledgers(snapshot)
+            .map(Ledger::worker_id)
+            .collect();
+        for running in self.slots.iter_mut().filter_map(|s| s.running.as_mut()) {
+            if hung.contains(running.id.as_str())
+                && !running.killed
+                && running.started.elapsed() > timeout
+            {
+                tracing::warn!(worker = %running.id, pid = running.pid, timeout_s = timeout.as_secs(), "worker stopped its heartbeat; killing it");
+                process::signal_group(running.pid, Signal::SIGKILL);
+                running.killed = true;
+            }
+        }
+    }
+}
