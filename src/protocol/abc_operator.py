@@ -74,6 +74,7 @@ def run(abc, db, observed, **run_kwargs):
     url = database_url(db)
     unfinished = _unfinished_run(url)
     if unfinished is None:
+        _forget_resumes(abc)
         abc.new(url, observed)
         _say(f"new run {abc.history.id} in {url}")
         return abc.run(**run_kwargs)
@@ -154,6 +155,16 @@ def _record_resume(abc, generation):
         )
     except Exception as err:  # the run goes on without the record
         _say(f"could not record the resume in Redis: {err}")
+
+
+def _forget_resumes(abc):
+    """A new run starts with no resume on record (a shared Redis may hold an older run's)."""
+    redis = getattr(abc.sampler, "redis", None)
+    if redis is not None:
+        try:
+            redis.delete(RESUME_KEY)
+        except Exception:  # the record only informs the status
+            pass
 
 
 def _say(message):
