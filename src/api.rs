@@ -301,6 +301,22 @@ pub struct AbcRunStatus {
     /// Workers found lost (killed inside a generation) and repaired so far.
     #[serde(default)]
     pub lost_workers: i64,
+    /// Times a master continued the run from its results database (after it was killed, lost
+    /// its node or its Redis), as the `abc_operator` module records it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumes: Option<Resumes>,
+}
+
+/// Resumes of a run's master.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Resumes {
+    /// How many times a master resumed.
+    pub count: i64,
+    /// The generation the last resume started from (the ones before were stored).
+    pub last_from_generation: i64,
+    /// When the last resume happened (RFC 3339, the master's clock).
+    pub last_time: String,
 }
 
 /// Phase of a run.

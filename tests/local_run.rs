@@ -65,8 +65,19 @@ impl Run {
     }
 
     fn start_with(manifest: &Path, args: &[&str], with_python: bool) -> Run {
+        Run::start_with_env(manifest, args, with_python, &[])
+    }
+
+    /// With `env` on top of this process' environment (the children inherit it).
+    fn start_with_env(
+        manifest: &Path,
+        args: &[&str],
+        with_python: bool,
+        env: &[(&str, &str)],
+    ) -> Run {
         let cwd = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_abc-operator"));
+        cmd.envs(env.iter().copied());
         cmd.arg("run")
             .arg(manifest)
             .args(args)
@@ -347,6 +358,81 @@ fn gaussian_example_runs_to_completion() {
     assert!(
         redis_pids(port).is_empty(),
         "redis-server stopped at the end"
+    );
+}
+
+/// `(t, evaluations)` of every generation stored in a pyABC database.
+fn stored_generations(db: &Path) -> Vec<(i64, i64)> {
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(
+            "import json, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); \
+             print(json.dumps(c.execute('select t, nr_samples from populations \
+             where t >= 0 order by t').fetchall()))",
+        )
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_killed_master_is_started_again_and_resumes() {
+    let _heavy = heavy();
+    let manifest = crate_dir().join("examples/gaussian/abcrun.yaml");
+    let mut run = Run::start_with_env(
+        &manifest,
+        &["--json", "--run-dir", "run"],
+        true,
+        &[
+            ("GAUSSIAN_GENERATIONS", "6"),
+            ("GAUSSIAN_MINIMUM_EPSILON", "0"),
+            ("GAUSSIAN_MODEL_SECONDS", "0.002"),
+        ],
+    );
+    run.wait_event("generation 3", Duration::from_secs(240), |e| {
+        e["event"] == "progress" && e["generation"].as_i64() >= Some(3)
+    });
+    let events = run.events();
+    let master = by_event(&events, "master_started")[0]["pid"]
+        .as_i64()
+        .unwrap();
+    // As the OOM killer would.
+    kill(Pid::from_raw(master as i32), Signal::SIGKILL).unwrap();
+    let db = run.cwd.path().join("run/results/gaussian.db");
+    let before = stored_generations(&db);
+
+    let restarted = run.wait_event("the master's restart", Duration::from_secs(30), |e| {
+        e["event"] == "master_restarted"
+    });
+    assert_eq!(
+        (restarted["signal"].as_i64(), restarted["retry"].as_i64()),
+        (Some(9), Some(1))
+    );
+    let resumed = run.wait_event("the resume", Duration::from_secs(60), |e| {
+        e["event"] == "master_resumed"
+    });
+    assert!(
+        resumed["from_generation"].as_i64() >= Some(3),
+        "resumed after the stored generations: {resumed}"
+    );
+    let code = run.wait_exit(Duration::from_secs(300));
+    assert_eq!(code, 0, "stderr:\n{}", run.stderr());
+    let after = stored_generations(&db);
+    assert_eq!(
+        after.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+        (0..6).collect::<Vec<_>>(),
+        "six generations, none twice"
+    );
+    assert_eq!(
+        after[..before.len()],
+        before[..],
+        "the generations stored before the kill were not sampled again"
     );
 }
 

@@ -375,12 +375,72 @@ async fn gaussian_example_runs_to_succeeded_in_real_pods() {
         (1.5..2.5).contains(&mean),
         "posterior mean {mean} is far from the observed 2.0:\n{log}"
     );
+
+    // Finished: the workers and the Redis are given back, the status keeps where it ended.
+    wait_until_freed(&client, &ns.name).await;
+    let out = kubectl(&["get", "abc", "gaussian", "-n", &ns.name, "--no-headers"]);
+    let columns: Vec<&str> = out.split_whitespace().collect();
+    assert!(
+        columns[1] == "Succeeded"
+            && columns[2].parse::<i64>().is_ok_and(|t| t >= 1)
+            && columns[3].ends_with("/200"),
+        "kubectl get abc of the finished run: {out}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_master_frees_the_workers_and_redis() {
+    install_operator();
+    let client = NODE.client().await;
+    let ns = TestNamespace::on(NODE, &client, "e2e-failed-master").await;
+    apply_example(&ns.name, "gaussian/abcrun.yaml", |doc| {
+        doc["spec"]["master"]["command"] =
+            serde_yaml::from_str("[python, -c, 'import sys; sys.exit(1)']").unwrap();
+        doc["spec"]["master"]["backoffLimit"] = 0.into();
+    });
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
+    let run = wait_for_phase(&runs, "gaussian", "Failed", 240).await;
+    assert_eq!(
+        condition(&run, "Degraded").map(|(status, reason, _)| (status, reason)),
+        Some(("True".into(), "MasterFailed".into()))
+    );
+    wait_until_freed(&client, &ns.name).await;
+}
+
+/// Waits until the finished Gaussian run's worker and Redis Deployments are at zero replicas
+/// and none of their pods is left.
+async fn wait_until_freed(client: &kube::Client, ns: &str) {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    eventually(
+        120,
+        "workers and Redis scaled to zero, their pods gone",
+        || async {
+            for name in ["gaussian-workers", "gaussian-redis"] {
+                let replicas = deployments.get(name).await.ok()?.spec?.replicas;
+                if replicas != Some(0) {
+                    return None;
+                }
+            }
+            let left = pods_api.list(&ListParams::default()).await.ok()?.items;
+            let left: Vec<_> = left
+                .iter()
+                .filter_map(|p| p.metadata.name.as_deref())
+                .filter(|n| n.starts_with("gaussian-workers-") || n.starts_with("gaussian-redis-"))
+                .collect();
+            left.is_empty().then_some(())
+        },
+    )
+    .await;
 }
 
 /// Every generation in the master's log (`generation t: N particles, ...`, printed by
 /// gaussian.py at the end) has exactly the example's 200 particles.
 fn assert_every_generation_complete(ns: &str) {
-    let log = kubectl(&["logs", "-n", ns, "job/gaussian-master"]);
+    assert_every_generation_complete_in(&kubectl(&["logs", "-n", ns, "job/gaussian-master"]));
+}
+
+fn assert_every_generation_complete_in(log: &str) {
     let sizes: Vec<u64> = log
         .lines()
         .filter_map(|l| l.trim().strip_prefix("generation "))
@@ -856,4 +916,102 @@ async fn the_hpa_example_scales_real_worker_pods_on_demand() {
     let run = wait_for_phase(&runs, "gaussian", "Succeeded", 420).await;
     assert_eq!(run.status.unwrap().lost_workers, 0);
     assert_every_generation_complete(&ns.name);
+}
+
+/// pyABC's "Accepted: N / M" log lines (one per stored generation, in order): M per generation.
+fn evaluations_in_log(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| l.split("Accepted: ").nth(1))
+        .filter_map(|rest| {
+            rest.split(" / ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_killed_master_resumes_from_its_last_generation() {
+    install_operator();
+    let client = NODE.client().await;
+    let ns = TestNamespace::on(NODE, &client, "e2e-master-lost").await;
+    apply_example(&ns.name, "gaussian/abcrun.yaml", |doc| {
+        slow_model(doc, "0.01");
+        // Six generations exactly: the epsilon criterion never ends it first.
+        doc["spec"]["master"]["env"] = serde_yaml::from_str(
+            "[{name: GAUSSIAN_GENERATIONS, value: '6'}, {name: GAUSSIAN_MINIMUM_EPSILON, value: '0'}]",
+        )
+        .unwrap();
+    });
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
+    eventually(300, "the master sampling generation 3", || async {
+        let progress = runs.get("gaussian").await.ok()?.status?.progress?;
+        (progress.generation? >= 3).then_some(())
+    })
+    .await;
+    let selector = "job-name=gaussian-master";
+    let master = pods(&client, &ns.name, selector)
+        .await
+        .into_iter()
+        .find(running)
+        .expect("a running master pod");
+    // As the OOM killer would: the master's process dies at once.
+    let pid = pid_of(&master, "master");
+    ok(
+        "kill -9",
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .output()
+            .unwrap(),
+    );
+
+    let run = wait_for_phase(&runs, "gaussian", "Succeeded", 600).await;
+    let first = master.metadata.name.clone().unwrap();
+    let before = evaluations_in_log(&kubectl(&["logs", "-n", &ns.name, &first]));
+    let last = pods(&client, &ns.name, selector)
+        .await
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .find(|name| *name != first)
+        .expect("the Job retried the master");
+    let log = kubectl(&["logs", "-n", &ns.name, &last]);
+    assert!(
+        log.contains(&format!("from generation {}", before.len())),
+        "the retry resumed where the first master stopped ({} generations stored):\n{log}",
+        before.len()
+    );
+    assert_every_generation_complete_in(&log);
+    let generations: Vec<u64> = log
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("generation "))
+        .filter_map(|rest| {
+            rest.split(", ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(
+        generations.len(),
+        6,
+        "six generations in the database:\n{log}"
+    );
+    assert!(
+        before.len() >= 3 && generations[..before.len()] == before[..],
+        "stored generations were not sampled again: {before:?} before the kill, {generations:?} at the end"
+    );
+    let status = run.status.unwrap();
+    assert_eq!(status.lost_workers, 0, "no worker was lost");
+    let resumes = status.resumes.expect("the resume is in the status");
+    assert_eq!(
+        (resumes.count, resumes.last_from_generation),
+        (1, before.len() as i64)
+    );
+    let events = events_with_reason(&client, &ns.name, "Resumed").await;
+    assert_eq!(events.len(), 1, "one Resumed Event: {events:#?}");
 }

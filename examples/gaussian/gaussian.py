@@ -6,10 +6,13 @@ The posterior of mu is close to N(2.0, 0.5^2) once epsilon is small.
 `GAUSSIAN_MODEL_SECONDS` (in the workers' environment; default 0) makes each simulation take
 that long: enough to watch a generation, scale the workers, or kill one in the middle of it.
 
-The master (this script) finds Redis and its results folder in the environment, which
-`abc-operator run` (locally) and the operator (on a cluster) set:
-  ABC_REDIS_HOST, ABC_REDIS_PORT, ABC_REDIS_PASSWORD  where the workers are
-  ABC_RESULTS_DIR                                     where gaussian.db goes
+`GAUSSIAN_GENERATIONS` (default 5) and `GAUSSIAN_MINIMUM_EPSILON` (default 0.1) are its
+stopping criteria, whichever comes first.
+
+The master (this script) uses the `abc_operator` module that `abc-operator run` (locally) and
+the operator (on a cluster) put on its PYTHONPATH: the sampler finds Redis in the environment
+(ABC_REDIS_HOST, ABC_REDIS_PORT, ABC_REDIS_PASSWORD) and gaussian.db goes to ABC_RESULTS_DIR.
+A master that is killed and started again continues its run from the last stored generation.
 Nothing else is written, so it runs with a read-only root filesystem.
 """
 
@@ -27,14 +30,14 @@ if "MPLCONFIGDIR" not in os.environ:
     except OSError:
         os.environ["MPLCONFIGDIR"] = os.path.join(results_dir, ".matplotlib")
 
+import abc_operator  # noqa: E402
 import numpy as np  # noqa: E402
 import pyabc  # noqa: E402
-from pyabc.sampler import RedisEvalParallelSampler  # noqa: E402
 
 OBSERVED = {"y": 2.0}
 POPULATION_SIZE = 200
-MINIMUM_EPSILON = 0.1
-MAX_GENERATIONS = 5
+MINIMUM_EPSILON = float(os.environ.get("GAUSSIAN_MINIMUM_EPSILON", "0.1"))
+MAX_GENERATIONS = int(os.environ.get("GAUSSIAN_GENERATIONS", "5"))
 
 
 def model(parameter):
@@ -50,17 +53,16 @@ def distance(x, x0):
 
 
 def main():
-    host = os.environ.get("ABC_REDIS_HOST", "localhost")
-    port = int(os.environ.get("ABC_REDIS_PORT", "6379"))
-    password = os.environ.get("ABC_REDIS_PASSWORD") or None
-    os.makedirs(results_dir, exist_ok=True)
-    db_path = os.path.abspath(os.path.join(results_dir, "gaussian.db"))
-
     prior = pyabc.Distribution(mu=pyabc.RV("uniform", -5, 10))
-    sampler = RedisEvalParallelSampler(host=host, port=port, password=password)
+    sampler = abc_operator.sampler()
     abc = pyabc.ABCSMC(model, prior, distance, population_size=POPULATION_SIZE, sampler=sampler)
-    abc.new("sqlite:///" + db_path, OBSERVED)
-    history = abc.run(minimum_epsilon=MINIMUM_EPSILON, max_nr_populations=MAX_GENERATIONS)
+    history = abc_operator.run(
+        abc,
+        "gaussian.db",
+        OBSERVED,
+        minimum_epsilon=MINIMUM_EPSILON,
+        max_nr_populations=MAX_GENERATIONS,
+    )
 
     df, w = history.get_distribution(m=0, t=history.max_t)
     mu = df["mu"].to_numpy()
@@ -76,7 +78,7 @@ def main():
             f"  generation {row.t}: {row.particles} particles, {row.samples} evaluations,"
             f" epsilon {row.epsilon:.3f}"
         )
-    print(f"  database: {db_path}")
+    print(f"  database: {abc_operator.database_url('gaussian.db')}")
     sys.stdout.flush()
 
 

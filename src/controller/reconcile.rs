@@ -63,7 +63,12 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
     let mut observed = observe(&run, &ctx, &namespace, &owned, &password).await?;
     // A managed Redis whose pod is not ready yet is not read: the attempt could only time out
     // and report a false problem while the run starts.
-    let readable = observed.redis_problem.is_none() && observed.redis_ready;
+    // Nor once the master has finished: its Redis is going away and has nothing left to say.
+    let master_finished = matches!(
+        observed.master,
+        Some(MasterState::Succeeded | MasterState::Failed(_))
+    );
+    let readable = observed.redis_problem.is_none() && observed.redis_ready && !master_finished;
     let snapshot = match (&endpoint, readable) {
         (Some(endpoint), true) => read_redis(&run, &ctx, endpoint, &mut observed).await,
         _ => None,
@@ -318,6 +323,7 @@ async fn observe(
         worker_pod_problem: None,
         master_pod_problem: None,
         redis_pod_problem: None,
+        resumed: None,
     })
 }
 
@@ -360,6 +366,7 @@ async fn read_redis(
             // lost (a controller crash) is counted here; max, so that a Redis that lost its
             // data does not make the number go back.
             observed.lost_workers = observed.lost_workers.max(snapshot.lost_workers);
+            observed.resumed = snapshot.resumed.clone();
             Some(snapshot)
         }
         Err(err) => {
@@ -629,6 +636,22 @@ async fn publish_transitions(
             }
         }
         _ => {}
+    }
+    let resumes = |s: &crate::api::AbcRunStatus| s.resumes.as_ref().map_or(0, |r| r.count);
+    if resumes(new) > resumes(&old)
+        && let Some(last) = &new.resumes
+    {
+        ctx.publish_unfolded(
+            run,
+            EventType::Normal,
+            "Resumed",
+            format!(
+                "the master continued the run from generation {} of its results database \
+                 (stored generations are not sampled again; resume {})",
+                last.last_from_generation, last.count
+            ),
+        )
+        .await;
     }
     let generation_of =
         |s: &crate::api::AbcRunStatus| s.progress.as_ref().and_then(|p| p.generation);

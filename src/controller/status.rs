@@ -3,7 +3,8 @@
 //! written to.
 
 pub use super::pod_problems::PodProblem;
-use crate::api::{AbcRun, AbcRunStatus, Phase, Progress};
+use crate::api::{AbcRun, AbcRunStatus, Phase, Progress, Resumes};
+use crate::protocol::Resumed;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
@@ -34,6 +35,8 @@ pub struct Observed {
     pub master_pod_problem: Option<PodProblem>,
     /// Why the managed Redis' pod cannot run, if it cannot.
     pub redis_pod_problem: Option<PodProblem>,
+    /// The last resume of a master that Redis holds, when Redis answered.
+    pub resumed: Option<Resumed>,
 }
 
 impl Observed {
@@ -106,11 +109,21 @@ pub fn compute(run: &AbcRun, observed: &Observed, now: Timestamp) -> AbcRunStatu
     };
     // RedisReady says whether Redis runs (its pod is ready, or the external one answered);
     // whether the operator can read it is Degraded's business.
+    let master_finished = matches!(
+        observed.master,
+        Some(MasterState::Succeeded | MasterState::Failed(_))
+    );
     match (
         observed.redis_ready,
         &observed.redis_problem,
         &observed.redis_pod_problem,
     ) {
+        (false, _, _) if master_finished && run.spec.redis.external.is_none() => push(
+            REDIS_READY,
+            false,
+            "ScaledDown",
+            "the master has finished; the run's Redis is scaled to zero".into(),
+        ),
         (true, _, _) => push(REDIS_READY, true, "RedisReady", "Redis is ready".into()),
         (false, Some(problem), _) => push(REDIS_READY, false, "RedisUnavailable", problem.clone()),
         (false, None, Some(pod)) => push(REDIS_READY, false, &pod.reason, pod.message.clone()),
@@ -167,7 +180,17 @@ pub fn compute(run: &AbcRun, observed: &Observed, now: Timestamp) -> AbcRunStatu
         None => push(DEGRADED, false, "Healthy", "no problem found".into()),
     }
 
-    let progress = observed.progress.clone().map(|mut p| {
+    // Redis without an analysis (pyABC clears its keys when a run ends, and between
+    // generations) does not wipe the progress seen last: a finished run keeps where it ended.
+    let had_progress = previous
+        .progress
+        .as_ref()
+        .is_some_and(|p| p.generation.is_some());
+    let progress = observed
+        .progress
+        .clone()
+        .filter(|p| p.generation.is_some() || !had_progress);
+    let progress = progress.map(|mut p| {
         p.acceptances = Some(format!("{}/{}", p.accepted, p.required));
         // Progress time moves only when generation or acceptances move.
         let same = previous.progress.as_ref().is_some_and(|old| {
@@ -200,7 +223,22 @@ pub fn compute(run: &AbcRun, observed: &Observed, now: Timestamp) -> AbcRunStatu
         // Keep the last progress seen when Redis is briefly unreachable or the run is over.
         progress: progress.or(previous.progress),
         lost_workers: observed.lost_workers,
+        resumes: resumes(previous.resumes, observed.resumed.as_ref()),
     }
+}
+
+/// Counts a resume Redis holds that the status has not counted yet (told apart by its time).
+fn resumes(previous: Option<Resumes>, seen: Option<&Resumed>) -> Option<Resumes> {
+    let Some(seen) = seen else { return previous };
+    let counted = previous.as_ref().is_some_and(|p| p.last_time == seen.at);
+    if counted {
+        return previous;
+    }
+    Some(Resumes {
+        count: previous.map_or(0, |p| p.count) + 1,
+        last_from_generation: seen.from_generation,
+        last_time: seen.at.clone(),
+    })
 }
 
 /// The reason and message of the run's Degraded condition, if something is wrong. A finished
@@ -434,6 +472,101 @@ mod tests {
         };
         let status = compute(&r, &observed, Timestamp::from_second(1).unwrap());
         assert_eq!(condition_of(&status, DEGRADED).status, "False");
+    }
+
+    #[test]
+    fn a_finished_run_keeps_where_it_ended_after_pyabc_clears_redis() {
+        let mut r = run("{image: i, master: {command: [python, m.py]}}");
+        let sampling = Observed {
+            progress: Some(Progress {
+                analysis_id: Some("a".into()),
+                generation: Some(5),
+                accepted: 200,
+                required: 200,
+                evaluations: 900,
+                ..Default::default()
+            }),
+            ..healthy()
+        };
+        r.status = Some(compute(
+            &r,
+            &sampling,
+            Timestamp::from_second(1000).unwrap(),
+        ));
+        // pyABC deleted its keys; then the master's Job completed and Redis went away.
+        let cleared = Observed {
+            progress: Some(Progress::default()),
+            ..healthy()
+        };
+        let finished = Observed {
+            redis_ready: false,
+            workers_ready: 0,
+            workers_replicas: 0,
+            workers_desired: 0,
+            master: Some(MasterState::Succeeded),
+            progress: None,
+            ..healthy()
+        };
+        for observed in [cleared, finished] {
+            let status = compute(&r, &observed, Timestamp::from_second(2000).unwrap());
+            let progress = status.progress.clone().unwrap();
+            assert_eq!(
+                (
+                    progress.generation,
+                    progress.acceptances.as_deref(),
+                    progress.evaluations
+                ),
+                (Some(5), Some("200/200"), 900),
+                "{observed:?}"
+            );
+            r.status = Some(status);
+        }
+        let status = r.status.unwrap();
+        assert_eq!(status.phase, Some(Phase::Succeeded));
+        let redis = condition_of(&status, REDIS_READY);
+        assert_eq!(
+            (redis.status.as_str(), redis.reason.as_str()),
+            ("False", "ScaledDown")
+        );
+        assert_eq!(condition_of(&status, DEGRADED).status, "False");
+    }
+
+    #[test]
+    fn each_resume_is_counted_once() {
+        let mut r = run("{image: i, master: {command: [python, m.py]}}");
+        let resumed = |t: i64, at: &str| Observed {
+            resumed: Some(Resumed {
+                from_generation: t,
+                at: at.into(),
+            }),
+            ..healthy()
+        };
+        let mut counts = Vec::new();
+        // Seen on every read; a second resume; Redis lost (the record with it); a third.
+        for observed in [
+            resumed(3, "t1"),
+            resumed(3, "t1"),
+            resumed(5, "t2"),
+            healthy(),
+            resumed(5, "t3"),
+        ] {
+            let status = compute(&r, &observed, Timestamp::from_second(1).unwrap());
+            let resumes = status.resumes.clone().unwrap_or_default();
+            counts.push((resumes.count, resumes.last_from_generation));
+            r.status = Some(status);
+        }
+        assert_eq!(counts, [(1, 3), (1, 3), (2, 5), (2, 5), (3, 5)]);
+    }
+
+    #[test]
+    fn a_new_run_shows_its_empty_progress_until_the_first_generation() {
+        let r = run("{image: i}");
+        let observed = Observed {
+            progress: Some(Progress::default()),
+            ..healthy()
+        };
+        let status = compute(&r, &observed, Timestamp::from_second(1).unwrap());
+        assert_eq!(status.progress.unwrap().acceptances.as_deref(), Some("0/0"));
     }
 
     #[test]

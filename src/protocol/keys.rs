@@ -53,6 +53,9 @@ pub const N_JOB: &str = "n_job";
 /// The Redis lock static workers take around a job (`redis.lock('worker')`, no expiry).
 pub const STATIC_WORKER_LOCK: &str = "worker";
 
+/// The last resume of a master (a hash: `from_generation`, `at`), written by the `abc_operator`
+/// module (`RESUME_KEY` in src/protocol/abc_operator.py) when it continues a stored run.
+pub const RESUMED: &str = "abc_operator:resumed";
 /// Set of the ids of every worker ledger.
 pub const LEDGER_SET: &str = "abc_operator:ledgers";
 /// Prefix of a worker's ledger hash: `abc_operator:ledger:{id}`.
@@ -100,5 +103,11 @@ mod tests {
         assert_eq!(idfy::<[&str; 0], &str>(ANALYSIS_ID, []), "analysis_id");
         assert_eq!(generation_key(N_WORKER, "a-b", -1), "n_worker_a-b_-1");
         assert_eq!(ledger_key("pod-1"), "abc_operator:ledger:pod-1");
+    }
+
+    #[test]
+    fn the_master_module_records_resumes_where_the_snapshot_reads_them() {
+        let line = format!("RESUME_KEY = \"{RESUMED}\"");
+        assert!(super::super::MASTER_MODULE.contains(&line), "{line}");
     }
 }

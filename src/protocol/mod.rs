@@ -60,7 +60,7 @@ pub use liveness::Heartbeat;
 #[cfg(test)]
 pub(crate) use liveness::test_support as liveness_test_support;
 pub use repair::{Repair, repair_lost_worker, repair_script_source};
-pub use snapshot::{Claim, Ledger, Mode, Snapshot};
+pub use snapshot::{Claim, Ledger, Mode, Resumed, Snapshot};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, IntoConnectionInfo, RedisConnectionInfo, RedisError};
@@ -69,6 +69,9 @@ use std::time::Duration;
 /// The worker entrypoint the operator ships (mounted from a ConfigMap, or written to a file by
 /// the local runner and run with the image's python).
 pub const WORKER_ENTRYPOINT: &str = include_str!("abc_worker.py");
+/// The `abc_operator` Python module for master scripts: a sampler from the run's environment
+/// and "new or resume" against the results database (mounted next to the entrypoint).
+pub const MASTER_MODULE: &str = include_str!("abc_operator.py");
 
 /// Where a run's Redis is. The password is never printed by `Debug`.
 #[derive(Clone, PartialEq, Eq)]

@@ -3,8 +3,8 @@
 use super::ProtocolError;
 use super::keys::{
     ALL_ACCEPTED, ANALYSIS_ID, DYNAMIC, GENERATION, IS_LOOK_AHEAD, LEDGER_PREFIX, LEDGER_SET,
-    LOST_WORKERS, MODE, N_ACC, N_EVAL, N_FAIL, N_JOB, N_LOOKAHEAD_EVAL, N_REQ, N_WORKER, STATIC,
-    generation_key, ledger_key,
+    LOST_WORKERS, MODE, N_ACC, N_EVAL, N_FAIL, N_JOB, N_LOOKAHEAD_EVAL, N_REQ, N_WORKER, RESUMED,
+    STATIC, generation_key, ledger_key,
 };
 use super::reply::Fields;
 use redis::Value;
@@ -36,7 +36,7 @@ const LEDGERS: &str = "ledgers";
 /// per-generation key under its name without `_{ana}_{t}`; nil where Redis holds none), and
 /// `ledgers`.
 const SNAPSHOT_LUA: &str = r#"
--- KEYS: analysis_id, the ledger set, the lost-worker counter. ARGV: the ledger key prefix, the
+-- KEYS: analysis_id, the ledger set, the lost-worker counter, the last resume. ARGV: the ledger key prefix, the
 -- generation key's name, then the names of the per-generation keys to read.
 local problem = false
 local function read(key, want)
@@ -72,6 +72,8 @@ out[#out + 1] = 'ledgers'
 out[#out + 1] = ledgers
 out[#out + 1] = KEYS[3]
 out[#out + 1] = read(KEYS[3], 'string')
+out[#out + 1] = KEYS[4]
+out[#out + 1] = read(KEYS[4], 'hash') or false
 if problem then return redis.error_reply('ABC_NOT_PYABC ' .. problem) end
 return out
 "#;
@@ -209,6 +211,18 @@ pub struct Snapshot {
     /// Workers repaired on this Redis so far ([`LOST_WORKERS`], counted by the repair script
     /// itself); 0 before the first repair.
     pub lost_workers: i64,
+    /// The last resume of a master on this Redis, if any.
+    pub resumed: Option<Resumed>,
+}
+
+/// The last time a master continued a stored run ([`RESUMED`], written by the `abc_operator`
+/// module).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Resumed {
+    /// The first generation it sampled (the generations before were in its database).
+    pub from_generation: i64,
+    /// When (the master's clock, RFC 3339): tells one resume from the next.
+    pub at: String,
 }
 
 impl Snapshot {
@@ -221,6 +235,7 @@ impl Snapshot {
             .key(ANALYSIS_ID)
             .key(LEDGER_SET)
             .key(LOST_WORKERS)
+            .key(RESUMED)
             .arg(LEDGER_PREFIX)
             .arg(GENERATION)
             .arg(&GENERATION_KEYS[..])
@@ -273,6 +288,7 @@ impl Snapshot {
             lost_workers: fields
                 .integer(LOST_WORKERS, &format!("key {LOST_WORKERS}"))?
                 .unwrap_or(0),
+            resumed: resumed(fields.take(RESUMED)?)?,
         })
     }
 
@@ -304,6 +320,24 @@ impl Snapshot {
     }
 }
 
+/// Reads the [`RESUMED`] hash (nil when no master resumed). A record without both fields is
+/// ignored rather than failing the snapshot: it only informs the status.
+fn resumed(value: Value) -> Result<Option<Resumed>, ProtocolError> {
+    if value == Value::Nil {
+        return Ok(None);
+    }
+    let what = format!("key {RESUMED}");
+    let hash = Fields::parse(what.clone(), value)?;
+    let from_generation = hash.optional_integer("from_generation", &what)?;
+    let at = hash.optional_text("at", &what)?;
+    Ok(from_generation
+        .zip(at)
+        .map(|(from_generation, at)| Resumed {
+            from_generation,
+            at,
+        }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,7 +364,39 @@ mod tests {
         });
         items.push(bulk(LEDGERS));
         items.push(Value::Array(ledgers.collect()));
+        items.push(bulk(RESUMED));
+        items.push(Value::Nil);
         Value::Array(items)
+    }
+
+    #[test]
+    fn a_resume_record_needs_both_fields() {
+        let hash = |fields: &[(&str, &str)]| {
+            Value::Array(
+                fields
+                    .iter()
+                    .flat_map(|(k, v)| [bulk(k), bulk(v)])
+                    .collect(),
+            )
+        };
+        assert_eq!(resumed(Value::Nil).unwrap(), None);
+        assert_eq!(
+            resumed(hash(&[
+                ("from_generation", "3"),
+                ("at", "2026-12-02T16:05:37Z")
+            ]))
+            .unwrap(),
+            Some(Resumed {
+                from_generation: 3,
+                at: "2026-12-02T16:05:37Z".into()
+            })
+        );
+        assert_eq!(
+            resumed(hash(&[("at", "2026-12-02T16:05:37Z")])).unwrap(),
+            None
+        );
+        let err = resumed(hash(&[("from_generation", "three"), ("at", "x")])).unwrap_err();
+        assert!(err.to_string().contains(RESUMED), "{err}");
     }
 
     /// Generation 1 of analysis `ana`, with `values` on top.

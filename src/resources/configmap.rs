@@ -1,16 +1,20 @@
-//! The ConfigMap holding the operator's worker entrypoint, mounted into every worker.
+//! The ConfigMap holding the operator's Python files: the worker entrypoint, mounted into every
+//! worker, and the `abc_operator` module for master scripts, mounted into the master (on its
+//! PYTHONPATH).
 
 use super::{BuildError, Component, object_meta};
 use crate::api::AbcRun;
-use crate::protocol::WORKER_ENTRYPOINT;
-use k8s_openapi::api::core::v1::ConfigMap;
+use crate::protocol::{MASTER_MODULE, WORKER_ENTRYPOINT};
+use k8s_openapi::api::core::v1::{ConfigMap, ConfigMapVolumeSource, Volume, VolumeMount};
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// Key (and so file name) of the entrypoint in the ConfigMap.
 pub const ENTRYPOINT_KEY: &str = "abc_worker.py";
-/// Where workers mount the ConfigMap (read-only).
+/// Key (and so file name) of the master module in the ConfigMap.
+pub const MASTER_MODULE_KEY: &str = "abc_operator.py";
+/// Where workers and the master mount the ConfigMap (read-only).
 pub const ENTRYPOINT_DIR: &str = "/etc/abc-operator";
 /// The entrypoint's path in a worker container.
 pub const ENTRYPOINT_PATH: &str = "/etc/abc-operator/abc_worker.py";
@@ -29,16 +33,39 @@ pub fn entrypoint_sha256() -> String {
         .collect()
 }
 
-/// The entrypoint ConfigMap (`{run}-worker-entrypoint`, key [`ENTRYPOINT_KEY`]).
+/// The ConfigMap (`{run}-worker-entrypoint`, keys [`ENTRYPOINT_KEY`] and [`MASTER_MODULE_KEY`]).
 pub fn worker_entrypoint_config_map(run: &AbcRun) -> Result<ConfigMap, BuildError> {
     Ok(ConfigMap {
         metadata: object_meta(run, worker_entrypoint_name(run), Component::Worker)?,
-        data: Some(BTreeMap::from([(
-            ENTRYPOINT_KEY.to_string(),
-            WORKER_ENTRYPOINT.to_string(),
-        )])),
+        data: Some(BTreeMap::from([
+            (ENTRYPOINT_KEY.to_string(), WORKER_ENTRYPOINT.to_string()),
+            (MASTER_MODULE_KEY.to_string(), MASTER_MODULE.to_string()),
+        ])),
         ..ConfigMap::default()
     })
+}
+
+/// The pod volume of the ConfigMap (files read-only for everybody: pods run as non-root).
+pub fn operator_files_volume(run: &AbcRun) -> Volume {
+    Volume {
+        name: "abc-operator".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: worker_entrypoint_name(run),
+            default_mode: Some(0o444),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// Its mount at [`ENTRYPOINT_DIR`], read-only.
+pub fn operator_files_mount() -> VolumeMount {
+    VolumeMount {
+        name: "abc-operator".into(),
+        mount_path: ENTRYPOINT_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }
 }
 
 #[cfg(test)]
@@ -53,7 +80,9 @@ mod tests {
             cm.metadata.name.as_deref(),
             Some("gaussian-worker-entrypoint")
         );
-        assert_eq!(cm.data.unwrap()[ENTRYPOINT_KEY], WORKER_ENTRYPOINT);
+        let data = cm.data.unwrap();
+        assert_eq!(data[ENTRYPOINT_KEY], WORKER_ENTRYPOINT);
+        assert_eq!(data[MASTER_MODULE_KEY], MASTER_MODULE);
         assert_eq!(
             ENTRYPOINT_PATH,
             format!("{ENTRYPOINT_DIR}/{ENTRYPOINT_KEY}")

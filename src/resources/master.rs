@@ -6,8 +6,9 @@
 //! a Job that has not started).
 
 use super::{
-    BuildError, Component, POD_UID, container_security_context, env, hardened_pod_spec,
-    object_meta, redis_env, tmp_mount, tmp_volume,
+    BuildError, Component, ENTRYPOINT_DIR, POD_UID, container_security_context, env,
+    hardened_pod_spec, object_meta, operator_files_mount, operator_files_volume, redis_env,
+    tmp_mount, tmp_volume,
 };
 use crate::api::AbcRun;
 use crate::protocol::worker_env;
@@ -42,6 +43,9 @@ pub fn master_job(run: &AbcRun) -> Result<Option<Job>, BuildError> {
         redis_env(run),
         vec![
             env("ABC_RESULTS_DIR", RESULTS_DIR),
+            // `import abc_operator` (new-or-resume); a user's own PYTHONPATH replaces this one
+            // and must then name ENTRYPOINT_DIR itself.
+            env("PYTHONPATH", ENTRYPOINT_DIR),
             env("PYTHONUNBUFFERED", "1"),
             env("HOME", "/tmp"),
             env("MPLCONFIGDIR", "/tmp"),
@@ -77,6 +81,7 @@ pub fn master_job(run: &AbcRun) -> Result<Option<Job>, BuildError> {
                 mount_path: RESULTS_DIR.into(),
                 ..VolumeMount::default()
             },
+            operator_files_mount(),
             tmp_mount(),
         ]),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
@@ -106,7 +111,11 @@ pub fn master_job(run: &AbcRun) -> Result<Option<Job>, BuildError> {
                 }),
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".into()),
-                    ..hardened_pod_spec(POD_UID, vec![container], vec![results, tmp_volume()])
+                    ..hardened_pod_spec(
+                        POD_UID,
+                        vec![container],
+                        vec![results, operator_files_volume(run), tmp_volume()],
+                    )
                 }),
             },
             ..JobSpec::default()
@@ -167,6 +176,32 @@ mod tests {
             .iter()
             .find(|m| m.mount_path == RESULTS_DIR);
         assert!(mount.is_some());
+    }
+
+    #[test]
+    fn the_master_can_import_the_abc_operator_module() {
+        let job = job("image: img\nmaster:\n  command: [python, gaussian.py]\n");
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let c = &pod.containers[0];
+        assert_eq!(env_value(c, "PYTHONPATH").as_deref(), Some(ENTRYPOINT_DIR));
+        let mount = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == ENTRYPOINT_DIR)
+            .expect("the module is mounted");
+        assert_eq!(mount.read_only, Some(true));
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .unwrap();
+        let config_map = volume.config_map.as_ref().unwrap();
+        // The ConfigMap the run owns, which holds the module under its file name.
+        let owned = crate::resources::worker_entrypoint_config_map(&run("image: img")).unwrap();
+        assert_eq!(Some(&config_map.name), owned.metadata.name.as_ref());
+        assert!(owned.data.unwrap().contains_key("abc_operator.py"));
     }
 
     #[test]

@@ -26,9 +26,10 @@ mod tests;
 mod workers;
 
 pub use configmap::{
-    ENTRYPOINT_DIR, ENTRYPOINT_KEY, ENTRYPOINT_PATH, entrypoint_sha256,
+    ENTRYPOINT_DIR, ENTRYPOINT_KEY, ENTRYPOINT_PATH, MASTER_MODULE_KEY, entrypoint_sha256,
     worker_entrypoint_config_map, worker_entrypoint_name,
 };
+use configmap::{operator_files_mount, operator_files_volume};
 pub use master::{RESULTS_DIR, master_job, master_job_name};
 pub use networkpolicy::{OPERATOR_NAME_LABEL_VALUE, redis_network_policy};
 pub use redis::{
@@ -48,7 +49,7 @@ use pod::{
     tmp_volume,
 };
 
-use crate::api::{AbcRun, COMPONENT_LABEL, RUN_LABEL};
+use crate::api::{AbcRun, COMPONENT_LABEL, Phase, RUN_LABEL};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
@@ -174,6 +175,16 @@ pub fn build(
         workers: worker_deployment(run)?,
         master_job: master_job(run)?,
     })
+}
+
+/// Whether the run's master Job has finished (the status says Succeeded or Failed): its workers
+/// and its managed Redis are then scaled to zero. The phase comes from the previous reconcile's
+/// observation, so the scale-down follows one reconcile after the Job's end.
+pub fn master_finished(run: &AbcRun) -> bool {
+    matches!(
+        run.status.as_ref().and_then(|s| s.phase),
+        Some(Phase::Succeeded | Phase::Failed)
+    )
 }
 
 /// Labels of every object (and pod) of `component` of the run.

@@ -25,7 +25,7 @@
 
 use super::{
     BuildError, BuildSettings, Component, REDIS_PORT, container_security_context,
-    hardened_pod_spec, namespace, object_meta, password_env, selector_labels,
+    hardened_pod_spec, master_finished, namespace, object_meta, password_env, selector_labels,
 };
 use crate::api::{AbcRun, ManagedRedis, default_redis_port};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
@@ -217,7 +217,9 @@ pub fn redis_deployment(
     let meta = object_meta(run, redis_deployment_name(run), Component::Redis)?;
     Ok(Some(Deployment {
         spec: Some(DeploymentSpec {
-            replicas: Some(1),
+            // Nothing needs Redis once the master has finished: pyABC's state is per generation
+            // and the results are in the master's database.
+            replicas: Some(if master_finished(run) { 0 } else { 1 }),
             revision_history_limit: Some(2),
             selector: LabelSelector {
                 match_labels: Some(selector),
@@ -288,6 +290,7 @@ pub fn redis_service(run: &AbcRun) -> Result<Option<Service>, BuildError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{AbcRunStatus, Phase};
     use crate::resources::test_support::{minimal, run};
 
     fn pod(run: &AbcRun) -> PodSpec {
@@ -383,6 +386,28 @@ mod tests {
             .unwrap();
         assert_eq!(spec.replicas, Some(1));
         assert_eq!(spec.strategy.unwrap().type_.as_deref(), Some("Recreate"));
+    }
+
+    #[test]
+    fn a_finished_master_scales_the_managed_redis_to_zero() {
+        for (phase, want) in [
+            (Phase::Running, 1),
+            (Phase::Stopped, 1),
+            (Phase::Succeeded, 0),
+            (Phase::Failed, 0),
+        ] {
+            let mut run = minimal();
+            run.status = Some(AbcRunStatus {
+                phase: Some(phase),
+                ..AbcRunStatus::default()
+            });
+            let spec = redis_deployment(&run, &BuildSettings::default())
+                .unwrap()
+                .unwrap()
+                .spec
+                .unwrap();
+            assert_eq!(spec.replicas, Some(want), "{phase}");
+        }
     }
 
     #[test]

@@ -6,9 +6,9 @@
 //! completed worker pods instead, and the ReplicaSet replaces them at once.
 
 use super::{
-    BuildError, Component, ENTRYPOINT_DIR, ENTRYPOINT_PATH, POD_UID, container_security_context,
-    entrypoint_sha256, env, hardened_pod_spec, object_meta, redis_env, selector_labels, tmp_mount,
-    tmp_volume, worker_entrypoint_name,
+    BuildError, Component, ENTRYPOINT_PATH, POD_UID, container_security_context, entrypoint_sha256,
+    env, hardened_pod_spec, master_finished, object_meta, operator_files_mount,
+    operator_files_volume, redis_env, selector_labels, tmp_mount, tmp_volume,
 };
 use crate::api::{AbcRun, GROUP};
 use crate::protocol::worker_env;
@@ -16,8 +16,7 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec,
-    PodTemplateSpec, Volume, VolumeMount,
+    Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -29,9 +28,10 @@ pub fn workers_deployment_name(run: &AbcRun) -> String {
     format!("{}-workers", run.name_any())
 }
 
-/// Worker pods the run asks for: `spec.workers.replicas`, or 0 when stopped or suspended.
+/// Worker pods the run asks for: `spec.workers.replicas`, or 0 when stopped, suspended or
+/// finished (whatever an HPA or `kubectl scale` has set: a finished run gives its workers back).
 pub fn desired_worker_replicas(run: &AbcRun) -> i32 {
-    if run.spec.stop || run.spec.suspend {
+    if run.spec.stop || run.spec.suspend || master_finished(run) {
         0
     } else {
         run.spec.workers.replicas
@@ -86,15 +86,7 @@ pub fn worker_deployment(run: &AbcRun) -> Result<Deployment, BuildError> {
         command: Some(vec!["python".into(), ENTRYPOINT_PATH.into()]),
         env: Some(worker_env::merge(ours, workers.env.iter().cloned())),
         resources: workers.resources.clone(),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "entrypoint".into(),
-                mount_path: ENTRYPOINT_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-            tmp_mount(),
-        ]),
+        volume_mounts: Some(vec![operator_files_mount(), tmp_mount()]),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         security_context: Some(container_security_context()),
         ..Container::default()
@@ -141,18 +133,7 @@ pub fn worker_deployment(run: &AbcRun) -> Result<Deployment, BuildError> {
                     ..hardened_pod_spec(
                         POD_UID,
                         vec![container],
-                        vec![
-                            Volume {
-                                name: "entrypoint".into(),
-                                config_map: Some(ConfigMapVolumeSource {
-                                    name: worker_entrypoint_name(run),
-                                    default_mode: Some(0o444),
-                                    ..ConfigMapVolumeSource::default()
-                                }),
-                                ..Volume::default()
-                            },
-                            tmp_volume(),
-                        ],
+                        vec![operator_files_volume(run), tmp_volume()],
                     )
                 }),
             },
@@ -166,6 +147,7 @@ pub fn worker_deployment(run: &AbcRun) -> Result<Deployment, BuildError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{AbcRunStatus, Phase};
     use crate::resources::test_support::{env_value, minimal, run};
 
     fn container(run: &AbcRun) -> Container {
@@ -204,6 +186,29 @@ mod tests {
     }
 
     #[test]
+    fn a_finished_run_gives_its_workers_back_whatever_its_replicas_say() {
+        // An HPA's minReplicas (or `kubectl scale`) keeps `spec.workers.replicas` above 0.
+        for (phase, want) in [
+            (Phase::Running, 7),
+            (Phase::Stopped, 7),
+            (Phase::Succeeded, 0),
+            (Phase::Failed, 0),
+        ] {
+            let mut finished = run("image: i\nworkers: {replicas: 7}\n");
+            finished.status = Some(AbcRunStatus {
+                phase: Some(phase),
+                ..AbcRunStatus::default()
+            });
+            assert_eq!(desired_worker_replicas(&finished), want, "{phase}");
+            assert_eq!(
+                worker_deployment(&finished).unwrap().spec.unwrap().replicas,
+                Some(want),
+                "{phase}"
+            );
+        }
+    }
+
+    #[test]
     fn workers_run_the_mounted_entrypoint_and_find_the_managed_redis() {
         let c = container(&minimal());
         assert_eq!(
@@ -215,7 +220,7 @@ mod tests {
             .as_ref()
             .unwrap()
             .iter()
-            .find(|m| m.mount_path == ENTRYPOINT_DIR)
+            .find(|m| m.mount_path == crate::resources::ENTRYPOINT_DIR)
             .unwrap();
         assert_eq!(mount.read_only, Some(true));
         assert_eq!(

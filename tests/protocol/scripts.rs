@@ -6,8 +6,8 @@ use crate::support::python::{manager, worker};
 use crate::support::redis::{connect, server, snapshot, wait_for};
 use crate::{get_i, put_ledger, set_all};
 use abc_operator::protocol::{
-    Claim, Ledger, Mode, Repair, Snapshot, clear_stale_analysis_lock, keys, repair_lost_worker,
-    reset_workers, stop,
+    Claim, Ledger, Mode, Repair, Resumed, Snapshot, clear_stale_analysis_lock, keys,
+    repair_lost_worker, reset_workers, stop,
 };
 use nix::sys::signal::Signal;
 use redis::AsyncCommands;
@@ -68,6 +68,13 @@ async fn snapshot_reads_every_field_by_name() {
     )
     .await;
     put_ledger(&mut conn, "idle", &[("worker", "idle")]).await;
+    // As the abc_operator module records a resume.
+    redis::cmd("HSET")
+        .arg(keys::RESUMED)
+        .arg(&["from_generation", "3", "at", "2026-12-02T16:05:37+00:00"])
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
 
     let before = redis_time_ms(&mut conn).await;
     let snap = snapshot(&mut conn).await;
@@ -123,6 +130,10 @@ async fn snapshot_reads_every_field_by_name() {
             is_look_ahead: Some(false),
             ledgers: vec![idle, owing],
             lost_workers: 4,
+            resumed: Some(Resumed {
+                from_generation: 3,
+                at: "2026-12-02T16:05:37+00:00".into()
+            }),
         }
     );
 }

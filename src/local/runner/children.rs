@@ -10,6 +10,7 @@ use crate::protocol::worker_env;
 use k8s_openapi::api::core::v1::EnvVar;
 use serde_json::json;
 use std::ffi::OsString;
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
@@ -86,6 +87,15 @@ impl Runner {
         };
         let mut ours = self.base_env();
         ours.push(("ABC_RESULTS_DIR".into(), self.dirs.results.clone().into()));
+        // `import abc_operator` (new-or-resume), as on a cluster: the module lies beside the
+        // worker entrypoint.
+        let module_dir = self.entrypoint.parent().unwrap_or(Path::new("."));
+        let mut pythonpath = OsString::from(module_dir);
+        if let Some(existing) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
+            pythonpath.push(":");
+            pythonpath.push(existing);
+        }
+        ours.push(("PYTHONPATH".into(), pythonpath));
         let env = with_user_env(ours, &master.env);
         let spec = Spec {
             what: "the master".into(),

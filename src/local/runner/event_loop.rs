@@ -1,7 +1,10 @@
 //! Supervision from the start of the children to the end of the run.
 
 use super::{Event, LocalError, Outcome, Runner, Signals};
+use crate::protocol;
 use futures::FutureExt;
+use serde_json::json;
+use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 /// How often the run's Redis is polled for progress. A generation shorter than this gets no
@@ -49,6 +52,14 @@ impl Runner {
                     Event::MasterExited(Ok(status)) => {
                         self.master = None;
                         self.poll().await;
+                        if let Some(signal) = status.signal()
+                            && self.may_restart_master()
+                        {
+                            if let Err(err) = self.restart_master(signal).await {
+                                return Outcome::Failed(err);
+                            }
+                            continue;
+                        }
                         return Outcome::Master(status, self.elapsed());
                     }
                     Event::MasterExited(Err(err)) => {
@@ -68,5 +79,36 @@ impl Runner {
                 }
             }
         }
+    }
+
+    /// A master killed by a signal (the OOM killer, a `kill -9`) is started again, as the
+    /// master Job retries on a cluster, up to `spec.master.backoffLimit` times; one that exits
+    /// with an error code is not (its script failed: a retry would fail the same way).
+    fn may_restart_master(&self) -> bool {
+        let limit = self.spec.master.as_ref().map_or(0, |m| m.backoff_limit);
+        !self.stopping && self.master_restarts < limit
+    }
+
+    /// Clears the dead master's analysis lock (pyABC refuses to start while it is there) and
+    /// starts the master again; with the `abc_operator` module it resumes from its database.
+    async fn restart_master(&mut self, signal: i32) -> Result<(), LocalError> {
+        self.master_restarts += 1;
+        let limit = self.spec.master.as_ref().map_or(0, |m| m.backoff_limit);
+        self.printer.say(format!(
+            "the master was killed (signal {signal}); starting it again (retry {} of {limit}): \
+             it continues from its results database",
+            self.master_restarts
+        ));
+        self.printer.event(json!({"event": "master_restarted", "signal": signal, "retry": self.master_restarts, "limit": limit}));
+        tracing::warn!(
+            signal,
+            retry = self.master_restarts,
+            limit,
+            "master killed; starting it again"
+        );
+        if let Err(err) = protocol::clear_stale_analysis_lock(&mut self.conn).await {
+            tracing::warn!(%err, "clearing the dead master's analysis lock failed");
+        }
+        self.spawn_master()
     }
 }

@@ -105,6 +105,11 @@ pub async fn run(args: RunArgs) -> Result<u8, LocalError> {
             cause,
         }
     })?;
+    let module = temp.path().join(crate::resources::MASTER_MODULE_KEY);
+    std::fs::write(&module, crate::protocol::MASTER_MODULE).map_err(|cause| LocalError::Files {
+        path: module.clone(),
+        cause,
+    })?;
     let mpl = temp.path().join("matplotlib");
     std::fs::create_dir_all(&mpl).map_err(|cause| LocalError::Files {
         path: mpl.clone(),
@@ -139,6 +144,8 @@ pub async fn run(args: RunArgs) -> Result<u8, LocalError> {
         poll_failed: false,
         last_poll: Instant::now(),
         lost_workers: 0,
+        master_restarts: 0,
+        last_resume: None,
     };
     let outcome = runner.run_until_done(&mut signals).await;
     let result = runner.shutdown(outcome, &mut signals).await;
@@ -217,6 +224,10 @@ struct Runner {
     /// Lost workers repaired in this run: the count the repair script keeps in Redis (so
     /// repairs made by a worker pod's own supervisor count too), never going back.
     lost_workers: i64,
+    /// Masters started again after a kill (at most `spec.master.backoffLimit`, as on a cluster).
+    master_restarts: i32,
+    /// The last resume the master recorded in Redis that was reported (by its time).
+    last_resume: Option<String>,
 }
 
 /// SIGINT or SIGTERM to the runner.

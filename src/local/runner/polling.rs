@@ -18,6 +18,7 @@ impl Runner {
             Ok(snapshot) => {
                 self.poll_failed = false;
                 self.lost_workers = self.lost_workers.max(snapshot.lost_workers);
+                self.report_resume(&snapshot);
                 let obs = Observation {
                     progress: Progress::from(&snapshot),
                     workers: self.slots.iter().filter(|s| s.running.is_some()).count(),
@@ -45,6 +46,22 @@ impl Runner {
                 self.poll_failed = true;
             }
         }
+    }
+
+    /// Says once that the master resumed, as the operator's `Resumed` Event does.
+    fn report_resume(&mut self, snapshot: &Snapshot) {
+        let Some(resumed) = &snapshot.resumed else {
+            return;
+        };
+        if self.last_resume.as_ref() == Some(&resumed.at) {
+            return;
+        }
+        self.last_resume = Some(resumed.at.clone());
+        self.printer.say(format!(
+            "the master resumed from generation {}: the generations before it are kept",
+            resumed.from_generation
+        ));
+        self.printer.event(serde_json::json!({"event": "master_resumed", "from_generation": resumed.from_generation}));
     }
 
     /// A worker process that is alive but whose ledger heartbeat stopped (stopped, or stuck

@@ -1,0 +1,171 @@
+"""abc_operator: two lines that make a pyABC master script survive its own restart.
+
+abc-operator mounts this module next to the master (on a cluster: in the master's pod, on
+PYTHONPATH; `abc-operator run`: on PYTHONPATH too). A master script uses it like this:
+
+    import abc_operator
+    sampler = abc_operator.sampler()                  # Redis from the run's environment
+    abc = pyabc.ABCSMC(model, prior, distance, sampler=sampler)
+    history = abc_operator.run(abc, "model.db", observed, max_nr_populations=6)
+
+`run` is "new or resume": when the results database holds an unfinished run (a master that was
+killed, lost its node or its Redis), it continues that run from its last stored generation;
+otherwise it starts a new one. Either way the run ends as an unbroken one would: the same total
+number of generations (pyABC's own `run` counts `max_nr_populations` from where it starts) and
+the same stopping criteria. pyABC stores each generation in one transaction, so a generation
+that was being sampled when the master died is simply sampled again; stored ones never are.
+
+A database that holds a run of other observed data is never continued nor written to: `run`
+raises `ResumeError` naming the database and the difference.
+"""
+
+import datetime
+import os
+import sys
+
+__all__ = ["ResumeError", "database_url", "run", "sampler"]
+
+# Redis key the operator and `abc-operator run` read to learn that a master resumed (a hash:
+# `from_generation`, `at`); outside pyABC's own keys (src/protocol/keys.rs: RESUMED).
+RESUME_KEY = "abc_operator:resumed"
+
+
+class ResumeError(RuntimeError):
+    """The results database cannot be continued; nothing in it was changed."""
+
+
+def sampler(kind="dynamic", **kwargs):
+    """pyABC's Redis sampler for the run's Redis (`ABC_REDIS_HOST`, `ABC_REDIS_PORT`,
+    `ABC_REDIS_PASSWORD`). `kind`: "dynamic" (RedisEvalParallelSampler), "look-ahead" (the
+    same with look_ahead=True) or "static" (RedisStaticSampler). Other keyword arguments go to
+    the sampler unchanged."""
+    from pyabc.sampler import RedisEvalParallelSampler, RedisStaticSampler
+
+    connection = {
+        "host": os.environ.get("ABC_REDIS_HOST", "localhost"),
+        "port": int(os.environ.get("ABC_REDIS_PORT", "6379")),
+        "password": os.environ.get("ABC_REDIS_PASSWORD") or None,
+    }
+    connection.update(kwargs)
+    if kind == "dynamic":
+        return RedisEvalParallelSampler(**connection)
+    if kind == "look-ahead":
+        connection.setdefault("look_ahead", True)
+        return RedisEvalParallelSampler(**connection)
+    if kind == "static":
+        return RedisStaticSampler(**connection)
+    raise ValueError(f"sampler kind {kind!r}: use 'dynamic', 'look-ahead' or 'static'")
+
+
+def database_url(db):
+    """A SQLAlchemy URL for `db`: a URL as it is, a relative file name under `ABC_RESULTS_DIR`
+    (the run's results folder; the working directory when unset)."""
+    if "://" in db:
+        return db
+    results = os.environ.get("ABC_RESULTS_DIR", ".")
+    os.makedirs(results, exist_ok=True)
+    return "sqlite:///" + os.path.abspath(os.path.join(results, db))
+
+
+def run(abc, db, observed, **run_kwargs):
+    """Continues the unfinished run in `db`, or starts a new one with `observed`; then runs
+    `abc` with pyABC's `run` arguments (`minimum_epsilon`, `max_nr_populations`, ...), counted
+    for the whole run. Returns the History."""
+    url = database_url(db)
+    unfinished = _unfinished_run(url)
+    if unfinished is None:
+        _forget_resumes(abc)
+        abc.new(url, observed)
+        _say(f"new run {abc.history.id} in {url}")
+        return abc.run(**run_kwargs)
+
+    history = abc.load(url, unfinished)
+    _check_same_problem(url, history, observed)
+    done = history.max_t + 1
+    wanted = run_kwargs.get("max_nr_populations")
+    finished = wanted is not None and done >= wanted
+    minimum_epsilon = run_kwargs.get("minimum_epsilon")
+    if done > 0 and minimum_epsilon is not None:
+        last_epsilon = history.get_all_populations().query("t >= 0").epsilon.iloc[-1]
+        finished = finished or last_epsilon <= minimum_epsilon
+    if finished:
+        # Killed after storing its last generation but before marking the run done.
+        history.done(end_time=datetime.datetime.now())
+        _say(f"run {unfinished} in {url} already has its {done} generations; marked done")
+        return history
+    if wanted is not None:
+        run_kwargs = {**run_kwargs, "max_nr_populations": wanted - done}
+    _say(f"resuming run {unfinished} in {url} from generation {done} ({done} stored)")
+    _record_resume(abc, done)
+    return abc.run(**run_kwargs)
+
+
+def _unfinished_run(url):
+    """The id of the newest run in the database if it never finished, else None."""
+    from pyabc import History
+
+    if url.startswith("sqlite:///") and not os.path.exists(url[len("sqlite:///") :]):
+        return None
+    try:
+        runs = History(url).all_runs()
+    except Exception as err:  # an empty file, or not a pyABC database
+        raise ResumeError(f"{url} is not a pyABC results database: {err}") from err
+    if not runs:
+        return None
+    newest = max(runs, key=lambda r: r.id)
+    return newest.id if newest.end_time is None else None
+
+
+def _check_same_problem(url, history, observed):
+    """Refuses to continue a run of other observed data (another model's database)."""
+    stored = history.observed_sum_stat()
+    if observed is None:
+        return
+    if set(stored) != set(observed) or any(
+        not _same(stored[key], observed[key]) for key in observed
+    ):
+        raise ResumeError(
+            f"{url} holds an unfinished run (id {history.id}) of other observed data "
+            f"({sorted(stored)} vs {sorted(observed)}, or other values); it is left as it is: "
+            "use another database name, or delete the file to start anew"
+        )
+
+
+def _same(a, b):
+    import numpy as np
+
+    try:
+        return bool(np.allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float)))
+    except (TypeError, ValueError):
+        return a == b
+
+
+def _record_resume(abc, generation):
+    """Tells the operator (or `abc-operator run`) that this master resumed; best effort."""
+    redis = getattr(abc.sampler, "redis", None)
+    if redis is None:
+        return
+    try:
+        redis.hset(
+            RESUME_KEY,
+            mapping={
+                "from_generation": generation,
+                "at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            },
+        )
+    except Exception as err:  # the run goes on without the record
+        _say(f"could not record the resume in Redis: {err}")
+
+
+def _forget_resumes(abc):
+    """A new run starts with no resume on record (a shared Redis may hold an older run's)."""
+    redis = getattr(abc.sampler, "redis", None)
+    if redis is not None:
+        try:
+            redis.delete(RESUME_KEY)
+        except Exception:  # the record only informs the status
+            pass
+
+
+def _say(message):
+    print(f"abc_operator: {message}", file=sys.stderr, flush=True)
