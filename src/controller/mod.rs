@@ -140,10 +140,18 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let runs_store = controller.store();
     let ready_metrics = metrics.clone();
     tokio::spawn(async move {
-        if runs_store.wait_until_ready().await.is_ok() {
-            ready_metrics.set_ready();
-            tracing::info!("AbcRun watch synced: ready");
+        // The store's readiness wakes only its latest waiter (the controller's own runner, in
+        // kube 5), so this one asks again every second instead of waiting to be woken.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), runs_store.wait_until_ready()).await
+            {
+                Ok(Ok(())) => break,
+                Ok(Err(_)) => return,
+                Err(_) => continue,
+            }
         }
+        ready_metrics.set_ready();
+        tracing::info!("AbcRun watch synced: ready");
     });
     let watch_metrics = metrics.clone();
     let controller = controller
