@@ -432,7 +432,9 @@ pub enum SpecError {
 /// Parses a pyABC runtime (`30s`, `10m`, `2h`, `2d`, fractions allowed) into seconds.
 pub fn parse_runtime(runtime: &str) -> Result<f64, SpecError> {
     let bad = || SpecError::Runtime(runtime.to_string());
-    let (number, unit) = runtime.split_at(runtime.len().checked_sub(1).ok_or_else(bad)?);
+    // The unit is the last character, which need not be one byte (`10µ`).
+    let (unit_start, _) = runtime.char_indices().last().ok_or_else(bad)?;
+    let (number, unit) = runtime.split_at(unit_start);
     let factor = match unit {
         "s" => 1.0,
         "m" => 60.0,
@@ -444,7 +446,10 @@ pub fn parse_runtime(runtime: &str) -> Result<f64, SpecError> {
         return Err(bad());
     }
     let value: f64 = number.parse().map_err(|_| bad())?;
-    Ok(value * factor)
+    // Hundreds of digits parse to infinity: no runtime.
+    Some(value * factor)
+        .filter(|s| s.is_finite())
+        .ok_or_else(bad)
 }
 
 impl AbcRunSpec {
@@ -489,9 +494,13 @@ mod tests {
         assert_eq!(parse_runtime("10m").unwrap(), 600.0);
         assert_eq!(parse_runtime("2h").unwrap(), 7200.0);
         assert_eq!(parse_runtime("1.5d").unwrap(), 129600.0);
-        for bad in ["abc", "", "s", "10", "-1s", "1e3s", "10 m"] {
+        for bad in [
+            "abc", "", "s", "10", "-1s", "1e3s", "10 m", "10µ", "é", "1é5s",
+        ] {
             assert!(parse_runtime(bad).is_err(), "{bad:?} must be rejected");
         }
+        let huge = format!("{}s", "9".repeat(400));
+        assert_eq!(parse_runtime(&huge), Err(SpecError::Runtime(huge.clone())));
     }
 
     #[test]

@@ -7,8 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,7 +49,32 @@ pub struct Metrics {
     /// The autoscaling demand (see [`crate::autoscaling::Demand`]).
     pub evaluations_needed: Family<RunLabels, Gauge>,
     pub analysis_active: Family<RunLabels, Gauge>,
-    ready: AtomicBool,
+    readiness: Mutex<Readiness>,
+}
+
+/// Whether the controller's watches have synced (what `/readyz` answers), and if not, why.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Readiness {
+    /// The first list of AbcRuns has not arrived yet.
+    Starting,
+    /// A watch failed before the first list arrived: why, for the user.
+    Waiting(String),
+    /// The AbcRun watch has synced: every run is known and being reconciled.
+    Ready,
+}
+
+impl Readiness {
+    /// The `/readyz` answer: 200 once ready, else 503 with the reason.
+    pub fn answer(&self) -> (u16, String) {
+        match self {
+            Readiness::Ready => (200, "ready".into()),
+            Readiness::Starting => (
+                503,
+                "not ready: waiting for the first list of AbcRuns".into(),
+            ),
+            Readiness::Waiting(why) => (503, format!("not ready: {why}")),
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -86,7 +110,7 @@ impl Default for Metrics {
             lost_workers: Family::default(),
             evaluations_needed: Family::default(),
             analysis_active: Family::default(),
-            ready: AtomicBool::new(false),
+            readiness: Mutex::new(Readiness::Starting),
         };
         let r = &mut m.registry;
         r.register(
@@ -149,13 +173,29 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Marks the controller ready (its watches are running).
+    /// Marks the controller ready: its AbcRun watch has synced. It stays ready (the watch
+    /// retries on its own and the reconciles go on from what it knows).
     pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Relaxed);
+        *self.lock_readiness() = Readiness::Ready;
     }
 
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+    /// Records why the controller is not ready yet (a failed watch); ignored once ready.
+    pub fn set_waiting(&self, why: String) {
+        let mut readiness = self.lock_readiness();
+        if *readiness != Readiness::Ready {
+            *readiness = Readiness::Waiting(why);
+        }
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        self.lock_readiness().clone()
+    }
+
+    fn lock_readiness(&self) -> std::sync::MutexGuard<'_, Readiness> {
+        // The state is a plain value, valid even if a holder panicked.
+        self.readiness
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Starts timing a reconcile; the duration is recorded when the guard drops.
@@ -240,11 +280,11 @@ pub async fn serve(
             get(move || {
                 let m = metrics.clone();
                 async move {
-                    if m.is_ready() {
-                        (StatusCode::OK, "ready")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "starting")
-                    }
+                    let (code, body) = m.readiness().answer();
+                    (
+                        StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                        body,
+                    )
                 }
             }),
         )
@@ -272,5 +312,19 @@ mod tests {
         );
         m.forget_run("n", "r");
         assert!(!m.encode().contains(r#"run="r""#));
+    }
+
+    #[test]
+    fn readiness_says_why_until_ready_and_then_stays_ready() {
+        let m = Metrics::default();
+        assert_eq!(m.readiness().answer().0, 503);
+        m.set_waiting("listing AbcRuns failed: 404".into());
+        assert_eq!(
+            m.readiness().answer(),
+            (503, "not ready: listing AbcRuns failed: 404".into())
+        );
+        m.set_ready();
+        m.set_waiting("a later watch error".into());
+        assert_eq!(m.readiness().answer(), (200, "ready".into()));
     }
 }

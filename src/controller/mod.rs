@@ -1,23 +1,25 @@
 //! The Kubernetes controller for AbcRuns: watches runs and what they own, reconciles them
 //! level-triggered, and serves metrics and health.
 
+mod guard;
 mod pod_problems;
 mod reconcile;
 mod redis_access;
 pub mod status;
 mod workers;
 
+pub use guard::{GuardedRun, UNREADABLE_REASON, UnreadableRun};
 pub use reconcile::master_state;
 use redis_access::RedisAccess;
 
-use crate::api::{AbcRun, RUN_LABEL};
+use crate::api::RUN_LABEL;
 use crate::autoscaling::DemandBoard;
 use crate::metrics::{ErrorLabels, Metrics};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -97,12 +99,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let client = Client::try_default().await.map_err(|e| {
         anyhow::anyhow!("cannot reach the Kubernetes API (in cluster, or through KUBECONFIG): {e}")
     })?;
-    let runs: Api<AbcRun> = api(&client, args.namespace.as_deref());
-    if let Err(err) = runs.list(&ListParams::default().limit(1)).await {
-        anyhow::bail!(
-            "cannot list AbcRuns ({err}); is the CRD installed? `kubectl apply -f crds/abcrun.yaml`"
-        );
-    }
+    // An AbcRun that does not deserialize is reported and skipped, not a failed watch.
+    let runs: Api<GuardedRun> = api(&client, args.namespace.as_deref());
 
     let metrics = Arc::new(Metrics::default());
     let demand = Arc::new(DemandBoard::default());
@@ -134,17 +132,42 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         // The pods belong to a ReplicaSet or a Job, not to the run: map them by label.
         .watches(api::<Pod>(&client, ns), run_pods, |pod: Pod| {
             let run = pod.labels().get(RUN_LABEL)?.clone();
-            Some(ObjectRef::<AbcRun>::new(&run).within(&pod.namespace()?))
+            Some(ObjectRef::<GuardedRun>::new(&run).within(&pod.namespace()?))
         })
-        .shutdown_on_signal()
-        .run(reconcile::reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(err) = result {
-                tracing::debug!(error = %err, "reconcile ended with an error");
+        .shutdown_on_signal();
+    // Ready once the AbcRun watch has listed every run (not when the process starts): until
+    // then /readyz says what it waits for, e.g. a CRD that is not installed.
+    let runs_store = controller.store();
+    let ready_metrics = metrics.clone();
+    tokio::spawn(async move {
+        // The store's readiness wakes only its latest waiter (the controller's own runner, in
+        // kube 5), so this one asks again every second instead of waiting to be woken.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), runs_store.wait_until_ready()).await
+            {
+                Ok(Ok(())) => break,
+                Ok(Err(_)) => return,
+                Err(_) => continue,
             }
+        }
+        ready_metrics.set_ready();
+        tracing::info!("AbcRun watch synced: ready");
+    });
+    let watch_metrics = metrics.clone();
+    let controller = controller
+        .run(reconcile_guarded, error_policy, ctx)
+        .for_each(move |result| {
+            match result {
+                Err(kube::runtime::controller::Error::QueueError(err)) => {
+                    tracing::warn!(error = %err, "a watch failed; it is retried");
+                    watch_metrics.set_waiting(watch_failure(&err));
+                }
+                Err(err) => tracing::debug!(error = %err, "reconcile ended with an error"),
+                Ok(_) => {}
+            }
+            futures::future::ready(())
         });
 
-    metrics.set_ready();
     tracing::info!("abc-operator controller started");
     let server = crate::metrics::serve(
         args.metrics_addr,
@@ -173,7 +196,49 @@ where
     }
 }
 
-fn error_policy(run: Arc<AbcRun>, err: &Error, ctx: Arc<Context>) -> Action {
+/// Why the controller is not ready after a failed watch, with what to do about it.
+fn watch_failure(err: &watcher::Error) -> String {
+    let code = match err {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => Some(status.code),
+        watcher::Error::WatchError(status) => Some(status.code),
+        _ => None,
+    };
+    let hint = match code {
+        Some(404) => {
+            "; is the AbcRun CRD installed? (`kubectl apply -f crds/abcrun.yaml`, or the chart)"
+        }
+        Some(401 | 403) => {
+            "; the operator may not list and watch it: check its ServiceAccount's RBAC (the chart's ClusterRole)"
+        }
+        _ => "",
+    };
+    format!("a watch failed: {err}{hint}")
+}
+
+/// Reconciles a run that deserializes; reports one that does not on the object and skips it
+/// until it changes.
+async fn reconcile_guarded(run: Arc<GuardedRun>, ctx: Arc<Context>) -> Result<Action, Error> {
+    match &run.0 {
+        Ok(readable) => reconcile::reconcile(Arc::new(readable.clone()), ctx).await,
+        Err(unreadable) => {
+            tracing::warn!(run = %run.name_any(), namespace = ?run.namespace(), field = %unreadable.field, error = %unreadable.error, "skipping an AbcRun that cannot be read");
+            ctx.metrics
+                .reconcile_errors
+                .get_or_create(&ErrorLabels {
+                    error: "unreadable".into(),
+                })
+                .inc();
+            let type_ = kube::runtime::events::EventType::Warning;
+            ctx.publish(run.as_ref(), type_, UNREADABLE_REASON, unreadable.note())
+                .await;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+fn error_policy(run: Arc<GuardedRun>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .reconcile_errors
         .get_or_create(&ErrorLabels {
@@ -198,10 +263,13 @@ fn error_policy(run: Arc<AbcRun>, err: &Error, ctx: Arc<Context>) -> Action {
         let type_ = kube::runtime::events::EventType::Warning;
         match related {
             Some(object) => {
-                ctx.publish_about(&run2, type_, "ReconcileError", message, object)
+                ctx.publish_about(run2.as_ref(), type_, "ReconcileError", message, object)
                     .await
             }
-            None => ctx.publish(&run2, type_, "ReconcileError", message).await,
+            None => {
+                ctx.publish(run2.as_ref(), type_, "ReconcileError", message)
+                    .await
+            }
         }
     });
     Action::requeue(Duration::from_secs(10))
@@ -220,4 +288,30 @@ fn init_tracing(json: bool) {
     } else {
         builder.try_init()
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list_failed(code: u16) -> watcher::Error {
+        watcher::Error::InitialListFailed(kube::Error::Api(
+            kube::core::Status::failure("the server said no", "Reason")
+                .with_code(code)
+                .boxed(),
+        ))
+    }
+
+    #[test]
+    fn a_failed_watch_says_what_to_check() {
+        let missing_crd = watch_failure(&list_failed(404));
+        assert!(
+            missing_crd.contains("the server said no")
+                && missing_crd.contains("is the AbcRun CRD installed?"),
+            "{missing_crd}"
+        );
+        assert!(watch_failure(&list_failed(403)).contains("RBAC"));
+        let other = watch_failure(&list_failed(500));
+        assert!(!other.contains("CRD") && !other.contains("RBAC"), "{other}");
+    }
 }

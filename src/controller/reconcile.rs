@@ -758,9 +758,8 @@ async fn ttl_action(
     ) else {
         return Ok(None);
     };
-    let left = ttl - Timestamp::now().duration_since(finished).as_secs();
-    if left > 0 {
-        return Ok(Some(Action::requeue(Duration::from_secs(left as u64 + 1))));
+    if let Some(left) = status::ttl_left(ttl, finished, Timestamp::now()) {
+        return Ok(Some(Action::requeue(left)));
     }
     tracing::info!(run = %run.name_any(), namespace, ttl, "deleting finished run after its TTL");
     let api: Api<AbcRun> = Api::namespaced(ctx.client.clone(), namespace);
@@ -812,7 +811,13 @@ impl Context {
     /// 6 minutes) into one series that keeps the first note: use this for news that is the
     /// same each time it repeats (a phase, a reconcile error), and [`Context::publish_about`]
     /// when the Event concerns one object among several.
-    pub async fn publish(&self, run: &AbcRun, type_: EventType, reason: &str, note: String) {
+    pub async fn publish(
+        &self,
+        run: &impl Resource<DynamicType = ()>,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
         self.publish_event(run, type_, reason, note, None).await;
     }
 
@@ -821,7 +826,7 @@ impl Context {
     /// still folds into its series.
     pub async fn publish_about(
         &self,
-        run: &AbcRun,
+        run: &impl Resource<DynamicType = ()>,
         type_: EventType,
         reason: &str,
         note: String,
@@ -836,7 +841,7 @@ impl Context {
     /// the shared Recorder would fold into a series showing only the first.
     pub async fn publish_unfolded(
         &self,
-        run: &AbcRun,
+        run: &impl Resource<DynamicType = ()>,
         type_: EventType,
         reason: &str,
         note: String,
@@ -848,7 +853,7 @@ impl Context {
 
     async fn publish_event(
         &self,
-        run: &AbcRun,
+        run: &impl Resource<DynamicType = ()>,
         type_: EventType,
         reason: &str,
         note: String,
@@ -868,7 +873,7 @@ fn event(type_: EventType, reason: &str, note: String, related: Option<ObjectRef
     }
 }
 
-async fn publish_with(recorder: &Recorder, run: &AbcRun, event: Event) {
+async fn publish_with(recorder: &Recorder, run: &impl Resource<DynamicType = ()>, event: Event) {
     if let Err(err) = recorder.publish(&event, &run.object_ref(&())).await {
         tracing::warn!(run = %run.name_any(), error = %err, "publishing an event failed");
     }

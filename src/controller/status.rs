@@ -287,6 +287,19 @@ fn condition(
     }
 }
 
+/// The longest a finished run waits for its TTL without being looked at again: a requeue
+/// further out (a TTL of years) would overflow the scheduler's clock.
+const MAX_TTL_WAIT_SECS: i64 = 86400;
+
+/// How long a run that finished at `finished` waits before `ttlSecondsAfterFinished: ttl`
+/// deletes it (at most a day, then it is looked at again), or `None` when it is due now.
+pub fn ttl_left(ttl: i64, finished: Timestamp, now: Timestamp) -> Option<std::time::Duration> {
+    // Negative when the clock that wrote the condition ran ahead of ours.
+    let elapsed = now.duration_since(finished).as_secs();
+    let left = ttl.saturating_sub(elapsed);
+    (left > 0).then(|| std::time::Duration::from_secs(left.min(MAX_TTL_WAIT_SECS) as u64 + 1))
+}
+
 /// When the run finished (the transition time of its final phase), for `ttlSecondsAfterFinished`.
 pub fn finished_at(status: &AbcRunStatus) -> Option<Timestamp> {
     if !status.phase.is_some_and(Phase::is_finished) {
@@ -321,6 +334,25 @@ mod tests {
             master: Some(MasterState::Running),
             ..Observed::default()
         }
+    }
+
+    #[test]
+    fn ttl_waits_what_is_left_at_most_a_day_and_survives_any_ttl_and_clock() {
+        let finished: Timestamp = "2025-01-01T00:00:00Z".parse().unwrap();
+        let later = |secs: i64| finished + k8s_openapi::jiff::SignedDuration::from_secs(secs);
+        let secs = |d: std::time::Duration| d.as_secs();
+        assert_eq!(ttl_left(60, finished, later(20)).map(secs), Some(41));
+        assert_eq!(ttl_left(60, finished, later(60)), None);
+        assert_eq!(ttl_left(0, finished, finished), None);
+        // A TTL of centuries, also with a condition written by a clock ahead of ours.
+        assert_eq!(
+            ttl_left(i64::MAX, finished, later(-5)).map(secs),
+            Some(86401)
+        );
+        assert_eq!(
+            ttl_left(i64::MAX, finished, later(20)).map(secs),
+            Some(86401)
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@
 
 mod dirs;
 mod error;
-mod manifest;
+pub mod manifest;
 mod printer;
 mod process;
 mod progress;

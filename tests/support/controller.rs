@@ -17,6 +17,15 @@ impl ControllerProcess {
 
     /// Starts the controller with extra command-line options.
     pub fn start_with(namespace: &str, extra: &[&str]) -> ControllerProcess {
+        Self::start_with_env(namespace, extra, &[])
+    }
+
+    /// Starts the controller with extra command-line options and environment.
+    pub fn start_with_env(
+        namespace: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> ControllerProcess {
         let metrics_port = free_port();
         let log =
             std::env::temp_dir().join(format!("abc-controller-{namespace}-{metrics_port}.log"));
@@ -28,6 +37,7 @@ impl ControllerProcess {
             .args(extra)
             .env("KUBECONFIG", cluster::kubeconfig())
             .env("RUST_LOG", "info,abc_operator=debug,kube=warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()
