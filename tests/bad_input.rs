@@ -13,6 +13,7 @@ use abc_operator::api::{AbcRun, AbcRunStatus, Progress};
 use abc_operator::controller::GuardedRun;
 use abc_operator::controller::status::{self, MasterState, Observed, PodProblem};
 use abc_operator::local::manifest;
+use abc_operator::protocol::Resumed;
 use abc_operator::resources::{self, BuildSettings};
 use k8s_openapi::jiff::Timestamp;
 use proptest::prelude::*;
@@ -363,13 +364,18 @@ fn observed() -> BoxedStrategy<Observed> {
             edge_i32(),
         ),
         (text(), master, progress, edge_i64()),
-        (problem(), problem(), problem()),
+        (
+            problem(),
+            problem(),
+            problem(),
+            proptest::option::of((edge_i64(), text())),
+        ),
     )
         .prop_map(
             |(
                 (redis_ready, redis_problem, replicas, ready, desired),
                 (selector, master, progress, lost_workers),
-                (worker_pod_problem, master_pod_problem, redis_pod_problem),
+                (worker_pod_problem, master_pod_problem, redis_pod_problem, resumed),
             )| Observed {
                 redis_ready,
                 redis_problem,
@@ -383,6 +389,10 @@ fn observed() -> BoxedStrategy<Observed> {
                 worker_pod_problem,
                 master_pod_problem,
                 redis_pod_problem,
+                resumed: resumed.map(|(from_generation, at)| Resumed {
+                    from_generation,
+                    at,
+                }),
             },
         )
         .boxed()

@@ -419,6 +419,8 @@ remove_new_chains() {
 # (nat, filter, mangle) if they hold no rule any more.
 remove_new_nft_tables() {
   local line
+  # Without the nft tool (no nftables package) no table was made through it.
+  command -v nft >/dev/null || return 0
   nft list tables 2>/dev/null | sort | while read -r line; do
     grep -qxF "$line" "$RUN/before/nft-tables" 2>/dev/null && continue
     # A line is "table FAMILY NAME"; a rule is any line of the listing that is not structure.
