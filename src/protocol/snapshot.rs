@@ -28,6 +28,8 @@ const GENERATION_KEYS: [&str; 10] = [
 
 /// Field of the snapshot reply: Redis `TIME` in ms.
 const TIME_MS: &str = "time_ms";
+/// Field of the snapshot reply: the server's `run_id` (`INFO server`), new at every start.
+const RUN_ID: &str = "run_id";
 /// Field of the snapshot reply: every ledger, `{id, HGETALL of its hash, ...}`.
 const LEDGERS: &str = "ledgers";
 
@@ -54,7 +56,9 @@ local now = redis.call('TIME')
 local ana = read(KEYS[1], 'string')
 local t = false
 if ana then t = read(ARGV[2] .. '_' .. ana, 'string') end
+local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or false
 local out = {'time_ms', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000),
+  'run_id', run_id,
   KEYS[1], ana, ARGV[2], t}
 for i = 3, #ARGV do
   out[#out + 1] = ARGV[i]
@@ -192,6 +196,9 @@ impl Ledger {
 pub struct Snapshot {
     /// Redis server time, in ms: the clock of every ledger heartbeat.
     pub time_ms: i64,
+    /// The Redis server's `run_id`: a new one means the server restarted (and, without
+    /// persistence, lost pyABC's state: the generation in progress is gone).
+    pub run_id: Option<String>,
     /// `analysis_id`: the running analysis (none when no master holds the server).
     pub analysis_id: Option<String>,
     /// `generation_{ana}`: the current generation (-1 is the calibration sample).
@@ -272,6 +279,7 @@ impl Snapshot {
         };
         Ok(Snapshot {
             time_ms: fields.integer(TIME_MS, "Redis TIME")?.unwrap_or(0),
+            run_id: fields.text(RUN_ID, "Redis INFO run_id")?,
             analysis_id: analysis_id.clone(),
             generation,
             mode,
@@ -349,7 +357,12 @@ mod tests {
     /// A snapshot script reply at Redis time 1700000000.250: every key nil but those in
     /// `values` (by the reply's field name), and these ledgers.
     fn reply(values: &[(&str, &str)], ledgers: &[(&str, &[(&str, &str)])]) -> Value {
-        let mut items = vec![bulk(TIME_MS), Value::Int(1_700_000_000_250)];
+        let mut items = vec![
+            bulk(TIME_MS),
+            Value::Int(1_700_000_000_250),
+            bulk(RUN_ID),
+            bulk("ed2f8dfb97dd77dd5d3695e316787b00914a87e0"),
+        ];
         for name in [ANALYSIS_ID, GENERATION, LOST_WORKERS]
             .into_iter()
             .chain(GENERATION_KEYS)
@@ -442,6 +455,10 @@ mod tests {
         let snap = Snapshot::parse(reply(&values, &ledgers)).unwrap();
         assert_eq!(snap.lost_workers, 3);
         assert_eq!(snap.time_ms, 1_700_000_000_250);
+        assert_eq!(
+            snap.run_id.as_deref(),
+            Some("ed2f8dfb97dd77dd5d3695e316787b00914a87e0")
+        );
         assert_eq!(snap.mode, Some(Mode::Dynamic));
         assert_eq!(snap.n_job, None);
         assert_eq!(snap.all_accepted, Some(false));

@@ -80,6 +80,16 @@ async fn snapshot_reads_every_field_by_name() {
     let snap = snapshot(&mut conn).await;
     let after = redis_time_ms(&mut conn).await;
     assert!((before..=after).contains(&snap.time_ms), "{snap:#?}");
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let run_id = info
+        .lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .map(str::trim);
+    assert_eq!(snap.run_id.as_deref(), run_id, "the server's own run_id");
     let idle = Ledger {
         id: "idle".into(),
         worker: Some("idle".into()),
@@ -116,6 +126,7 @@ async fn snapshot_reads_every_field_by_name() {
         snap,
         Snapshot {
             time_ms: snap.time_ms,
+            run_id: snap.run_id.clone(),
             analysis_id: Some("ana".into()),
             generation: Some(3),
             mode: Some(Mode::Static),
