@@ -305,6 +305,20 @@ pub struct AbcRunStatus {
     /// its node or its Redis), as the `abc_operator` module records it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumes: Option<Resumes>,
+    /// The Redis server the run uses, as last read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisInstance>,
+}
+
+/// The Redis server of a run: which instance, and how often a new one took its place.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisInstance {
+    /// The server's `run_id` (new at every start of redis-server).
+    pub run_id: String,
+    /// How many times the server restarted during the run; each time it lost pyABC's state
+    /// (the generation in progress) and the master resumed from its results database.
+    pub restarts: i64,
 }
 
 /// Resumes of a run's master.

@@ -389,6 +389,7 @@ fn observed() -> BoxedStrategy<Observed> {
                 worker_pod_problem,
                 master_pod_problem,
                 redis_pod_problem,
+                redis_run_id: None,
                 resumed: resumed.map(|(from_generation, at)| Resumed {
                     from_generation,
                     at,

@@ -282,6 +282,7 @@ async fn the_installed_operator_has_what_it_needs_and_no_more() {
         ("patch", "jobs.batch"),
         ("create", "secrets"),
         ("delete", "pods"),
+        ("create", "pods/eviction"),
         ("create", "networkpolicies.networking.k8s.io"),
         ("create", "events.events.k8s.io"),
         // The external metrics API: delegated authentication and authorization.
@@ -918,6 +919,41 @@ async fn the_hpa_example_scales_real_worker_pods_on_demand() {
     assert_every_generation_complete(&ns.name);
 }
 
+/// The Gaussian example with exactly six generations (the epsilon criterion never ends it
+/// first), returned once the master samples generation 3.
+async fn six_generations_sampling_generation_3(client: &kube::Client, ns: &str) -> Api<AbcRun> {
+    apply_example(ns, "gaussian/abcrun.yaml", |doc| {
+        slow_model(doc, "0.01");
+        doc["spec"]["master"]["env"] = serde_yaml::from_str(
+            "[{name: GAUSSIAN_GENERATIONS, value: '6'}, {name: GAUSSIAN_MINIMUM_EPSILON, value: '0'}]",
+        )
+        .unwrap();
+    });
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), ns);
+    eventually(300, "the master sampling generation 3", || async {
+        let progress = runs.get("gaussian").await.ok()?.status?.progress?;
+        (progress.generation? >= 3).then_some(())
+    })
+    .await;
+    runs
+}
+
+/// The generations of the master's summary (`generation t: N particles, M evaluations, ...`):
+/// M of each.
+fn evaluations_in_summary(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| l.trim().strip_prefix("generation "))
+        .filter_map(|rest| {
+            rest.split(", ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
 /// pyABC's "Accepted: N / M" log lines (one per stored generation, in order): M per generation.
 fn evaluations_in_log(log: &str) -> Vec<u64> {
     log.lines()
@@ -938,20 +974,7 @@ async fn a_killed_master_resumes_from_its_last_generation() {
     install_operator();
     let client = NODE.client().await;
     let ns = TestNamespace::on(NODE, &client, "e2e-master-lost").await;
-    apply_example(&ns.name, "gaussian/abcrun.yaml", |doc| {
-        slow_model(doc, "0.01");
-        // Six generations exactly: the epsilon criterion never ends it first.
-        doc["spec"]["master"]["env"] = serde_yaml::from_str(
-            "[{name: GAUSSIAN_GENERATIONS, value: '6'}, {name: GAUSSIAN_MINIMUM_EPSILON, value: '0'}]",
-        )
-        .unwrap();
-    });
-    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
-    eventually(300, "the master sampling generation 3", || async {
-        let progress = runs.get("gaussian").await.ok()?.status?.progress?;
-        (progress.generation? >= 3).then_some(())
-    })
-    .await;
+    let runs = six_generations_sampling_generation_3(&client, &ns.name).await;
     let selector = "job-name=gaussian-master";
     let master = pods(&client, &ns.name, selector)
         .await
@@ -984,18 +1007,7 @@ async fn a_killed_master_resumes_from_its_last_generation() {
         before.len()
     );
     assert_every_generation_complete_in(&log);
-    let generations: Vec<u64> = log
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("generation "))
-        .filter_map(|rest| {
-            rest.split(", ")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect();
+    let generations = evaluations_in_summary(&log);
     assert_eq!(
         generations.len(),
         6,
@@ -1014,4 +1026,60 @@ async fn a_killed_master_resumes_from_its_last_generation() {
     );
     let events = events_with_reason(&client, &ns.name, "Resumed").await;
     assert_eq!(events.len(), 1, "one Resumed Event: {events:#?}");
+}
+
+#[tokio::test]
+async fn a_lost_redis_costs_at_most_the_generation_in_progress() {
+    install_operator();
+    let client = NODE.client().await;
+    let ns = TestNamespace::on(NODE, &client, "e2e-redis-lost").await;
+    let runs = six_generations_sampling_generation_3(&client, &ns.name).await;
+    let before = runs.get("gaussian").await.unwrap().status.unwrap();
+    let first_redis = before
+        .redis
+        .clone()
+        .expect("the Redis instance is in the status");
+    // As an eviction or a node drain would: the pod goes, the Deployment starts a new, empty one.
+    let selector = "abc-operator.dev/run=gaussian,abc-operator.dev/component=redis";
+    let redis = pods(&client, &ns.name, selector)
+        .await
+        .into_iter()
+        .find(running)
+        .expect("a running Redis pod");
+    let name = redis.metadata.name.clone().unwrap();
+    kubectl(&["delete", "pod", "-n", &ns.name, &name, "--wait=false"]);
+
+    let run = wait_for_phase(&runs, "gaussian", "Succeeded", 600).await;
+    let status = run.status.unwrap();
+    let now = status.redis.expect("the Redis instance is in the status");
+    assert!(
+        now.run_id != first_redis.run_id && now.restarts == 1,
+        "one new Redis server counted: {first_redis:?} then {now:?}"
+    );
+    let restarted = events_with_reason(&client, &ns.name, "RedisRestarted").await;
+    assert_eq!(restarted.len(), 1, "{restarted:#?}");
+    let resumes = status.resumes.expect("the master resumed");
+    assert!(
+        resumes.count >= 1 && resumes.last_from_generation >= 3,
+        "{resumes:?}"
+    );
+    let log = kubectl(&["logs", "-n", &ns.name, "job/gaussian-master"]);
+    assert_every_generation_complete_in(&log);
+    assert_eq!(
+        evaluations_in_summary(&log).len(),
+        6,
+        "six generations in the database:\n{log}"
+    );
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), &ns.name);
+    let failed = jobs
+        .get("gaussian-master")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.failed);
+    assert_eq!(
+        failed.unwrap_or(0),
+        0,
+        "a master that lost its Redis is no failure counted against backoffLimit"
+    );
 }

@@ -14,7 +14,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
@@ -108,6 +108,11 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
         &observed,
     );
     record_metrics(&ctx, &namespace, &name, &new_status);
+    if let Some(old) = &run.status
+        && status::redis_restarted(old, &new_status)
+    {
+        restart_master_after_redis_loss(&run, &ctx, &namespace, &pods.master).await;
+    }
     if run.status.as_ref() != Some(&new_status) {
         write_status(&ctx, &namespace, &name, &new_status).await?;
         publish_transitions(&run, &ctx, &namespace, &new_status, &observed).await;
@@ -324,6 +329,7 @@ async fn observe(
         master_pod_problem: None,
         redis_pod_problem: None,
         resumed: None,
+        redis_run_id: None,
     })
 }
 
@@ -367,6 +373,7 @@ async fn read_redis(
             // data does not make the number go back.
             observed.lost_workers = observed.lost_workers.max(snapshot.lost_workers);
             observed.resumed = snapshot.resumed.clone();
+            observed.redis_run_id = snapshot.run_id.clone();
             Some(snapshot)
         }
         Err(err) => {
@@ -512,6 +519,44 @@ fn pod_reference(namespace: &str, pod: &str) -> ObjectReference {
         namespace: Some(namespace.into()),
         ..ObjectReference::default()
     }
+}
+
+/// A new Redis server has none of pyABC's state: the master's generation is gone. A master
+/// that noticed exited with `REDIS_LOST_EXIT_CODE` and its Job retries it; one still running
+/// (it may wait for ever on an empty queue) is evicted, which the Job's pod failure policy does
+/// not count against `backoffLimit` either. Either way the retry resumes from the database.
+async fn restart_master_after_redis_loss(
+    run: &AbcRun,
+    ctx: &Context,
+    namespace: &str,
+    master: &[Pod],
+) {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut evicted = Vec::new();
+    for pod in master.iter().filter(|p| {
+        p.metadata.deletion_timestamp.is_none()
+            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    }) {
+        let name = pod.name_any();
+        match pods.evict(&name, &EvictParams::default()).await {
+            Ok(_) => evicted.push(name),
+            Err(err) => {
+                tracing::warn!(run = %run.name_any(), namespace, pod = %name, error = %err, "evicting the master after a Redis restart failed")
+            }
+        }
+    }
+    let note = match evicted.as_slice() {
+        [] => "the run's Redis restarted and lost the generation in progress; the master's retry \
+               resumes from its results database"
+            .to_string(),
+        pods => format!(
+            "the run's Redis restarted and lost the generation in progress; evicted the master \
+             ({}) so that its retry resumes from its results database",
+            pods.join(", ")
+        ),
+    };
+    ctx.publish(run, EventType::Warning, "RedisRestarted", note)
+        .await;
 }
 
 /// A master that died leaves pyABC's `analysis_id` behind, and its retry would fail with "The

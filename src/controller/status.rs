@@ -3,7 +3,7 @@
 //! written to.
 
 pub use super::pod_problems::PodProblem;
-use crate::api::{AbcRun, AbcRunStatus, Phase, Progress, Resumes};
+use crate::api::{AbcRun, AbcRunStatus, Phase, Progress, RedisInstance, Resumes};
 use crate::protocol::Resumed;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -37,6 +37,8 @@ pub struct Observed {
     pub redis_pod_problem: Option<PodProblem>,
     /// The last resume of a master that Redis holds, when Redis answered.
     pub resumed: Option<Resumed>,
+    /// The Redis server's `run_id`, when Redis answered.
+    pub redis_run_id: Option<String>,
 }
 
 impl Observed {
@@ -224,7 +226,32 @@ pub fn compute(run: &AbcRun, observed: &Observed, now: Timestamp) -> AbcRunStatu
         progress: progress.or(previous.progress),
         lost_workers: observed.lost_workers,
         resumes: resumes(previous.resumes, observed.resumed.as_ref()),
+        redis: redis_instance(previous.redis, observed.redis_run_id.as_deref()),
     }
+}
+
+/// Counts a new Redis server (another `run_id` than the one last read) as a restart.
+fn redis_instance(previous: Option<RedisInstance>, run_id: Option<&str>) -> Option<RedisInstance> {
+    let Some(run_id) = run_id else {
+        return previous;
+    };
+    match previous {
+        Some(p) if p.run_id == run_id => Some(p),
+        Some(p) => Some(RedisInstance {
+            run_id: run_id.to_string(),
+            restarts: p.restarts + 1,
+        }),
+        None => Some(RedisInstance {
+            run_id: run_id.to_string(),
+            restarts: 0,
+        }),
+    }
+}
+
+/// Whether `new` saw a Redis restart that `old` had not.
+pub fn redis_restarted(old: &AbcRunStatus, new: &AbcRunStatus) -> bool {
+    let restarts = |s: &AbcRunStatus| s.redis.as_ref().map_or(0, |r| r.restarts);
+    restarts(new) > restarts(old)
 }
 
 /// Counts a resume Redis holds that the status has not counted yet (told apart by its time).
@@ -588,6 +615,38 @@ mod tests {
             r.status = Some(status);
         }
         assert_eq!(counts, [(1, 3), (1, 3), (2, 5), (2, 5), (3, 5)]);
+    }
+
+    #[test]
+    fn a_new_redis_server_is_counted_once_as_a_restart() {
+        let mut r = run("{image: i}");
+        let read = |run_id: Option<&str>| Observed {
+            redis_run_id: run_id.map(str::to_string),
+            ..healthy()
+        };
+        let mut seen = Vec::new();
+        // First sight, the same server, unreachable for a while, a new one, the new one again.
+        for observed in [
+            read(Some("a")),
+            read(Some("a")),
+            read(None),
+            read(Some("b")),
+            read(Some("b")),
+        ] {
+            let status = compute(&r, &observed, Timestamp::from_second(1).unwrap());
+            let old = r.status.clone().unwrap_or_default();
+            let redis = status.redis.clone().unwrap();
+            seen.push((redis.run_id, redis.restarts, redis_restarted(&old, &status)));
+            r.status = Some(status);
+        }
+        let want = [
+            ("a", 0, false),
+            ("a", 0, false),
+            ("a", 0, false),
+            ("b", 1, true),
+            ("b", 1, false),
+        ];
+        assert_eq!(seen, want.map(|(id, n, new)| (id.to_string(), n, new)));
     }
 
     #[test]

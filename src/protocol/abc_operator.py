@@ -23,7 +23,13 @@ import datetime
 import os
 import sys
 
-__all__ = ["ResumeError", "database_url", "run", "sampler"]
+__all__ = ["REDIS_LOST_EXIT_CODE", "ResumeError", "database_url", "run", "sampler"]
+
+# The exit code of a master whose Redis went away mid-run (restarted, evicted): the master Job
+# (and `abc-operator run`) start it again without counting a failure, and it resumes.
+REDIS_LOST_EXIT_CODE = 75
+# How long a starting master waits for its Redis before it gives up (a Redis being rescheduled).
+REDIS_WAIT_SECONDS = 300
 
 # Redis key the operator and `abc-operator run` read to learn that a master resumed (a hash:
 # `from_generation`, `at`); outside pyABC's own keys (src/protocol/keys.rs: RESUMED).
@@ -71,6 +77,20 @@ def run(abc, db, observed, **run_kwargs):
     """Continues the unfinished run in `db`, or starts a new one with `observed`; then runs
     `abc` with pyABC's `run` arguments (`minimum_epsilon`, `max_nr_populations`, ...), counted
     for the whole run. Returns the History."""
+    _wait_for_redis(abc)
+    try:
+        return _new_or_resume(abc, db, observed, run_kwargs)
+    except Exception as err:
+        if not _is_connection_error(err):
+            raise
+        _say(
+            f"lost the connection to Redis ({err}); exiting with {REDIS_LOST_EXIT_CODE} so "
+            "that the master is started again and resumes from its results database"
+        )
+        raise SystemExit(REDIS_LOST_EXIT_CODE) from err
+
+
+def _new_or_resume(abc, db, observed, run_kwargs):
     url = database_url(db)
     unfinished = _unfinished_run(url)
     if unfinished is None:
@@ -98,6 +118,37 @@ def run(abc, db, observed, **run_kwargs):
     _say(f"resuming run {unfinished} in {url} from generation {done} ({done} stored)")
     _record_resume(abc, done)
     return abc.run(**run_kwargs)
+
+
+def _is_connection_error(err):
+    import redis
+
+    return isinstance(err, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError))
+
+
+def _wait_for_redis(abc):
+    """Waits until the sampler's Redis answers (it may be restarting), at most
+    REDIS_WAIT_SECONDS; then fails as a master error (counted against the Job's retries), so
+    that a Redis that never comes back does not restart masters for ever."""
+    import time
+
+    client = getattr(abc.sampler, "redis", None)
+    if client is None:
+        return
+    deadline = time.monotonic() + REDIS_WAIT_SECONDS
+    while True:
+        try:
+            client.ping()
+            return
+        except Exception as err:
+            if not _is_connection_error(err):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"Redis did not answer within {REDIS_WAIT_SECONDS} s: {err}"
+                ) from None
+            _say(f"waiting for Redis: {err}")
+            time.sleep(2)
 
 
 def _unfinished_run(url):

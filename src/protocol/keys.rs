@@ -106,8 +106,13 @@ mod tests {
     }
 
     #[test]
-    fn the_master_module_records_resumes_where_the_snapshot_reads_them() {
-        let line = format!("RESUME_KEY = \"{RESUMED}\"");
-        assert!(super::super::MASTER_MODULE.contains(&line), "{line}");
+    fn the_master_module_agrees_on_its_key_and_exit_code() {
+        use super::super::{MASTER_MODULE, REDIS_LOST_EXIT_CODE};
+        for line in [
+            format!("RESUME_KEY = \"{RESUMED}\""),
+            format!("REDIS_LOST_EXIT_CODE = {REDIS_LOST_EXIT_CODE}"),
+        ] {
+            assert!(MASTER_MODULE.contains(&line), "{line}");
+        }
     }
 }

@@ -72,6 +72,9 @@ pub const WORKER_ENTRYPOINT: &str = include_str!("abc_worker.py");
 /// The `abc_operator` Python module for master scripts: a sampler from the run's environment
 /// and "new or resume" against the results database (mounted next to the entrypoint).
 pub const MASTER_MODULE: &str = include_str!("abc_operator.py");
+/// The exit code of a master whose Redis went away mid-run ([`MASTER_MODULE`]'s
+/// `REDIS_LOST_EXIT_CODE`): started again without counting as a failure, it resumes.
+pub const REDIS_LOST_EXIT_CODE: i32 = 75;
 
 /// Where a run's Redis is. The password is never printed by `Debug`.
 #[derive(Clone, PartialEq, Eq)]

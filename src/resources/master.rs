@@ -11,9 +11,11 @@ use super::{
     tmp_mount, tmp_volume,
 };
 use crate::api::AbcRun;
+use crate::protocol::REDIS_LOST_EXIT_CODE;
 use crate::protocol::worker_env;
 use k8s_openapi::api::batch::v1::{
-    Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
+    Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement,
+    PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
 };
 use k8s_openapi::api::core::v1::{
     Container, EmptyDirVolumeSource, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec,
@@ -95,14 +97,27 @@ pub fn master_job(run: &AbcRun) -> Result<Option<Job>, BuildError> {
             active_deadline_seconds: master.active_deadline_seconds,
             suspend: Some(run.spec.suspend),
             pod_failure_policy: Some(PodFailurePolicy {
-                rules: vec![PodFailurePolicyRule {
-                    action: "Ignore".into(),
-                    on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
-                        type_: "DisruptionTarget".into(),
-                        status: Some("True".into()),
-                    }]),
-                    on_exit_codes: None,
-                }],
+                rules: vec![
+                    PodFailurePolicyRule {
+                        action: "Ignore".into(),
+                        on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+                            type_: "DisruptionTarget".into(),
+                            status: Some("True".into()),
+                        }]),
+                        on_exit_codes: None,
+                    },
+                    // The abc_operator module's exit when the run's Redis went away: not the
+                    // master's fault; its retry resumes.
+                    PodFailurePolicyRule {
+                        action: "Ignore".into(),
+                        on_pod_conditions: None,
+                        on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+                            container_name: Some("master".into()),
+                            operator: "In".into(),
+                            values: vec![REDIS_LOST_EXIT_CODE],
+                        }),
+                    },
+                ],
             }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
@@ -240,16 +255,30 @@ mod tests {
     }
 
     #[test]
-    fn disruptions_do_not_use_up_retries() {
-        let policy = job("image: i\nmaster: {command: [m]}\n")
+    fn disruptions_and_a_lost_redis_do_not_use_up_retries() {
+        let job = job("image: i\nmaster: {command: [m]}\n");
+        let container = job
             .spec
+            .as_ref()
             .unwrap()
-            .pod_failure_policy
-            .unwrap();
-        assert_eq!(policy.rules[0].action, "Ignore");
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .name
+            .clone();
+        let policy = job.spec.unwrap().pod_failure_policy.unwrap();
+        assert!(policy.rules.iter().all(|r| r.action == "Ignore"));
         assert_eq!(
             policy.rules[0].on_pod_conditions.as_ref().unwrap()[0].type_,
             "DisruptionTarget"
+        );
+        let exit = policy.rules[1].on_exit_codes.as_ref().unwrap();
+        assert_eq!(exit.container_name.as_ref(), Some(&container));
+        assert_eq!(
+            (exit.operator.as_str(), &exit.values[..]),
+            ("In", &[75][..])
         );
     }
 
