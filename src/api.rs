@@ -106,6 +106,12 @@ pub struct WorkersSpec {
     #[schemars(range(min = 1, max = 256))]
     pub processes: i32,
 
+    /// pyABC's `--catch`: a model that raises counts as a failed evaluation and the worker goes
+    /// on (true, pyABC's default), or the worker stops (false), e.g. to see a model's bug at
+    /// once in its log and the pod's restarts.
+    #[serde(default = "default_catch")]
+    pub catch: bool,
+
     /// Seconds a worker gets after SIGTERM to finish its current evaluation and leave the
     /// generation cleanly; one killed past it is repaired like any lost worker.
     #[serde(default = "default_grace")]
@@ -141,6 +147,7 @@ impl Default for WorkersSpec {
             replicas: default_replicas(),
             runtime: default_runtime(),
             processes: default_processes(),
+            catch: default_catch(),
             termination_grace_period_seconds: default_grace(),
             heartbeat_timeout_seconds: default_heartbeat_timeout(),
             resources: None,
@@ -157,6 +164,10 @@ fn default_replicas() -> i32 {
 fn default_runtime() -> String {
     "2h".into()
 }
+fn default_catch() -> bool {
+    true
+}
+
 fn default_processes() -> i32 {
     1
 }

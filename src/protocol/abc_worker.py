@@ -24,6 +24,8 @@ Environment:
                           with several processes each one is `{id}-{i}`
   ABC_WORKER_RUNTIME      runtime limit in pyABC's syntax (default 2h)
   ABC_WORKER_PROCESSES    worker processes (default 1)
+  ABC_WORKER_CATCH        pyABC's --catch: "true" (default) counts a model's exception as a
+                          failed evaluation, "false" makes the worker stop on it
   ABC_HEARTBEAT_SECONDS   ledger heartbeat period (default 5)
 
 Exit codes: 0 normal end (runtime over, SIGTERM, stop message), 1 error, 2 bad
@@ -486,6 +488,10 @@ class Config:
         self.runtime_s = cli.runtime_parse(self.runtime)
         self.processes = int(env.get('ABC_WORKER_PROCESSES', '1'))
         self.heartbeat_s = float(env.get('ABC_HEARTBEAT_SECONDS', '5'))
+        catch = env.get('ABC_WORKER_CATCH', 'true').lower()
+        if catch not in ('true', 'false'):
+            raise ValueError(f'ABC_WORKER_CATCH must be true or false, not {catch!r}')
+        self.catch = catch == 'true'
         if self.processes < 1 or self.heartbeat_s <= 0 or self.runtime_s <= 0:
             raise ValueError('processes, heartbeat and runtime must be positive')
 
@@ -596,7 +602,7 @@ def run_worker(config: Config, ledger_id: str, process: int) -> int:
         cli.StrictRedis = LedgerRedis
         cli.work_on_population_dynamic = leaving_after_a_kill(work_on_population_dynamic)
         cli.work_on_population_static = leaving_after_a_kill(work_on_population_static)
-        cli._work(config.host, config.port, config.runtime, config.password, True)
+        cli._work(config.host, config.port, config.runtime, config.password, config.catch)
     except SystemExit as exit_:  # pyABC's KillHandler exits on SIGTERM/SIGINT
         code = exit_.code if isinstance(exit_.code, int) else 0
     except LedgerGone:

@@ -19,13 +19,15 @@ pub const RESERVED: [&str; 5] = [
     "ABC_RESULTS_DIR",
 ];
 
-/// The entrypoint's settings from `spec.workers`: runtime, processes per worker and the
-/// heartbeat period, derived from the heartbeat timeout ([`Heartbeat::period`]).
-pub fn worker_settings(workers: &WorkersSpec) -> [(&'static str, String); 3] {
+/// The entrypoint's settings from `spec.workers`: runtime, processes per worker, pyABC's
+/// `--catch`, and the heartbeat period, derived from the heartbeat timeout
+/// ([`Heartbeat::period`]).
+pub fn worker_settings(workers: &WorkersSpec) -> [(&'static str, String); 4] {
     let heartbeat = Heartbeat::from_timeout_seconds(workers.heartbeat_timeout_seconds);
     [
         ("ABC_WORKER_RUNTIME", workers.runtime.clone()),
         ("ABC_WORKER_PROCESSES", workers.processes.to_string()),
+        ("ABC_WORKER_CATCH", workers.catch.to_string()),
         (
             "ABC_HEARTBEAT_SECONDS",
             heartbeat.period().as_secs().to_string(),

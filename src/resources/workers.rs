@@ -291,7 +291,7 @@ mod tests {
     #[test]
     fn scheduling_and_lifetime_come_from_the_spec() {
         let run = run(
-            "image: i\nimagePullPolicy: Always\nworkers:\n  runtime: 30m\n  processes: 4\n  terminationGracePeriodSeconds: 300\n  nodeSelector: {pool: cpu}\n  tolerations: [{key: spot, operator: Exists}]\n  resources: {requests: {cpu: '2'}}\n  env: [{name: MODEL, value: fast}]\n",
+            "image: i\nimagePullPolicy: Always\nworkers:\n  runtime: 30m\n  processes: 4\n  catch: false\n  terminationGracePeriodSeconds: 300\n  nodeSelector: {pool: cpu}\n  tolerations: [{key: spot, operator: Exists}]\n  resources: {requests: {cpu: '2'}}\n  env: [{name: MODEL, value: fast}]\n",
         );
         let pod = worker_deployment(&run)
             .unwrap()
@@ -308,7 +308,14 @@ mod tests {
         assert!(c.resources.as_ref().unwrap().requests.is_some());
         assert_eq!(env_value(c, "ABC_WORKER_RUNTIME").as_deref(), Some("30m"));
         assert_eq!(env_value(c, "ABC_WORKER_PROCESSES").as_deref(), Some("4"));
+        assert_eq!(env_value(c, "ABC_WORKER_CATCH").as_deref(), Some("false"));
         assert_eq!(env_value(c, "MODEL").as_deref(), Some("fast"));
+        // pyABC's default: a model's exception is a failed evaluation.
+        let default = container(&minimal());
+        assert_eq!(
+            env_value(&default, "ABC_WORKER_CATCH").as_deref(),
+            Some("true")
+        );
     }
 
     #[test]
