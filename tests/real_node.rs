@@ -919,10 +919,36 @@ async fn the_hpa_example_scales_real_worker_pods_on_demand() {
     assert_every_generation_complete(&ns.name);
 }
 
+/// A claim `results` in `ns` bound to a folder of the node (a hostPath volume: the real node
+/// has no storage provisioner), writable by the master's non-root user; as a user's own
+/// `resultsClaimName` would be, it outlives the master's pods.
+fn results_claim(ns: &str) -> &'static str {
+    let dir = std::env::temp_dir().join(format!("abc-results-{ns}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let volume = format!("results-{ns}");
+    kubectl_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: {volume}}}\nspec:\n  \
+             capacity: {{storage: 1Gi}}\n  accessModes: [ReadWriteOnce]\n  \
+             storageClassName: ''\n  hostPath: {{path: {}, type: Directory}}\n  \
+             claimRef: {{namespace: {ns}, name: results}}\n---\napiVersion: v1\n\
+             kind: PersistentVolumeClaim\nmetadata: {{name: results, namespace: {ns}}}\nspec:\n  \
+             accessModes: [ReadWriteOnce]\n  storageClassName: ''\n  volumeName: {volume}\n  \
+             resources: {{requests: {{storage: 1Gi}}}}\n",
+            dir.display()
+        ),
+    );
+    "results"
+}
+
 /// The Gaussian example with exactly six generations (the epsilon criterion never ends it
-/// first), returned once the master samples generation 3.
+/// first) and its results on a claim, returned once the master samples generation 3.
 async fn six_generations_sampling_generation_3(client: &kube::Client, ns: &str) -> Api<AbcRun> {
+    let claim = results_claim(ns);
     apply_example(ns, "gaussian/abcrun.yaml", |doc| {
+        doc["spec"]["master"]["resultsClaimName"] = claim.into();
         slow_model(doc, "0.01");
         doc["spec"]["master"]["env"] = serde_yaml::from_str(
             "[{name: GAUSSIAN_GENERATIONS, value: '6'}, {name: GAUSSIAN_MINIMUM_EPSILON, value: '0'}]",
