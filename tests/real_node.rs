@@ -263,7 +263,9 @@ async fn helm_install_gives_a_ready_operator_serving_metrics_and_external_metric
 fn operator_can(verb: &str, resource: &str, namespace: &str) -> bool {
     let out = NODE
         .kubectl()
-        .args(["auth", "can-i", verb, resource, "-n", namespace])
+        .args(["auth", "can-i", verb, "-n", namespace])
+        // `pods --subresource=eviction`: a subresource is an option of its own.
+        .args(resource.split_whitespace())
         .arg(format!(
             "--as=system:serviceaccount:{OPERATOR_NAMESPACE}:abc-operator"
         ))
@@ -282,7 +284,7 @@ async fn the_installed_operator_has_what_it_needs_and_no_more() {
         ("patch", "jobs.batch"),
         ("create", "secrets"),
         ("delete", "pods"),
-        ("create", "pods/eviction"),
+        ("create", "pods --subresource=eviction"),
         ("create", "networkpolicies.networking.k8s.io"),
         ("create", "events.events.k8s.io"),
         // The external metrics API: delegated authentication and authorization.
