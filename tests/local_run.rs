@@ -437,6 +437,126 @@ fn a_killed_master_is_started_again_and_resumes() {
 }
 
 #[test]
+fn a_killed_redis_is_started_again_and_the_master_resumes() {
+    let _heavy = heavy();
+    let manifest = crate_dir().join("examples/gaussian/abcrun.yaml");
+    let mut run = Run::start_with_env(
+        &manifest,
+        &["--json", "--run-dir", "run"],
+        true,
+        &[
+            ("GAUSSIAN_GENERATIONS", "6"),
+            ("GAUSSIAN_MINIMUM_EPSILON", "0"),
+            ("GAUSSIAN_MODEL_SECONDS", "0.002"),
+        ],
+    );
+    run.wait_event("generation 3", Duration::from_secs(240), |e| {
+        e["event"] == "progress" && e["generation"].as_i64() >= Some(3)
+    });
+    let events = run.events();
+    let port = redis_port(&events);
+    let redis = by_event(&events, "started")[0]["redis"]["pid"]
+        .as_i64()
+        .unwrap();
+    // As the OOM killer would.
+    kill(Pid::from_raw(redis as i32), Signal::SIGKILL).unwrap();
+    let db = run.cwd.path().join("run/results/gaussian.db");
+    let before = stored_generations(&db);
+
+    let restarted = run.wait_event("the Redis restart", Duration::from_secs(30), |e| {
+        e["event"] == "redis_restarted"
+    });
+    assert_eq!(restarted["port"].as_u64(), Some(port), "the same port");
+    assert_eq!(restarted["restarting_master"], true);
+    let resumed = run.wait_event("the resume", Duration::from_secs(60), |e| {
+        e["event"] == "master_resumed"
+    });
+    assert!(
+        resumed["from_generation"].as_i64() >= Some(before.len() as i64),
+        "resumed after the stored generations: {resumed}"
+    );
+    let code = run.wait_exit(Duration::from_secs(300));
+    assert_eq!(code, 0, "stderr:\n{}", run.stderr());
+    let events = run.events();
+    assert!(
+        by_event(&events, "master_restarted").is_empty(),
+        "not a master failure: nothing counted against backoffLimit"
+    );
+    let after = stored_generations(&db);
+    assert_eq!(
+        after.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+        (0..6).collect::<Vec<_>>(),
+        "six generations, none twice"
+    );
+    assert_eq!(
+        after[..before.len()],
+        before[..],
+        "the generations stored before the kill were not sampled again"
+    );
+    assert!(
+        redis_pids(port).is_empty(),
+        "redis-server stopped at the end"
+    );
+}
+
+/// A `redis-server` first on PATH that runs the real one once, and fails every later start
+/// the way redis-server reports it in its log.
+fn redis_server_that_starts_once(dir: &Path) -> String {
+    let real = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|d| d.join("redis-server"))
+        .find(|p| p.is_file())
+        .expect("redis-server on PATH");
+    let script = dir.join("redis-server");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             if [ -e \"$0.started\" ]; then\n\
+             \x20 log=$(sed -n 's/^logfile \"\\(.*\\)\"$/\\1/p' \"$1\")\n\
+             \x20 echo 'Failed listening on port: Address already in use' >> \"$log\"\n\
+             \x20 exit 1\n\
+             fi\n\
+             touch \"$0.started\"\n\
+             exec {} \"$@\"\n",
+            real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = std::env::var_os("PATH").unwrap();
+    let mut dirs = vec![dir.to_path_buf()];
+    dirs.extend(std::env::split_paths(&path));
+    std::env::join_paths(dirs).unwrap().into_string().unwrap()
+}
+
+#[test]
+fn a_redis_that_cannot_be_started_again_fails_the_run_naming_the_cause() {
+    let _heavy = heavy();
+    let bin = tempfile::tempdir().unwrap();
+    let path = redis_server_that_starts_once(bin.path());
+    let mut run = Run::start_with_env(
+        &fixture("local_nomaster.yaml"),
+        &["--json", "--run-dir", "run"],
+        true,
+        &[("PATH", &path)],
+    );
+    let started = run.wait_event("the start", Duration::from_secs(60), |e| {
+        e["event"] == "started"
+    });
+    let port = started["redis"]["port"].as_u64().unwrap();
+    let redis = started["redis"]["pid"].as_i64().unwrap();
+    kill(Pid::from_raw(redis as i32), Signal::SIGKILL).unwrap();
+    let code = run.wait_exit(Duration::from_secs(60));
+    assert_eq!(code, 2, "stdout:\n{}", run.stdout.join("\n"));
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains(&format!("cannot be started again on 127.0.0.1:{port}"))
+            && stderr.contains("already in use"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn killed_worker_is_repaired_and_the_run_completes() {
     let _heavy = heavy();
     let mut run = Run::start(

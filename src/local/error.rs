@@ -60,6 +60,13 @@ pub enum LocalError {
     #[error("cannot start redis-server: {0}")]
     RedisStart(String),
 
+    #[error(
+        "the run's redis-server died and cannot be started again on 127.0.0.1:{port}, the port \
+         the workers and the master were given: {cause}; the run stops; the generations stored so far \
+         stay in its results folder"
+    )]
+    RedisRestart { port: u16, cause: String },
+
     #[error("cannot talk to the run's Redis: {0}")]
     Redis(String),
 

@@ -131,6 +131,12 @@ impl Renderer {
         out
     }
 
+    /// Forgets the generation in progress: it was lost with Redis and will be sampled again,
+    /// so it gets no `done` line when the next observation no longer shows it.
+    pub fn forget_generation(&mut self) {
+        self.last = None;
+    }
+
     /// A note between progress lines (e.g. a repaired worker).
     pub fn note(&self, text: &str, event: Value) -> Out {
         match self.style {
@@ -275,6 +281,23 @@ mod tests {
         assert!(
             matches!(&out[..], [Out::Line(_), Out::Live(l)] if l.is_empty()),
             "the live line goes: {out:?}"
+        );
+    }
+
+    #[test]
+    fn a_generation_lost_with_redis_is_not_reported_done() {
+        let mut r = Renderer::new(Style::Json);
+        r.observe(obs(3, 40, 90), None, secs(1));
+        r.forget_generation();
+        let empty = Observation {
+            workers: 2,
+            ..Default::default()
+        };
+        assert_eq!(r.ending(&empty), None);
+        let out = r.observe(empty, None, secs(2));
+        assert!(
+            matches!(&out[..], [Out::Line(l)] if !l.contains("generation_done")),
+            "{out:?}"
         );
     }
 

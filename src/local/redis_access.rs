@@ -11,6 +11,8 @@ pub struct LocalRedis {
     server: RedisServer,
     pub host: String,
     pub port: u16,
+    /// Started with `--keep-redis` (a restarted server keeps that too).
+    keep: bool,
 }
 
 impl LocalRedis {
@@ -32,7 +34,30 @@ impl LocalRedis {
             host: endpoint.host,
             port: endpoint.port,
             server,
+            keep,
         })
+    }
+
+    /// How the server ended, if it died; `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.server.exit_status()
+    }
+
+    /// Starts a server that died again, empty, on the same port with the same password: the
+    /// connection that workers and master were given stays valid. Blocks like [`Self::start`],
+    /// on the runtime's own thread for the same reason.
+    pub fn restart(&mut self) -> Result<(), LocalError> {
+        let options = RedisServerOptions {
+            port: Some(self.port),
+            password: Some(self.server.password().to_string()),
+            outlive_parent: self.keep,
+            ..Default::default()
+        };
+        self.server = RedisServer::start(options).map_err(|err| LocalError::RedisRestart {
+            port: self.port,
+            cause: err.to_string(),
+        })?;
+        Ok(())
     }
 
     /// Only for the environment of children and the 0600 connection file; never logged.

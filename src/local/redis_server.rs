@@ -261,6 +261,11 @@ impl RedisServer {
         self.child.as_ref().map(Child::id)
     }
 
+    /// How the server ended, once it has; `None` while it runs (or after [`Self::detach`]).
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
     /// The port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port

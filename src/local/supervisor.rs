@@ -8,7 +8,10 @@
 //!   finish the generation, then it is replaced;
 //! - a worker that keeps failing soon after it starts (the model cannot be unpickled, a
 //!   dependency is missing) would be restarted forever: after a few such failures in a row the
-//!   run gives up with an error that points at the worker's log.
+//!   run gives up with an error that points at the worker's log;
+//! - a worker whose Redis died while it ran (the runner started Redis again) lost its
+//!   connection or its ledger through no fault of its own: it is replaced at once, and its end
+//!   neither counts towards giving up nor breaks a streak of real failures.
 
 use std::fmt;
 use std::time::Duration;
@@ -114,11 +117,13 @@ impl Decision {
 }
 
 /// Decides what follows a worker's end. `lived` is how long the incarnation ran; `stopping`
-/// says whether the runner is shutting down (then nothing is restarted).
+/// says whether the runner is shutting down (then nothing is restarted); `outlived_redis`
+/// whether the Redis it was started against died meanwhile.
 pub fn decide(
     exit: WorkerExit,
     lived: Duration,
     stopping: bool,
+    outlived_redis: bool,
     history: SlotHistory,
     policy: &RestartPolicy,
 ) -> (Decision, SlotHistory) {
@@ -129,6 +134,18 @@ pub fn decide(
             Decision::RepairOnly
         } else {
             Decision::Nothing
+        };
+        return (decision, history);
+    }
+    if outlived_redis {
+        // Not its failure: nothing learnt about the slot. A lost one is still repaired, in
+        // case it registered a ledger with the new Redis before it ended.
+        let decision = if exit.is_lost() {
+            Decision::RepairAndRestart {
+                delay: Duration::ZERO,
+            }
+        } else {
+            Decision::Restart
         };
         return (decision, history);
     }
@@ -182,7 +199,8 @@ mod tests {
         let history = SlotHistory {
             fast_failures_in_a_row: 3,
         };
-        let (decision, history) = decide(WorkerExit::Clean, 2 * SEC, false, history, &policy());
+        let (decision, history) =
+            decide(WorkerExit::Clean, 2 * SEC, false, false, history, &policy());
         assert_eq!(decision, Decision::Restart);
         assert!(!decision.needs_repair());
         assert_eq!(history.fast_failures_in_a_row, 0);
@@ -193,6 +211,7 @@ mod tests {
         let (decision, history) = decide(
             WorkerExit::Signal(9),
             300 * SEC,
+            false,
             false,
             SlotHistory::default(),
             &policy(),
@@ -213,6 +232,7 @@ mod tests {
             WorkerExit::Code(1),
             300 * SEC,
             false,
+            false,
             SlotHistory::default(),
             &policy(),
         );
@@ -224,7 +244,7 @@ mod tests {
         let p = policy();
         let mut history = SlotHistory::default();
         for n in 1..p.max_fast_failures {
-            let (decision, next) = decide(WorkerExit::Code(1), 3 * SEC, false, history, &p);
+            let (decision, next) = decide(WorkerExit::Code(1), 3 * SEC, false, false, history, &p);
             assert_eq!(
                 decision,
                 Decision::RepairAndRestart {
@@ -233,7 +253,7 @@ mod tests {
             );
             history = next;
         }
-        let (decision, _) = decide(WorkerExit::Code(1), 3 * SEC, false, history, &p);
+        let (decision, _) = decide(WorkerExit::Code(1), 3 * SEC, false, false, history, &p);
         assert_eq!(
             decision,
             Decision::GiveUp {
@@ -256,11 +276,12 @@ mod tests {
             WorkerExit::Signal(9),
             p.fast_failure_window,
             false,
+            false,
             streak,
             &p,
         );
         assert_eq!(after_long.fast_failures_in_a_row, 0);
-        let (_, after_clean) = decide(WorkerExit::Clean, SEC, false, streak, &p);
+        let (_, after_clean) = decide(WorkerExit::Clean, SEC, false, false, streak, &p);
         assert_eq!(after_clean.fast_failures_in_a_row, 0);
     }
 
@@ -268,11 +289,11 @@ mod tests {
     fn nothing_restarts_while_stopping_but_lost_workers_are_repaired() {
         let h = SlotHistory::default();
         assert_eq!(
-            decide(WorkerExit::Clean, SEC, true, h, &policy()).0,
+            decide(WorkerExit::Clean, SEC, true, false, h, &policy()).0,
             Decision::Nothing
         );
         assert_eq!(
-            decide(WorkerExit::Signal(9), SEC, true, h, &policy()).0,
+            decide(WorkerExit::Signal(9), SEC, true, false, h, &policy()).0,
             Decision::RepairOnly
         );
         // Stopping never counts towards giving up.
@@ -280,9 +301,37 @@ mod tests {
             fast_failures_in_a_row: 99,
         };
         assert_eq!(
-            decide(WorkerExit::Code(1), SEC, true, streak, &policy()).0,
+            decide(WorkerExit::Code(1), SEC, true, false, streak, &policy()).0,
             Decision::RepairOnly
         );
+    }
+
+    #[test]
+    fn workers_that_outlived_their_redis_are_replaced_at_once_and_never_make_the_run_give_up() {
+        let p = policy();
+        let streak = SlotHistory {
+            fast_failures_in_a_row: p.max_fast_failures - 1,
+        };
+        // Several times in a row, right after their start: a Redis dying again and again.
+        for exit in [
+            WorkerExit::Code(1),
+            WorkerExit::Code(3),
+            WorkerExit::Signal(9),
+        ] {
+            let (decision, history) = decide(exit, SEC, false, true, streak, &p);
+            assert_eq!(
+                decision,
+                Decision::RepairAndRestart {
+                    delay: Duration::ZERO
+                }
+            );
+            assert_eq!(history, streak, "neither counted nor forgotten");
+        }
+        let (decision, _) = decide(WorkerExit::Clean, SEC, false, true, streak, &p);
+        assert_eq!(decision, Decision::Restart);
+        // Stopping still wins: nothing restarts.
+        let (decision, _) = decide(WorkerExit::Code(1), SEC, true, true, streak, &p);
+        assert_eq!(decision, Decision::RepairOnly);
     }
 
     #[test]

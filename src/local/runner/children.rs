@@ -76,6 +76,7 @@ impl Runner {
             pid,
             started: Instant::now(),
             killed: false,
+            redis_restarts: self.redis_restarts,
         });
         state.restart_at = None;
         Ok(())
@@ -135,7 +136,11 @@ impl Runner {
         tracing::info!(pid, "master started");
         self.printer
             .event(json!({"event": "master_started", "pid": pid}));
-        self.master = Some(MasterProcess { pid, log });
+        self.master = Some(MasterProcess {
+            pid,
+            log,
+            stopped_for_redis: false,
+        });
         Ok(())
     }
 }

@@ -5,6 +5,7 @@ use crate::protocol;
 use futures::FutureExt;
 use serde_json::json;
 use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
 use std::time::Duration;
 
 /// How often the run's Redis is polled for progress. A generation shorter than this gets no
@@ -31,47 +32,41 @@ impl Runner {
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            let event = tokio::select! {
                 _ = signals.recv() => {
                     return if self.master.is_some() { Outcome::Interrupted } else { Outcome::Stopped };
                 }
-                Some(event) = self.rx.recv() => match event {
-                    Event::WorkerExited { slot, incarnation, status } => {
-                        if let Err(err) = self.on_worker_exit(slot, incarnation, status).await {
-                            return Outcome::Failed(err);
-                        }
+                Some(event) = self.rx.recv() => Some(event),
+                _ = tick.tick() => None,
+            };
+            // First: a child's end that a dead Redis caused is not the child's own failure.
+            if let Err(err) = self.revive_redis() {
+                return Outcome::Failed(err);
+            }
+            match event {
+                Some(Event::WorkerExited {
+                    slot,
+                    incarnation,
+                    status,
+                }) => {
+                    if let Err(err) = self.on_worker_exit(slot, incarnation, status).await {
+                        return Outcome::Failed(err);
                     }
-                    Event::MasterLine(line) => {
-                        // Progress first, so a generation's line comes before what the master
-                        // prints about it (e.g. the summary after the last one).
-                        if self.last_poll.elapsed() > Duration::from_millis(20) {
-                            self.poll().await;
-                        }
-                        self.printer.master_line(&line);
-                    }
-                    Event::MasterExited(Ok(status)) => {
-                        self.master = None;
+                }
+                Some(Event::MasterLine(line)) => {
+                    // Progress first, so a generation's line comes before what the master
+                    // prints about it (e.g. the summary after the last one).
+                    if self.last_poll.elapsed() > Duration::from_millis(20) {
                         self.poll().await;
-                        if let Some(signal) = status.signal()
-                            && self.may_restart_master()
-                        {
-                            if let Err(err) = self.restart_master(signal).await {
-                                return Outcome::Failed(err);
-                            }
-                            continue;
-                        }
-                        return Outcome::Master(status, self.elapsed());
                     }
-                    Event::MasterExited(Err(err)) => {
-                        self.master = None;
-                        return Outcome::Failed(LocalError::Spawn {
-                            what: "the master".into(),
-                            program: "wait".into(),
-                            cause: err,
-                        });
+                    self.printer.master_line(&line);
+                }
+                Some(Event::MasterExited(status)) => {
+                    if let Some(outcome) = self.on_master_exit(status).await {
+                        return outcome;
                     }
-                },
-                _ = tick.tick() => {
+                }
+                None => {
                     self.poll().await;
                     if let Err(err) = self.restart_due() {
                         return Outcome::Failed(err);
@@ -79,6 +74,36 @@ impl Runner {
                 }
             }
         }
+    }
+
+    /// The master's end: the run's end, unless the master is started again (after a kill, or
+    /// because it lost its generation with Redis).
+    async fn on_master_exit(&mut self, status: std::io::Result<ExitStatus>) -> Option<Outcome> {
+        let stopped_for_redis = self.master.take().is_some_and(|m| m.stopped_for_redis);
+        let status = match status {
+            Ok(status) => status,
+            Err(err) => {
+                return Some(Outcome::Failed(LocalError::Spawn {
+                    what: "the master".into(),
+                    program: "wait".into(),
+                    cause: err,
+                }));
+            }
+        };
+        self.poll().await;
+        // A master that finished just as Redis died is done: started again, it would begin
+        // a new run in its database.
+        let restart = if stopped_for_redis && !status.success() {
+            // Not counted against `backoffLimit`: it was not the master's fault.
+            self.clear_analysis_lock_and_spawn_master().await
+        } else if let Some(signal) = status.signal()
+            && self.may_restart_master()
+        {
+            self.restart_master(signal).await
+        } else {
+            return Some(Outcome::Master(status, self.elapsed()));
+        };
+        restart.err().map(Outcome::Failed)
     }
 
     /// A master killed by a signal (the OOM killer, a `kill -9`) is started again, as the
@@ -89,8 +114,8 @@ impl Runner {
         !self.stopping && self.master_restarts < limit
     }
 
-    /// Clears the dead master's analysis lock (pyABC refuses to start while it is there) and
-    /// starts the master again; with the `abc_operator` module it resumes from its database.
+    /// Clears the dead master's analysis lock and starts the master again; with the
+    /// `abc_operator` module it resumes from its database.
     async fn restart_master(&mut self, signal: i32) -> Result<(), LocalError> {
         self.master_restarts += 1;
         let limit = self.spec.master.as_ref().map_or(0, |m| m.backoff_limit);
@@ -106,6 +131,11 @@ impl Runner {
             limit,
             "master killed; starting it again"
         );
+        self.clear_analysis_lock_and_spawn_master().await
+    }
+
+    /// pyABC's master refuses to start while a dead master's analysis lock is there.
+    async fn clear_analysis_lock_and_spawn_master(&mut self) -> Result<(), LocalError> {
         if let Err(err) = protocol::clear_stale_analysis_lock(&mut self.conn).await {
             tracing::warn!(%err, "clearing the dead master's analysis lock failed");
         }

@@ -3,8 +3,8 @@
 //! Files: this one prepares the run, starts it and holds the runner's state; `event_loop.rs`
 //! supervises until the run ends; `children.rs` starts workers and master (and their
 //! environment); `worker_exits.rs` handles a worker's end (repair, restart); `polling.rs` reads
-//! progress from Redis and kills hung workers; `shutdown.rs` stops everything in order and
-//! gives the exit code; `messages.rs` tells the user what was started and how it ended;
+//! progress from Redis and kills hung workers; `redis_restart.rs` starts a Redis that died
+//! again; `shutdown.rs` stops everything in order and gives the exit code; `messages.rs` tells the user what was started and how it ended;
 //! `logs.rs` sets up the runner's own logging.
 
 mod children;
@@ -12,6 +12,7 @@ mod event_loop;
 mod logs;
 mod messages;
 mod polling;
+mod redis_restart;
 mod shutdown;
 mod worker_exits;
 
@@ -145,6 +146,7 @@ pub async fn run(args: RunArgs) -> Result<u8, LocalError> {
         last_poll: Instant::now(),
         lost_workers: 0,
         master_restarts: 0,
+        redis_restarts: 0,
         last_resume: None,
     };
     let outcome = runner.run_until_done(&mut signals).await;
@@ -171,11 +173,16 @@ struct Running {
     started: Instant,
     /// Killed by the runner for a stopped heartbeat (not twice).
     killed: bool,
+    /// [`Runner::redis_restarts`] when it started: a smaller one than now means the Redis it
+    /// was given died while it ran.
+    redis_restarts: u32,
 }
 
 struct MasterProcess {
     pid: u32,
     log: PathBuf,
+    /// Killed by the runner because Redis died: its end starts it again.
+    stopped_for_redis: bool,
 }
 
 enum Event {
@@ -226,6 +233,8 @@ struct Runner {
     lost_workers: i64,
     /// Masters started again after a kill (at most `spec.master.backoffLimit`, as on a cluster).
     master_restarts: i32,
+    /// Times the run's redis-server died and was started again.
+    redis_restarts: u32,
     /// The last resume the master recorded in Redis that was reported (by its time).
     last_resume: Option<String>,
 }

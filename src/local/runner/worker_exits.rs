@@ -38,9 +38,17 @@ impl Runner {
             process::signal_group(running.pid, Signal::SIGKILL);
         }
         let lived = running.started.elapsed();
-        let (decision, history) = decide(exit, lived, self.stopping, state.history, &self.policy);
+        let outlived_redis = running.redis_restarts < self.redis_restarts;
+        let (decision, history) = decide(
+            exit,
+            lived,
+            self.stopping,
+            outlived_redis,
+            state.history,
+            &self.policy,
+        );
         state.history = history;
-        tracing::info!(worker = %running.id, pid = running.pid, %exit, lived_s = round1(lived), ?decision, "worker exited");
+        tracing::info!(worker = %running.id, pid = running.pid, %exit, lived_s = round1(lived), outlived_redis, ?decision, "worker exited");
         self.printer.event(json!({
             "event": "worker_exited",
             "worker": running.id,
