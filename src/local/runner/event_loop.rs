@@ -93,7 +93,10 @@ impl Runner {
         self.poll().await;
         // A master that finished just as Redis died is done: started again, it would begin
         // a new run in its database.
-        let restart = if stopped_for_redis && !status.success() {
+        // The abc_operator module exits with REDIS_LOST_EXIT_CODE when its Redis went away
+        // mid-run: as the master Job's pod failure policy on a cluster, not counted.
+        let lost_redis = status.code() == Some(protocol::REDIS_LOST_EXIT_CODE);
+        let restart = if (stopped_for_redis || lost_redis) && !status.success() {
             // Not counted against `backoffLimit`: it was not the master's fault.
             self.clear_analysis_lock_and_spawn_master().await
         } else if let Some(signal) = status.signal()
