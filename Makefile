@@ -4,7 +4,7 @@ CARGO ?= cargo
 PYTHON := $(CURDIR)/.venv/bin/python
 TESTENV := $(CURDIR)/target/testenv
 
-.PHONY: demo check test deps tools cluster cluster-down cluster-real cluster-real-down crds build bench images
+.PHONY: demo check test-unit test deps tools cluster cluster-down cluster-real cluster-real-down crds build bench images
 # The operator image of the test cluster carries the debug build the tests use (tools/images.sh).
 OPERATOR_DEBUG_BIN = $${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/abc-operator
 
@@ -21,6 +21,10 @@ check:
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --lib --bins
 	$(CARGO) test --test crd_drift
+
+## test-unit: the unit tests only (no Redis, no Python, no cluster; seconds)
+test-unit:
+	$(CARGO) test --lib --bins
 
 ## test: every test, real parts included (redis-server, pyabc, a loopback control plane with
 ## a fake node, and one with a real node running the images built here)
