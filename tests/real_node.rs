@@ -739,7 +739,16 @@ async fn expired_workers_are_replaced_at_once_without_crash_loops() {
         !reasons.contains("CrashLoopBackOff"),
         "a worker pod went into CrashLoopBackOff: {reasons:?}"
     );
-    assert_eq!(run.status.unwrap().lost_workers, 0);
+    let repaired: Vec<String> = events_with_reason(&client, &ns.name, "RepairedLostWorker")
+        .await
+        .into_iter()
+        .filter_map(|e| e.note)
+        .collect();
+    assert_eq!(
+        run.status.unwrap().lost_workers,
+        0,
+        "an expired worker was repaired as lost: {repaired:#?}"
+    );
     assert_every_generation_complete(&ns.name);
 }
 
@@ -917,7 +926,16 @@ async fn the_hpa_example_scales_real_worker_pods_on_demand() {
     )
     .await;
     let run = wait_for_phase(&runs, "gaussian", "Succeeded", 420).await;
-    assert_eq!(run.status.unwrap().lost_workers, 0);
+    let repaired: Vec<String> = events_with_reason(&client, &ns.name, "RepairedLostWorker")
+        .await
+        .into_iter()
+        .filter_map(|e| e.note)
+        .collect();
+    assert_eq!(
+        run.status.unwrap().lost_workers,
+        0,
+        "an expired worker was repaired as lost: {repaired:#?}"
+    );
     assert_every_generation_complete(&ns.name);
 }
 

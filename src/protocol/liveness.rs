@@ -12,6 +12,9 @@ use std::time::Duration;
 /// Heartbeats a worker sends per timeout: a beat may be late, or one missed entirely, before
 /// the worker counts as lost.
 const BEATS_PER_TIMEOUT: u64 = 4;
+/// The longest heartbeat period: the one workers have always had on a cluster (the
+/// lifecycle tests ran with it; a long timeout does not stretch it).
+const MAX_PERIOD: Duration = Duration::from_secs(5);
 
 /// The heartbeat contract of a run, from `spec.workers.heartbeatTimeoutSeconds`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,10 +37,11 @@ impl Heartbeat {
     }
 
     /// How often a worker beats (`ABC_HEARTBEAT_SECONDS`): [`BEATS_PER_TIMEOUT`] times per
-    /// timeout, in whole seconds (the entrypoint's unit) and at least 1 s, so that a timeout
-    /// of a few seconds does not turn into a busy loop.
+    /// timeout, in whole seconds (the entrypoint's unit), at least 1 s, so that a timeout of a
+    /// few seconds does not turn into a busy loop, and at most [`MAX_PERIOD`].
     pub fn period(&self) -> Duration {
-        Duration::from_secs((self.timeout.as_secs() / BEATS_PER_TIMEOUT).max(1))
+        let seconds = (self.timeout.as_secs() / BEATS_PER_TIMEOUT).clamp(1, MAX_PERIOD.as_secs());
+        Duration::from_secs(seconds)
     }
 
     /// Whether `ledger`'s worker is lost at `now_ms` (Redis time, e.g. [`Snapshot::time_ms`]):
@@ -124,7 +128,7 @@ mod tests {
     fn the_period_leaves_room_for_a_missed_beat_at_every_valid_timeout() {
         assert_eq!(
             Heartbeat::from_timeout_seconds(60).period(),
-            Duration::from_secs(15)
+            Duration::from_secs(5)
         );
         // The CRD's range is 5..=86400.
         for seconds in (5..=600).chain([3600, 86_400]) {

@@ -230,10 +230,7 @@ mod tests {
         assert_eq!(env_value(&c, "ABC_REDIS_PORT").as_deref(), Some("6379"));
         assert_eq!(env_value(&c, "ABC_WORKER_RUNTIME").as_deref(), Some("2h"));
         assert_eq!(env_value(&c, "ABC_WORKER_PROCESSES").as_deref(), Some("1"));
-        assert_eq!(
-            env_value(&c, "ABC_HEARTBEAT_SECONDS").as_deref(),
-            Some("15")
-        );
+        assert_eq!(env_value(&c, "ABC_HEARTBEAT_SECONDS").as_deref(), Some("5"));
         assert_eq!(env_value(&c, "HOME").as_deref(), Some("/tmp"));
         let id = c
             .env
