@@ -941,9 +941,11 @@ async fn the_hpa_example_scales_real_worker_pods_on_demand() {
 
 /// A claim `results` in `ns` bound to a folder of the node (a hostPath volume: the real node
 /// has no storage provisioner), writable by the master's non-root user; as a user's own
-/// `resultsClaimName` would be, it outlives the master's pods.
+/// `resultsClaimName` would be, it outlives the master's pods. The folder lies in the test
+/// cluster's own directory, which `tools/cluster.sh down` removes.
 fn results_claim(ns: &str) -> &'static str {
-    let dir = std::env::temp_dir().join(format!("abc-results-{ns}"));
+    let cluster_dir = NODE.kubeconfig().parent().expect("the cluster's directory");
+    let dir = cluster_dir.join("results-volumes").join(ns);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let volume = format!("results-{ns}");
