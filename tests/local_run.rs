@@ -381,9 +381,8 @@ fn stored_generations(db: &Path) -> Vec<(i64, i64)> {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-#[test]
-fn a_killed_master_is_started_again_and_resumes() {
-    let _heavy = heavy();
+/// The Gaussian example with exactly six generations, returned once generation 3 is sampled.
+fn six_generations_sampling_generation_3() -> Run {
     let manifest = crate_dir().join("examples/gaussian/abcrun.yaml");
     let mut run = Run::start_with_env(
         &manifest,
@@ -398,6 +397,28 @@ fn a_killed_master_is_started_again_and_resumes() {
     run.wait_event("generation 3", Duration::from_secs(240), |e| {
         e["event"] == "progress" && e["generation"].as_i64() >= Some(3)
     });
+    run
+}
+
+/// The database holds generations 0..5 once each, and those stored `before` a kill unchanged.
+fn assert_six_generations_keeping(db: &Path, before: &[(i64, i64)]) {
+    let after = stored_generations(db);
+    assert_eq!(
+        after.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+        (0..6).collect::<Vec<_>>(),
+        "six generations, none twice"
+    );
+    assert_eq!(
+        after[..before.len()],
+        before[..],
+        "the generations stored before the kill were not sampled again"
+    );
+}
+
+#[test]
+fn a_killed_master_is_started_again_and_resumes() {
+    let _heavy = heavy();
+    let mut run = six_generations_sampling_generation_3();
     let events = run.events();
     let master = by_event(&events, "master_started")[0]["pid"]
         .as_i64()
@@ -423,36 +444,13 @@ fn a_killed_master_is_started_again_and_resumes() {
     );
     let code = run.wait_exit(Duration::from_secs(300));
     assert_eq!(code, 0, "stderr:\n{}", run.stderr());
-    let after = stored_generations(&db);
-    assert_eq!(
-        after.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
-        (0..6).collect::<Vec<_>>(),
-        "six generations, none twice"
-    );
-    assert_eq!(
-        after[..before.len()],
-        before[..],
-        "the generations stored before the kill were not sampled again"
-    );
+    assert_six_generations_keeping(&db, &before);
 }
 
 #[test]
 fn a_killed_redis_is_started_again_and_the_master_resumes() {
     let _heavy = heavy();
-    let manifest = crate_dir().join("examples/gaussian/abcrun.yaml");
-    let mut run = Run::start_with_env(
-        &manifest,
-        &["--json", "--run-dir", "run"],
-        true,
-        &[
-            ("GAUSSIAN_GENERATIONS", "6"),
-            ("GAUSSIAN_MINIMUM_EPSILON", "0"),
-            ("GAUSSIAN_MODEL_SECONDS", "0.002"),
-        ],
-    );
-    run.wait_event("generation 3", Duration::from_secs(240), |e| {
-        e["event"] == "progress" && e["generation"].as_i64() >= Some(3)
-    });
+    let mut run = six_generations_sampling_generation_3();
     let events = run.events();
     let port = redis_port(&events);
     let redis = by_event(&events, "started")[0]["redis"]["pid"]
@@ -482,17 +480,7 @@ fn a_killed_redis_is_started_again_and_the_master_resumes() {
         by_event(&events, "master_restarted").is_empty(),
         "not a master failure: nothing counted against backoffLimit"
     );
-    let after = stored_generations(&db);
-    assert_eq!(
-        after.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
-        (0..6).collect::<Vec<_>>(),
-        "six generations, none twice"
-    );
-    assert_eq!(
-        after[..before.len()],
-        before[..],
-        "the generations stored before the kill were not sampled again"
-    );
+    assert_six_generations_keeping(&db, &before);
     assert!(
         redis_pids(port).is_empty(),
         "redis-server stopped at the end"

@@ -444,22 +444,28 @@ fn assert_every_generation_complete(ns: &str) {
 }
 
 fn assert_every_generation_complete_in(log: &str) {
-    let sizes: Vec<u64> = log
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("generation "))
-        .filter_map(|rest| {
-            rest.split(": ")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
+    let sizes: Vec<u64> = summary(log)
+        .iter()
+        .map(|(particles, _)| *particles)
         .collect();
     assert!(
         !sizes.is_empty() && sizes.iter().all(|&n| n == 200),
         "every generation has exactly its 200 particles: {sizes:?}\n{log}"
     );
+}
+
+/// The generations of the master's summary (`generation t: N particles, M evaluations, ...`):
+/// (N, M) of each.
+fn summary(log: &str) -> Vec<(u64, u64)> {
+    let number = |text: Option<&str>| text?.split_whitespace().next()?.parse().ok();
+    log.lines()
+        .filter_map(|l| l.trim().strip_prefix("generation "))
+        .filter_map(|rest| {
+            let counts = rest.split(": ").nth(1)?;
+            let mut parts = counts.split(", ");
+            Some((number(parts.next())?, number(parts.next())?))
+        })
+        .collect()
 }
 
 /// Makes each simulation of the Gaussian example take `seconds` (in the workers).
@@ -986,22 +992,6 @@ async fn six_generations_sampling_generation_3(client: &kube::Client, ns: &str) 
     runs
 }
 
-/// The generations of the master's summary (`generation t: N particles, M evaluations, ...`):
-/// M of each.
-fn evaluations_in_summary(log: &str) -> Vec<u64> {
-    log.lines()
-        .filter_map(|l| l.trim().strip_prefix("generation "))
-        .filter_map(|rest| {
-            rest.split(", ")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect()
-}
-
 /// pyABC's "Accepted: N / M" log lines (one per stored generation, in order): M per generation.
 fn evaluations_in_log(log: &str) -> Vec<u64> {
     log.lines()
@@ -1055,7 +1045,10 @@ async fn a_killed_master_resumes_from_its_last_generation() {
         before.len()
     );
     assert_every_generation_complete_in(&log);
-    let generations = evaluations_in_summary(&log);
+    let generations: Vec<u64> = summary(&log)
+        .iter()
+        .map(|(_, evaluations)| *evaluations)
+        .collect();
     assert_eq!(
         generations.len(),
         6,
@@ -1114,7 +1107,7 @@ async fn a_lost_redis_costs_at_most_the_generation_in_progress() {
     let log = kubectl(&["logs", "-n", &ns.name, "job/gaussian-master"]);
     assert_every_generation_complete_in(&log);
     assert_eq!(
-        evaluations_in_summary(&log).len(),
+        summary(&log).len(),
         6,
         "six generations in the database:\n{log}"
     );

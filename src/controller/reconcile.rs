@@ -64,10 +64,10 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
     // A managed Redis whose pod is not ready yet is not read: the attempt could only time out
     // and report a false problem while the run starts.
     // Nor once the master has finished: its Redis is going away and has nothing left to say.
-    let master_finished = matches!(
-        observed.master,
-        Some(MasterState::Succeeded | MasterState::Failed(_))
-    );
+    let master_finished = observed
+        .master
+        .as_ref()
+        .is_some_and(MasterState::is_finished);
     let readable = observed.redis_problem.is_none() && observed.redis_ready && !master_finished;
     let snapshot = match (&endpoint, readable) {
         (Some(endpoint), true) => read_redis(&run, &ctx, endpoint, &mut observed).await,

@@ -63,6 +63,13 @@ pub enum MasterState {
     Failed(String),
 }
 
+impl MasterState {
+    /// The Job ended for good: nothing needs the run's Redis or workers any more.
+    pub fn is_finished(&self) -> bool {
+        matches!(self, MasterState::Succeeded | MasterState::Failed(_))
+    }
+}
+
 /// Condition types, as users see them in `kubectl describe`.
 pub const REDIS_READY: &str = "RedisReady";
 pub const WORKERS_READY: &str = "WorkersReady";
@@ -111,10 +118,10 @@ pub fn compute(run: &AbcRun, observed: &Observed, now: Timestamp) -> AbcRunStatu
     };
     // RedisReady says whether Redis runs (its pod is ready, or the external one answered);
     // whether the operator can read it is Degraded's business.
-    let master_finished = matches!(
-        observed.master,
-        Some(MasterState::Succeeded | MasterState::Failed(_))
-    );
+    let master_finished = observed
+        .master
+        .as_ref()
+        .is_some_and(MasterState::is_finished);
     match (
         observed.redis_ready,
         &observed.redis_problem,

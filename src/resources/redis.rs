@@ -290,8 +290,8 @@ pub fn redis_service(run: &AbcRun) -> Result<Option<Service>, BuildError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{AbcRunStatus, Phase};
-    use crate::resources::test_support::{minimal, run};
+    use crate::api::Phase;
+    use crate::resources::test_support::{in_phase, minimal, run};
 
     fn pod(run: &AbcRun) -> PodSpec {
         redis_deployment(run, &BuildSettings::default())
@@ -396,11 +396,7 @@ mod tests {
             (Phase::Succeeded, 0),
             (Phase::Failed, 0),
         ] {
-            let mut run = minimal();
-            run.status = Some(AbcRunStatus {
-                phase: Some(phase),
-                ..AbcRunStatus::default()
-            });
+            let run = in_phase(minimal(), phase);
             let spec = redis_deployment(&run, &BuildSettings::default())
                 .unwrap()
                 .unwrap()

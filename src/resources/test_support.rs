@@ -1,5 +1,5 @@
 //! A run as the controller sees it (name, namespace, uid), from YAML, for the builders' tests.
-use crate::api::AbcRun;
+use crate::api::{AbcRun, AbcRunStatus, Phase};
 
 pub const PASSWORD: &str = "s3cr3t-Pa55word-for-tests-only";
 
@@ -16,6 +16,15 @@ pub fn run(spec_yaml: &str) -> AbcRun {
 
 pub fn minimal() -> AbcRun {
     run("image: models/gaussian:1")
+}
+
+/// `run` with the status phase a previous reconcile wrote.
+pub fn in_phase(mut run: AbcRun, phase: Phase) -> AbcRun {
+    run.status = Some(AbcRunStatus {
+        phase: Some(phase),
+        ..AbcRunStatus::default()
+    });
+    run
 }
 
 /// The literal value of a container's environment variable.

@@ -147,8 +147,8 @@ pub fn worker_deployment(run: &AbcRun) -> Result<Deployment, BuildError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{AbcRunStatus, Phase};
-    use crate::resources::test_support::{env_value, minimal, run};
+    use crate::api::Phase;
+    use crate::resources::test_support::{env_value, in_phase, minimal, run};
 
     fn container(run: &AbcRun) -> Container {
         worker_deployment(run)
@@ -194,11 +194,7 @@ mod tests {
             (Phase::Succeeded, 0),
             (Phase::Failed, 0),
         ] {
-            let mut finished = run("image: i\nworkers: {replicas: 7}\n");
-            finished.status = Some(AbcRunStatus {
-                phase: Some(phase),
-                ..AbcRunStatus::default()
-            });
+            let finished = in_phase(run("image: i\nworkers: {replicas: 7}\n"), phase);
             assert_eq!(desired_worker_replicas(&finished), want, "{phase}");
             assert_eq!(
                 worker_deployment(&finished).unwrap().spec.unwrap().replicas,

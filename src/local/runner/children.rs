@@ -36,11 +36,7 @@ impl Runner {
         let id = worker_id(slot + 1, incarnation);
         // The model may be pickled by reference to a module next to the manifest (as it would
         // be in the image's working directory), so the workers must be able to import it.
-        let mut pythonpath = OsString::from(&self.manifest_dir);
-        if let Some(existing) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
-            pythonpath.push(":");
-            pythonpath.push(existing);
-        }
+        let pythonpath = pythonpath_with(&self.manifest_dir);
         let env = worker_process_env(self.base_env(), &id, &self.spec.workers, pythonpath);
         let spec = Spec {
             what: format!("worker {id}"),
@@ -91,12 +87,7 @@ impl Runner {
         // `import abc_operator` (new-or-resume), as on a cluster: the module lies beside the
         // worker entrypoint.
         let module_dir = self.entrypoint.parent().unwrap_or(Path::new("."));
-        let mut pythonpath = OsString::from(module_dir);
-        if let Some(existing) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
-            pythonpath.push(":");
-            pythonpath.push(existing);
-        }
-        ours.push(("PYTHONPATH".into(), pythonpath));
+        ours.push(("PYTHONPATH".into(), pythonpath_with(module_dir)));
         let env = with_user_env(ours, &master.env);
         let spec = Spec {
             what: "the master".into(),
@@ -163,6 +154,16 @@ fn worker_process_env(
     );
     ours.push(("PYTHONPATH".into(), pythonpath));
     with_user_env(ours, &workers.env)
+}
+
+/// `dir` first, then the runner's own PYTHONPATH, if any.
+fn pythonpath_with(dir: &Path) -> OsString {
+    let mut pythonpath = OsString::from(dir);
+    if let Some(existing) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
+        pythonpath.push(":");
+        pythonpath.push(existing);
+    }
+    pythonpath
 }
 
 /// `ours`, then the literal entries of a user's env by the cluster's rule.

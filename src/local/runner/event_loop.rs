@@ -113,15 +113,20 @@ impl Runner {
     /// master Job retries on a cluster, up to `spec.master.backoffLimit` times; one that exits
     /// with an error code is not (its script failed: a retry would fail the same way).
     fn may_restart_master(&self) -> bool {
-        let limit = self.spec.master.as_ref().map_or(0, |m| m.backoff_limit);
+        let limit = self.master_backoff_limit();
         !self.stopping && self.master_restarts < limit
+    }
+
+    /// `spec.master.backoffLimit` (0 without a master).
+    fn master_backoff_limit(&self) -> i32 {
+        self.spec.master.as_ref().map_or(0, |m| m.backoff_limit)
     }
 
     /// Clears the dead master's analysis lock and starts the master again; with the
     /// `abc_operator` module it resumes from its database.
     async fn restart_master(&mut self, signal: i32) -> Result<(), LocalError> {
         self.master_restarts += 1;
-        let limit = self.spec.master.as_ref().map_or(0, |m| m.backoff_limit);
+        let limit = self.master_backoff_limit();
         self.printer.say(format!(
             "the master was killed (signal {signal}); starting it again (retry {} of {limit}): \
              it continues from its results database",
