@@ -28,12 +28,20 @@ pub struct ErrorLabels {
     pub error: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiRequestLabels {
+    /// `watch`, `read` (get or list), `create`, `patch`, `update` or `delete`.
+    pub verb: String,
+}
+
 /// Every metric the controller exports (prefix `abc_operator_`).
 pub struct Metrics {
     pub registry: Registry,
     pub reconciles: Counter,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Histogram,
+    /// Requests the controller sent to the Kubernetes API server: what it costs the cluster.
+    pub api_requests: Family<ApiRequestLabels, Counter>,
     /// 1 for the run's current phase, 0 for the others it has had.
     pub run_phase: Family<PhaseLabels, Gauge>,
     pub workers_desired: Family<RunLabels, Gauge>,
@@ -77,6 +85,26 @@ impl Readiness {
     }
 }
 
+impl Metrics {
+    /// Counts one request to the API server.
+    pub fn count_api_request(&self, method: &str, query: Option<&str>) {
+        let watch =
+            query.is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
+        let verb = match method {
+            "GET" if watch => "watch",
+            "GET" => "read",
+            "POST" => "create",
+            "PATCH" => "patch",
+            "PUT" => "update",
+            "DELETE" => "delete",
+            _ => "other",
+        };
+        self.api_requests
+            .get_or_create(&ApiRequestLabels { verb: verb.into() })
+            .inc();
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("abc_operator");
@@ -99,6 +127,7 @@ impl Default for Metrics {
             reconciles,
             reconcile_errors,
             reconcile_duration,
+            api_requests: Family::default(),
             run_phase: Family::default(),
             workers_desired: Family::default(),
             workers_ready: Family::default(),
@@ -113,6 +142,11 @@ impl Default for Metrics {
             readiness: Mutex::new(Readiness::Starting),
         };
         let r = &mut m.registry;
+        r.register(
+            "api_requests",
+            "Requests sent to the Kubernetes API server, by verb",
+            m.api_requests.clone(),
+        );
         r.register(
             "run_phase",
             "Phase of each AbcRun (1 = current)",

@@ -1,24 +1,26 @@
 //! The Kubernetes controller for AbcRuns: watches runs and what they own, reconciles them
 //! level-triggered, and serves metrics and health.
 
+mod apply;
+mod cache;
+mod decide;
 mod guard;
+mod per_run;
 mod pod_problems;
 mod reconcile;
 mod redis_access;
 pub mod status;
 mod workers;
 
+pub use decide::master_state;
 pub use guard::{GuardedRun, UNREADABLE_REASON, UnreadableRun};
-pub use reconcile::master_state;
 use redis_access::RedisAccess;
 
 use crate::api::RUN_LABEL;
 use crate::autoscaling::DemandBoard;
 use crate::metrics::{ErrorLabels, Metrics};
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -44,6 +46,11 @@ pub struct ControllerArgs {
     /// an air-gapped cluster's own registry).
     #[arg(long, env = "ABC_REDIS_IMAGE", default_value = crate::resources::DEFAULT_REDIS_IMAGE)]
     pub redis_image: String,
+    /// Shortest time between two status writes of a run whose only change is its progress
+    /// counters (acceptances, evaluations, busy workers); phase, generation, conditions and
+    /// repairs are written at once. The live figures are in the metrics meanwhile.
+    #[arg(long, env = "ABC_STATUS_PROGRESS_SECONDS", default_value_t = 10)]
+    pub status_progress_seconds: u64,
     #[command(flatten)]
     pub external_metrics: crate::autoscaling::ExternalMetricsArgs,
 }
@@ -90,20 +97,30 @@ pub struct Context {
     pub demand: Arc<DemandBoard>,
     /// What the builders take from the operator's options.
     pub build_settings: crate::resources::BuildSettings,
+    /// The run's objects and pods, as the watches see them.
+    caches: cache::Caches,
+    /// Passwords from users' own Secrets.
+    passwords: per_run::PasswordCache,
+    /// When each run's status was last written.
+    status_writes: per_run::StatusWrites,
+    /// See `ControllerArgs::status_progress_seconds`.
+    progress_interval: Duration,
     redis: RedisAccess,
 }
 
 /// Runs the controller until SIGTERM or Ctrl-C.
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     init_tracing(args.log_json);
-    let client = Client::try_default().await.map_err(|e| {
+    let metrics = Arc::new(Metrics::default());
+    let client = counted_client(metrics.clone()).await.map_err(|e| {
         anyhow::anyhow!("cannot reach the Kubernetes API (in cluster, or through KUBECONFIG): {e}")
     })?;
     // An AbcRun that does not deserialize is reported and skipped, not a failed watch.
     let runs: Api<GuardedRun> = api(&client, args.namespace.as_deref());
 
-    let metrics = Arc::new(Metrics::default());
     let demand = Arc::new(DemandBoard::default());
+    let ns = args.namespace.as_deref();
+    let (caches, streams) = cache::Caches::new(&client, ns);
     let reporter = Reporter {
         controller: "abc-operator".into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -117,20 +134,34 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         build_settings: crate::resources::BuildSettings {
             default_redis_image: args.redis_image.clone(),
         },
+        caches,
+        passwords: Default::default(),
+        status_writes: Default::default(),
+        progress_interval: Duration::from_secs(args.status_progress_seconds),
         redis: RedisAccess::default(),
     });
 
-    let ns = args.namespace.as_deref();
-    let owned = watcher::Config::default().labels(RUN_LABEL);
-    // Every pod of a run (workers, master, Redis): their statuses are the run's status
-    // (readiness, image pull errors, crash loops), and each change reconciles the run once.
-    let run_pods = watcher::Config::default().labels(RUN_LABEL);
+    // The watches that fill the caches also trigger reconciles: a change of an owned object
+    // (e.g. a Deployment's ready replicas), or of any pod of a run (workers, master, Redis:
+    // their statuses are the run's status, and a gone worker pod is a lost worker).
+    let cache::CacheStreams {
+        deployments,
+        jobs,
+        secrets,
+        config_maps,
+        services,
+        network_policies,
+        pods,
+    } = streams;
     let controller = Controller::new(runs, watcher::Config::default().any_semantic())
-        .owns(api::<Deployment>(&client, ns), owned.clone())
-        .owns(api::<Job>(&client, ns), owned.clone())
-        .owns(api::<Secret>(&client, ns), owned)
+        .owns_stream(deployments)
+        .owns_stream(jobs)
+        .owns_stream(secrets)
+        .owns_stream(config_maps)
+        .owns_stream(services)
+        .owns_stream(network_policies)
         // The pods belong to a ReplicaSet or a Job, not to the run: map them by label.
-        .watches(api::<Pod>(&client, ns), run_pods, |pod: Pod| {
+        .watches_stream(pods, |pod: Pod| {
             let run = pod.labels().get(RUN_LABEL)?.clone();
             Some(ObjectRef::<GuardedRun>::new(&run).within(&pod.namespace()?))
         })
@@ -182,6 +213,22 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         () = external_metrics => {}
     }
     Ok(())
+}
+
+/// The default client, counting every request it sends in the metrics: the controller's cost
+/// to the API server, which `make bench` and the steady-state test read.
+async fn counted_client(metrics: Arc<Metrics>) -> Result<Client, kube::Error> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    let count =
+        tower::util::MapRequestLayer::new(move |request: hyper::Request<kube::client::Body>| {
+            metrics.count_api_request(request.method().as_str(), request.uri().query());
+            request
+        });
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&count)
+        .build())
 }
 
 /// An Api over all namespaces, or one when the controller is limited to it.

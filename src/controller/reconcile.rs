@@ -1,25 +1,24 @@
-//! One reconcile of an AbcRun: resolve the password, build the owned objects, apply them with
-//! server-side apply, observe the parts and the run's Redis, write status when it changed.
+//! One reconcile of an AbcRun, as a pipeline: read (the run's objects and pods from the
+//! caches, then its Redis) -> decide ([`decide::decide`], pure) -> write only what differs
+//! (owned objects whose desired hash changed, repairs, replaced pods) -> status (written when
+//! something a user waits for changed, progress counters at a bounded rate).
 
-use super::pod_problems::pod_problem;
-use super::status::{self, MasterState, Observed};
-use super::workers::{self, WorkerAction};
-use super::{Context, Error};
-use crate::api::{
-    AbcRun, COMPONENT_LABEL, FIELD_MANAGER, Phase, Progress, RUN_LABEL, SecretKeyRef,
-};
+use super::cache::{self, Caches};
+use super::decide::{self, ClusterView, Password, RedisReading};
+use super::status::{self, Observed, StatusWrite};
+use super::workers::WorkerAction;
+use super::{Context, Error, apply};
+use crate::api::{AbcRun, FIELD_MANAGER, Phase, SecretKeyRef};
 use crate::protocol;
-use crate::resources::{self, Component};
+use crate::resources;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +29,8 @@ const POLL_RUNNING: Duration = Duration::from_secs(2);
 const POLL_IDLE: Duration = Duration::from_secs(300);
 /// Retry interval for problems only the user can fix (a missing Secret): no hot loop.
 const POLL_PROBLEM: Duration = Duration::from_secs(15);
+/// How soon a reconcile that came before the caches had listed everything is tried again.
+const CACHES_SYNCING: Duration = Duration::from_millis(500);
 
 pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started();
@@ -40,133 +41,144 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
         ctx.metrics.forget_run(&namespace, &name);
         ctx.demand.forget(&namespace, &name);
         ctx.redis.forget(&run);
+        ctx.passwords.forget(&run);
+        ctx.status_writes.forget(&namespace, &name);
         return Ok(Action::await_change());
     }
+    if !ctx.caches.synced() {
+        // Until every store has listed its kind, a pod missing from it may only be missing
+        // from the store, and its worker would look lost.
+        return Ok(Action::requeue(CACHES_SYNCING));
+    }
 
+    // Read: the run's objects and pods from the caches, then its Redis.
+    let view = view_of(&run, &ctx.caches, &namespace);
     let password = resolve_password(&run, &ctx, &namespace).await?;
-    let (host, port) = resources::redis_host_port_for_operator(&run).map_err(Error::Build)?;
-    let endpoint = password.value.as_ref().map(|pw| protocol::Endpoint {
-        host,
-        port,
-        password: Some(pw.clone()),
-    });
-    let mut owned = resources::build(&run, password.generated.as_deref(), &ctx.build_settings)
-        .map_err(Error::Build)?;
-    if drain_on_stop(&run, &ctx, endpoint.as_ref()).await {
-        // Keep the workers until they have left the generation; then the builder's zero applies.
-        if let Some(spec) = owned.workers.spec.as_mut() {
-            spec.replicas = Some(run.spec.workers.replicas);
+    let endpoint = decide::endpoint(&run, &password).map_err(Error::Build)?;
+    let redis = match &endpoint {
+        Some(endpoint) if decide::redis_readable(&run, &view, &password) => {
+            match ctx.redis.snapshot(&run, endpoint).await {
+                Ok(snapshot) => RedisReading::Read(Box::new(snapshot)),
+                Err(err) => {
+                    // A rotated password is read again from its Secret next time.
+                    ctx.passwords.forget(&run);
+                    RedisReading::Failed(err.to_string())
+                }
+            }
         }
-    }
-    apply_owned(&ctx, &namespace, &owned).await?;
-
-    let mut observed = observe(&run, &ctx, &namespace, &owned, &password).await?;
-    // A managed Redis whose pod is not ready yet is not read: the attempt could only time out
-    // and report a false problem while the run starts.
-    // Nor once the master has finished: its Redis is going away and has nothing left to say.
-    let master_finished = observed
-        .master
-        .as_ref()
-        .is_some_and(MasterState::is_finished);
-    let readable = observed.redis_problem.is_none() && observed.redis_ready && !master_finished;
-    let snapshot = match (&endpoint, readable) {
-        (Some(endpoint), true) => read_redis(&run, &ctx, endpoint, &mut observed).await,
-        _ => None,
+        _ => RedisReading::NotRead,
     };
-    // Pods are listed after the snapshot: a ledger whose pod is missing from this list was
-    // written by a pod that has since gone.
-    let pods = list_pods(&run, &ctx, &namespace).await?;
     let now = Timestamp::now();
-    observed.worker_pod_problem = pod_problem(&pods.workers, now);
-    if owned.master_job.is_some() {
-        observed.master_pod_problem = pod_problem(&pods.master, now);
+
+    // Decide.
+    let plan = decide::decide(&run, &view, &password, &redis, &ctx.build_settings, now)
+        .map_err(Error::Build)?;
+
+    // Write what differs.
+    for object in apply::differing(&plan.owned, &namespace, &ctx.caches) {
+        tracing::debug!(run = %name, namespace, object = %object.describe(), "applying");
+        object.apply(&ctx.client, &namespace).await?;
     }
-    if owned.redis_deployment.is_some() {
-        observed.redis_pod_problem = pod_problem(&pods.redis, now);
+    if let (true, Some(endpoint)) = (plan.publish_stop, &endpoint)
+        && let Err(err) = ctx.redis.stop(&run, endpoint).await
+    {
+        tracing::warn!(run = %name, error = %err, "publishing pyABC's stop failed");
     }
+    let mut observed = plan.observed;
     handle_workers(
         &run,
         &ctx,
         &namespace,
-        &pods.workers,
+        plan.worker_actions,
         endpoint.as_ref(),
-        snapshot.as_ref(),
         &mut observed,
     )
     .await?;
-    if let (Some(endpoint), Some(snapshot)) = (&endpoint, &snapshot) {
-        clear_stale_lock_if_master_down(&run, &ctx, &namespace, &owned, endpoint, snapshot).await;
+    if let (true, Some(endpoint)) = (plan.clear_stale_lock, &endpoint) {
+        clear_stale_lock(&run, &ctx, &namespace, endpoint).await;
     }
 
+    // Status.
     let new_status = status::compute(&run, &observed, now);
-    record_demand(
-        &ctx,
-        &namespace,
-        &name,
-        &new_status,
-        snapshot.as_ref(),
-        &observed,
-    );
+    record_demand(&ctx, &namespace, &name, &new_status, &redis, &observed);
     record_metrics(&ctx, &namespace, &name, &new_status);
     if let Some(old) = &run.status
         && status::redis_restarted(old, &new_status)
     {
-        restart_master_after_redis_loss(&run, &ctx, &namespace, &pods.master).await;
+        restart_master_after_redis_loss(&run, &ctx, &namespace, &view.pods.master).await;
     }
-    if run.status.as_ref() != Some(&new_status) {
-        write_status(&ctx, &namespace, &name, &new_status).await?;
-        publish_transitions(&run, &ctx, &namespace, &new_status, &observed).await;
+    let since_last_write = ctx.status_writes.since_last(&namespace, &name);
+    let mut next = next_poll(
+        &new_status,
+        password.problem.is_some() || held_up(&new_status, &observed),
+    );
+    match status::write_due(
+        run.status.as_ref(),
+        &new_status,
+        since_last_write,
+        ctx.progress_interval,
+    ) {
+        StatusWrite::Now => {
+            write_status(&ctx, &namespace, &name, &new_status).await?;
+            ctx.status_writes.written(&namespace, &name);
+            publish_transitions(&run, &ctx, &namespace, &new_status, &observed).await;
+        }
+        // Only progress counters changed: they wait; the live figures are in the metrics.
+        StatusWrite::After(wait) => next = next.min(wait),
+        StatusWrite::Unchanged => {}
     }
 
     if let Some(action) = ttl_action(&run, &ctx, &namespace, &new_status).await? {
         return Ok(action);
     }
-    // A run held up by what only the user can fix is looked at less often; its pods' watch
-    // events still reconcile it at once when the kubelet's view changes.
-    let held_up = new_status.phase == Some(Phase::Pending) && observed.pod_problem().is_some();
-    Ok(next_poll(
-        &new_status,
-        password.problem.is_some() || held_up,
-    ))
+    Ok(Action::requeue(next))
 }
 
-/// `spec.stop`: pyABC's `stop` makes idle workers leave now and busy ones at the end of the
-/// current generation. While some are still inside a generation the workers keep running;
-/// returns whether that is the case (the caller then holds the replicas).
-async fn drain_on_stop(run: &AbcRun, ctx: &Context, endpoint: Option<&protocol::Endpoint>) -> bool {
-    let (true, false, Some(endpoint)) = (run.spec.stop, run.spec.suspend, endpoint) else {
-        return false;
+/// A run held up by what only the user can fix is looked at less often; its pods' watch
+/// events still reconcile it at once when the kubelet's view changes.
+fn held_up(status: &crate::api::AbcRunStatus, observed: &Observed) -> bool {
+    status.phase == Some(Phase::Pending) && observed.pod_problem().is_some()
+}
+
+/// The run's objects and pods in the caches.
+fn view_of(run: &AbcRun, caches: &Caches, namespace: &str) -> ClusterView {
+    let deployment = |name: String| {
+        cache::get(&caches.deployments, namespace, &name).map(|d| Deployment::clone(&d))
     };
-    let Ok(snapshot) = ctx.redis.snapshot(run, endpoint).await else {
-        return false;
-    };
-    if snapshot.n_worker.unwrap_or(0) == 0 {
-        return false;
+    ClusterView {
+        workers: deployment(resources::workers_deployment_name(run)),
+        redis: run
+            .spec
+            .redis
+            .external
+            .is_none()
+            .then(|| deployment(resources::redis_deployment_name(run)))
+            .flatten(),
+        master_job: run
+            .spec
+            .master
+            .as_ref()
+            .and_then(|_| cache::get(&caches.jobs, namespace, &resources::master_job_name(run)))
+            .map(|j| Job::clone(&j)),
+        pods: caches.run_pods(run),
     }
-    if let Err(err) = ctx.redis.stop(run, endpoint).await {
-        tracing::warn!(run = %run.name_any(), error = %err, "publishing pyABC's stop failed");
-    }
-    true
 }
 
-/// The run's Redis password: read from its Secret, or generated once for a managed Redis.
-struct Password {
-    /// The password, when it could be found.
-    value: Option<String>,
-    /// A newly generated or kept password for the operator-owned Secret (managed Redis only).
-    generated: Option<String>,
-    /// What the user must fix, e.g. a referenced Secret that does not exist.
-    problem: Option<String>,
-}
-
+/// The run's Redis password: the operator's generated one (kept in its Secret), or the one in
+/// the user's Secret.
 async fn resolve_password(run: &AbcRun, ctx: &Context, namespace: &str) -> Result<Password, Error> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let reference: SecretKeyRef = resources::password_secret_ref(run);
-    let existing = secrets
-        .get_opt(&reference.name)
-        .await
-        .map_err(Error::Kube)?;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     if resources::needs_generated_password(run) {
+        // The operator's own Secret is in the cache; it is read from the API only when it is
+        // not (yet) there, because a password generated anew would lock out every worker.
+        let existing = match cache::get(&ctx.caches.secrets, namespace, &reference.name) {
+            Some(cached) => Some(Secret::clone(&cached)),
+            None => secrets
+                .get_opt(&reference.name)
+                .await
+                .map_err(Error::Kube)?,
+        };
         let value = resources::password_to_keep(existing.as_ref())
             .unwrap_or_else(protocol::generate_password);
         return Ok(Password {
@@ -175,6 +187,19 @@ async fn resolve_password(run: &AbcRun, ctx: &Context, namespace: &str) -> Resul
             problem: None,
         });
     }
+    // The user's Secret is not watched (it carries no label of the run's): it is read once and
+    // kept until the run's Redis refuses it.
+    if let Some(value) = ctx.passwords.get(run, &reference) {
+        return Ok(Password {
+            value: Some(value),
+            generated: None,
+            problem: None,
+        });
+    }
+    let existing = secrets
+        .get_opt(&reference.name)
+        .await
+        .map_err(Error::Kube)?;
     let value = existing
         .as_ref()
         .and_then(|s| secret_value(s, &reference.key));
@@ -189,6 +214,9 @@ async fn resolve_password(run: &AbcRun, ctx: &Context, namespace: &str) -> Resul
         )),
         _ => None,
     };
+    if let Some(value) = &value {
+        ctx.passwords.keep(run, &reference, value.clone());
+    }
     Ok(Password {
         value,
         generated: None,
@@ -203,239 +231,16 @@ fn secret_value(secret: &Secret, key: &str) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// Applies every owned object with server-side apply under the one field manager. An unchanged
-/// object is a no-op on the server (no new resourceVersion), which keeps reconcile write-free.
-async fn apply_owned(
-    ctx: &Context,
-    namespace: &str,
-    owned: &resources::Owned,
-) -> Result<(), Error> {
-    let c = &ctx.client;
-    // Destructure without `..` so a new owned object cannot be forgotten here.
-    let resources::Owned {
-        secret,
-        config_map,
-        redis_deployment,
-        redis_service,
-        network_policy,
-        workers,
-        master_job,
-    } = owned;
-    if let Some(o) = secret {
-        apply(c, namespace, o).await?;
-    }
-    apply(c, namespace, config_map).await?;
-    if let Some(o) = network_policy {
-        apply(c, namespace, o).await?;
-    }
-    if let Some(o) = redis_deployment {
-        apply(c, namespace, o).await?;
-    }
-    if let Some(o) = redis_service {
-        apply(c, namespace, o).await?;
-    }
-    apply(c, namespace, workers).await?;
-    if let Some(o) = master_job {
-        apply(c, namespace, o).await?;
-    }
-    Ok(())
-}
-
-async fn apply<K>(client: &kube::Client, namespace: &str, object: &K) -> Result<(), Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + std::fmt::Debug,
-    K::DynamicType: Default,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    let name = object.meta().name.clone().unwrap_or_default();
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(object),
-    )
-    .await
-    .map_err(|source| Error::Apply {
-        kind: K::kind(&Default::default()).to_string(),
-        name,
-        source,
-    })?;
-    Ok(())
-}
-
-async fn observe(
-    run: &AbcRun,
-    ctx: &Context,
-    namespace: &str,
-    owned: &resources::Owned,
-    password: &Password,
-) -> Result<Observed, Error> {
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
-    let workers_name = owned.workers.metadata.name.clone().unwrap_or_default();
-    let workers = deployments
-        .get_opt(&workers_name)
-        .await
-        .map_err(Error::Kube)?;
-    let worker_status = workers
-        .as_ref()
-        .and_then(|d| d.status.clone())
-        .unwrap_or_default();
-
-    let redis_ready = match &owned.redis_deployment {
-        Some(d) => {
-            let name = d.metadata.name.clone().unwrap_or_default();
-            let redis = deployments.get_opt(&name).await.map_err(Error::Kube)?;
-            redis
-                .and_then(|d| d.status)
-                .and_then(|s| s.ready_replicas)
-                .unwrap_or(0)
-                > 0
-        }
-        // An external Redis is ready when it answers; read_redis decides.
-        None => true,
-    };
-
-    let master = match &owned.master_job {
-        Some(job) => {
-            let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
-            let name = job.metadata.name.clone().unwrap_or_default();
-            Some(master_state(
-                jobs.get_opt(&name).await.map_err(Error::Kube)?.as_ref(),
-            ))
-        }
-        None => None,
-    };
-
-    Ok(Observed {
-        redis_ready,
-        redis_problem: password.problem.clone(),
-        workers_replicas: worker_status.replicas.unwrap_or(0),
-        workers_ready: worker_status.ready_replicas.unwrap_or(0),
-        workers_desired: owned
-            .workers
-            .spec
-            .as_ref()
-            .and_then(|s| s.replicas)
-            .unwrap_or(0),
-        selector: resources::worker_selector(run),
-        master,
-        progress: None,
-        lost_workers: run.status.as_ref().map(|s| s.lost_workers).unwrap_or(0),
-        // Decided from the pods, listed after Redis was read.
-        worker_pod_problem: None,
-        master_pod_problem: None,
-        redis_pod_problem: None,
-        resumed: None,
-        redis_run_id: None,
-    })
-}
-
-/// The master Job's state, from its conditions and counts.
-pub fn master_state(job: Option<&Job>) -> MasterState {
-    let Some(status) = job.and_then(|j| j.status.as_ref()) else {
-        return MasterState::Pending;
-    };
-    for c in status.conditions.iter().flatten() {
-        if c.status == "True" {
-            match c.type_.as_str() {
-                "Complete" => return MasterState::Succeeded,
-                "Failed" => {
-                    return MasterState::Failed(
-                        c.reason.clone().unwrap_or_else(|| "Failed".into()),
-                    );
-                }
-                _ => {}
-            }
-        }
-    }
-    if status.active.unwrap_or(0) > 0 {
-        MasterState::Running
-    } else {
-        MasterState::Pending
-    }
-}
-
-/// Reads the run's Redis once; on failure records the problem (the run keeps its last progress).
-async fn read_redis(
-    run: &AbcRun,
-    ctx: &Context,
-    endpoint: &protocol::Endpoint,
-    observed: &mut Observed,
-) -> Option<protocol::Snapshot> {
-    match ctx.redis.snapshot(run, endpoint).await {
-        Ok(snapshot) => {
-            observed.progress = Some(Progress::from(&snapshot));
-            // The repair script counts in Redis itself, so a repair whose status write was
-            // lost (a controller crash) is counted here; max, so that a Redis that lost its
-            // data does not make the number go back.
-            observed.lost_workers = observed.lost_workers.max(snapshot.lost_workers);
-            observed.resumed = snapshot.resumed.clone();
-            observed.redis_run_id = snapshot.run_id.clone();
-            Some(snapshot)
-        }
-        Err(err) => {
-            if run.spec.redis.external.is_some() {
-                observed.redis_ready = false;
-            }
-            observed.redis_problem = Some(format!("cannot read the run's Redis: {err}"));
-            None
-        }
-    }
-}
-
-/// The run's pods, by the part of the run they belong to.
-struct RunPods {
-    workers: Vec<Pod>,
-    master: Vec<Pod>,
-    redis: Vec<Pod>,
-}
-
-async fn list_pods(run: &AbcRun, ctx: &Context, namespace: &str) -> Result<RunPods, Error> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    let selector = format!("{RUN_LABEL}={}", run.name_any());
-    let listed = pods
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(Error::Kube)?
-        .items;
-    let mut by_part = RunPods {
-        workers: Vec::new(),
-        master: Vec::new(),
-        redis: Vec::new(),
-    };
-    for pod in listed {
-        let part = match pod.labels().get(COMPONENT_LABEL).map(String::as_str) {
-            Some(c) if c == Component::Worker.as_str() => &mut by_part.workers,
-            Some(c) if c == Component::Master.as_str() => &mut by_part.master,
-            Some(c) if c == Component::Redis.as_str() => &mut by_part.redis,
-            _ => continue,
-        };
-        part.push(pod);
-    }
-    Ok(by_part)
-}
-
 /// Repairs lost workers and replaces ended or hung worker pods (see [`workers::decide`]).
 async fn handle_workers(
     run: &AbcRun,
     ctx: &Context,
     namespace: &str,
-    listed: &[Pod],
+    actions: Vec<WorkerAction>,
     endpoint: Option<&protocol::Endpoint>,
-    snapshot: Option<&protocol::Snapshot>,
     observed: &mut Observed,
 ) -> Result<(), Error> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    let heartbeat =
-        protocol::Heartbeat::from_timeout_seconds(run.spec.workers.heartbeat_timeout_seconds);
-    // Without Redis no ledger can be judged, but ended pods are still replaced.
-    let (ledgers, now_ms) = snapshot
-        .map(|s| (s.ledgers.as_slice(), s.time_ms))
-        .unwrap_or((&[], 0));
-    let actions = workers::decide(listed, ledgers, now_ms, heartbeat);
     // One Event per lost pod (a pod with several worker processes has a ledger for each).
     let mut repaired: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut failed_delete = None;
@@ -464,8 +269,6 @@ async fn handle_workers(
                     }
                 }
             }
-            // A stopping run lets its workers go instead of replacing them.
-            WorkerAction::Replace { .. } if run.spec.stop => {}
             WorkerAction::Replace {
                 pod,
                 reason,
@@ -559,37 +362,13 @@ async fn restart_master_after_redis_loss(
         .await;
 }
 
-/// A master that died leaves pyABC's `analysis_id` behind, and its retry would fail with "The
-/// server seems busy with an analysis already". Between a failed master pod and its retry no
-/// master runs, so the lock is stale by definition: clear it then, and say so.
-async fn clear_stale_lock_if_master_down(
+/// Clears pyABC's analysis lock left by a master that died (see [`decide::Plan`]), and says so.
+async fn clear_stale_lock(
     run: &AbcRun,
     ctx: &Context,
     namespace: &str,
-    owned: &resources::Owned,
     endpoint: &protocol::Endpoint,
-    snapshot: &protocol::Snapshot,
 ) {
-    let Some(job) = &owned.master_job else { return };
-    if snapshot.analysis_id.is_none() {
-        return;
-    }
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
-    let Ok(Some(job)) = jobs
-        .get_opt(job.metadata.name.as_deref().unwrap_or_default())
-        .await
-    else {
-        return;
-    };
-    let Some(status) = &job.status else { return };
-    let finished = status
-        .conditions
-        .iter()
-        .flatten()
-        .any(|c| c.status == "True" && (c.type_ == "Complete" || c.type_ == "Failed"));
-    if finished || status.failed.unwrap_or(0) == 0 || status.active.unwrap_or(0) > 0 {
-        return;
-    }
     match ctx.redis.clear_stale_analysis_lock(run, endpoint).await {
         Ok(Some(_)) => {
             tracing::info!(run = %run.name_any(), namespace, "cleared the stale analysis lock of a failed master");
@@ -720,10 +499,10 @@ fn record_demand(
     namespace: &str,
     name: &str,
     status: &crate::api::AbcRunStatus,
-    snapshot: Option<&protocol::Snapshot>,
+    redis: &RedisReading,
     observed: &Observed,
 ) {
-    let reading = snapshot.ok_or_else(|| {
+    let reading = redis.snapshot().ok_or_else(|| {
         observed
             .redis_problem
             .clone()
@@ -814,21 +593,22 @@ async fn ttl_action(
     Ok(Some(Action::await_change()))
 }
 
-fn next_poll(status: &crate::api::AbcRunStatus, user_problem: bool) -> Action {
+/// When to look at the run again without a watch event.
+fn next_poll(status: &crate::api::AbcRunStatus, user_problem: bool) -> Duration {
     if user_problem {
-        return Action::requeue(POLL_PROBLEM);
+        return POLL_PROBLEM;
     }
     match status.phase {
-        Some(Phase::Running | Phase::Pending) => Action::requeue(POLL_RUNNING),
+        Some(Phase::Running | Phase::Pending) => POLL_RUNNING,
         Some(Phase::Stopped)
             if status
                 .progress
                 .as_ref()
                 .is_some_and(|p| p.active_workers > 0) =>
         {
-            Action::requeue(POLL_RUNNING)
+            POLL_RUNNING
         }
-        _ => Action::requeue(POLL_IDLE),
+        _ => POLL_IDLE,
     }
 }
 

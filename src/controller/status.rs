@@ -255,6 +255,57 @@ fn redis_instance(previous: Option<RedisInstance>, run_id: Option<&str>) -> Opti
     }
 }
 
+/// Whether, and when, a computed status is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusWrite {
+    /// Something a user or a client waits for changed (phase, a condition, the generation, a
+    /// repair, the replicas an HPA reads): write it now.
+    Now,
+    /// Only progress counters moved (acceptances, evaluations, busy workers) and the last
+    /// write was less than the progress interval ago: write it after this long. During a
+    /// generation this bounds the status writes per run to one per interval.
+    After(std::time::Duration),
+    Unchanged,
+}
+
+/// Decides [`StatusWrite`] for `new`, given the status last written (`old`, as the run's cache
+/// holds it) and how long ago this controller wrote the run's status (`None`: not since it
+/// started).
+pub fn write_due(
+    old: Option<&AbcRunStatus>,
+    new: &AbcRunStatus,
+    since_last_write: Option<std::time::Duration>,
+    progress_interval: std::time::Duration,
+) -> StatusWrite {
+    let Some(old) = old else {
+        return StatusWrite::Now;
+    };
+    if old == new {
+        return StatusWrite::Unchanged;
+    }
+    if without_counters(old) != without_counters(new) {
+        return StatusWrite::Now;
+    }
+    match since_last_write {
+        Some(since) if since < progress_interval => StatusWrite::After(progress_interval - since),
+        _ => StatusWrite::Now,
+    }
+}
+
+/// `status` without the progress counters that move with every evaluation.
+fn without_counters(status: &AbcRunStatus) -> AbcRunStatus {
+    let mut status = status.clone();
+    if let Some(p) = status.progress.as_mut() {
+        p.accepted = 0;
+        p.acceptances = None;
+        p.evaluations = 0;
+        p.failures = 0;
+        p.active_workers = 0;
+        p.last_progress_time = None;
+    }
+    status
+}
+
 /// Whether `new` saw a Redis restart that `old` had not.
 pub fn redis_restarted(old: &AbcRunStatus, new: &AbcRunStatus) -> bool {
     let restarts = |s: &AbcRunStatus| s.redis.as_ref().map_or(0, |r| r.restarts);
@@ -698,6 +749,61 @@ mod tests {
         assert_ne!(
             s1.progress.unwrap().last_progress_time,
             s2.progress.unwrap().last_progress_time
+        );
+    }
+
+    #[test]
+    fn progress_counters_are_written_at_a_bounded_rate_and_the_rest_at_once() {
+        use std::time::Duration;
+        let r = run("{image: i}");
+        let at = |progress: Option<Progress>, master: MasterState| {
+            compute(
+                &r,
+                &Observed {
+                    progress,
+                    master: Some(master),
+                    ..healthy()
+                },
+                Timestamp::from_second(10).unwrap(),
+            )
+        };
+        let progress = |generation, accepted| {
+            Some(Progress {
+                generation: Some(generation),
+                accepted,
+                evaluations: accepted * 3,
+                required: 10,
+                ..Default::default()
+            })
+        };
+        let written = at(progress(1, 2), MasterState::Running);
+        let interval = Duration::from_secs(10);
+        let due = |new: &AbcRunStatus, since: Option<u64>| {
+            write_due(
+                Some(&written),
+                new,
+                since.map(Duration::from_secs),
+                interval,
+            )
+        };
+        assert_eq!(write_due(None, &written, None, interval), StatusWrite::Now);
+        assert_eq!(due(&written, Some(1)), StatusWrite::Unchanged);
+        let counted = at(progress(1, 5), MasterState::Running);
+        assert_eq!(
+            due(&counted, Some(3)),
+            StatusWrite::After(Duration::from_secs(7))
+        );
+        assert_eq!(due(&counted, Some(10)), StatusWrite::Now);
+        // A controller that has not written the run since it started writes at once.
+        assert_eq!(due(&counted, None), StatusWrite::Now);
+        // A new generation, a finished master: at once.
+        assert_eq!(
+            due(&at(progress(2, 0), MasterState::Running), Some(1)),
+            StatusWrite::Now
+        );
+        assert_eq!(
+            due(&at(progress(1, 2), MasterState::Succeeded), Some(1)),
+            StatusWrite::Now
         );
     }
 }

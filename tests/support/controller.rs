@@ -78,6 +78,23 @@ impl ControllerProcess {
             .and_then(|v| v.parse().ok())
     }
 
+    /// Write requests (create, patch, update, delete) the controller has sent to the API
+    /// server, from its own request counter.
+    pub async fn writes_sent(&self) -> Option<f64> {
+        let text = self.metrics().await?;
+        Some(
+            text.lines()
+                .filter(|l| l.starts_with("abc_operator_api_requests_total{"))
+                .filter(|l| {
+                    ["create", "patch", "update", "delete"]
+                        .iter()
+                        .any(|verb| l.contains(&format!("verb=\"{verb}\"")))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum(),
+        )
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

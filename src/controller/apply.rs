@@ -1,0 +1,190 @@
+//! Writes only what differs: each owned object carries a hash of its desired state in an
+//! annotation, and is applied (server-side apply) only when the cached object's hash is not
+//! the desired one. A run that is settled sends no write at all.
+//!
+//! Why a hash and not a comparison with the cached object: the API server fills in defaults
+//! (pod template fields, ports' protocols, ...), so a desired object never equals the stored
+//! one, and a field-by-field "is it a subset" check would have to know every default. The price:
+//! a field someone else changes by hand on an owned object stays changed until the run's desired
+//! object changes (the chart's RBAC lets nobody but the operator and cluster admins do that).
+
+use super::Error;
+use super::cache::{self, Caches};
+use crate::api::FIELD_MANAGER;
+use crate::resources::Owned;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::Store;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+/// The annotation with the hash of the object as the operator last applied it.
+pub const DESIRED_HASH_ANNOTATION: &str = "abc-operator.dev/desired-hash";
+
+/// The owned objects to apply: those whose cached copy is missing or holds another hash. Each
+/// returned object carries its hash annotation.
+pub fn differing(owned: &Owned, namespace: &str, caches: &Caches) -> Vec<OwnedObject> {
+    // Destructure without `..` so a new owned object cannot be forgotten here.
+    let Owned {
+        secret,
+        config_map,
+        redis_deployment,
+        redis_service,
+        network_policy,
+        workers,
+        master_job,
+    } = owned;
+    let mut out = Vec::new();
+    let mut consider = |object: OwnedObject, applied: Option<String>| {
+        if applied.as_deref() != Some(object.hash()) {
+            out.push(object);
+        }
+    };
+    // In the order a run comes up: the password and the entrypoint before the pods using them.
+    if let Some(o) = secret {
+        let o = with_hash(o.clone());
+        let applied = applied_hash(&caches.secrets, namespace, &o);
+        consider(OwnedObject::Secret(o), applied);
+    }
+    let o = with_hash(config_map.clone());
+    let applied = applied_hash(&caches.config_maps, namespace, &o);
+    consider(OwnedObject::ConfigMap(o), applied);
+    if let Some(o) = network_policy {
+        let o = with_hash(o.clone());
+        let applied = applied_hash(&caches.network_policies, namespace, &o);
+        consider(OwnedObject::NetworkPolicy(o), applied);
+    }
+    if let Some(o) = redis_deployment {
+        let o = with_hash(o.clone());
+        let applied = applied_hash(&caches.deployments, namespace, &o);
+        consider(OwnedObject::Deployment(o), applied);
+    }
+    if let Some(o) = redis_service {
+        let o = with_hash(o.clone());
+        let applied = applied_hash(&caches.services, namespace, &o);
+        consider(OwnedObject::Service(o), applied);
+    }
+    let o = with_hash(workers.clone());
+    let applied = applied_hash(&caches.deployments, namespace, &o);
+    consider(OwnedObject::Deployment(o), applied);
+    if let Some(o) = master_job {
+        let o = with_hash(o.clone());
+        let applied = applied_hash(&caches.jobs, namespace, &o);
+        consider(OwnedObject::Job(o), applied);
+    }
+    out
+}
+
+/// An owned object to apply, with its hash annotation set.
+#[derive(Clone, Debug)]
+pub enum OwnedObject {
+    Secret(k8s_openapi::api::core::v1::Secret),
+    ConfigMap(k8s_openapi::api::core::v1::ConfigMap),
+    NetworkPolicy(k8s_openapi::api::networking::v1::NetworkPolicy),
+    Deployment(k8s_openapi::api::apps::v1::Deployment),
+    Service(k8s_openapi::api::core::v1::Service),
+    Job(k8s_openapi::api::batch::v1::Job),
+}
+
+impl OwnedObject {
+    fn hash(&self) -> &str {
+        let meta = match self {
+            OwnedObject::Secret(o) => o.meta(),
+            OwnedObject::ConfigMap(o) => o.meta(),
+            OwnedObject::NetworkPolicy(o) => o.meta(),
+            OwnedObject::Deployment(o) => o.meta(),
+            OwnedObject::Service(o) => o.meta(),
+            OwnedObject::Job(o) => o.meta(),
+        };
+        meta.annotations
+            .as_ref()
+            .and_then(|a| a.get(DESIRED_HASH_ANNOTATION))
+            .map(String::as_str)
+            .unwrap_or_default()
+    }
+
+    /// What a log line or a test names the object by, e.g. `Deployment/sim-workers`.
+    pub fn describe(&self) -> String {
+        fn name<K: Resource<DynamicType = ()>>(o: &K) -> String {
+            format!(
+                "{}/{}",
+                K::kind(&()),
+                o.meta().name.as_deref().unwrap_or("")
+            )
+        }
+        match self {
+            OwnedObject::Secret(o) => name(o),
+            OwnedObject::ConfigMap(o) => name(o),
+            OwnedObject::NetworkPolicy(o) => name(o),
+            OwnedObject::Deployment(o) => name(o),
+            OwnedObject::Service(o) => name(o),
+            OwnedObject::Job(o) => name(o),
+        }
+    }
+
+    /// Applies the object with server-side apply under the operator's one field manager.
+    pub async fn apply(&self, client: &kube::Client, namespace: &str) -> Result<(), Error> {
+        match self {
+            OwnedObject::Secret(o) => apply(client, namespace, o).await,
+            OwnedObject::ConfigMap(o) => apply(client, namespace, o).await,
+            OwnedObject::NetworkPolicy(o) => apply(client, namespace, o).await,
+            OwnedObject::Deployment(o) => apply(client, namespace, o).await,
+            OwnedObject::Service(o) => apply(client, namespace, o).await,
+            OwnedObject::Job(o) => apply(client, namespace, o).await,
+        }
+    }
+}
+
+/// `object` with the hash of its content (hash annotation excluded) in the hash annotation.
+fn with_hash<K: Resource + Serialize>(mut object: K) -> K {
+    if let Some(annotations) = object.meta_mut().annotations.as_mut() {
+        annotations.remove(DESIRED_HASH_ANNOTATION);
+    }
+    // Serialized from typed structs with sorted maps: the same object always gives the same
+    // bytes.
+    let bytes = serde_json::to_vec(&object).unwrap_or_default();
+    let hash = Sha256::digest(&bytes);
+    let hex: String = hash[..16].iter().map(|b| format!("{b:02x}")).collect();
+    object
+        .meta_mut()
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(DESIRED_HASH_ANNOTATION.into(), hex);
+    object
+}
+
+/// The hash annotation of the cached object with `desired`'s name, if it is cached.
+fn applied_hash<K, D>(store: &Store<K>, namespace: &str, desired: &D) -> Option<String>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+    D: Resource,
+{
+    let name = desired.meta().name.as_deref()?;
+    let cached = cache::get(store, namespace, name)?;
+    cached.annotations().get(DESIRED_HASH_ANNOTATION).cloned()
+}
+
+async fn apply<K>(client: &kube::Client, namespace: &str, object: &K) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let name = object.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .map_err(|source| Error::Apply {
+        kind: K::kind(&()).to_string(),
+        name,
+        source,
+    })?;
+    Ok(())
+}

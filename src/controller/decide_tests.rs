@@ -1,0 +1,260 @@
+//! The reconcile's decisions from YAML fixtures: a run, what the caches hold of it, its Redis.
+
+use super::*;
+use crate::controller::apply;
+use crate::controller::cache::Caches;
+use crate::protocol::liveness_test_support::ledger;
+use crate::resources::test_support::{in_phase, run};
+
+const MANAGED: &str = "image: models/gaussian:1
+workers:
+  replicas: 3
+master:
+  command: [python, /app/master.py]";
+
+fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
+    serde_yaml::from_str(text).expect("fixture parses")
+}
+
+fn password() -> Password {
+    Password {
+        value: Some("kept".into()),
+        generated: Some("kept".into()),
+        problem: None,
+    }
+}
+
+fn settings() -> BuildSettings {
+    BuildSettings {
+        default_redis_image: "redis:7".into(),
+    }
+}
+
+/// A Deployment as the cache holds it, with `ready` ready replicas.
+fn deployment(name: &str, ready: i32) -> Deployment {
+    yaml(&format!(
+        "metadata: {{name: {name}, namespace: science}}
+status: {{replicas: {ready}, readyReplicas: {ready}}}"
+    ))
+}
+
+fn master_job(status: &str) -> Job {
+    yaml(&format!(
+        "metadata: {{name: gaussian-master, namespace: science}}
+status: {status}"
+    ))
+}
+
+fn running_worker(name: &str) -> k8s_openapi::api::core::v1::Pod {
+    yaml(&format!(
+        "metadata:
+  name: {name}
+  namespace: science
+  labels: {{abc-operator.dev/run: gaussian, abc-operator.dev/component: worker}}
+status:
+  phase: Running
+  containerStatuses:
+  - {{name: worker, image: i, imageID: '', ready: true, restartCount: 0, state: {{running: {{}}}}}}"
+    ))
+}
+
+/// A run whose managed Redis and workers are up and whose master is sampling.
+fn running_view() -> ClusterView {
+    ClusterView {
+        workers: Some(deployment("gaussian-workers", 3)),
+        redis: Some(deployment("gaussian-redis", 1)),
+        master_job: Some(master_job("{active: 1}")),
+        pods: RunPods {
+            workers: vec![
+                running_worker("gaussian-workers-a"),
+                running_worker("gaussian-workers-b"),
+            ],
+            ..RunPods::default()
+        },
+    }
+}
+
+fn in_generation(n_worker: i64, ledgers: Vec<Ledger>) -> RedisReading {
+    RedisReading::Read(Box::new(Snapshot {
+        time_ms: 100_000,
+        analysis_id: Some("ana".into()),
+        generation: Some(2),
+        n_req: Some(100),
+        n_acc: Some(40),
+        n_worker: Some(n_worker),
+        ledgers,
+        ..Snapshot::default()
+    }))
+}
+
+use crate::protocol::Ledger;
+
+fn joined(id: &str, heartbeat_ms: i64) -> Ledger {
+    Ledger {
+        analysis_id: Some("ana".into()),
+        generation: Some(2),
+        joined: true,
+        ..ledger(id, Some(id), Some(0), Some(heartbeat_ms))
+    }
+}
+
+fn plan(run: &AbcRun, view: &ClusterView, redis: &RedisReading) -> Plan {
+    decide(
+        run,
+        view,
+        &password(),
+        redis,
+        &settings(),
+        Timestamp::UNIX_EPOCH,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_new_run_is_built_whole_and_its_redis_is_not_read_before_it_is_ready() {
+    let run = run(MANAGED);
+    let view = ClusterView::default();
+    assert!(!redis_readable(&run, &view, &password()));
+    let plan = plan(&run, &view, &RedisReading::NotRead);
+    assert!(plan.owned.redis_deployment.is_some() && plan.owned.master_job.is_some());
+    assert!(plan.worker_actions.is_empty() && !plan.clear_stale_lock && !plan.publish_stop);
+    assert!(!plan.observed.redis_ready);
+    assert_eq!(plan.observed.master, Some(MasterState::Pending));
+    assert!(redis_readable(&run, &running_view(), &password()));
+}
+
+#[test]
+fn a_ledger_without_its_pod_is_repaired_and_a_live_one_is_left_alone() {
+    let run = run(MANAGED);
+    let redis = in_generation(
+        3,
+        vec![
+            joined("gaussian-workers-a", 99_000),
+            joined("gaussian-workers-gone", 99_000),
+        ],
+    );
+    let plan = plan(&run, &running_view(), &redis);
+    assert_eq!(
+        plan.worker_actions,
+        vec![WorkerAction::Repair {
+            ledger_id: "gaussian-workers-gone".into(),
+            worker: "gaussian-workers-gone".into(),
+            reason: "its pod is gone".into(),
+        }]
+    );
+    assert_eq!(plan.observed.progress.as_ref().unwrap().accepted, 40);
+}
+
+#[test]
+fn a_stopping_run_keeps_its_workers_until_they_leave_the_generation() {
+    let stopping = run(&format!("{MANAGED}\nstop: true"));
+    let busy = plan(&stopping, &running_view(), &in_generation(2, vec![]));
+    assert!(busy.publish_stop);
+    assert_eq!(busy.observed.workers_desired, 3);
+    let left = plan(&stopping, &running_view(), &in_generation(0, vec![]));
+    assert!(!left.publish_stop);
+    assert_eq!(left.observed.workers_desired, 0);
+}
+
+#[test]
+fn a_stopping_run_lets_ended_workers_go_instead_of_replacing_them() {
+    let mut view = running_view();
+    view.pods.workers[0]
+        .status
+        .as_mut()
+        .unwrap()
+        .container_statuses
+        .as_mut()
+        .unwrap()[0]
+        .state = Some(yaml("{terminated: {exitCode: 0}}"));
+    let running = plan(&run(MANAGED), &view, &RedisReading::NotRead);
+    assert!(matches!(
+        running.worker_actions.as_slice(),
+        [WorkerAction::Replace { expired: true, .. }]
+    ));
+    let stopping = plan(
+        &run(&format!("{MANAGED}\nstop: true")),
+        &view,
+        &RedisReading::NotRead,
+    );
+    assert!(stopping.worker_actions.is_empty());
+}
+
+#[test]
+fn the_lock_of_a_dead_master_is_cleared_only_between_its_failure_and_its_retry() {
+    let run = run(MANAGED);
+    let with_job = |status: &str| ClusterView {
+        master_job: Some(master_job(status)),
+        ..running_view()
+    };
+    let redis = in_generation(0, vec![]);
+    assert!(plan(&run, &with_job("{failed: 1}"), &redis).clear_stale_lock);
+    assert!(!plan(&run, &with_job("{failed: 1, active: 1}"), &redis).clear_stale_lock);
+    assert!(!plan(&run, &with_job("{active: 1}"), &redis).clear_stale_lock);
+    let failed_for_good =
+        "{failed: 2, conditions: [{type: Failed, status: 'True', reason: BackoffLimitExceeded}]}";
+    assert!(!plan(&run, &with_job(failed_for_good), &redis).clear_stale_lock);
+    // Nothing to clear without a lock.
+    let no_lock = RedisReading::Read(Box::default());
+    assert!(!plan(&run, &with_job("{failed: 1}"), &no_lock).clear_stale_lock);
+}
+
+#[test]
+fn a_finished_master_frees_the_workers_and_its_redis_is_not_read() {
+    // The status a reconcile wrote when it saw the Job complete.
+    let run = in_phase(run(MANAGED), crate::api::Phase::Succeeded);
+    let view = ClusterView {
+        master_job: Some(master_job(
+            "{succeeded: 1, conditions: [{type: Complete, status: 'True'}]}",
+        )),
+        ..running_view()
+    };
+    assert!(!redis_readable(&run, &view, &password()));
+    let plan = plan(&run, &view, &RedisReading::NotRead);
+    assert_eq!(plan.observed.master, Some(MasterState::Succeeded));
+    assert_eq!(plan.observed.workers_desired, 0);
+}
+
+#[test]
+fn an_external_redis_that_does_not_answer_is_not_ready_and_says_why() {
+    let run = run("image: models/gaussian:1
+redis:
+  external: {host: redis.example, port: 6379, passwordSecret: {name: pw, key: password}}");
+    let plan = plan(
+        &run,
+        &ClusterView::default(),
+        &RedisReading::Failed("connection refused".into()),
+    );
+    assert!(!plan.observed.redis_ready);
+    assert_eq!(
+        plan.observed.redis_problem.as_deref(),
+        Some("cannot read the run's Redis: connection refused")
+    );
+}
+
+fn caches_holding(objects: &[apply::OwnedObject]) -> Caches {
+    Caches::holding(objects)
+}
+
+#[test]
+fn a_settled_run_applies_nothing_and_a_changed_spec_only_what_it_changes() {
+    let run1 = run(MANAGED);
+    let owned = plan(&run1, &running_view(), &RedisReading::NotRead).owned;
+    let first = apply::differing(&owned, "science", &caches_holding(&[]));
+    assert_eq!(
+        first.len(),
+        7,
+        "{:?}",
+        first.iter().map(|o| o.describe()).collect::<Vec<_>>()
+    );
+    let caches = caches_holding(&first);
+    assert!(apply::differing(&owned, "science", &caches).is_empty());
+
+    let scaled = run(&MANAGED.replace("replicas: 3", "replicas: 5"));
+    let owned = plan(&scaled, &running_view(), &RedisReading::NotRead).owned;
+    let changed: Vec<String> = apply::differing(&owned, "science", &caches)
+        .iter()
+        .map(|o| o.describe())
+        .collect();
+    assert_eq!(changed, ["Deployment/gaussian-workers"]);
+}
