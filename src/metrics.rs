@@ -49,12 +49,16 @@ pub struct Metrics {
     /// The autoscaling demand (see [`crate::autoscaling::Demand`]).
     pub evaluations_needed: Family<RunLabels, Gauge>,
     pub analysis_active: Family<RunLabels, Gauge>,
+    /// 1 while this replica holds the leader Lease (reconciles), 0 while it stands by.
+    pub leader: Gauge,
     readiness: Mutex<Readiness>,
 }
 
 /// Whether the controller's watches have synced (what `/readyz` answers), and if not, why.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Readiness {
+    /// Another replica leads (named); this one is ready to take over.
+    Standby(String),
     /// The first list of AbcRuns has not arrived yet.
     Starting,
     /// A watch failed before the first list arrived: why, for the user.
@@ -68,6 +72,7 @@ impl Readiness {
     pub fn answer(&self) -> (u16, String) {
         match self {
             Readiness::Ready => (200, "ready".into()),
+            Readiness::Standby(leader) => (200, format!("ready: standing by, {leader} leads")),
             Readiness::Starting => (
                 503,
                 "not ready: waiting for the first list of AbcRuns".into(),
@@ -110,9 +115,15 @@ impl Default for Metrics {
             lost_workers: Family::default(),
             evaluations_needed: Family::default(),
             analysis_active: Family::default(),
+            leader: Gauge::default(),
             readiness: Mutex::new(Readiness::Starting),
         };
         let r = &mut m.registry;
+        r.register(
+            "leader",
+            "1 while this replica holds the leader Lease and reconciles",
+            m.leader.clone(),
+        );
         r.register(
             "run_phase",
             "Phase of each AbcRun (1 = current)",
@@ -177,6 +188,19 @@ impl Metrics {
     /// retries on its own and the reconciles go on from what it knows).
     pub fn set_ready(&self) {
         *self.lock_readiness() = Readiness::Ready;
+    }
+
+    /// Marks a replica that stands by: ready (it can take over), while `leader` reconciles.
+    pub fn set_standby(&self, leader: String) {
+        self.leader.set(0);
+        *self.lock_readiness() = Readiness::Standby(leader);
+    }
+
+    /// Marks the replica that has just become the leader: ready again once its AbcRun watch
+    /// has synced.
+    pub fn set_leading(&self) {
+        self.leader.set(1);
+        *self.lock_readiness() = Readiness::Starting;
     }
 
     /// Records why the controller is not ready yet (a failed watch); ignored once ready.
@@ -326,5 +350,19 @@ mod tests {
         m.set_ready();
         m.set_waiting("a later watch error".into());
         assert_eq!(m.readiness().answer(), (200, "ready".into()));
+    }
+
+    #[test]
+    fn a_standby_is_ready_and_a_new_leader_waits_for_its_watch() {
+        let m = Metrics::default();
+        m.set_standby("pod-a".into());
+        assert_eq!(
+            m.readiness().answer(),
+            (200, "ready: standing by, pod-a leads".into())
+        );
+        assert!(m.encode().contains("abc_operator_leader 0"));
+        m.set_leading();
+        assert_eq!(m.readiness().answer().0, 503);
+        assert!(m.encode().contains("abc_operator_leader 1"));
     }
 }

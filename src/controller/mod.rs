@@ -2,6 +2,7 @@
 //! level-triggered, and serves metrics and health.
 
 mod guard;
+mod leader;
 mod pod_problems;
 mod reconcile;
 mod redis_access;
@@ -46,6 +47,8 @@ pub struct ControllerArgs {
     pub redis_image: String,
     #[command(flatten)]
     pub external_metrics: crate::autoscaling::ExternalMetricsArgs,
+    #[command(flatten)]
+    pub leader: leader::LeaderArgs,
 }
 
 /// Errors of one reconcile; each names what a user or operator can act on.
@@ -171,15 +174,22 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     tracing::info!("abc-operator controller started");
     let server = crate::metrics::serve(
         args.metrics_addr,
-        metrics,
+        metrics.clone(),
         crate::autoscaling::demand_routes(demand.clone()),
     );
+    let elector = leader::Elector::new(&client, &args.leader, ns);
+    // Only the leader serves the external metrics API: its demand board is the one fed.
     let external_metrics =
         crate::autoscaling::serve_external_metrics(client, args.external_metrics, demand);
+    let leading = async {
+        tokio::select! {
+            _ = controller => tracing::info!("controller stopped"),
+            () = external_metrics => {}
+        }
+    };
     tokio::select! {
-        _ = controller => tracing::info!("controller stopped"),
+        result = leader::lead(elector, &metrics, leading) => result?,
         result = server => result.map_err(|e| anyhow::anyhow!("metrics endpoint on {}: {e}", args.metrics_addr))?,
-        () = external_metrics => {}
     }
     Ok(())
 }
