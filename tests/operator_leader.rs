@@ -210,17 +210,21 @@ async fn a_leader_whose_lease_is_taken_stops_at_once() {
     let mut only = replica(&s, "replica-a").await;
     wait_for_holder(&s, 60, Some("replica-a")).await;
 
-    // Another replica takes the Lease (as one would that saw it expire).
-    let mut lease = leases(&s).get(LEASE).await.unwrap();
-    let spec = lease.spec.as_mut().unwrap();
-    spec.holder_identity = Some("replica-z".into());
-    spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
-        k8s_openapi::jiff::Timestamp::now(),
-    ));
-    leases(&s)
-        .replace(LEASE, &PostParams::default(), &lease)
-        .await
-        .unwrap();
+    // Another replica takes the Lease (as one would that saw it expire); a renewal in between
+    // makes the replace a conflict: read again.
+    eventually(30, "the Lease taken by another replica", || async {
+        let mut lease = leases(&s).get(LEASE).await.ok()?;
+        let spec = lease.spec.as_mut()?;
+        spec.holder_identity = Some("replica-z".into());
+        spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            k8s_openapi::jiff::Timestamp::now(),
+        ));
+        leases(&s)
+            .replace(LEASE, &PostParams::default(), &lease)
+            .await
+            .ok()
+    })
+    .await;
 
     let status = eventually(30, "the replaced leader to exit", || {
         let exited = only.exited();
