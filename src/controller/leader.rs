@@ -175,7 +175,7 @@ impl Elector {
                 Err(err) => {
                     tracing::warn!(lease = %self.lease, error = %err, "cannot read or write the Lease; retrying (the operator needs get, create and update on leases.coordination.k8s.io in its namespace)");
                     metrics.set_waiting(format!(
-                        "cannot read or write the Lease {}: {err}",
+                        "cannot read or write the Lease {}: {err}; check the operator's RBAC (get, create and update on leases in its namespace: the chart's Role)",
                         self.lease
                     ));
                 }
