@@ -93,7 +93,8 @@ async fn a_killed_leader_is_replaced_and_a_worker_lost_meanwhile_is_repaired_onc
     let mut a = replica(&s, "replica-a").await;
     let mut b = replica(&s, "replica-b").await;
     let kubelet = s.kubelet();
-    let mut master = s.master(30, 2);
+    // Generations long enough that a worker deleted during the failover is inside one.
+    let mut master = s.master(100, 2);
 
     let first = wait_for_holder(&s, 60, None).await;
     let (leader, standby, second) = match first.as_str() {
