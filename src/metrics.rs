@@ -32,6 +32,8 @@ pub struct ErrorLabels {
 pub struct ApiRequestLabels {
     /// `watch`, `read` (get or list), `create`, `patch`, `update` or `delete`.
     pub verb: String,
+    /// The plural resource, e.g. `deployments`, `leases`, `abcruns`.
+    pub resource: String,
 }
 
 /// Every metric the controller exports (prefix `abc_operator_`).
@@ -57,12 +59,16 @@ pub struct Metrics {
     /// The autoscaling demand (see [`crate::autoscaling::Demand`]).
     pub evaluations_needed: Family<RunLabels, Gauge>,
     pub analysis_active: Family<RunLabels, Gauge>,
+    /// 1 while this replica holds the leader Lease (reconciles), 0 while it stands by.
+    pub leader: Gauge,
     readiness: Mutex<Readiness>,
 }
 
 /// Whether the controller's watches have synced (what `/readyz` answers), and if not, why.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Readiness {
+    /// Another replica leads (named); this one is ready to take over.
+    Standby(String),
     /// The first list of AbcRuns has not arrived yet.
     Starting,
     /// A watch failed before the first list arrived: why, for the user.
@@ -76,6 +82,7 @@ impl Readiness {
     pub fn answer(&self) -> (u16, String) {
         match self {
             Readiness::Ready => (200, "ready".into()),
+            Readiness::Standby(leader) => (200, format!("ready: standing by, {leader} leads")),
             Readiness::Starting => (
                 503,
                 "not ready: waiting for the first list of AbcRuns".into(),
@@ -87,7 +94,7 @@ impl Readiness {
 
 impl Metrics {
     /// Counts one request to the API server.
-    pub fn count_api_request(&self, method: &str, query: Option<&str>) {
+    pub fn count_api_request(&self, method: &str, path: &str, query: Option<&str>) {
         let watch =
             query.is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
         let verb = match method {
@@ -100,8 +107,29 @@ impl Metrics {
             _ => "other",
         };
         self.api_requests
-            .get_or_create(&ApiRequestLabels { verb: verb.into() })
+            .get_or_create(&ApiRequestLabels {
+                verb: verb.into(),
+                resource: resource_of(path).into(),
+            })
             .inc();
+    }
+}
+
+/// The resource a request path names: `/api/v1/namespaces/ns/pods/p` and `/api/v1/pods` give
+/// `pods`, `/apis/apps/v1/namespaces/ns/deployments` gives `deployments`.
+fn resource_of(path: &str) -> &str {
+    let mut parts = path.trim_matches('/').split('/');
+    let rest: Vec<&str> = match parts.next() {
+        // /api/VERSION/...
+        Some("api") => parts.skip(1).collect(),
+        // /apis/GROUP/VERSION/...
+        Some("apis") => parts.skip(2).collect(),
+        _ => return "other",
+    };
+    match rest.as_slice() {
+        ["namespaces", _, resource, ..] => resource,
+        [resource, ..] => resource,
+        [] => "other",
     }
 }
 
@@ -139,13 +167,19 @@ impl Default for Metrics {
             lost_workers: Family::default(),
             evaluations_needed: Family::default(),
             analysis_active: Family::default(),
+            leader: Gauge::default(),
             readiness: Mutex::new(Readiness::Starting),
         };
         let r = &mut m.registry;
         r.register(
             "api_requests",
-            "Requests sent to the Kubernetes API server, by verb",
+            "Requests sent to the Kubernetes API server, by verb and resource",
             m.api_requests.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this replica holds the leader Lease and reconciles",
+            m.leader.clone(),
         );
         r.register(
             "run_phase",
@@ -211,6 +245,19 @@ impl Metrics {
     /// retries on its own and the reconciles go on from what it knows).
     pub fn set_ready(&self) {
         *self.lock_readiness() = Readiness::Ready;
+    }
+
+    /// Marks a replica that stands by: ready (it can take over), while `leader` reconciles.
+    pub fn set_standby(&self, leader: String) {
+        self.leader.set(0);
+        *self.lock_readiness() = Readiness::Standby(leader);
+    }
+
+    /// Marks the replica that has just become the leader: ready again once its AbcRun watch
+    /// has synced.
+    pub fn set_leading(&self) {
+        self.leader.set(1);
+        *self.lock_readiness() = Readiness::Starting;
     }
 
     /// Records why the controller is not ready yet (a failed watch); ignored once ready.
@@ -333,6 +380,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn api_requests_are_counted_by_verb_and_resource() {
+        let m = Metrics::default();
+        m.count_api_request(
+            "GET",
+            "/api/v1/namespaces/ns/pods",
+            Some("labelSelector=x&watch=true"),
+        );
+        m.count_api_request(
+            "PATCH",
+            "/apis/apps/v1/namespaces/ns/deployments/d",
+            Some("fieldManager=f"),
+        );
+        m.count_api_request(
+            "PUT",
+            "/apis/coordination.k8s.io/v1/namespaces/ns/leases/l",
+            None,
+        );
+        m.count_api_request("GET", "/apis/abc-operator.dev/v1alpha1/abcruns", None);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &m.registry).unwrap();
+        for series in [
+            r#"abc_operator_api_requests_total{verb="watch",resource="pods"} 1"#,
+            r#"abc_operator_api_requests_total{verb="patch",resource="deployments"} 1"#,
+            r#"abc_operator_api_requests_total{verb="update",resource="leases"} 1"#,
+            r#"abc_operator_api_requests_total{verb="read",resource="abcruns"} 1"#,
+        ] {
+            assert!(text.contains(series), "{series} missing in:\n{text}");
+        }
+    }
+
+    #[test]
     fn run_series_are_exported_and_forgotten() {
         let m = Metrics::default();
         let labels = RunLabels {
@@ -360,5 +438,19 @@ mod tests {
         m.set_ready();
         m.set_waiting("a later watch error".into());
         assert_eq!(m.readiness().answer(), (200, "ready".into()));
+    }
+
+    #[test]
+    fn a_standby_is_ready_and_a_new_leader_waits_for_its_watch() {
+        let m = Metrics::default();
+        m.set_standby("pod-a".into());
+        assert_eq!(
+            m.readiness().answer(),
+            (200, "ready: standing by, pod-a leads".into())
+        );
+        assert!(m.encode().contains("abc_operator_leader 0"));
+        m.set_leading();
+        assert_eq!(m.readiness().answer().0, 503);
+        assert!(m.encode().contains("abc_operator_leader 1"));
     }
 }

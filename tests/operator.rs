@@ -312,7 +312,7 @@ async fn a_restarted_controller_sends_no_write_for_an_unchanged_run() {
     tokio::time::sleep(std::time::Duration::from_secs(60)).await;
     let reconciles = restarted.metric("abc_operator_reconciles_total").await;
     let reads = restarted
-        .metric("abc_operator_api_requests_total{verb=\"read\"}")
+        .metric("abc_operator_api_requests_total{verb=\"read\",resource=\"abcruns\"}")
         .await;
     // The watches' first lists are reads: the counter counts.
     assert!(

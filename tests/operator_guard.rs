@@ -104,6 +104,28 @@ async fn readyz_is_not_ready_while_the_abcrun_watch_fails_and_says_why() {
     // The controller runs as a user with no permission in its namespace: its watches fail as
     // they do on a cluster without the CRD or the RBAC, and it must not claim to be ready.
     let user = format!("abc-readyz-{}", ns.name);
+    // Only its Lease, as the chart's Role allows: it leads, and then its watches fail.
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "lease"},
+        "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                   "verbs": ["get", "create", "update"]}]
+    }))
+    .unwrap();
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding =
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "lease"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "lease"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]
+        }))
+        .unwrap();
+    Api::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    Api::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
     let controller = ControllerProcess::start_with_env(
         &ns.name,
         &[],

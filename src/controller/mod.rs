@@ -5,6 +5,7 @@ mod apply;
 mod cache;
 mod decide;
 mod guard;
+mod leader;
 mod per_run;
 mod pod_problems;
 mod reconcile;
@@ -53,6 +54,8 @@ pub struct ControllerArgs {
     pub status_progress_seconds: u64,
     #[command(flatten)]
     pub external_metrics: crate::autoscaling::ExternalMetricsArgs,
+    #[command(flatten)]
+    pub leader: leader::LeaderArgs,
 }
 
 /// Errors of one reconcile; each names what a user or operator can act on.
@@ -202,15 +205,22 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     tracing::info!("abc-operator controller started");
     let server = crate::metrics::serve(
         args.metrics_addr,
-        metrics,
+        metrics.clone(),
         crate::autoscaling::demand_routes(demand.clone()),
     );
+    let elector = leader::Elector::new(&client, &args.leader, ns);
+    // Only the leader serves the external metrics API: its demand board is the one fed.
     let external_metrics =
         crate::autoscaling::serve_external_metrics(client, args.external_metrics, demand);
+    let leading = async {
+        tokio::select! {
+            _ = controller => tracing::info!("controller stopped"),
+            () = external_metrics => {}
+        }
+    };
     tokio::select! {
-        _ = controller => tracing::info!("controller stopped"),
+        result = leader::lead(elector, &metrics, leading) => result?,
         result = server => result.map_err(|e| anyhow::anyhow!("metrics endpoint on {}: {e}", args.metrics_addr))?,
-        () = external_metrics => {}
     }
     Ok(())
 }
@@ -223,7 +233,11 @@ async fn counted_client(metrics: Arc<Metrics>) -> Result<Client, kube::Error> {
         .map_err(kube::Error::InferConfig)?;
     let count =
         tower::util::MapRequestLayer::new(move |request: hyper::Request<kube::client::Body>| {
-            metrics.count_api_request(request.method().as_str(), request.uri().query());
+            metrics.count_api_request(
+                request.method().as_str(),
+                request.uri().path(),
+                request.uri().query(),
+            );
             request
         });
     Ok(kube::client::ClientBuilder::try_from(config)?

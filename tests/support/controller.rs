@@ -2,7 +2,7 @@
 //! namespace of the test control plane.
 
 use super::cluster;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 
 pub struct ControllerProcess {
     child: Child,
@@ -79,12 +79,13 @@ impl ControllerProcess {
     }
 
     /// Write requests (create, patch, update, delete) the controller has sent to the API
-    /// server, from its own request counter.
+    /// server, from its own request counter; its Lease renewals aside.
     pub async fn writes_sent(&self) -> Option<f64> {
         let text = self.metrics().await?;
         Some(
             text.lines()
                 .filter(|l| l.starts_with("abc_operator_api_requests_total{"))
+                .filter(|l| !l.contains("resource=\"leases\""))
                 .filter(|l| {
                     ["create", "patch", "update", "delete"]
                         .iter()
@@ -103,19 +104,26 @@ impl ControllerProcess {
         self.kill();
     }
 
-    fn kill(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+    /// Sends `signal`, then waits (at most 5 s, then SIGKILL) for the process to exit.
+    pub fn signal_and_wait(&mut self, signal: nix::sys::signal::Signal) -> ExitStatus {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal);
         for _ in 0..50 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.wait().unwrap()
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    fn kill(&mut self) {
+        self.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
     }
 }
 
