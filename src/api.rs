@@ -319,6 +319,23 @@ pub struct AbcRunStatus {
     /// The Redis server the run uses, as last read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisInstance>,
+    /// How the master's last start went, as the `abc_operator` module recorded it (kept when
+    /// Redis loses the record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_master_start: Option<MasterStartStatus>,
+}
+
+/// A master's start: what it did with its results database, and why.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MasterStartStatus {
+    /// `Resumed` (continued the stored run), `New` (started a new run) or `Refused` (could
+    /// not use the database, left it unchanged and failed).
+    pub outcome: String,
+    /// Why, e.g. "no results database there yet" or what the database holds instead.
+    pub cause: String,
+    /// When (RFC 3339, the master's clock).
+    pub time: String,
 }
 
 /// The Redis server of a run: which instance, and how often a new one took its place.

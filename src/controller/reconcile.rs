@@ -1,7 +1,7 @@
 //! One reconcile of an AbcRun: resolve the password, build the owned objects, apply them with
 //! server-side apply, observe the parts and the run's Redis, write status when it changed.
 
-use super::pod_problems::pod_problem;
+use super::pod_problems::{last_failed_exit, pod_problem};
 use super::status::{self, MasterState, Observed};
 use super::workers::{self, WorkerAction};
 use super::{Context, Error};
@@ -80,6 +80,7 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
     observed.worker_pod_problem = pod_problem(&pods.workers, now);
     if owned.master_job.is_some() {
         observed.master_pod_problem = pod_problem(&pods.master, now);
+        observed.master_exit = last_failed_exit(&pods.master);
     }
     if owned.redis_deployment.is_some() {
         observed.redis_pod_problem = pod_problem(&pods.redis, now);
@@ -330,6 +331,8 @@ async fn observe(
         redis_pod_problem: None,
         resumed: None,
         redis_run_id: None,
+        master_start: None,
+        master_exit: None,
     })
 }
 
@@ -374,6 +377,7 @@ async fn read_redis(
             observed.lost_workers = observed.lost_workers.max(snapshot.lost_workers);
             observed.resumed = snapshot.resumed.clone();
             observed.redis_run_id = snapshot.run_id.clone();
+            observed.master_start = snapshot.master_start.clone();
             Some(snapshot)
         }
         Err(err) => {
@@ -697,6 +701,10 @@ async fn publish_transitions(
             ),
         )
         .await;
+    }
+    if let Some((reason, note)) = status::master_start_warning(&old, new) {
+        ctx.publish_unfolded(run, EventType::Warning, reason, note)
+            .await;
     }
     let generation_of =
         |s: &crate::api::AbcRunStatus| s.progress.as_ref().and_then(|p| p.generation);
