@@ -4,7 +4,8 @@
 
 pub use super::pod_problems::PodProblem;
 use crate::api::{
-    AbcRun, AbcRunStatus, MasterStartStatus, Phase, Progress, RedisInstance, Resumes,
+    AbcRun, AbcRunStatus, MasterStartOutcome, MasterStartStatus, Phase, Progress, RedisInstance,
+    Resumes,
 };
 use crate::protocol::{MasterStart, Resumed, StartOutcome};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -289,12 +290,12 @@ fn redis_lost(redis: Option<&RedisInstance>, observed: &Observed) -> bool {
 
 fn master_start_status(start: &MasterStart) -> MasterStartStatus {
     let outcome = match start.outcome {
-        StartOutcome::Resumed => "Resumed",
-        StartOutcome::New => "New",
-        StartOutcome::Refused => "Refused",
+        StartOutcome::Resumed => MasterStartOutcome::Resumed,
+        StartOutcome::New => MasterStartOutcome::New,
+        StartOutcome::Refused => MasterStartOutcome::Refused,
     };
     MasterStartStatus {
-        outcome: outcome.into(),
+        outcome,
         cause: start.cause.clone(),
         time: start.at.clone(),
     }
@@ -308,7 +309,7 @@ fn master_failure(
     observed: &Observed,
 ) -> String {
     match (start, &observed.master_exit) {
-        (Some(start), _) if start.outcome == "Refused" => format!(
+        (Some(start), _) if start.outcome == MasterStartOutcome::Refused => format!(
             "the master failed ({job_reason}): it could not use its results database: {}",
             start.cause
         ),
@@ -333,8 +334,8 @@ pub fn master_start_warning(
         .progress
         .as_ref()
         .is_some_and(|p| p.generation.is_some());
-    match start.outcome.as_str() {
-        "Refused" => Some((
+    match start.outcome {
+        MasterStartOutcome::Refused => Some((
             "ResumeFailed",
             format!(
                 "the master could not use its results database and fails, leaving it \
@@ -342,7 +343,7 @@ pub fn master_start_warning(
                 start.cause
             ),
         )),
-        "New" if before.is_some() || sampled_before => Some((
+        MasterStartOutcome::New if before.is_some() || sampled_before => Some((
             "NotResumed",
             format!(
                 "the master started again but did not resume: {}; the generations sampled \
