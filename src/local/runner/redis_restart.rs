@@ -16,7 +16,7 @@ use serde_json::json;
 /// Restarts of the run's redis-server a run survives. One that keeps dying (the OOM killer
 /// choosing it again and again, a broken disk) would otherwise restart the master for ever,
 /// each time re-doing the generation in progress: after this many the run stops, naming it.
-pub(super) const MAX_REDIS_RESTARTS: u32 = 3;
+const MAX_REDIS_RESTARTS: u32 = 3;
 
 impl Runner {
     /// Starts the run's redis-server again if it died. Called before every event is handled,
