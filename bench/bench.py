@@ -8,6 +8,10 @@ B. Throughput of pyABC by hand (redis-server + abc-redis-worker + master) agains
 C. Lost-worker recovery: SIGKILL of a worker in the middle of an evaluation, at the end of
    a calibration generation, and the time until the run gets past the point where it
    would otherwise wait forever.
+D. A lost master and a lost Redis: `abc-operator run` of the Gaussian example (6
+   generations); SIGKILL of the master, then in another run of redis-server, while
+   generation 3 is sampled; generations sampled again and the time from the kill until
+   sampling goes on. By hand the run is lost: everything is sampled again.
 
 Variants are alternated (ABBA...), every figure is the median of its runs; see
 bench/README.md for what each figure means. Runs with ABC_PYTHON (a python with pyabc
@@ -15,7 +19,7 @@ bench/README.md for what each figure means. Runs with ABC_PYTHON (a python with 
 
 Environment:
   BENCH_QUICK=1        a smoke version of a few minutes (small sizes, one run per variant)
-  BENCH_SECTIONS=A,B,C which sections to run (default all)
+  BENCH_SECTIONS=A,B,C,D which sections to run (default all)
   BENCH_REPEATS=N      runs per variant in A and B (default 4, quick 1)
   BENCH_KILLS=N        kills in C for abc-operator run (default 5, quick 2; at most 4 per worker)
   BENCH_GIVE_UP_S=S    how long C waits for pyABC by hand (default 30, quick 10)
@@ -48,7 +52,7 @@ PYTHON = os.environ.get("ABC_PYTHON") or sys.executable
 BIN = Path(os.environ.get("ABC_OPERATOR_BIN") or ROOT / "target" / "release" / "abc-operator")
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
-SECTIONS = {s.strip().upper() for s in os.environ.get("BENCH_SECTIONS", "A,B,C").split(",")}
+SECTIONS = {s.strip().upper() for s in os.environ.get("BENCH_SECTIONS", "A,B,C,D").split(",")}
 # The runner's restart policy gives up on a worker slot after 5 quick failures in a row, and
 # every SIGKILL here is one; kills alternate between slots, so 4 per slot at most.
 KILLS = min(int(os.environ.get("BENCH_KILLS", "2" if QUICK else "5")), 4 * WORKERS)
@@ -69,6 +73,8 @@ C_SLEEP_MS, C_POP = 200, 16
 A_TARGETS = {0: 0.15, 10: 0.02}  # highest acceptable cost per model time
 B_TARGET = 0.98
 C_TARGET_S = 2.0
+D_GENERATIONS, D_KILL_AT, D_MODEL_S = 6, 3, 0.005
+D_TARGET_REDONE = 1
 
 T0 = time.monotonic()
 
@@ -655,6 +661,68 @@ def recovery_run(children, kind, kills, give_up_s, tag):
     return samples
 
 
+def resume_run(children, victim, tag):
+    """`abc-operator run` of the Gaussian example with D_GENERATIONS generations; SIGKILLs
+    the master or the redis-server (`victim`) while generation D_KILL_AT is sampled, and
+    measures what the resume costs: generations sampled again (the one in progress at the
+    kill, unless it was stored just before) and the time from the kill until the resumed
+    master's first accepted particle."""
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{tag}-", dir=children.scratch))
+    env = {"GAUSSIAN_GENERATIONS": str(D_GENERATIONS), "GAUSSIAN_MINIMUM_EPSILON": "0",
+           "GAUSSIAN_MODEL_SECONDS": str(D_MODEL_S)}
+    proc = children.spawn(
+        [BIN, "run", ROOT / "examples" / "gaussian" / "abcrun.yaml", "--workers", WORKERS,
+         "--python", PYTHON, "--json", "--run-dir", run_dir / "run"],
+        run_dir / "runner.stderr.log", env=env, stdout=subprocess.PIPE,
+    )
+    events = queue.Queue()
+
+    def read():
+        for line in proc.stdout:
+            try:
+                events.put((time.monotonic(), json.loads(line)))
+            except ValueError:
+                pass
+        events.put((time.monotonic(), {"event": "eof"}))
+
+    threading.Thread(target=read, daemon=True).start()
+    pids = {}
+    killed_at = killed_in = resumed_from = sampling_at = None
+    try:
+        while True:
+            try:
+                at, ev = events.get(timeout=MASTER_TIMEOUT_S)
+            except queue.Empty:
+                raise BenchError(f"D {victim}: no event for {MASTER_TIMEOUT_S:.0f} s; see {run_dir}")
+            e = ev.get("event")
+            if e == "eof":
+                break
+            if e == "started":
+                pids["redis"] = ev["redis"]["pid"]
+            elif e == "master_started":
+                pids.setdefault("master", ev["pid"])
+            elif e == "master_resumed":
+                resumed_from = ev["from_generation"]
+            elif (e == "progress" and killed_at is None and ev.get("generation") == D_KILL_AT
+                  and ev.get("accepted", 0) > 0):
+                killed_at, killed_in = time.monotonic(), D_KILL_AT
+                os.kill(pids[victim], signal.SIGKILL)
+                say(f"D {victim}: SIGKILL in generation {D_KILL_AT} "
+                    f"({ev['accepted']}/{ev['required']} accepted)")
+            elif (e == "progress" and resumed_from is not None and sampling_at is None
+                  and ev.get("generation") is not None and ev["generation"] >= resumed_from
+                  and ev.get("accepted", 0) > 0):
+                sampling_at = at
+        code = proc.wait(MASTER_TIMEOUT_S)
+    finally:
+        children.stop(proc)
+    if code != 0 or killed_at is None or resumed_from is None:
+        raise BenchError(f"D {victim}: the run failed ({code}), no kill or no resume; see {run_dir}")
+    return {"redone": max(0, killed_in - resumed_from + 1),
+            "to_sampling_s": sampling_at - killed_at if sampling_at else None,
+            "hand_redone": killed_in + 1}
+
+
 def pct(values, q):
     values = sorted(values)
     if not values:
@@ -745,8 +813,8 @@ def main():
                 master.stop()
                 server.stop()
         binary = BIN.exists()
-        if not binary and SECTIONS & {"B", "C"}:
-            notes.append(f"B and C skipped: {BIN.relative_to(ROOT) if BIN.is_relative_to(ROOT) else BIN}"
+        if not binary and SECTIONS & {"B", "C", "D"}:
+            notes.append(f"B, C and D skipped: {BIN.relative_to(ROOT) if BIN.is_relative_to(ROOT) else BIN}"
                          " not built (cargo build --release --bin abc-operator)")
         if "B" in SECTIONS and binary:
             case = B_CASE
@@ -798,6 +866,21 @@ def main():
                 rows.append([
                     "", "  of which: SIGKILL -> runner's `repaired` event", "-",
                     f"p50 {pct(rep, 0.5):.2f} s, p95 {pct(rep, 0.95):.2f} s", "", "", "", "",
+                ])
+        if "D" in SECTIONS and binary:
+            for victim, label in (("master", "D. master lost"), ("redis", "D. Redis lost")):
+                say(f"D: abc-operator run of the Gaussian example, {victim} killed")
+                r = resume_run(children, victim, f"D-{victim}")
+                to_sampling = ("never" if r["to_sampling_s"] is None
+                               else f"{r['to_sampling_s']:.1f} s")
+                rows.append([
+                    label,
+                    f"SIGKILL of the {'master' if victim == 'master' else 'redis-server'} "
+                    f"in generation {D_KILL_AT} of {D_GENERATIONS}: generations sampled again",
+                    f"{r['hand_redone']} (the run is lost: all again)",
+                    f"{r['redone']}; sampling again {to_sampling} after the kill",
+                    "", "", f"<= {D_TARGET_REDONE}",
+                    verdict(r["redone"] <= D_TARGET_REDONE and r["to_sampling_s"] is not None),
                 ])
     except BenchError as err:
         failed = True

@@ -319,6 +319,32 @@ pub struct AbcRunStatus {
     /// The Redis server the run uses, as last read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisInstance>,
+    /// How the master's last start went, as the `abc_operator` module recorded it (kept when
+    /// Redis loses the record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_master_start: Option<MasterStartStatus>,
+}
+
+/// A master's start: what it did with its results database, and why.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MasterStartStatus {
+    pub outcome: MasterStartOutcome,
+    /// Why, e.g. "no results database there yet" or what the database holds instead.
+    pub cause: String,
+    /// When (RFC 3339, the master's clock).
+    pub time: String,
+}
+
+/// What a starting master did with its results database.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum MasterStartOutcome {
+    /// Continued the unfinished run stored there.
+    Resumed,
+    /// Started a new run (no database yet, or no unfinished run in it).
+    New,
+    /// Could not use the database; left it unchanged and failed.
+    Refused,
 }
 
 /// The Redis server of a run: which instance, and how often a new one took its place.

@@ -390,6 +390,8 @@ fn observed() -> BoxedStrategy<Observed> {
                 master_pod_problem,
                 redis_pod_problem,
                 redis_run_id: None,
+                master_start: None,
+                master_exit: None,
                 resumed: resumed.map(|(from_generation, at)| Resumed {
                     from_generation,
                     at,

@@ -545,6 +545,38 @@ fn a_redis_that_cannot_be_started_again_fails_the_run_naming_the_cause() {
 }
 
 #[test]
+fn a_redis_that_keeps_dying_fails_the_run_after_three_restarts() {
+    let _heavy = heavy();
+    let mut run = Run::start(
+        &fixture("local_nomaster.yaml"),
+        &["--json", "--run-dir", "run"],
+    );
+    let started = run.wait_event("the start", Duration::from_secs(60), |e| {
+        e["event"] == "started"
+    });
+    let port = started["redis"]["port"].as_u64().unwrap();
+    let mut redis = started["redis"]["pid"].as_i64().unwrap();
+    for restart in 1..=3 {
+        kill(Pid::from_raw(redis as i32), Signal::SIGKILL).unwrap();
+        let restarted = run.wait_event("the Redis restart", Duration::from_secs(30), |e| {
+            e["event"] == "redis_restarted" && e["restarts"] == restart
+        });
+        redis = restarted["pid"].as_i64().unwrap();
+    }
+    kill(Pid::from_raw(redis as i32), Signal::SIGKILL).unwrap();
+    let code = run.wait_exit(Duration::from_secs(60));
+    assert_eq!(code, 2, "stdout:\n{}", run.stdout.join("\n"));
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains(&format!(
+            "redis-server on 127.0.0.1:{port} died again (signal: 9"
+        )) && stderr.contains("after 3 restarts"),
+        "{stderr}"
+    );
+    assert!(redis_pids(port).is_empty(), "nothing left on the port");
+}
+
+#[test]
 fn killed_worker_is_repaired_and_the_run_completes() {
     let _heavy = heavy();
     let mut run = Run::start(
@@ -876,5 +908,246 @@ fn workers_that_keep_crashing_make_the_run_give_up() {
     assert!(
         redis_pids(redis_port(&events)).is_empty(),
         "redis-server stopped"
+    );
+}
+
+/// A results database holding an unfinished run of other observed data (`y = 7`, two
+/// generations of 20), as another model's run that was killed would leave it.
+fn database_of_another_run(db: &Path) {
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    let mpl = tempfile::tempdir().unwrap();
+    let out = Command::new(python())
+        .env("MPLCONFIGDIR", mpl.path())
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys, numpy as np, pyabc\n\
+             from pyabc.sampler import SingleCoreSampler\n\
+             abc = pyabc.ABCSMC(lambda p: {'y': p['mu'] + np.random.randn()},\n\
+                 pyabc.Distribution(mu=pyabc.RV('uniform', -5, 10)),\n\
+                 lambda x, x0: abs(x['y'] - x0['y']), population_size=20,\n\
+                 sampler=SingleCoreSampler())\n\
+             abc.new('sqlite:///' + sys.argv[1], {'y': 7.0})\n\
+             abc.run(max_nr_populations=2)\n\
+             c = sqlite3.connect(sys.argv[1])\n\
+             c.execute('update abc_smc set end_time = NULL')\n\
+             c.commit()\n",
+        )
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The number of rows of every table of an SQLite database, by table.
+fn row_counts(db: &Path) -> Vec<(String, i64)> {
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(
+            "import json, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); \
+             names = [r[0] for r in c.execute(\"select name from sqlite_master where type = 'table' order by name\")]; \
+             print(json.dumps([[n, c.execute(f'select count(*) from \"{n}\"').fetchone()[0]] for n in names]))",
+        )
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_database_of_other_observed_data_is_refused_and_left_unchanged() {
+    let _heavy = heavy();
+    let run_dir = tempfile::tempdir().unwrap();
+    let db = run_dir.path().join("results/gaussian.db");
+    database_of_another_run(&db);
+    let (generations, rows) = (stored_generations(&db), row_counts(&db));
+    assert_eq!(generations.len(), 2);
+
+    let manifest = crate_dir().join("examples/gaussian/abcrun.yaml");
+    let run_dir_arg = run_dir.path().to_str().unwrap();
+    let mut run = Run::start(&manifest, &["--json", "--run-dir", run_dir_arg]);
+    let refused = run.wait_event("the refused start", Duration::from_secs(120), |e| {
+        e["event"] == "master_start"
+    });
+    assert_eq!(refused["outcome"], "refused", "{refused}");
+    let cause = refused["cause"].as_str().unwrap();
+    assert!(
+        cause.contains("gaussian.db") && cause.contains("other observed data"),
+        "the cause names the database and what is wrong: {cause}"
+    );
+    let code = run.wait_exit(Duration::from_secs(60));
+    assert_ne!(code, 0, "the run fails");
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains("ResumeError") && stderr.contains("other observed data"),
+        "the master's log tail names the cause: {stderr}"
+    );
+    assert_eq!(
+        (stored_generations(&db), row_counts(&db)),
+        (generations, rows),
+        "nothing in the database was written"
+    );
+}
+
+#[test]
+fn a_failing_model_is_a_counted_failure_by_default() {
+    let _heavy = heavy();
+    let mut run = Run::start(
+        &fixture("local_failing_model/catch.yaml"),
+        &["--json", "--run-dir", "run"],
+    );
+    let code = run.wait_exit(Duration::from_secs(180));
+    assert_eq!(code, 0, "stderr:\n{}", run.stderr());
+    let events = run.events();
+    assert!(
+        by_event(&events, "progress")
+            .iter()
+            .any(|e| e["failures"].as_i64() > Some(0)),
+        "the model's exceptions were counted as failed evaluations"
+    );
+    assert_eq!(
+        by_event(&events, "worker_started").len(),
+        1,
+        "the worker ran through every exception"
+    );
+}
+
+#[test]
+fn with_catch_false_a_failing_model_stops_the_worker() {
+    let _heavy = heavy();
+    let mut run = Run::start(
+        &fixture("local_failing_model/no-catch.yaml"),
+        &["--json", "--run-dir", "run"],
+    );
+    let code = run.wait_exit(Duration::from_secs(180));
+    assert_eq!(code, 2, "the run gives up on a worker that keeps stopping");
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains("failed 5 times in a row")
+            && stderr.contains("ValueError: the model failed on purpose"),
+        "each start stopped on the model's exception: {stderr}"
+    );
+}
+
+/// `(t, particles)` of every generation stored in a pyABC database.
+fn stored_populations(db: &Path) -> Vec<(i64, i64)> {
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(
+            "import json, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); \
+             print(json.dumps(c.execute('select p.t, count(pa.id) from populations p \
+             join models m on m.population_id = p.id join particles pa on pa.model_id = m.id \
+             where p.t >= 0 group by p.id order by p.t').fetchall()))",
+        )
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Random worker kills through a six-generation run, with the master killed once and the
+/// redis-server once among them: the run completes with exactly six generations of 200
+/// particles, none stored twice. `ABC_CHAOS_SEED` replays the choice of workers.
+#[test]
+fn chaos_kills_of_workers_the_master_and_redis_cost_no_generation_twice() {
+    let _heavy = heavy();
+    let seed: u64 = std::env::var("ABC_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("ABC_CHAOS_SEED={seed}");
+    let mut state = seed;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        state >> 33
+    };
+    let manifest = crate_dir().join("examples/gaussian/abcrun.yaml");
+    let mut run = Run::start_with_env(
+        &manifest,
+        &["--json", "--run-dir", "run"],
+        true,
+        &[
+            ("GAUSSIAN_GENERATIONS", "6"),
+            ("GAUSSIAN_MINIMUM_EPSILON", "0"),
+            ("GAUSSIAN_MODEL_SECONDS", "0.002"),
+        ],
+    );
+    let kill_a_worker = |run: &mut Run, next: &mut dyn FnMut() -> u64| {
+        run.wait_event("a generation in progress", Duration::from_secs(120), |e| {
+            e["event"] == "progress" && e["generation"].as_i64() >= Some(0)
+        });
+        let events = run.events();
+        let live: Vec<i64> = by_event(&events, "worker_started")
+            .iter()
+            .filter_map(|e| e["pid"].as_i64())
+            .filter(|pid| alive(*pid))
+            .collect();
+        if let Some(pid) = live.get(next() as usize % live.len().max(1)) {
+            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+        }
+    };
+    let generation =
+        |t: i64| move |e: &Value| e["event"] == "progress" && e["generation"].as_i64() >= Some(t);
+    let limit = Duration::from_secs(120);
+
+    run.wait_event("generation 1", limit, generation(1));
+    kill_a_worker(&mut run, &mut next);
+    run.wait_event("generation 2", limit, generation(2));
+    let master = by_event(&run.events(), "master_started")[0]["pid"]
+        .as_i64()
+        .unwrap();
+    kill(Pid::from_raw(master as i32), Signal::SIGKILL).unwrap();
+    kill_a_worker(&mut run, &mut next);
+    run.wait_event("the first resume", limit, |e| {
+        e["event"] == "master_resumed"
+    });
+    kill_a_worker(&mut run, &mut next);
+    run.wait_event("generation 4", limit, generation(4));
+    let redis = by_event(&run.events(), "started")[0]["redis"]["pid"]
+        .as_i64()
+        .unwrap();
+    kill(Pid::from_raw(redis as i32), Signal::SIGKILL).unwrap();
+    run.wait_event("the Redis restart", limit, |e| {
+        e["event"] == "redis_restarted"
+    });
+    kill_a_worker(&mut run, &mut next);
+
+    let code = run.wait_exit(Duration::from_secs(300));
+    assert_eq!(code, 0, "ABC_CHAOS_SEED={seed}; stderr:\n{}", run.stderr());
+    let events = run.events();
+    assert_eq!(
+        (
+            by_event(&events, "master_restarted").len(),
+            by_event(&events, "redis_restarted").len(),
+            by_event(&events, "master_resumed").len(),
+        ),
+        (1, 1, 2),
+        "one master kill and one Redis kill, each resumed (ABC_CHAOS_SEED={seed})"
+    );
+    let db = run.cwd.path().join("run/results/gaussian.db");
+    assert_eq!(
+        stored_populations(&db),
+        (0..6).map(|t| (t, 200)).collect::<Vec<_>>(),
+        "six generations of 200 particles, none twice (ABC_CHAOS_SEED={seed})"
     );
 }

@@ -4,7 +4,7 @@
 //! decision is unit-tested from YAML fixtures.
 
 use super::cache::RunPods;
-use super::pod_problems::pod_problem;
+use super::pod_problems::{last_failed_exit, pod_problem};
 use super::status::{MasterState, Observed};
 use super::workers::{self, WorkerAction};
 use crate::api::{AbcRun, Progress};
@@ -165,6 +165,11 @@ fn observe(
             .and_then(|_| pod_problem(&view.pods.redis, now)),
         resumed: None,
         redis_run_id: None,
+        master_start: None,
+        master_exit: owned
+            .master_job
+            .as_ref()
+            .and_then(|_| last_failed_exit(&view.pods.master)),
     };
     match redis {
         RedisReading::NotRead => {}
@@ -176,6 +181,7 @@ fn observe(
             observed.lost_workers = observed.lost_workers.max(snapshot.lost_workers);
             observed.resumed = snapshot.resumed.clone();
             observed.redis_run_id = snapshot.run_id.clone();
+            observed.master_start = snapshot.master_start.clone();
         }
         RedisReading::Failed(err) => {
             if run.spec.redis.external.is_some() {

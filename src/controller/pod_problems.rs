@@ -145,12 +145,33 @@ fn pull_error(kubelet: &str, image: &str) -> String {
 /// How a crash-looping container last ended: reason, exit code and the last line of its
 /// termination message (the log's tail, with `FallbackToLogsOnError`).
 fn crash(c: &ContainerStatus) -> String {
-    let Some(last) = last_exit(c) else {
-        return format!("container {:?} keeps exiting", c.name);
-    };
+    match last_exit(c) {
+        Some(last) => format!("container {:?} keeps exiting: {}", c.name, exit(last)),
+        None => format!("container {:?} keeps exiting", c.name),
+    }
+}
+
+/// How the newest of `pods` (a master Job's attempts) last failed, e.g. `Error, exit code 1
+/// (abc_operator.ResumeError: …)`: the cause a failed master Job does not tell by itself.
+pub fn last_failed_exit(pods: &[Pod]) -> Option<String> {
+    let newest = pods
+        .iter()
+        .max_by_key(|p| (p.metadata.creation_timestamp.clone(), p.name_any()))?;
+    newest
+        .status
+        .as_ref()?
+        .container_statuses
+        .iter()
+        .flatten()
+        .filter_map(last_exit)
+        .find(|t| t.exit_code != 0)
+        .map(exit)
+}
+
+/// Reason, exit code and the last line of the termination message of one exit.
+fn exit(last: &k8s_openapi::api::core::v1::ContainerStateTerminated) -> String {
     let mut message = format!(
-        "container {:?} keeps exiting: {}, exit code {}",
-        c.name,
+        "{}, exit code {}",
         last.reason.as_deref().unwrap_or("Error"),
         last.exit_code
     );
@@ -162,7 +183,7 @@ fn crash(c: &ContainerStatus) -> String {
         .map(str::trim)
         .rfind(|l| !l.is_empty());
     if let Some(line) = last_line {
-        let line: String = line.chars().take(200).collect();
+        let line: String = line.chars().take(300).collect();
         message.push_str(&format!(" ({line})"));
     }
     message
@@ -322,6 +343,48 @@ mod tests {
             ("sim-workers-7d9f8-abcde", "ImagePullBackOff"),
             "the same pods in any order give the same problem"
         );
+    }
+
+    #[test]
+    fn a_failed_masters_last_exit_is_its_newest_attempts_with_the_messages_last_line() {
+        let mut first = fixture("master-attempt-failed");
+        let mut second = first.clone();
+        first.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-01-01T10:00:00Z".parse().unwrap(),
+            ));
+        second.metadata.name = Some("sim-master-a1b2c".into());
+        second.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-01-01T10:01:00Z".parse().unwrap(),
+            ));
+        let terminated = second
+            .status
+            .as_mut()
+            .unwrap()
+            .container_statuses
+            .as_mut()
+            .unwrap()[0]
+            .state
+            .as_mut()
+            .unwrap()
+            .terminated
+            .as_mut()
+            .unwrap();
+        terminated.message = Some(
+            "Traceback (most recent call last):\n  ...\nResumeError: m.db holds an unfinished run of other observed data\n\n".into(),
+        );
+        assert_eq!(
+            last_failed_exit(&[second, first.clone()]).as_deref(),
+            Some(
+                "Error, exit code 1 (ResumeError: m.db holds an unfinished run of other observed data)"
+            )
+        );
+        assert_eq!(
+            last_failed_exit(&[first]).as_deref(),
+            Some("Error, exit code 1")
+        );
+        assert_eq!(last_failed_exit(&[fixture("running")]), None);
     }
 
     #[test]

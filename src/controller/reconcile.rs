@@ -477,6 +477,10 @@ async fn publish_transitions(
         )
         .await;
     }
+    if let Some((reason, note)) = status::master_start_warning(&old, new) {
+        ctx.publish_unfolded(run, EventType::Warning, reason, note)
+            .await;
+    }
     let generation_of =
         |s: &crate::api::AbcRunStatus| s.progress.as_ref().and_then(|p| p.generation);
     if let (Some(before), Some(now)) = (generation_of(&old), generation_of(new))

@@ -3,8 +3,11 @@
 //! written to.
 
 pub use super::pod_problems::PodProblem;
-use crate::api::{AbcRun, AbcRunStatus, Phase, Progress, RedisInstance, Resumes};
-use crate::protocol::Resumed;
+use crate::api::{
+    AbcRun, AbcRunStatus, MasterStartOutcome, MasterStartStatus, Phase, Progress, RedisInstance,
+    Resumes,
+};
+use crate::protocol::{MasterStart, Resumed, StartOutcome};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
@@ -39,6 +42,11 @@ pub struct Observed {
     pub resumed: Option<Resumed>,
     /// The Redis server's `run_id`, when Redis answered.
     pub redis_run_id: Option<String>,
+    /// How the last master start on the current Redis went, when Redis answered and holds it.
+    pub master_start: Option<MasterStart>,
+    /// The last failed exit of the master's container (the newest pod's), e.g. `exit code 1:
+    /// abc_operator.ResumeError: …`, from its termination message.
+    pub master_exit: Option<String>,
 }
 
 impl Observed {
@@ -122,6 +130,12 @@ pub fn compute(run: &AbcRun, observed: &Observed, now: Timestamp) -> AbcRunStatu
         .master
         .as_ref()
         .is_some_and(MasterState::is_finished);
+    let redis = redis_instance(previous.redis.clone(), observed.redis_run_id.as_deref());
+    let last_master_start = observed
+        .master_start
+        .as_ref()
+        .map(master_start_status)
+        .or(previous.last_master_start.clone());
     match (
         observed.redis_ready,
         &observed.redis_problem,
@@ -132,6 +146,17 @@ pub fn compute(run: &AbcRun, observed: &Observed, now: Timestamp) -> AbcRunStatu
             false,
             "ScaledDown",
             "the master has finished; the run's Redis is scaled to zero".into(),
+        ),
+        (true, _, _) if redis_lost(redis.as_ref(), observed) => push(
+            REDIS_READY,
+            false,
+            "RedisLost",
+            format!(
+                "the run's Redis restarted ({} restart(s) so far) and lost the generation in \
+                 progress; waiting for the master to start again on it and resume from its \
+                 results database",
+                redis.as_ref().map_or(0, |r| r.restarts)
+            ),
         ),
         (true, _, _) => push(REDIS_READY, true, "RedisReady", "Redis is ready".into()),
         (false, Some(problem), _) => push(REDIS_READY, false, "RedisUnavailable", problem.clone()),
@@ -180,11 +205,15 @@ pub fn compute(run: &AbcRun, observed: &Observed, now: Timestamp) -> AbcRunStatu
                 "Succeeded",
                 "the master finished successfully".to_string(),
             ),
-            (MasterState::Failed(why), _) => (false, "Failed", format!("the master failed: {why}")),
+            (MasterState::Failed(why), _) => (
+                false,
+                "Failed",
+                master_failure(why, last_master_start.as_ref(), observed),
+            ),
         };
         push(MASTER_RUNNING, ok, reason, message);
     }
-    match degraded(observed) {
+    match degraded(observed, last_master_start.as_ref()) {
         Some((reason, why)) => push(DEGRADED, true, &reason, why),
         None => push(DEGRADED, false, "Healthy", "no problem found".into()),
     }
@@ -233,7 +262,97 @@ pub fn compute(run: &AbcRun, observed: &Observed, now: Timestamp) -> AbcRunStatu
         progress: progress.or(previous.progress),
         lost_workers: observed.lost_workers,
         resumes: resumes(previous.resumes, observed.resumed.as_ref()),
-        redis: redis_instance(previous.redis, observed.redis_run_id.as_deref()),
+        redis,
+        last_master_start,
+    }
+}
+
+/// The run's Redis restarted and lost pyABC's state, and no master has started on the new
+/// server yet: none recorded its start there, and no analysis is in progress (a master
+/// without the `abc_operator` module records nothing, but sampling again sets one). Until
+/// then no generation can progress.
+fn redis_lost(redis: Option<&RedisInstance>, observed: &Observed) -> bool {
+    let restarted = redis.is_some_and(|r| r.restarts > 0);
+    let master_due = matches!(
+        observed.master,
+        Some(MasterState::Pending | MasterState::Running)
+    );
+    let sampling = observed
+        .progress
+        .as_ref()
+        .is_some_and(|p| p.analysis_id.is_some());
+    restarted
+        && master_due
+        && observed.redis_run_id.is_some()
+        && observed.master_start.is_none()
+        && !sampling
+}
+
+fn master_start_status(start: &MasterStart) -> MasterStartStatus {
+    let outcome = match start.outcome {
+        StartOutcome::Resumed => MasterStartOutcome::Resumed,
+        StartOutcome::New => MasterStartOutcome::New,
+        StartOutcome::Refused => MasterStartOutcome::Refused,
+    };
+    MasterStartStatus {
+        outcome,
+        cause: start.cause.clone(),
+        time: start.at.clone(),
+    }
+}
+
+/// Why the master Job failed, with the cause where it is known: the database its last start
+/// refused, else its container's last exit.
+fn master_failure(
+    job_reason: &str,
+    start: Option<&MasterStartStatus>,
+    observed: &Observed,
+) -> String {
+    match (start, &observed.master_exit) {
+        (Some(start), _) if start.outcome == MasterStartOutcome::Refused => format!(
+            "the master failed ({job_reason}): it could not use its results database: {}",
+            start.cause
+        ),
+        (_, Some(exit)) => format!("the master failed ({job_reason}); its last exit: {exit}"),
+        _ => format!("the master failed: {job_reason}"),
+    }
+}
+
+/// The Warning a new master start deserves, if any (reason, note): one that could not use its
+/// results database, or a restarted master that started anew instead of resuming (the
+/// generations sampled before are not continued).
+pub fn master_start_warning(
+    old: &AbcRunStatus,
+    new: &AbcRunStatus,
+) -> Option<(&'static str, String)> {
+    let start = new.last_master_start.as_ref()?;
+    let before = old.last_master_start.as_ref();
+    if before.is_some_and(|b| b.time == start.time) {
+        return None;
+    }
+    let sampled_before = old
+        .progress
+        .as_ref()
+        .is_some_and(|p| p.generation.is_some());
+    match start.outcome {
+        MasterStartOutcome::Refused => Some((
+            "ResumeFailed",
+            format!(
+                "the master could not use its results database and fails, leaving it \
+                 unchanged: {}",
+                start.cause
+            ),
+        )),
+        MasterStartOutcome::New if before.is_some() || sampled_before => Some((
+            "NotResumed",
+            format!(
+                "the master started again but did not resume: {}; the generations sampled \
+                 before are not continued (keep the results on a claim: \
+                 spec.master.resultsClaimName)",
+                start.cause
+            ),
+        )),
+        _ => None,
     }
 }
 
@@ -328,13 +447,17 @@ fn resumes(previous: Option<Resumes>, seen: Option<&Resumed>) -> Option<Resumes>
 
 /// The reason and message of the run's Degraded condition, if something is wrong. A finished
 /// master ends the run, so pod problems matter only while it has not.
-fn degraded(observed: &Observed) -> Option<(String, String)> {
+fn degraded(
+    observed: &Observed,
+    last_master_start: Option<&MasterStartStatus>,
+) -> Option<(String, String)> {
     if let Some(problem) = &observed.redis_problem {
         return Some(("RedisUnavailable".into(), problem.clone()));
     }
     match &observed.master {
         Some(MasterState::Failed(why)) => {
-            return Some(("MasterFailed".into(), format!("the master failed: {why}")));
+            let message = master_failure(why, last_master_start, observed);
+            return Some(("MasterFailed".into(), message));
         }
         Some(MasterState::Succeeded) => return None,
         _ => {}
@@ -705,6 +828,170 @@ mod tests {
             ("b", 1, false),
         ];
         assert_eq!(seen, want.map(|(id, n, new)| (id.to_string(), n, new)));
+    }
+
+    fn start(outcome: StartOutcome, cause: &str, at: &str) -> Option<MasterStart> {
+        Some(MasterStart {
+            outcome,
+            cause: cause.into(),
+            at: at.into(),
+        })
+    }
+
+    #[test]
+    fn a_lost_redis_is_a_condition_until_the_master_starts_again_on_the_new_one() {
+        let mut r = run("{image: i, master: {command: [python, m.py]}}");
+        let sampling = |run_id: &str| Observed {
+            redis_run_id: Some(run_id.into()),
+            progress: Some(Progress {
+                analysis_id: Some("a".into()),
+                generation: Some(3),
+                ..Default::default()
+            }),
+            ..healthy()
+        };
+        // A new server, empty: pyABC's analysis is gone with the old one.
+        let lost = Observed {
+            progress: Some(Progress::default()),
+            ..sampling("b")
+        };
+        // The master started on it and recorded so (before its analysis begins).
+        let restarted = Observed {
+            master_start: start(StartOutcome::Resumed, "continued run 1", "t2"),
+            ..lost.clone()
+        };
+        let mut seen = Vec::new();
+        for observed in [
+            sampling("a"),
+            lost.clone(),
+            lost.clone(),
+            restarted,
+            sampling("b"),
+        ] {
+            let status = compute(&r, &observed, Timestamp::from_second(1).unwrap());
+            let redis = condition_of(&status, REDIS_READY);
+            seen.push((redis.status.clone(), redis.reason.clone(), status.phase));
+            r.status = Some(status);
+        }
+        let ready = (
+            "True".to_string(),
+            "RedisReady".to_string(),
+            Some(Phase::Running),
+        );
+        let lost_ = (
+            "False".to_string(),
+            "RedisLost".to_string(),
+            Some(Phase::Running),
+        );
+        assert_eq!(
+            seen,
+            [ready.clone(), lost_.clone(), lost_, ready.clone(), ready]
+        );
+
+        // A master without the module records nothing: its new analysis tells instead.
+        let mut r = run("{image: i, master: {command: [python, m.py]}}");
+        r.status = Some(compute(
+            &r,
+            &sampling("a"),
+            Timestamp::from_second(1).unwrap(),
+        ));
+        r.status = Some(compute(&r, &lost, Timestamp::from_second(2).unwrap()));
+        let status = compute(&r, &sampling("b"), Timestamp::from_second(3).unwrap());
+        assert_eq!(condition_of(&status, REDIS_READY).reason, "RedisReady");
+        // A finished master needs no Redis: nothing is lost.
+        let finished = Observed {
+            master: Some(MasterState::Succeeded),
+            ..lost
+        };
+        let status = compute(&r, &finished, Timestamp::from_second(4).unwrap());
+        assert_ne!(condition_of(&status, REDIS_READY).reason, "RedisLost");
+    }
+
+    #[test]
+    fn a_refused_database_is_one_warning_and_the_failed_runs_cause() {
+        let mut r = run("{image: i, master: {command: [python, m.py]}}");
+        let cause = "sqlite:///results/m.db holds an unfinished run (id 1) of other observed data";
+        let refused = Observed {
+            master_start: start(StartOutcome::Refused, cause, "t1"),
+            ..healthy()
+        };
+        let old = r.status.clone().unwrap_or_default();
+        let status = compute(&r, &refused, Timestamp::from_second(1).unwrap());
+        let (reason, note) = master_start_warning(&old, &status).unwrap();
+        assert_eq!(reason, "ResumeFailed");
+        assert!(note.contains(cause), "{note}");
+        r.status = Some(status.clone());
+        let again = compute(&r, &refused, Timestamp::from_second(2).unwrap());
+        assert_eq!(
+            master_start_warning(&status, &again),
+            None,
+            "published once"
+        );
+        r.status = Some(again);
+
+        // The Job gives up; Redis is no longer read, the status keeps the cause.
+        let failed = Observed {
+            master: Some(MasterState::Failed("BackoffLimitExceeded".into())),
+            master_exit: Some("Error, exit code 1".into()),
+            ..healthy()
+        };
+        let status = compute(&r, &failed, Timestamp::from_second(3).unwrap());
+        assert_eq!(status.phase, Some(Phase::Failed));
+        for type_ in [MASTER_RUNNING, DEGRADED] {
+            let message = &condition_of(&status, type_).message;
+            assert!(
+                message.contains("BackoffLimitExceeded") && message.contains(cause),
+                "{type_}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_master_without_a_recorded_start_names_its_last_exit() {
+        let r = run("{image: i, master: {command: [python, m.py]}}");
+        let failed = Observed {
+            master: Some(MasterState::Failed("BackoffLimitExceeded".into())),
+            master_exit: Some(
+                "Error, exit code 1 (ModuleNotFoundError: No module named 'model')".into(),
+            ),
+            ..healthy()
+        };
+        let status = compute(&r, &failed, Timestamp::from_second(1).unwrap());
+        assert_eq!(
+            condition_of(&status, DEGRADED).message,
+            "the master failed (BackoffLimitExceeded); its last exit: Error, exit code 1 \
+             (ModuleNotFoundError: No module named 'model')"
+        );
+    }
+
+    #[test]
+    fn only_a_restarted_master_that_started_anew_is_a_warning() {
+        let mut r = run("{image: i, master: {command: [python, m.py]}}");
+        let new_run = |at: &str| Observed {
+            master_start: start(
+                StartOutcome::New,
+                "started a new run in m.db: no results database there yet",
+                at,
+            ),
+            ..healthy()
+        };
+        let mut warnings = Vec::new();
+        let generation_2 = Observed {
+            progress: Some(Progress {
+                analysis_id: Some("a".into()),
+                generation: Some(2),
+                ..Default::default()
+            }),
+            ..new_run("t1")
+        };
+        // The first start; sampling; the master killed, its retry finds no database.
+        for observed in [new_run("t1"), generation_2, new_run("t2")] {
+            let old = r.status.clone().unwrap_or_default();
+            let status = compute(&r, &observed, Timestamp::from_second(1).unwrap());
+            warnings.push(master_start_warning(&old, &status).map(|(reason, _)| reason));
+            r.status = Some(status);
+        }
+        assert_eq!(warnings, [None, None, Some("NotResumed")]);
     }
 
     #[test]

@@ -67,6 +67,17 @@ pub enum LocalError {
     )]
     RedisRestart { port: u16, cause: String },
 
+    #[error(
+        "the run's redis-server on 127.0.0.1:{port} died again ({last}) after {restarts} restarts, \
+         each of which cost the generation in progress; the run stops (is something killing it, \
+         e.g. the OOM killer?); the generations stored so far stay in its results folder"
+    )]
+    RedisKeepsDying {
+        port: u16,
+        restarts: u32,
+        last: String,
+    },
+
     #[error("cannot talk to the run's Redis: {0}")]
     Redis(String),
 

@@ -16,7 +16,12 @@ the same stopping criteria. pyABC stores each generation in one transaction, so 
 that was being sampled when the master died is simply sampled again; stored ones never are.
 
 A database that holds a run of other observed data is never continued nor written to: `run`
-raises `ResumeError` naming the database and the difference.
+raises `ResumeError` naming the database and the difference; so it does for a database that
+cannot be read or written.
+
+Every start says how it went, in Redis (`START_KEY`) for the operator's status and Events and
+`abc-operator run`'s output: resumed, started anew (and why: no database yet, or no unfinished
+run in it), or refused (the `ResumeError`'s message, also the container's termination message).
 """
 
 import datetime
@@ -34,6 +39,12 @@ REDIS_WAIT_SECONDS = 300
 # Redis key the operator and `abc-operator run` read to learn that a master resumed (a hash:
 # `from_generation`, `at`); outside pyABC's own keys (src/protocol/keys.rs: RESUMED).
 RESUME_KEY = "abc_operator:resumed"
+# Redis key of how the last master start went (a hash: `outcome` resumed|new|refused, `cause`,
+# `at`); src/protocol/keys.rs: MASTER_START.
+START_KEY = "abc_operator:master_start"
+# Where the kubelet reads a container's termination message (the pod's default
+# terminationMessagePath); written only where the kubelet mounted it.
+TERMINATION_LOG = "/dev/termination-log"
 
 
 class ResumeError(RuntimeError):
@@ -80,6 +91,10 @@ def run(abc, db, observed, **run_kwargs):
     _wait_for_redis(abc)
     try:
         return _new_or_resume(abc, db, observed, run_kwargs)
+    except ResumeError as err:
+        _record_start(abc, "refused", str(err))
+        _write_termination_message(f"ResumeError: {err}")
+        raise
     except Exception as err:
         if not _is_connection_error(err):
             raise
@@ -91,15 +106,18 @@ def run(abc, db, observed, **run_kwargs):
 
 
 def _new_or_resume(abc, db, observed, run_kwargs):
-    url = database_url(db)
-    unfinished = _unfinished_run(url)
+    url = _using_database(db, "create the folder of", lambda: database_url(db))
+    unfinished, why_new = _unfinished_run(url)
     if unfinished is None:
         _forget_resumes(abc)
-        abc.new(url, observed)
-        _say(f"new run {abc.history.id} in {url}")
+        _using_database(url, "start a new run in", lambda: abc.new(url, observed))
+        _say(f"new run {abc.history.id} in {url}: {why_new}")
+        _record_start(abc, "new", f"started a new run in {url}: {why_new}")
         return abc.run(**run_kwargs)
 
-    history = abc.load(url, unfinished)
+    history = _using_database(
+        url, f"load run {unfinished} from", lambda: abc.load(url, unfinished)
+    )
     _check_same_problem(url, history, observed)
     done = history.max_t + 1
     wanted = run_kwargs.get("max_nr_populations")
@@ -110,14 +128,39 @@ def _new_or_resume(abc, db, observed, run_kwargs):
         finished = finished or last_epsilon <= minimum_epsilon
     if finished:
         # Killed after storing its last generation but before marking the run done.
-        history.done(end_time=datetime.datetime.now())
+        _using_database(
+            url, "mark done", lambda: history.done(end_time=datetime.datetime.now())
+        )
         _say(f"run {unfinished} in {url} already has its {done} generations; marked done")
+        _record_start(abc, "resumed", f"run {unfinished} in {url} was complete; marked done")
         return history
     if wanted is not None:
         run_kwargs = {**run_kwargs, "max_nr_populations": wanted - done}
     _say(f"resuming run {unfinished} in {url} from generation {done} ({done} stored)")
     _record_resume(abc, done)
+    _record_start(abc, "resumed", f"continued run {unfinished} in {url} from generation {done}")
     return abc.run(**run_kwargs)
+
+
+def _using_database(url, what, action):
+    """Runs `action` on the results database; a database that cannot be read or written (a
+    read-only claim, a full disk) is a ResumeError naming it, raised before anything is
+    sampled."""
+    try:
+        return action()
+    except ResumeError:
+        raise
+    except Exception as err:
+        if _is_connection_error(err):
+            raise
+        raise ResumeError(
+            f"cannot {what} the results database {url}: {type(err).__name__}: {_first_line(err)}"
+        ) from err
+
+
+def _first_line(err):
+    """SQLAlchemy's messages go on with the SQL and a link; the first line says what failed."""
+    return (str(err).splitlines() or [""])[0]
 
 
 def _is_connection_error(err):
@@ -152,19 +195,22 @@ def _wait_for_redis(abc):
 
 
 def _unfinished_run(url):
-    """The id of the newest run in the database if it never finished, else None."""
+    """The id of the newest run in the database if it never finished, else None and why a new
+    run starts."""
     from pyabc import History
 
     if url.startswith("sqlite:///") and not os.path.exists(url[len("sqlite:///") :]):
-        return None
+        return None, "no results database there yet"
     try:
         runs = History(url).all_runs()
     except Exception as err:  # an empty file, or not a pyABC database
-        raise ResumeError(f"{url} is not a pyABC results database: {err}") from err
+        raise ResumeError(f"{url} is not a pyABC results database: {_first_line(err)}") from err
     if not runs:
-        return None
+        return None, "the results database holds no run"
     newest = max(runs, key=lambda r: r.id)
-    return newest.id if newest.end_time is None else None
+    if newest.end_time is not None:
+        return None, f"the newest run in the results database (id {newest.id}) has finished"
+    return newest.id, None
 
 
 def _check_same_problem(url, history, observed):
@@ -206,6 +252,36 @@ def _record_resume(abc, generation):
         )
     except Exception as err:  # the run goes on without the record
         _say(f"could not record the resume in Redis: {err}")
+
+
+def _record_start(abc, outcome, cause):
+    """Tells the operator (or `abc-operator run`) how this master started; best effort."""
+    redis = getattr(abc.sampler, "redis", None)
+    if redis is None:
+        return
+    try:
+        redis.hset(
+            START_KEY,
+            mapping={
+                "outcome": outcome,
+                "cause": cause,
+                "at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            },
+        )
+    except Exception as err:  # the run goes on without the record
+        _say(f"could not record the master's start in Redis: {err}")
+
+
+def _write_termination_message(message):
+    """The cause as the container's termination message, which the operator puts into the
+    run's Failed condition (only in a container whose kubelet provides the file)."""
+    if not os.path.exists(TERMINATION_LOG):
+        return
+    try:
+        with open(TERMINATION_LOG, "w") as out:
+            out.write(message[:4000])
+    except OSError:
+        pass
 
 
 def _forget_resumes(abc):

@@ -56,6 +56,9 @@ pub const STATIC_WORKER_LOCK: &str = "worker";
 /// The last resume of a master (a hash: `from_generation`, `at`), written by the `abc_operator`
 /// module (`RESUME_KEY` in src/protocol/abc_operator.py) when it continues a stored run.
 pub const RESUMED: &str = "abc_operator:resumed";
+/// How the last master start went (a hash: `outcome` `resumed`, `new` or `refused`, `cause`,
+/// `at`), written by the `abc_operator` module (`START_KEY` in src/protocol/abc_operator.py).
+pub const MASTER_START: &str = "abc_operator:master_start";
 /// Set of the ids of every worker ledger.
 pub const LEDGER_SET: &str = "abc_operator:ledgers";
 /// Prefix of a worker's ledger hash: `abc_operator:ledger:{id}`.
@@ -110,6 +113,7 @@ mod tests {
         use super::super::{MASTER_MODULE, REDIS_LOST_EXIT_CODE};
         for line in [
             format!("RESUME_KEY = \"{RESUMED}\""),
+            format!("START_KEY = \"{MASTER_START}\""),
             format!("REDIS_LOST_EXIT_CODE = {REDIS_LOST_EXIT_CODE}"),
         ] {
             assert!(MASTER_MODULE.contains(&line), "{line}");

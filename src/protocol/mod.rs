@@ -60,7 +60,7 @@ pub use liveness::Heartbeat;
 #[cfg(test)]
 pub(crate) use liveness::test_support as liveness_test_support;
 pub use repair::{Repair, repair_lost_worker, repair_script_source};
-pub use snapshot::{Claim, Ledger, Mode, Resumed, Snapshot};
+pub use snapshot::{Claim, Ledger, MasterStart, Mode, Resumed, Snapshot, StartOutcome};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, IntoConnectionInfo, RedisConnectionInfo, RedisError};

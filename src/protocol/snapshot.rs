@@ -3,8 +3,8 @@
 use super::ProtocolError;
 use super::keys::{
     ALL_ACCEPTED, ANALYSIS_ID, DYNAMIC, GENERATION, IS_LOOK_AHEAD, LEDGER_PREFIX, LEDGER_SET,
-    LOST_WORKERS, MODE, N_ACC, N_EVAL, N_FAIL, N_JOB, N_LOOKAHEAD_EVAL, N_REQ, N_WORKER, RESUMED,
-    STATIC, generation_key, ledger_key,
+    LOST_WORKERS, MASTER_START, MODE, N_ACC, N_EVAL, N_FAIL, N_JOB, N_LOOKAHEAD_EVAL, N_REQ,
+    N_WORKER, RESUMED, STATIC, generation_key, ledger_key,
 };
 use super::reply::Fields;
 use redis::Value;
@@ -38,7 +38,8 @@ const LEDGERS: &str = "ledgers";
 /// per-generation key under its name without `_{ana}_{t}`; nil where Redis holds none), and
 /// `ledgers`.
 const SNAPSHOT_LUA: &str = r#"
--- KEYS: analysis_id, the ledger set, the lost-worker counter, the last resume. ARGV: the ledger key prefix, the
+-- KEYS: analysis_id, the ledger set, the lost-worker counter, the last resume, the last
+-- master start. ARGV: the ledger key prefix, the
 -- generation key's name, then the names of the per-generation keys to read.
 local problem = false
 local function read(key, want)
@@ -78,6 +79,8 @@ out[#out + 1] = KEYS[3]
 out[#out + 1] = read(KEYS[3], 'string')
 out[#out + 1] = KEYS[4]
 out[#out + 1] = read(KEYS[4], 'hash') or false
+out[#out + 1] = KEYS[5]
+out[#out + 1] = read(KEYS[5], 'hash') or false
 if problem then return redis.error_reply('ABC_NOT_PYABC ' .. problem) end
 return out
 "#;
@@ -220,6 +223,8 @@ pub struct Snapshot {
     pub lost_workers: i64,
     /// The last resume of a master on this Redis, if any.
     pub resumed: Option<Resumed>,
+    /// How the last master start on this Redis went, if a master recorded it.
+    pub master_start: Option<MasterStart>,
 }
 
 /// The last time a master continued a stored run ([`RESUMED`], written by the `abc_operator`
@@ -230,6 +235,30 @@ pub struct Resumed {
     pub from_generation: i64,
     /// When (the master's clock, RFC 3339): tells one resume from the next.
     pub at: String,
+}
+
+/// How a master's start went ([`MASTER_START`], written by the `abc_operator` module each
+/// time a master calls its `run`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MasterStart {
+    pub outcome: StartOutcome,
+    /// Why, in the module's words (e.g. "started a new run in …: no results database there
+    /// yet", or a `ResumeError`'s message).
+    pub cause: String,
+    /// When (the master's clock, RFC 3339): tells one start from the next.
+    pub at: String,
+}
+
+/// What a starting master did with its results database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartOutcome {
+    /// Continued the unfinished run stored there.
+    Resumed,
+    /// Started a new run (no database, or no unfinished run in it).
+    New,
+    /// Could not use the database (`ResumeError`); left it unchanged and failed.
+    Refused,
 }
 
 impl Snapshot {
@@ -243,6 +272,7 @@ impl Snapshot {
             .key(LEDGER_SET)
             .key(LOST_WORKERS)
             .key(RESUMED)
+            .key(MASTER_START)
             .arg(LEDGER_PREFIX)
             .arg(GENERATION)
             .arg(&GENERATION_KEYS[..])
@@ -297,6 +327,7 @@ impl Snapshot {
                 .integer(LOST_WORKERS, &format!("key {LOST_WORKERS}"))?
                 .unwrap_or(0),
             resumed: resumed(fields.take(RESUMED)?)?,
+            master_start: master_start(fields.take(MASTER_START)?)?,
         })
     }
 
@@ -346,6 +377,26 @@ fn resumed(value: Value) -> Result<Option<Resumed>, ProtocolError> {
         }))
 }
 
+/// Reads the [`MASTER_START`] hash (nil when no master recorded its start). A record with a
+/// missing field or an outcome this version does not know is ignored: it only informs.
+fn master_start(value: Value) -> Result<Option<MasterStart>, ProtocolError> {
+    if value == Value::Nil {
+        return Ok(None);
+    }
+    let what = format!("key {MASTER_START}");
+    let hash = Fields::parse(what.clone(), value)?;
+    let outcome = match hash.optional_text("outcome", &what)?.as_deref() {
+        Some("resumed") => StartOutcome::Resumed,
+        Some("new") => StartOutcome::New,
+        Some("refused") => StartOutcome::Refused,
+        _ => return Ok(None),
+    };
+    let cause = hash.optional_text("cause", &what)?.unwrap_or_default();
+    Ok(hash
+        .optional_text("at", &what)?
+        .map(|at| MasterStart { outcome, cause, at }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,6 +430,8 @@ mod tests {
         items.push(Value::Array(ledgers.collect()));
         items.push(bulk(RESUMED));
         items.push(Value::Nil);
+        items.push(bulk(MASTER_START));
+        items.push(Value::Nil);
         Value::Array(items)
     }
 
@@ -410,6 +463,41 @@ mod tests {
         );
         let err = resumed(hash(&[("from_generation", "three"), ("at", "x")])).unwrap_err();
         assert!(err.to_string().contains(RESUMED), "{err}");
+    }
+
+    #[test]
+    fn a_master_start_record_is_read_and_an_unknown_one_ignored() {
+        let hash = |fields: &[(&str, &str)]| {
+            Value::Array(
+                fields
+                    .iter()
+                    .flat_map(|(k, v)| [bulk(k), bulk(v)])
+                    .collect(),
+            )
+        };
+        let at = ("at", "2026-12-02T16:05:37Z");
+        let cause = (
+            "cause",
+            "m.db holds an unfinished run of other observed data",
+        );
+        assert_eq!(master_start(Value::Nil).unwrap(), None);
+        assert_eq!(
+            master_start(hash(&[("outcome", "refused"), cause, at])).unwrap(),
+            Some(MasterStart {
+                outcome: StartOutcome::Refused,
+                cause: cause.1.into(),
+                at: at.1.into(),
+            })
+        );
+        // A newer module's outcome, or a record without its time, informs nobody.
+        assert_eq!(
+            master_start(hash(&[("outcome", "migrated"), cause, at])).unwrap(),
+            None
+        );
+        assert_eq!(
+            master_start(hash(&[("outcome", "new"), cause])).unwrap(),
+            None
+        );
     }
 
     /// Generation 1 of analysis `ana`, with `values` on top.

@@ -6,8 +6,8 @@ use crate::support::python::{manager, worker};
 use crate::support::redis::{connect, server, snapshot, wait_for};
 use crate::{get_i, put_ledger, set_all};
 use abc_operator::protocol::{
-    Claim, Ledger, Mode, Repair, Resumed, Snapshot, clear_stale_analysis_lock, keys,
-    repair_lost_worker, reset_workers, stop,
+    Claim, Ledger, MasterStart, Mode, Repair, Resumed, Snapshot, StartOutcome,
+    clear_stale_analysis_lock, keys, repair_lost_worker, reset_workers, stop,
 };
 use nix::sys::signal::Signal;
 use redis::AsyncCommands;
@@ -72,6 +72,20 @@ async fn snapshot_reads_every_field_by_name() {
     redis::cmd("HSET")
         .arg(keys::RESUMED)
         .arg(&["from_generation", "3", "at", "2026-12-02T16:05:37+00:00"])
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    // As the module records how the master started.
+    redis::cmd("HSET")
+        .arg(keys::MASTER_START)
+        .arg(&[
+            "outcome",
+            "resumed",
+            "cause",
+            "continued run 1",
+            "at",
+            "2026-12-02T16:05:37+00:00",
+        ])
         .query_async::<()>(&mut conn)
         .await
         .unwrap();
@@ -143,6 +157,11 @@ async fn snapshot_reads_every_field_by_name() {
             lost_workers: 4,
             resumed: Some(Resumed {
                 from_generation: 3,
+                at: "2026-12-02T16:05:37+00:00".into()
+            }),
+            master_start: Some(MasterStart {
+                outcome: StartOutcome::Resumed,
+                cause: "continued run 1".into(),
                 at: "2026-12-02T16:05:37+00:00".into()
             }),
         }

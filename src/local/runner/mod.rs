@@ -148,6 +148,7 @@ pub async fn run(args: RunArgs) -> Result<u8, LocalError> {
         master_restarts: 0,
         redis_restarts: 0,
         last_resume: None,
+        last_master_start: None,
     };
     let outcome = runner.run_until_done(&mut signals).await;
     let result = runner.shutdown(outcome, &mut signals).await;
@@ -237,6 +238,8 @@ struct Runner {
     redis_restarts: u32,
     /// The last resume the master recorded in Redis that was reported (by its time).
     last_resume: Option<String>,
+    /// The last master start recorded in Redis that was looked at (by its time).
+    last_master_start: Option<String>,
 }
 
 /// SIGINT or SIGTERM to the runner.

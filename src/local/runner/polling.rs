@@ -5,7 +5,7 @@ use crate::api::Progress;
 use crate::local::process;
 use crate::local::progress::Observation;
 use crate::local::redis_access;
-use crate::protocol::{Heartbeat, Ledger, Snapshot};
+use crate::protocol::{Heartbeat, Ledger, Snapshot, StartOutcome};
 use nix::sys::signal::Signal;
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -19,6 +19,7 @@ impl Runner {
                 self.poll_failed = false;
                 self.lost_workers = self.lost_workers.max(snapshot.lost_workers);
                 self.report_resume(&snapshot);
+                self.report_master_start(&snapshot);
                 let obs = Observation {
                     progress: Progress::from(&snapshot),
                     workers: self.slots.iter().filter(|s| s.running.is_some()).count(),
@@ -62,6 +63,35 @@ impl Runner {
             resumed.from_generation
         ));
         self.printer.event(serde_json::json!({"event": "master_resumed", "from_generation": resumed.from_generation}));
+    }
+
+    /// Says once how a master start went when it did not resume although it should have, as
+    /// the operator's `ResumeFailed` and `NotResumed` Events do: a database it refused (it
+    /// fails, leaving the database unchanged), or a restarted master that started anew.
+    fn report_master_start(&mut self, snapshot: &Snapshot) {
+        let Some(start) = &snapshot.master_start else {
+            return;
+        };
+        if self.last_master_start.as_ref() == Some(&start.at) {
+            return;
+        }
+        let restarted =
+            self.last_master_start.is_some() || self.master_restarts > 0 || self.redis_restarts > 0;
+        self.last_master_start = Some(start.at.clone());
+        let line = match start.outcome {
+            StartOutcome::Refused => format!(
+                "the master cannot use its results database and fails, leaving it unchanged: {}",
+                start.cause
+            ),
+            StartOutcome::New if restarted => format!(
+                "the master started again but did not resume: {}; the generations sampled \
+                 before are not continued",
+                start.cause
+            ),
+            _ => return,
+        };
+        self.printer.say(line);
+        self.printer.event(serde_json::json!({"event": "master_start", "outcome": start.outcome, "cause": start.cause}));
     }
 
     /// A worker process that is alive but whose ledger heartbeat stopped (stopped, or stuck

@@ -13,6 +13,11 @@ use crate::local::process;
 use nix::sys::signal::Signal;
 use serde_json::json;
 
+/// Restarts of the run's redis-server a run survives. One that keeps dying (the OOM killer
+/// choosing it again and again, a broken disk) would otherwise restart the master for ever,
+/// each time re-doing the generation in progress: after this many the run stops, naming it.
+const MAX_REDIS_RESTARTS: u32 = 3;
+
 impl Runner {
     /// Starts the run's redis-server again if it died. Called before every event is handled,
     /// so that an exit the dead Redis caused is never taken for the child's own failure.
@@ -27,6 +32,13 @@ impl Runner {
             return Ok(());
         };
         let port = redis.port;
+        if self.redis_restarts >= MAX_REDIS_RESTARTS {
+            return Err(LocalError::RedisKeepsDying {
+                port,
+                restarts: self.redis_restarts,
+                last: status.to_string(),
+            });
+        }
         tracing::warn!(%status, port, "redis-server died; starting it again on the same port");
         redis.restart()?;
         let pid = redis.pid();
