@@ -81,6 +81,7 @@ E_TARGETS = {0: 0.6, 10: 0.95}
 SWARM = ROOT / "bench" / "swarm.py"
 D_WORKERS = int(os.environ.get("BENCH_SWARM_WORKERS", "1000" if QUICK else "10000"))
 D_PROCESSES = 2 if QUICK else 4
+D_VARIANTS = os.environ.get("BENCH_SWARM_VARIANTS", "ledger,plain").split(",")
 D_POP, D_GENS = (200, 1) if QUICK else (4000, 2)
 D_KILLS = min(int(os.environ.get("BENCH_SWARM_KILLS", "100")), D_WORKERS // 10)
 D_MODEL_S, D_IDLE_S, D_REPAIR_TARGET_S = 1.0, 10.0 if not QUICK else 5.0, 2.0
@@ -884,6 +885,8 @@ def section_d(children, rows, notes):
             f"model, pop {D_POP}, {D_GENS} gen; ledger then plain pyABC commands")
         res = {}
         for name, ledger in (("ledger", True), ("plain", False)):
+            if name not in D_VARIANTS:
+                continue
             res[name] = swarm_run(children, server, workers, ledger, f"D-{name}")
             r = res[name]
             say(f"D {name}: {json.dumps({k: v for k, v in r.items() if k != 'result'})}")
@@ -892,6 +895,8 @@ def section_d(children, rows, notes):
                 f"CPU/evaluation, idle {r['idle_redis_cpu'] * 100:.1f}% CPU, "
                 f"{r['connections_per_worker']:.2f} connections/worker, "
                 f"{r['rss_mb']:.0f} MiB RSS")
+        if len(res) < 2:
+            return
         led, plain = res["ledger"], res["plain"]
         rep = led["repairs"]
         rows.append([
