@@ -34,6 +34,7 @@ Environment:
 import json
 import os
 import queue
+import re
 import secrets
 import shutil
 import signal
@@ -701,7 +702,6 @@ def recovery_run(children, kind, kills, give_up_s, tag):
 def managed_redis_config():
     """The managed Redis' client settings, computed like src/protocol/server_config.rs
     does from its constants (read from that file, so the two cannot drift apart)."""
-    import re
     source = (ROOT / "src" / "protocol" / "server_config.rs").read_text()
 
     def const(name):
@@ -711,10 +711,6 @@ def managed_redis_config():
                    + const("RESERVED_CLIENTS"))
     return (f"maxclients {max_clients}\ntcp-backlog {const('TCP_BACKLOG')}\ntimeout 0\n",
             max_clients, const("WORKER_CONNECTIONS_PER_PROCESS"))
-
-
-def redis_info(client, section):
-    return client.info(section)
 
 
 def redis_cpu_s(client):
