@@ -35,45 +35,62 @@ pub fn differing(owned: &Owned, namespace: &str, caches: &Caches) -> Vec<OwnedOb
         workers,
         master_job,
     } = owned;
-    let mut out = Vec::new();
-    let mut consider = |object: OwnedObject, applied: Option<String>| {
-        if applied.as_deref() != Some(object.hash()) {
-            out.push(object);
-        }
-    };
     // In the order a run comes up: the password and the entrypoint before the pods using them.
-    if let Some(o) = secret {
-        let o = with_hash(o.clone());
-        let applied = applied_hash(&caches.secrets, namespace, &o);
-        consider(OwnedObject::Secret(o), applied);
-    }
-    let o = with_hash(config_map.clone());
-    let applied = applied_hash(&caches.config_maps, namespace, &o);
-    consider(OwnedObject::ConfigMap(o), applied);
-    if let Some(o) = network_policy {
-        let o = with_hash(o.clone());
-        let applied = applied_hash(&caches.network_policies, namespace, &o);
-        consider(OwnedObject::NetworkPolicy(o), applied);
-    }
-    if let Some(o) = redis_deployment {
-        let o = with_hash(o.clone());
-        let applied = applied_hash(&caches.deployments, namespace, &o);
-        consider(OwnedObject::Deployment(o), applied);
-    }
-    if let Some(o) = redis_service {
-        let o = with_hash(o.clone());
-        let applied = applied_hash(&caches.services, namespace, &o);
-        consider(OwnedObject::Service(o), applied);
-    }
-    let o = with_hash(workers.clone());
-    let applied = applied_hash(&caches.deployments, namespace, &o);
-    consider(OwnedObject::Deployment(o), applied);
-    if let Some(o) = master_job {
-        let o = with_hash(o.clone());
-        let applied = applied_hash(&caches.jobs, namespace, &o);
-        consider(OwnedObject::Job(o), applied);
-    }
-    out
+    [
+        secret
+            .as_ref()
+            .and_then(|o| if_differs(&caches.secrets, namespace, o, OwnedObject::Secret)),
+        if_differs(
+            &caches.config_maps,
+            namespace,
+            config_map,
+            OwnedObject::ConfigMap,
+        ),
+        network_policy.as_ref().and_then(|o| {
+            if_differs(
+                &caches.network_policies,
+                namespace,
+                o,
+                OwnedObject::NetworkPolicy,
+            )
+        }),
+        redis_deployment
+            .as_ref()
+            .and_then(|o| if_differs(&caches.deployments, namespace, o, OwnedObject::Deployment)),
+        redis_service
+            .as_ref()
+            .and_then(|o| if_differs(&caches.services, namespace, o, OwnedObject::Service)),
+        if_differs(
+            &caches.deployments,
+            namespace,
+            workers,
+            OwnedObject::Deployment,
+        ),
+        master_job
+            .as_ref()
+            .and_then(|o| if_differs(&caches.jobs, namespace, o, OwnedObject::Job)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// `desired` with its hash annotation, when the cached copy in `store` is missing or holds
+/// another hash.
+fn if_differs<K, C>(
+    store: &Store<C>,
+    namespace: &str,
+    desired: &K,
+    wrap: fn(K) -> OwnedObject,
+) -> Option<OwnedObject>
+where
+    K: Resource + Serialize + Clone,
+    C: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let desired = with_hash(desired.clone());
+    let applied = applied_hash(store, namespace, &desired);
+    let object = wrap(desired);
+    (applied.as_deref() != Some(object.hash())).then_some(object)
 }
 
 /// An owned object to apply, with its hash annotation set.
