@@ -102,8 +102,6 @@ if redis.call('EXISTS', ledger) == 0 then
   return redis.error_reply('ABC_LEDGER_GONE this worker was declared lost and repaired')
 end
 local op, amount = ARGV[1], tonumber(ARGV[2])
-local value = redis.call('INCRBY', KEYS[2], amount)
-if op == 'count' then return value end
 -- the generation stays recorded while the worker is in it or still owes something in it
 local function forget_if_done()
   if redis.call('HEXISTS', ledger, 'joined') == 0 and redis.call('HEXISTS', ledger, 'claim_max') == 0
@@ -111,6 +109,19 @@ local function forget_if_done()
     redis.call('HDEL', ledger, 'analysis', 'generation')
   end
 end
+-- pyABC's master deletes a generation's keys once it has read n_worker 0, in a step of its
+-- own: a worker that joins in between (a late `start`) would create n_worker again, and its
+-- leaving would leave it at -1 for good. A generation whose n_worker is gone is over: nobody
+-- joins it, and leaving it changes no counter.
+if (op == 'join' or op == 'leave') and redis.call('EXISTS', KEYS[2]) == 0 then
+  if op == 'leave' then
+    redis.call('HDEL', ledger, 'joined')
+    forget_if_done()
+  end
+  return 0
+end
+local value = redis.call('INCRBY', KEYS[2], amount)
+if op == 'count' then return value end
 if op == 'leave' then
   redis.call('HDEL', ledger, 'joined')
   forget_if_done()
@@ -403,7 +414,8 @@ class LedgerRedis(redis.StrictRedis):
         with STATE.lock:
             value = self.ledger_script('counter', [key], [op, amount, analysis, generation])
             if op == 'join':
-                STATE.in_generation = True
+                # 0: the generation was over (COUNTER_LUA), nothing joined
+                STATE.in_generation = value > 0
             elif op == 'leave':
                 STATE.in_generation = False
         return value

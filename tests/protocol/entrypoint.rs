@@ -179,3 +179,55 @@ async fn entrypoint_heartbeat_runtime_sigterm_and_fencing() {
     assert!(expiring.log().contains("runtime 6s over while idle"));
     assert!(snapshot(&mut conn).await.ledgers.is_empty());
 }
+
+/// pyABC's master deletes a generation's keys once it reads n_worker 0, in a step of its own.
+/// A worker that joins in between (a late `start`) must not bring n_worker back, nor leave it
+/// at -1 when it leaves; one that joined in time leaves a deleted generation without a trace.
+/// Driven through the entrypoint's own Redis client, as pyABC's worker loop calls it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_the_master_deleted_is_neither_joined_nor_left_at_minus_one() {
+    let redis = server();
+    let endpoint = redis.endpoint();
+    let mut conn = connect(&redis).await;
+    let script = r#"
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location('abc_worker', sys.argv[1])
+w = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(w)
+host, port, password = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+w.STATE = w.State('late')
+admin = w.redis.StrictRedis(host=host, port=port, password=password)
+admin.register_script(w.REGISTER_LUA)(
+    keys=[w.STATE.ledger_key, w.LEDGER_SET], args=['late', 'late', 0, 'h', 1])
+r = w.LedgerRedis(host=host, port=port, password=password)
+admin.mset({'analysis_id': 'a', 'generation_a': 2, 'n_worker_a_2': 0})
+joined = r.incr('n_worker_a_2')
+admin.delete('n_worker_a_2')  # the master, after it read n_worker 0 before the join
+left = r.decr('n_worker_a_2')
+late = r.incr('n_worker_a_2')  # a late start: the generation is over
+print(joined, left, late, admin.exists('n_worker_a_2'), w.STATE.in_generation,
+      sorted(k.decode() for k in admin.hkeys(w.STATE.ledger_key)))
+"#;
+    let out = std::process::Command::new(crate::support::python::python())
+        .args(["-c", script])
+        .arg(crate::support::python::entrypoint())
+        .args([
+            endpoint.host.as_str(),
+            &endpoint.port.to_string(),
+            endpoint.password.as_deref().unwrap_or(""),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1 0 0 0 False ['heartbeat', 'host', 'pid', 'process', 'started', 'worker']",
+        "joined as worker 1; leaving and a late join change no counter; the ledger owes nothing"
+    );
+    let snap = snapshot(&mut conn).await;
+    assert_eq!(snap.n_worker, None);
+}
