@@ -8,7 +8,12 @@ B. Throughput of pyABC by hand (redis-server + abc-redis-worker + master) agains
 C. Lost-worker recovery: SIGKILL of a worker in the middle of an evaluation, at the end of
    a calibration generation, and the time until the run gets past the point where it
    would otherwise wait forever.
-D. A lost master and a lost Redis: `abc-operator run` of the Gaussian example (6
+D. Many workers: 10,000 simulated workers (bench/swarm.py) against one redis-server
+   configured like a managed Redis, one real master: connections, Redis CPU with the
+   ledger's scripts against pyABC's plain commands, and the repair of 100 killed workers.
+E. One machine: `abc-operator run` against pyABC's MulticoreEvalParallelSampler with as
+   many processes.
+F. A lost master and a lost Redis: `abc-operator run` of the Gaussian example (6
    generations); SIGKILL of the master, then in another run of redis-server, while
    generation 3 is sampled; generations sampled again and the time from the kill until
    sampling goes on. By hand the run is lost: everything is sampled again.
@@ -19,7 +24,9 @@ bench/README.md for what each figure means. Runs with ABC_PYTHON (a python with 
 
 Environment:
   BENCH_QUICK=1        a smoke version of a few minutes (small sizes, one run per variant)
-  BENCH_SECTIONS=A,B,C,D which sections to run (default all)
+  BENCH_SECTIONS=A,B,C,D,E,F  which sections to run (default all)
+  BENCH_SWARM_WORKERS=N  simulated workers in D (default 10000, quick 1000)
+  BENCH_SWARM_KILLS=N    workers killed and repaired in D (default 100)
   BENCH_REPEATS=N      runs per variant in A and B (default 4, quick 1)
   BENCH_KILLS=N        kills in C for abc-operator run (default 5, quick 2; at most 4 per worker)
   BENCH_GIVE_UP_S=S    how long C waits for pyABC by hand (default 30, quick 10)
@@ -31,6 +38,7 @@ Environment:
 import json
 import os
 import queue
+import re
 import secrets
 import shutil
 import signal
@@ -52,7 +60,7 @@ PYTHON = os.environ.get("ABC_PYTHON") or sys.executable
 BIN = Path(os.environ.get("ABC_OPERATOR_BIN") or ROOT / "target" / "release" / "abc-operator")
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
-SECTIONS = {s.strip().upper() for s in os.environ.get("BENCH_SECTIONS", "A,B,C,D").split(",")}
+SECTIONS = {s.strip().upper() for s in os.environ.get("BENCH_SECTIONS", "A,B,C,D,E,F").split(",")}
 # The runner's restart policy gives up on a worker slot after 5 quick failures in a row, and
 # every SIGKILL here is one; kills alternate between slots, so 4 per slot at most.
 KILLS = min(int(os.environ.get("BENCH_KILLS", "2" if QUICK else "5")), 4 * WORKERS)
@@ -70,11 +78,23 @@ else:
 if "BENCH_REPEATS" in os.environ:
     A_REPEATS = B_REPEATS = int(os.environ["BENCH_REPEATS"])
 C_SLEEP_MS, C_POP = 200, 16
+# E: (model ms, population, generations) of `abc-operator run` against pyABC's multicore
+# sampler with as many processes; target: the least acceptable ratio
+E_CASES = [(0, 200, 2), (10, 100, 2)] if QUICK else [(0, 400, 3), (10, 400, 3)]
+E_REPEATS = int(os.environ.get("BENCH_REPEATS", "1" if QUICK else "2"))
+E_TARGETS = {0: 0.6, 10: 0.95}
+SWARM = ROOT / "bench" / "swarm.py"
+D_WORKERS = int(os.environ.get("BENCH_SWARM_WORKERS", "1000" if QUICK else "10000"))
+D_PROCESSES = 2 if QUICK else 4
+D_VARIANTS = os.environ.get("BENCH_SWARM_VARIANTS", "ledger,plain").split(",")
+D_POP, D_GENS = (200, 1) if QUICK else (4000, 2)
+D_KILLS = min(int(os.environ.get("BENCH_SWARM_KILLS", "100")), D_WORKERS // 10)
+D_MODEL_S, D_IDLE_S, D_REPAIR_TARGET_S = 1.0, 10.0 if not QUICK else 5.0, 2.0
 A_TARGETS = {0: 0.15, 10: 0.02}  # highest acceptable cost per model time
 B_TARGET = 0.98
 C_TARGET_S = 2.0
-D_GENERATIONS, D_KILL_AT, D_MODEL_S = 6, 3, 0.005
-D_TARGET_REDONE = 1
+F_GENERATIONS, F_KILL_AT, F_MODEL_S = 6, 3, 0.005
+F_TARGET_REDONE = 1
 
 T0 = time.monotonic()
 
@@ -174,7 +194,7 @@ class RedisServer:
     the password in a 0600 config file (never on a command line), protected mode on,
     nothing persisted."""
 
-    def __init__(self, children: Children, tag: str):
+    def __init__(self, children: Children, tag: str, extra_config: str = ""):
         self.children = children
         self.dir = Path(tempfile.mkdtemp(prefix=f"redis-{tag}-", dir=children.scratch))
         self.password = secrets.token_hex(16)
@@ -186,7 +206,7 @@ class RedisServer:
             text = (
                 f'bind 127.0.0.1\nport {self.port}\nprotected-mode yes\n'
                 f'requirepass "{self.password}"\nsave ""\nappendonly no\n'
-                f'dir "{self.dir}"\nlogfile "{log}"\ndaemonize no\n'
+                f'dir "{self.dir}"\nlogfile "{log}"\ndaemonize no\n{extra_config}'
             )
             fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
@@ -292,12 +312,13 @@ class ServedMaster:
 class ByHand:
     """pyABC by hand: workers (plain or the entrypoint) and the master, on a given Redis."""
 
-    def __init__(self, children: Children, server: RedisServer, kind: str, tag: str):
+    def __init__(self, children: Children, server: RedisServer, kind: str, tag: str,
+                 workers=WORKERS):
         self.children, self.server, self.kind = children, server, kind
         self.dir = Path(tempfile.mkdtemp(prefix=f"{tag}-", dir=children.scratch))
         self.workers = []
         self.master = None
-        for i in range(WORKERS):
+        for i in range(workers):
             log = self.dir / f"worker-{i}.log"
             if kind == "plain":
                 # pyABC's own CLI; it takes the password only on its command line.
@@ -468,6 +489,24 @@ def run_ledger_cost(children, server, master, kind, tag):
         return out
     finally:
         run.stop()
+
+
+def run_multicore(children, case, tag):
+    """pyABC's MulticoreEvalParallelSampler with WORKERS processes: no Redis at all."""
+    out = Path(tempfile.mkdtemp(prefix=f"{tag}-", dir=children.scratch))
+    env = master_env(*case, BENCH_SAMPLER="multicore", BENCH_PROCESSES=WORKERS,
+                     BENCH_WORKERS=0)
+    env["ABC_RESULTS_DIR"] = str(out)
+    proc = children.spawn([PYTHON, MASTER], out / "master.log", env=env)
+    try:
+        code = proc.wait(MASTER_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"multicore master still running after {MASTER_TIMEOUT_S:.0f}s; see {out}")
+    finally:
+        children.stop(proc)
+    if code != 0:
+        raise BenchError(f"multicore master failed ({code}); see {out / 'master.log'}")
+    return [(case, json.loads((out / "bench-result.json").read_text()))]
 
 
 def run_operator(children, case, tag):
@@ -662,14 +701,14 @@ def recovery_run(children, kind, kills, give_up_s, tag):
 
 
 def resume_run(children, victim, tag):
-    """`abc-operator run` of the Gaussian example with D_GENERATIONS generations; SIGKILLs
-    the master or the redis-server (`victim`) while generation D_KILL_AT is sampled, and
+    """`abc-operator run` of the Gaussian example with F_GENERATIONS generations; SIGKILLs
+    the master or the redis-server (`victim`) while generation F_KILL_AT is sampled, and
     measures what the resume costs: generations sampled again (the one in progress at the
     kill, unless it was stored just before) and the time from the kill until the resumed
     master's first accepted particle."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"{tag}-", dir=children.scratch))
-    env = {"GAUSSIAN_GENERATIONS": str(D_GENERATIONS), "GAUSSIAN_MINIMUM_EPSILON": "0",
-           "GAUSSIAN_MODEL_SECONDS": str(D_MODEL_S)}
+    env = {"GAUSSIAN_GENERATIONS": str(F_GENERATIONS), "GAUSSIAN_MINIMUM_EPSILON": "0",
+           "GAUSSIAN_MODEL_SECONDS": str(F_MODEL_S)}
     proc = children.spawn(
         [BIN, "run", ROOT / "examples" / "gaussian" / "abcrun.yaml", "--workers", WORKERS,
          "--python", PYTHON, "--json", "--run-dir", run_dir / "run"],
@@ -693,7 +732,7 @@ def resume_run(children, victim, tag):
             try:
                 at, ev = events.get(timeout=MASTER_TIMEOUT_S)
             except queue.Empty:
-                raise BenchError(f"D {victim}: no event for {MASTER_TIMEOUT_S:.0f} s; see {run_dir}")
+                raise BenchError(f"F {victim}: no event for {MASTER_TIMEOUT_S:.0f} s; see {run_dir}")
             e = ev.get("event")
             if e == "eof":
                 break
@@ -703,11 +742,11 @@ def resume_run(children, victim, tag):
                 pids.setdefault("master", ev["pid"])
             elif e == "master_resumed":
                 resumed_from = ev["from_generation"]
-            elif (e == "progress" and killed_at is None and ev.get("generation") == D_KILL_AT
+            elif (e == "progress" and killed_at is None and ev.get("generation") == F_KILL_AT
                   and ev.get("accepted", 0) > 0):
-                killed_at, killed_in = time.monotonic(), D_KILL_AT
+                killed_at, killed_in = time.monotonic(), F_KILL_AT
                 os.kill(pids[victim], signal.SIGKILL)
-                say(f"D {victim}: SIGKILL in generation {D_KILL_AT} "
+                say(f"F {victim}: SIGKILL in generation {F_KILL_AT} "
                     f"({ev['accepted']}/{ev['required']} accepted)")
             elif (e == "progress" and resumed_from is not None and sampling_at is None
                   and ev.get("generation") is not None and ev["generation"] >= resumed_from
@@ -717,10 +756,249 @@ def resume_run(children, victim, tag):
     finally:
         children.stop(proc)
     if code != 0 or killed_at is None or resumed_from is None:
-        raise BenchError(f"D {victim}: the run failed ({code}), no kill or no resume; see {run_dir}")
+        raise BenchError(f"F {victim}: the run failed ({code}), no kill or no resume; see {run_dir}")
     return {"redone": max(0, killed_in - resumed_from + 1),
             "to_sampling_s": sampling_at - killed_at if sampling_at else None,
             "hand_redone": killed_in + 1}
+
+
+# ---------------------------------------------------------------------------------------
+# D: thousands of simulated workers (bench/swarm.py) on one redis-server configured like a
+# managed Redis.
+
+
+def managed_redis_config():
+    """The managed Redis' client settings, computed like src/protocol/server_config.rs
+    does from its constants (read from that file, so the two cannot drift apart)."""
+    source = (ROOT / "src" / "protocol" / "server_config.rs").read_text()
+
+    def const(name):
+        return int(re.search(rf"const {name}: u32 = ([0-9_]+);", source).group(1).replace("_", ""))
+
+    max_clients = (const("MAX_WORKER_PROCESSES") * const("WORKER_CONNECTIONS_PER_PROCESS")
+                   + const("RESERVED_CLIENTS"))
+    return (f"maxclients {max_clients}\ntcp-backlog {const('TCP_BACKLOG')}\ntimeout 0\n",
+            max_clients, const("WORKER_CONNECTIONS_PER_PROCESS"))
+
+
+def redis_cpu_s(client):
+    info = client.info("cpu")
+    return info["used_cpu_user"] + info["used_cpu_sys"]
+
+
+class Swarm:
+    """SWARM_PROCESSES processes of bench/swarm.py, `workers` simulated workers in all."""
+
+    def __init__(self, children, server, workers, ledger, tag):
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{tag}-", dir=children.scratch))
+        self.children = children
+        self.procs, self.lines = [], queue.Queue()
+        per = [workers // D_PROCESSES + (1 if i < workers % D_PROCESSES else 0)
+               for i in range(D_PROCESSES)]
+        for i, n in enumerate(per):
+            env = server.env()
+            env.update({"SWARM_WORKERS": str(n), "SWARM_PREFIX": f"{tag}-{i}",
+                        "BENCH_LEDGER": "1" if ledger else "0",
+                        "BENCH_MODEL_S": str(D_MODEL_S), "ABC_HEARTBEAT_SECONDS": "5"})
+            proc = children.spawn([PYTHON, SWARM], self.dir / f"swarm-{i}.log", env=env,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+            self.procs.append(proc)
+        for _ in self.procs:
+            self.expect("READY", 600)
+
+    def _read(self, proc):
+        for line in proc.stdout:
+            self.lines.put(line.decode(errors="replace").strip())
+        self.lines.put(None)
+
+    def expect(self, prefix, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise BenchError(f"the simulated workers did not answer; see {self.dir}")
+            if line is None:
+                raise BenchError(f"a simulator exited; see {self.dir}")
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+
+    def tell(self, command):
+        for proc in self.procs:
+            proc.stdin.write((command + "\n").encode())
+            proc.stdin.flush()
+
+    def in_claim(self):
+        self.tell("STATS")
+        return sum(json.loads(self.expect("STATS", 30))["in_claim"] for _ in self.procs)
+
+    def kill(self, n):
+        """Aborts n workers holding a claim (fewer if fewer hold one); returns their ledger
+        ids."""
+        ids = []
+        for _ in range(5):  # a process may have fewer in a claim than its share
+            left = n - len(ids)
+            if left == 0:
+                break
+            per = [left // len(self.procs) + (1 if i < left % len(self.procs) else 0)
+                   for i in range(len(self.procs))]
+            for proc, k in zip(self.procs, per):
+                proc.stdin.write(f"KILL {k}\n".encode())
+                proc.stdin.flush()
+            for _ in self.procs:
+                ids += self.expect("KILLED", 30).split()
+        return ids
+
+    def stop(self):
+        for proc in self.procs:
+            self.children.stop(proc)
+
+
+def repair_script():
+    """The repair script, between its markers in the entrypoint: what the operator's
+    `protocol::repair_lost_worker` runs (src/protocol/repair.rs reads it the same way)."""
+    text = ENTRYPOINT.read_text()
+    begin, end = "-- abc-operator repair script: begin", "-- abc-operator repair script: end"
+    start = text.index(begin)
+    return text[start:text.index(end, start) + len(end)]
+
+
+def swarm_run(children, server, workers, ledger, tag):
+    """One analysis of the real master with `workers` simulated workers. With the ledger,
+    also kills D_KILLS workers in the middle of their model runs during the first
+    generation after the calibration, and repairs them."""
+    client = server.client()
+    client.flushall()
+    base_clients = client.info("clients")["connected_clients"]
+    swarm = Swarm(children, server, workers, ledger, tag)
+    out = {}
+    try:
+        wait_subscribed(client, workers, 600)
+        clients = client.info("clients")["connected_clients"] - base_clients
+        out["connections_per_worker"] = clients / workers
+        cpu0, t0 = redis_cpu_s(client), time.monotonic()
+        time.sleep(D_IDLE_S)
+        out["idle_redis_cpu"] = (redis_cpu_s(client) - cpu0) / (time.monotonic() - t0)
+        memory = client.info("memory")
+        out["used_memory_mb"] = memory["used_memory"] / 2**20
+        out["rss_mb"] = memory["used_memory_rss"] / 2**20
+        run = ByHand(children, server, "master only", tag, workers=0)
+        cpu0, t0 = redis_cpu_s(client), time.monotonic()
+        run.start_master(master_env(0, D_POP, D_GENS, BENCH_WORKERS=workers, BENCH_WAIT_S=600))
+        if ledger:
+            out["repairs"] = kill_and_repair(client, swarm)
+        out["result"] = run.finish(MASTER_TIMEOUT_S * 2)
+        # all of it: heartbeats and Redis' own cron too (the idle figure shows those alone;
+        # subtracting them would assume the simulator beats as often while it simulates)
+        out["analysis_s"] = time.monotonic() - t0
+        out["redis_cpu_s"] = redis_cpu_s(client) - cpu0
+        out["redis_cpu_ms_per_eval"] = out["redis_cpu_s"] * 1000 / out["result"]["evaluations"]
+        out["peak_memory_mb"] = client.info("memory")["used_memory_peak"] / 2**20
+        return out
+    finally:
+        swarm.stop()
+
+
+def kill_and_repair(client, swarm):
+    """Waits for the first generation after the calibration with D_KILLS workers in a
+    claim, kills that many, and repairs each with the repair script (one pipeline, as fast
+    as one connection allows). Returns the kill-to-repaired time and what was corrected."""
+    deadline = time.monotonic() + MASTER_TIMEOUT_S
+    while True:
+        t = client.get("generation_" + (client.get("analysis_id") or b"-").decode())
+        if t is not None and int(t) >= 0 and swarm.in_claim() >= D_KILLS:
+            break
+        if time.monotonic() > deadline:
+            raise BenchError("no generation with enough workers in a claim")
+        time.sleep(0.05)
+    sha = client.script_load(repair_script())
+    ids = swarm.kill(D_KILLS)
+    # from the moment the kills are confirmed: what the operator does once it knows (its
+    # pod watch tells it at once), not how fast the busy simulator answers
+    killed_at = time.monotonic()
+    pipe = client.pipeline(transaction=False)
+    for ledger_id in ids:
+        pipe.evalsha(sha, 3, "abc_operator:ledger:" + ledger_id, "abc_operator:ledgers",
+                     "abc_operator:lost_workers", ledger_id)
+    replies = pipe.execute()
+    repaired_s = time.monotonic() - killed_at
+    corrected = 0
+    for reply in replies:
+        fields = dict(zip(reply[::2], reply[1::2])) if reply else {}
+        corrected += 1 if fields.get(b"last_index", 0) else 0
+    again = client.pipeline(transaction=False)
+    for ledger_id in ids:
+        again.evalsha(sha, 3, "abc_operator:ledger:" + ledger_id, "abc_operator:ledgers",
+                      "abc_operator:lost_workers", ledger_id)
+    return {"killed": len(ids), "corrected": corrected, "all_repaired_s": repaired_s,
+            "second_repairs": sum(1 for r in again.execute() if r)}
+
+
+def section_d(children, rows, notes):
+    extra, max_clients, per_worker = managed_redis_config()
+    server = RedisServer(children, "D", extra)
+    try:
+        effective = server.client().info("clients")["maxclients"]
+        workers = D_WORKERS
+        if effective < max_clients:
+            notes.append(f"D: redis-server lowered maxclients from {max_clients} to {effective} "
+                         "(its open-files limit); see README, Scale")
+            workers = min(workers, (effective - 100) // per_worker)
+        say(f"D: {workers} simulated workers in {D_PROCESSES} processes, {D_MODEL_S:.0f} s "
+            f"model, pop {D_POP}, {D_GENS} gen; ledger then plain pyABC commands")
+        res = {}
+        for name, ledger in (("ledger", True), ("plain", False)):
+            if name not in D_VARIANTS:
+                continue
+            res[name] = swarm_run(children, server, workers, ledger, f"D-{name}")
+            r = res[name]
+            say(f"D {name}: {json.dumps({k: v for k, v in r.items() if k != 'result'})}")
+            say(f"D {name}: {r['result']['evaluations']} evaluations, "
+                f"{r['result']['throughput']:.0f}/s, redis {r['redis_cpu_ms_per_eval']:.3f} ms "
+                f"CPU/evaluation, idle {r['idle_redis_cpu'] * 100:.1f}% CPU, "
+                f"{r['connections_per_worker']:.2f} connections/worker, "
+                f"{r['rss_mb']:.0f} MiB RSS")
+        if len(res) < 2:
+            return
+        led, plain = res["ledger"], res["plain"]
+        rep = led["repairs"]
+        rows.append([
+            "D. many workers", f"{workers} simulated workers: connections per worker",
+            f"{plain['connections_per_worker']:.2f}", f"{led['connections_per_worker']:.2f}",
+            "", "", f"<= {per_worker}", verdict(led["connections_per_worker"] <= per_worker),
+        ])
+        rows.append([
+            "", "  redis CPU ms/evaluation (whole analysis: heartbeats, cron included)",
+            f"{plain['redis_cpu_ms_per_eval']:.3f} plain pyABC commands",
+            f"{led['redis_cpu_ms_per_eval']:.3f} ledger scripts",
+            f"{led['redis_cpu_ms_per_eval'] / plain['redis_cpu_ms_per_eval']:.2f}x",
+            "", "", "",
+        ])
+        rows.append([
+            "", "  redis CPU while idle (all connected), memory, RSS",
+            f"{plain['idle_redis_cpu'] * 100:.1f}%, {plain['used_memory_mb']:.0f} MiB, "
+            f"{plain['rss_mb']:.0f} MiB",
+            f"{led['idle_redis_cpu'] * 100:.1f}%, {led['used_memory_mb']:.0f} MiB, "
+            f"{led['rss_mb']:.0f} MiB (heartbeats every 5 s)",
+            "", "", "", "",
+        ])
+        rows.append([
+            "", f"  sampling throughput, sim/s ({D_MODEL_S:.0f} s model)",
+            f"{plain['result']['throughput']:.0f}", f"{led['result']['throughput']:.0f}",
+            "", "", "", "",
+        ])
+        ok = (rep["killed"] == D_KILLS and rep["corrected"] == rep["killed"]
+              and rep["second_repairs"] == 0 and rep["all_repaired_s"] <= D_REPAIR_TARGET_S)
+        rows.append([
+            "", f"  {D_KILLS} workers killed mid-evaluation -> all repaired", "-",
+            f"{rep['all_repaired_s'] * 1000:.0f} ms for {rep['killed']} "
+            f"({rep['corrected']} corrected, {rep['second_repairs']} repaired twice); "
+            "the run finished",
+            "", "", f"<= {D_REPAIR_TARGET_S:.0f} s", verdict(ok),
+        ])
+    finally:
+        server.stop()
 
 
 def pct(values, q):
@@ -813,8 +1091,8 @@ def main():
                 master.stop()
                 server.stop()
         binary = BIN.exists()
-        if not binary and SECTIONS & {"B", "C", "D"}:
-            notes.append(f"B, C and D skipped: {BIN.relative_to(ROOT) if BIN.is_relative_to(ROOT) else BIN}"
+        if not binary and SECTIONS & {"B", "C", "E", "F"}:
+            notes.append(f"B, C, E and F skipped: {BIN.relative_to(ROOT) if BIN.is_relative_to(ROOT) else BIN}"
                          " not built (cargo build --release --bin abc-operator)")
         if "B" in SECTIONS and binary:
             case = B_CASE
@@ -867,10 +1145,37 @@ def main():
                     "", "  of which: SIGKILL -> runner's `repaired` event", "-",
                     f"p50 {pct(rep, 0.5):.2f} s, p95 {pct(rep, 0.95):.2f} s", "", "", "", "",
                 ])
-        if "D" in SECTIONS and binary:
-            for victim, label in (("master", "D. master lost"), ("redis", "D. Redis lost")):
-                say(f"D: abc-operator run of the Gaussian example, {victim} killed")
-                r = resume_run(children, victim, f"D-{victim}")
+        if "E" in SECTIONS and binary:
+            say(f"E: {len(E_CASES)} models, {E_REPEATS} run(s) per variant, {WORKERS} processes")
+            by_case = alternate(
+                [("multicore", lambda tag: [r for case in E_CASES
+                                            for r in run_multicore(children, case, tag)]),
+                 ("operator", lambda tag: [r for case in E_CASES
+                                           for r in run_operator(children, case, tag)])],
+                E_REPEATS, "E")
+            for case in E_CASES:
+                sleep_ms, pop, gens = case
+                res = by_case[case]
+                ratio, rtext = ratio_text(res["multicore"], res["operator"])
+                target = E_TARGETS[sleep_ms]
+                rows.append([
+                    "E. one machine" if case == E_CASES[0] else "",
+                    f"{sleep_ms} ms model, pop {pop}, {gens} gen, sim/s",
+                    f"{median_tp(res['multicore']):.0f} ({runs_text(res['multicore'])}) "
+                    "MulticoreEvalParallelSampler",
+                    f"{median_tp(res['operator']):.0f} ({runs_text(res['operator'])}) "
+                    "abc-operator run",
+                    rtext,
+                    spread_text(res["multicore"], res["operator"]),
+                    f">= {target}",
+                    verdict(ratio >= target),
+                ])
+        if "D" in SECTIONS:
+            section_d(children, rows, notes)
+        if "F" in SECTIONS and binary:
+            for victim, label in (("master", "F. master lost"), ("redis", "F. Redis lost")):
+                say(f"F: abc-operator run of the Gaussian example, {victim} killed")
+                r = resume_run(children, victim, f"F-{victim}")
                 to_sampling = ("never" if r["to_sampling_s"] is None
                                else f"{r['to_sampling_s']:.1f} s")
                 rows.append([
@@ -879,8 +1184,8 @@ def main():
                     f"in generation {D_KILL_AT} of {D_GENERATIONS}: generations sampled again",
                     f"{r['hand_redone']} (the run is lost: all again)",
                     f"{r['redone']}; sampling again {to_sampling} after the kill",
-                    "", "", f"<= {D_TARGET_REDONE}",
-                    verdict(r["redone"] <= D_TARGET_REDONE and r["to_sampling_s"] is not None),
+                    "", "", f"<= {F_TARGET_REDONE}",
+                    verdict(r["redone"] <= F_TARGET_REDONE and r["to_sampling_s"] is not None),
                 ])
     except BenchError as err:
         failed = True

@@ -22,7 +22,10 @@ Environment (all optional):
   BENCH_SLEEP_MS       model time in ms (default 0)
   BENCH_POP            population size (default 200)
   BENCH_GENERATIONS    generations after calibration, pyABC's max_nr_populations (default 3)
-  BENCH_SAMPLER        dynamic (RedisEvalParallelSampler, default) or static
+  BENCH_SAMPLER        dynamic (RedisEvalParallelSampler, default), static, or multicore
+                       (pyABC's MulticoreEvalParallelSampler, no Redis: what one machine
+                       offers without it)
+  BENCH_PROCESSES      processes of the multicore sampler (default 2)
   BENCH_WORKERS        wait for this many subscribed workers before each analysis (default 0)
   BENCH_WAIT_S         how long to wait for them (default 300)
   BENCH_ANALYSES       analyses run one after another (default 1); each has a calibration
@@ -52,7 +55,11 @@ if "MPLCONFIGDIR" not in os.environ:  # pyabc imports matplotlib
 import numpy as np  # noqa: E402
 import pyabc  # noqa: E402
 import redis  # noqa: E402
-from pyabc.sampler import RedisEvalParallelSampler, RedisStaticSampler  # noqa: E402
+from pyabc.sampler import (  # noqa: E402
+    MulticoreEvalParallelSampler,
+    RedisEvalParallelSampler,
+    RedisStaticSampler,
+)
 
 SLEEP_S = 0.0
 TRACE_DIR = None
@@ -125,7 +132,12 @@ def run(env, host, port, password):
     analyses = []
     for i in range(int(env.get("BENCH_ANALYSES", "1"))):
         waited = wait_for_workers(client, workers, wait_s)
-        sampler = timed(base)(host=host, port=port, password=password)
+        if kind == "multicore":
+            sampler = timed(MulticoreEvalParallelSampler)(
+                n_procs=int(env.get("BENCH_PROCESSES", "2"))
+            )
+        else:
+            sampler = timed(base)(host=host, port=port, password=password)
         prior = pyabc.Distribution(mu=pyabc.RV("uniform", -5, 10))
         abc = pyabc.ABCSMC(model, prior, distance, population_size=pop, sampler=sampler)
         db = os.path.join(results_dir, f"bench-{os.getpid()}-{time.time_ns()}.db")

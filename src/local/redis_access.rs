@@ -29,6 +29,12 @@ impl LocalRedis {
         };
         let server =
             RedisServer::start(options).map_err(|err| LocalError::RedisStart(err.to_string()))?;
+        // Only informative here: a local run has a few worker processes, not thousands.
+        if let Ok(Some(max_clients)) = server.max_clients()
+            && let Some(warning) = protocol::server_config::client_capacity_warning(max_clients)
+        {
+            tracing::info!(max_clients, "{warning}");
+        }
         let endpoint = server.endpoint();
         Ok(LocalRedis {
             host: endpoint.host,

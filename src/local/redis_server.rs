@@ -6,7 +6,7 @@
 //! 127.0.0.1. Starting blocks for up to a few seconds (until PING answers); from async code run
 //! it in `tokio::task::spawn_blocking`.
 
-use crate::protocol::Endpoint;
+use crate::protocol::{Endpoint, server_config};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::io::Write;
@@ -143,10 +143,11 @@ impl RedisServer {
         let config_path = dir.path().join("redis.conf");
         let log_path = dir.path().join("redis.log");
         let config = format!(
-            "bind 127.0.0.1\nport {port}\nprotected-mode yes\nrequirepass {}\nsave \"\"\nappendonly no\ndir {}\nlogfile {}\ndaemonize no\n",
+            "bind 127.0.0.1\nport {port}\nprotected-mode yes\nrequirepass {}\nsave \"\"\nappendonly no\ndir {}\nlogfile {}\ndaemonize no\n{}",
             quote(password),
             quote(&dir.path().to_string_lossy()),
             quote(&log_path.to_string_lossy()),
+            server_config::config_lines(),
         );
         std::fs::OpenOptions::new()
             .write(true)
@@ -230,7 +231,25 @@ impl RedisServer {
         }
     }
 
+    /// The clients the server accepts (`maxclients` of `INFO clients`): lower than
+    /// configured when redis-server could not raise its open-files limit (see
+    /// [`server_config`]).
+    pub fn max_clients(&self) -> Result<Option<u32>, String> {
+        let info: String = redis::cmd("INFO")
+            .arg("clients")
+            .query(&mut self.connection()?)
+            .map_err(|err| err.to_string())?;
+        Ok(server_config::max_clients_from_info(&info))
+    }
+
     fn ping(&self) -> Result<(), String> {
+        redis::cmd("PING")
+            .query::<String>(&mut self.connection()?)
+            .map(|_| ())
+            .map_err(|err| err.to_string())
+    }
+
+    fn connection(&self) -> Result<redis::Connection, String> {
         let info = redis::IntoConnectionInfo::into_connection_info(redis::ConnectionAddr::Tcp(
             "127.0.0.1".into(),
             self.port,
@@ -238,12 +257,8 @@ impl RedisServer {
         .map_err(|err| err.to_string())?
         .set_redis_settings(redis::RedisConnectionInfo::default().set_password(&self.password));
         let client = redis::Client::open(info).map_err(|err| err.to_string())?;
-        let mut conn = client
+        client
             .get_connection_with_timeout(Duration::from_millis(500))
-            .map_err(|err| err.to_string())?;
-        redis::cmd("PING")
-            .query::<String>(&mut conn)
-            .map(|_| ())
             .map_err(|err| err.to_string())
     }
 

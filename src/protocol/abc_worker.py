@@ -61,6 +61,14 @@ LEDGER_SET = 'abc_operator:ledgers'
 LEDGER_PREFIX = 'abc_operator:ledger:'
 LOST_WORKERS = 'abc_operator:lost_workers'
 EXIT_ERROR, EXIT_CONFIG, EXIT_LOST = 1, 2, 3
+# Redis connections a worker process holds (see Config.pool); README states the same figure.
+CONNECTIONS_PER_PROCESS = 2
+# A dead peer is noticed after about 30 + 3 * 10 s of silence (Linux names).
+KEEPALIVE = {
+    getattr(socket, name): value
+    for name, value in (('TCP_KEEPIDLE', 30), ('TCP_KEEPINTVL', 10), ('TCP_KEEPCNT', 3))
+    if hasattr(socket, name)
+}
 GONE = 'ABC_LEDGER_GONE'
 
 log = logging.getLogger('abc_worker')
@@ -322,6 +330,7 @@ class State:
         self.lock = threading.Lock()
         self.in_generation = False
         self.stopping = threading.Event()
+        self.pool = None  # the process' connections (Config.pool), once it works
 
 
 STATE: State = None  # set per process before pyABC's loop starts
@@ -372,10 +381,8 @@ class LedgerRedis(redis.StrictRedis):
     """
 
     def __init__(self, *args, **kwargs):
-        # Workers wait indefinitely for messages between generations; redis-py 8 defaults
-        # to a 5 s socket timeout, which turns that wait into an error.
-        kwargs.setdefault('socket_timeout', None)
-        kwargs.setdefault('socket_keepalive', True)
+        # pyABC passes host, port and password; the process' one pool already has them.
+        kwargs['connection_pool'] = STATE.pool
         super().__init__(*args, **kwargs)
         self._scripts = {
             'counter': self.register_script(COUNTER_LUA),
@@ -463,6 +470,42 @@ class LedgerRedis(redis.StrictRedis):
         kwargs['lock_class'] = LedgerLock
         return super().lock(name, *args, **kwargs)
 
+    def pubsub(self, **kwargs):
+        """pyABC's subscription, whose `listen` takes a run of `start` messages that are
+        already waiting as one (see `coalesced_starts`)."""
+        pubsub = super().pubsub(**kwargs)
+        listen = pubsub.listen
+        pubsub.listen = lambda: coalesced_starts(listen(), pubsub.get_message)
+        return pubsub
+
+
+def _is_start(message) -> bool:
+    return message['type'] == 'message' and _text(message['data']) == 'start'
+
+
+def coalesced_starts(messages, waiting):
+    """`messages`, where a `start` followed by `start`s already received (`waiting()`
+    returns them without blocking) is one `start`.
+
+    pyABC's worker handles each `start` by reading the generation's state afresh, so a run of
+    them asks nothing that the last one does not; but every repair publishes one (to bring
+    back workers that left a generation), and with thousands of workers, each busy in the
+    generation while a hundred lost ones are repaired, every worker would otherwise re-enter
+    the finished generation a hundred times afterwards, fetching its pickled simulation each
+    time.
+    """
+    for message in messages:
+        while _is_start(message):
+            following = waiting(timeout=0)
+            if following is None:
+                break
+            if not _is_start(following):
+                yield message
+                message = following
+                break
+            message = following
+        yield message
+
 
 def _read_keys(generation):
     """The keys RESULTS_LUA reads for `{ana}_{t}`, in its order."""
@@ -507,10 +550,36 @@ class Config:
         if self.processes < 1 or self.heartbeat_s <= 0 or self.runtime_s <= 0:
             raise ValueError('processes, heartbeat and runtime must be positive')
 
-    def client(self, **kwargs):
-        return redis.StrictRedis(
-            host=self.host, port=self.port, password=self.password, **kwargs
+    def pool(self):
+        """The connections of one worker process: at most CONNECTIONS_PER_PROCESS.
+
+        pyABC's worker loop holds one for its pub/sub subscription (a subscribed connection
+        can run no other command) and needs one for its commands; the ledger's registration,
+        heartbeat and settling share that second one rather than opening their own (a blocking
+        pool makes the heartbeat wait for a command in flight instead of connecting again).
+        With 10,000 worker processes on one Redis, every connection per process is 10,000
+        client connections and file descriptors of redis-server.
+        """
+        return redis.BlockingConnectionPool(
+            max_connections=CONNECTIONS_PER_PROCESS,
+            # one wait longer than any single command of the worker takes
+            timeout=30,
+            host=self.host,
+            port=self.port,
+            password=self.password,
+            # Workers wait indefinitely for messages between generations (redis-py's default
+            # socket timeout would turn that wait into an error); TCP keepalive detects a
+            # Redis that vanished without closing the connection.
+            socket_timeout=None,
+            socket_connect_timeout=30,
+            socket_keepalive=True,
+            socket_keepalive_options=KEEPALIVE,
         )
+
+    def client(self):
+        """A client of its own (the supervisor of several processes, only to settle the
+        ledger of a process that died)."""
+        return redis.StrictRedis(connection_pool=self.pool())
 
 
 def settle(admin, state: State, why: str):
@@ -589,7 +658,8 @@ def run_worker(config: Config, ledger_id: str, process: int) -> int:
     global STATE
     STATE = state = State(ledger_id)
     deadline = time.monotonic() + config.runtime_s
-    admin = config.client(socket_timeout=30, socket_connect_timeout=30)
+    state.pool = config.pool()
+    admin = redis.StrictRedis(connection_pool=state.pool)
     try:
         settle(admin, state, 'a previous process with this id left obligations')
         registered = admin.register_script(REGISTER_LUA)(
@@ -656,7 +726,7 @@ def supervise(config: Config) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     code = 0
-    admin = config.client(socket_timeout=30, socket_connect_timeout=30)
+    admin = config.client()  # connects only when a child needs settling
     while children:
         for sentinel in multiprocessing.connection.wait(list(children)):
             child = children.pop(sentinel)

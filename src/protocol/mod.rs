@@ -52,6 +52,7 @@ mod liveness;
 mod progress;
 mod repair;
 mod reply;
+pub mod server_config;
 mod snapshot;
 pub mod worker_env;
 

@@ -28,6 +28,7 @@ use super::{
     hardened_pod_spec, master_finished, namespace, object_meta, password_env, selector_labels,
 };
 use crate::api::{AbcRun, ManagedRedis, default_redis_port};
+use crate::protocol::server_config;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EmptyDirVolumeSource, ExecAction, PodSpec, PodTemplateSpec, Probe,
@@ -120,7 +121,7 @@ fn default_resources() -> ResourceRequirements {
 ///
 /// One replica, `Recreate` (two Redis pods behind the Service would split the run's state),
 /// no persistence (`--save ""`, `--appendonly no`: pyABC's state is per run and ephemeral),
-/// `/data` an emptyDir.
+/// `/data` an emptyDir, and clients for 10,000 worker processes ([`server_config`]).
 pub fn redis_deployment(
     run: &AbcRun,
     settings: &BuildSettings,
@@ -172,7 +173,9 @@ pub fn redis_deployment(
                 "no",
             ]
             .map(String::from)
-            .to_vec(),
+            .into_iter()
+            .chain(server_config::command_line_options())
+            .collect(),
         ),
         env: Some(vec![password_env(run, "REDISCLI_AUTH")]),
         ports: Some(vec![ContainerPort {
@@ -375,6 +378,22 @@ mod tests {
             config.empty_dir.as_ref().unwrap().medium.as_deref(),
             Some("Memory")
         );
+    }
+
+    #[test]
+    fn configured_for_ten_thousand_worker_processes() {
+        let pod = pod(&minimal());
+        let argv = pod.containers[0].command.clone().unwrap();
+        let value = |option: &str| {
+            let at = argv.iter().position(|a| a == option).unwrap();
+            argv[at + 1].clone()
+        };
+        assert_eq!(
+            value("--maxclients"),
+            server_config::max_clients().to_string()
+        );
+        assert_eq!(value("--tcp-backlog"), "4096");
+        assert_eq!(value("--timeout"), "0");
     }
 
     #[test]

@@ -231,3 +231,151 @@ print(joined, left, late, admin.exists('n_worker_a_2'), w.STATE.in_generation,
     let snap = snapshot(&mut conn).await;
     assert_eq!(snap.n_worker, None);
 }
+
+/// Each worker process holds at most the documented number of Redis connections (pyABC's
+/// subscription and one for commands, the ledger's heartbeat included), idle and after
+/// generations of work with heartbeats racing the commands: 10,000 worker processes on one
+/// Redis are that many times 10,000 clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_processes_hold_at_most_the_documented_connections() {
+    use abc_operator::protocol::server_config::WORKER_CONNECTIONS_PER_PROCESS;
+    let redis = server();
+    let endpoint = redis.endpoint();
+    let mut conn = connect(&redis).await;
+    let root = tempfile::tempdir().unwrap();
+    let ours = clients(&mut conn).await.len();
+    let env = [
+        ("ABC_TEST_MODEL_SLEEP", "0.001"),
+        // beats that often collide with the worker's own commands
+        ("ABC_HEARTBEAT_SECONDS", "0.05"),
+    ];
+    let _a = worker(
+        &endpoint,
+        "a",
+        &[env[0], env[1], ("ABC_WORKER_PROCESSES", "2")],
+        root.path(),
+    );
+    let _b = worker(&endpoint, "b", &env, root.path());
+    let processes = 3;
+    wait_for(&mut conn, Duration::from_secs(180), "three ledgers", |s| {
+        s.ledgers.len() == processes
+    })
+    .await;
+    let limit = ours + processes * WORKER_CONNECTIONS_PER_PROCESS as usize;
+    let idle = workers_settled(&mut conn, limit).await;
+    assert!(idle.len() > ours, "the workers are connected: {idle:#?}");
+
+    let mut m = master(
+        &endpoint,
+        &[("PROTO_POPULATION", "60"), ("PROTO_GENERATIONS", "3")],
+        root.path(),
+    );
+    let seen = run_to_end(&mut conn, &mut m).await;
+    assert!(seen.busy > 10, "workers were inside generations");
+    // The master's connections close with it; the workers' must not have grown.
+    workers_settled(&mut conn, limit).await;
+}
+
+/// `CLIENT LIST`, one line per client.
+async fn clients(conn: &mut redis::aio::ConnectionManager) -> Vec<String> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(conn)
+        .await
+        .unwrap();
+    list.lines().map(String::from).collect()
+}
+
+/// The client list once it has at most `limit` clients (closed connections take Redis a
+/// moment to notice); panics with the list after 10 s.
+async fn workers_settled(conn: &mut redis::aio::ConnectionManager, limit: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = clients(conn).await;
+        if list.len() <= limit {
+            return list;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} clients, at most {limit} expected: {list:#?}",
+            list.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `start` messages that reach a worker while it is busy count once: every repair publishes
+/// one, and with thousands of workers each would otherwise re-enter a finished generation
+/// once per repair. Here a hundred arrive at once at an idle worker, with no analysis in
+/// Redis, so each one it handles costs exactly one `GET analysis_id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_start_messages_is_handled_once() {
+    let redis = server();
+    let endpoint = redis.endpoint();
+    let mut conn = connect(&redis).await;
+    let root = tempfile::tempdir().unwrap();
+    let _w = worker(
+        &endpoint,
+        "w",
+        &[("ABC_HEARTBEAT_SECONDS", "600")],
+        root.path(),
+    );
+    wait_for(&mut conn, Duration::from_secs(180), "a ledger", |s| {
+        s.ledgers.len() == 1
+    })
+    .await;
+    wait_subscribed(&mut conn, 1).await;
+    let gets_before = get_calls(&mut conn).await;
+    let mut burst = redis::pipe();
+    for _ in 0..100 {
+        burst.publish("abc_msg_pubsub", "start").ignore();
+    }
+    let _: () = burst.query_async(&mut conn).await.unwrap();
+    // handled: no GET for 2 s (handling all 100 one by one takes milliseconds)
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = (get_calls(&mut conn).await, std::time::Instant::now());
+    while seen.1.elapsed() < Duration::from_secs(2) {
+        assert!(std::time::Instant::now() < deadline, "GETs never stopped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = get_calls(&mut conn).await;
+        if now != seen.0 {
+            seen = (now, std::time::Instant::now());
+        }
+    }
+    let handled = seen.0 - gets_before;
+    assert!(
+        (1..=10).contains(&handled),
+        "{handled} GETs for 100 start messages"
+    );
+}
+
+async fn wait_subscribed(conn: &mut redis::aio::ConnectionManager, workers: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, n): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("abc_msg_pubsub")
+            .query_async(conn)
+            .await
+            .unwrap();
+        if n >= workers {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{n} subscribed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// GET commands Redis has run so far (`INFO commandstats`).
+async fn get_calls(conn: &mut redis::aio::ConnectionManager) -> i64 {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_get:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}

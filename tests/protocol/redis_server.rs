@@ -62,3 +62,51 @@ async fn redis_server_keeps_its_password_off_command_lines_and_cleans_up() {
         "{err}"
     );
 }
+
+/// Configured for 10,000 worker processes: as many clients as its open-files limit allows
+/// (redis-server raises its soft limit up to the hard one by itself), a large accept
+/// backlog, and no idle timeout (idle workers wait on silent connections between
+/// generations).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_server_is_configured_for_ten_thousand_workers() {
+    use abc_operator::protocol::server_config;
+    let redis = server();
+    let mut conn = connect(&redis).await;
+    let config = |name: &'static str| {
+        let mut conn = conn.clone();
+        async move {
+            let reply: (String, String) = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            reply.1
+        }
+    };
+    assert_eq!(config("timeout").await, "0");
+    assert_eq!(
+        config("tcp-backlog").await,
+        server_config::TCP_BACKLOG.to_string()
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", redis.pid().unwrap())).unwrap();
+    let open_files: u32 = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(3))
+        .and_then(|soft| soft.parse().ok())
+        .expect("redis-server's open-files limit");
+    let expected = server_config::max_clients().min(open_files - 32);
+    assert_eq!(config("maxclients").await, expected.to_string());
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(server_config::max_clients_from_info(&info), Some(expected));
+    assert_eq!(redis.max_clients().unwrap(), Some(expected));
+    assert_eq!(
+        server_config::client_capacity_warning(expected).is_some(),
+        open_files < server_config::file_limit()
+    );
+}
