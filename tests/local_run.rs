@@ -5,6 +5,8 @@
 //! python/requirements.txt`). Every test is bounded in time; on a timeout the runner is killed
 //! and the test fails with what the runner printed.
 
+mod support;
+
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -15,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
+use support::python::python;
+use support::results_db::{database_of_another_run, row_counts, stored_generations};
 
 /// Runs that start pyabc processes take one at a time: each imports pyabc in three processes,
 /// and on a small machine parallel runs would only make every time limit meaningless.
@@ -28,19 +32,6 @@ fn heavy() -> std::sync::MutexGuard<'static, ()> {
 
 fn crate_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python() -> PathBuf {
-    if let Some(path) = std::env::var_os("ABC_PYTHON").filter(|p| !p.is_empty()) {
-        return path.into();
-    }
-    let venv = crate_dir().join(".venv/bin/python");
-    assert!(
-        venv.is_file(),
-        "these tests need a python with pyabc: set ABC_PYTHON, or create .venv at the crate root \
-         (python3 -m venv .venv && .venv/bin/pip install -r python/requirements.txt)"
-    );
-    venv
 }
 
 fn fixture(name: &str) -> PathBuf {
@@ -359,26 +350,6 @@ fn gaussian_example_runs_to_completion() {
         redis_pids(port).is_empty(),
         "redis-server stopped at the end"
     );
-}
-
-/// `(t, evaluations)` of every generation stored in a pyABC database.
-fn stored_generations(db: &Path) -> Vec<(i64, i64)> {
-    let out = Command::new(python())
-        .arg("-c")
-        .arg(
-            "import json, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); \
-             print(json.dumps(c.execute('select t, nr_samples from populations \
-             where t >= 0 order by t').fetchall()))",
-        )
-        .arg(db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// The Gaussian example with exactly six generations, returned once generation 3 is sampled.
@@ -909,57 +880,6 @@ fn workers_that_keep_crashing_make_the_run_give_up() {
         redis_pids(redis_port(&events)).is_empty(),
         "redis-server stopped"
     );
-}
-
-/// A results database holding an unfinished run of other observed data (`y = 7`, two
-/// generations of 20), as another model's run that was killed would leave it.
-fn database_of_another_run(db: &Path) {
-    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
-    let mpl = tempfile::tempdir().unwrap();
-    let out = Command::new(python())
-        .env("MPLCONFIGDIR", mpl.path())
-        .arg("-c")
-        .arg(
-            "import sqlite3, sys, numpy as np, pyabc\n\
-             from pyabc.sampler import SingleCoreSampler\n\
-             abc = pyabc.ABCSMC(lambda p: {'y': p['mu'] + np.random.randn()},\n\
-                 pyabc.Distribution(mu=pyabc.RV('uniform', -5, 10)),\n\
-                 lambda x, x0: abs(x['y'] - x0['y']), population_size=20,\n\
-                 sampler=SingleCoreSampler())\n\
-             abc.new('sqlite:///' + sys.argv[1], {'y': 7.0})\n\
-             abc.run(max_nr_populations=2)\n\
-             c = sqlite3.connect(sys.argv[1])\n\
-             c.execute('update abc_smc set end_time = NULL')\n\
-             c.commit()\n",
-        )
-        .arg(db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The number of rows of every table of an SQLite database, by table.
-fn row_counts(db: &Path) -> Vec<(String, i64)> {
-    let out = Command::new(python())
-        .arg("-c")
-        .arg(
-            "import json, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); \
-             names = [r[0] for r in c.execute(\"select name from sqlite_master where type = 'table' order by name\")]; \
-             print(json.dumps([[n, c.execute(f'select count(*) from \"{n}\"').fetchone()[0]] for n in names]))",
-        )
-        .arg(db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]

@@ -17,6 +17,7 @@ use std::collections::BTreeSet;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 use support::cluster::{Cluster, TestNamespace, events_with_reason, eventually, output_with_stdin};
+use support::results_db::{database_of_another_run, row_counts, stored_generations};
 
 const NODE: Cluster = Cluster::RealNode;
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/abc-operator");
@@ -950,8 +951,7 @@ async fn the_hpa_example_scales_real_worker_pods_on_demand() {
 /// `resultsClaimName` would be, it outlives the master's pods. The folder lies in the test
 /// cluster's own directory, which `tools/cluster.sh down` removes.
 fn results_claim(ns: &str) -> &'static str {
-    let cluster_dir = NODE.kubeconfig().parent().expect("the cluster's directory");
-    let dir = cluster_dir.join("results-volumes").join(ns);
+    let dir = results_folder(ns);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let volume = format!("results-{ns}");
@@ -969,6 +969,12 @@ fn results_claim(ns: &str) -> &'static str {
         ),
     );
     "results"
+}
+
+/// The node's folder behind the claim `results_claim(ns)`.
+fn results_folder(ns: &str) -> std::path::PathBuf {
+    let cluster_dir = NODE.kubeconfig().parent().expect("the cluster's directory");
+    cluster_dir.join("results-volumes").join(ns)
 }
 
 /// The Gaussian example with exactly six generations (the epsilon criterion never ends it
@@ -1123,4 +1129,52 @@ async fn a_lost_redis_costs_at_most_the_generation_in_progress() {
         0,
         "a master that lost its Redis is no failure counted against backoffLimit"
     );
+}
+
+#[tokio::test]
+async fn a_database_of_other_observed_data_fails_the_master_once_and_is_left_unchanged() {
+    install_operator();
+    let client = NODE.client().await;
+    let ns = TestNamespace::on(NODE, &client, "e2e-refused").await;
+    let claim = results_claim(&ns.name);
+    let db = results_folder(&ns.name).join("gaussian.db");
+    database_of_another_run(&db);
+    // readable and writable by the master's non-root user, so that only its contents refuse it
+    std::fs::set_permissions(&db, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let (generations, rows) = (stored_generations(&db), row_counts(&db));
+    apply_example(&ns.name, "gaussian/abcrun.yaml", |doc| {
+        doc["spec"]["master"]["resultsClaimName"] = claim.into();
+        doc["spec"]["master"]["backoffLimit"] = 3.into();
+    });
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
+    let run = wait_for_phase(&runs, "gaussian", "Failed", 300).await;
+
+    let (_, reason, message) = condition(&run, "Degraded").expect("a Degraded condition");
+    assert_eq!(reason, "MasterFailed");
+    assert!(
+        message.contains("gaussian.db") && message.contains("other observed data"),
+        "the condition names the database and what is wrong with it: {message}"
+    );
+    let refused = events_with_reason(&client, &ns.name, "ResumeFailed").await;
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), &ns.name);
+    let job = jobs.get("gaussian-master").await.unwrap().status.unwrap();
+    assert_eq!(
+        job.failed,
+        Some(1),
+        "no retry meets the same database again (backoffLimit 3 left unused)"
+    );
+    assert!(
+        job.conditions
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Failed" && c.reason.as_deref() == Some("PodFailurePolicy")),
+        "the Job failed through its pod failure policy"
+    );
+    assert_eq!(
+        (stored_generations(&db), row_counts(&db)),
+        (generations, rows),
+        "nothing in the database was written"
+    );
+    wait_until_freed(&client, &ns.name).await;
 }

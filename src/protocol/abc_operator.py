@@ -16,8 +16,10 @@ the same stopping criteria. pyABC stores each generation in one transaction, so 
 that was being sampled when the master died is simply sampled again; stored ones never are.
 
 A database that holds a run of other observed data is never continued nor written to: `run`
-raises `ResumeError` naming the database and the difference; so it does for a database that
-cannot be read or written.
+prints a `ResumeError` naming the database and the difference and ends the master with
+`RESUME_REFUSED_EXIT_CODE`; so it does for a database that cannot be read or written. A retry
+would meet the same database, so the master Job fails at once on this exit code instead of
+retrying up to its `backoffLimit`.
 
 Every start says how it went, in Redis (`START_KEY`) for the operator's status and Events and
 `abc-operator run`'s output: resumed, started anew (and why: no database yet, or no unfinished
@@ -28,11 +30,14 @@ import datetime
 import os
 import sys
 
-__all__ = ["REDIS_LOST_EXIT_CODE", "ResumeError", "database_url", "run", "sampler"]
+__all__ = ["REDIS_LOST_EXIT_CODE", "RESUME_REFUSED_EXIT_CODE", "ResumeError", "database_url", "run", "sampler"]
 
 # The exit code of a master whose Redis went away mid-run (restarted, evicted): the master Job
 # (and `abc-operator run`) start it again without counting a failure, and it resumes.
 REDIS_LOST_EXIT_CODE = 75
+# The exit code of a master whose results database cannot be continued (sysexits' EX_DATAERR):
+# the master Job fails at once (its pod failure policy), as no retry can succeed.
+RESUME_REFUSED_EXIT_CODE = 65
 # How long a starting master waits for its Redis before it gives up (a Redis being rescheduled).
 REDIS_WAIT_SECONDS = 300
 
@@ -94,7 +99,8 @@ def run(abc, db, observed, **run_kwargs):
     except ResumeError as err:
         _record_start(abc, "refused", str(err))
         _write_termination_message(f"ResumeError: {err}")
-        raise
+        print(f"ResumeError: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(RESUME_REFUSED_EXIT_CODE) from err
     except Exception as err:
         if not _is_connection_error(err):
             raise

@@ -110,11 +110,12 @@ mod tests {
 
     #[test]
     fn the_master_module_agrees_on_its_key_and_exit_code() {
-        use super::super::{MASTER_MODULE, REDIS_LOST_EXIT_CODE};
+        use super::super::{MASTER_MODULE, REDIS_LOST_EXIT_CODE, RESUME_REFUSED_EXIT_CODE};
         for line in [
             format!("RESUME_KEY = \"{RESUMED}\""),
             format!("START_KEY = \"{MASTER_START}\""),
             format!("REDIS_LOST_EXIT_CODE = {REDIS_LOST_EXIT_CODE}"),
+            format!("RESUME_REFUSED_EXIT_CODE = {RESUME_REFUSED_EXIT_CODE}"),
         ] {
             assert!(MASTER_MODULE.contains(&line), "{line}");
         }

@@ -76,6 +76,10 @@ pub const MASTER_MODULE: &str = include_str!("abc_operator.py");
 /// The exit code of a master whose Redis went away mid-run ([`MASTER_MODULE`]'s
 /// `REDIS_LOST_EXIT_CODE`): started again without counting as a failure, it resumes.
 pub const REDIS_LOST_EXIT_CODE: i32 = 75;
+/// The exit code of a master whose results database cannot be continued ([`MASTER_MODULE`]'s
+/// `RESUME_REFUSED_EXIT_CODE`, sysexits' EX_DATAERR): a retry would meet the same database,
+/// so the master Job fails at once instead of retrying `backoffLimit` times.
+pub const RESUME_REFUSED_EXIT_CODE: i32 = 65;
 
 /// Where a run's Redis is. The password is never printed by `Debug`.
 #[derive(Clone, PartialEq, Eq)]

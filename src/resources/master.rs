@@ -11,8 +11,8 @@ use super::{
     tmp_mount, tmp_volume,
 };
 use crate::api::AbcRun;
-use crate::protocol::REDIS_LOST_EXIT_CODE;
 use crate::protocol::worker_env;
+use crate::protocol::{REDIS_LOST_EXIT_CODE, RESUME_REFUSED_EXIT_CODE};
 use k8s_openapi::api::batch::v1::{
     Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement,
     PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
@@ -70,7 +70,7 @@ pub fn master_job(run: &AbcRun) -> Result<Option<Job>, BuildError> {
         },
     };
     let container = Container {
-        name: "master".into(),
+        name: MASTER_CONTAINER.into(),
         image: Some(run.spec.image.clone()),
         image_pull_policy: run.spec.image_pull_policy.clone(),
         command: Some(master.command.clone()),
@@ -108,15 +108,10 @@ pub fn master_job(run: &AbcRun) -> Result<Option<Job>, BuildError> {
                     },
                     // The abc_operator module's exit when the run's Redis went away: not the
                     // master's fault; its retry resumes.
-                    PodFailurePolicyRule {
-                        action: "Ignore".into(),
-                        on_pod_conditions: None,
-                        on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
-                            container_name: Some("master".into()),
-                            operator: "In".into(),
-                            values: vec![REDIS_LOST_EXIT_CODE],
-                        }),
-                    },
+                    on_master_exit("Ignore", REDIS_LOST_EXIT_CODE),
+                    // Its exit when the results database cannot be continued: every retry
+                    // would meet the same database.
+                    on_master_exit("FailJob", RESUME_REFUSED_EXIT_CODE),
                 ],
             }),
             template: PodTemplateSpec {
@@ -138,6 +133,22 @@ pub fn master_job(run: &AbcRun) -> Result<Option<Job>, BuildError> {
         metadata: meta,
         ..Job::default()
     }))
+}
+
+/// The master Job's one container.
+const MASTER_CONTAINER: &str = "master";
+
+/// A pod failure policy rule for one exit code of the master container.
+fn on_master_exit(action: &str, exit_code: i32) -> PodFailurePolicyRule {
+    PodFailurePolicyRule {
+        action: action.into(),
+        on_pod_conditions: None,
+        on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+            container_name: Some(MASTER_CONTAINER.into()),
+            operator: "In".into(),
+            values: vec![exit_code],
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -255,31 +266,33 @@ mod tests {
     }
 
     #[test]
-    fn disruptions_and_a_lost_redis_do_not_use_up_retries() {
+    fn disruptions_and_a_lost_redis_do_not_use_up_retries_and_a_refused_database_fails_at_once() {
         let job = job("image: i\nmaster: {command: [m]}\n");
-        let container = job
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .containers[0]
+        let spec = job.spec.unwrap();
+        let container = spec.template.spec.as_ref().unwrap().containers[0]
             .name
             .clone();
-        let policy = job.spec.unwrap().pod_failure_policy.unwrap();
-        assert!(policy.rules.iter().all(|r| r.action == "Ignore"));
+        let rules = spec.pod_failure_policy.unwrap().rules;
+        assert_eq!(rules[0].action, "Ignore");
         assert_eq!(
-            policy.rules[0].on_pod_conditions.as_ref().unwrap()[0].type_,
+            rules[0].on_pod_conditions.as_ref().unwrap()[0].type_,
             "DisruptionTarget"
         );
-        let exit = policy.rules[1].on_exit_codes.as_ref().unwrap();
-        assert_eq!(exit.container_name.as_ref(), Some(&container));
-        assert_eq!(
-            (exit.operator.as_str(), &exit.values[..]),
-            ("In", &[75][..])
-        );
+        let on_exit = |code: i32| {
+            let rule = rules
+                .iter()
+                .find(|r| {
+                    r.on_exit_codes.as_ref().is_some_and(|e| {
+                        e.operator == "In"
+                            && e.values == [code]
+                            && e.container_name.as_ref() == Some(&container)
+                    })
+                })
+                .unwrap_or_else(|| panic!("no rule for the master's exit code {code}"));
+            rule.action.as_str()
+        };
+        assert_eq!(on_exit(75), "Ignore");
+        assert_eq!(on_exit(65), "FailJob");
     }
 
     #[test]

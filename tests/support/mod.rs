@@ -7,4 +7,5 @@ pub mod controller;
 pub mod kubelet;
 pub mod python;
 pub mod redis;
+pub mod results_db;
 pub mod run;
