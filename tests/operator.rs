@@ -427,26 +427,18 @@ async fn a_missing_password_secret_is_a_condition_not_a_crash_or_a_hot_loop() {
     // No hot loop. The run's own objects and pods start with a burst of watch events (more
     // or fewer, later or sooner, with the cluster's load); once that has passed, the run is
     // looked at again only at the retry interval for problems the user must fix (15 s).
-    let last = std::cell::Cell::new(f64::NAN);
-    let quiet_since = std::cell::Cell::new(tokio::time::Instant::now());
-    eventually(60, "the reconciles to stop for 3 s", || async {
-        let now = controller.metric("abc_operator_reconciles_total").await?;
-        if now != last.get() {
-            last.set(now);
-            quiet_since.set(tokio::time::Instant::now());
-        }
-        (quiet_since.get().elapsed() >= std::time::Duration::from_secs(3)).then_some(())
-    })
-    .await;
+    let before = controller
+        .reconciles_once_settled(std::time::Duration::from_secs(3), 60)
+        .await;
     tokio::time::sleep(std::time::Duration::from_secs(16)).await;
     let after = controller
         .metric("abc_operator_reconciles_total")
         .await
         .unwrap();
     assert!(
-        after - last.get() <= 2.0,
+        after - before <= 2.0,
         "{} reconciles in 16 s of a run waiting for its Secret: hot loop",
-        after - last.get()
+        after - before
     );
 
     // Creating the Secret heals the run without a restart.

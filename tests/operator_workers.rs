@@ -76,6 +76,47 @@ async fn status_shows_pyabc_progress_from_redis() {
     s.wait_for_event("GenerationCompleted").await;
 }
 
+/// A running run with idle workers costs no reconciles: its Redis is read by its poller,
+/// which wakes it only when something there changed (the workers' heartbeats and the clock
+/// are no change). A master that starts is in the status within moments all the same.
+#[tokio::test]
+async fn an_idle_run_is_not_reconciled_until_its_redis_changes() {
+    let s = setup("wk-idle", 2, "10m", "0.005").await;
+    let controller = ControllerProcess::start(&s.ns.name);
+    let _kubelet = s.kubelet();
+    let mut conn = support::redis::connect(&s.redis).await;
+    support::redis::wait_for(
+        &mut conn,
+        Duration::from_secs(120),
+        "two idle workers registered",
+        |snapshot| snapshot.ledgers.len() == 2,
+    )
+    .await;
+    let before = controller
+        .reconciles_once_settled(Duration::from_secs(3), 90)
+        .await;
+    // Long enough for several heartbeats of each worker (every 5 s) and, before the poller,
+    // for 10 polling reconciles (every 2 s).
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let after = controller
+        .metric("abc_operator_reconciles_total")
+        .await
+        .unwrap();
+    assert!(
+        after - before <= 1.0,
+        "{} reconciles in 20 s of an idle run; the controller's log:\n{}",
+        after - before,
+        controller.logs()
+    );
+
+    let mut master = s.master(20, 1);
+    eventually(60, "the master's analysis in the status", || async {
+        s.runs.get("sim").await.ok()?.status?.progress?.analysis_id
+    })
+    .await;
+    assert!(master_finishes(&mut master, 240).await, "the master failed");
+}
+
 #[tokio::test]
 async fn a_worker_pod_lost_mid_generation_is_repaired_once_and_the_run_completes() {
     let s = setup("wk-lost", 3, "10m", "0.2").await;

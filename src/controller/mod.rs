@@ -8,6 +8,7 @@ mod guard;
 mod leader;
 mod per_run;
 mod pod_problems;
+mod progress_poller;
 mod reconcile;
 mod redis_access;
 pub mod status;
@@ -108,7 +109,9 @@ pub struct Context {
     status_writes: per_run::StatusWrites,
     /// See `ControllerArgs::status_progress_seconds`.
     progress_interval: Duration,
-    redis: RedisAccess,
+    redis: Arc<RedisAccess>,
+    /// Reads each live run's Redis between reconciles.
+    pollers: progress_poller::Pollers,
 }
 
 /// Runs the controller until SIGTERM or Ctrl-C.
@@ -128,6 +131,35 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         controller: "abc-operator".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
+    // The watches that fill the caches also trigger reconciles: a change of an owned object
+    // (e.g. a Deployment's ready replicas), or of any pod of a run (workers, master, Redis:
+    // their statuses are the run's status, and a gone worker pod is a lost worker).
+    let cache::CacheStreams {
+        deployments,
+        jobs,
+        secrets,
+        config_maps,
+        services,
+        network_policies,
+        pods,
+    } = streams;
+    let (wake, woken) = futures::channel::mpsc::unbounded();
+    let controller = Controller::new(runs, watcher::Config::default().any_semantic())
+        .owns_stream(deployments)
+        .owns_stream(jobs)
+        .owns_stream(secrets)
+        .owns_stream(config_maps)
+        .owns_stream(services)
+        .owns_stream(network_policies)
+        // The pods belong to a ReplicaSet or a Job, not to the run: map them by label.
+        .watches_stream(pods, |pod: Pod| {
+            let run = pod.labels().get(RUN_LABEL)?.clone();
+            Some(ObjectRef::<GuardedRun>::new(&run).within(&pod.namespace()?))
+        })
+        // A live run's poller wakes it when its Redis changed.
+        .reconcile_on(woken)
+        .shutdown_on_signal();
+    let redis = Arc::new(RedisAccess::default());
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter.clone()),
@@ -141,34 +173,10 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         passwords: Default::default(),
         status_writes: Default::default(),
         progress_interval: Duration::from_secs(args.status_progress_seconds),
-        redis: RedisAccess::default(),
+        redis: redis.clone(),
+        pollers: progress_poller::Pollers::new(wake, controller.store(), redis),
     });
 
-    // The watches that fill the caches also trigger reconciles: a change of an owned object
-    // (e.g. a Deployment's ready replicas), or of any pod of a run (workers, master, Redis:
-    // their statuses are the run's status, and a gone worker pod is a lost worker).
-    let cache::CacheStreams {
-        deployments,
-        jobs,
-        secrets,
-        config_maps,
-        services,
-        network_policies,
-        pods,
-    } = streams;
-    let controller = Controller::new(runs, watcher::Config::default().any_semantic())
-        .owns_stream(deployments)
-        .owns_stream(jobs)
-        .owns_stream(secrets)
-        .owns_stream(config_maps)
-        .owns_stream(services)
-        .owns_stream(network_policies)
-        // The pods belong to a ReplicaSet or a Job, not to the run: map them by label.
-        .watches_stream(pods, |pod: Pod| {
-            let run = pod.labels().get(RUN_LABEL)?.clone();
-            Some(ObjectRef::<GuardedRun>::new(&run).within(&pod.namespace()?))
-        })
-        .shutdown_on_signal();
     // Ready once the AbcRun watch has listed every run (not when the process starts): until
     // then /readyz says what it waits for, e.g. a CRD that is not installed.
     let runs_store = controller.store();

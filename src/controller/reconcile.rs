@@ -9,7 +9,7 @@ use super::status::{self, Observed, StatusWrite};
 use super::workers::WorkerAction;
 use super::{Context, Error, apply};
 use crate::api::{AbcRun, FIELD_MANAGER, Phase, SecretKeyRef};
-use crate::protocol;
+use crate::protocol::{self, Snapshot};
 use crate::resources;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
@@ -23,8 +23,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often a running run's Redis is read for progress (bounded rate per run).
+/// How often a running run is looked at again without a watch event while its Redis is not
+/// polled (a managed Redis that is not ready yet).
 const POLL_RUNNING: Duration = Duration::from_secs(2);
+/// How often a running run whose Redis is polled ([`super::progress_poller`]) is looked at
+/// again without an event or a wake-up from its poller: a safety net only.
+const POLL_POLLED: Duration = Duration::from_secs(60);
 /// How often an idle or finished run is looked at again without a watch event.
 const POLL_IDLE: Duration = Duration::from_secs(300);
 /// Retry interval for problems only the user can fix (a missing Secret): no hot loop.
@@ -43,6 +47,7 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
         ctx.redis.forget(&run);
         ctx.passwords.forget(&run);
         ctx.status_writes.forget(&namespace, &name);
+        ctx.pollers.stop(&run);
         return Ok(Action::await_change());
     }
     if !ctx.caches.synced() {
@@ -55,15 +60,20 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
     let view = view_of(&run, &ctx.caches, &namespace);
     let password = resolve_password(&run, &ctx, &namespace).await?;
     let endpoint = decide::endpoint(&run, &password).map_err(Error::Build)?;
+    let heartbeat =
+        protocol::Heartbeat::from_timeout_seconds(run.spec.workers.heartbeat_timeout_seconds);
     let redis = match &endpoint {
         Some(endpoint) if decide::redis_readable(&run, &view, &password) => {
-            match ctx.redis.snapshot(&run, endpoint).await {
-                Ok(snapshot) => RedisReading::Read(Box::new(snapshot)),
-                Err(err) => {
-                    // A rotated password is read again from its Secret next time.
-                    ctx.passwords.forget(&run);
-                    RedisReading::Failed(err.to_string())
-                }
+            match ctx.pollers.latest(&run, endpoint, heartbeat) {
+                Some(snapshot) => RedisReading::Read(Box::new(snapshot)),
+                None => match ctx.redis.snapshot(&run, endpoint).await {
+                    Ok(snapshot) => RedisReading::Read(Box::new(snapshot)),
+                    Err(err) => {
+                        // A rotated password is read again from its Secret next time.
+                        ctx.passwords.forget(&run);
+                        RedisReading::Failed(err.to_string())
+                    }
+                },
             }
         }
         _ => RedisReading::NotRead,
@@ -112,6 +122,20 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
         &new_status,
         password.problem.is_some() || held_up(&new_status, &observed),
     );
+    // A live run's Redis is read by its poller, which wakes the run when something changed;
+    // the requeue is then only a safety net.
+    let reading = match &redis {
+        RedisReading::Read(snapshot) => Some(Ok(Snapshot::clone(snapshot))),
+        RedisReading::Failed(err) => Some(Err(err.clone())),
+        RedisReading::NotRead => None,
+    };
+    match (&endpoint, reading) {
+        (Some(endpoint), Some(reading)) if next == POLL_RUNNING => {
+            ctx.pollers.keep(&run, endpoint, heartbeat, &reading);
+            next = POLL_POLLED;
+        }
+        _ => ctx.pollers.stop(&run),
+    }
     match status::write_due(
         run.status.as_ref(),
         &new_status,

@@ -100,7 +100,7 @@ async fn timeout<T>(
 }
 
 /// A short hash, so the cache key changes with the password without holding it twice.
-fn fingerprint(password: &str) -> String {
+pub(super) fn fingerprint(password: &str) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(password.as_bytes());
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()

@@ -78,6 +78,27 @@ impl ControllerProcess {
             .and_then(|v| v.parse().ok())
     }
 
+    /// Reconciles so far, once none has happened for `quiet` (a run's start-up brings a
+    /// burst of watch events, longer or shorter with the machine's load). Panics when the
+    /// reconciles never stop for that long within `secs`: a hot loop.
+    pub async fn reconciles_once_settled(&self, quiet: std::time::Duration, secs: u64) -> f64 {
+        let last = std::cell::Cell::new(f64::NAN);
+        let quiet_since = std::cell::Cell::new(tokio::time::Instant::now());
+        cluster::eventually(
+            secs,
+            &format!("reconciles to pause for {quiet:?}"),
+            || async {
+                let now = self.metric("abc_operator_reconciles_total").await?;
+                if now != last.get() {
+                    last.set(now);
+                    quiet_since.set(tokio::time::Instant::now());
+                }
+                (quiet_since.get().elapsed() >= quiet).then_some(now)
+            },
+        )
+        .await
+    }
+
     /// Write requests (create, patch, update, delete) the controller has sent to the API
     /// server, from its own request counter; its Lease renewals aside.
     pub async fn writes_sent(&self) -> Option<f64> {

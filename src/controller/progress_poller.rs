@@ -1,0 +1,257 @@
+//! Each live run's Redis, read at a bounded rate apart from its reconciles.
+//!
+//! A running run's progress lives in its Redis, which sends no events. Reading it in every
+//! reconcile and requeueing every run every few seconds costs a whole reconcile per run per
+//! poll, also for the many runs where nothing moves. Instead, one small task per live run
+//! reads the run's [`Snapshot`] every [`POLL_INTERVAL`], keeps the latest for the next
+//! reconcile, and wakes the reconciler only when something a reconcile acts on changed: the
+//! snapshot apart from the Redis clock and the heartbeat times, plus which ledgers are past
+//! their heartbeat timeout (a worker hanging changes nothing else). Repairs, status, Events
+//! and demand then follow within one interval; an idle run costs one Redis read per interval
+//! and no reconcile.
+//!
+//! The reconcile that finds a run live starts its poller ([`Pollers::keep`]) and stops it when
+//! the run no longer is ([`Pollers::stop`]). A run deleted without the controller seeing it
+//! (runs have no finalizer) is noticed by its poller, which then ends and drops the run's
+//! Redis connection.
+
+use super::GuardedRun;
+use super::redis_access::RedisAccess;
+use crate::api::AbcRun;
+use crate::protocol::{Endpoint, Heartbeat, Snapshot};
+use futures::channel::mpsc;
+use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How often a live run's Redis is read.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// A snapshot older than this is not used by a reconcile (its poller is behind or stopped).
+const FRESH_FOR: Duration = Duration::from_secs(2);
+
+/// What a reconcile acts on in one reading of a run's Redis: the snapshot without the clock
+/// and heartbeat times, and which ledgers are stale; or that the read failed (and why).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Digest(Result<(Snapshot, Vec<bool>), String>);
+
+impl Digest {
+    pub fn of(reading: &Result<Snapshot, String>, heartbeat: Heartbeat) -> Digest {
+        Digest(reading.as_ref().map_err(Clone::clone).map(|snapshot| {
+            let stale = snapshot
+                .ledgers
+                .iter()
+                .map(|ledger| heartbeat.is_stale(ledger, snapshot.time_ms))
+                .collect();
+            let mut timeless = snapshot.clone();
+            timeless.time_ms = 0;
+            for ledger in &mut timeless.ledgers {
+                ledger.heartbeat_ms = None;
+            }
+            (timeless, stale)
+        }))
+    }
+}
+
+/// The latest snapshot of one run, as its poller left it.
+type Latest = Arc<Mutex<Option<(Instant, Arc<Snapshot>)>>>;
+
+struct Poller {
+    /// The endpoint (with a fingerprint of its password) and heartbeat timeout it polls with:
+    /// another one restarts it.
+    target: String,
+    latest: Latest,
+    task: tokio::task::AbortHandle,
+}
+
+/// The pollers of all live runs, keyed by run uid.
+pub struct Pollers {
+    wake: mpsc::UnboundedSender<ObjectRef<GuardedRun>>,
+    runs: Store<GuardedRun>,
+    redis: Arc<RedisAccess>,
+    polling: Mutex<HashMap<String, Poller>>,
+}
+
+impl Pollers {
+    /// Pollers that wake runs through `wake` (the controller's `reconcile_on`) and end when
+    /// their run is gone from `runs`.
+    pub fn new(
+        wake: mpsc::UnboundedSender<ObjectRef<GuardedRun>>,
+        runs: Store<GuardedRun>,
+        redis: Arc<RedisAccess>,
+    ) -> Pollers {
+        Pollers {
+            wake,
+            runs,
+            redis,
+            polling: Mutex::default(),
+        }
+    }
+
+    /// The run's latest snapshot, when its poller read it recently.
+    pub fn latest(
+        &self,
+        run: &AbcRun,
+        endpoint: &Endpoint,
+        heartbeat: Heartbeat,
+    ) -> Option<Snapshot> {
+        let polling = self.polling.lock().unwrap();
+        let poller = polling.get(&run.uid()?)?;
+        if poller.target != target(endpoint, heartbeat) {
+            return None;
+        }
+        let latest = poller.latest.lock().unwrap();
+        let (at, snapshot) = latest.as_ref()?;
+        (at.elapsed() <= FRESH_FOR).then(|| Snapshot::clone(snapshot))
+    }
+
+    /// Keeps the run's Redis polled (starts a poller, or restarts one that polls another
+    /// endpoint). `seen` is what the calling reconcile read: the poller wakes the run when a
+    /// reading differs from it.
+    pub fn keep(
+        &self,
+        run: &AbcRun,
+        endpoint: &Endpoint,
+        heartbeat: Heartbeat,
+        seen: &Result<Snapshot, String>,
+    ) {
+        let (Some(uid), Some(namespace)) = (run.uid(), run.namespace()) else {
+            return;
+        };
+        let target = target(endpoint, heartbeat);
+        let mut polling = self.polling.lock().unwrap();
+        if polling
+            .get(&uid)
+            .is_some_and(|p| p.target == target && !p.task.is_finished())
+        {
+            return;
+        }
+        let latest = Latest::default();
+        let task = tokio::spawn(poll(
+            PollerOf {
+                run: Arc::new(run.clone()),
+                reference: ObjectRef::new(&run.name_any()).within(&namespace),
+                uid: uid.clone(),
+                endpoint: endpoint.clone(),
+                heartbeat,
+                latest: latest.clone(),
+            },
+            Digest::of(seen, heartbeat),
+            self.wake.clone(),
+            self.runs.clone(),
+            self.redis.clone(),
+        ))
+        .abort_handle();
+        if let Some(old) = polling.insert(
+            uid,
+            Poller {
+                target,
+                latest,
+                task,
+            },
+        ) {
+            old.task.abort();
+        }
+    }
+
+    /// Stops polling the run (finished, suspended, deleted, or its Redis not readable).
+    pub fn stop(&self, run: &AbcRun) {
+        let Some(uid) = run.uid() else { return };
+        if let Some(poller) = self.polling.lock().unwrap().remove(&uid) {
+            poller.task.abort();
+        }
+    }
+}
+
+/// One poller's run and what it reads with.
+struct PollerOf {
+    run: Arc<AbcRun>,
+    reference: ObjectRef<GuardedRun>,
+    uid: String,
+    endpoint: Endpoint,
+    heartbeat: Heartbeat,
+    latest: Latest,
+}
+
+async fn poll(
+    of: PollerOf,
+    mut seen: Digest,
+    wake: mpsc::UnboundedSender<ObjectRef<GuardedRun>>,
+    runs: Store<GuardedRun>,
+    redis: Arc<RedisAccess>,
+) {
+    let mut ticks = tokio::time::interval_at(Instant::now() + POLL_INTERVAL, POLL_INTERVAL);
+    // A slow Redis delays the next read rather than causing a burst of them.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if runs.get(&of.reference).and_then(|r| r.uid()).as_deref() != Some(of.uid.as_str()) {
+            // Deleted (or replaced by a new run of the same name): nothing to poll any more.
+            redis.forget(&of.run);
+            return;
+        }
+        let reading = redis
+            .snapshot(&of.run, &of.endpoint)
+            .await
+            .map_err(|err| err.to_string());
+        // After a failed read the next reconcile reads for itself, and reports the failure.
+        *of.latest.lock().unwrap() = reading
+            .as_ref()
+            .ok()
+            .map(|snapshot| (Instant::now(), Arc::new(snapshot.clone())));
+        let digest = Digest::of(&reading, of.heartbeat);
+        if digest != seen {
+            seen = digest;
+            if wake.unbounded_send(of.reference.clone()).is_err() {
+                return; // the controller stopped
+            }
+        }
+    }
+}
+
+fn target(endpoint: &Endpoint, heartbeat: Heartbeat) -> String {
+    format!(
+        "{endpoint}:{}:{}",
+        super::redis_access::fingerprint(endpoint.password.as_deref().unwrap_or_default()),
+        heartbeat.timeout().as_secs()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::liveness_test_support::ledger;
+
+    fn snapshot(time_ms: i64, heartbeat_ms: i64, n_acc: i64) -> Result<Snapshot, String> {
+        Ok(Snapshot {
+            time_ms,
+            n_acc: Some(n_acc),
+            ledgers: vec![ledger("w1", Some("w1"), Some(0), Some(heartbeat_ms))],
+            ..Snapshot::default()
+        })
+    }
+
+    #[test]
+    fn the_clock_and_heartbeats_alone_wake_nothing() {
+        let heartbeat = Heartbeat::from_timeout_seconds(30);
+        assert_eq!(
+            Digest::of(&snapshot(1_000, 900, 5), heartbeat),
+            Digest::of(&snapshot(6_000, 5_900, 5), heartbeat)
+        );
+    }
+
+    #[test]
+    fn progress_a_hung_worker_and_a_failed_read_wake_the_run() {
+        let heartbeat = Heartbeat::from_timeout_seconds(30);
+        let before = Digest::of(&snapshot(1_000, 900, 5), heartbeat);
+        assert_ne!(before, Digest::of(&snapshot(1_000, 900, 6), heartbeat));
+        // the same ledger, its last beat now older than the timeout
+        assert_ne!(before, Digest::of(&snapshot(31_000, 900, 5), heartbeat));
+        assert_ne!(
+            before,
+            Digest::of(&Err("no answer within 3 s".into()), heartbeat)
+        );
+    }
+}
