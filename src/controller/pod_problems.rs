@@ -107,6 +107,16 @@ fn container_problem(c: &ContainerStatus, now: Timestamp) -> Option<(&'static st
             _ => None,
         };
     }
+    // A command that cannot even be started: as RunContainerError above, a problem from its
+    // first attempt on (the kubelet shows this exit between its RunContainerError retries).
+    if state.and_then(|s| s.terminated.as_ref()).is_some_and(|t| {
+        matches!(
+            t.reason.as_deref(),
+            Some("StartError" | "ContainerCannotRun")
+        )
+    }) {
+        return Some(("CrashLoopBackOff", crash(c)));
+    }
     // Between two back-offs a crash-looping container runs (or has just exited) again.
     let failed_before = c.restart_count > 0 && last_exit(c).is_some_and(|t| t.exit_code != 0);
     if !failed_before {
@@ -310,7 +320,19 @@ mod tests {
         let waiting = status.state.as_mut().unwrap().waiting.as_mut().unwrap();
         waiting.reason = Some("CrashLoopBackOff".into());
         waiting.message = Some("back-off 10s restarting failed container=worker".into());
-        assert_eq!(pod_problem(&[backing_off], now()), Some(p));
+        assert_eq!(pod_problem(&[backing_off], now()), Some(p.clone()));
+        // Its very first exit, before any restart: the same problem already.
+        let mut first = fixture("start-error");
+        let status = &mut first
+            .status
+            .as_mut()
+            .unwrap()
+            .container_statuses
+            .as_mut()
+            .unwrap()[0];
+        status.restart_count = 0;
+        status.state = status.last_state.take();
+        assert_eq!(pod_problem(&[first], now()), Some(p));
     }
 
     #[test]
