@@ -4,7 +4,7 @@ CARGO ?= cargo
 PYTHON := $(CURDIR)/.venv/bin/python
 TESTENV := $(CURDIR)/target/testenv
 
-.PHONY: demo check test-unit test deps tools cluster cluster-down cluster-real cluster-real-down crds build bench images
+.PHONY: demo check test-unit test deps tools cluster cluster-down cluster-real cluster-real-down crds build bench bench-scale images
 # The operator image of the test cluster carries the debug build the tests use (tools/images.sh).
 OPERATOR_DEBUG_BIN = $${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/abc-operator
 
@@ -80,3 +80,11 @@ build:
 bench: deps
 	$(CARGO) build --release --bin abc-operator
 	ABC_PYTHON=$(PYTHON) $(PYTHON) bench/bench.py
+
+## bench-scale: the controller at cluster scale (bench/README.md, section S): 1,000 AbcRuns with
+## 10,000 kwok worker pods, the current code against the code before the reconcile pipeline
+## (built once into a cache by commit); BENCH_QUICK=1 for 50 runs / 500 pods
+bench-scale: deps tools
+	$(CARGO) build --release --bin abc-operator
+	ABC_PYTHON=$(PYTHON) ABC_OPERATOR_BIN=$${CARGO_TARGET_DIR:-$(CURDIR)/target}/release/abc-operator \
+	  $(PYTHON) bench/scale.py

@@ -14,6 +14,15 @@
 # so several copies (parallel tests) do not collide; a real node exists once per machine (see
 # tools/node.sh). With --owner-pid the control plane is torn down when that process exits (test
 # binaries that started their own).
+#
+# For benches at cluster scale (bench/scale.py), three environment variables; unset, the
+# control plane is the one the tests see:
+#   ABC_KWOK_POD_CAPACITY=N        the fake node holds N pods (default 250); above 250 kwok
+#                                  hands out pod IPs from a /16 instead of a /24
+#   ABC_CLUSTER_CLIENT_QPS=Q       client QPS (burst 2Q) of the controller-manager and the
+#                                  scheduler, which otherwise create and bind 20 and 50 pods/s
+#   ABC_CLUSTER_AUDIT_POLICY=FILE  the API server writes an audit log (DIR/logs/audit.log,
+#                                  JSON lines) under this policy: who sent which request
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -100,6 +109,18 @@ fail() {
   exit 1
 }
 
+pod_capacity=${ABC_KWOK_POD_CAPACITY:-250}
+pod_cidr=10.0.0.1/24
+[ "$pod_capacity" -gt 250 ] && pod_cidr=10.0.0.1/16
+client_qps=()
+if [ -n "${ABC_CLUSTER_CLIENT_QPS:-}" ]; then
+  client_qps=(--kube-api-qps "$ABC_CLUSTER_CLIENT_QPS" --kube-api-burst "$((ABC_CLUSTER_CLIENT_QPS * 2))")
+fi
+audit=()
+if [ -n "${ABC_CLUSTER_AUDIT_POLICY:-}" ]; then
+  audit=(--audit-policy-file "$ABC_CLUSTER_AUDIT_POLICY" --audit-log-path "$dir/logs/audit.log" --audit-log-format json)
+fi
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 etcd_port=$(free_port); peer_port=$(free_port); api_port=$(free_port)
 kcm_port=$(free_port); sched_port=$(free_port); kwok_port=$(free_port)
@@ -172,7 +193,7 @@ start kube-apiserver "$bin/kube-apiserver" \
   --requestheader-extra-headers-prefix X-Remote-Extra- \
   --proxy-client-cert-file "$pki/front-proxy-client.crt" --proxy-client-key-file "$pki/front-proxy-client.key" \
   --kubelet-client-certificate "$pki/kubelet-client.crt" --kubelet-client-key "$pki/kubelet-client.key" \
-  --kubelet-preferred-address-types InternalIP,Hostname
+  --kubelet-preferred-address-types InternalIP,Hostname ${audit[@]+"${audit[@]}"}
 
 kubectl=("$bin/kubectl" --kubeconfig "$kubeconfig")
 for i in $(seq 600); do
@@ -188,11 +209,13 @@ start kube-controller-manager "$bin/kube-controller-manager" \
   --bind-address 127.0.0.1 --secure-port "$kcm_port" --leader-elect=false \
   --controllers '*' --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
   --use-service-account-credentials=false --horizontal-pod-autoscaler-sync-period 5s \
-  --cluster-signing-cert-file "$pki/ca.crt" --cluster-signing-key-file "$pki/ca.key"
+  --cluster-signing-cert-file "$pki/ca.crt" --cluster-signing-key-file "$pki/ca.key" \
+  ${client_qps[@]+"${client_qps[@]}"}
 
 start kube-scheduler "$bin/kube-scheduler" \
   --kubeconfig "$kubeconfig" --authentication-kubeconfig "$kubeconfig" --authorization-kubeconfig "$kubeconfig" \
-  --bind-address 127.0.0.1 --secure-port "$sched_port" --leader-elect=false
+  --bind-address 127.0.0.1 --secure-port "$sched_port" --leader-elect=false \
+  ${client_qps[@]+"${client_qps[@]}"}
 
 if [ "$real_node" = true ]; then
   if ! "$here/node.sh" start "$dir" "$bin"; then
@@ -205,7 +228,7 @@ else
 start kwok "$bin/kwok" --kubeconfig "$kubeconfig" --config "$stages" \
   --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
   --manage-nodes-with-label-selector= --disregard-status-with-annotation-selector=kwok.x-k8s.io/status=custom \
-  --cidr=10.0.0.1/24 --node-ip=10.0.0.1 --server-address "127.0.0.1:$kwok_port"
+  --cidr="$pod_cidr" --node-ip=10.0.0.1 --server-address "127.0.0.1:$kwok_port"
 
 "${kubectl[@]}" apply -f - >/dev/null <<EOF || fail kube-apiserver
 apiVersion: v1
@@ -221,8 +244,8 @@ metadata:
     kubernetes.io/arch: amd64
     type: kwok
 status:
-  allocatable: {cpu: "64", memory: 256Gi, pods: "250"}
-  capacity: {cpu: "64", memory: 256Gi, pods: "250"}
+  allocatable: {cpu: "64", memory: 256Gi, pods: "$pod_capacity"}
+  capacity: {cpu: "64", memory: 256Gi, pods: "$pod_capacity"}
 EOF
 
 for i in $(seq 600); do

@@ -1,0 +1,1077 @@
+#!/usr/bin/env python3
+"""Section S of the bench: the controller at cluster scale (`make bench-scale`).
+
+On its own loopback control plane (tools/cluster.sh, one kwok fake node that holds every
+pod), N AbcRuns with an external Redis, about 10 worker pods each. Most runs point at a few
+shared, idle loopback redis-servers; a few are live: each has its own redis-server, a real
+pyABC master (tests/fixtures/protocol_master.py, RedisEvalParallelSampler) and a couple of
+real worker processes (src/protocol/abc_worker.py) standing in for some of its kwok pods, so
+that generations move and lost workers can be repaired. The controller runs as a process
+outside the cluster, as users run it: first the code before the reconcile pipeline (a commit,
+built into a cache by this script), then the current code, one after the other against the
+same cluster and the same runs. For each, at steady state, over a window:
+
+- API requests per second by verb, as the API server saw them (its audit log; the
+  controller has a client certificate of its own, so its requests are told apart), writes
+  (create, update, patch, delete) separately, Lease renewals aside;
+- RSS and CPU of the controller process (/proc);
+- status lag: a live run's generation changes in Redis -> its status.progress.generation
+  shows it (Redis polled every 50 ms, the runs watched);
+- repair latency: a live run's worker pod is deleted (its worker process SIGKILLed, as a
+  kubelet does, while it owes a claimed evaluation) -> status.lostWorkers counts it.
+
+Progress goes to stderr, the table to stdout. Everything started here (control plane,
+redis-servers, masters, workers, controller) is stopped at the end, also after an error or
+Ctrl-C. See bench/README.md, section S, for the variables and what the figures mean.
+"""
+
+import http.client
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from datetime import datetime, timezone
+from pathlib import Path
+
+try:
+    import redis
+except ImportError:
+    sys.exit("bench/scale.py needs redis-py: run it with ABC_PYTHON (the project's .venv python)")
+
+T0 = time.monotonic()
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+
+
+def env_int(name, full, quick):
+    return int(os.environ.get(name, quick if QUICK else full))
+
+
+RUNS = env_int("BENCH_SCALE_RUNS", 1000, 50)
+PODS_PER_RUN = env_int("BENCH_SCALE_PODS_PER_RUN", 10, 10)
+LIVE = min(RUNS, env_int("BENCH_SCALE_LIVE", 50, 5))
+LIVE_WORKERS = min(PODS_PER_RUN, env_int("BENCH_SCALE_LIVE_WORKERS", 2, 2))
+IDLE_SERVERS = env_int("BENCH_SCALE_IDLE_SERVERS", 4, 2)
+WINDOW_S = env_int("BENCH_SCALE_WINDOW_S", 300, 60)
+SETTLE_S = env_int("BENCH_SCALE_SETTLE_S", 120, 30)
+REPAIRS = env_int("BENCH_SCALE_REPAIRS", 10, 5)
+POPULATION = env_int("BENCH_SCALE_POPULATION", 20, 20)
+MODEL_SLEEP_S = float(os.environ.get("BENCH_SCALE_MODEL_SLEEP_S", "0.2"))
+BASE = os.environ.get("BENCH_SCALE_BASE", "d99cbe4")
+PYTHON = os.environ.get("ABC_PYTHON", sys.executable)
+TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+CURRENT_BIN = Path(os.environ.get("ABC_OPERATOR_BIN", TARGET_DIR / "release" / "abc-operator"))
+CACHE = Path(os.environ.get("BENCH_SCALE_CACHE", TARGET_DIR / "bench-scale"))
+NAMESPACE = "scale"
+CONTROLLER_USER = "abc-bench-controller"
+WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
+
+# The issue's targets.
+TARGET_IDLE_WRITES = 0.0
+TARGET_WRITES_PER_LIVE_RUN = 0.2
+TARGET_RSS_MIB = 64
+TARGET_CPU_PCT = 5.0
+TARGET_REPAIR_P95_S = 2.0
+TARGET_LAG_S = 2.0
+
+
+def say(msg):
+    print(f"[{time.monotonic() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+class BenchError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------
+# Processes: each in its own process group, all stopped at the end.
+
+GROUP = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+
+
+class Children:
+    def __init__(self, scratch: Path):
+        self.scratch = scratch
+        self.procs = []
+        self.lock = threading.Lock()
+        self.env = dict(os.environ)
+        self.env["PYTHONUNBUFFERED"] = "1"
+        self.env["MPLCONFIGDIR"] = str(scratch / "mpl")
+        self.env["HOME"] = str(scratch / "home")
+        (scratch / "mpl").mkdir(exist_ok=True)
+        (scratch / "home").mkdir(exist_ok=True)
+        for key in ("ABC_REDIS_HOST", "ABC_REDIS_PORT", "ABC_REDIS_PASSWORD", "ABC_RESULTS_DIR",
+                    "KUBECONFIG"):
+            self.env.pop(key, None)
+
+    def spawn(self, argv, log: Path, env=None, cwd=None):
+        full = dict(self.env)
+        full.update(env or {})
+        with open(log, "ab") as out:
+            proc = subprocess.Popen([str(a) for a in argv], env=full, cwd=cwd or self.scratch,
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=out, **GROUP)
+        with self.lock:
+            self.procs.append(proc)
+        return proc
+
+    @staticmethod
+    def signal(proc, sig):
+        # Only while the leader is unreaped: then its pid (= the group id) cannot be reused.
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def forget(self, proc):
+        with self.lock:
+            if proc in self.procs and proc.poll() is not None:
+                self.procs.remove(proc)
+
+    def kill(self, proc):
+        self.signal(proc, signal.SIGKILL)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        self.forget(proc)
+
+    def stop(self, proc, grace=10.0):
+        self.signal(proc, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.kill(proc)
+        self.forget(proc)
+
+    def stop_all(self):
+        with self.lock:
+            procs = list(self.procs)
+        for proc in procs:
+            self.signal(proc, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.signal(proc, signal.SIGKILL)
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    pass
+        with self.lock:
+            self.procs = [p for p in self.procs if p.poll() is None]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A password-protected redis-server on loopback (password in a 0600 config file)."""
+
+    def __init__(self, children: Children, tag: str):
+        self.children = children
+        self.dir = Path(tempfile.mkdtemp(prefix=f"redis-{tag}-", dir=children.scratch))
+        self.password = secrets.token_hex(16)
+        for _ in range(3):
+            self.port = free_port()
+            conf = self.dir / "redis.conf"
+            log = self.dir / "redis.log"
+            text = (f'bind 127.0.0.1\nport {self.port}\nprotected-mode yes\n'
+                    f'requirepass "{self.password}"\nsave ""\nappendonly no\n'
+                    f'dir "{self.dir}"\nlogfile "{log}"\ndaemonize no\n')
+            fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            self.proc = children.spawn(["redis-server", conf], self.dir / "stdout.log")
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    if self.client().ping():
+                        return
+                except redis.RedisError:
+                    time.sleep(0.05)
+            children.stop(self.proc)
+        raise BenchError(f"redis-server did not start; see {log}")
+
+    def client(self):
+        return redis.StrictRedis(host="127.0.0.1", port=self.port, password=self.password,
+                                 socket_timeout=10, decode_responses=True)
+
+    def env(self):
+        return {"ABC_REDIS_HOST": "127.0.0.1", "ABC_REDIS_PORT": str(self.port),
+                "ABC_REDIS_PASSWORD": self.password}
+
+
+# ---------------------------------------------------------------------------------------
+# The binaries: the current code and the base commit, built once into a cache by commit.
+
+
+def build_base():
+    if os.environ.get("BENCH_SCALE_BASE_BIN"):
+        return BASE, Path(os.environ["BENCH_SCALE_BASE_BIN"])
+    commit = subprocess.run(["git", "rev-parse", f"{BASE}^{{commit}}"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout.strip()
+    here = CACHE / commit
+    binary = here / "abc-operator"
+    if binary.exists():
+        say(f"base {BASE}: cached binary {binary}")
+        return commit, binary
+    src = here / "src"
+    if not (src / "Cargo.toml").exists():
+        # An export, not a worktree: nothing is registered in the repository.
+        say(f"base {BASE}: the source of {commit[:12]} (git archive)")
+        src.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=ROOT,
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    say(f"base {BASE}: cargo build --release (takes minutes on 2 cores; progress below)")
+    env = dict(os.environ, CARGO_TARGET_DIR=str(here / "target"))
+    proc = subprocess.Popen(["nice", "-n", "10", "cargo", "build", "--release", "--bin",
+                             "abc-operator"], cwd=src, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    compiled = 0
+    for line in proc.stderr:
+        if line.strip().startswith("Compiling"):
+            compiled += 1
+            if compiled % 25 == 0 or "abc-operator" in line:
+                say(f"base {BASE}: {compiled} crates compiled ({line.strip()})")
+        elif "error" in line:
+            print(line.rstrip(), file=sys.stderr)
+    if proc.wait() != 0:
+        raise BenchError(f"building {BASE} failed")
+    shutil.copy2(here / "target" / "release" / "abc-operator", binary)
+    return commit, binary
+
+
+# ---------------------------------------------------------------------------------------
+# The control plane and a small client of its API (admin certificate).
+
+
+class Cluster:
+    def __init__(self, children: Children, scratch: Path):
+        self.dir = scratch / "cluster"
+        self.children = children
+        self.scratch = scratch
+        self.tools = Path(subprocess.run([ROOT / "tools" / "build.sh", "--print"], check=True,
+                                         capture_output=True, text=True).stdout.strip())
+        self.up = False
+
+    def start(self):
+        policy = self.scratch / "audit-policy.yaml"
+        policy.write_text(
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\n"
+            f"rules:\n- level: Metadata\n  users: [{CONTROLLER_USER}]\n- level: None\n")
+        env = dict(os.environ,
+                   ABC_KWOK_POD_CAPACITY=str(RUNS * PODS_PER_RUN + 500),
+                   ABC_CLUSTER_CLIENT_QPS="200",
+                   ABC_CLUSTER_AUDIT_POLICY=str(policy))
+        say("control plane: tools/cluster.sh up")
+        self.up = True
+        subprocess.run([ROOT / "tools" / "cluster.sh", "up", self.dir, "--owner-pid",
+                        str(os.getpid())], env=env, check=True, stdout=subprocess.DEVNULL)
+        self.kubeconfig = self.dir / "kubeconfig"
+        text = self.kubeconfig.read_text()
+        self.server = re.search(r"server: https://([\d.]+):(\d+)", text).groups()
+        self.pki = self.dir / "pki"
+        self.audit_log = self.dir / "logs" / "audit.log"
+        self.controller_kubeconfig = self.controller_identity()
+
+    def stop(self):
+        if self.up:
+            say("control plane: tools/cluster.sh down")
+            subprocess.run([ROOT / "tools" / "cluster.sh", "down", self.dir],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.up = False
+
+    def controller_identity(self):
+        """A client certificate of the controller's own, so that the audit log tells its
+        requests from everyone else's."""
+        key, csr, crt = (self.scratch / f"controller.{x}" for x in ("key", "csr", "crt"))
+        ext = self.scratch / "client.ext"
+        ext.write_text("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+                       "extendedKeyUsage=clientAuth\n")
+        subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out",
+                        csr, "-subj", f"/O=system:masters/CN={CONTROLLER_USER}"], check=True,
+                       capture_output=True)
+        subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", self.pki / "ca.crt",
+                        "-CAkey", self.pki / "ca.key", "-CAcreateserial", "-out", crt, "-days",
+                        "2", "-extfile", ext], check=True, capture_output=True)
+        text = self.kubeconfig.read_text()
+        text = text.replace(str(self.pki / "admin.crt"), str(crt))
+        text = text.replace(str(self.pki / "admin.key"), str(key))
+        path = self.scratch / "controller.kubeconfig"
+        path.write_text(text)
+        return path
+
+    def kubectl(self, *args, input=None):
+        out = subprocess.run([self.tools / "kubectl", "--kubeconfig", self.kubeconfig, *args],
+                             input=input, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise BenchError(f"kubectl {' '.join(map(str, args))}: {out.stderr.strip()}")
+        return out.stdout
+
+    def api(self):
+        return Api(self.server, self.pki)
+
+
+class Api:
+    """One HTTPS connection to the API server as admin (not thread-safe: one per thread)."""
+
+    def __init__(self, server, pki: Path):
+        self.host, self.port = server[0], int(server[1])
+        self.ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        self.ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+        self.conn = None
+
+    def _connect(self, timeout=30):
+        return http.client.HTTPSConnection(self.host, self.port, context=self.ctx,
+                                           timeout=timeout)
+
+    def request(self, method, path, body=None):
+        for attempt in range(3):
+            try:
+                if self.conn is None:
+                    self.conn = self._connect()
+                headers = {"Accept": "application/json"}
+                if body is not None:
+                    headers["Content-Type"] = "application/json"
+                    body = json.dumps(body)
+                self.conn.request(method, path, body=body, headers=headers)
+                resp = self.conn.getresponse()
+                data = resp.read()
+                return resp.status, (json.loads(data) if data else None)
+            except (OSError, http.client.HTTPException):
+                self.conn = None
+                if attempt == 2:
+                    raise
+                time.sleep(0.5)
+
+    def get(self, path):
+        status, body = self.request("GET", path)
+        if status != 200:
+            raise BenchError(f"GET {path}: {status} {body}")
+        return body
+
+    def watch(self, path, resource_version, stop: threading.Event):
+        """Yields watch events until `stop` or the server ends the stream."""
+        conn = self._connect(timeout=5)
+        query = urllib.parse.urlencode({"watch": "1", "resourceVersion": resource_version,
+                                        "allowWatchBookmarks": "true"})
+        sep = "&" if "?" in path else "?"
+        conn.request("GET", f"{path}{sep}{query}", headers={"Accept": "application/json"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise BenchError(f"watch {path}: {resp.status}")
+        buf = b""
+        try:
+            while not stop.is_set():
+                try:
+                    chunk = resp.read1(65536)
+                except socket.timeout:
+                    continue
+                if not chunk:
+                    return
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if line.strip():
+                        yield json.loads(line)
+        finally:
+            conn.close()
+
+
+RUNS_PATH = f"/apis/abc-operator.dev/v1alpha1/namespaces/{NAMESPACE}/abcruns"
+PODS_PATH = f"/api/v1/namespaces/{NAMESPACE}/pods"
+
+
+# ---------------------------------------------------------------------------------------
+# The runs, the live runs' masters and worker processes.
+
+
+def run_yaml(name, kind, server, secret):
+    return (f"apiVersion: abc-operator.dev/v1alpha1\nkind: AbcRun\n"
+            f"metadata: {{name: {name}, labels: {{bench: {kind}}}}}\n"
+            f"spec:\n  image: worker\n"
+            f"  workers:\n    replicas: {PODS_PER_RUN}\n    runtime: 24h\n"
+            f"    heartbeatTimeoutSeconds: 30\n"
+            f"  redis:\n    external: {{host: 127.0.0.1, port: {server.port}, "
+            f"passwordSecret: {{name: {secret}}}}}\n")
+
+
+class LiveRun:
+    def __init__(self, name, server: RedisServer):
+        self.name = name
+        self.server = server
+        self.client = server.client()
+        self.master = None
+        self.workers = {}  # pod name -> Popen
+        self.generations = []  # (monotonic time first seen in Redis, generation)
+
+
+class Kubelet(threading.Thread):
+    """Runs the worker processes of up to LIVE_WORKERS Running pods of each live run (the
+    other pods are kwok's only) and SIGKILLs a process whose pod is gone, as a kubelet does."""
+
+    def __init__(self, cluster: Cluster, children: Children, live: dict, stop: threading.Event):
+        super().__init__(daemon=True)
+        self.api = cluster.api()
+        self.children = children
+        self.live = live
+        self.stop = stop
+        self.lock = threading.Lock()
+        self.entrypoint = ROOT / "src" / "protocol" / "abc_worker.py"
+        self.logs = children.scratch / "workers"
+        self.logs.mkdir(exist_ok=True)
+        self.selector = ("abc-operator.dev/component=worker,abc-operator.dev/run in ("
+                         + ",".join(live) + ")")
+        self.error = None
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                self.tick()
+            except Exception as err:  # keep going; reported if it persists
+                self.error = err
+            self.stop.wait(1.0)
+
+    def tick(self):
+        pods = self.api.get(f"{PODS_PATH}?{urllib.parse.urlencode({'labelSelector': self.selector})}")
+        by_run = {name: [] for name in self.live}
+        for pod in pods["items"]:
+            run = pod["metadata"]["labels"].get("abc-operator.dev/run")
+            if run in by_run and not pod["metadata"].get("deletionTimestamp"):
+                by_run[run].append(pod)
+        with self.lock:
+            for name, run in self.live.items():
+                present = {p["metadata"]["name"] for p in by_run[name]}
+                for pod, proc in list(run.workers.items()):
+                    if pod not in present or proc.poll() is not None:
+                        self.children.kill(proc)
+                        del run.workers[pod]
+                running = sorted((p for p in by_run[name]
+                                  if p.get("status", {}).get("phase") == "Running"),
+                                 key=lambda p: p["metadata"]["name"])
+                for pod in running:
+                    if len(run.workers) >= LIVE_WORKERS:
+                        break
+                    if pod["metadata"]["name"] not in run.workers:
+                        self.start_worker(run, pod)
+
+    def start_worker(self, run: LiveRun, pod):
+        name = pod["metadata"]["name"]
+        env = {}
+        for var in pod["spec"]["containers"][0].get("env") or []:
+            if "value" in var:
+                env[var["name"]] = var["value"]
+        env.update(run.server.env())
+        env["ABC_WORKER_ID"] = name
+        env["ABC_TEST_MODEL_SLEEP"] = str(MODEL_SLEEP_S)
+        run.workers[name] = self.children.spawn([PYTHON, self.entrypoint], self.logs / f"{name}.log",
+                                                env=env)
+
+    def kill_pod_worker(self, run: LiveRun, pod):
+        """SIGKILL a pod's worker process (its pod is being deleted)."""
+        with self.lock:
+            proc = run.workers.pop(pod, None)
+        if proc is not None:
+            self.children.kill(proc)
+
+
+class RunWatch(threading.Thread):
+    """Watches the live runs and records when each one's status showed what."""
+
+    def __init__(self, cluster: Cluster, stop: threading.Event):
+        super().__init__(daemon=True)
+        self.api = cluster.api()
+        self.stop = stop
+        self.lock = threading.Lock()
+        self.generation = {}  # run -> [(monotonic time, generation)]
+        self.lost = {}  # run -> [(monotonic time, lostWorkers)]
+        self.error = None
+
+    def observe(self, run):
+        name = run["metadata"]["name"]
+        status = run.get("status") or {}
+        gen = (status.get("progress") or {}).get("generation")
+        lost = status.get("lostWorkers") or 0
+        now = time.monotonic()
+        with self.lock:
+            gens = self.generation.setdefault(name, [])
+            if gen is not None and (not gens or gens[-1][1] != gen):
+                gens.append((now, gen))
+            losts = self.lost.setdefault(name, [])
+            if not losts or losts[-1][1] != lost:
+                losts.append((now, lost))
+
+    def lost_workers(self, name):
+        with self.lock:
+            losts = self.lost.get(name) or [(0, 0)]
+            return losts[-1][1]
+
+    def run(self):
+        selector = urllib.parse.urlencode({"labelSelector": "bench=live"})
+        while not self.stop.is_set():
+            try:
+                listed = self.api.get(f"{RUNS_PATH}?{selector}")
+                for run in listed["items"]:
+                    self.observe(run)
+                rv = listed["metadata"]["resourceVersion"]
+                for event in self.api.watch(f"{RUNS_PATH}?{selector}", rv, self.stop):
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        self.observe(event["object"])
+                    elif event["type"] == "ERROR":
+                        break
+            except Exception as err:
+                self.error = err
+                self.stop.wait(1.0)
+
+
+class RedisPoller(threading.Thread):
+    """Polls each live run's Redis every 50 ms: when does a new generation start."""
+
+    def __init__(self, live: dict, stop: threading.Event):
+        super().__init__(daemon=True)
+        self.live = live
+        self.stop = stop
+        self.lock = threading.Lock()
+
+    def run(self):
+        while not self.stop.is_set():
+            for run in self.live.values():
+                try:
+                    ana = run.client.get("analysis_id")
+                    gen = run.client.get(f"generation_{ana}") if ana else None
+                except redis.RedisError:
+                    continue
+                if gen is None:
+                    continue
+                gen = int(gen)
+                with self.lock:
+                    if not run.generations or run.generations[-1][1] != gen:
+                        run.generations.append((time.monotonic(), gen))
+            self.stop.wait(0.05)
+
+
+# ---------------------------------------------------------------------------------------
+# Measuring one controller.
+
+
+class Controller:
+    def __init__(self, children: Children, cluster: Cluster, binary: Path, label: str):
+        self.label = label
+        self.port = free_port()
+        self.log = children.scratch / f"controller-{label}.log"
+        self.children = children
+        self.proc = children.spawn(
+            [binary, "controller", "--namespace", NAMESPACE, "--metrics-addr",
+             f"127.0.0.1:{self.port}"], self.log,
+            env={"KUBECONFIG": str(cluster.controller_kubeconfig), "RUST_LOG": "info,kube=warn"})
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def cpu_seconds(self):
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def memory_kib(self, key):
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self):
+        self.children.stop(self.proc)
+
+
+def audit_events(path: Path, offset: int, start_wall: float, end_wall: float):
+    """The controller's audited requests received in [start_wall, end_wall], read from
+    `offset` on. Watches count once (their ResponseStarted), others at ResponseComplete."""
+    events = []
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for line in f:
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            stage = e.get("stage")
+            if e.get("verb") == "watch":
+                if stage != "ResponseStarted":
+                    continue
+            elif stage != "ResponseComplete":
+                continue
+            received = datetime.fromisoformat(
+                e["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
+            if start_wall <= received <= end_wall:
+                events.append(e)
+    return events
+
+
+def audit_size(path: Path):
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def classify(events, window_s):
+    """Requests per second by verb; writes split by what they touched."""
+    by_verb = {}
+    writes = {"lease": 0, "live": 0, "idle": 0, "other": 0}
+    by_resource = {}
+    for e in events:
+        verb = e["verb"]
+        ref = e.get("objectRef") or {}
+        resource = ref.get("resource", "?") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        if ref.get("resource") == "leases":
+            key = f"{verb} (leases)"
+        else:
+            key = verb
+        by_verb[key] = by_verb.get(key, 0) + 1
+        if verb in WRITE_VERBS:
+            name = ref.get("name") or ""
+            if ref.get("resource") == "leases":
+                writes["lease"] += 1
+            elif name.startswith("live-"):
+                writes["live"] += 1
+            elif name.startswith("idle-"):
+                writes["idle"] += 1
+            else:
+                writes["other"] += 1
+            if ref.get("resource") != "leases":
+                rk = f"{verb} {resource}"
+                by_resource[rk] = by_resource.get(rk, 0) + 1
+    rate = {k: v / window_s for k, v in by_verb.items()}
+    return rate, {k: v / window_s for k, v in writes.items()}, \
+        {k: v / window_s for k, v in by_resource.items()}
+
+
+def status_lags(live: dict, watch: RunWatch, start, end):
+    """For each generation that started in Redis within [start, end]: the time until the
+    run's status showed it (or a later one)."""
+    lags, missing = [], 0
+    with watch.lock:
+        shown = {k: list(v) for k, v in watch.generation.items()}
+    for name, run in live.items():
+        for t_redis, gen in list(run.generations):
+            if not (start <= t_redis <= end):
+                continue
+            seen = [t for t, g in shown.get(name, []) if g >= gen and t >= t_redis - 1.0]
+            if seen:
+                lags.append(max(0.0, seen[0] - t_redis))
+            else:
+                missing += 1
+    return lags, missing
+
+
+def measure_repairs(live: dict, kubelet: Kubelet, watch: RunWatch, api: Api, count,
+                    controller):
+    """Deletes a live run's worker pod whose process owes a claimed evaluation (SIGKILLing
+    the process, as a kubelet does) and times until status.lostWorkers counts it."""
+    times, missed, tries = [], 0, 0
+    names = list(live)
+    i = 0
+    while len(times) + missed < count and tries < count * 10:
+        tries += 1
+        controller.check()
+        run = live[names[i % len(names)]]
+        i += 1
+        victim = None
+        try:
+            for ledger in run.client.smembers("abc_operator:ledgers"):
+                fields = run.client.hgetall(f"abc_operator:ledger:{ledger}")
+                if "claim_max" in fields and fields.get("worker") in run.workers:
+                    victim = fields["worker"]
+                    break
+        except redis.RedisError:
+            pass
+        if victim is None:
+            time.sleep(0.2)
+            continue
+        before = watch.lost_workers(run.name)
+        t0 = time.monotonic()
+        api.request("DELETE", f"{PODS_PATH}/{victim}", {"gracePeriodSeconds": 0})
+        kubelet.kill_pod_worker(run, victim)
+        deadline = t0 + 30
+        while time.monotonic() < deadline:
+            with watch.lock:
+                after = [t for t, n in watch.lost.get(run.name, []) if t >= t0 and n > before]
+            if after:
+                times.append(after[0] - t0)
+                say(f"  repair {len(times)}: {run.name}/{victim} counted after {after[0] - t0:.2f} s")
+                break
+            time.sleep(0.02)
+        else:
+            missed += 1
+            say(f"  repair of {run.name}/{victim}: not counted within 30 s")
+        time.sleep(2.0)  # the replacement pod and its worker
+    return times, missed
+
+
+def pct(values, q):
+    values = sorted(values)
+    if not values:
+        return None
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def ready_workers(api: Api):
+    """Ready worker pods of Deployments whose rollout is complete (a controller of another
+    version may change the pod template: then every pod is replaced first), from the
+    Deployments' status (a list with a selector cannot count without listing every pod)."""
+    deployments = api.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments")
+    ready = 0
+    for d in deployments["items"]:
+        status, want = d.get("status") or {}, d["spec"].get("replicas", 1)
+        if (status.get("observedGeneration") == d["metadata"]["generation"]
+                and status.get("updatedReplicas") == want and status.get("replicas") == want):
+            ready += status.get("readyReplicas") or 0
+    return ready
+
+
+def wait_pods_running(api: Api, want, timeout):
+    deadline = time.monotonic() + timeout
+    last = -1
+    while time.monotonic() < deadline:
+        n = ready_workers(api)
+        if n != last:
+            say(f"  {n}/{want} worker pods ready")
+            last = n
+        if n >= want:
+            return n
+        time.sleep(5)
+    return last
+
+
+class Restarting:
+    """The controller under test; started again if it exits before the window (a leader
+    that could not renew its Lease in time stops itself), each exit counted and reported."""
+
+    def __init__(self, label, binary, cluster, children):
+        self.label, self.binary, self.cluster, self.children = label, binary, cluster, children
+        self.exits = []
+        self.ctl = Controller(children, cluster, binary, label)
+
+    def check(self):
+        if self.ctl.alive():
+            return
+        self.exits.append(last_line(self.ctl.log))
+        say(f"{self.label}: the controller exited ({self.exits[-1]}); starting it again")
+        self.children.forget(self.ctl.proc)
+        self.ctl = Controller(self.children, self.cluster, self.binary, self.label)
+
+
+def last_line(path: Path):
+    try:
+        lines = [l for l in path.read_text(errors="replace").splitlines() if l.strip()]
+    except OSError:
+        return "?"
+    return lines[-1][-300:] if lines else "?"
+
+
+def ready_workers(api: Api):
+    """Ready worker pods of Deployments whose rollout is complete (a controller of another
+    version may change the pod template: then every pod is replaced first), from the
+    Deployments' status (a list with a selector cannot count without listing every pod)."""
+    deployments = api.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments")
+    ready = 0
+    for d in deployments["items"]:
+        status, want = d.get("status") or {}, d["spec"].get("replicas", 1)
+        if (status.get("observedGeneration") == d["metadata"]["generation"]
+                and status.get("updatedReplicas") == want and status.get("replicas") == want):
+            ready += status.get("readyReplicas") or 0
+    return ready
+
+
+def wait_pods_running(api: Api, want, timeout, controller: Restarting):
+    deadline = time.monotonic() + timeout
+    last = -1
+    # First let the controller see every run (it may change the Deployments it finds).
+    for _ in range(20):
+        controller.check()
+        time.sleep(1)
+    while time.monotonic() < deadline:
+        controller.check()
+        n = ready_workers(api)
+        if n != last:
+            say(f"  {n}/{want} worker pods ready")
+            last = n
+        if n >= want:
+            return n
+        time.sleep(5)
+    return last
+
+
+def measure_one(label, binary, cluster, children, live, kubelet, watch, api, restarting):
+    started = time.monotonic()
+    want = RUNS * PODS_PER_RUN
+    running = wait_pods_running(api, want, max(600, want / 5), restarting)
+    say(f"{label}: {running} worker pods Running after {time.monotonic() - started:.0f} s; "
+        f"settling {SETTLE_S} s")
+    settle_end = time.monotonic() + SETTLE_S
+    while time.monotonic() < settle_end:
+        restarting.check()
+        time.sleep(1)
+    ctl = restarting.ctl
+    if kubelet.error:
+        say(f"  note: the worker harness saw: {kubelet.error}")
+    say(f"{label}: measuring over {WINDOW_S} s")
+    offset = audit_size(cluster.audit_log)
+    start, start_wall, cpu0 = time.monotonic(), time.time(), ctl.cpu_seconds()
+    rss = []
+    while time.monotonic() - start < WINDOW_S:
+        if not ctl.alive():
+            raise BenchError(f"{label}: the controller exited in the window: {last_line(ctl.log)}")
+        rss.append(ctl.memory_kib("VmRSS") / 1024)
+        time.sleep(1.0)
+    end, end_wall, cpu1 = time.monotonic(), time.time(), ctl.cpu_seconds()
+    hwm = ctl.memory_kib("VmHWM") / 1024
+    window = end - start
+    time.sleep(3)  # the audit log's last lines; status of the last generations
+    events = audit_events(cluster.audit_log, offset, start_wall, end_wall)
+    rate, writes, write_kinds = classify(events, window)
+    lags, lag_missing = status_lags(live, watch, start, end - 3)
+    gens = sum(1 for run in live.values() for t, _ in run.generations if start <= t <= end)
+    say(f"{label}: {len(events)} requests in the window, {gens} generations started in live runs; "
+        f"repairs next")
+    exits_before = len(restarting.exits)
+    repairs, repairs_missed = measure_repairs(live, kubelet, watch, api, REPAIRS, restarting)
+    return {
+        "rate": rate, "writes": writes, "write_kinds": write_kinds,
+        "requests": sum(rate.values()),
+        "cpu_pct": (cpu1 - cpu0) / window * 100,
+        "rss_mean": statistics.mean(rss), "rss_max": max(rss), "rss_hwm": hwm,
+        "lags": lags, "lag_missing": lag_missing, "generations": gens,
+        "repairs": repairs, "repairs_missed": repairs_missed, "window": window,
+        "startup_s": time.monotonic() - started, "exits": restarting.exits[:exits_before],
+        "exits_repairs": restarting.exits[exits_before:],
+    }
+
+
+def measure(label, binary, cluster, children, live, kubelet, watch, api):
+    say(f"{label}: starting the controller ({binary})")
+    restarting = Restarting(label, binary, cluster, children)
+    try:
+        return measure_one(label, binary, cluster, children, live, kubelet, watch, api,
+                           restarting)
+    finally:
+        restarting.ctl.stop()
+        say(f"{label}: controller stopped")
+
+
+# ---------------------------------------------------------------------------------------
+# Table.
+
+
+def table(rows):
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for j, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def verdict(ok):
+    return "ok" if ok else "MISSED"
+
+
+def report(results, labels):
+    rows = [["", *labels, "target", "current"]]
+    old, new = (results.get(l) for l in labels)
+
+    def cell(r, fn):
+        return "-" if r is None else fn(r)
+
+    def row(what, fn, target="", ok=None):
+        rows.append([what, cell(old, fn), cell(new, fn), target,
+                     "" if ok is None or new is None else verdict(ok(new))])
+
+    verbs = sorted({v for r in results.values() for v in r["rate"]})
+    row("API requests/s, all", lambda r: f"{r['requests']:.2f}")
+    for v in verbs:
+        row(f"  {v}", lambda r, v=v: f"{r['rate'].get(v, 0):.2f}")
+    row("writes/s to idle runs' objects", lambda r: f"{r['writes']['idle']:.3f}",
+        "0", lambda r: r["writes"]["idle"] <= TARGET_IDLE_WRITES)
+    row(f"writes/s per live run ({LIVE} in a generation)",
+        lambda r: f"{r['writes']['live'] / LIVE:.3f}", f"<= {TARGET_WRITES_PER_LIVE_RUN}",
+        lambda r: r["writes"]["live"] / LIVE <= TARGET_WRITES_PER_LIVE_RUN)
+    row("writes/s, other (not a run's)", lambda r: f"{r['writes']['other']:.3f}")
+    row("Lease writes/s", lambda r: f"{r['writes']['lease']:.3f}")
+    kinds = sorted({k for r in results.values() for k in r["write_kinds"]})
+    for k in kinds:
+        row(f"  {k}", lambda r, k=k: f"{r['write_kinds'].get(k, 0):.3f}")
+    row("RSS MiB (mean / max in window)", lambda r: f"{r['rss_mean']:.0f} / {r['rss_max']:.0f}",
+        f"<= {TARGET_RSS_MIB}", lambda r: r["rss_max"] <= TARGET_RSS_MIB)
+    row("  peak RSS since start (VmHWM)", lambda r: f"{r['rss_hwm']:.0f}")
+    row("CPU % of one core", lambda r: f"{r['cpu_pct']:.1f}", f"<= {TARGET_CPU_PCT:.0f}",
+        lambda r: r["cpu_pct"] <= TARGET_CPU_PCT)
+
+    def lag_text(r):
+        if not r["lags"]:
+            return f"none measured ({r['lag_missing']} not shown)"
+        text = (f"p50 {pct(r['lags'], 0.5):.2f} s, p95 {pct(r['lags'], 0.95):.2f} s, "
+                f"max {max(r['lags']):.2f} s (n={len(r['lags'])})")
+        return text + (f", {r['lag_missing']} not shown" if r["lag_missing"] else "")
+
+    row("status lag: generation in Redis -> status", lag_text, f"p95 <= {TARGET_LAG_S:.0f} s",
+        lambda r: bool(r["lags"]) and pct(r["lags"], 0.95) <= TARGET_LAG_S and not r["lag_missing"])
+
+    def repair_text(r):
+        if not r["repairs"]:
+            return f"none counted ({r['repairs_missed']} missed)"
+        text = (f"p50 {pct(r['repairs'], 0.5):.2f} s, p95 {pct(r['repairs'], 0.95):.2f} s "
+                f"(n={len(r['repairs'])})")
+        return text + (f", {r['repairs_missed']} not counted in 30 s" if r["repairs_missed"] else "")
+
+    row("repair: pod deleted -> status.lostWorkers", repair_text,
+        f"p95 <= {TARGET_REPAIR_P95_S:.0f} s",
+        lambda r: bool(r["repairs"]) and not r["repairs_missed"]
+        and pct(r["repairs"], 0.95) <= TARGET_REPAIR_P95_S)
+    row("controller exits (before the window / in the repairs)",
+        lambda r: f"{len(r['exits'])} / {len(r['exits_repairs'])}")
+    return table(rows)
+
+
+def main():
+    scratch = Path(tempfile.mkdtemp(prefix="abc-bench-scale-"))
+    children = Children(scratch)
+    cluster = Cluster(children, scratch)
+    stop = threading.Event()
+    results, notes, failed = {}, [], False
+    load_before = os.getloadavg()
+
+    def stop_on_signal(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop_on_signal)
+    base_label = f"before ({BASE})"
+    labels = [base_label, "current"]
+    try:
+        say(f"scratch folder (logs): {scratch}")
+        say(f"{RUNS} runs x {PODS_PER_RUN} worker pods; {LIVE} live (pyABC master + "
+            f"{LIVE_WORKERS} worker processes each); window {WINDOW_S} s")
+        if not CURRENT_BIN.exists():
+            raise BenchError(f"{CURRENT_BIN} not built (cargo build --release --bin abc-operator)")
+        _, base_bin = build_base()
+        cluster.start()
+        api = cluster.api()
+        cluster.kubectl("apply", "-f", ROOT / "crds" / "abcrun.yaml")
+        cluster.kubectl("wait", "--for", "condition=established", "--timeout", "60s",
+                        "crd/abcruns.abc-operator.dev")
+        cluster.kubectl("create", "namespace", NAMESPACE)
+
+        say(f"redis: {IDLE_SERVERS} idle servers shared by {RUNS - LIVE} runs, {LIVE} live ones")
+        idle_servers = [RedisServer(children, f"idle{i}") for i in range(IDLE_SERVERS)]
+        live = {}
+        for i in range(LIVE):
+            name = f"live-{i:03d}"
+            live[name] = LiveRun(name, RedisServer(children, name))
+        secrets_yaml = []
+        for i, s in enumerate(idle_servers):
+            secrets_yaml.append((f"redis-idle-{i}", s.password))
+        for name, run in live.items():
+            secrets_yaml.append((f"redis-{name}", run.server.password))
+        docs = [f"apiVersion: v1\nkind: Secret\nmetadata: {{name: {n}}}\n"
+                f"stringData: {{password: \"{p}\"}}\n" for n, p in secrets_yaml]
+        cluster.kubectl("-n", NAMESPACE, "create", "-f", "-", input="---\n".join(docs))
+
+        say(f"creating {RUNS} AbcRuns")
+        docs = [run_yaml(name, "live", run.server, f"redis-{name}") for name, run in live.items()]
+        for i in range(RUNS - LIVE):
+            k = i % IDLE_SERVERS
+            docs.append(run_yaml(f"idle-{i:04d}", "idle", idle_servers[k], f"redis-idle-{k}"))
+        for j in range(0, len(docs), 200):
+            cluster.kubectl("-n", NAMESPACE, "create", "-f", "-", input="---\n".join(docs[j:j + 200]))
+
+        say(f"starting {LIVE} pyABC masters (population {POPULATION}, model {MODEL_SLEEP_S} s)")
+        for name, run in live.items():
+            results_dir = scratch / "masters" / name
+            results_dir.mkdir(parents=True)
+            run.master = children.spawn(
+                [PYTHON, ROOT / "tests" / "fixtures" / "protocol_master.py"],
+                results_dir / "master.log",
+                env={**run.server.env(), "ABC_RESULTS_DIR": str(results_dir),
+                     "PROTO_POPULATION": str(POPULATION), "PROTO_GENERATIONS": "100000"})
+        kubelet = Kubelet(cluster, children, live, stop)
+        watch = RunWatch(cluster, stop)
+        poller = RedisPoller(live, stop)
+        for t in (kubelet, watch, poller):
+            t.start()
+
+        for label, binary in ((base_label, base_bin), ("current", CURRENT_BIN)):
+            try:
+                results[label] = measure(label, binary, cluster, children, live, kubelet, watch,
+                                         api)
+            except BenchError as err:
+                failed = True
+                notes.append(f"{label}: {err}")
+                say(f"{label}: {err}")
+            for exit_line in results.get(label, {}).get("exits", []):
+                notes.append(f"{label}: the controller exited before the window: {exit_line}")
+            for exit_line in results.get(label, {}).get("exits_repairs", []):
+                notes.append(f"{label}: the controller exited in the repairs (started again): "
+                             f"{exit_line}")
+        dead = [n for n, r in live.items() if r.master.poll() is not None]
+        if dead:
+            notes.append(f"masters that exited early: {', '.join(dead)} (see their logs)")
+    except BenchError as err:
+        failed = True
+        notes.append(f"error: {err}")
+    except KeyboardInterrupt:
+        failed = True
+        notes.append("interrupted")
+    except Exception as err:
+        failed = True
+        notes.append(f"error: {type(err).__name__}: {err}")
+        raise
+    finally:
+        stop.set()
+        say("stopping everything that was started")
+        children.stop_all()
+        cluster.stop()
+        if children.procs:
+            notes.append(f"{len(children.procs)} process(es) could not be stopped")
+        load_after = os.getloadavg()
+        print()
+        print(f"abc-operator bench, section S{' (BENCH_QUICK)' if QUICK else ''}: "
+              f"{RUNS} AbcRuns x {PODS_PER_RUN} kwok worker pods, {LIVE} live (pyABC master, "
+              f"population {POPULATION}, {MODEL_SLEEP_S} s model, {LIVE_WORKERS} worker "
+              f"processes), window {WINDOW_S} s; {os.cpu_count()} CPU(s), load average "
+              f"{load_before[0]:.1f} before, {load_after[0]:.1f} after; "
+              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+        print("API requests: the API server's audit log, the controller's own user; "
+              "writes = create/update/patch/delete")
+        if results:
+            print(report(results, labels))
+        for note in notes:
+            print(f"note: {note}")
+        print(f"took {time.monotonic() - T0:.0f} s")
+        if failed or os.environ.get("BENCH_KEEP"):
+            print(f"logs kept in {scratch}", file=sys.stderr)
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
