@@ -107,6 +107,8 @@ pub struct Context {
     passwords: per_run::PasswordCache,
     /// When each run's status was last written.
     status_writes: per_run::StatusWrites,
+    /// Problems told as Warnings, so that a flapping one is told once.
+    told_problems: per_run::ToldProblems,
     /// See `ControllerArgs::status_progress_seconds`.
     progress_interval: Duration,
     redis: Arc<RedisAccess>,
@@ -172,6 +174,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         caches,
         passwords: Default::default(),
         status_writes: Default::default(),
+        told_problems: Default::default(),
         progress_interval: Duration::from_secs(args.status_progress_seconds),
         redis: redis.clone(),
         pollers: progress_poller::Pollers::new(wake, controller.store(), redis),

@@ -68,3 +68,49 @@ impl StatusWrites {
         written.remove(&(namespace.to_string(), name.to_string()));
     }
 }
+
+/// How long the same problem of a run is not told again.
+const PROBLEM_QUIET: Duration = Duration::from_secs(600);
+
+/// The problems (Degraded reasons) told to each run's user as a Warning, and when. A problem
+/// that clears for a moment and comes back (another, shorter problem took the Degraded
+/// condition in between, e.g. a Redis read that timed out while the run started) is the same
+/// problem: it is told once, not once per flap.
+#[derive(Default)]
+pub struct ToldProblems {
+    told: Mutex<HashMap<(RunKey, String), Instant>>,
+}
+
+impl ToldProblems {
+    /// Whether `reason` is news for the run (and remembers it as told from now on).
+    pub fn tell(&self, namespace: &str, name: &str, reason: &str) -> bool {
+        let mut told = self.told.lock().unwrap_or_else(|e| e.into_inner());
+        told.retain(|_, at| at.elapsed() < PROBLEM_QUIET);
+        let key = (
+            (namespace.to_string(), name.to_string()),
+            reason.to_string(),
+        );
+        told.insert(key, Instant::now()).is_none()
+    }
+
+    pub fn forget(&self, namespace: &str, name: &str) {
+        let mut told = self.told.lock().unwrap_or_else(|e| e.into_inner());
+        told.retain(|((ns, n), _), _| !(ns == namespace && n == name));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_problem_is_told_once_per_run_however_often_it_comes_back() {
+        let told = ToldProblems::default();
+        assert!(told.tell("ns", "a", "ErrImageNeverPull"));
+        assert!(told.tell("ns", "a", "RedisUnavailable"));
+        assert!(!told.tell("ns", "a", "ErrImageNeverPull"));
+        assert!(told.tell("ns", "b", "ErrImageNeverPull"));
+        told.forget("ns", "a");
+        assert!(told.tell("ns", "a", "ErrImageNeverPull"));
+    }
+}

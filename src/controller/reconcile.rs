@@ -47,6 +47,7 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
         ctx.redis.forget(&run);
         ctx.passwords.forget(&run);
         ctx.status_writes.forget(&namespace, &name);
+        ctx.told_problems.forget(&namespace, &name);
         ctx.pollers.stop(&run);
         return Ok(Action::await_change());
     }
@@ -473,7 +474,10 @@ async fn publish_transitions(
             .map(|c| (c.reason.clone(), c.message.clone()))
     };
     match (degraded(&old), degraded(new)) {
-        (before, Some((reason, message))) if before.as_ref().map(|b| &b.0) != Some(&reason) => {
+        (before, Some((reason, message)))
+            if before.as_ref().map(|b| &b.0) != Some(&reason)
+                && ctx.told_problems.tell(namespace, &run.name_any(), &reason) =>
+        {
             match observed.pod_problem() {
                 Some(problem) if problem.reason == reason => {
                     let pod = pod_reference(namespace, &problem.pod);
