@@ -577,8 +577,8 @@ class Config:
         )
 
     def client(self):
-        """A client of its own (the supervisor of several processes, only to settle the
-        ledger of a process that died)."""
+        """A client of its own: the supervisor of several processes (only to settle the
+        ledger of a process that died), and a worker process settling its ledger at exit."""
         return redis.StrictRedis(connection_pool=self.pool())
 
 
@@ -697,7 +697,10 @@ def run_worker(config: Config, ledger_id: str, process: int) -> int:
         with state.lock:
             state.stopping.set()
     try:
-        settle(admin, state, 'exit')
+        # A connection of its own: pyABC's subscription still holds one of the process' two,
+        # and the other may be held by whatever the exit interrupted; waiting for the pool
+        # could outlast the pod's grace period.
+        settle(config.client(), state, 'exit')
     except redis.RedisError as err:
         log.error(f'could not remove the ledger at exit: {err}')
         code = code or EXIT_ERROR
