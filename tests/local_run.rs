@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
-use support::python::python;
+use support::python::{python, python_script};
 use support::results_db::{database_of_another_run, row_counts, stored_generations};
 
 /// Runs that start pyabc processes take one at a time: each imports pyabc in three processes,
@@ -959,23 +959,14 @@ fn with_catch_false_a_failing_model_stops_the_worker() {
 
 /// `(t, particles)` of every generation stored in a pyABC database.
 fn stored_populations(db: &Path) -> Vec<(i64, i64)> {
-    let out = Command::new(python())
-        .arg("-c")
-        .arg(
-            "import json, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); \
-             print(json.dumps(c.execute('select p.t, count(pa.id) from populations p \
-             join models m on m.population_id = p.id join particles pa on pa.model_id = m.id \
-             where p.t >= 0 group by p.id order by p.t').fetchall()))",
-        )
-        .arg(db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = python_script(
+        "import json, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); \
+         print(json.dumps(c.execute('select p.t, count(pa.id) from populations p \
+         join models m on m.population_id = p.id join particles pa on pa.model_id = m.id \
+         where p.t >= 0 group by p.id order by p.t').fetchall()))",
+        &[db],
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_slice(&out).unwrap()
 }
 
 /// Random worker kills through a six-generation run, with the master killed once and the

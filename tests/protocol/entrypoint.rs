@@ -208,23 +208,17 @@ late = r.incr('n_worker_a_2')  # a late start: the generation is over
 print(joined, left, late, admin.exists('n_worker_a_2'), w.STATE.in_generation,
       sorted(k.decode() for k in admin.hkeys(w.STATE.ledger_key)))
 "#;
-    let out = std::process::Command::new(crate::support::python::python())
-        .args(["-c", script])
-        .arg(crate::support::python::entrypoint())
-        .args([
-            endpoint.host.as_str(),
-            &endpoint.port.to_string(),
-            endpoint.password.as_deref().unwrap_or(""),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::support::python::python_script(
+        script,
+        &[
+            crate::support::python::entrypoint().as_os_str(),
+            endpoint.host.as_ref(),
+            endpoint.port.to_string().as_ref(),
+            endpoint.password.as_deref().unwrap_or("").as_ref(),
+        ],
     );
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out).trim(),
         "1 0 0 0 False ['heartbeat', 'host', 'pid', 'process', 'started', 'worker']",
         "joined as worker 1; leaving and a late join change no counter; the ledger owes nothing"
     );

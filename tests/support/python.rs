@@ -20,6 +20,25 @@ pub fn python() -> PathBuf {
     venv
 }
 
+/// Runs `python -c script args...` to its end and returns its stdout; panics with its stderr
+/// when it fails.
+pub fn python_script<S: AsRef<std::ffi::OsStr>>(script: &str, args: &[S]) -> Vec<u8> {
+    let mpl = tempfile::tempdir().unwrap();
+    let out = Command::new(python())
+        .env("MPLCONFIGDIR", mpl.path())
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// The shipped worker entrypoint, written to a file like the ConfigMap mount.
 pub fn entrypoint() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();

@@ -1,76 +1,46 @@
 //! A pyABC results database (SQLite) as the tests read and prepare it, with the pinned Python.
 
-use super::python::python;
+use super::python::python_script;
 use std::path::Path;
-use std::process::Command;
 
 /// `(t, evaluations)` of every generation stored in a pyABC database.
 pub fn stored_generations(db: &Path) -> Vec<(i64, i64)> {
-    let out = Command::new(python())
-        .arg("-c")
-        .arg(
-            "import json, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); \
-             print(json.dumps(c.execute('select t, nr_samples from populations \
-             where t >= 0 order by t').fetchall()))",
-        )
-        .arg(db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = python_script(
+        "import json, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); \
+         print(json.dumps(c.execute('select t, nr_samples from populations \
+         where t >= 0 order by t').fetchall()))",
+        &[db],
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_slice(&out).unwrap()
 }
 
 /// A results database holding an unfinished run of other observed data (`y = 7`, two
 /// generations of 20), as another model's run that was killed would leave it.
 pub fn database_of_another_run(db: &Path) {
     std::fs::create_dir_all(db.parent().unwrap()).unwrap();
-    let mpl = tempfile::tempdir().unwrap();
-    let out = Command::new(python())
-        .env("MPLCONFIGDIR", mpl.path())
-        .arg("-c")
-        .arg(
-            "import sqlite3, sys, numpy as np, pyabc\n\
-             from pyabc.sampler import SingleCoreSampler\n\
-             abc = pyabc.ABCSMC(lambda p: {'y': p['mu'] + np.random.randn()},\n\
-                 pyabc.Distribution(mu=pyabc.RV('uniform', -5, 10)),\n\
-                 lambda x, x0: abs(x['y'] - x0['y']), population_size=20,\n\
-                 sampler=SingleCoreSampler())\n\
-             abc.new('sqlite:///' + sys.argv[1], {'y': 7.0})\n\
-             abc.run(max_nr_populations=2)\n\
-             c = sqlite3.connect(sys.argv[1])\n\
-             c.execute('update abc_smc set end_time = NULL')\n\
-             c.commit()\n",
-        )
-        .arg(db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    python_script(
+        "import sqlite3, sys, numpy as np, pyabc\n\
+         from pyabc.sampler import SingleCoreSampler\n\
+         abc = pyabc.ABCSMC(lambda p: {'y': p['mu'] + np.random.randn()},\n\
+             pyabc.Distribution(mu=pyabc.RV('uniform', -5, 10)),\n\
+             lambda x, x0: abs(x['y'] - x0['y']), population_size=20,\n\
+             sampler=SingleCoreSampler())\n\
+         abc.new('sqlite:///' + sys.argv[1], {'y': 7.0})\n\
+         abc.run(max_nr_populations=2)\n\
+         c = sqlite3.connect(sys.argv[1])\n\
+         c.execute('update abc_smc set end_time = NULL')\n\
+         c.commit()\n",
+        &[db],
     );
 }
 
 /// The number of rows of every table of an SQLite database, by table.
 pub fn row_counts(db: &Path) -> Vec<(String, i64)> {
-    let out = Command::new(python())
-        .arg("-c")
-        .arg(
-            "import json, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); \
-             names = [r[0] for r in c.execute(\"select name from sqlite_master where type = 'table' order by name\")]; \
-             print(json.dumps([[n, c.execute(f'select count(*) from \"{n}\"').fetchone()[0]] for n in names]))",
-        )
-        .arg(db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = python_script(
+        "import json, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); \
+         names = [r[0] for r in c.execute(\"select name from sqlite_master where type = 'table' order by name\")]; \
+         print(json.dumps([[n, c.execute(f'select count(*) from \"{n}\"').fetchone()[0]] for n in names]))",
+        &[db],
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_slice(&out).unwrap()
 }
