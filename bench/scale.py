@@ -29,7 +29,6 @@ import http.client
 import json
 import os
 import re
-import secrets
 import shutil
 import signal
 import socket
@@ -49,7 +48,9 @@ try:
 except ImportError:
     sys.exit("bench/scale.py needs redis-py: run it with ABC_PYTHON (the project's .venv python)")
 
-T0 = time.monotonic()
+from common import (T0, BenchError, Children, RedisServer, free_port, pct, say, table,  # noqa: E402
+                    verdict)
+
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 
@@ -84,137 +85,6 @@ TARGET_RSS_MIB = 64
 TARGET_CPU_PCT = 5.0
 TARGET_REPAIR_P95_S = 2.0
 TARGET_LAG_S = 2.0
-
-
-def say(msg):
-    print(f"[{time.monotonic() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-class BenchError(Exception):
-    pass
-
-
-# ---------------------------------------------------------------------------------------
-# Processes: each in its own process group, all stopped at the end.
-
-GROUP = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
-
-
-class Children:
-    def __init__(self, scratch: Path):
-        self.scratch = scratch
-        self.procs = []
-        self.lock = threading.Lock()
-        self.env = dict(os.environ)
-        self.env["PYTHONUNBUFFERED"] = "1"
-        self.env["MPLCONFIGDIR"] = str(scratch / "mpl")
-        self.env["HOME"] = str(scratch / "home")
-        (scratch / "mpl").mkdir(exist_ok=True)
-        (scratch / "home").mkdir(exist_ok=True)
-        for key in ("ABC_REDIS_HOST", "ABC_REDIS_PORT", "ABC_REDIS_PASSWORD", "ABC_RESULTS_DIR",
-                    "KUBECONFIG"):
-            self.env.pop(key, None)
-
-    def spawn(self, argv, log: Path, env=None, cwd=None):
-        full = dict(self.env)
-        full.update(env or {})
-        with open(log, "ab") as out:
-            proc = subprocess.Popen([str(a) for a in argv], env=full, cwd=cwd or self.scratch,
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=out, **GROUP)
-        with self.lock:
-            self.procs.append(proc)
-        return proc
-
-    @staticmethod
-    def signal(proc, sig):
-        # Only while the leader is unreaped: then its pid (= the group id) cannot be reused.
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def forget(self, proc):
-        with self.lock:
-            if proc in self.procs and proc.poll() is not None:
-                self.procs.remove(proc)
-
-    def kill(self, proc):
-        self.signal(proc, signal.SIGKILL)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
-        self.forget(proc)
-
-    def stop(self, proc, grace=10.0):
-        self.signal(proc, signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            self.kill(proc)
-        self.forget(proc)
-
-    def stop_all(self):
-        with self.lock:
-            procs = list(self.procs)
-        for proc in procs:
-            self.signal(proc, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for proc in procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.signal(proc, signal.SIGKILL)
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    pass
-        with self.lock:
-            self.procs = [p for p in self.procs if p.poll() is None]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    """A password-protected redis-server on loopback (password in a 0600 config file)."""
-
-    def __init__(self, children: Children, tag: str):
-        self.children = children
-        self.dir = Path(tempfile.mkdtemp(prefix=f"redis-{tag}-", dir=children.scratch))
-        self.password = secrets.token_hex(16)
-        for _ in range(3):
-            self.port = free_port()
-            conf = self.dir / "redis.conf"
-            log = self.dir / "redis.log"
-            text = (f'bind 127.0.0.1\nport {self.port}\nprotected-mode yes\n'
-                    f'requirepass "{self.password}"\nsave ""\nappendonly no\n'
-                    f'dir "{self.dir}"\nlogfile "{log}"\ndaemonize no\n')
-            fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            self.proc = children.spawn(["redis-server", conf], self.dir / "stdout.log")
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                try:
-                    if self.client().ping():
-                        return
-                except redis.RedisError:
-                    time.sleep(0.05)
-            children.stop(self.proc)
-        raise BenchError(f"redis-server did not start; see {log}")
-
-    def client(self):
-        return redis.StrictRedis(host="127.0.0.1", port=self.port, password=self.password,
-                                 socket_timeout=10, decode_responses=True)
-
-    def env(self):
-        return {"ABC_REDIS_HOST": "127.0.0.1", "ABC_REDIS_PORT": str(self.port),
-                "ABC_REDIS_PASSWORD": self.password}
 
 
 # ---------------------------------------------------------------------------------------
@@ -417,7 +287,7 @@ class LiveRun:
     def __init__(self, name, server: RedisServer):
         self.name = name
         self.server = server
-        self.client = server.client()
+        self.client = server.client(decode_responses=True)
         self.master = None
         self.workers = {}  # pod name -> Popen
         self.generations = []  # (monotonic time first seen in Redis, generation)
@@ -724,43 +594,6 @@ def measure_repairs(live: dict, kubelet: Kubelet, watch: RunWatch, api: Api, cou
     return times, missed
 
 
-def pct(values, q):
-    values = sorted(values)
-    if not values:
-        return None
-    k = (len(values) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
-
-
-def ready_workers(api: Api):
-    """Ready worker pods of Deployments whose rollout is complete (a controller of another
-    version may change the pod template: then every pod is replaced first), from the
-    Deployments' status (a list with a selector cannot count without listing every pod)."""
-    deployments = api.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments")
-    ready = 0
-    for d in deployments["items"]:
-        status, want = d.get("status") or {}, d["spec"].get("replicas", 1)
-        if (status.get("observedGeneration") == d["metadata"]["generation"]
-                and status.get("updatedReplicas") == want and status.get("replicas") == want):
-            ready += status.get("readyReplicas") or 0
-    return ready
-
-
-def wait_pods_running(api: Api, want, timeout):
-    deadline = time.monotonic() + timeout
-    last = -1
-    while time.monotonic() < deadline:
-        n = ready_workers(api)
-        if n != last:
-            say(f"  {n}/{want} worker pods ready")
-            last = n
-        if n >= want:
-            return n
-        time.sleep(5)
-    return last
-
-
 class Restarting:
     """The controller under test; started again if it exits before the window (a leader
     that could not renew its Lease in time stops itself), each exit counted and reported."""
@@ -881,20 +714,6 @@ def measure(label, binary, cluster, children, live, kubelet, watch, api):
 # Table.
 
 
-def table(rows):
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
-    for j, r in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-        if j == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def verdict(ok):
-    return "ok" if ok else "MISSED"
-
-
 def report(results, labels):
     rows = [["", *labels, "target", "current"]]
     old, new = (results.get(l) for l in labels)
@@ -954,7 +773,7 @@ def report(results, labels):
 
 def main():
     scratch = Path(tempfile.mkdtemp(prefix="abc-bench-scale-"))
-    children = Children(scratch)
+    children = Children(scratch, private_home=True)
     cluster = Cluster(children, scratch)
     stop = threading.Event()
     results, notes, failed = {}, [], False
