@@ -309,6 +309,10 @@ class Kubelet(threading.Thread):
         self.logs.mkdir(exist_ok=True)
         self.selector = ("abc-operator.dev/component=worker,abc-operator.dev/run in ("
                          + ",".join(live) + ")")
+        # Pods whose process kill_pod_worker killed: a tick that listed the pods before the
+        # deletion must not start a process for them again (which, under the dead worker's
+        # id, would take its ledger over and hide the loss from the controller).
+        self.deleted = set()
         self.error = None
 
     def run(self):
@@ -324,7 +328,8 @@ class Kubelet(threading.Thread):
         by_run = {name: [] for name in self.live}
         for pod in pods["items"]:
             run = pod["metadata"]["labels"].get("abc-operator.dev/run")
-            if run in by_run and not pod["metadata"].get("deletionTimestamp"):
+            if (run in by_run and not pod["metadata"].get("deletionTimestamp")
+                    and pod["metadata"]["name"] not in self.deleted):
                 by_run[run].append(pod)
         with self.lock:
             for name, run in self.live.items():
@@ -357,6 +362,7 @@ class Kubelet(threading.Thread):
     def kill_pod_worker(self, run: LiveRun, pod):
         """SIGKILL a pod's worker process (its pod is being deleted)."""
         with self.lock:
+            self.deleted.add(pod)
             proc = run.workers.pop(pod, None)
         if proc is not None:
             self.children.kill(proc)

@@ -2,10 +2,15 @@
 //! trigger reconciles, so that a reconcile sends no read request of its own.
 //!
 //! Each store keeps only what a reconcile reads (memory at 1,000 runs and 10,000 worker pods):
-//! pods lose their spec, owned objects their managed fields, and the kinds whose content the
-//! controller never reads back (ConfigMap, Service, NetworkPolicy) are watched as metadata only,
-//! which is all [`super::apply`] compares.
+//! pods keep the few fields the worker and problem decisions read ([`trim_pod`]), owned objects
+//! lose their managed fields, and the kinds whose content the controller never reads back
+//! (ConfigMap, Service, NetworkPolicy) are watched as metadata only, which is all
+//! [`super::apply`] compares. Pods are indexed by run ([`PodIndex`]).
+//!
+//! Deletions trigger reconciles too: a deleted worker pod is a lost worker at once, and a
+//! deleted owned object is created again.
 
+use super::pod_index::PodIndex;
 use crate::api::{AbcRun, COMPONENT_LABEL, RUN_LABEL};
 use crate::resources::Component;
 use futures::future::FutureExt;
@@ -22,6 +27,11 @@ use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 use std::sync::Arc;
 
+/// Objects per page of a watch's (re)list. A page is parsed whole before it is trimmed: kube's
+/// default of 500 made the first list of 1,000 pods the controller's peak memory (tens of MiB,
+/// mostly managed fields, kept by the allocator afterwards).
+pub const LIST_PAGE_SIZE: u32 = 100;
+
 /// The stores a reconcile reads. Every object in them carries the run label.
 #[derive(Clone)]
 pub struct Caches {
@@ -31,7 +41,7 @@ pub struct Caches {
     pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
     pub services: Store<PartialObjectMeta<Service>>,
     pub network_policies: Store<PartialObjectMeta<NetworkPolicy>>,
-    pub pods: Store<Pod>,
+    pub pods: PodIndex,
 }
 
 /// The watch streams that feed [`Caches`]; the Controller polls them (and reconciles on their
@@ -52,7 +62,11 @@ pub type ObjectStream<K> =
 impl Caches {
     /// The stores and the streams that fill them, for every namespace or only `namespace`.
     pub fn new(client: &Client, namespace: Option<&str>) -> (Caches, CacheStreams) {
-        let config = || watcher::Config::default().labels(RUN_LABEL);
+        let config = || {
+            watcher::Config::default()
+                .labels(RUN_LABEL)
+                .page_size(LIST_PAGE_SIZE)
+        };
         let (deployments, deployments_stream) =
             full(api(client, namespace), config(), |d: &mut Deployment| {
                 forget_managed_fields(d);
@@ -69,11 +83,7 @@ impl Caches {
         });
         let (secrets, secrets_stream) =
             full(api(client, namespace), config(), forget_managed_fields);
-        let (pods, pods_stream) = full(api(client, namespace), config(), |p: &mut Pod| {
-            forget_managed_fields(p);
-            // Lost workers and pod problems are read from the metadata and the status.
-            p.spec = None;
-        });
+        let (pods, pods_stream) = PodIndex::watch(api(client, namespace), config());
         let (config_maps, config_maps_stream) = metadata_only(api(client, namespace), config());
         let (services, services_stream) = metadata_only(api(client, namespace), config());
         let (network_policies, network_policies_stream) =
@@ -116,33 +126,25 @@ impl Caches {
             && ready(&self.config_maps)
             && ready(&self.services)
             && ready(&self.network_policies)
-            && ready(&self.pods)
+            && self.pods.listed()
     }
 
     /// The run's pods, by the part of the run they belong to.
+    /// The run's pods, by the part of the run they belong to, each sorted by name (the same
+    /// pods always give the same actions and Events).
     pub fn run_pods(&self, run: &AbcRun) -> RunPods {
-        let namespace = run.namespace();
-        let name = run.name_any();
         let mut by_part = RunPods::default();
-        for pod in self.pods.state_filter(|p| {
-            p.namespace() == namespace && p.labels().get(RUN_LABEL) == Some(&name)
-        }) {
+        for pod in self
+            .pods
+            .of_run(&run.namespace().unwrap_or_default(), &run.name_any())
+        {
             let part = match pod.labels().get(COMPONENT_LABEL).map(String::as_str) {
                 Some(c) if c == Component::Worker.as_str() => &mut by_part.workers,
                 Some(c) if c == Component::Master.as_str() => &mut by_part.master,
                 Some(c) if c == Component::Redis.as_str() => &mut by_part.redis,
                 _ => continue,
             };
-            part.push(Pod::clone(&pod));
-        }
-        // The store's order is a hash map's: sorted, the same pods always give the same
-        // actions and Events.
-        for part in [
-            &mut by_part.workers,
-            &mut by_part.master,
-            &mut by_part.redis,
-        ] {
-            part.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+            part.push(pod);
         }
         by_part
     }
@@ -151,9 +153,9 @@ impl Caches {
 /// The run's pods, by the part of the run they belong to.
 #[derive(Clone, Debug, Default)]
 pub struct RunPods {
-    pub workers: Vec<Pod>,
-    pub master: Vec<Pod>,
-    pub redis: Vec<Pod>,
+    pub workers: Vec<Arc<Pod>>,
+    pub master: Vec<Arc<Pod>>,
+    pub redis: Vec<Arc<Pod>>,
 }
 
 /// The object `name` of the run's namespace in `store`.
@@ -189,7 +191,7 @@ where
         .default_backoff()
         .modify(trim)
         .reflect(writer)
-        .applied_objects()
+        .touched_objects()
         .boxed();
     (reader, stream)
 }
@@ -210,7 +212,7 @@ where
         .default_backoff()
         .modify(forget_managed_fields)
         .reflect(writer)
-        .applied_objects()
+        .touched_objects()
         .boxed();
     (reader, stream)
 }
@@ -293,7 +295,7 @@ impl Caches {
                     })
                     .collect(),
             ),
-            pods: filled(Vec::new()),
+            pods: PodIndex::default(),
         }
     }
 }

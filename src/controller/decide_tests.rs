@@ -66,8 +66,8 @@ fn running_view() -> ClusterView {
         master_job: Some(master_job("{active: 1}")),
         pods: RunPods {
             workers: vec![
-                running_worker("gaussian-workers-a"),
-                running_worker("gaussian-workers-b"),
+                running_worker("gaussian-workers-a").into(),
+                running_worker("gaussian-workers-b").into(),
             ],
             ..RunPods::default()
         },
@@ -159,7 +159,7 @@ fn a_stopping_run_keeps_its_workers_until_they_leave_the_generation() {
 #[test]
 fn a_stopping_run_lets_ended_workers_go_instead_of_replacing_them() {
     let mut view = running_view();
-    view.pods.workers[0]
+    std::sync::Arc::make_mut(&mut view.pods.workers[0])
         .status
         .as_mut()
         .unwrap()

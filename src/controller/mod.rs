@@ -7,6 +7,7 @@ mod decide;
 mod guard;
 mod leader;
 mod per_run;
+mod pod_index;
 mod pod_problems;
 mod progress_poller;
 mod reconcile;
@@ -27,8 +28,8 @@ use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Client, Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -146,7 +147,21 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         pods,
     } = streams;
     let (wake, woken) = futures::channel::mpsc::unbounded();
-    let controller = Controller::new(runs, watcher::Config::default().any_semantic())
+    // The runs' own watch, as Controller::new would make it, but storing runs without their
+    // managed fields (kilobytes per run that nothing reads).
+    let (runs_store, runs_writer) = reflector::store();
+    let runs_watch = reflector(
+        runs_writer,
+        watcher::watcher(
+            runs,
+            watcher::Config::default()
+                .any_semantic()
+                .page_size(cache::LIST_PAGE_SIZE),
+        )
+        .modify(|run: &mut GuardedRun| run.meta_mut().managed_fields = None),
+    )
+    .applied_objects();
+    let controller = Controller::for_stream(runs_watch, runs_store.clone())
         .owns_stream(deployments)
         .owns_stream(jobs)
         .owns_stream(secrets)
@@ -177,12 +192,11 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         told_problems: Default::default(),
         progress_interval: Duration::from_secs(args.status_progress_seconds),
         redis: redis.clone(),
-        pollers: progress_poller::Pollers::new(wake, controller.store(), redis),
+        pollers: progress_poller::Pollers::new(wake, runs_store.clone(), redis),
     });
 
     // Ready once the AbcRun watch has listed every run (not when the process starts): until
     // then /readyz says what it waits for, e.g. a CRD that is not installed.
-    let runs_store = controller.store();
     let ready_metrics = metrics.clone();
     tokio::spawn(async move {
         // The store's readiness wakes only its latest waiter (the controller's own runner, in

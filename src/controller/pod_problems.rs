@@ -10,6 +10,7 @@
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
+use std::borrow::Borrow;
 use std::time::Duration;
 
 /// A container that exits with an error within this time of starting crashes at start (a
@@ -38,9 +39,10 @@ pub struct PodProblem {
 /// The first problem among `pods` (by pod name, init containers first), or `None` when every
 /// pod runs or is on its way (scheduling, pulling, creating its containers). Pods being deleted
 /// and finished pods (a master Job's failed attempts: the Job's own status tells) are skipped.
-pub fn pod_problem(pods: &[Pod], now: Timestamp) -> Option<PodProblem> {
+pub fn pod_problem(pods: &[impl Borrow<Pod>], now: Timestamp) -> Option<PodProblem> {
     let mut pods: Vec<&Pod> = pods
         .iter()
+        .map(Borrow::borrow)
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter(|p| {
             let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
@@ -163,10 +165,11 @@ fn crash(c: &ContainerStatus) -> String {
 
 /// How the newest of `pods` (a master Job's attempts) last failed, e.g. `Error, exit code 1
 /// (abc_operator.ResumeError: …)`: the cause a failed master Job does not tell by itself.
-pub fn last_failed_exit(pods: &[Pod]) -> Option<String> {
-    let newest = pods
+pub fn last_failed_exit(pods: &[impl Borrow<Pod>]) -> Option<String> {
+    let newest: &Pod = pods
         .iter()
-        .max_by_key(|p| (p.metadata.creation_timestamp.clone(), p.name_any()))?;
+        .map(Borrow::borrow)
+        .max_by_key(|p: &&Pod| (p.metadata.creation_timestamp.clone(), p.name_any()))?;
     newest
         .status
         .as_ref()?
@@ -415,5 +418,32 @@ mod tests {
         pod.metadata.deletion_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
         assert_eq!(pod_problem(&[pod], now()), None);
+    }
+
+    #[test]
+    fn a_pod_as_the_cache_keeps_it_has_the_same_problems_and_exits() {
+        let dir = format!("{}/tests/fixtures/pod-status", env!("CARGO_MANIFEST_DIR"));
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_stem().unwrap().to_str().unwrap().to_string();
+            let pod = fixture(&name);
+            let yaml = std::fs::read_to_string(&path).unwrap();
+            let watched: super::super::pod_index::WatchedPod = serde_yaml::from_str(&yaml).unwrap();
+            let trimmed = watched.into_trimmed_pod();
+            assert!(trimmed.spec.is_none() && trimmed.metadata.annotations.is_none());
+            assert_eq!(
+                pod_problem(&[&trimmed], now()),
+                pod_problem(&[&pod], now()),
+                "{name}"
+            );
+            assert_eq!(
+                last_failed_exit(&[&trimmed]),
+                last_failed_exit(&[&pod]),
+                "{name}"
+            );
+            seen += 1;
+        }
+        assert!(seen >= 10, "{seen} fixtures in {dir}");
     }
 }

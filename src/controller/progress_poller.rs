@@ -196,12 +196,11 @@ async fn poll(
             .snapshot(&of.run, &of.endpoint)
             .await
             .map_err(|err| err.to_string());
+        let digest = Digest::of(&reading, of.heartbeat);
         // After a failed read the next reconcile reads for itself, and reports the failure.
         *of.latest.lock().unwrap() = reading
-            .as_ref()
             .ok()
-            .map(|snapshot| (Instant::now(), Arc::new(snapshot.clone())));
-        let digest = Digest::of(&reading, of.heartbeat);
+            .map(|snapshot| (Instant::now(), Arc::new(snapshot)));
         if digest != seen {
             seen = digest;
             if wake.unbounded_send(of.reference.clone()).is_err() {

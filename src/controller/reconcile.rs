@@ -357,7 +357,7 @@ async fn restart_master_after_redis_loss(
     run: &AbcRun,
     ctx: &Context,
     namespace: &str,
-    master: &[Pod],
+    master: &[Arc<Pod>],
 ) {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let mut evicted = Vec::new();

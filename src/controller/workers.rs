@@ -6,6 +6,7 @@ use super::pod_problems::CRASH_AT_START;
 use crate::protocol::{Heartbeat, Ledger};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::ResourceExt;
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 /// Name of the worker container in worker pods.
@@ -31,12 +32,15 @@ pub enum WorkerAction {
 /// The actions for one reconcile at `now_ms` (Redis time). `heartbeat` declares a worker whose
 /// pod exists but whose ledger stopped beating (a hung process, a lost network) lost.
 pub fn decide(
-    pods: &[Pod],
+    pods: &[impl Borrow<Pod>],
     ledgers: &[Ledger],
     now_ms: i64,
     heartbeat: Heartbeat,
 ) -> Vec<WorkerAction> {
-    let by_name: BTreeMap<String, &Pod> = pods.iter().map(|p| (p.name_any(), p)).collect();
+    let by_name: BTreeMap<String, &Pod> = pods
+        .iter()
+        .map(|p| (p.borrow().name_any(), p.borrow()))
+        .collect();
     let mut actions = Vec::new();
     let mut replaced = std::collections::BTreeSet::new();
 

@@ -1,0 +1,408 @@
+//! Every run's pods as the controller keeps them: read without their spec and managed fields,
+//! trimmed to what a reconcile reads, indexed by run.
+//!
+//! A reconcile reads the pods of one run. A store of all pods would make that a pass over every
+//! pod of every run (10,000 worker pods at 1,000 runs) in each reconcile; this index hands out a
+//! run's own pods, shared (`Arc`), not copied.
+
+use super::cache::ObjectStream;
+use crate::api::{COMPONENT_LABEL, RUN_LABEL};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Resource, ResourceExt};
+use serde::{Deserialize, Deserializer};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+
+/// A run's key: namespace and name.
+type RunKey = (String, String);
+/// A pod's key: namespace and name.
+type PodKey = (String, String);
+
+/// The index, shared by the watch that fills it and the reconciles that read it.
+#[derive(Clone, Default)]
+pub struct PodIndex(Arc<RwLock<Listing>>);
+
+#[derive(Default)]
+struct Listing {
+    current: Pods,
+    /// The pods of a relist in progress (between `Init` and `InitDone`): until it is complete,
+    /// reconciles keep reading the previous listing, as from kube's own stores.
+    relisting: Option<Pods>,
+    /// A first listing has completed.
+    listed: bool,
+}
+
+#[derive(Default)]
+struct Pods {
+    pods: HashMap<PodKey, (String, Arc<Pod>)>,
+    by_run: HashMap<RunKey, BTreeSet<String>>,
+}
+
+impl Pods {
+    fn insert(&mut self, pod: &Pod) {
+        let (Some(namespace), Some(run)) = (pod.namespace(), pod.labels().get(RUN_LABEL)) else {
+            return; // the watch selects pods with the run label: not one of ours
+        };
+        let name = pod.name_any();
+        let key = (namespace.clone(), name.clone());
+        if let Some((old_run, _)) = self.pods.get(&key)
+            && old_run != run
+        {
+            // Its run label was edited: it is no longer that run's pod.
+            self.forget_name(&namespace, &old_run.clone(), &name);
+        }
+        self.by_run
+            .entry((namespace, run.clone()))
+            .or_default()
+            .insert(name);
+        self.pods.insert(key, (run.clone(), Arc::new(pod.clone())));
+    }
+
+    fn remove(&mut self, pod: &Pod) {
+        let (Some(namespace), name) = (pod.namespace(), pod.name_any()) else {
+            return;
+        };
+        if let Some((run, _)) = self.pods.remove(&(namespace.clone(), name.clone())) {
+            self.forget_name(&namespace, &run, &name);
+        }
+    }
+
+    fn forget_name(&mut self, namespace: &str, run: &str, name: &str) {
+        let key = (namespace.to_string(), run.to_string());
+        if let Some(names) = self.by_run.get_mut(&key) {
+            names.remove(name);
+            if names.is_empty() {
+                self.by_run.remove(&key);
+            }
+        }
+    }
+}
+
+impl PodIndex {
+    /// An index and the pod watch that fills it (and triggers reconciles) as the Controller
+    /// polls it; deletions are passed on too (a deleted worker pod is a lost worker).
+    pub fn watch(api: Api<WatchedPod>, config: watcher::Config) -> (PodIndex, ObjectStream<Pod>) {
+        let index = PodIndex::default();
+        let filling = index.clone();
+        let stream = watcher::watcher(api, config)
+            .default_backoff()
+            .map_ok(|event| match event {
+                Event::Apply(pod) => Event::Apply(pod.into_trimmed_pod()),
+                Event::Delete(pod) => Event::Delete(pod.into_trimmed_pod()),
+                Event::Init => Event::Init,
+                Event::InitApply(pod) => Event::InitApply(pod.into_trimmed_pod()),
+                Event::InitDone => Event::InitDone,
+            })
+            .map_ok(move |event| {
+                filling.apply(&event);
+                event
+            })
+            .touched_objects()
+            .boxed();
+        (index, stream)
+    }
+
+    /// Takes one event of the pod watch into the index.
+    pub fn apply(&self, event: &Event<Pod>) {
+        let mut listing = self.0.write().unwrap_or_else(|e| e.into_inner());
+        match event {
+            Event::Apply(pod) => listing.current.insert(pod),
+            Event::Delete(pod) => listing.current.remove(pod),
+            Event::Init => listing.relisting = Some(Pods::default()),
+            Event::InitApply(pod) => {
+                if let Some(relisting) = listing.relisting.as_mut() {
+                    relisting.insert(pod);
+                }
+            }
+            Event::InitDone => {
+                if let Some(relisting) = listing.relisting.take() {
+                    listing.current = relisting;
+                }
+                listing.listed = true;
+            }
+        }
+    }
+
+    /// Whether the watch has listed every pod once (before that, a pod missing from the index
+    /// may only be missing from it).
+    pub fn listed(&self) -> bool {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).listed
+    }
+
+    /// The pods of run `run` in `namespace`, sorted by name.
+    pub fn of_run(&self, namespace: &str, run: &str) -> Vec<Arc<Pod>> {
+        let listing = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let pods = &listing.current;
+        pods.by_run
+            .get(&(namespace.to_string(), run.to_string()))
+            .into_iter()
+            .flatten()
+            .filter_map(|name| pods.pods.get(&(namespace.to_string(), name.clone())))
+            .map(|(_, pod)| pod.clone())
+            .collect()
+    }
+}
+
+/// A pod as the watch reads it. The spec and the managed fields, most of a pod's size, are
+/// skipped while parsing (a list page holds [`super::cache::LIST_PAGE_SIZE`] pods), as is the
+/// metadata no reconcile reads.
+#[derive(Clone, Debug, Deserialize)]
+pub struct WatchedPod {
+    #[serde(deserialize_with = "read_metadata")]
+    metadata: ObjectMeta,
+    status: Option<PodStatus>,
+}
+
+impl WatchedPod {
+    pub(super) fn into_trimmed_pod(self) -> Pod {
+        let mut pod = Pod {
+            metadata: self.metadata,
+            spec: None,
+            status: self.status,
+        };
+        trim_pod(&mut pod);
+        pod
+    }
+}
+
+fn read_metadata<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
+    /// What is read of a pod's metadata; any other field is skipped unparsed.
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Read {
+        name: Option<String>,
+        namespace: Option<String>,
+        uid: Option<String>,
+        /// The watch resumes from the last object's version.
+        resource_version: Option<String>,
+        creation_timestamp: Option<Time>,
+        deletion_timestamp: Option<Time>,
+        labels: Option<BTreeMap<String, String>>,
+    }
+    let read = Read::deserialize(deserializer)?;
+    Ok(ObjectMeta {
+        name: read.name,
+        namespace: read.namespace,
+        uid: read.uid,
+        resource_version: read.resource_version,
+        creation_timestamp: read.creation_timestamp,
+        deletion_timestamp: read.deletion_timestamp,
+        labels: read.labels,
+        ..ObjectMeta::default()
+    })
+}
+
+/// The pods API, answered with [`WatchedPod`]s.
+impl Resource for WatchedPod {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        Pod::kind(&())
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        Pod::group(&())
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        Pod::version(&())
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        Pod::plural(&())
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// What is kept of a pod: what the worker actions ([`super::workers`]) and the pod problems
+/// ([`super::pod_problems`]) read. A pod as the API server sends it is several kilobytes,
+/// mostly its spec, managed fields and the container statuses' details.
+fn trim_pod(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.spec = None;
+    let meta = &mut pod.metadata;
+    meta.annotations = None;
+    meta.owner_references = None;
+    meta.generate_name = None;
+    meta.finalizers = None;
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.retain(|key, _| key == RUN_LABEL || key == COMPONENT_LABEL);
+    }
+    let Some(status) = pod.status.as_mut() else {
+        return;
+    };
+    status.conditions = None;
+    status.host_ip = None;
+    status.host_ips = None;
+    status.pod_ip = None;
+    status.pod_ips = None;
+    status.qos_class = None;
+    status.resource_claim_statuses = None;
+    for container in status
+        .init_container_statuses
+        .iter_mut()
+        .chain(status.container_statuses.iter_mut())
+        .flatten()
+    {
+        container.image_id = String::new();
+        container.container_id = None;
+        container.allocated_resources = None;
+        container.allocated_resources_status = None;
+        container.resources = None;
+        container.user = None;
+        container.volume_mounts = None;
+    }
+    status.ephemeral_container_statuses = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(namespace: &str, name: &str, run: &str, phase: &str) -> Pod {
+        serde_yaml::from_str(&format!(
+            "metadata: {{name: {name}, namespace: {namespace}, labels: {{{RUN_LABEL}: {run}}}}}\n\
+             status: {{phase: {phase}}}"
+        ))
+        .unwrap()
+    }
+
+    fn names(index: &PodIndex, namespace: &str, run: &str) -> Vec<String> {
+        index
+            .of_run(namespace, run)
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}:{}",
+                    p.name_any(),
+                    p.status.as_ref().unwrap().phase.clone().unwrap()
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_watched_pod_keeps_what_a_reconcile_reads_and_nothing_else() {
+        let read: WatchedPod = serde_yaml::from_str(&format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: w-1
+  namespace: a
+  uid: u-1
+  resourceVersion: "42"
+  creationTimestamp: "2026-01-01T10:00:00Z"
+  deletionTimestamp: "2026-01-01T10:05:00Z"
+  generateName: w-
+  labels: {{{RUN_LABEL}: gauss, {COMPONENT_LABEL}: worker, pod-template-hash: abc}}
+  annotations: {{note: x}}
+  ownerReferences: [{{apiVersion: apps/v1, kind: ReplicaSet, name: rs, uid: r}}]
+  managedFields: [{{manager: kubelet, operation: Update, fieldsV1: {{f:status: {{}}}}}}]
+spec:
+  containers: [{{name: worker, image: img}}]
+status:
+  phase: Running
+  podIP: 10.0.0.1
+  conditions: [{{type: Ready, status: "True"}}]
+  containerStatuses:
+  - name: worker
+    image: img
+    imageID: sha256:0
+    containerID: containerd://0
+    ready: true
+    restartCount: 2
+    state: {{running: {{startedAt: "2026-01-01T10:01:00Z"}}}}
+    lastState: {{terminated: {{exitCode: 1, reason: Error}}}}
+"#
+        ))
+        .unwrap();
+        let pod = read.into_trimmed_pod();
+        let meta = &pod.metadata;
+        assert_eq!(
+            (
+                meta.name.as_deref(),
+                meta.namespace.as_deref(),
+                meta.uid.as_deref()
+            ),
+            (Some("w-1"), Some("a"), Some("u-1"))
+        );
+        assert_eq!(meta.resource_version.as_deref(), Some("42"));
+        assert!(meta.creation_timestamp.is_some() && meta.deletion_timestamp.is_some());
+        assert_eq!(
+            pod.labels().keys().collect::<Vec<_>>(),
+            [COMPONENT_LABEL, RUN_LABEL]
+        );
+        assert!(meta.annotations.is_none() && meta.owner_references.is_none());
+        assert!(meta.managed_fields.is_none() && meta.generate_name.is_none());
+        assert!(pod.spec.is_none());
+        let status = pod.status.unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert!(status.pod_ip.is_none() && status.conditions.is_none());
+        let worker = &status.container_statuses.unwrap()[0];
+        assert_eq!(
+            (worker.name.as_str(), worker.image.as_str()),
+            ("worker", "img")
+        );
+        assert_eq!(worker.restart_count, 2);
+        assert!(worker.state.as_ref().unwrap().running.is_some());
+        assert!(worker.last_state.as_ref().unwrap().terminated.is_some());
+        assert!(worker.image_id.is_empty() && worker.container_id.is_none());
+    }
+
+    #[test]
+    fn a_run_gets_its_own_pods_sorted_and_current() {
+        let index = PodIndex::default();
+        for event in [
+            Event::Init,
+            Event::InitApply(pod("a", "w-2", "gauss", "Running")),
+            Event::InitApply(pod("a", "w-1", "gauss", "Pending")),
+            Event::InitApply(pod("a", "x-1", "other", "Running")),
+            // the same run name in another namespace is another run
+            Event::InitApply(pod("b", "w-9", "gauss", "Running")),
+            Event::InitDone,
+            Event::Apply(pod("a", "w-1", "gauss", "Running")),
+        ] {
+            index.apply(&event);
+        }
+        assert!(index.listed());
+        assert_eq!(names(&index, "a", "gauss"), ["w-1:Running", "w-2:Running"]);
+        assert_eq!(names(&index, "b", "gauss"), ["w-9:Running"]);
+
+        index.apply(&Event::Delete(pod("a", "w-2", "gauss", "Running")));
+        // a pod relabelled to another run leaves the first
+        index.apply(&Event::Apply(pod("a", "w-1", "other", "Running")));
+        assert!(names(&index, "a", "gauss").is_empty());
+        assert_eq!(names(&index, "a", "other"), ["w-1:Running", "x-1:Running"]);
+    }
+
+    #[test]
+    fn a_relist_replaces_the_listing_when_complete_and_drops_pods_gone_meanwhile() {
+        let index = PodIndex::default();
+        assert!(!index.listed());
+        for event in [
+            Event::Init,
+            Event::InitApply(pod("a", "w-1", "gauss", "Running")),
+            Event::InitApply(pod("a", "w-2", "gauss", "Running")),
+            Event::InitDone,
+            // the watch broke; w-2 was deleted while nobody watched
+            Event::Init,
+            Event::InitApply(pod("a", "w-1", "gauss", "Running")),
+        ] {
+            index.apply(&event);
+        }
+        // until the relist is complete, the last complete listing holds
+        assert_eq!(names(&index, "a", "gauss"), ["w-1:Running", "w-2:Running"]);
+        index.apply(&Event::InitDone);
+        assert_eq!(names(&index, "a", "gauss"), ["w-1:Running"]);
+    }
+}
