@@ -791,13 +791,17 @@ def main():
     signal.signal(signal.SIGTERM, stop_on_signal)
     base_label = f"before ({BASE})"
     labels = [base_label, "current"]
+    # "none": the current code only (e.g. at sizes where the code before would take the
+    # machine over); its column then shows "-".
+    measured = [("current", CURRENT_BIN)] if BASE == "none" else None
     try:
         say(f"scratch folder (logs): {scratch}")
         say(f"{RUNS} runs x {PODS_PER_RUN} worker pods; {LIVE} live (pyABC master + "
             f"{LIVE_WORKERS} worker processes each); window {WINDOW_S} s")
         if not CURRENT_BIN.exists():
             raise BenchError(f"{CURRENT_BIN} not built (cargo build --release --bin abc-operator)")
-        _, base_bin = build_base()
+        if measured is None:
+            measured = [(base_label, build_base()[1]), ("current", CURRENT_BIN)]
         cluster.start()
         api = cluster.api()
         cluster.kubectl("apply", "-f", ROOT / "crds" / "abcrun.yaml")
@@ -843,7 +847,7 @@ def main():
         for t in (kubelet, watch, poller):
             t.start()
 
-        for label, binary in ((base_label, base_bin), ("current", CURRENT_BIN)):
+        for label, binary in measured:
             try:
                 results[label] = measure(label, binary, cluster, children, live, kubelet, watch,
                                          api)
