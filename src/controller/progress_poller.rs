@@ -131,7 +131,6 @@ impl Pollers {
         let latest = Latest::default();
         let task = tokio::spawn(poll(
             PollerOf {
-                run: Arc::new(run.clone()),
                 reference: ObjectRef::new(&run.name_any()).within(&namespace),
                 uid: uid.clone(),
                 endpoint: endpoint.clone(),
@@ -167,7 +166,6 @@ impl Pollers {
 
 /// One poller's run and what it reads with.
 struct PollerOf {
-    run: Arc<AbcRun>,
     reference: ObjectRef<GuardedRun>,
     uid: String,
     endpoint: Endpoint,
@@ -189,11 +187,11 @@ async fn poll(
         ticks.tick().await;
         if runs.get(&of.reference).and_then(|r| r.uid()).as_deref() != Some(of.uid.as_str()) {
             // Deleted (or replaced by a new run of the same name): nothing to poll any more.
-            redis.forget(&of.run);
+            redis.forget(&of.uid);
             return;
         }
         let reading = redis
-            .snapshot(&of.run, &of.endpoint)
+            .snapshot(&of.uid, &of.endpoint)
             .await
             .map_err(|err| err.to_string());
         let digest = Digest::of(&reading, of.heartbeat);

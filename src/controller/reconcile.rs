@@ -44,7 +44,7 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
         // Owner references let the garbage collector remove what the run owned.
         ctx.metrics.forget_run(&namespace, &name);
         ctx.demand.forget(&namespace, &name);
-        ctx.redis.forget(&run);
+        ctx.redis.forget(&run.uid().unwrap_or_default());
         ctx.passwords.forget(&run);
         ctx.status_writes.forget(&namespace, &name);
         ctx.told_problems.forget(&namespace, &name);
@@ -63,11 +63,12 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
     let endpoint = decide::endpoint(&run, &password).map_err(Error::Build)?;
     let heartbeat =
         protocol::Heartbeat::from_timeout_seconds(run.spec.workers.heartbeat_timeout_seconds);
+    let run_uid = run.uid().unwrap_or_default();
     let redis = match &endpoint {
         Some(endpoint) if decide::redis_readable(&run, &view, &password) => {
             match ctx.pollers.latest(&run, endpoint, heartbeat) {
                 Some(snapshot) => RedisReading::Read(Box::new(snapshot)),
-                None => match ctx.redis.snapshot(&run, endpoint).await {
+                None => match ctx.redis.snapshot(&run_uid, endpoint).await {
                     Ok(snapshot) => RedisReading::Read(Box::new(snapshot)),
                     Err(err) => {
                         // A rotated password is read again from its Secret next time.
@@ -91,7 +92,7 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
         object.apply(&ctx.client, &namespace).await?;
     }
     if let (true, Some(endpoint)) = (plan.publish_stop, &endpoint)
-        && let Err(err) = ctx.redis.stop(&run, endpoint).await
+        && let Err(err) = ctx.redis.stop(&run_uid, endpoint).await
     {
         tracing::warn!(run = %name, error = %err, "publishing pyABC's stop failed");
     }
@@ -277,7 +278,11 @@ async fn handle_workers(
                 reason,
             } => {
                 let Some(endpoint) = endpoint else { continue };
-                match ctx.redis.repair(run, endpoint, &ledger_id).await {
+                match ctx
+                    .redis
+                    .repair(&run.uid().unwrap_or_default(), endpoint, &ledger_id)
+                    .await
+                {
                     Ok(Some(repair)) if repair.corrected() => {
                         observed.lost_workers = observed.lost_workers.max(repair.lost_workers);
                         tracing::warn!(run = %run.name_any(), namespace, worker, ledger = ledger_id, reason, %repair, "repaired lost worker");
@@ -394,7 +399,11 @@ async fn clear_stale_lock(
     namespace: &str,
     endpoint: &protocol::Endpoint,
 ) {
-    match ctx.redis.clear_stale_analysis_lock(run, endpoint).await {
+    match ctx
+        .redis
+        .clear_stale_analysis_lock(&run.uid().unwrap_or_default(), endpoint)
+        .await
+    {
         Ok(Some(_)) => {
             tracing::info!(run = %run.name_any(), namespace, "cleared the stale analysis lock of a failed master");
             ctx.publish(

@@ -1,9 +1,7 @@
 //! Connections to each run's Redis, kept across reconciles (a reconnecting connection manager
 //! per run), with a short timeout so one unreachable Redis never holds up other runs.
 
-use crate::api::AbcRun;
 use crate::protocol::{self, Endpoint, ProtocolError, Repair, Snapshot};
-use kube::ResourceExt;
 use redis::aio::ConnectionManager;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -21,15 +19,14 @@ pub struct RedisAccess {
 impl RedisAccess {
     async fn connection(
         &self,
-        run: &AbcRun,
+        run_uid: &str,
         endpoint: &Endpoint,
     ) -> Result<ConnectionManager, ProtocolError> {
-        let uid = run.uid().unwrap_or_default();
         let target = format!(
             "{endpoint}:{}",
             fingerprint(endpoint.password.as_deref().unwrap_or_default())
         );
-        if let Some((t, conn)) = self.connections.lock().await.get(&uid)
+        if let Some((t, conn)) = self.connections.lock().await.get(run_uid)
             && *t == target
         {
             return Ok(conn.clone());
@@ -38,48 +35,48 @@ impl RedisAccess {
         self.connections
             .lock()
             .await
-            .insert(uid, (target, conn.clone()));
+            .insert(run_uid.to_string(), (target, conn.clone()));
         Ok(conn)
     }
 
     pub async fn snapshot(
         &self,
-        run: &AbcRun,
+        run_uid: &str,
         endpoint: &Endpoint,
     ) -> Result<Snapshot, ProtocolError> {
-        let mut conn = self.connection(run, endpoint).await?;
+        let mut conn = self.connection(run_uid, endpoint).await?;
         timeout(endpoint, Snapshot::read(&mut conn)).await
     }
 
     pub async fn repair(
         &self,
-        run: &AbcRun,
+        run_uid: &str,
         endpoint: &Endpoint,
         ledger_id: &str,
     ) -> Result<Option<Repair>, ProtocolError> {
-        let mut conn = self.connection(run, endpoint).await?;
+        let mut conn = self.connection(run_uid, endpoint).await?;
         timeout(endpoint, protocol::repair_lost_worker(&mut conn, ledger_id)).await
     }
 
     /// Publishes pyABC's `stop` to the run's workers.
-    pub async fn stop(&self, run: &AbcRun, endpoint: &Endpoint) -> Result<i64, ProtocolError> {
-        let mut conn = self.connection(run, endpoint).await?;
+    pub async fn stop(&self, run_uid: &str, endpoint: &Endpoint) -> Result<i64, ProtocolError> {
+        let mut conn = self.connection(run_uid, endpoint).await?;
         timeout(endpoint, protocol::stop(&mut conn)).await
     }
 
     /// Deletes a stale `analysis_id`; returns it when there was one.
     pub async fn clear_stale_analysis_lock(
         &self,
-        run: &AbcRun,
+        run_uid: &str,
         endpoint: &Endpoint,
     ) -> Result<Option<String>, ProtocolError> {
-        let mut conn = self.connection(run, endpoint).await?;
+        let mut conn = self.connection(run_uid, endpoint).await?;
         timeout(endpoint, protocol::clear_stale_analysis_lock(&mut conn)).await
     }
 
-    pub fn forget(&self, run: &AbcRun) {
+    pub fn forget(&self, run_uid: &str) {
         if let Ok(mut map) = self.connections.try_lock() {
-            map.remove(&run.uid().unwrap_or_default());
+            map.remove(run_uid);
         }
     }
 }
