@@ -581,8 +581,18 @@ def measure_repairs(live: dict, kubelet: Kubelet, watch: RunWatch, api: Api, cou
             time.sleep(0.2)
             continue
         before = watch.lost_workers(run.name)
-        t0 = time.monotonic()
-        api.request("DELETE", f"{PODS_PATH}/{victim}", {"gracePeriodSeconds": 0})
+        for _ in range(5):
+            t0 = time.monotonic()
+            status, body = api.request("DELETE", f"{PODS_PATH}/{victim}",
+                                       {"gracePeriodSeconds": 0})
+            if status in (200, 202):
+                break
+            # e.g. 504 from an overloaded API server: the pod is still there, and timing from
+            # here would time the worker's heartbeat timeout instead of the pod's deletion
+            say(f"  deleting {victim}: {status} {(body or {}).get('message', '')}; again")
+            time.sleep(1.0)
+        else:
+            raise BenchError(f"could not delete pod {victim}")
         kubelet.kill_pod_worker(run, victim)
         deadline = t0 + 30
         while time.monotonic() < deadline:
