@@ -585,7 +585,7 @@ def measure_repairs(live: dict, kubelet: Kubelet, watch: RunWatch, api: Api, cou
             t0 = time.monotonic()
             status, body = api.request("DELETE", f"{PODS_PATH}/{victim}",
                                        {"gracePeriodSeconds": 0})
-            if status in (200, 202):
+            if status in (200, 202, 404):  # 404: gone already (an earlier attempt's answer lost)
                 break
             # e.g. 504 from an overloaded API server: the pod is still there, and timing from
             # here would time the worker's heartbeat timeout instead of the pod's deletion
