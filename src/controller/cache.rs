@@ -2,7 +2,7 @@
 //! trigger reconciles, so that a reconcile sends no read request of its own.
 //!
 //! Each store keeps only what a reconcile reads (memory at 1,000 runs and 10,000 worker pods):
-//! pods keep the few fields the worker and problem decisions read ([`trim_pod`]), owned objects
+//! pods keep the few fields the worker and problem decisions read ([`super::pod_index::WatchedPod`]), owned objects
 //! lose their managed fields, and the kinds whose content the controller never reads back
 //! (ConfigMap, Service, NetworkPolicy) are watched as metadata only, which is all
 //! [`super::apply`] compares. Pods are indexed by run ([`PodIndex`]).

@@ -16,7 +16,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Resource, ResourceExt};
 use serde::{Deserialize, Deserializer};
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 /// A run's key: namespace and name.
@@ -40,8 +40,10 @@ struct Listing {
 
 #[derive(Default)]
 struct Pods {
-    pods: HashMap<PodKey, (String, Arc<Pod>)>,
-    by_run: HashMap<RunKey, BTreeSet<String>>,
+    /// Each run's pods by name (sorted, as reconciles want them).
+    by_run: HashMap<RunKey, BTreeMap<String, Arc<Pod>>>,
+    /// Each pod's run, so that a pod relabelled to another run leaves the first.
+    run_of: HashMap<PodKey, String>,
 }
 
 impl Pods {
@@ -50,34 +52,33 @@ impl Pods {
             return; // the watch selects pods with the run label: not one of ours
         };
         let name = pod.name_any();
-        let key = (namespace.clone(), name.clone());
-        if let Some((old_run, _)) = self.pods.get(&key)
-            && old_run != run
+        if let Some(old_run) = self
+            .run_of
+            .insert((namespace.clone(), name.clone()), run.clone())
+            && old_run != *run
         {
-            // Its run label was edited: it is no longer that run's pod.
-            self.forget_name(&namespace, &old_run.clone(), &name);
+            self.forget(&namespace, old_run, &name);
         }
         self.by_run
             .entry((namespace, run.clone()))
             .or_default()
-            .insert(name);
-        self.pods.insert(key, (run.clone(), Arc::new(pod.clone())));
+            .insert(name, Arc::new(pod.clone()));
     }
 
     fn remove(&mut self, pod: &Pod) {
         let (Some(namespace), name) = (pod.namespace(), pod.name_any()) else {
             return;
         };
-        if let Some((run, _)) = self.pods.remove(&(namespace.clone(), name.clone())) {
-            self.forget_name(&namespace, &run, &name);
+        if let Some(run) = self.run_of.remove(&(namespace.clone(), name.clone())) {
+            self.forget(&namespace, run, &name);
         }
     }
 
-    fn forget_name(&mut self, namespace: &str, run: &str, name: &str) {
-        let key = (namespace.to_string(), run.to_string());
-        if let Some(names) = self.by_run.get_mut(&key) {
-            names.remove(name);
-            if names.is_empty() {
+    fn forget(&mut self, namespace: &str, run: String, name: &str) {
+        let key = (namespace.to_string(), run);
+        if let Some(pods) = self.by_run.get_mut(&key) {
+            pods.remove(name);
+            if pods.is_empty() {
                 self.by_run.remove(&key);
             }
         }
@@ -138,14 +139,12 @@ impl PodIndex {
     /// The pods of run `run` in `namespace`, sorted by name.
     pub fn of_run(&self, namespace: &str, run: &str) -> Vec<Arc<Pod>> {
         let listing = self.0.read().unwrap_or_else(|e| e.into_inner());
-        let pods = &listing.current;
-        pods.by_run
+        listing
+            .current
+            .by_run
             .get(&(namespace.to_string(), run.to_string()))
-            .into_iter()
-            .flatten()
-            .filter_map(|name| pods.pods.get(&(namespace.to_string(), name.clone())))
-            .map(|(_, pod)| pod.clone())
-            .collect()
+            .map(|pods| pods.values().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -161,13 +160,11 @@ pub struct WatchedPod {
 
 impl WatchedPod {
     pub(super) fn into_trimmed_pod(self) -> Pod {
-        let mut pod = Pod {
+        Pod {
             metadata: self.metadata,
             spec: None,
-            status: self.status,
-        };
-        trim_pod(&mut pod);
-        pod
+            status: self.status.map(trim_status),
+        }
     }
 }
 
@@ -193,7 +190,11 @@ fn read_metadata<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMet
         resource_version: read.resource_version,
         creation_timestamp: read.creation_timestamp,
         deletion_timestamp: read.deletion_timestamp,
-        labels: read.labels,
+        // Only the labels that map a pod to its run and its part of the run.
+        labels: read.labels.map(|mut labels| {
+            labels.retain(|key, _| key == RUN_LABEL || key == COMPONENT_LABEL);
+            labels
+        }),
         ..ObjectMeta::default()
     })
 }
@@ -223,23 +224,9 @@ impl Resource for WatchedPod {
     }
 }
 
-/// What is kept of a pod: what the worker actions ([`super::workers`]) and the pod problems
-/// ([`super::pod_problems`]) read. A pod as the API server sends it is several kilobytes,
-/// mostly its spec, managed fields and the container statuses' details.
-fn trim_pod(pod: &mut Pod) {
-    pod.metadata.managed_fields = None;
-    pod.spec = None;
-    let meta = &mut pod.metadata;
-    meta.annotations = None;
-    meta.owner_references = None;
-    meta.generate_name = None;
-    meta.finalizers = None;
-    if let Some(labels) = meta.labels.as_mut() {
-        labels.retain(|key, _| key == RUN_LABEL || key == COMPONENT_LABEL);
-    }
-    let Some(status) = pod.status.as_mut() else {
-        return;
-    };
+/// What is kept of a pod's status: what the worker actions ([`super::workers`]) and the pod
+/// problems ([`super::pod_problems`]) read, not the container statuses' details.
+fn trim_status(mut status: PodStatus) -> PodStatus {
     status.conditions = None;
     status.host_ip = None;
     status.host_ips = None;
@@ -247,6 +234,7 @@ fn trim_pod(pod: &mut Pod) {
     status.pod_ips = None;
     status.qos_class = None;
     status.resource_claim_statuses = None;
+    status.ephemeral_container_statuses = None;
     for container in status
         .init_container_statuses
         .iter_mut()
@@ -261,7 +249,7 @@ fn trim_pod(pod: &mut Pod) {
         container.user = None;
         container.volume_mounts = None;
     }
-    status.ephemeral_container_statuses = None;
+    status
 }
 
 #[cfg(test)]

@@ -270,6 +270,7 @@ async fn handle_workers(
     // One Event per lost pod (a pod with several worker processes has a ledger for each).
     let mut repaired: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut failed_delete = None;
+    let run_uid = run.uid().unwrap_or_default();
     for action in actions {
         match action {
             WorkerAction::Repair {
@@ -278,11 +279,7 @@ async fn handle_workers(
                 reason,
             } => {
                 let Some(endpoint) = endpoint else { continue };
-                match ctx
-                    .redis
-                    .repair(&run.uid().unwrap_or_default(), endpoint, &ledger_id)
-                    .await
-                {
+                match ctx.redis.repair(&run_uid, endpoint, &ledger_id).await {
                     Ok(Some(repair)) if repair.corrected() => {
                         observed.lost_workers = observed.lost_workers.max(repair.lost_workers);
                         tracing::warn!(run = %run.name_any(), namespace, worker, ledger = ledger_id, reason, %repair, "repaired lost worker");
