@@ -213,14 +213,15 @@ class Api:
                                            timeout=timeout)
 
     def request(self, method, path, body=None):
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            # Encoded once: a retry after a dropped connection sends the same bytes.
+            headers["Content-Type"] = "application/json"
+            body = json.dumps(body)
         for attempt in range(3):
             try:
                 if self.conn is None:
                     self.conn = self._connect()
-                headers = {"Accept": "application/json"}
-                if body is not None:
-                    headers["Content-Type"] = "application/json"
-                    body = json.dumps(body)
                 self.conn.request(method, path, body=body, headers=headers)
                 resp = self.conn.getresponse()
                 data = resp.read()

@@ -2,10 +2,11 @@
 //! trigger reconciles, so that a reconcile sends no read request of its own.
 //!
 //! Each store keeps only what a reconcile reads (memory at 1,000 runs and 10,000 worker pods):
-//! pods keep the few fields the worker and problem decisions read ([`super::pod_index::WatchedPod`]), owned objects
-//! lose their managed fields, and the kinds whose content the controller never reads back
-//! (ConfigMap, Service, NetworkPolicy) are watched as metadata only, which is all
-//! [`super::apply`] compares. Pods are indexed by run ([`PodIndex`]).
+//! pods keep the few fields the worker and problem decisions read
+//! ([`super::pod_index::WatchedPod`]), owned objects lose their managed fields, and the kinds
+//! whose content the controller never reads back (ConfigMap, Service, NetworkPolicy) are
+//! watched as metadata only, which is all [`super::apply`] compares. Pods are indexed by run
+//! ([`PodIndex`]).
 //!
 //! Deletions trigger reconciles too: a deleted worker pod is a lost worker at once, and a
 //! deleted owned object is created again.
@@ -129,7 +130,6 @@ impl Caches {
             && self.pods.listed()
     }
 
-    /// The run's pods, by the part of the run they belong to.
     /// The run's pods, by the part of the run they belong to, each sorted by name (the same
     /// pods always give the same actions and Events).
     pub fn run_pods(&self, run: &AbcRun) -> RunPods {

@@ -147,16 +147,16 @@ fn parse(ledger_id: &str, reply: Value) -> Result<Option<Repair>, ProtocolError>
     let fields = Fields::parse("the repair script's reply", reply)?;
     let what = |name: &str| format!("field {name} of the repair script's reply");
     let number =
-        |name: &str| Ok::<_, ProtocolError>(fields.integer(name, &what(name))?.unwrap_or(0));
+        |name: &str| Ok::<_, ProtocolError>(fields.integer(name, what(name))?.unwrap_or(0));
     let (first, last) = (number("first_index")?, number("last_index")?);
     // The repair has happened by now: an odd recorded generation is reported as unknown
     // rather than as an error (the ledger it came from is gone).
     let generation = fields
-        .text("generation", &what("generation"))?
+        .text("generation", what("generation"))?
         .and_then(|t| t.parse().ok());
     Ok(Some(Repair {
         ledger_id: ledger_id.to_string(),
-        analysis_id: fields.text("analysis", &what("analysis"))?,
+        analysis_id: fields.text("analysis", what("analysis"))?,
         generation,
         left_generation: number("left_generation")? == 1,
         indices: (last > 0).then_some(first..=last),

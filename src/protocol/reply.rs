@@ -12,6 +12,7 @@
 use super::ProtocolError;
 use redis::Value;
 use std::collections::HashMap;
+use std::fmt::Display;
 
 /// A `{name, value, ...}` reply, by name.
 #[derive(Debug)]
@@ -40,7 +41,7 @@ impl Fields {
         let mut values = HashMap::with_capacity(items.len() / 2);
         let mut items = items.into_iter();
         while let (Some(name), Some(value)) = (items.next(), items.next()) {
-            let Some(name) = text(&name, &format!("a field name in {reply}"))? else {
+            let Some(name) = text(&name, format_args!("a field name in {reply}"))? else {
                 return Err(ProtocolError::ScriptReply {
                     reply,
                     detail: "has a field without a name".into(),
@@ -68,21 +69,30 @@ impl Fields {
         self.values.remove(name).ok_or_else(|| self.missing(name))
     }
 
-    /// Field `name` as text (`None` for nil); `what` names the value in errors.
-    pub(crate) fn text(&self, name: &str, what: &str) -> Result<Option<String>, ProtocolError> {
+    /// Field `name` as text (`None` for nil); `what` names the value in errors (formatted only
+    /// then: a snapshot is read every second per run).
+    pub(crate) fn text(
+        &self,
+        name: &str,
+        what: impl Display,
+    ) -> Result<Option<String>, ProtocolError> {
         text(self.required(name)?, what)
     }
 
     /// Field `name` as an integer (`None` for nil); `what` names the value in errors.
-    pub(crate) fn integer(&self, name: &str, what: &str) -> Result<Option<i64>, ProtocolError> {
-        integer(self.text(name, what)?.as_deref(), what)
+    pub(crate) fn integer(
+        &self,
+        name: &str,
+        what: impl Display,
+    ) -> Result<Option<i64>, ProtocolError> {
+        integer_value(self.required(name)?, what)
     }
 
     /// Field `name` as text, `None` when it is not there: for hashes, whose fields come and go.
     pub(crate) fn optional_text(
         &self,
         name: &str,
-        what: &str,
+        what: impl Display,
     ) -> Result<Option<String>, ProtocolError> {
         match self.values.get(name) {
             Some(value) => text(value, what),
@@ -94,9 +104,12 @@ impl Fields {
     pub(crate) fn optional_integer(
         &self,
         name: &str,
-        what: &str,
+        what: impl Display,
     ) -> Result<Option<i64>, ProtocolError> {
-        integer(self.optional_text(name, what)?.as_deref(), what)
+        match self.values.get(name) {
+            Some(value) => integer_value(value, what),
+            None => Ok(None),
+        }
     }
 
     /// Every field, in no particular order.
@@ -106,7 +119,7 @@ impl Fields {
 }
 
 /// Reads a text value out of a script reply.
-pub(crate) fn text(value: &Value, what: &str) -> Result<Option<String>, ProtocolError> {
+pub(crate) fn text(value: &Value, what: impl Display) -> Result<Option<String>, ProtocolError> {
     match value {
         Value::Nil => Ok(None),
         Value::BulkString(bytes) => String::from_utf8(bytes.clone())
@@ -120,8 +133,23 @@ pub(crate) fn text(value: &Value, what: &str) -> Result<Option<String>, Protocol
     }
 }
 
+/// Reads an integer value out of a script reply (Redis keeps them as text), without copying it.
+fn integer_value(value: &Value, what: impl Display) -> Result<Option<i64>, ProtocolError> {
+    match value {
+        Value::Int(i) => Ok(Some(*i)),
+        Value::BulkString(bytes) => match std::str::from_utf8(bytes) {
+            Ok(raw) => integer(Some(raw), what),
+            Err(_) => Err(ProtocolError::NotPyabc(format!("{what} is not UTF-8 text"))),
+        },
+        other => integer(text(other, &what)?.as_deref(), what),
+    }
+}
+
 /// Parses an integer pyABC or the ledger keeps, naming the key when it is something else.
-pub(crate) fn integer(value: Option<&str>, what: &str) -> Result<Option<i64>, ProtocolError> {
+pub(crate) fn integer(
+    value: Option<&str>,
+    what: impl Display,
+) -> Result<Option<i64>, ProtocolError> {
     value
         .map(|raw| {
             raw.trim().parse::<i64>().map_err(|_| {

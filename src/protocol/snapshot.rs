@@ -166,9 +166,10 @@ impl Ledger {
     fn parse(id: String, hash: Value) -> Result<Ledger, ProtocolError> {
         let key = ledger_key(&id);
         let hash = Fields::parse(format!("ledger {key}"), hash)?;
-        let what = |field: &str| format!("ledger {key} field {field}");
-        let get = |field: &str| hash.optional_text(field, &what(field));
-        let int = |field: &str| hash.optional_integer(field, &what(field));
+        let key = key.as_str();
+        let what = |field| std::fmt::from_fn(move |f| write!(f, "ledger {key} field {field}"));
+        let get = |field: &'static str| hash.optional_text(field, what(field));
+        let int = |field: &'static str| hash.optional_integer(field, what(field));
         let claim = match (int("claim_max")?, int("claim_n")?) {
             (Some(max_index), Some(count)) => Some(Claim {
                 max_index,
@@ -290,13 +291,21 @@ impl Snapshot {
         ledgers.sort_by(|a, b| a.id.cmp(&b.id));
         let analysis_id = fields.text(ANALYSIS_ID, "key analysis_id")?;
         let ana = analysis_id.as_deref().unwrap_or_default();
-        let generation = fields.integer(GENERATION, &format!("key {GENERATION}_{ana}"))?;
-        // Per-generation values exist only with an analysis and a generation.
-        let key =
-            |name: &str| format!("key {}", generation_key(name, ana, generation.unwrap_or(0)));
-        let number = |name: &str| fields.integer(name, &key(name));
-        let flag = |name: &str| Ok::<_, ProtocolError>(number(name)?.map(|v| v != 0));
-        let mode = match fields.text(MODE, &key(MODE))?.as_deref() {
+        let generation = fields.integer(GENERATION, format_args!("key {GENERATION}_{ana}"))?;
+        // Per-generation values exist only with an analysis and a generation. A key's name is
+        // formatted only for an error.
+        let key = |name: &'static str| {
+            std::fmt::from_fn(move |f| {
+                write!(
+                    f,
+                    "key {}",
+                    generation_key(name, ana, generation.unwrap_or(0))
+                )
+            })
+        };
+        let number = |name: &'static str| fields.integer(name, key(name));
+        let flag = |name: &'static str| Ok::<_, ProtocolError>(number(name)?.map(|v| v != 0));
+        let mode = match fields.text(MODE, key(MODE))?.as_deref() {
             None => None,
             Some(DYNAMIC) => Some(Mode::Dynamic),
             Some(STATIC) => Some(Mode::Static),
@@ -324,7 +333,7 @@ impl Snapshot {
             is_look_ahead: flag(IS_LOOK_AHEAD)?,
             ledgers,
             lost_workers: fields
-                .integer(LOST_WORKERS, &format!("key {LOST_WORKERS}"))?
+                .integer(LOST_WORKERS, format_args!("key {LOST_WORKERS}"))?
                 .unwrap_or(0),
             resumed: resumed(fields.take(RESUMED)?)?,
             master_start: master_start(fields.take(MASTER_START)?)?,
