@@ -11,14 +11,14 @@
 //! Deletions trigger reconciles too: a deleted worker pod is a lost worker at once, and a
 //! deleted owned object is created again.
 
-use super::pod_index::PodIndex;
+use super::pod_index::{PodIndex, WatchedPod};
 use crate::api::{AbcRun, COMPONENT_LABEL, RUN_LABEL};
 use crate::resources::Component;
 use futures::future::FutureExt;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -54,7 +54,7 @@ pub struct CacheStreams {
     pub config_maps: ObjectStream<PartialObjectMeta<ConfigMap>>,
     pub services: ObjectStream<PartialObjectMeta<Service>>,
     pub network_policies: ObjectStream<PartialObjectMeta<NetworkPolicy>>,
-    pub pods: ObjectStream<Pod>,
+    pub pods: ObjectStream<WatchedPod>,
 }
 
 pub type ObjectStream<K> =
@@ -153,9 +153,9 @@ impl Caches {
 /// The run's pods, by the part of the run they belong to.
 #[derive(Clone, Debug, Default)]
 pub struct RunPods {
-    pub workers: Vec<Arc<Pod>>,
-    pub master: Vec<Arc<Pod>>,
-    pub redis: Vec<Arc<Pod>>,
+    pub workers: Vec<Arc<WatchedPod>>,
+    pub master: Vec<Arc<WatchedPod>>,
+    pub redis: Vec<Arc<WatchedPod>>,
 }
 
 /// The object `name` of the run's namespace in `store`.

@@ -45,7 +45,7 @@ status: {status}"
     ))
 }
 
-fn running_worker(name: &str) -> k8s_openapi::api::core::v1::Pod {
+fn running_worker(name: &str) -> crate::controller::pod_index::WatchedPod {
     yaml(&format!(
         "metadata:
   name: {name}

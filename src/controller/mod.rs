@@ -23,7 +23,6 @@ use crate::api::RUN_LABEL;
 use crate::autoscaling::DemandBoard;
 use crate::metrics::{ErrorLabels, Metrics};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -180,7 +179,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         .owns_stream(services)
         .owns_stream(network_policies)
         // The pods belong to a ReplicaSet or a Job, not to the run: map them by label.
-        .watches_stream(pods, |pod: Pod| {
+        .watches_stream(pods, |pod: pod_index::WatchedPod| {
             let run = pod.labels().get(RUN_LABEL)?.clone();
             Some(ObjectRef::<GuardedRun>::new(&run).within(&pod.namespace()?))
         })

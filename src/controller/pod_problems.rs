@@ -7,7 +7,8 @@
 //! which the kubelet alternates while it retries) are one problem. So a stuck run's status does
 //! not change from one reconcile to the next, and its Event is published once.
 
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use super::pod_index::WatchedPod;
+use k8s_openapi::api::core::v1::ContainerStatus;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use std::borrow::Borrow;
@@ -39,8 +40,8 @@ pub struct PodProblem {
 /// The first problem among `pods` (by pod name, init containers first), or `None` when every
 /// pod runs or is on its way (scheduling, pulling, creating its containers). Pods being deleted
 /// and finished pods (a master Job's failed attempts: the Job's own status tells) are skipped.
-pub fn pod_problem(pods: &[impl Borrow<Pod>], now: Timestamp) -> Option<PodProblem> {
-    let mut pods: Vec<&Pod> = pods
+pub fn pod_problem(pods: &[impl Borrow<WatchedPod>], now: Timestamp) -> Option<PodProblem> {
+    let mut pods: Vec<&WatchedPod> = pods
         .iter()
         .map(Borrow::borrow)
         .filter(|p| p.metadata.deletion_timestamp.is_none())
@@ -165,11 +166,11 @@ fn crash(c: &ContainerStatus) -> String {
 
 /// How the newest of `pods` (a master Job's attempts) last failed, e.g. `Error, exit code 1
 /// (abc_operator.ResumeError: …)`: the cause a failed master Job does not tell by itself.
-pub fn last_failed_exit(pods: &[impl Borrow<Pod>]) -> Option<String> {
-    let newest: &Pod = pods
+pub fn last_failed_exit(pods: &[impl Borrow<WatchedPod>]) -> Option<String> {
+    let newest: &WatchedPod = pods
         .iter()
         .map(Borrow::borrow)
-        .max_by_key(|p: &&Pod| (p.metadata.creation_timestamp.clone(), p.name_any()))?;
+        .max_by_key(|p: &&WatchedPod| (p.metadata.creation_timestamp.clone(), p.name_any()))?;
     newest
         .status
         .as_ref()?
@@ -214,7 +215,7 @@ mod tests {
     use super::*;
 
     /// A pod status as the kubelet reports it, from `tests/fixtures/pod-status/`.
-    fn fixture(name: &str) -> Pod {
+    fn fixture(name: &str) -> WatchedPod {
         let path = format!(
             "{}/tests/fixtures/pod-status/{name}.yaml",
             env!("CARGO_MANIFEST_DIR")
@@ -428,10 +429,8 @@ mod tests {
             let path = entry.unwrap().path();
             let name = path.file_stem().unwrap().to_str().unwrap().to_string();
             let yaml = std::fs::read_to_string(&path).unwrap();
-            let pod: Pod = serde_yaml::from_str(&yaml).unwrap();
-            let watched: super::super::pod_index::WatchedPod = serde_yaml::from_str(&yaml).unwrap();
-            let trimmed = watched.into_trimmed_pod();
-            assert!(trimmed.spec.is_none() && trimmed.metadata.annotations.is_none());
+            let pod: WatchedPod = serde_yaml::from_str(&yaml).unwrap();
+            let trimmed = pod.clone().trimmed();
             assert_eq!(
                 pod_problem(&[&trimmed], now()),
                 pod_problem(&[&pod], now()),

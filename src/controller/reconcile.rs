@@ -359,7 +359,7 @@ async fn restart_master_after_redis_loss(
     run: &AbcRun,
     ctx: &Context,
     namespace: &str,
-    master: &[Arc<Pod>],
+    master: &[Arc<super::pod_index::WatchedPod>],
 ) {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let mut evicted = Vec::new();

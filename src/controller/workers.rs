@@ -2,9 +2,10 @@
 //! state only: the run's worker pods (read after the Redis snapshot, so a ledger whose pod is
 //! missing from the list really lost its pod) and the snapshot's ledgers.
 
+use super::pod_index::WatchedPod;
 use super::pod_problems::CRASH_AT_START;
 use crate::protocol::{Heartbeat, Ledger};
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::api::core::v1::ContainerStatus;
 use kube::ResourceExt;
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
@@ -32,12 +33,12 @@ pub enum WorkerAction {
 /// The actions for one reconcile at `now_ms` (Redis time). `heartbeat` declares a worker whose
 /// pod exists but whose ledger stopped beating (a hung process, a lost network) lost.
 pub fn decide(
-    pods: &[impl Borrow<Pod>],
+    pods: &[impl Borrow<WatchedPod>],
     ledgers: &[Ledger],
     now_ms: i64,
     heartbeat: Heartbeat,
 ) -> Vec<WorkerAction> {
-    let by_name: BTreeMap<String, &Pod> = pods
+    let by_name: BTreeMap<String, &WatchedPod> = pods
         .iter()
         .map(|p| (p.borrow().name_any(), p.borrow()))
         .collect();
@@ -112,7 +113,7 @@ pub fn decide(
     actions
 }
 
-fn worker_status(pod: &Pod) -> Option<&ContainerStatus> {
+fn worker_status(pod: &WatchedPod) -> Option<&ContainerStatus> {
     let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
     statuses
         .iter()
@@ -201,7 +202,7 @@ mod tests {
     use super::*;
     use crate::protocol::liveness_test_support::ledger as liveness_ledger;
 
-    fn pod(name: &str, container_status: serde_json::Value) -> Pod {
+    fn pod(name: &str, container_status: serde_json::Value) -> WatchedPod {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": name},
             "status": {"containerStatuses": [container_status]}
@@ -209,7 +210,7 @@ mod tests {
         .unwrap()
     }
 
-    fn running(name: &str) -> Pod {
+    fn running(name: &str) -> WatchedPod {
         pod(
             name,
             serde_json::json!({"name": "worker", "image": "i", "imageID": "", "ready": true,
@@ -217,7 +218,7 @@ mod tests {
         )
     }
 
-    fn exited(name: &str, code: i32) -> Pod {
+    fn exited(name: &str, code: i32) -> WatchedPod {
         pod(
             name,
             serde_json::json!({"name": "worker", "image": "i", "imageID": "", "ready": false,
@@ -295,7 +296,7 @@ mod tests {
 
     /// A worker whose last run started at `started` and exited with `code` at `finished`
     /// (seconds), restarted by the kubelet since.
-    fn restarted(name: &str, code: i32, started: i64, finished: i64) -> Pod {
+    fn restarted(name: &str, code: i32, started: i64, finished: i64) -> WatchedPod {
         let time = |s: i64| {
             k8s_openapi::jiff::Timestamp::from_second(s)
                 .unwrap()
