@@ -30,10 +30,10 @@ use tokio::time::Instant;
 /// How often a live run's Redis is read while an analysis is in it (or the last read failed).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// How often it is read while no analysis is: no master has started yet, or the last one
-/// finished, so no generation can move and no worker owes anything. The profile of 1,000 such
-/// runs read every second was three quarters Redis reads (round trips, reply parsing): reading
-/// them every 5 s costs a fifth of that. The price: a master's start shows in the status up to
-/// 5 s later instead of 1 s; its generations then every second again.
+/// finished, so no generation can move. The profile of 1,000 such runs read every second was
+/// three quarters Redis reads (round trips, reply parsing): reading them every 5 s costs a
+/// fifth of that. The price: a master's start shows in the status up to 5 s later instead of
+/// 1 s; its generations then every second again.
 pub const IDLE_POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// A snapshot older than this is not used by a reconcile (its poller is behind or stopped).
 const FRESH_FOR: Duration = Duration::from_secs(2);
