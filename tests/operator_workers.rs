@@ -81,7 +81,9 @@ async fn status_shows_pyabc_progress_from_redis() {
 /// are no change). A master that starts is in the status within moments all the same.
 #[tokio::test]
 async fn an_idle_run_is_not_reconciled_until_its_redis_changes() {
-    let s = setup("wk-idle", 2, "10m", "0.005").await;
+    // A 0.1 s model: the analysis below must last longer than the idle run's 5 s between
+    // reads of its Redis to be seen at all (about 10 s here).
+    let s = setup("wk-idle", 2, "10m", "0.1").await;
     let controller = ControllerProcess::start(&s.ns.name);
     let _kubelet = s.kubelet();
     let mut conn = support::redis::connect(&s.redis).await;
@@ -109,7 +111,7 @@ async fn an_idle_run_is_not_reconciled_until_its_redis_changes() {
         controller.logs()
     );
 
-    let mut master = s.master(20, 1);
+    let mut master = s.master(40, 2);
     eventually(60, "the master's analysis in the status", || async {
         s.runs.get("sim").await.ok()?.status?.progress?.analysis_id
     })

@@ -33,7 +33,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// finished, so no generation can move. The profile of 1,000 such runs read every second was
 /// three quarters Redis reads (round trips, reply parsing): reading them every 5 s costs a
 /// fifth of that. The price: a master's start shows in the status up to 5 s later instead of
-/// 1 s; its generations then every second again.
+/// 1 s (its generations then every second again), and an analysis over within 5 s may not
+/// show at all (its master Job's completion still does).
 pub const IDLE_POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// A snapshot older than this is not used by a reconcile (its poller is behind or stopped).
 const FRESH_FOR: Duration = Duration::from_secs(2);
