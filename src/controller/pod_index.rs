@@ -157,7 +157,7 @@ impl PodIndex {
 /// [`super::cache::LIST_PAGE_SIZE`] pods), as is the metadata no reconcile reads. Not a
 /// k8s-openapi `Pod` with `spec: None`: that holds room for a spec all the same (1.5 of its
 /// 2.4 KiB), 15 MiB of nothing at 10,000 pods.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize)]
 pub struct WatchedPod {
     #[serde(deserialize_with = "read_metadata")]
     pub metadata: ObjectMeta,

@@ -66,15 +66,16 @@ impl Digest {
 type Latest = Arc<Mutex<Option<(Instant, Arc<Snapshot>)>>>;
 
 struct Poller {
-    /// The endpoint and heartbeat timeout it polls with: another one restarts it.
-    target: (Endpoint, Heartbeat),
+    /// The endpoint and heartbeat timeout it polls with: others restart it.
+    endpoint: Endpoint,
+    heartbeat: Heartbeat,
     latest: Latest,
     task: tokio::task::AbortHandle,
 }
 
 impl Poller {
     fn polls(&self, endpoint: &Endpoint, heartbeat: Heartbeat) -> bool {
-        self.target.0 == *endpoint && self.target.1 == heartbeat
+        self.endpoint == *endpoint && self.heartbeat == heartbeat
     }
 }
 
@@ -157,7 +158,8 @@ impl Pollers {
         if let Some(old) = polling.insert(
             uid,
             Poller {
-                target: (endpoint.clone(), heartbeat),
+                endpoint: endpoint.clone(),
+                heartbeat,
                 latest,
                 task,
             },

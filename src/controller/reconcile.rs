@@ -5,6 +5,7 @@
 
 use super::cache::{self, Caches};
 use super::decide::{self, ClusterView, Password, RedisReading};
+use super::pod_index::WatchedPod;
 use super::status::{self, Observed, StatusWrite};
 use super::workers::WorkerAction;
 use super::{Context, Error, apply};
@@ -359,7 +360,7 @@ async fn restart_master_after_redis_loss(
     run: &AbcRun,
     ctx: &Context,
     namespace: &str,
-    master: &[Arc<super::pod_index::WatchedPod>],
+    master: &[Arc<WatchedPod>],
 ) {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let mut evicted = Vec::new();

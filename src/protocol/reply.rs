@@ -70,7 +70,7 @@ impl Fields {
     }
 
     /// Field `name` as text (`None` for nil); `what` names the value in errors (formatted only
-    /// then: a snapshot is read every second per run).
+    /// then: every live run's snapshot is read every few seconds).
     pub(crate) fn text(
         &self,
         name: &str,
