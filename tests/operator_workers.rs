@@ -42,7 +42,10 @@ async fn running_pod_whose_status_the_test_sets(pods: &Api<Pod>, component: &str
 
 #[tokio::test]
 async fn status_shows_pyabc_progress_from_redis() {
-    let s = setup("wk-status", 2, "10m", "0.005").await;
+    // A 0.05 s model: each generation lasts seconds, longer than the poller's 1 s between
+    // reads of a run with an analysis, and the first read of the analysis may come up to 5 s
+    // after the master starts. With a faster model the whole run can be over between reads.
+    let s = setup("wk-status", 2, "10m", "0.05").await;
     let _controller = ControllerProcess::start(&s.ns.name);
     let _kubelet = s.kubelet();
     let mut master = s.master(100, 3);
