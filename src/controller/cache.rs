@@ -12,7 +12,7 @@
 //! deleted owned object is created again.
 
 use super::pod_index::{PodIndex, WatchedPod};
-use crate::api::{AbcRun, COMPONENT_LABEL, RUN_LABEL};
+use crate::api::{AbcRun, RUN_LABEL};
 use crate::resources::Component;
 use futures::future::FutureExt;
 use futures::{Stream, StreamExt};
@@ -138,7 +138,7 @@ impl Caches {
             .pods
             .of_run(&run.namespace().unwrap_or_default(), &run.name_any())
         {
-            let part = match pod.labels().get(COMPONENT_LABEL).map(String::as_str) {
+            let part = match pod.component.as_deref() {
                 Some(c) if c == Component::Worker.as_str() => &mut by_part.workers,
                 Some(c) if c == Component::Master.as_str() => &mut by_part.master,
                 Some(c) if c == Component::Redis.as_str() => &mut by_part.redis,

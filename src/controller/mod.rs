@@ -19,7 +19,6 @@ pub use decide::master_state;
 pub use guard::{GuardedRun, UNREADABLE_REASON, UnreadableRun};
 use redis_access::RedisAccess;
 
-use crate::api::RUN_LABEL;
 use crate::autoscaling::DemandBoard;
 use crate::metrics::{ErrorLabels, Metrics};
 use futures::StreamExt;
@@ -180,8 +179,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         .owns_stream(network_policies)
         // The pods belong to a ReplicaSet or a Job, not to the run: map them by label.
         .watches_stream(pods, |pod: pod_index::WatchedPod| {
-            let run = pod.labels().get(RUN_LABEL)?.clone();
-            Some(ObjectRef::<GuardedRun>::new(&run).within(&pod.namespace()?))
+            Some(ObjectRef::<GuardedRun>::new(pod.run.as_ref()?).within(&pod.namespace()?))
         })
         // A live run's poller wakes it when its Redis changed.
         .reconcile_on(woken)

@@ -2,10 +2,9 @@
 //! state only: the run's worker pods (read after the Redis snapshot, so a ledger whose pod is
 //! missing from the list really lost its pod) and the snapshot's ledgers.
 
-use super::pod_index::WatchedPod;
+use super::pod_index::{WatchedContainer, WatchedPod};
 use super::pod_problems::CRASH_AT_START;
 use crate::protocol::{Heartbeat, Ledger};
-use k8s_openapi::api::core::v1::ContainerStatus;
 use kube::ResourceExt;
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
@@ -113,7 +112,7 @@ pub fn decide(
     actions
 }
 
-fn worker_status(pod: &WatchedPod) -> Option<&ContainerStatus> {
+fn worker_status(pod: &WatchedPod) -> Option<&WatchedContainer> {
     let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
     statuses
         .iter()
@@ -123,7 +122,7 @@ fn worker_status(pod: &WatchedPod) -> Option<&ContainerStatus> {
 
 /// The container this ledger's process ran in has ended since the ledger was written: now
 /// (terminated) or earlier (restarted, the old process's ledger left behind).
-fn ended_after(status: &ContainerStatus, ledger: &Ledger) -> bool {
+fn ended_after(status: &WatchedContainer, ledger: &Ledger) -> bool {
     if status
         .state
         .as_ref()
@@ -149,7 +148,7 @@ fn ended_after(status: &ContainerStatus, ledger: &Ledger) -> bool {
 
 /// The container's last run ended with an error within [`CRASH_AT_START`] of starting. Without
 /// both times (never from a kubelet) it did not: replacing is the safe default.
-fn crashed_at_start(status: &ContainerStatus) -> bool {
+fn crashed_at_start(status: &WatchedContainer) -> bool {
     let state = status.state.as_ref().and_then(|s| s.terminated.as_ref());
     let last = status
         .last_state
@@ -170,7 +169,7 @@ fn crashed_at_start(status: &ContainerStatus) -> bool {
     }
 }
 
-fn last_exit_code(status: &ContainerStatus) -> Option<i32> {
+fn last_exit_code(status: &WatchedContainer) -> Option<i32> {
     let state = status.state.as_ref().and_then(|s| s.terminated.as_ref());
     let last = status
         .last_state
@@ -179,7 +178,7 @@ fn last_exit_code(status: &ContainerStatus) -> Option<i32> {
     state.or(last).map(|t| t.exit_code)
 }
 
-fn termination(status: &ContainerStatus) -> Option<String> {
+fn termination(status: &WatchedContainer) -> Option<String> {
     let state = status.state.as_ref().and_then(|s| s.terminated.as_ref());
     let last = status
         .last_state
