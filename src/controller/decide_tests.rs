@@ -258,3 +258,81 @@ fn a_settled_run_applies_nothing_and_a_changed_spec_only_what_it_changes() {
         .collect();
     assert_eq!(changed, ["Deployment/gaussian-workers"]);
 }
+
+/// The objects as the API server stores them: each with resource version `version`.
+fn stored(objects: &[apply::OwnedObject], version: &str) -> Vec<apply::OwnedObject> {
+    use apply::OwnedObject::*;
+    let mut objects = objects.to_vec();
+    for object in &mut objects {
+        let meta = match object {
+            Secret(o) => &mut o.metadata,
+            ConfigMap(o) => &mut o.metadata,
+            NetworkPolicy(o) => &mut o.metadata,
+            Deployment(o) => &mut o.metadata,
+            Service(o) => &mut o.metadata,
+            Job(o) => &mut o.metadata,
+        };
+        meta.resource_version = Some(version.into());
+    }
+    objects
+}
+
+#[test]
+fn a_settled_run_is_not_compared_again_until_it_or_an_object_of_it_changes() {
+    let names = |objects: Vec<apply::OwnedObject>| -> Vec<String> {
+        objects.iter().map(|o| o.describe()).collect()
+    };
+    let mut run1 = run(MANAGED);
+    run1.metadata.resource_version = Some("1".into());
+    let owned = plan(&run1, &running_view(), &RedisReading::NotRead).owned;
+    let settled = apply::Settled::default();
+    let applied = settled.differing(&run1, (), &owned, "science", &caches_holding(&[]));
+    assert_eq!(applied.len(), 7);
+    let caches = caches_holding(&stored(&applied, "10"));
+    assert!(
+        settled
+            .differing(&run1, (), &owned, "science", &caches)
+            .is_empty()
+    );
+
+    // The same versions of the run and of its objects: not compared again. Shown with desired
+    // objects that would differ, which the same run version never gives.
+    let mut scaled = run(&MANAGED.replace("replicas: 3", "replicas: 5"));
+    let scaled_owned = plan(&scaled, &running_view(), &RedisReading::NotRead).owned;
+    assert!(
+        settled
+            .differing(&run1, (), &scaled_owned, "science", &caches)
+            .is_empty()
+    );
+
+    // An object deleted (it has no version any more): compared again, and created again.
+    let mut without_workers = stored(&applied, "10");
+    without_workers.retain(|o| o.describe() != "Deployment/gaussian-workers");
+    assert_eq!(
+        names(settled.differing(
+            &run1,
+            (),
+            &owned,
+            "science",
+            &caches_holding(&without_workers)
+        )),
+        ["Deployment/gaussian-workers"]
+    );
+    assert!(
+        settled
+            .differing(&run1, (), &owned, "science", &caches)
+            .is_empty()
+    );
+
+    // What the builders read besides the run changed: compared again.
+    assert_eq!(
+        names(settled.differing(&run1, true, &scaled_owned, "science", &caches)),
+        ["Deployment/gaussian-workers"]
+    );
+    // Another version of the run (its spec or its status changed): compared again.
+    scaled.metadata.resource_version = Some("2".into());
+    assert_eq!(
+        names(settled.differing(&scaled, (), &scaled_owned, "science", &caches)),
+        ["Deployment/gaussian-workers"]
+    );
+}

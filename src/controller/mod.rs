@@ -108,6 +108,8 @@ pub struct Context {
     status_writes: per_run::StatusWrites,
     /// Problems told as Warnings, so that a flapping one is told once.
     told_problems: per_run::ToldProblems,
+    /// The runs whose owned objects were as desired, and for which inputs.
+    settled: apply::Settled,
     /// See `ControllerArgs::status_progress_seconds`.
     progress_interval: Duration,
     redis: Arc<RedisAccess>,
@@ -198,6 +200,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         passwords: Default::default(),
         status_writes: Default::default(),
         told_problems: Default::default(),
+        settled: Default::default(),
         progress_interval: Duration::from_secs(args.status_progress_seconds),
         redis: redis.clone(),
         pollers: progress_poller::Pollers::new(wake, runs_store.clone(), redis),

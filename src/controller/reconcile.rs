@@ -8,7 +8,7 @@ use super::decide::{self, ClusterView, Password, RedisReading};
 use super::pod_index::WatchedPod;
 use super::status::{self, Observed, StatusWrite};
 use super::workers::WorkerAction;
-use super::{Context, Error, apply};
+use super::{Context, Error};
 use crate::api::{AbcRun, FIELD_MANAGER, Phase, SecretKeyRef};
 use crate::protocol::{self, Snapshot};
 use crate::resources;
@@ -49,6 +49,7 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
         ctx.passwords.forget(&run);
         ctx.status_writes.forget(&namespace, &name);
         ctx.told_problems.forget(&namespace, &name);
+        ctx.settled.forget(&run);
         ctx.pollers.stop(&run);
         return Ok(Action::await_change());
     }
@@ -88,7 +89,11 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
         .map_err(Error::Build)?;
 
     // Write what differs.
-    for object in apply::differing(&plan.owned, &namespace, &ctx.caches) {
+    let built_from = (&password.generated, plan.publish_stop);
+    for object in ctx
+        .settled
+        .differing(&run, built_from, &plan.owned, &namespace, &ctx.caches)
+    {
         tracing::debug!(run = %name, namespace, object = %object.describe(), "applying");
         object.apply(&ctx.client, &namespace).await?;
     }

@@ -112,7 +112,7 @@ pub fn worker_deployment(run: &AbcRun) -> Result<Deployment, BuildError> {
                     labels: meta.labels.clone(),
                     annotations: Some(BTreeMap::from([(
                         format!("{GROUP}/entrypoint-sha256"),
-                        entrypoint_sha256(),
+                        entrypoint_sha256().to_string(),
                     )])),
                     ..ObjectMeta::default()
                 }),
