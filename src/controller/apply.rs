@@ -28,6 +28,40 @@ pub const DESIRED_HASH_ANNOTATION: &str = "abc-operator.dev/desired-hash";
 /// The owned objects to apply: those whose cached copy is missing or holds another hash. Each
 /// returned object carries its hash annotation.
 pub fn differing(owned: &Owned, namespace: &str, caches: &Caches) -> Vec<OwnedObject> {
+    struct Differing<'a> {
+        namespace: &'a str,
+        found: Vec<OwnedObject>,
+    }
+    impl EachOwned for Differing<'_> {
+        fn object<K, C>(&mut self, store: &Store<C>, desired: &K, wrap: fn(K) -> OwnedObject)
+        where
+            K: Resource + Serialize + Clone,
+            C: Resource<DynamicType = ()> + Clone + 'static,
+        {
+            self.found
+                .extend(if_differs(store, self.namespace, desired, wrap));
+        }
+    }
+    let mut differing = Differing {
+        namespace,
+        found: Vec::new(),
+    };
+    for_each_owned(owned, caches, &mut differing);
+    differing.found
+}
+
+/// What is done with each owned object, given the store that caches it and its
+/// [`OwnedObject`] variant.
+trait EachOwned {
+    fn object<K, C>(&mut self, store: &Store<C>, desired: &K, wrap: fn(K) -> OwnedObject)
+    where
+        K: Resource + Serialize + Clone,
+        C: Resource<DynamicType = ()> + Clone + 'static;
+}
+
+/// Every owned object with the store that caches it, in the order a run comes up: the
+/// password and the entrypoint before the pods using them.
+fn for_each_owned(owned: &Owned, caches: &Caches, each: &mut impl EachOwned) {
     // Destructure without `..` so a new owned object cannot be forgotten here.
     let Owned {
         secret,
@@ -38,44 +72,23 @@ pub fn differing(owned: &Owned, namespace: &str, caches: &Caches) -> Vec<OwnedOb
         workers,
         master_job,
     } = owned;
-    // In the order a run comes up: the password and the entrypoint before the pods using them.
-    [
-        secret
-            .as_ref()
-            .and_then(|o| if_differs(&caches.secrets, namespace, o, OwnedObject::Secret)),
-        if_differs(
-            &caches.config_maps,
-            namespace,
-            config_map,
-            OwnedObject::ConfigMap,
-        ),
-        network_policy.as_ref().and_then(|o| {
-            if_differs(
-                &caches.network_policies,
-                namespace,
-                o,
-                OwnedObject::NetworkPolicy,
-            )
-        }),
-        redis_deployment
-            .as_ref()
-            .and_then(|o| if_differs(&caches.deployments, namespace, o, OwnedObject::Deployment)),
-        redis_service
-            .as_ref()
-            .and_then(|o| if_differs(&caches.services, namespace, o, OwnedObject::Service)),
-        if_differs(
-            &caches.deployments,
-            namespace,
-            workers,
-            OwnedObject::Deployment,
-        ),
-        master_job
-            .as_ref()
-            .and_then(|o| if_differs(&caches.jobs, namespace, o, OwnedObject::Job)),
-    ]
-    .into_iter()
-    .flatten()
-    .collect()
+    if let Some(o) = secret {
+        each.object(&caches.secrets, o, OwnedObject::Secret);
+    }
+    each.object(&caches.config_maps, config_map, OwnedObject::ConfigMap);
+    if let Some(o) = network_policy {
+        each.object(&caches.network_policies, o, OwnedObject::NetworkPolicy);
+    }
+    if let Some(o) = redis_deployment {
+        each.object(&caches.deployments, o, OwnedObject::Deployment);
+    }
+    if let Some(o) = redis_service {
+        each.object(&caches.services, o, OwnedObject::Service);
+    }
+    each.object(&caches.deployments, workers, OwnedObject::Deployment);
+    if let Some(o) = master_job {
+        each.object(&caches.jobs, o, OwnedObject::Job);
+    }
 }
 
 /// For each run (by uid), what the owned objects were built from and compared with the last
@@ -134,33 +147,31 @@ impl Settled {
 }
 
 /// The resource versions of the cached copies of the owned objects (`None` where not cached).
-fn cached_versions(owned: &Owned, namespace: &str, caches: &Caches) -> [Option<String>; 7] {
-    fn version<K, D>(store: &Store<K>, namespace: &str, desired: Option<&D>) -> Option<String>
-    where
-        K: Resource<DynamicType = ()> + Clone + 'static,
-        D: Resource,
-    {
-        let name = desired?.meta().name.as_deref()?;
-        cache::get(store, namespace, name)?.resource_version()
+fn cached_versions(owned: &Owned, namespace: &str, caches: &Caches) -> Vec<Option<String>> {
+    struct Versions<'a> {
+        namespace: &'a str,
+        found: Vec<Option<String>>,
     }
-    let Owned {
-        secret,
-        config_map,
-        redis_deployment,
-        redis_service,
-        network_policy,
-        workers,
-        master_job,
-    } = owned;
-    [
-        version(&caches.secrets, namespace, secret.as_ref()),
-        version(&caches.config_maps, namespace, Some(config_map)),
-        version(&caches.network_policies, namespace, network_policy.as_ref()),
-        version(&caches.deployments, namespace, redis_deployment.as_ref()),
-        version(&caches.services, namespace, redis_service.as_ref()),
-        version(&caches.deployments, namespace, Some(workers)),
-        version(&caches.jobs, namespace, master_job.as_ref()),
-    ]
+    impl EachOwned for Versions<'_> {
+        fn object<K, C>(&mut self, store: &Store<C>, desired: &K, _: fn(K) -> OwnedObject)
+        where
+            K: Resource + Serialize + Clone,
+            C: Resource<DynamicType = ()> + Clone + 'static,
+        {
+            let cached = desired
+                .meta()
+                .name
+                .as_deref()
+                .and_then(|name| cache::get(store, self.namespace, name));
+            self.found.push(cached.and_then(|c| c.resource_version()));
+        }
+    }
+    let mut versions = Versions {
+        namespace,
+        found: Vec::new(),
+    };
+    for_each_owned(owned, caches, &mut versions);
+    versions.found
 }
 
 /// `desired` with its hash annotation, when the cached copy in `store` is missing or holds
