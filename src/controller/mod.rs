@@ -52,6 +52,12 @@ pub struct ControllerArgs {
     /// repairs are written at once. The live figures are in the metrics meanwhile.
     #[arg(long, env = "ABC_STATUS_PROGRESS_SECONDS", default_value_t = 10)]
     pub status_progress_seconds: u64,
+    /// How often the Redis of a run without an analysis in it is read. A master's start is
+    /// heard at once all the same (Redis 6 or later); this bounds how late workers coming and
+    /// going show in the status of such a run. A Redis older than 6 is read every 5 s.
+    #[arg(long, env = "ABC_IDLE_READ_SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_read_seconds: u64,
     #[command(flatten)]
     pub external_metrics: crate::autoscaling::ExternalMetricsArgs,
     #[command(flatten)]
@@ -203,7 +209,12 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         settled: Default::default(),
         progress_interval: Duration::from_secs(args.status_progress_seconds),
         redis: redis.clone(),
-        pollers: progress_poller::Pollers::new(wake, runs_store.clone(), redis),
+        pollers: progress_poller::Pollers::new(
+            wake,
+            runs_store.clone(),
+            redis,
+            Duration::from_secs(args.idle_read_seconds),
+        ),
     });
 
     // Ready once the AbcRun watch has listed every run (not when the process starts): until

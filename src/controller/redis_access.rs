@@ -1,10 +1,12 @@
 //! Connections to each run's Redis, kept across reconciles (a reconnecting connection manager
-//! per run), with a short timeout so one unreachable Redis never holds up other runs.
+//! per run), with a short timeout so one unreachable Redis never holds up other runs. Each
+//! connection hears pyABC's messages where its Redis allows it ([`Publications`]): the run's
+//! poller waits on them.
 
-use crate::protocol::{self, Endpoint, ProtocolError, Repair, Snapshot};
+use crate::protocol::{self, Endpoint, ProtocolError, Publications, Repair, Snapshot};
 use redis::aio::ConnectionManager;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -15,6 +17,9 @@ pub struct RedisAccess {
     /// a new connection. Looked up on every poll of every run (a thousand times a second at
     /// 1,000 runs): a plain lock held for a map lookup and a comparison, never across an await.
     connections: Mutex<HashMap<String, (Endpoint, ConnectionManager)>>,
+    /// Keyed by run uid too; outlives a connection replaced for a new endpoint, so a poller
+    /// keeps hearing the run through it.
+    publications: Mutex<HashMap<String, Arc<Publications>>>,
 }
 
 impl RedisAccess {
@@ -28,7 +33,12 @@ impl RedisAccess {
         {
             return Ok(conn.clone());
         }
-        let conn = timeout(endpoint, protocol::connect(endpoint)).await?;
+        let publications = self.publications(run_uid);
+        let conn = timeout(
+            endpoint,
+            protocol::connect_listening(endpoint, &publications),
+        )
+        .await?;
         self.connections
             .lock()
             .unwrap()
@@ -71,8 +81,20 @@ impl RedisAccess {
         timeout(endpoint, protocol::clear_stale_analysis_lock(&mut conn)).await
     }
 
+    /// What the run's connection hears on pyABC's channel (whichever connection it has now
+    /// or gets later).
+    pub fn publications(&self, run_uid: &str) -> Arc<Publications> {
+        self.publications
+            .lock()
+            .unwrap()
+            .entry(run_uid.to_string())
+            .or_default()
+            .clone()
+    }
+
     pub fn forget(&self, run_uid: &str) {
         self.connections.lock().unwrap().remove(run_uid);
+        self.publications.lock().unwrap().remove(run_uid);
     }
 }
 

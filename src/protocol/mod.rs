@@ -46,6 +46,7 @@
 //! when it starts, so a container restart needs no repair from outside (one would race with
 //! the new process and fence it). Ids must be unique among live workers.
 
+mod connection;
 mod control;
 pub mod keys;
 mod liveness;
@@ -56,6 +57,7 @@ pub mod server_config;
 mod snapshot;
 pub mod worker_env;
 
+pub use connection::{Publications, connect, connect_listening};
 pub use control::{clear_stale_analysis_lock, reset_workers, stop};
 pub use liveness::Heartbeat;
 #[cfg(test)]
@@ -63,9 +65,7 @@ pub(crate) use liveness::test_support as liveness_test_support;
 pub use repair::{Repair, repair_lost_worker, repair_script_source};
 pub use snapshot::{Claim, Ledger, MasterStart, Mode, Resumed, Snapshot, StartOutcome};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, IntoConnectionInfo, RedisConnectionInfo, RedisError};
-use std::time::Duration;
+use redis::{ErrorKind, RedisError};
 
 /// The worker entrypoint the operator ships (mounted from a ConfigMap, or written to a file by
 /// the local runner and run with the image's python).
@@ -186,35 +186,6 @@ impl From<RedisError> for ProtocolError {
     fn from(err: RedisError) -> Self {
         ProtocolError::from_redis(err, "Redis")
     }
-}
-
-/// Connects to a run's Redis (auto-reconnecting) and checks that it answers with this
-/// password. Connection attempts time out after 5 s, commands after 10 s.
-pub async fn connect(endpoint: &Endpoint) -> Result<ConnectionManager, ProtocolError> {
-    let server = format!("Redis at {endpoint}");
-    let mut settings = RedisConnectionInfo::default();
-    if let Some(password) = &endpoint.password {
-        settings = settings.set_password(password);
-    }
-    let info = redis::ConnectionAddr::Tcp(endpoint.host.clone(), endpoint.port)
-        .into_connection_info()
-        .map_err(|err| ProtocolError::from_redis(err, &server))?
-        .set_redis_settings(settings);
-    let client =
-        redis::Client::open(info).map_err(|err| ProtocolError::from_redis(err, &server))?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(Duration::from_secs(10)))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(1));
-    let mut conn = ConnectionManager::new_with_config(client, config)
-        .await
-        .map_err(|err| ProtocolError::from_redis(err, &server))?;
-    let _: String = redis::cmd("PING")
-        .query_async(&mut conn)
-        .await
-        .map_err(|err| ProtocolError::from_redis(err, &server))?;
-    Ok(conn)
 }
 
 #[cfg(test)]

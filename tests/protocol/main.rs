@@ -9,6 +9,7 @@ mod chaos;
 mod entrypoint;
 mod errors;
 mod lost_workers;
+mod publications;
 mod redis_server;
 mod repair_rules;
 mod scripts;

@@ -1,0 +1,125 @@
+//! A run's connection hears pyABC's `abc_msg_pubsub` on the connection its commands use
+//! (RESP3), again after its Redis restarts; a Redis that cannot speak RESP3 is still read.
+
+use crate::support::redis::{connect, server, snapshot};
+use abc_operator::local::redis_server::{RedisServer, RedisServerOptions};
+use abc_operator::protocol::{self, Publications, keys};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Publishes pyABC's `start`, as a master does at every generation.
+async fn publish_start(redis: &RedisServer) {
+    let mut other = connect(redis).await;
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(keys::MSG)
+        .arg(keys::START)
+        .query_async(&mut other)
+        .await
+        .unwrap();
+}
+
+async fn heard_once(publications: &Publications, what: &str) {
+    tokio::time::timeout(Duration::from_secs(10), publications.heard())
+        .await
+        .unwrap_or_else(|_| panic!("{what} not heard within 10 s"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_is_heard_on_the_connection_that_reads_the_run_also_after_a_restart() {
+    let mut redis = server();
+    let publications = Arc::new(Publications::default());
+    let mut conn = protocol::connect_listening(&redis.endpoint(), &publications)
+        .await
+        .unwrap();
+    assert!(publications.subscribed());
+    heard_once(&publications, "the subscription").await;
+
+    publish_start(&redis).await;
+    heard_once(&publications, "a start").await;
+    // The same connection still answers commands, with the replies RESP2 gives.
+    let _: () = redis::pipe()
+        .set(keys::ANALYSIS_ID, "ana")
+        .set("generation_ana", 3)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let snap = snapshot(&mut conn).await;
+    assert_eq!(snap.analysis_id.as_deref(), Some("ana"));
+    assert_eq!(snap.generation, Some(3));
+
+    // Redis restarts (same port and password, empty): the connection subscribes again by
+    // itself, and says so, since a start may have been missed while it was away.
+    let options = RedisServerOptions {
+        port: Some(redis.port()),
+        password: Some(redis.password().to_string()),
+        ..RedisServerOptions::default()
+    };
+    redis.stop().unwrap();
+    let redis = RedisServer::start(options).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        // a read fails, and makes the connection reconnect
+        while protocol::Snapshot::read(&mut conn).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the connection reads again within 30 s of the restart");
+    heard_once(&publications, "the resubscription").await;
+    let mut other = connect(&redis).await;
+    let (_, subscribers): (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(keys::MSG)
+        .query_async(&mut other)
+        .await
+        .unwrap();
+    assert_eq!(subscribers, 1, "subscribed again after the restart");
+    publish_start(&redis).await;
+    heard_once(&publications, "a start after the restart").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_without_resp3_is_read_but_not_heard() {
+    // Redis 5 and older have no HELLO; here it is renamed away, which they answer alike.
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("redis-server-without-hello");
+    std::fs::write(
+        &program,
+        "#!/bin/sh\nexec redis-server \"$1\" --rename-command HELLO \"\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let redis = RedisServer::start(RedisServerOptions {
+        program,
+        ..RedisServerOptions::default()
+    })
+    .unwrap();
+    let publications = Arc::new(Publications::default());
+    let mut conn = protocol::connect_listening(&redis.endpoint(), &publications)
+        .await
+        .unwrap();
+    assert!(!publications.subscribed());
+    let _: () = redis::cmd("SET")
+        .arg(keys::ANALYSIS_ID)
+        .arg("ana")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        snapshot(&mut conn).await.analysis_id.as_deref(),
+        Some("ana")
+    );
+    // and a wrong password is still named as such, not as a protocol problem
+    let mut endpoint = redis.endpoint();
+    endpoint.password = Some("not-the-password".into());
+    let err = protocol::connect_listening(&endpoint, &publications)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, protocol::ProtocolError::WrongPassword { .. }),
+        "{err:?}"
+    );
+}
