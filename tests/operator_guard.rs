@@ -78,6 +78,36 @@ async fn an_unreadable_run_is_reported_and_skipped_while_the_others_reconcile() 
         note.contains("status.conditions[0].lastTransitionTime"),
         "{note}"
     );
+    // Changed and still unreadable: reported again, as a repeat of the same Event (a series
+    // of 2 on the first Event, not a second Event).
+    let out = kubectl()
+        .args(["patch", "abcrun", "broken", "-n", &ns.name, "--type=merge"])
+        .args(["-p", r#"{"spec":{"workers":{"replicas":2}}}"#])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let on_broken = || async {
+        events_with_reason(&client, &ns.name, UNREADABLE_REASON)
+            .await
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("broken"))
+            .collect::<Vec<_>>()
+    };
+    eventually(30, "the repeat counted on the first Event", || async {
+        let events = on_broken().await;
+        (events
+            .iter()
+            .any(|e| e.series.as_ref().is_some_and(|s| s.count == 2)))
+        .then_some(())
+    })
+    .await;
+    let events = on_broken().await;
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0].metadata.name, event.metadata.name);
     // Synced (with a run it cannot read among them): ready.
     let readyz = eventually(10, "/readyz to turn ready", || async {
         let answer = controller.get("/readyz").await?;

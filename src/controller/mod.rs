@@ -4,6 +4,7 @@
 mod apply;
 mod cache;
 mod decide;
+mod events;
 mod guard;
 mod leader;
 mod per_run;
@@ -24,7 +25,7 @@ use crate::metrics::{ErrorLabels, Metrics};
 use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -98,9 +99,7 @@ impl Error {
 pub struct Context {
     pub client: Client,
     /// Publishes the run's Events; one for all reconciles, so that repeats fold into series.
-    pub recorder: Recorder,
-    /// Who publishes the Events (for Events that must not fold, see `publish_unfolded`).
-    pub reporter: Reporter,
+    pub events: events::EventPublisher,
     pub metrics: Arc<Metrics>,
     /// Each run's demand, for the autoscaling endpoints.
     pub demand: Arc<DemandBoard>,
@@ -195,8 +194,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let redis = Arc::new(RedisAccess::default());
     let ctx = Arc::new(Context {
         client: client.clone(),
-        recorder: Recorder::new(client.clone(), reporter.clone()),
-        reporter,
+        events: events::EventPublisher::new(client.clone(), reporter),
         metrics: metrics.clone(),
         demand: demand.clone(),
         build_settings: crate::resources::BuildSettings {
@@ -338,7 +336,7 @@ async fn reconcile_guarded(run: Arc<GuardedRun>, ctx: Arc<Context>) -> Result<Ac
                     error: "unreadable".into(),
                 })
                 .inc();
-            let type_ = kube::runtime::events::EventType::Warning;
+            let type_ = events::EventType::Warning;
             ctx.publish(run.as_ref(), type_, UNREADABLE_REASON, unreadable.note())
                 .await;
             Ok(Action::await_change())
@@ -368,7 +366,7 @@ fn error_policy(run: Arc<GuardedRun>, err: &Error, ctx: Arc<Context>) -> Action 
         _ => None,
     };
     tokio::spawn(async move {
-        let type_ = kube::runtime::events::EventType::Warning;
+        let type_ = events::EventType::Warning;
         match related {
             Some(object) => {
                 ctx.publish_about(run2.as_ref(), type_, "ReconcileError", message, object)

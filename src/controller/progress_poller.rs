@@ -232,8 +232,9 @@ async fn poll(
             redis.forget(&of.uid);
             return;
         }
-        let reading = redis
-            .snapshot(&of.uid, &of.endpoint)
+        // Boxed: the read (and the connecting it may need) is most of this future's size,
+        // which every poller would otherwise hold all the time, also while it sleeps.
+        let reading = Box::pin(redis.snapshot(&of.uid, &of.endpoint))
             .await
             .map_err(|err| err.to_string());
         idle = matches!(&reading, Ok(snapshot) if snapshot.analysis_id.is_none());

@@ -5,6 +5,7 @@
 
 use super::cache::{self, Caches};
 use super::decide::{self, ClusterView, Password, RedisReading};
+use super::events::{EventType, RunEvent};
 use super::pod_index::WatchedPod;
 use super::status::{self, Observed, StatusWrite};
 use super::workers::WorkerAction;
@@ -18,7 +19,6 @@ use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -344,9 +344,9 @@ async fn handle_workers(
     failed_delete.map_or(Ok(()), Err)
 }
 
-/// A reference to a pod of the run, as an Event's related object. Without uid or
-/// resourceVersion: a lost pod may be gone, and the Recorder compares references whole, so the
-/// same pod must always give the same reference.
+/// A reference to a pod of the run, as an Event's related object. Without uid: a lost pod may
+/// be gone, and repeats about the same pod must give the same reference to fold into one
+/// series (`events::series_key`).
 fn pod_reference(namespace: &str, pod: &str) -> ObjectReference {
     ObjectReference {
         api_version: Some("v1".into()),
@@ -656,30 +656,13 @@ fn next_poll(status: &crate::api::AbcRunStatus, user_problem: bool) -> Duration 
     }
 }
 
-/// The API server refuses an Event whose note is longer than this (in bytes).
-const MAX_NOTE_BYTES: usize = 1024;
-
-/// `note`, cut at a character boundary to what the API server accepts.
-fn within_note_limit(mut note: String) -> String {
-    if note.len() <= MAX_NOTE_BYTES {
-        return note;
-    }
-    let mut end = MAX_NOTE_BYTES - '…'.len_utf8();
-    while !note.is_char_boundary(end) {
-        end -= 1;
-    }
-    note.truncate(end);
-    note.push('…');
-    note
-}
-
 impl Context {
     /// Publishes an Event on the run; failures to publish are logged, never fatal.
     ///
-    /// kube's Recorder folds Events with the same type, reason, action and objects (within
-    /// 6 minutes) into one series that keeps the first note: use this for news that is the
-    /// same each time it repeats (a phase, a reconcile error), and [`Context::publish_about`]
-    /// when the Event concerns one object among several.
+    /// Events with the same type, reason and objects (within 6 minutes) fold into one series
+    /// that keeps the first note: use this for news that is the same each time it repeats (a
+    /// phase, a reconcile error), and [`Context::publish_about`] when the Event concerns one
+    /// object among several.
     pub async fn publish(
         &self,
         run: &impl Resource<DynamicType = ()>,
@@ -687,7 +670,17 @@ impl Context {
         reason: &str,
         note: String,
     ) {
-        self.publish_event(run, type_, reason, note, None).await;
+        self.publish_event(
+            run,
+            RunEvent {
+                type_,
+                reason,
+                note,
+                related: None,
+            },
+            true,
+        )
+        .await;
     }
 
     /// Publishes an Event on the run about `related` (e.g. the worker pod that was lost), so
@@ -701,13 +694,22 @@ impl Context {
         note: String,
         related: ObjectReference,
     ) {
-        self.publish_event(run, type_, reason, note, Some(related))
-            .await;
+        let related = Some(related);
+        self.publish_event(
+            run,
+            RunEvent {
+                type_,
+                reason,
+                note,
+                related,
+            },
+            true,
+        )
+        .await;
     }
 
     /// Publishes an Event that never folds into an earlier one: for news whose note differs
-    /// each time under the same reason and objects (e.g. which generation completed), which
-    /// the shared Recorder would fold into a series showing only the first.
+    /// each time under the same reason and objects (e.g. which generation completed).
     pub async fn publish_unfolded(
         &self,
         run: &impl Resource<DynamicType = ()>,
@@ -715,51 +717,27 @@ impl Context {
         reason: &str,
         note: String,
     ) {
-        // A Recorder's series cache is its own: a fresh one has nothing to fold into.
-        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
-        publish_with(&recorder, run, event(type_, reason, note, None)).await;
+        self.publish_event(
+            run,
+            RunEvent {
+                type_,
+                reason,
+                note,
+                related: None,
+            },
+            false,
+        )
+        .await;
     }
 
     async fn publish_event(
         &self,
         run: &impl Resource<DynamicType = ()>,
-        type_: EventType,
-        reason: &str,
-        note: String,
-        related: Option<ObjectReference>,
+        event: RunEvent<'_>,
+        fold: bool,
     ) {
-        publish_with(&self.recorder, run, event(type_, reason, note, related)).await;
-    }
-}
-
-fn event(type_: EventType, reason: &str, note: String, related: Option<ObjectReference>) -> Event {
-    Event {
-        type_,
-        reason: reason.into(),
-        note: Some(within_note_limit(note)),
-        action: "Reconcile".into(),
-        secondary: related,
-    }
-}
-
-async fn publish_with(recorder: &Recorder, run: &impl Resource<DynamicType = ()>, event: Event) {
-    if let Err(err) = recorder.publish(&event, &run.object_ref(&())).await {
-        tracing::warn!(run = %run.name_any(), error = %err, "publishing an event failed");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn long_notes_are_cut_to_what_the_api_server_accepts() {
-        // Many repaired processes of one pod, with a multi-byte character at the cut.
-        let note = format!("{}é{}", "a".repeat(MAX_NOTE_BYTES - 2), "b".repeat(500));
-        let cut = within_note_limit(note);
-        assert!(cut.len() <= MAX_NOTE_BYTES, "{}", cut.len());
-        assert!(cut.ends_with('…'));
-        let short = "worker pod w1 was lost".to_string();
-        assert_eq!(within_note_limit(short.clone()), short);
+        if let Err(err) = self.events.publish(run, event, fold).await {
+            tracing::warn!(run = %run.name_any(), error = %err, "publishing an event failed");
+        }
     }
 }
