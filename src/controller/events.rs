@@ -80,17 +80,26 @@ impl EventPublisher {
         let key = fold.then(|| series_key(&event, &regarding));
         let repeat = key.and_then(|key| self.series.lock().unwrap().repeat(key, Instant::now()));
         let now = MicroTime(Timestamp::now());
-        let count = repeat.as_ref().map_or(1, |r| r.count);
-        let name = match repeat {
+        let patched = match &repeat {
             Some(Repeat { name, count }) => {
                 let series = serde_json::json!({"series": EventSeries {
-                    count,
-                    last_observed_time: now,
+                    count: *count,
+                    last_observed_time: now.clone(),
                 }});
-                api.patch(&name, &PatchParams::default(), &Patch::Merge(&series))
-                    .await?;
-                name
+                match api
+                    .patch(name, &PatchParams::default(), &Patch::Merge(&series))
+                    .await
+                {
+                    Ok(_) => Some((name.clone(), *count)),
+                    // deleted meanwhile (by its TTL or someone): the repeat starts a new series
+                    Err(kube::Error::Api(status)) if status.code == 404 => None,
+                    Err(err) => return Err(err),
+                }
             }
+            None => None,
+        };
+        let (name, count) = match patched {
+            Some(patched) => patched,
             None => {
                 let name = format!("{}.{:x}", run.name_any(), now.0.as_nanosecond());
                 api.create(
@@ -98,7 +107,7 @@ impl EventPublisher {
                     &self.new_event(&name, event, regarding, now),
                 )
                 .await?;
-                name
+                (name, 1)
             }
         };
         if let Some(key) = key {
