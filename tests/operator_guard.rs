@@ -18,6 +18,21 @@ fn run(name: &str) -> AbcRun {
     .unwrap()
 }
 
+/// `kubectl patch abcrun broken --type=merge -p patch`, as a user would; it must be accepted.
+fn merge_patch(namespace: &str, extra: &[&str], patch: &str) {
+    let out = kubectl()
+        .args(["patch", "abcrun", "broken", "-n", namespace, "--type=merge"])
+        .args(extra)
+        .args(["-p", patch])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the API server refused {patch}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test]
 async fn an_unreadable_run_is_reported_and_skipped_while_the_others_reconcile() {
     install_crd();
@@ -33,26 +48,10 @@ async fn an_unreadable_run_is_reported_and_skipped_while_the_others_reconcile() 
     // Kubernetes' Time type does not. A status writer (a user's `kubectl patch`, another
     // tool) can so store an object that does not deserialize.
     let condition = r#"{"type":"X","status":"True","reason":"R","message":"m","lastTransitionTime":"2025-01-01T00:00:00.1234567891Z"}"#;
-    let out = kubectl()
-        .args([
-            "patch",
-            "abcrun",
-            "broken",
-            "-n",
-            &ns.name,
-            "--subresource=status",
-        ])
-        .args([
-            "--type=merge",
-            "-p",
-            &format!(r#"{{"status":{{"conditions":[{condition}]}}}}"#),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the API server refused the status: {}",
-        String::from_utf8_lossy(&out.stderr)
+    merge_patch(
+        &ns.name,
+        &["--subresource=status"],
+        &format!(r#"{{"status":{{"conditions":[{condition}]}}}}"#),
     );
     assert!(
         runs.get("broken").await.is_err(),
@@ -80,16 +79,7 @@ async fn an_unreadable_run_is_reported_and_skipped_while_the_others_reconcile() 
     );
     // Changed and still unreadable: reported again, as a repeat of the same Event (a series
     // of 2 on the first Event, not a second Event).
-    let out = kubectl()
-        .args(["patch", "abcrun", "broken", "-n", &ns.name, "--type=merge"])
-        .args(["-p", r#"{"spec":{"workers":{"replicas":2}}}"#])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    merge_patch(&ns.name, &[], r#"{"spec":{"workers":{"replicas":2}}}"#);
     let on_broken = || async {
         events_with_reason(&client, &ns.name, UNREADABLE_REASON)
             .await

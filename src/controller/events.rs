@@ -7,12 +7,13 @@
 //! a repeat needs (the Event's name, its count, when it was last seen) under a hash of what
 //! makes two Events the same, and the map shrinks again once its series are over.
 
+use super::Context;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::{Event, EventSeries};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::events::Reporter;
+use kube::runtime::events::{EventType, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -21,33 +22,18 @@ use std::time::{Duration, Instant};
 
 /// How long after an Event a repeat of it still folds into its series (kube's Recorder: 6
 /// minutes).
-pub const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
+const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
 /// The API server refuses an Event whose note is longer.
 const MAX_NOTE_BYTES: usize = 1024;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EventType {
-    Normal,
-    Warning,
-}
-
-impl EventType {
-    fn as_str(self) -> &'static str {
-        match self {
-            EventType::Normal => "Normal",
-            EventType::Warning => "Warning",
-        }
-    }
-}
-
 /// One Event to publish about a run.
-pub struct RunEvent<'a> {
-    pub type_: EventType,
-    pub reason: &'a str,
-    pub note: String,
+struct RunEvent<'a> {
+    type_: EventType,
+    reason: &'a str,
+    note: String,
     /// The object among the run's several that the Event concerns (e.g. a lost worker pod):
     /// Events about different objects are different series.
-    pub related: Option<ObjectReference>,
+    related: Option<ObjectReference>,
 }
 
 /// Publishes Events for the controller; one for all reconciles, so that repeats fold.
@@ -68,7 +54,7 @@ impl EventPublisher {
 
     /// Publishes `event` on `run`, as a repeat of the same Event within [`SERIES_WINDOW`] when
     /// there is one (its note stays the first one's), unless `fold` is false.
-    pub async fn publish(
+    async fn publish(
         &self,
         run: &impl Resource<DynamicType = ()>,
         event: RunEvent<'_>,
@@ -136,7 +122,13 @@ impl EventPublisher {
             action: Some("Reconcile".into()),
             reason: Some(event.reason.to_string()),
             note: Some(within_note_limit(event.note)),
-            type_: Some(event.type_.as_str().into()),
+            type_: Some(
+                match event.type_ {
+                    EventType::Normal => "Normal",
+                    EventType::Warning => "Warning",
+                }
+                .into(),
+            ),
             event_time: Some(now),
             regarding: Some(regarding),
             related: event.related,
@@ -148,6 +140,73 @@ impl EventPublisher {
             ),
             reporting_controller: Some(controller),
             ..Event::default()
+        }
+    }
+}
+
+impl Context {
+    /// Publishes an Event on the run; failures to publish are logged, never fatal.
+    ///
+    /// Events with the same type, reason and objects (within 6 minutes) fold into one series
+    /// that keeps the first note: use this for news that is the same each time it repeats (a
+    /// phase, a reconcile error), and [`Context::publish_about`] when the Event concerns one
+    /// object among several.
+    pub async fn publish(
+        &self,
+        run: &impl Resource<DynamicType = ()>,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        self.publish_event(run, type_, reason, note, None, true)
+            .await;
+    }
+
+    /// Publishes an Event on the run about `related` (e.g. the worker pod that was lost), so
+    /// that Events about different objects stay apart while a repeat about the same object
+    /// still folds into its series.
+    pub async fn publish_about(
+        &self,
+        run: &impl Resource<DynamicType = ()>,
+        type_: EventType,
+        reason: &str,
+        note: String,
+        related: ObjectReference,
+    ) {
+        self.publish_event(run, type_, reason, note, Some(related), true)
+            .await;
+    }
+
+    /// Publishes an Event that never folds into an earlier one: for news whose note differs
+    /// each time under the same reason and objects (e.g. which generation completed).
+    pub async fn publish_unfolded(
+        &self,
+        run: &impl Resource<DynamicType = ()>,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        self.publish_event(run, type_, reason, note, None, false)
+            .await;
+    }
+
+    async fn publish_event(
+        &self,
+        run: &impl Resource<DynamicType = ()>,
+        type_: EventType,
+        reason: &str,
+        note: String,
+        related: Option<ObjectReference>,
+        fold: bool,
+    ) {
+        let event = RunEvent {
+            type_,
+            reason,
+            note,
+            related,
+        };
+        if let Err(err) = self.events.publish(run, event, fold).await {
+            tracing::warn!(run = %run.name_any(), error = %err, "publishing an event failed");
         }
     }
 }
@@ -166,7 +225,7 @@ fn series_key(event: &RunEvent<'_>, regarding: &ObjectReference) -> u64 {
 }
 
 /// `note`, cut at a character boundary to what the API server accepts.
-pub fn within_note_limit(mut note: String) -> String {
+fn within_note_limit(mut note: String) -> String {
     if note.len() <= MAX_NOTE_BYTES {
         return note;
     }

@@ -336,7 +336,7 @@ async fn reconcile_guarded(run: Arc<GuardedRun>, ctx: Arc<Context>) -> Result<Ac
                     error: "unreadable".into(),
                 })
                 .inc();
-            let type_ = events::EventType::Warning;
+            let type_ = kube::runtime::events::EventType::Warning;
             ctx.publish(run.as_ref(), type_, UNREADABLE_REASON, unreadable.note())
                 .await;
             Ok(Action::await_change())
@@ -366,7 +366,7 @@ fn error_policy(run: Arc<GuardedRun>, err: &Error, ctx: Arc<Context>) -> Action 
         _ => None,
     };
     tokio::spawn(async move {
-        let type_ = events::EventType::Warning;
+        let type_ = kube::runtime::events::EventType::Warning;
         match related {
             Some(object) => {
                 ctx.publish_about(run2.as_ref(), type_, "ReconcileError", message, object)

@@ -5,7 +5,6 @@
 
 use super::cache::{self, Caches};
 use super::decide::{self, ClusterView, Password, RedisReading};
-use super::events::{EventType, RunEvent};
 use super::pod_index::WatchedPod;
 use super::status::{self, Observed, StatusWrite};
 use super::workers::WorkerAction;
@@ -19,6 +18,7 @@ use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -653,91 +653,5 @@ fn next_poll(status: &crate::api::AbcRunStatus, user_problem: bool) -> Duration 
             POLL_RUNNING
         }
         _ => POLL_IDLE,
-    }
-}
-
-impl Context {
-    /// Publishes an Event on the run; failures to publish are logged, never fatal.
-    ///
-    /// Events with the same type, reason and objects (within 6 minutes) fold into one series
-    /// that keeps the first note: use this for news that is the same each time it repeats (a
-    /// phase, a reconcile error), and [`Context::publish_about`] when the Event concerns one
-    /// object among several.
-    pub async fn publish(
-        &self,
-        run: &impl Resource<DynamicType = ()>,
-        type_: EventType,
-        reason: &str,
-        note: String,
-    ) {
-        self.publish_event(
-            run,
-            RunEvent {
-                type_,
-                reason,
-                note,
-                related: None,
-            },
-            true,
-        )
-        .await;
-    }
-
-    /// Publishes an Event on the run about `related` (e.g. the worker pod that was lost), so
-    /// that Events about different objects stay apart while a repeat about the same object
-    /// still folds into its series.
-    pub async fn publish_about(
-        &self,
-        run: &impl Resource<DynamicType = ()>,
-        type_: EventType,
-        reason: &str,
-        note: String,
-        related: ObjectReference,
-    ) {
-        let related = Some(related);
-        self.publish_event(
-            run,
-            RunEvent {
-                type_,
-                reason,
-                note,
-                related,
-            },
-            true,
-        )
-        .await;
-    }
-
-    /// Publishes an Event that never folds into an earlier one: for news whose note differs
-    /// each time under the same reason and objects (e.g. which generation completed).
-    pub async fn publish_unfolded(
-        &self,
-        run: &impl Resource<DynamicType = ()>,
-        type_: EventType,
-        reason: &str,
-        note: String,
-    ) {
-        self.publish_event(
-            run,
-            RunEvent {
-                type_,
-                reason,
-                note,
-                related: None,
-            },
-            false,
-        )
-        .await;
-    }
-
-    async fn publish_event(
-        &self,
-        run: &impl Resource<DynamicType = ()>,
-        event: RunEvent<'_>,
-        fold: bool,
-    ) {
-        if let Err(err) = self.events.publish(run, event, fold).await {
-            tracing::warn!(run = %run.name_any(), error = %err, "publishing an event failed");
-        }
     }
 }

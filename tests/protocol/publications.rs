@@ -18,7 +18,8 @@ async fn publish_start(redis: &RedisServer) {
         .unwrap();
 }
 
-async fn heard_once(publications: &Publications, what: &str) {
+/// Waits (bounded) until the connection heard something.
+async fn wait_heard(publications: &Publications, what: &str) {
     tokio::time::timeout(Duration::from_secs(10), publications.heard())
         .await
         .unwrap_or_else(|_| panic!("{what} not heard within 10 s"));
@@ -32,10 +33,10 @@ async fn a_start_is_heard_on_the_connection_that_reads_the_run_also_after_a_rest
         .await
         .unwrap();
     assert!(publications.subscribed());
-    heard_once(&publications, "the subscription").await;
+    wait_heard(&publications, "the subscription").await;
 
     publish_start(&redis).await;
-    heard_once(&publications, "a start").await;
+    wait_heard(&publications, "a start").await;
     // The same connection still answers commands, with the replies RESP2 gives.
     let _: () = redis::pipe()
         .set(keys::ANALYSIS_ID, "ana")
@@ -64,7 +65,7 @@ async fn a_start_is_heard_on_the_connection_that_reads_the_run_also_after_a_rest
     })
     .await
     .expect("the connection reads again within 30 s of the restart");
-    heard_once(&publications, "the resubscription").await;
+    wait_heard(&publications, "the resubscription").await;
     let mut other = connect(&redis).await;
     let (_, subscribers): (String, i64) = redis::cmd("PUBSUB")
         .arg("NUMSUB")
@@ -74,7 +75,7 @@ async fn a_start_is_heard_on_the_connection_that_reads_the_run_also_after_a_rest
         .unwrap();
     assert_eq!(subscribers, 1, "subscribed again after the restart");
     publish_start(&redis).await;
-    heard_once(&publications, "a start after the restart").await;
+    wait_heard(&publications, "a start after the restart").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
