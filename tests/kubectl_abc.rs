@@ -22,7 +22,7 @@ fn kubectl_abc(args: &[&str]) -> (bool, String, String) {
 }
 
 /// A generation in progress, written as pyABC's master and workers write it.
-async fn write_generation(conn: &mut redis::aio::ConnectionManager) {
+async fn write_generation(conn: &mut abc_operator::protocol::Connection) {
     let ana = "3f1c";
     let _: () = conn.set("analysis_id", ana).await.unwrap();
     let _: () = conn.set(format!("generation_{ana}"), 2).await.unwrap();

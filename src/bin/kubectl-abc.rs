@@ -104,7 +104,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect_url(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
+async fn connect_url(url: &str) -> anyhow::Result<protocol::Connection> {
     let info: redis::ConnectionInfo = url
         .parse()
         .with_context(|| format!("--redis {url:?} is not a redis:// URL"))?;
@@ -125,10 +125,7 @@ async fn connect_url(url: &str) -> anyhow::Result<redis::aio::ConnectionManager>
 async fn connect_run(
     name: &str,
     namespace: Option<&str>,
-) -> anyhow::Result<(
-    redis::aio::ConnectionManager,
-    Option<tokio::task::JoinHandle<()>>,
-)> {
+) -> anyhow::Result<(protocol::Connection, Option<tokio::task::JoinHandle<()>>)> {
     let client = Client::try_default()
         .await
         .context("cannot reach the Kubernetes API")?;

@@ -1,10 +1,9 @@
-//! Connections to each run's Redis, kept across reconciles (a reconnecting connection manager
-//! per run), with a short timeout so one unreachable Redis never holds up other runs. Each
+//! Connections to each run's Redis, kept across reconciles (one reconnecting connection per
+//! run), with a short timeout so one unreachable Redis never holds up other runs. Each
 //! connection hears pyABC's messages where its Redis allows it ([`Publications`]): the run's
 //! poller waits on them.
 
-use crate::protocol::{self, Endpoint, ProtocolError, Publications, Repair, Snapshot};
-use redis::aio::ConnectionManager;
+use crate::protocol::{self, Connection, Endpoint, ProtocolError, Publications, Repair, Snapshot};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +15,7 @@ pub struct RedisAccess {
     /// Keyed by run uid; the endpoint is part of the entry so a changed Secret or address opens
     /// a new connection. Looked up on every poll of every run (a thousand times a second at
     /// 1,000 runs): a plain lock held for a map lookup and a comparison, never across an await.
-    connections: Mutex<HashMap<String, (Endpoint, ConnectionManager)>>,
+    connections: Mutex<HashMap<String, (Endpoint, Connection)>>,
     /// Keyed by run uid too; outlives a connection replaced for a new endpoint, so a poller
     /// keeps hearing the run through it.
     publications: Mutex<HashMap<String, Arc<Publications>>>,
@@ -27,7 +26,7 @@ impl RedisAccess {
         &self,
         run_uid: &str,
         endpoint: &Endpoint,
-    ) -> Result<ConnectionManager, ProtocolError> {
+    ) -> Result<Connection, ProtocolError> {
         if let Some((known, conn)) = self.connections.lock().unwrap().get(run_uid)
             && known == endpoint
         {

@@ -95,8 +95,9 @@ impl LocalRedis {
     }
 }
 
-/// The runner's connection (reconnects by itself if Redis restarts or a command times out).
-pub type Conn = redis::aio::ConnectionManager;
+/// The runner's connection (connects again at the next command after Redis restarts or a
+/// command times out).
+pub type Conn = protocol::Connection;
 
 /// One poll: the progress counters and the ledgers (for heartbeat checks and repairs).
 pub async fn snapshot(conn: &mut Conn) -> Result<Snapshot, String> {

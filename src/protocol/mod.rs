@@ -48,6 +48,7 @@
 
 mod connection;
 mod control;
+mod frame;
 pub mod keys;
 mod liveness;
 mod progress;
@@ -57,7 +58,7 @@ pub mod server_config;
 mod snapshot;
 pub mod worker_env;
 
-pub use connection::{Publications, connect, connect_listening};
+pub use connection::{Connection, Publications, connect, connect_listening};
 pub use control::{clear_stale_analysis_lock, reset_workers, stop};
 pub use liveness::Heartbeat;
 #[cfg(test)]

@@ -17,11 +17,11 @@
 use crate::support::python::{Proc, master, python, worker};
 use crate::support::redis::{connect, server, snapshot};
 use crate::{subdir, violated_invariant};
+use abc_operator::protocol::Connection;
 use abc_operator::protocol::{Ledger, Snapshot, repair_lost_worker};
 use nix::sys::signal::Signal;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use redis::aio::ConnectionManager;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -100,7 +100,7 @@ fn seeded_rng(name: &str) -> (u64, StdRng) {
 
 /// Samples snapshots until told to stop; returns how many, or the first broken invariant.
 fn spawn_monitor(
-    mut conn: ConnectionManager,
+    mut conn: Connection,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<Result<usize, String>> {
     tokio::spawn(async move {
@@ -342,8 +342,8 @@ impl Chaos {
         id: &str,
         victim: &mut Proc,
         generation: Option<i64>,
-        conn: &mut ConnectionManager,
-        rival: &mut ConnectionManager,
+        conn: &mut Connection,
+        rival: &mut Connection,
     ) -> Kill {
         victim.signal(Signal::SIGKILL);
         let status = victim.wait(Duration::from_secs(10));

@@ -271,7 +271,7 @@ async fn worker_processes_hold_at_most_the_documented_connections() {
 }
 
 /// `CLIENT LIST`, one line per client.
-async fn clients(conn: &mut redis::aio::ConnectionManager) -> Vec<String> {
+async fn clients(conn: &mut abc_operator::protocol::Connection) -> Vec<String> {
     let list: String = redis::cmd("CLIENT")
         .arg("LIST")
         .query_async(conn)
@@ -282,7 +282,10 @@ async fn clients(conn: &mut redis::aio::ConnectionManager) -> Vec<String> {
 
 /// The client list once it has at most `limit` clients (closed connections take Redis a
 /// moment to notice); panics with the list after 10 s.
-async fn workers_settled(conn: &mut redis::aio::ConnectionManager, limit: usize) -> Vec<String> {
+async fn workers_settled(
+    conn: &mut abc_operator::protocol::Connection,
+    limit: usize,
+) -> Vec<String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let list = clients(conn).await;
@@ -343,7 +346,7 @@ async fn a_burst_of_start_messages_is_handled_once() {
     );
 }
 
-async fn wait_subscribed(conn: &mut redis::aio::ConnectionManager, workers: i64) {
+async fn wait_subscribed(conn: &mut abc_operator::protocol::Connection, workers: i64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let (_, n): (String, i64) = redis::cmd("PUBSUB")
@@ -361,7 +364,7 @@ async fn wait_subscribed(conn: &mut redis::aio::ConnectionManager, workers: i64)
 }
 
 /// GET commands Redis has run so far (`INFO commandstats`).
-async fn get_calls(conn: &mut redis::aio::ConnectionManager) -> i64 {
+async fn get_calls(conn: &mut abc_operator::protocol::Connection) -> i64 {
     let stats: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(conn)

@@ -11,10 +11,10 @@ use crate::support::python::{Proc, manager, master, worker};
 use crate::support::redis::{connect, server, snapshot, wait_for};
 use crate::{check_invariants, ledger, run_to_end, subdir};
 use abc_operator::local::redis_server::RedisServer;
+use abc_operator::protocol::Connection;
 use abc_operator::protocol::{Endpoint, Mode, Repair, Snapshot, repair_lost_worker, reset_workers};
 use nix::sys::signal::Signal;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
@@ -37,7 +37,7 @@ enum Hang {
 struct LostWorker {
     _redis: RedisServer,
     endpoint: Endpoint,
-    conn: ConnectionManager,
+    conn: Connection,
     root: TempDir,
     master: Proc,
     victim: Proc,

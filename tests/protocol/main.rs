@@ -16,9 +16,9 @@ mod scripts;
 #[path = "../support/mod.rs"]
 mod support;
 
+use abc_operator::protocol::Connection;
 use abc_operator::protocol::{self, Ledger, Snapshot};
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -98,7 +98,7 @@ struct Seen {
 }
 
 /// Polls snapshots (checking the invariants) until the master exits; it must succeed.
-async fn run_to_end(conn: &mut ConnectionManager, master: &mut Proc) -> Seen {
+async fn run_to_end(conn: &mut Connection, master: &mut Proc) -> Seen {
     let start = Instant::now();
     let mut seen = Seen::default();
     loop {
@@ -130,13 +130,13 @@ async fn run_to_end(conn: &mut ConnectionManager, master: &mut Proc) -> Seen {
 }
 
 /// Sets raw keys (a pyABC generation or a hand-made ledger).
-async fn set_all(conn: &mut ConnectionManager, pairs: &[(&str, &str)]) {
+async fn set_all(conn: &mut Connection, pairs: &[(&str, &str)]) {
     for (key, value) in pairs {
         let _: () = conn.set(*key, *value).await.unwrap();
     }
 }
 
-async fn put_ledger(conn: &mut ConnectionManager, id: &str, fields: &[(&str, &str)]) {
+async fn put_ledger(conn: &mut Connection, id: &str, fields: &[(&str, &str)]) {
     let _: () = conn
         .hset_multiple(protocol::keys::ledger_key(id), fields)
         .await
@@ -144,6 +144,6 @@ async fn put_ledger(conn: &mut ConnectionManager, id: &str, fields: &[(&str, &st
     let _: () = conn.sadd(protocol::keys::LEDGER_SET, id).await.unwrap();
 }
 
-async fn get_i(conn: &mut ConnectionManager, key: &str) -> Option<i64> {
+async fn get_i(conn: &mut Connection, key: &str) -> Option<i64> {
     conn.get(key).await.unwrap()
 }

@@ -47,6 +47,15 @@ async fn a_start_is_heard_on_the_connection_that_reads_the_run_also_after_a_rest
     let snap = snapshot(&mut conn).await;
     assert_eq!(snap.analysis_id.as_deref(), Some("ana"));
     assert_eq!(snap.generation, Some(3));
+    // A start published by a script on this very connection (a repair that gives work back
+    // does) arrives with the script's reply, and is heard too.
+    let _: i64 = redis::Script::new("return redis.call('PUBLISH', KEYS[1], ARGV[1])")
+        .key(keys::MSG)
+        .arg(keys::START)
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+    wait_heard(&publications, "a start published along with a reply").await;
 
     // Redis restarts (same port and password, empty): the connection subscribes again by
     // itself, and says so, since a start may have been missed while it was away.
@@ -123,4 +132,47 @@ async fn a_redis_without_resp3_is_read_but_not_heard() {
         matches!(err, protocol::ProtocolError::WrongPassword { .. }),
         "{err:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_its_caller_gave_up_on_never_answers_the_next_one() {
+    let redis = server();
+    let publications = Arc::new(Publications::default());
+    let mut conn = protocol::connect_listening(&redis.endpoint(), &publications)
+        .await
+        .unwrap();
+    wait_heard(&publications, "the subscription").await;
+    // The controller bounds every call (3 s); here a BLPOP is cut off long before its reply
+    // (nil, after 1 s) comes.
+    let cut_off = tokio::time::timeout(
+        Duration::from_millis(100),
+        redis::cmd("BLPOP")
+            .arg("nothing-here")
+            .arg(1)
+            .query_async::<Option<(String, String)>>(&mut conn),
+    )
+    .await;
+    assert!(cut_off.is_err(), "BLPOP returned before its timeout");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _: () = redis::cmd("SET")
+        .arg(keys::ANALYSIS_ID)
+        .arg("ana")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let id: Option<String> = redis::cmd("GET")
+        .arg(keys::ANALYSIS_ID)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        id.as_deref(),
+        Some("ana"),
+        "each reply answers its own command"
+    );
+    // and the new connection is subscribed again, and says so
+    wait_heard(&publications, "the resubscription").await;
+    assert!(publications.subscribed());
+    publish_start(&redis).await;
+    wait_heard(&publications, "a start").await;
 }

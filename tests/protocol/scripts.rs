@@ -5,17 +5,17 @@
 use crate::support::python::{manager, worker};
 use crate::support::redis::{connect, server, snapshot, wait_for};
 use crate::{get_i, put_ledger, set_all};
+use abc_operator::protocol::Connection;
 use abc_operator::protocol::{
     Claim, Ledger, MasterStart, Mode, Repair, Resumed, Snapshot, StartOutcome,
     clear_stale_analysis_lock, keys, repair_lost_worker, reset_workers, stop,
 };
 use nix::sys::signal::Signal;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use std::time::Duration;
 
 /// Redis' clock, in ms.
-async fn redis_time_ms(conn: &mut ConnectionManager) -> i64 {
+async fn redis_time_ms(conn: &mut Connection) -> i64 {
     let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(conn).await.unwrap();
     seconds * 1000 + micros / 1000
 }

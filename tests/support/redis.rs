@@ -1,8 +1,8 @@
 //! A throwaway password-protected redis-server and connections to it.
 
 use abc_operator::local::redis_server::{RedisServer, RedisServerOptions};
+use abc_operator::protocol::Connection;
 use abc_operator::protocol::{self, Snapshot};
-use redis::aio::ConnectionManager;
 use std::time::{Duration, Instant};
 
 /// A fresh redis-server on a free loopback port.
@@ -12,19 +12,19 @@ pub fn server() -> RedisServer {
 }
 
 /// A connection through the product's `protocol::connect`.
-pub async fn connect(server: &RedisServer) -> ConnectionManager {
+pub async fn connect(server: &RedisServer) -> Connection {
     protocol::connect(&server.endpoint())
         .await
         .expect("connect to the test redis-server")
 }
 
-pub async fn snapshot(conn: &mut ConnectionManager) -> Snapshot {
+pub async fn snapshot(conn: &mut Connection) -> Snapshot {
     Snapshot::read(conn).await.expect("snapshot")
 }
 
 /// Polls snapshots until `done` holds, panicking with the last one after `timeout`.
 pub async fn wait_for(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     timeout: Duration,
     what: &str,
     mut done: impl FnMut(&Snapshot) -> bool,
