@@ -84,8 +84,7 @@ impl Caches {
                 spec.template = Default::default();
             }
         });
-        let (secrets, secrets_stream) =
-            full(api(client, namespace), config(), trim_metadata);
+        let (secrets, secrets_stream) = full(api(client, namespace), config(), trim_metadata);
         let (pods, pods_stream) = PodIndex::watch(api(client, namespace), config());
         let (config_maps, config_maps_stream) = metadata_only(api(client, namespace), config());
         let (services, services_stream) = metadata_only(api(client, namespace), config());
@@ -179,7 +178,7 @@ where
 /// Keeps of an owned object's metadata its name, versions and owner (the Controller maps its
 /// events to the run by the owner) and the hash [`super::apply`] compares; drops the managed
 /// fields, the labels and any other annotation, which nothing reads from a store. The labels
-/// alone were about 1 KiB per object (a B-tree node and its strings), 6 MiB at 1,000 runs.
+/// were a B-tree node and its strings per object: 2 MiB at 1,000 runs (measured).
 fn trim_metadata<K: Resource>(object: &mut K) {
     let meta = object.meta_mut();
     meta.managed_fields = None;

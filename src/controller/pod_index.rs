@@ -179,8 +179,10 @@ pub struct WatchedContainer {
     pub name: String,
     pub image: String,
     pub restart_count: i32,
-    pub state: Option<ContainerState>,
-    pub last_state: Option<ContainerState>,
+    /// Boxed: k8s-openapi's `ContainerState` has room for all three states (about 200 bytes),
+    /// and most containers never had a last state.
+    pub state: Option<Box<ContainerState>>,
+    pub last_state: Option<Box<ContainerState>>,
 }
 
 impl<'de> Deserialize<'de> for WatchedPod {

@@ -12,10 +12,10 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Default)]
 pub struct RedisAccess {
-    /// Keyed by run uid; the endpoint is part of the entry so a changed Secret or address opens
-    /// a new connection. Looked up on every poll of every run (a thousand times a second at
+    /// Keyed by run uid; a connection to another endpoint than asked for (a changed Secret or
+    /// address) is replaced. Looked up on every poll of every run (a thousand times a second at
     /// 1,000 runs): a plain lock held for a map lookup and a comparison, never across an await.
-    connections: Mutex<HashMap<String, (Endpoint, Connection)>>,
+    connections: Mutex<HashMap<String, Connection>>,
     /// Keyed by run uid too; outlives a connection replaced for a new endpoint, so a poller
     /// keeps hearing the run through it.
     publications: Mutex<HashMap<String, Arc<Publications>>>,
@@ -27,8 +27,8 @@ impl RedisAccess {
         run_uid: &str,
         endpoint: &Endpoint,
     ) -> Result<Connection, ProtocolError> {
-        if let Some((known, conn)) = self.connections.lock().unwrap().get(run_uid)
-            && known == endpoint
+        if let Some(conn) = self.connections.lock().unwrap().get(run_uid)
+            && conn.endpoint() == endpoint
         {
             return Ok(conn.clone());
         }
@@ -41,7 +41,7 @@ impl RedisAccess {
         self.connections
             .lock()
             .unwrap()
-            .insert(run_uid.to_string(), (endpoint.clone(), conn.clone()));
+            .insert(run_uid.to_string(), conn.clone());
         Ok(conn)
     }
 

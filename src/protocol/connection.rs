@@ -68,6 +68,12 @@ pub struct Connection {
     shared: Arc<Shared>,
 }
 
+impl Connection {
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.shared.endpoint
+    }
+}
+
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
