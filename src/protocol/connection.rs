@@ -330,28 +330,28 @@ impl Link {
     /// Takes what arrived on an idle connection without waiting; true when a message (or
     /// subscription) was among it.
     fn drain(&mut self) -> RedisResult<bool> {
-        loop {
-            self.pending.reserve(READ_CHUNK);
-            match self.socket.try_read_buf(&mut self.pending) {
-                Ok(0) => return Err(closed()),
-                Ok(_) => {}
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
-                Err(err) => return Err(err.into()),
-            }
-        }
+        while self.try_read()? {}
         take_replies(&mut self.pending, &mut Vec::new(), 0)
     }
 
+    /// Waits until some bytes arrived, into [`Link::pending`].
     async fn read_some(&mut self) -> RedisResult<()> {
         loop {
             self.socket.readable().await?;
-            self.pending.reserve(READ_CHUNK);
-            match self.socket.try_read_buf(&mut self.pending) {
-                Ok(0) => return Err(closed()),
-                Ok(_) => return Ok(()),
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Err(err) => return Err(err.into()),
+            if self.try_read()? {
+                return Ok(());
             }
+        }
+    }
+
+    /// Reads what the socket has without waiting; false when it had nothing.
+    fn try_read(&mut self) -> RedisResult<bool> {
+        self.pending.reserve(READ_CHUNK);
+        match self.socket.try_read_buf(&mut self.pending) {
+            Ok(0) => Err(closed()),
+            Ok(_) => Ok(true),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(err) => Err(err.into()),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! A run's connection hears pyABC's `abc_msg_pubsub` on the connection its commands use
 //! (RESP3), again after its Redis restarts; a Redis that cannot speak RESP3 is still read.
 
+use crate::set_all;
 use crate::support::redis::{connect, server, snapshot};
 use abc_operator::local::redis_server::{RedisServer, RedisServerOptions};
 use abc_operator::protocol::{self, Publications, keys};
@@ -112,12 +113,7 @@ async fn a_redis_without_resp3_is_read_but_not_heard() {
         .await
         .unwrap();
     assert!(!publications.subscribed());
-    let _: () = redis::cmd("SET")
-        .arg(keys::ANALYSIS_ID)
-        .arg("ana")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    set_all(&mut conn, &[(keys::ANALYSIS_ID, "ana")]).await;
     assert_eq!(
         snapshot(&mut conn).await.analysis_id.as_deref(),
         Some("ana")
@@ -154,12 +150,7 @@ async fn a_command_its_caller_gave_up_on_never_answers_the_next_one() {
     .await;
     assert!(cut_off.is_err(), "BLPOP returned before its timeout");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let _: () = redis::cmd("SET")
-        .arg(keys::ANALYSIS_ID)
-        .arg("ana")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    set_all(&mut conn, &[(keys::ANALYSIS_ID, "ana")]).await;
     let id: Option<String> = redis::cmd("GET")
         .arg(keys::ANALYSIS_ID)
         .query_async(&mut conn)
