@@ -177,6 +177,7 @@ class Worker:
         self.id = f"{PREFIX}-{index}"
         self.ledger = E["LEDGER_PREFIX"] + self.id
         self.reads = {}
+        self.claim = None  # (n_eval key, batch size, highest index) from the result script
 
     async def script(self, name, keys, args):
         return await self.cmd.locked("EVALSHA", SHA[name], len(keys) + 1, self.ledger, *keys, *args)
@@ -215,14 +216,21 @@ class Worker:
             if beats:
                 beats.cancel()
 
+    # As the entrypoint's LedgerRedis: reads and a claim the result script made ahead answer
+    # the loop's next GETs and its claim; a claim the loop does not take is given back.
     async def get(self, key):
         if key in self.reads:
-            return self.reads.pop(key)
-        self.reads = {}
+            return self.reads[key] if self.claim else self.reads.pop(key)
+        if not self.claim:
+            self.reads = {}
         return await self.cmd.locked("GET", key)
 
     async def counter(self, op, key, amount, ana, t):
-        self.reads = {}
+        claim, self.claim, self.reads = self.claim, None, {}
+        if claim is not None:
+            if op == "claim" and claim[:2] == (key, amount):
+                return claim[2]
+            await self.script("COUNTER_LUA", [claim[0]], ["unclaim", 0, ana, t])
         if LEDGER:
             return await self.script("COUNTER_LUA", [key], [op, amount, ana, t])
         return await self.cmd.locked("INCRBY", key, amount)
@@ -276,12 +284,14 @@ class Worker:
                 sample = sample_factory(is_look_ahead=False)
             commands.append(("RPUSH", idfy("done_ixs", ana, t), particle_id))
             if LEDGER:
-                flat = ["dynamic", g]
+                flat = ["dynamic", ana, t]
                 for c in commands:
                     flat += [len(c), *c]
-                _replies, reads = await self.script("RESULTS_LUA", [], flat)
-                keys = ["analysis_id"] + [f"{n}_{g}" for n in ("n_acc", "n_req", "is_look_ahead")]
+                _replies, reads, claim = await self.script("RESULTS_LUA", [], flat)
+                keys = ["analysis_id"] + [
+                    f"{n}_{g}" for n in ("n_acc", "n_req", "is_look_ahead", "n_eval", "n_fail")]
                 self.reads = dict(zip(keys, reads))
+                self.claim = (idfy("n_eval", ana, t), claim[1], claim[0]) if claim else None
             else:
                 await self.cmd.pipeline([("MULTI",), *commands, ("EXEC",)])
             Stats.evaluations += 1

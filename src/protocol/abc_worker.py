@@ -117,6 +117,24 @@ local function forget_if_done()
     redis.call('HDEL', ledger, 'analysis', 'generation')
   end
 end
+-- A claim RESULTS_LUA made ahead that pyABC's loop did not take (it left the generation
+-- instead): given back as a lost worker's would be, its indices done and counted as failed,
+-- so that the master waits for none of them and the calibration sample still fills up.
+if op == 'unclaim' then
+  local max, count = tonumber(redis.call('HGET', ledger, 'claim_max') or ''),
+    tonumber(redis.call('HGET', ledger, 'claim_n') or '')
+  redis.call('HDEL', ledger, 'claim_max', 'claim_n', 'claim_fail')
+  forget_if_done()
+  if not (max and count) or redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+  local g = ARGV[3] .. '_' .. ARGV[4]
+  for s = max - count + 1, max, 1000 do
+    local chunk = {}
+    for i = s, math.min(s + 999, max) do chunk[#chunk + 1] = i end
+    redis.call('RPUSH', 'done_ixs_' .. g, unpack(chunk))
+  end
+  redis.call('INCRBY', 'n_fail_' .. g, count)
+  return count
+end
 -- pyABC's master deletes a generation's keys once it has read n_worker 0, in a step of its
 -- own: a worker that joins in between (a late `start`) would create n_worker again, and its
 -- leaving would leave it at -1 for good. A generation whose n_worker is gone is over: nobody
@@ -163,18 +181,19 @@ end
 return value
 """
 
-# KEYS: ledger. ARGV: 'dynamic' or 'static'; for dynamic results the `{ana}_{t}` of the
-# generation, else ''; then pyABC's result pipeline, each command as its argument count and its
-# arguments. Runs the pipeline (INCRBY n_acc, RPUSH queue, RPUSH done_ixs) and closes the claim
-# (dynamic) or the held job (static) in the same step. Returns {pipeline replies, reads}: for
-# dynamic results, also the values that pyABC's loop reads right after reporting (see
-# LedgerRedis: they spare the worker one round trip each, per evaluation).
+# KEYS: ledger. ARGV: 'dynamic' or 'static'; for dynamic results the analysis and the
+# generation, else '' twice; then pyABC's result pipeline, each command as its argument count
+# and its arguments. Runs the pipeline (INCRBY n_acc, RPUSH queue, RPUSH done_ixs) and closes
+# the claim (dynamic) or the held job (static) in the same step. For dynamic results it also
+# reads what pyABC's loop checks next and, where that loop is about to claim its next
+# evaluation, claims it here (see LedgerRedis). Returns {pipeline replies, reads, claim}: reads
+# in the order of _read_keys, claim {its highest index, batch size} or {}.
 RESULTS_LUA = """
 local ledger = KEYS[1]
 if redis.call('EXISTS', ledger) == 0 then
   return redis.error_reply('ABC_LEDGER_GONE this worker was declared lost and repaired')
 end
-local replies, i = {}, 3
+local replies, i = {}, 4
 while i <= #ARGV do
   local n, name, key = tonumber(ARGV[i]), string.upper(ARGV[i + 1]), ARGV[i + 2]
   if name == 'INCRBY' then
@@ -190,17 +209,36 @@ while i <= #ARGV do
   end
   i = i + n + 1
 end
-local reads = {}
+local reads, claim = {}, {}
 if ARGV[1] == 'dynamic' then
   redis.call('HDEL', ledger, 'claim_max', 'claim_n', 'claim_fail')
   if ARGV[2] ~= '' then
-    local g = ARGV[2]
-    reads = redis.call('MGET', 'analysis_id', 'n_acc_' .. g, 'n_req_' .. g, 'is_look_ahead_' .. g)
+    local ana, t = ARGV[2], ARGV[3]
+    local g = ana .. '_' .. t
+    local v = redis.call('MGET', 'analysis_id', 'n_acc_' .. g, 'n_req_' .. g,
+      'is_look_ahead_' .. g, 'n_eval_' .. g, 'n_fail_' .. g, 'all_accepted_' .. g,
+      'batch_size_' .. g)
+    reads = {v[1], v[2], v[3], v[4]}
+    -- pyABC's loop (work_on_population_dynamic, pyabc 0.13.0) claims its next evaluation
+    -- when the analysis is still the current one, n_acc < n_req and, in the calibration
+    -- sample (all_accepted), n_eval - n_fail < n_req. Not in look-ahead sampling, which has
+    -- a bound and a counter of its own: there pyABC's loop claims by itself.
+    local n_acc, n_req, batch = tonumber(v[2]), tonumber(v[3]), tonumber(v[8])
+    local ahead = v[1] == ana and v[4] == '0' and n_acc and n_req and batch and n_acc < n_req
+    if ahead and v[7] == '1' then
+      ahead = (tonumber(v[5]) or 0) - (tonumber(v[6]) or 0) < n_req
+    end
+    if ahead then
+      local max = redis.call('INCRBY', 'n_eval_' .. g, batch)
+      redis.call('HSET', ledger, 'claim_max', max, 'claim_n', batch, 'claim_fail', 0,
+        'analysis', ana, 'generation', t)
+      reads[5], reads[6], claim = v[5], v[6], {max, batch}
+    end
   end
 elseif redis.call('HINCRBY', ledger, 'jobs', -1) <= 0 then
   redis.call('HDEL', ledger, 'jobs')
 end
-return {replies, reads}
+return {replies, reads, claim}
 """
 
 # KEYS: ledger, lock. ARGV: token, expiry in ms or ''. pyABC's static lock has no expiry:
@@ -368,16 +406,27 @@ class LedgerLock(Lock):
             )
 
 
+class Ahead:
+    """What the last result script read, and claimed, for pyABC's next loop iteration."""
+
+    def __init__(self, reads, claim):
+        self.reads = reads  # key -> value, for pyABC's GETs
+        self.claim = claim  # (n_eval key, batch size, highest index) or None
+
+
 class LedgerRedis(redis.StrictRedis):
     """StrictRedis whose counter changes and result pipelines also keep the ledger.
 
-    Round trips per dynamic evaluation (batch size 1): pyABC's plain client makes 5 (GET n_acc,
-    GET n_req, GET analysis_id, INCRBY n_eval, the result MULTI/EXEC; 8 in the calibration
-    sample), this one 2 (6 in the calibration sample): the claim script and the result script,
-    which also reads, in the same atomic step, the values pyABC's loop checks next. Those reads are served once each,
-    only until the next command of any other kind, so they are never older than the result
-    they came with; pyABC's own GETs are no more recent than that, since other workers change
-    the counters between them anyway.
+    Round trips per dynamic evaluation: pyABC's plain client makes 5 (GET n_acc, GET n_req,
+    GET analysis_id, INCRBY n_eval, the result MULTI/EXEC; 8 in the calibration sample), this
+    one 1: the result script reports an evaluation, reads what pyABC's loop checks next and,
+    where that loop is about to claim its next evaluation, claims it too, in one atomic step
+    (in look-ahead sampling pyABC's loop claims by itself: 2). pyABC's next GETs and its
+    INCRBY n_eval are then answered from that: the claim it would have made a moment later,
+    on the values it would have read (other workers change them between its own GETs
+    anyway). Without a claim each read is served once, and only until a command of any other
+    kind. A claim pyABC's loop does not take (it leaves on SIGTERM or at its runtime limit
+    instead) is given back before the next command, as a failed evaluation (COUNTER_LUA).
     """
 
     def __init__(self, *args, **kwargs):
@@ -390,8 +439,7 @@ class LedgerRedis(redis.StrictRedis):
             'lock_acquire': self.register_script(LOCK_ACQUIRE_LUA),
             'lock_release': self.register_script(LOCK_RELEASE_LUA),
         }
-        # key -> value read by the last result script, for pyABC's next GETs
-        self._reads = {}
+        self._ahead = None  # Ahead, from the last dynamic result
 
     def ledger_script(self, name, keys, args):
         """EVALSHA of a ledger script, straight to the connection (no wrapper on the hot
@@ -410,10 +458,10 @@ class LedgerRedis(redis.StrictRedis):
             raise
 
     def execute_command(self, *args, **options):
-        if self._reads:
-            if args[0] == 'GET' and len(args) == 2 and args[1] in self._reads:
-                return self._reads.pop(args[1])
-            self._reads = {}
+        if self._ahead is not None:
+            served, value = self._from_ahead(args)
+            if served:
+                return value
         op = self._ledger_op(args)
         if op is None:
             return super().execute_command(*args, **options)
@@ -426,6 +474,32 @@ class LedgerRedis(redis.StrictRedis):
             elif op == 'leave':
                 STATE.in_generation = False
         return value
+
+    def _from_ahead(self, args):
+        """(True, reply) where the last result script answers `args`, else (False, None),
+        having dropped what it read unless `args` is a GET while a claim waits for pyABC."""
+        ahead = self._ahead
+        is_get = args[0] == 'GET' and len(args) == 2
+        if is_get and args[1] in ahead.reads:
+            # with a claim waiting, until pyABC takes it (its calibration loop reads n_req
+            # twice); without one, once each
+            return True, ahead.reads[args[1]] if ahead.claim else ahead.reads.pop(args[1])
+        if ahead.claim is not None:
+            key, batch, highest = ahead.claim
+            if args == ('INCRBY', key, batch):
+                self._ahead = None
+                return True, highest
+            if is_get:  # e.g. pyABC reloading its simulation when look-ahead ends
+                return False, None
+        self._drop_ahead()
+        return False, None
+
+    def _drop_ahead(self):
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead.claim is not None:
+            key = ahead.claim[0]
+            analysis, _, generation = key[len('n_eval_'):].rpartition('_')
+            self.ledger_script('counter', [key], ['unclaim', 0, analysis, generation])
 
     @staticmethod
     def _ledger_op(args):
@@ -445,22 +519,26 @@ class LedgerRedis(redis.StrictRedis):
 
     def pipeline(self, transaction=True, shard_hint=None):
         """pyABC reports results with a pipeline: run it as one ledger-keeping script."""
-        self._reads = {}
+        self._drop_ahead()
         pipe = super().pipeline(transaction, shard_hint)
         plain_execute = pipe.execute
 
         def execute(raise_on_error=True):
             commands = [args for args, _options in pipe.command_stack]
-            kind, generation = _results_kind(commands)
+            kind, analysis, generation = _results_kind(commands)
             if kind is None:  # e.g. the worker's initial multi-GET: left untouched
                 return plain_execute(raise_on_error)
             pipe.reset()
-            flat = [kind, generation]
+            flat = [kind, analysis, generation]
             for args in commands:
                 flat += [len(args), *args]
-            replies, reads = self.ledger_script('results', [], flat)
-            if generation:
-                self._reads = dict(zip(_read_keys(generation), reads))
+            replies, reads, claim = self.ledger_script('results', [], flat)
+            if kind == 'dynamic':
+                keys = _read_keys(f'{analysis}_{generation}')
+                self._ahead = Ahead(
+                    dict(zip(keys, reads)),
+                    (keys[4], claim[1], claim[0]) if claim else None,
+                )
             return replies
 
         pipe.execute = execute
@@ -509,24 +587,26 @@ def coalesced_starts(messages, waiting):
 
 def _read_keys(generation):
     """The keys RESULTS_LUA reads for `{ana}_{t}`, in its order."""
-    # Not n_eval and n_fail: they bound the evaluations of the calibration sample and of
-    # look-ahead sampling, where pyABC reads them right before it claims; read earlier, they
-    # would let a worker claim more often past that bound than pyABC's own client does.
+    # n_eval and n_fail come last, and only with a claim: they bound the evaluations of the
+    # calibration sample and of look-ahead sampling. Read apart from a claim, they would let a
+    # worker claim more often past that bound than pyABC's own client does; read in the same
+    # step as the claim, they are exact.
     return ['analysis_id'] + [
-        name + generation for name in ('n_acc_', 'n_req_', 'is_look_ahead_')
+        name + generation
+        for name in ('n_acc_', 'n_req_', 'is_look_ahead_', 'n_eval_', 'n_fail_')
     ]
 
 
 def _results_kind(commands):
-    """('dynamic', '{ana}_{t}') for a pipeline reporting done indices, ('static', '') for a
-    static result, (None, '') for any other pipeline."""
+    """('dynamic', analysis, generation) for a pipeline reporting done indices, ('static', '',
+    '') for a static result, (None, '', '') for any other pipeline."""
     pushes = [_text(args[1]) for args in commands if _text(args[0]).upper() == 'RPUSH']
     for key in pushes:
         if key.startswith('done_ixs_'):
-            return 'dynamic', key[len('done_ixs_'):]
+            return ('dynamic', *key[len('done_ixs_'):].rpartition('_')[::2])
     if any(key.startswith('queue_') for key in pushes):
-        return 'static', ''
-    return None, ''
+        return 'static', '', ''
+    return None, '', ''
 
 
 # ---------------------------------------------------------------------------------------

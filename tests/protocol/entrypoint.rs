@@ -226,6 +226,120 @@ print(joined, left, late, admin.exists('n_worker_a_2'), w.STATE.in_generation,
     assert_eq!(snap.n_worker, None);
 }
 
+/// A dynamic evaluation costs a worker one round trip: the script that reports it also claims
+/// the next one where pyABC's loop is about to (pyABC's own client makes 5; 8 in the
+/// calibration sample). Counted on the server: the worker's scripts against the evaluations
+/// the master's history records, calibration sample included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dynamic_evaluation_costs_the_worker_one_round_trip() {
+    let redis = server();
+    let endpoint = redis.endpoint();
+    let mut conn = connect(&redis).await;
+    let root = tempfile::tempdir().unwrap();
+    let _w = worker(
+        &endpoint,
+        "w",
+        &[("ABC_HEARTBEAT_SECONDS", "600")],
+        root.path(),
+    );
+    wait_subscribed(&mut conn, 1).await;
+    let scripts_before = command_calls(&mut conn, "evalsha").await;
+    let mut m = master(
+        &endpoint,
+        &[("PROTO_POPULATION", "40"), ("PROTO_GENERATIONS", "2")],
+        root.path(),
+    );
+    assert!(
+        m.wait(Duration::from_secs(300)).success(),
+        "{}",
+        m.log_tail()
+    );
+    let scripts = command_calls(&mut conn, "evalsha").await - scripts_before;
+    // "DONE max_t=1 evaluations=[40, 129, 111] ...": one figure per generation
+    let log = m.log();
+    let listed = log
+        .split("evaluations=[")
+        .nth(1)
+        .and_then(|rest| rest.split(']').next())
+        .unwrap_or_else(|| panic!("no evaluations in the master's log: {log}"));
+    let evaluations: Vec<i64> = listed
+        .split(',')
+        .map(|n| n.trim().parse().unwrap())
+        .collect();
+    assert_eq!(evaluations.len(), 3, "calibration and 2 generations: {log}");
+    // per generation the worker also joins, makes its first claim and leaves
+    let per_generation = 3 * evaluations.len() as i64;
+    let total: i64 = evaluations.iter().sum();
+    assert!(
+        scripts <= total + per_generation + 5,
+        "{scripts} scripts for {total} evaluations ({evaluations:?})"
+    );
+}
+
+/// Driven through the entrypoint's own Redis client, as pyABC's worker loop calls it: a
+/// claim the result script made ahead is what pyABC's next INCRBY n_eval gets, with no round
+/// trip of its own; one pyABC leaves without taking (SIGTERM, runtime) is given back like a
+/// lost worker's: its index done, counted as failed, so the master waits for nothing and a
+/// calibration sample still fills up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_made_ahead_is_taken_by_pyabc_or_given_back() {
+    let redis = server();
+    let endpoint = redis.endpoint();
+    let script = r#"
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location('abc_worker', sys.argv[1])
+w = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(w)
+host, port, password = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+w.STATE = w.State('ahead')
+admin = w.redis.StrictRedis(host=host, port=port, password=password)
+admin.register_script(w.REGISTER_LUA)(
+    keys=[w.STATE.ledger_key, w.LEDGER_SET], args=['ahead', 'ahead', 0, 'h', 1])
+r = w.LedgerRedis(host=host, port=port, password=password)
+admin.mset({'analysis_id': 'a', 'generation_a': 0, 'mode_a_0': 'dynamic', 'n_worker_a_0': 0,
+            'n_eval_a_0': 0, 'n_fail_a_0': 0, 'n_acc_a_0': 0, 'n_req_a_0': 3,
+            'is_look_ahead_a_0': 0, 'all_accepted_a_0': 1, 'batch_size_a_0': 1})
+commands = lambda: admin.info('stats')['total_commands_processed']
+
+def report(ix):
+    p = r.pipeline()
+    p.incr('n_acc_a_0', 1)
+    p.rpush('done_ixs_a_0', ix)
+    p.execute()
+
+r.incr('n_worker_a_0')
+first = r.incr('n_eval_a_0', 1)
+report(first)
+# pyABC's loop in the calibration sample, answered by the result script (the INFO calls count)
+before = commands()
+checks = [int(r.get(k)) for k in ('n_acc_a_0', 'n_req_a_0', 'n_eval_a_0', 'n_fail_a_0', 'n_req_a_0')]
+same = r.get('analysis_id') == b'a'
+second = r.incr('n_eval_a_0', 1)
+served = commands() - before
+report(second)
+r.decr('n_worker_a_0')  # SIGTERM: pyABC leaves instead of claiming
+print(first, second, checks, same, served, admin.get('n_eval_a_0').decode(),
+      admin.get('n_fail_a_0').decode(), [int(i) for i in admin.lrange('done_ixs_a_0', 0, -1)],
+      admin.get('n_worker_a_0').decode(), sorted(k.decode() for k in admin.hkeys(w.STATE.ledger_key)))
+"#;
+    let out = crate::support::python::python_script(
+        script,
+        &[
+            crate::support::python::entrypoint().as_os_str(),
+            endpoint.host.as_ref(),
+            endpoint.port.to_string().as_ref(),
+            endpoint.password.as_deref().unwrap_or("").as_ref(),
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out).trim(),
+        "1 2 [1, 3, 1, 0, 3] True 1 3 1 [1, 2, 3] 0 \
+         ['heartbeat', 'host', 'pid', 'process', 'started', 'worker']",
+        "claims 1 and 2 taken, pyABC's reads answered with no command (only the INFO), claim 3 \
+         given back as done and failed; the ledger owes nothing"
+    );
+}
+
 /// Each worker process holds at most the documented number of Redis connections (pyABC's
 /// subscription and one for commands, the ledger's heartbeat included), idle and after
 /// generations of work with heartbeats racing the commands: 10,000 worker processes on one
@@ -363,16 +477,22 @@ async fn wait_subscribed(conn: &mut abc_operator::protocol::Connection, workers:
     }
 }
 
-/// GET commands Redis has run so far (`INFO commandstats`).
+/// GET commands Redis has run so far.
 async fn get_calls(conn: &mut abc_operator::protocol::Connection) -> i64 {
+    command_calls(conn, "get").await
+}
+
+/// Calls of `command` Redis has run so far (`INFO commandstats`).
+async fn command_calls(conn: &mut abc_operator::protocol::Connection, command: &str) -> i64 {
     let stats: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(conn)
         .await
         .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
     stats
         .lines()
-        .find_map(|line| line.strip_prefix("cmdstat_get:calls="))
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
         .and_then(|rest| rest.split(',').next())
         .map_or(0, |calls| calls.parse().unwrap())
 }
