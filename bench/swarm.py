@@ -28,6 +28,7 @@ ABC_HEARTBEAT_SECONDS (default 5), SWARM_ENTRYPOINT (the entrypoint file).
 
 import ast
 import asyncio
+import importlib
 import json
 import os
 import pickle
@@ -320,7 +321,7 @@ async def control(workers, tasks):
 
 
 async def main():
-    import pyabc  # noqa: F401  (what unpickling the master's simulation needs, imported now)
+    importlib.import_module("pyabc")  # what unpickling the master's simulation needs, now
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
