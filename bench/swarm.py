@@ -285,7 +285,7 @@ class Worker:
                 sample = sample_factory(is_look_ahead=False)
             commands.append(("RPUSH", idfy("done_ixs", ana, t), particle_id))
             if LEDGER:
-                flat = ["dynamic", ana, t]
+                flat = ["dynamic", ana, t, "1"]
                 for c in commands:
                     flat += [len(c), *c]
                 _replies, reads, claim = await self.script("RESULTS_LUA", [], flat)

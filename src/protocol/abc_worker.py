@@ -182,18 +182,19 @@ return value
 """
 
 # KEYS: ledger. ARGV: 'dynamic' or 'static'; for dynamic results the analysis and the
-# generation, else '' twice; then pyABC's result pipeline, each command as its argument count
-# and its arguments. Runs the pipeline (INCRBY n_acc, RPUSH queue, RPUSH done_ixs) and closes
-# the claim (dynamic) or the held job (static) in the same step. For dynamic results it also
-# reads what pyABC's loop checks next and, where that loop is about to claim its next
-# evaluation, claims it here (see LedgerRedis). Returns {pipeline replies, reads, claim}: reads
+# generation, else '' twice; '1' where the worker may claim ahead, else '0'; then pyABC's
+# result pipeline, each command as its argument count and its arguments. Runs the pipeline
+# (INCRBY n_acc, RPUSH queue, RPUSH done_ixs) and closes the claim (dynamic) or the held job
+# (static) in the same step. For dynamic results it also reads what pyABC's loop checks next
+# and, where that loop is about to claim its next evaluation, claims it here (see
+# LedgerRedis). Returns {pipeline replies, reads, claim}: reads
 # in the order of _read_keys, claim {its highest index, batch size} or {}.
 RESULTS_LUA = """
 local ledger = KEYS[1]
 if redis.call('EXISTS', ledger) == 0 then
   return redis.error_reply('ABC_LEDGER_GONE this worker was declared lost and repaired')
 end
-local replies, i = {}, 4
+local replies, i = {}, 5
 while i <= #ARGV do
   local n, name, key = tonumber(ARGV[i]), string.upper(ARGV[i + 1]), ARGV[i + 2]
   if name == 'INCRBY' then
@@ -224,7 +225,8 @@ if ARGV[1] == 'dynamic' then
     -- sample (all_accepted), n_eval - n_fail < n_req. Not in look-ahead sampling, which has
     -- a bound and a counter of its own: there pyABC's loop claims by itself.
     local n_acc, n_req, batch = tonumber(v[2]), tonumber(v[3]), tonumber(v[8])
-    local ahead = v[1] == ana and v[4] == '0' and n_acc and n_req and batch and n_acc < n_req
+    local ahead = ARGV[4] == '1' and v[1] == ana and v[4] == '0' and n_acc and n_req and batch
+      and n_acc < n_req
     if ahead and v[7] == '1' then
       ahead = (tonumber(v[5]) or 0) - (tonumber(v[6]) or 0) < n_req
     end
@@ -369,6 +371,15 @@ class State:
         self.in_generation = False
         self.stopping = threading.Event()
         self.pool = None  # the process' connections (Config.pool), once it works
+        # what tells that pyABC's loop leaves at its next check (see leaving)
+        self.kill_handler = None
+        self.deadline = float('inf')
+
+    def leaving(self) -> bool:
+        """pyABC's loop leaves the generation at its next check: it received SIGTERM, or its
+        runtime is over (pyABC counts it from a moment after we do, so ours ends first)."""
+        killed = self.kill_handler is not None and self.kill_handler.killed
+        return killed or time.monotonic() >= self.deadline
 
 
 STATE: State = None  # set per process before pyABC's loop starts
@@ -425,8 +436,10 @@ class LedgerRedis(redis.StrictRedis):
     INCRBY n_eval are then answered from that: the claim it would have made a moment later,
     on the values it would have read (other workers change them between its own GETs
     anyway). Without a claim each read is served once, and only until a command of any other
-    kind. A claim pyABC's loop does not take (it leaves on SIGTERM or at its runtime limit
-    instead) is given back before the next command, as a failed evaluation (COUNTER_LUA).
+    kind. Nothing is claimed ahead once pyABC's loop is leaving (SIGTERM, runtime over: see
+    State.leaving), so a worker scaled down reports all it claimed. A claim the loop does not
+    take all the same (a SIGTERM during the result script) is given back before the next
+    command, as a failed evaluation (COUNTER_LUA).
     """
 
     def __init__(self, *args, **kwargs):
@@ -529,7 +542,7 @@ class LedgerRedis(redis.StrictRedis):
             if kind is None:  # e.g. the worker's initial multi-GET: left untouched
                 return plain_execute(raise_on_error)
             pipe.reset()
-            flat = [kind, analysis, generation]
+            flat = [kind, analysis, generation, '0' if STATE.leaving() else '1']
             for args in commands:
                 flat += [len(args), *args]
             replies, reads, claim = self.ledger_script('results', [], flat)
@@ -724,8 +737,8 @@ def leaving_after_a_kill(work):
     generation instead (pyABC has already taken the worker out of it)."""
 
     def work_then_leave_if_killed(*args, **kwargs):
+        kill_handler = STATE.kill_handler = kwargs.get('kill_handler')
         result = work(*args, **kwargs)
-        kill_handler = kwargs.get('kill_handler')
         if kill_handler is not None and kill_handler.killed:
             log.info('SIGTERM during the generation: leaving after it')
             sys.exit(0)
@@ -737,7 +750,7 @@ def leaving_after_a_kill(work):
 def run_worker(config: Config, ledger_id: str, process: int) -> int:
     global STATE
     STATE = state = State(ledger_id)
-    deadline = time.monotonic() + config.runtime_s
+    deadline = state.deadline = time.monotonic() + config.runtime_s
     state.pool = config.pool()
     admin = redis.StrictRedis(connection_pool=state.pool)
     try:

@@ -278,9 +278,10 @@ async fn a_dynamic_evaluation_costs_the_worker_one_round_trip() {
 
 /// Driven through the entrypoint's own Redis client, as pyABC's worker loop calls it: a
 /// claim the result script made ahead is what pyABC's next INCRBY n_eval gets, with no round
-/// trip of its own; one pyABC leaves without taking (SIGTERM, runtime) is given back like a
-/// lost worker's: its index done, counted as failed, so the master waits for nothing and a
-/// calibration sample still fills up.
+/// trip of its own; one pyABC leaves without taking (a SIGTERM during the result script) is
+/// given back like a lost worker's: its index done, counted as failed, so the master waits
+/// for nothing and a calibration sample still fills up. Once the worker is leaving (here: its
+/// runtime over), nothing is claimed ahead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_made_ahead_is_taken_by_pyabc_or_given_back() {
     let redis = server();
@@ -297,7 +298,7 @@ admin.register_script(w.REGISTER_LUA)(
     keys=[w.STATE.ledger_key, w.LEDGER_SET], args=['ahead', 'ahead', 0, 'h', 1])
 r = w.LedgerRedis(host=host, port=port, password=password)
 admin.mset({'analysis_id': 'a', 'generation_a': 0, 'mode_a_0': 'dynamic', 'n_worker_a_0': 0,
-            'n_eval_a_0': 0, 'n_fail_a_0': 0, 'n_acc_a_0': 0, 'n_req_a_0': 3,
+            'n_eval_a_0': 0, 'n_fail_a_0': 0, 'n_acc_a_0': 0, 'n_req_a_0': 10,
             'is_look_ahead_a_0': 0, 'all_accepted_a_0': 1, 'batch_size_a_0': 1})
 commands = lambda: admin.info('stats')['total_commands_processed']
 
@@ -317,8 +318,13 @@ same = r.get('analysis_id') == b'a'
 second = r.incr('n_eval_a_0', 1)
 served = commands() - before
 report(second)
-r.decr('n_worker_a_0')  # SIGTERM: pyABC leaves instead of claiming
-print(first, second, checks, same, served, admin.get('n_eval_a_0').decode(),
+r.decr('n_worker_a_0')  # a SIGTERM during the result script: pyABC leaves instead of claiming
+r.incr('n_worker_a_0')
+third = r.incr('n_eval_a_0', 1)
+w.STATE.deadline = 0  # runtime over: pyABC's loop leaves at its next check
+report(third)
+r.decr('n_worker_a_0')
+print(first, second, third, checks, same, served, admin.get('n_eval_a_0').decode(),
       admin.get('n_fail_a_0').decode(), [int(i) for i in admin.lrange('done_ixs_a_0', 0, -1)],
       admin.get('n_worker_a_0').decode(), sorted(k.decode() for k in admin.hkeys(w.STATE.ledger_key)))
 "#;
@@ -333,10 +339,11 @@ print(first, second, checks, same, served, admin.get('n_eval_a_0').decode(),
     );
     assert_eq!(
         String::from_utf8_lossy(&out).trim(),
-        "1 2 [1, 3, 1, 0, 3] True 1 3 1 [1, 2, 3] 0 \
+        "1 2 4 [1, 10, 1, 0, 10] True 1 4 1 [1, 2, 3, 4] 0 \
          ['heartbeat', 'host', 'pid', 'process', 'started', 'worker']",
         "claims 1 and 2 taken, pyABC's reads answered with no command (only the INFO), claim 3 \
-         given back as done and failed; the ledger owes nothing"
+         given back as done and failed, nothing claimed after 4 once leaving; the ledger owes \
+         nothing"
     );
 }
 
