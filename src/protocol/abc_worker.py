@@ -420,9 +420,10 @@ class LedgerLock(Lock):
 class Ahead:
     """What the last result script read, and claimed, for pyABC's next loop iteration."""
 
-    def __init__(self, reads, claim):
+    def __init__(self, reads, claim, analysis, generation):
         self.reads = reads  # key -> value, for pyABC's GETs
         self.claim = claim  # (n_eval key, batch size, highest index) or None
+        self.analysis, self.generation = analysis, generation
 
 
 class LedgerRedis(redis.StrictRedis):
@@ -510,9 +511,9 @@ class LedgerRedis(redis.StrictRedis):
     def _drop_ahead(self):
         ahead, self._ahead = self._ahead, None
         if ahead is not None and ahead.claim is not None:
-            key = ahead.claim[0]
-            analysis, _, generation = key[len('n_eval_'):].rpartition('_')
-            self.ledger_script('counter', [key], ['unclaim', 0, analysis, generation])
+            self.ledger_script(
+                'counter', [ahead.claim[0]], ['unclaim', 0, ahead.analysis, ahead.generation]
+            )
 
     @staticmethod
     def _ledger_op(args):
@@ -551,6 +552,8 @@ class LedgerRedis(redis.StrictRedis):
                 self._ahead = Ahead(
                     dict(zip(keys, reads)),
                     (keys[4], claim[1], claim[0]) if claim else None,
+                    analysis,
+                    generation,
                 )
             return replies
 

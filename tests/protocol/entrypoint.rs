@@ -189,17 +189,7 @@ async fn a_generation_the_master_deleted_is_neither_joined_nor_left_at_minus_one
     let redis = server();
     let endpoint = redis.endpoint();
     let mut conn = connect(&redis).await;
-    let script = r#"
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location('abc_worker', sys.argv[1])
-w = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(w)
-host, port, password = sys.argv[2], int(sys.argv[3]), sys.argv[4]
-w.STATE = w.State('late')
-admin = w.redis.StrictRedis(host=host, port=port, password=password)
-admin.register_script(w.REGISTER_LUA)(
-    keys=[w.STATE.ledger_key, w.LEDGER_SET], args=['late', 'late', 0, 'h', 1])
-r = w.LedgerRedis(host=host, port=port, password=password)
+    let body = r#"
 admin.mset({'analysis_id': 'a', 'generation_a': 2, 'n_worker_a_2': 0})
 joined = r.incr('n_worker_a_2')
 admin.delete('n_worker_a_2')  # the master, after it read n_worker 0 before the join
@@ -208,17 +198,8 @@ late = r.incr('n_worker_a_2')  # a late start: the generation is over
 print(joined, left, late, admin.exists('n_worker_a_2'), w.STATE.in_generation,
       sorted(k.decode() for k in admin.hkeys(w.STATE.ledger_key)))
 "#;
-    let out = crate::support::python::python_script(
-        script,
-        &[
-            crate::support::python::entrypoint().as_os_str(),
-            endpoint.host.as_ref(),
-            endpoint.port.to_string().as_ref(),
-            endpoint.password.as_deref().unwrap_or("").as_ref(),
-        ],
-    );
     assert_eq!(
-        String::from_utf8_lossy(&out).trim(),
+        drive_ledger_client(&endpoint, "late", body),
         "1 0 0 0 False ['heartbeat', 'host', 'pid', 'process', 'started', 'worker']",
         "joined as worker 1; leaving and a late join change no counter; the ledger owes nothing"
     );
@@ -286,17 +267,7 @@ async fn a_dynamic_evaluation_costs_the_worker_one_round_trip() {
 async fn a_claim_made_ahead_is_taken_by_pyabc_or_given_back() {
     let redis = server();
     let endpoint = redis.endpoint();
-    let script = r#"
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location('abc_worker', sys.argv[1])
-w = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(w)
-host, port, password = sys.argv[2], int(sys.argv[3]), sys.argv[4]
-w.STATE = w.State('ahead')
-admin = w.redis.StrictRedis(host=host, port=port, password=password)
-admin.register_script(w.REGISTER_LUA)(
-    keys=[w.STATE.ledger_key, w.LEDGER_SET], args=['ahead', 'ahead', 0, 'h', 1])
-r = w.LedgerRedis(host=host, port=port, password=password)
+    let body = r#"
 admin.mset({'analysis_id': 'a', 'generation_a': 0, 'mode_a_0': 'dynamic', 'n_worker_a_0': 0,
             'n_eval_a_0': 0, 'n_fail_a_0': 0, 'n_acc_a_0': 0, 'n_req_a_0': 10,
             'is_look_ahead_a_0': 0, 'all_accepted_a_0': 1, 'batch_size_a_0': 1})
@@ -328,17 +299,8 @@ print(first, second, third, checks, same, served, admin.get('n_eval_a_0').decode
       admin.get('n_fail_a_0').decode(), [int(i) for i in admin.lrange('done_ixs_a_0', 0, -1)],
       admin.get('n_worker_a_0').decode(), sorted(k.decode() for k in admin.hkeys(w.STATE.ledger_key)))
 "#;
-    let out = crate::support::python::python_script(
-        script,
-        &[
-            crate::support::python::entrypoint().as_os_str(),
-            endpoint.host.as_ref(),
-            endpoint.port.to_string().as_ref(),
-            endpoint.password.as_deref().unwrap_or("").as_ref(),
-        ],
-    );
     assert_eq!(
-        String::from_utf8_lossy(&out).trim(),
+        drive_ledger_client(&endpoint, "ahead", body),
         "1 2 4 [1, 10, 1, 0, 10] True 1 4 1 [1, 2, 3, 4] 0 \
          ['heartbeat', 'host', 'pid', 'process', 'started', 'worker']",
         "claims 1 and 2 taken, pyABC's reads answered with no command (only the INFO), claim 3 \
@@ -443,7 +405,7 @@ async fn a_burst_of_start_messages_is_handled_once() {
     })
     .await;
     wait_subscribed(&mut conn, 1).await;
-    let gets_before = get_calls(&mut conn).await;
+    let gets_before = command_calls(&mut conn, "get").await;
     let mut burst = redis::pipe();
     for _ in 0..100 {
         burst.publish("abc_msg_pubsub", "start").ignore();
@@ -451,11 +413,14 @@ async fn a_burst_of_start_messages_is_handled_once() {
     let _: () = burst.query_async(&mut conn).await.unwrap();
     // handled: no GET for 2 s (handling all 100 one by one takes milliseconds)
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let mut seen = (get_calls(&mut conn).await, std::time::Instant::now());
+    let mut seen = (
+        command_calls(&mut conn, "get").await,
+        std::time::Instant::now(),
+    );
     while seen.1.elapsed() < Duration::from_secs(2) {
         assert!(std::time::Instant::now() < deadline, "GETs never stopped");
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = get_calls(&mut conn).await;
+        let now = command_calls(&mut conn, "get").await;
         if now != seen.0 {
             seen = (now, std::time::Instant::now());
         }
@@ -484,9 +449,38 @@ async fn wait_subscribed(conn: &mut abc_operator::protocol::Connection, workers:
     }
 }
 
-/// GET commands Redis has run so far.
-async fn get_calls(conn: &mut abc_operator::protocol::Connection) -> i64 {
-    command_calls(conn, "get").await
+/// Runs `body` (Python) after loading the entrypoint as `w`, with a registered ledger `id`
+/// (`w.STATE`), `admin`, a plain client, and `r`, the entrypoint's `LedgerRedis` as pyABC's
+/// worker loop gets it; returns what it printed, trimmed.
+fn drive_ledger_client(
+    endpoint: &abc_operator::protocol::Endpoint,
+    id: &str,
+    body: &str,
+) -> String {
+    let script = format!(
+        r#"
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location('abc_worker', sys.argv[1])
+w = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(w)
+host, port, password = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+w.STATE = w.State('{id}')
+admin = w.redis.StrictRedis(host=host, port=port, password=password)
+admin.register_script(w.REGISTER_LUA)(
+    keys=[w.STATE.ledger_key, w.LEDGER_SET], args=['{id}', '{id}', 0, 'h', 1])
+r = w.LedgerRedis(host=host, port=port, password=password)
+{body}"#
+    );
+    let out = crate::support::python::python_script(
+        &script,
+        &[
+            crate::support::python::entrypoint().as_os_str(),
+            endpoint.host.as_ref(),
+            endpoint.port.to_string().as_ref(),
+            endpoint.password.as_deref().unwrap_or("").as_ref(),
+        ],
+    );
+    String::from_utf8_lossy(&out).trim().to_string()
 }
 
 /// Calls of `command` Redis has run so far (`INFO commandstats`).
