@@ -993,6 +993,17 @@ def main():
                     f">= {target}",
                     verdict(ratio >= target),
                 ])
+                # what pyABC's master adds on its own (bench/master.py's MasterWaits)
+                waits = [r["master_wait_s"] / r["sampling_s"] for r in res["operator"]]
+                without = statistics.median(
+                    r["evaluations"] / (r["sampling_s"] - r["master_wait_s"])
+                    for r in res["operator"]) / median_tp(res["multicore"])
+                rows.append([
+                    "", "  of which pyABC's master sleeping (100 ms steps)", "-",
+                    f"{100 * statistics.median(waits):.0f}% of sampled time ("
+                    + " ".join(f"{100 * w:.0f}" for w in waits) + ")",
+                    f"{without:.3f} without", "", "", "",
+                ])
         if "D" in SECTIONS:
             section_d(children, rows, notes)
         if "F" in SECTIONS and binary:

@@ -179,6 +179,7 @@ class Worker:
         self.ledger = E["LEDGER_PREFIX"] + self.id
         self.reads = {}
         self.claim = None  # (n_eval key, batch size, highest index) from the result script
+        self.left = False  # the result script left the generation (pyABC's loop ends next)
 
     async def script(self, name, keys, args):
         return await self.cmd.locked("EVALSHA", SHA[name], len(keys) + 1, self.ledger, *keys, *args)
@@ -221,8 +222,8 @@ class Worker:
     # the loop's next GETs and its claim; a claim the loop does not take is given back.
     async def get(self, key):
         if key in self.reads:
-            return self.reads[key] if self.claim else self.reads.pop(key)
-        if not self.claim:
+            return self.reads[key] if self.claim or self.left else self.reads.pop(key)
+        if not self.claim and not self.left:
             self.reads = {}
         return await self.cmd.locked("GET", key)
 
@@ -288,15 +289,19 @@ class Worker:
                 flat = ["dynamic", ana, t, "1"]
                 for c in commands:
                     flat += [len(c), *c]
-                _replies, reads, claim = await self.script("RESULTS_LUA", [], flat)
+                _replies, reads, claim, left = await self.script("RESULTS_LUA", [], flat)
                 keys = ["analysis_id"] + [
                     f"{n}_{g}" for n in ("n_acc", "n_req", "is_look_ahead", "n_eval", "n_fail")]
                 self.reads = dict(zip(keys, reads))
                 self.claim = (idfy("n_eval", ana, t), claim[1], claim[0]) if claim else None
+                self.left = bool(left)
             else:
                 await self.cmd.pipeline([("MULTI",), *commands, ("EXEC",)])
             Stats.evaluations += 1
-        await self.counter("leave", idfy("n_worker", ana, t), -1, ana, t)
+        if self.left:
+            self.left, self.reads = False, {}
+        else:
+            await self.counter("leave", idfy("n_worker", ana, t), -1, ana, t)
 
     def kill(self):
         self.cmd.abort()

@@ -146,6 +146,11 @@ if (op == 'join' or op == 'leave') and redis.call('EXISTS', KEYS[2]) == 0 then
   end
   return 0
 end
+-- a worker leaves a generation once per join: RESULTS_LUA may have left for it already
+if op == 'leave' and redis.call('HEXISTS', ledger, 'joined') == 0 then
+  forget_if_done()
+  return tonumber(redis.call('GET', KEYS[2])) or 0
+end
 local value = redis.call('INCRBY', KEYS[2], amount)
 if op == 'count' then return value end
 if op == 'leave' then
@@ -210,7 +215,7 @@ while i <= #ARGV do
   end
   i = i + n + 1
 end
-local reads, claim = {}, {}
+local reads, claim, left = {}, {}, {}
 if ARGV[1] == 'dynamic' then
   redis.call('HDEL', ledger, 'claim_max', 'claim_n', 'claim_fail')
   if ARGV[2] ~= '' then
@@ -225,22 +230,36 @@ if ARGV[1] == 'dynamic' then
     -- sample (all_accepted), n_eval - n_fail < n_req. Not in look-ahead sampling, which has
     -- a bound and a counter of its own: there pyABC's loop claims by itself.
     local n_acc, n_req, batch = tonumber(v[2]), tonumber(v[3]), tonumber(v[8])
-    local ahead = ARGV[4] == '1' and v[1] == ana and v[4] == '0' and n_acc and n_req and batch
-      and n_acc < n_req
-    if ahead and v[7] == '1' then
-      ahead = (tonumber(v[5]) or 0) - (tonumber(v[6]) or 0) < n_req
+    -- pyABC's loop condition, on the values its next check reads
+    local more = n_acc and n_req and n_acc < n_req
+    if more and v[7] == '1' then
+      more = (tonumber(v[5]) or 0) - (tonumber(v[6]) or 0) < n_req
     end
-    if ahead then
+    if more and ARGV[4] == '1' and v[1] == ana and v[4] == '0' and batch then
       local max = redis.call('INCRBY', 'n_eval_' .. g, batch)
       redis.call('HSET', ledger, 'claim_max', max, 'claim_n', batch, 'claim_fail', 0,
         'analysis', ana, 'generation', t)
       reads[5], reads[6], claim = v[5], v[6], {max, batch}
+    elseif n_acc and n_req and not more then
+      -- the loop ends at that check and leaves the generation (DECR n_worker, as
+      -- COUNTER_LUA's 'leave'): left here, in the same step as the generation's last result
+      -- of this worker, so that the master, which sleeps 100 ms whenever it finds a worker
+      -- still in the generation, finds none sooner
+      reads[5], reads[6] = v[5], v[6]
+      left = {0}
+      if redis.call('EXISTS', 'n_worker_' .. g) == 1 and redis.call('HEXISTS', ledger, 'joined') == 1 then
+        left = {redis.call('DECR', 'n_worker_' .. g)}
+      end
+      redis.call('HDEL', ledger, 'joined')
+      if redis.call('HEXISTS', ledger, 'jobs') == 0 then
+        redis.call('HDEL', ledger, 'analysis', 'generation')
+      end
     end
   end
 elseif redis.call('HINCRBY', ledger, 'jobs', -1) <= 0 then
   redis.call('HDEL', ledger, 'jobs')
 end
-return {replies, reads, claim}
+return {replies, reads, claim, left}
 """
 
 # KEYS: ledger, lock. ARGV: token, expiry in ms or ''. pyABC's static lock has no expiry:
@@ -420,9 +439,10 @@ class LedgerLock(Lock):
 class Ahead:
     """What the last result script read, and claimed, for pyABC's next loop iteration."""
 
-    def __init__(self, reads, claim, analysis, generation):
+    def __init__(self, reads, claim, left, analysis, generation):
         self.reads = reads  # key -> value, for pyABC's GETs
         self.claim = claim  # (n_eval key, batch size, highest index) or None
+        self.left = left  # (n_worker key, its value after leaving) or None
         self.analysis, self.generation = analysis, generation
 
 
@@ -436,8 +456,11 @@ class LedgerRedis(redis.StrictRedis):
     (in look-ahead sampling pyABC's loop claims by itself: 2). pyABC's next GETs and its
     INCRBY n_eval are then answered from that: the claim it would have made a moment later,
     on the values it would have read (other workers change them between its own GETs
-    anyway). Without a claim each read is served once, and only until a command of any other
-    kind. Nothing is claimed ahead once pyABC's loop is leaving (SIGTERM, runtime over: see
+    anyway). Where those values end pyABC's loop, the script also leaves the generation
+    (pyABC's DECR n_worker, answered from it): the master, which sleeps 100 ms whenever it
+    finds a worker still in a generation that has its acceptances, finds none a round trip
+    sooner. Without a claim or a leave each read is served once, and only until a command of
+    any other kind. Nothing is claimed ahead once pyABC's loop is leaving (SIGTERM, runtime over: see
     State.leaving), so a worker scaled down reports all it claimed. A claim the loop does not
     take all the same (a SIGTERM during the result script) is given back before the next
     command, as a failed evaluation (COUNTER_LUA).
@@ -495,9 +518,18 @@ class LedgerRedis(redis.StrictRedis):
         ahead = self._ahead
         is_get = args[0] == 'GET' and len(args) == 2
         if is_get and args[1] in ahead.reads:
-            # with a claim waiting, until pyABC takes it (its calibration loop reads n_req
-            # twice); without one, once each
-            return True, ahead.reads[args[1]] if ahead.claim else ahead.reads.pop(args[1])
+            # with a claim or a leave waiting, until pyABC takes it (its calibration loop reads
+            # n_req twice); without one, once each
+            waiting = ahead.claim or ahead.left
+            return True, ahead.reads[args[1]] if waiting else ahead.reads.pop(args[1])
+        if ahead.left is not None:
+            self._ahead = None
+            key, value = ahead.left
+            if args == ('DECRBY', key, 1):
+                return True, value
+            # anything else first: the DECR that follows finds the ledger not joined and
+            # changes nothing (COUNTER_LUA)
+            return False, None
         if ahead.claim is not None:
             key, batch, highest = ahead.claim
             if args == ('INCRBY', key, batch):
@@ -546,12 +578,17 @@ class LedgerRedis(redis.StrictRedis):
             flat = [kind, analysis, generation, '0' if STATE.leaving() else '1']
             for args in commands:
                 flat += [len(args), *args]
-            replies, reads, claim = self.ledger_script('results', [], flat)
+            with STATE.lock:  # the script may leave the generation
+                replies, reads, claim, left = self.ledger_script('results', [], flat)
+                if left:
+                    STATE.in_generation = False
             if kind == 'dynamic':
-                keys = _read_keys(f'{analysis}_{generation}')
+                g = f'{analysis}_{generation}'
+                keys = _read_keys(g)
                 self._ahead = Ahead(
                     dict(zip(keys, reads)),
                     (keys[4], claim[1], claim[0]) if claim else None,
+                    ('n_worker_' + g, left[0]) if left else None,
                     analysis,
                     generation,
                 )

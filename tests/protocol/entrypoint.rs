@@ -309,6 +309,65 @@ print(first, second, third, checks, same, served, admin.get('n_eval_a_0').decode
     );
 }
 
+/// A worker's last result script of a generation also leaves it, where pyABC's loop is about
+/// to end (n_acc reached n_req; in the calibration sample, as many evaluations claimed as
+/// required): pyABC's closing checks and its `DECR n_worker` cost no round trip, and the
+/// master, which sleeps 100 ms whenever it finds a worker still in the generation, finds none
+/// a round trip sooner. A worker leaves once per join: a second DECR changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_last_result_of_a_generation_also_leaves_it() {
+    let redis = server();
+    let endpoint = redis.endpoint();
+    let body = r#"
+def generation(t, all_accepted):
+    admin.mset({'analysis_id': 'a', 'generation_a': t, f'mode_a_{t}': 'dynamic',
+                f'n_worker_a_{t}': 0, f'n_eval_a_{t}': 0, f'n_fail_a_{t}': 0, f'n_acc_a_{t}': 0,
+                f'n_req_a_{t}': 2, f'is_look_ahead_a_{t}': 0, f'all_accepted_a_{t}': all_accepted,
+                f'batch_size_a_{t}': 1})
+commands = lambda: admin.info('stats')['total_commands_processed']
+
+def report(t, ix):
+    p = r.pipeline()
+    p.incr(f'n_acc_a_{t}', 1)
+    p.rpush(f'done_ixs_a_{t}', ix)
+    p.execute()
+
+def closing_checks(t, all_accepted):
+    # pyABC's loop condition, then its leaving, counted in commands (the INFO calls count)
+    before = commands()
+    acc, req = int(r.get(f'n_acc_a_{t}')), int(r.get(f'n_req_a_{t}'))
+    if acc < req and all_accepted:
+        assert int(r.get(f'n_eval_a_{t}')) - int(r.get(f'n_fail_a_{t}')) >= int(r.get(f'n_req_a_{t}'))
+    left = r.decr(f'n_worker_a_{t}')
+    return commands() - before, left
+
+# calibration: another worker claims the second evaluation while this one simulates the first
+generation(0, 1)
+r.incr('n_worker_a_0')
+first = r.incr('n_eval_a_0', 1)
+admin.incr('n_eval_a_0')
+report(0, first)
+calibration = closing_checks(0, True)
+# a generation: this worker claims both evaluations (the second one ahead) and accepts both
+generation(1, 0)
+r.incr('n_worker_a_1')
+report(1, r.incr('n_eval_a_1', 1))
+int(r.get('n_acc_a_1')) < int(r.get('n_req_a_1')) and r.get('analysis_id')  # pyABC's loop
+report(1, r.incr('n_eval_a_1', 1))
+last = closing_checks(1, False)
+again = r.decr('n_worker_a_1')  # a second leave
+print(calibration, last, again, admin.get('n_worker_a_0').decode(),
+      admin.get('n_worker_a_1').decode(), w.STATE.in_generation,
+      sorted(k.decode() for k in admin.hkeys(w.STATE.ledger_key)))
+"#;
+    assert_eq!(
+        drive_ledger_client(&endpoint, "leaves", body),
+        "(1, 0) (1, 0) 0 0 0 False ['heartbeat', 'host', 'pid', 'process', 'started', 'worker']",
+        "pyABC's closing checks and its DECR answered with no command (only the INFO), n_worker \
+         back to 0 once each time; a second leave changes nothing; the ledger owes nothing"
+    );
+}
+
 /// Each worker process holds at most the documented number of Redis connections (pyABC's
 /// subscription and one for commands, the ledger's heartbeat included), idle and after
 /// generations of work with heartbeats racing the commands: 10,000 worker processes on one
