@@ -687,11 +687,14 @@ class Swarm:
         """Aborts n workers holding a claim (fewer if fewer hold one); returns their ledger
         ids."""
         ids = []
-        for _ in range(5):  # a process may have fewer in a claim than its share
+        for attempt in range(5):  # a process may have fewer in a claim than its share
             left = n - len(ids)
             if left == 0:
                 break
-            per = [left // len(self.procs) + (1 if i < left % len(self.procs) else 0)
+            # the remainder goes to a different process each attempt: one with none in a
+            # claim must not be asked for it every time
+            per = [left // len(self.procs) + (1 if (i + attempt) % len(self.procs)
+                                              < left % len(self.procs) else 0)
                    for i in range(len(self.procs))]
             for proc, k in zip(self.procs, per):
                 proc.stdin.write(f"KILL {k}\n".encode())
