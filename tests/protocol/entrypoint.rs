@@ -248,7 +248,8 @@ async fn a_dynamic_evaluation_costs_the_worker_one_round_trip() {
         .map(|n| n.trim().parse().unwrap())
         .collect();
     assert_eq!(evaluations.len(), 3, "calibration and 2 generations: {log}");
-    // per generation the worker also joins, makes its first claim and leaves
+    // per generation the worker also joins, makes its first claim and (where its last result
+    // script could not) leaves
     let per_generation = 3 * evaluations.len() as i64;
     let total: i64 = evaluations.iter().sum();
     assert!(
