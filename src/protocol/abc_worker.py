@@ -70,6 +70,10 @@ KEEPALIVE = {
     if hasattr(socket, name)
 }
 GONE = 'ABC_LEDGER_GONE'
+# A result script is sent ahead (the next simulation starts before its reply: see
+# LedgerRedis) only after an evaluation shorter than this. Slower models gain less than 1%
+# from it, and at a generation's end one simulation started ahead may be wasted.
+SEND_AHEAD_BELOW_S = 0.05
 
 log = logging.getLogger('abc_worker')
 
@@ -374,6 +378,92 @@ return {'analysis', ana or false, 'generation', t or false, 'left_generation', l
 # The Redis client pyABC's worker loop gets.
 
 
+class Reply:
+    """The reply of a command sent and not read yet (LedgerConnection.pending)."""
+
+    def __init__(self):
+        self.done = False
+        self.value = None
+        self.error = None
+
+
+class LedgerConnection(redis.Connection):
+    """A connection that may carry one reply nobody has read yet: a result script sent
+    ahead (LedgerRedis). Whoever takes the connection from the pool next, or sends on it,
+    reads that reply first, into its Reply; so the heartbeat keeps sharing the process'
+    one command connection while pyABC simulates, instead of waiting for the simulation or
+    opening a connection of its own."""
+
+    pending = None
+
+    def read_pending(self):
+        reply, self.pending = self.pending, None
+        if reply is not None:
+            try:
+                reply.value = self.read_response()
+            except Exception as err:  # the script's error, or a lost connection: its sender's
+                reply.error = err
+            reply.done = True
+
+    def can_read(self, timeout=0):
+        # the pool asks this before it hands the connection out, and reconnects one with
+        # data waiting: the pending reply must not count as such
+        self.read_pending()
+        return super().can_read(timeout)
+
+    def send_packed_command(self, command, check_health=True):
+        self.read_pending()
+        super().send_packed_command(command, check_health)
+
+    def disconnect(self, *args, **kwargs):
+        reply, self.pending = self.pending, None
+        if reply is not None:
+            reply.error = redis.exceptions.ConnectionError(
+                'the connection closed before the result script answered'
+            )
+            reply.done = True
+        super().disconnect(*args, **kwargs)
+
+
+class ClaimIndex:
+    """The highest index of the claim a result script sent ahead makes: what pyABC's INCRBY
+    n_eval gets then. pyABC computes with it only once the evaluation is done (the indices
+    it reports), and that first use reads the script's reply (LedgerRedis._receive)."""
+
+    def __init__(self, client):
+        self._client = client
+        self.value = None
+        self.taken = False  # pyABC's loop got it and simulates the evaluation
+
+    def _int(self):
+        if self.value is None:
+            self._client._receive()
+        return self.value
+
+    def __index__(self):
+        return self._int()
+
+    __int__ = __index__
+
+    def __add__(self, other):
+        return self._int() + other
+
+    __radd__ = __add__
+
+    def __sub__(self, other):
+        return self._int() - other
+
+    def __rsub__(self, other):
+        return other - self._int()
+
+
+class Sent:
+    """A result script sent ahead, its reply unread."""
+
+    def __init__(self, reply, args, index):
+        self.reply, self.args, self.index = reply, args, index
+
+
 class LedgerGone(Exception):
     """Our ledger was repaired: we were declared lost and must not touch counters again."""
 
@@ -460,14 +550,19 @@ class LedgerRedis(redis.StrictRedis):
     (pyABC's DECR n_worker, answered from it): the master, which sleeps 100 ms whenever it
     finds a worker still in a generation that has its acceptances, finds none a round trip
     sooner. Without a claim or a leave each read is served once, and only until a command of
-    any other kind. Nothing is claimed ahead once pyABC's loop is leaving (SIGTERM, runtime over: see
-    State.leaving), so a worker scaled down reports all it claimed. A claim the loop does not
-    take all the same (a SIGTERM during the result script) is given back before the next
-    command, as a failed evaluation (COUNTER_LUA).
+    any other kind. Nothing is claimed ahead once pyABC's loop is leaving (SIGTERM, runtime
+    over: see State.leaving), so a worker scaled down reports all it claimed. A claim the
+    loop does not take all the same (a SIGTERM during the result script) is given back
+    before the next command, as a failed evaluation (COUNTER_LUA).
+
+    After an evaluation shorter than SEND_AHEAD_BELOW_S the worker does not even wait for
+    that round trip: the result script is sent ahead (_send_ahead) and its reply read once
+    the next simulation is done.
     """
 
     def __init__(self, *args, **kwargs):
-        # pyABC passes host, port and password; the process' one pool already has them.
+        # pyABC passes host, port and password; the process' one pool (Config.pool, whose
+        # connections a result script can be sent ahead on) already has them.
         kwargs['connection_pool'] = STATE.pool
         super().__init__(*args, **kwargs)
         self._scripts = {
@@ -477,6 +572,14 @@ class LedgerRedis(redis.StrictRedis):
             'lock_release': self.register_script(LOCK_RELEASE_LUA),
         }
         self._ahead = None  # Ahead, from the last dynamic result
+        self._sent = None  # Sent: a result script sent ahead, its reply unread
+        # (analysis, generation, batch size, reads) of the last reply that made a claim: what
+        # pyABC's checks get while the next result script's reply is unread
+        self._claiming = None
+        self._claimed_at = float('-inf')  # when pyABC's loop got its last claim
+        # pyABC finishes an evaluation that the script sent ahead did not claim (its
+        # generation was over): its report and failures are dropped, then this Ahead serves
+        self._unclaimed = None
 
     def ledger_script(self, name, keys, args):
         """EVALSHA of a ledger script, straight to the connection (no wrapper on the hot
@@ -499,10 +602,15 @@ class LedgerRedis(redis.StrictRedis):
             served, value = self._from_ahead(args)
             if served:
                 return value
+        self._receive()
         op = self._ledger_op(args)
         if op is None:
             return super().execute_command(*args, **options)
         op, key, amount, analysis, generation = op
+        if op == 'fail' and self._unclaimed is not None:
+            return 0  # a failure of the evaluation nobody claimed
+        if op == 'claim':
+            self._claimed_at = time.monotonic()
         with STATE.lock:
             value = self.ledger_script('counter', [key], [op, amount, analysis, generation])
             if op == 'join':
@@ -534,13 +642,22 @@ class LedgerRedis(redis.StrictRedis):
             key, batch, highest = ahead.claim
             if args == ('INCRBY', key, batch):
                 self._ahead = None
+                self._claimed_at = time.monotonic()
+                if isinstance(highest, ClaimIndex):
+                    highest.taken = True
                 return True, highest
-            if is_get:  # e.g. pyABC reloading its simulation when look-ahead ends
-                return False, None
+        if self._sent is not None:
+            # the claim is the unread reply's: that reply decides the rest
+            self._receive()
+            return self._from_ahead(args) if self._ahead is not None else (False, None)
+        if ahead.claim is not None and is_get:
+            # e.g. pyABC reloading its simulation when look-ahead ends
+            return False, None
         self._drop_ahead()
         return False, None
 
     def _drop_ahead(self):
+        self._receive()
         ahead, self._ahead = self._ahead, None
         if ahead is not None and ahead.claim is not None:
             self.ledger_script(
@@ -575,27 +692,114 @@ class LedgerRedis(redis.StrictRedis):
             if kind is None:  # e.g. the worker's initial multi-GET: left untouched
                 return plain_execute(raise_on_error)
             pipe.reset()
+            self._receive()
+            if self._unclaimed is not None:
+                # the report of the evaluation nobody claimed: dropped (pyABC ignores the
+                # replies); pyABC's next checks get what the script read instead
+                self._ahead, self._unclaimed = self._unclaimed, None
+                return []
             flat = [kind, analysis, generation, '0' if STATE.leaving() else '1']
             for args in commands:
                 flat += [len(args), *args]
+            claiming = self._claiming
+            if (
+                kind == 'dynamic'
+                and flat[3] == '1'
+                and claiming is not None
+                and claiming[:2] == (analysis, generation)
+                and time.monotonic() - self._claimed_at < SEND_AHEAD_BELOW_S
+            ):
+                return self._send_ahead(flat)
             with STATE.lock:  # the script may leave the generation
-                replies, reads, claim, left = self.ledger_script('results', [], flat)
-                if left:
-                    STATE.in_generation = False
-            if kind == 'dynamic':
-                g = f'{analysis}_{generation}'
-                keys = _read_keys(g)
-                self._ahead = Ahead(
-                    dict(zip(keys, reads)),
-                    (keys[4], claim[1], claim[0]) if claim else None,
-                    ('n_worker_' + g, left[0]) if left else None,
-                    analysis,
-                    generation,
-                )
-            return replies
+                return self._result(flat, self.ledger_script('results', [], flat), None)
 
         pipe.execute = execute
         return pipe
+
+    def _send_ahead(self, args):
+        """Sends the result script without reading its reply, so that pyABC starts its next
+        simulation at once: its checks get what the last claiming reply read (it claimed, so
+        they let the loop go on), and its INCRBY n_eval a ClaimIndex, the claim this script
+        makes where pyABC's loop would. The claim's index is fixed by a command sent before
+        the simulation starts, never by the simulation, so the sampling stays as unbiased as
+        pyABC's own order. Where the script claims nothing (the generation is over), that
+        simulation is wasted: its report and failures are dropped."""
+        analysis, generation, batch, reads = self._claiming
+        pool = self.connection_pool
+        conn = pool.get_connection()
+        try:
+            script = self._scripts['results']
+            conn.send_command('EVALSHA', script.sha, 1, STATE.ledger_key, *args)
+            reply = conn.pending = Reply()
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+        index = ClaimIndex(self)
+        self._sent = Sent(reply, args, index)
+        key = _read_keys(f'{analysis}_{generation}')[4]
+        self._ahead = Ahead(reads, (key, batch, index), None, analysis, generation)
+        return []
+
+    def _receive(self):
+        """Reads the reply of the result script sent ahead, if any."""
+        sent, self._sent = self._sent, None
+        if sent is None:
+            return
+        reply = sent.reply
+        if not reply.done:
+            # the process' one command connection, whose checkout reads the reply
+            self.connection_pool.release(self.connection_pool.get_connection())
+        try:
+            if not reply.done:
+                raise redis.exceptions.ConnectionError('the result script\'s reply was lost')
+            if reply.error is not None:
+                raise reply.error
+            value = reply.value
+        except redis.exceptions.NoScriptError:
+            # Redis lost its scripts (a restart): the script did not run. Run it now, as one
+            # that may not claim: a claim made after the simulation started could depend on it.
+            args = list(sent.args)
+            args[3] = '0'
+            value = self.ledger_script('results', [], args)
+        except redis.exceptions.ResponseError as err:
+            if _gone(err):
+                raise LedgerGone(str(err)) from None
+            raise
+        with STATE.lock:
+            self._result(sent.args, value, sent.index)
+
+    def _result(self, args, reply, index):
+        """Takes in the reply of a result script (sent ahead with `index`, else None);
+        returns pyABC's pipeline replies."""
+        replies, reads, claim, left = reply
+        if left:
+            STATE.in_generation = False
+        kind, analysis, generation = args[:3]
+        if kind != 'dynamic':
+            return replies
+        g = f'{analysis}_{generation}'
+        keys = _read_keys(g)
+        reads = dict(zip(keys, reads))
+        ahead = Ahead(
+            reads,
+            (keys[4], claim[1], claim[0]) if claim else None,
+            ('n_worker_' + g, left[0]) if left else None,
+            analysis,
+            generation,
+        )
+        self._claiming = (analysis, generation, claim[1], reads) if claim else None
+        if index is None or not index.taken:
+            if index is not None:
+                index.value = claim[0] if claim else 0
+            self._ahead = ahead
+        elif claim:
+            index.value = claim[0]  # pyABC simulates it
+        else:
+            index.value = 0
+            self._unclaimed = ahead
+        return replies
 
     def lock(self, name, *args, **kwargs):
         kwargs['lock_class'] = LedgerLock
@@ -694,6 +898,7 @@ class Config:
         client connections and file descriptors of redis-server.
         """
         return redis.BlockingConnectionPool(
+            connection_class=LedgerConnection,
             max_connections=CONNECTIONS_PER_PROCESS,
             # one wait longer than any single command of the worker takes
             timeout=30,

@@ -369,6 +369,70 @@ print(calibration, last, again, admin.get('n_worker_a_0').decode(),
     );
 }
 
+/// After a short evaluation the result script is sent ahead: pyABC's next simulation starts
+/// before its reply, with the index of the claim that script makes (a `ClaimIndex`, read
+/// when pyABC first computes with it). Meanwhile the heartbeat shares the connection, reading
+/// the unread reply first. Where the script sent ahead claims nothing (the generation got
+/// its acceptances), the simulation pyABC started all the same is dropped: its failure and
+/// its report reach Redis never, and pyABC's loop then ends on what the script read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_sent_ahead_lets_the_next_simulation_start_before_its_reply() {
+    let redis = server();
+    let endpoint = redis.endpoint();
+    let body = r#"
+admin.mset({'analysis_id': 'a', 'generation_a': 0, 'mode_a_0': 'dynamic', 'n_worker_a_0': 0,
+            'n_eval_a_0': 0, 'n_fail_a_0': 0, 'n_acc_a_0': 0, 'n_req_a_0': 3,
+            'is_look_ahead_a_0': 0, 'all_accepted_a_0': 0, 'batch_size_a_0': 1})
+commands = lambda: admin.info('stats')['total_commands_processed']
+
+def report(highest):
+    # pyABC's result pipeline: an accepted particle, its index done
+    p = r.pipeline()
+    p.incr('n_acc_a_0', 1)
+    p.rpush('queue_a_0', repr(highest - 0))
+    p.rpush('done_ixs_a_0', *range(highest - 1 + 1, highest + 1))
+    p.execute()
+
+def checks():
+    return int(r.get('n_acc_a_0')) < int(r.get('n_req_a_0')) and r.get('analysis_id') == b'a'
+
+r.incr('n_worker_a_0')
+first = r.incr('n_eval_a_0', 1)
+report(first)  # the first result of the generation: its reply read at once, claims 2
+checks()
+second = r.incr('n_eval_a_0', 1)
+report(second)  # sent ahead, claims 3
+checks()
+third = r.incr('n_eval_a_0', 1)
+unread = isinstance(third, w.ClaimIndex) and third.value is None
+beat = w.redis.StrictRedis(connection_pool=w.STATE.pool).register_script(w.HEARTBEAT_LUA)(
+    keys=[w.STATE.ledger_key])
+admin.incr('n_acc_a_0')  # another worker's acceptance: the generation is complete with this one
+report(third)  # sent ahead: claims nothing, leaves the generation
+before = commands()
+go_on = checks()  # answered as the last claiming reply read: pyABC goes on
+fourth = r.incr('n_eval_a_0', 1)
+r.incr('n_fail_a_0', 1)  # that simulation failed (pyABC's catch)
+report(fourth)
+ends = not checks()
+left = r.decr('n_worker_a_0')
+dropped = commands() - before
+print(first, second, int(third), unread, beat, go_on, ends, left, dropped,
+      [admin.get(f'{k}_a_0').decode() for k in ('n_eval', 'n_acc', 'n_fail', 'n_worker')],
+      [int(i) for i in admin.lrange('done_ixs_a_0', 0, -1)],
+      [v.decode() for v in admin.lrange('queue_a_0', 0, -1)],
+      sorted(k.decode() for k in admin.hkeys(w.STATE.ledger_key)))
+"#;
+    assert_eq!(
+        drive_ledger_client(&endpoint, "sent-ahead", body),
+        "1 2 3 True 1 True True 0 1 ['3', '4', '0', '0'] [1, 2, 3] ['1', '2', '3'] \
+         ['heartbeat', 'host', 'pid', 'process', 'started', 'worker']",
+        "claims 1-3 reported once each; the heartbeat ran while a reply was unread; the \
+         simulation started ahead of a claim that was not made sent nothing (only the INFO) \
+         and left no trace; the ledger owes nothing"
+    );
+}
+
 /// Each worker process holds at most the documented number of Redis connections (pyABC's
 /// subscription and one for commands, the ledger's heartbeat included), idle and after
 /// generations of work with heartbeats racing the commands: 10,000 worker processes on one
@@ -525,6 +589,8 @@ w = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(w)
 host, port, password = sys.argv[2], int(sys.argv[3]), sys.argv[4]
 w.STATE = w.State('{id}')
+w.STATE.pool = w.Config({{'ABC_REDIS_HOST': host, 'ABC_REDIS_PORT': str(port),
+                         'ABC_REDIS_PASSWORD': password}}).pool()
 admin = w.redis.StrictRedis(host=host, port=port, password=password)
 admin.register_script(w.REGISTER_LUA)(
     keys=[w.STATE.ledger_key, w.LEDGER_SET], args=['{id}', '{id}', 0, 'h', 1])
