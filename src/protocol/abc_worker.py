@@ -27,6 +27,8 @@ Environment:
   ABC_WORKER_CATCH        pyABC's --catch: "true" (default) counts a model's exception as a
                           failed evaluation, "false" makes the worker stop on it
   ABC_HEARTBEAT_SECONDS   ledger heartbeat period (default 5)
+  ABC_SEND_AHEAD_BELOW_SECONDS  after evaluations shorter than this (default 0.05), start the
+                          next one before the result's reply arrives; 0: never (LedgerRedis)
 
 Exit codes: 0 normal end (runtime over, SIGTERM, stop message), 1 error, 2 bad
 configuration, 3 the ledger was repaired by someone else (this worker was declared lost).
@@ -71,8 +73,9 @@ KEEPALIVE = {
 }
 GONE = 'ABC_LEDGER_GONE'
 # A result script is sent ahead (the next simulation starts before its reply: see
-# LedgerRedis) only after an evaluation shorter than this. Slower models gain less than 1%
-# from it, and at a generation's end one simulation started ahead may be wasted.
+# LedgerRedis) only after an evaluation shorter than this (ABC_SEND_AHEAD_BELOW_SECONDS; 0:
+# never). Slower models gain less than 1% from it, and at a generation's end one simulation
+# started ahead may be wasted.
 SEND_AHEAD_BELOW_S = 0.05
 
 log = logging.getLogger('abc_worker')
@@ -483,6 +486,7 @@ class State:
         # what tells that pyABC's loop leaves at its next check (see leaving)
         self.kill_handler = None
         self.deadline = float('inf')
+        self.send_ahead_below_s = SEND_AHEAD_BELOW_S
 
     def leaving(self) -> bool:
         """pyABC's loop leaves the generation at its next check: it received SIGTERM, or its
@@ -707,7 +711,7 @@ class LedgerRedis(redis.StrictRedis):
                 and flat[3] == '1'
                 and claiming is not None
                 and claiming[:2] == (analysis, generation)
-                and time.monotonic() - self._claimed_at < SEND_AHEAD_BELOW_S
+                and time.monotonic() - self._claimed_at < STATE.send_ahead_below_s
             ):
                 return self._send_ahead(flat)
             with STATE.lock:  # the script may leave the generation
@@ -880,12 +884,17 @@ class Config:
         self.runtime_s = cli.runtime_parse(self.runtime)
         self.processes = int(env.get('ABC_WORKER_PROCESSES', '1'))
         self.heartbeat_s = float(env.get('ABC_HEARTBEAT_SECONDS', '5'))
+        self.send_ahead_below_s = float(
+            env.get('ABC_SEND_AHEAD_BELOW_SECONDS', str(SEND_AHEAD_BELOW_S))
+        )
         catch = env.get('ABC_WORKER_CATCH', 'true').lower()
         if catch not in ('true', 'false'):
             raise ValueError(f'ABC_WORKER_CATCH must be true or false, not {catch!r}')
         self.catch = catch == 'true'
         if self.processes < 1 or self.heartbeat_s <= 0 or self.runtime_s <= 0:
             raise ValueError('processes, heartbeat and runtime must be positive')
+        if self.send_ahead_below_s < 0:
+            raise ValueError('ABC_SEND_AHEAD_BELOW_SECONDS must not be negative')
 
     def pool(self):
         """The connections of one worker process: at most CONNECTIONS_PER_PROCESS.
@@ -996,6 +1005,7 @@ def run_worker(config: Config, ledger_id: str, process: int) -> int:
     global STATE
     STATE = state = State(ledger_id)
     deadline = state.deadline = time.monotonic() + config.runtime_s
+    state.send_ahead_below_s = config.send_ahead_below_s
     state.pool = config.pool()
     admin = redis.StrictRedis(connection_pool=state.pool)
     try:
