@@ -254,7 +254,8 @@ if ARGV[1] == 'dynamic' then
       -- still in the generation, finds none sooner
       reads[5], reads[6] = v[5], v[6]
       left = {0}
-      if redis.call('EXISTS', 'n_worker_' .. g) == 1 and redis.call('HEXISTS', ledger, 'joined') == 1 then
+      if redis.call('EXISTS', 'n_worker_' .. g) == 1
+          and redis.call('HEXISTS', ledger, 'joined') == 1 then
         left = {redis.call('DECR', 'n_worker_' .. g)}
       end
       redis.call('HDEL', ledger, 'joined')
