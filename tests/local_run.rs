@@ -787,6 +787,39 @@ fn without_a_master_workers_wait_until_ctrl_c() {
     };
     let pids = all_pids(&events);
     assert_eq!(pids.len(), 3, "two workers and redis-server");
+    // The workers' connections (2 each) come over the server's Unix socket, which only we
+    // can reach: less CPU per round trip than loopback TCP.
+    let port = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ABC_REDIS_PORT="))
+        .map(|p| p.trim_matches('\'').to_string())
+        .expect("the connection file has the port");
+    let mut admin = redis::Client::open(format!("redis://:{password}@127.0.0.1:{port}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sockets = loop {
+        let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut admin).unwrap();
+        let sockets: Vec<String> = clients
+            .lines()
+            .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("laddr=/")))
+            .map(|addr| format!("/{}", addr.rsplit_once(':').unwrap().0))
+            .collect();
+        if sockets.len() >= 4 || Instant::now() > deadline {
+            break sockets;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(sockets.len(), 4, "the workers' connections over the socket");
+    let socket = PathBuf::from(&sockets[0]);
+    for (path, what) in [
+        (socket.as_path(), "socket"),
+        (socket.parent().unwrap(), "its folder"),
+    ] {
+        let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "the {what}: {}", path.display());
+    }
     // Workers keep running until Ctrl-C.
     std::thread::sleep(Duration::from_secs(2));
     assert!(pids.iter().all(|p| alive(*p)));
@@ -798,6 +831,10 @@ fn without_a_master_workers_wait_until_ctrl_c() {
     assert!(
         !env_file.exists(),
         "the connection file goes with the server"
+    );
+    assert!(
+        !socket.parent().unwrap().exists(),
+        "the socket's folder goes with the server"
     );
     let everything = format!("{}\n{}", run.stdout.join("\n"), run.stderr());
     assert!(

@@ -5,15 +5,25 @@ use super::error::LocalError;
 use super::progress::FinalCounts;
 use super::redis_server::{RedisServer, RedisServerOptions};
 use crate::protocol::{self, Repair, Snapshot, keys};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 
 /// The run's redis-server (or, with `--keep-redis`, one left running at the end).
 pub struct LocalRedis {
     server: RedisServer,
     pub host: String,
     pub port: u16,
+    /// The Unix socket it also listens on, for the workers (`ABC_REDIS_SOCKET`), in a private
+    /// directory that outlives restarts of the server; `None` where the path would be too
+    /// long for a socket.
+    pub socket: Option<PathBuf>,
+    socket_dir: Option<tempfile::TempDir>,
     /// Started with `--keep-redis` (a restarted server keeps that too).
     keep: bool,
 }
+
+/// Longest Unix socket path Linux takes (`sun_path` holds 108 bytes with the final NUL).
+const MAX_SOCKET_PATH: usize = 107;
 
 impl LocalRedis {
     /// Starts a password-protected redis-server on 127.0.0.1.
@@ -22,9 +32,18 @@ impl LocalRedis {
     /// seconds: a child started from a `spawn_blocking` thread would be tied to that thread's
     /// life by a parent-death signal, and those threads end when idle.
     pub fn start(port: Option<u16>, keep: bool) -> Result<LocalRedis, LocalError> {
+        // a private directory (and the socket 0700 in it): only the user reaches the socket
+        let socket_dir = tempfile::Builder::new()
+            .prefix("abc-redis-socket-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()
+            .map_err(|err| LocalError::RedisStart(format!("a directory for its socket: {err}")))?;
+        let socket = Some(socket_dir.path().join("redis.sock"))
+            .filter(|path| path.as_os_str().len() <= MAX_SOCKET_PATH);
         let options = RedisServerOptions {
             port,
             outlive_parent: keep,
+            unix_socket: socket.clone(),
             ..Default::default()
         };
         let server =
@@ -39,6 +58,8 @@ impl LocalRedis {
         Ok(LocalRedis {
             host: endpoint.host,
             port: endpoint.port,
+            socket,
+            socket_dir: Some(socket_dir),
             server,
             keep,
         })
@@ -57,6 +78,7 @@ impl LocalRedis {
             port: Some(self.port),
             password: Some(self.server.password().to_string()),
             outlive_parent: self.keep,
+            unix_socket: self.socket.clone(),
             ..Default::default()
         };
         self.server = RedisServer::start(options).map_err(|err| LocalError::RedisRestart {
@@ -77,7 +99,10 @@ impl LocalRedis {
     }
 
     /// Leaves the server running after the runner exits (`--keep-redis`).
-    pub fn keep(self) {
+    pub fn keep(mut self) {
+        if let Some(dir) = self.socket_dir.take() {
+            let _ = dir.keep();
+        }
         self.server.detach();
     }
 

@@ -30,6 +30,9 @@ pub struct RedisServerOptions {
     /// Keep the server when the process that started it dies (`--keep-redis`); otherwise the
     /// kernel stops it with its parent, even when the parent is SIGKILLed.
     pub outlive_parent: bool,
+    /// Also listen on this Unix socket (mode 0700): local clients spend less CPU on it than
+    /// on loopback TCP. Its directory must be private to the user.
+    pub unix_socket: Option<PathBuf>,
 }
 
 impl Default for RedisServerOptions {
@@ -40,6 +43,7 @@ impl Default for RedisServerOptions {
             program: PathBuf::from("redis-server"),
             startup_timeout: Duration::from_secs(10),
             outlive_parent: false,
+            unix_socket: None,
         }
     }
 }
@@ -52,6 +56,7 @@ impl std::fmt::Debug for RedisServerOptions {
             .field("program", &self.program)
             .field("startup_timeout", &self.startup_timeout)
             .field("outlive_parent", &self.outlive_parent)
+            .field("unix_socket", &self.unix_socket)
             .finish()
     }
 }
@@ -142,13 +147,19 @@ impl RedisServer {
             .map_err(RedisServerError::Files)?;
         let config_path = dir.path().join("redis.conf");
         let log_path = dir.path().join("redis.log");
-        let config = format!(
+        let mut config = format!(
             "bind 127.0.0.1\nport {port}\nprotected-mode yes\nrequirepass {}\nsave \"\"\nappendonly no\ndir {}\nlogfile {}\ndaemonize no\n{}",
             quote(password),
             quote(&dir.path().to_string_lossy()),
             quote(&log_path.to_string_lossy()),
             server_config::config_lines(),
         );
+        if let Some(socket) = &options.unix_socket {
+            config.push_str(&format!(
+                "unixsocket {}\nunixsocketperm 700\n",
+                quote(&socket.to_string_lossy())
+            ));
+        }
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)

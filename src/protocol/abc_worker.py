@@ -20,6 +20,7 @@ then exits 3.
 
 Environment:
   ABC_REDIS_HOST, ABC_REDIS_PORT, ABC_REDIS_PASSWORD   the run's Redis
+  ABC_REDIS_SOCKET        its Unix socket, used instead of host and port where set (local runs)
   ABC_WORKER_ID           identity (default: the host name, which is the pod name);
                           with several processes each one is `{id}-{i}`
   ABC_WORKER_RUNTIME      runtime limit in pyABC's syntax (default 2h)
@@ -391,8 +392,8 @@ class Reply:
         self.error = None
 
 
-class LedgerConnection(redis.Connection):
-    """A connection that may carry one reply nobody has read yet: a result script sent
+class PendingReply:
+    """For a connection that may carry one reply nobody has read yet: a result script sent
     ahead (LedgerRedis). Whoever takes the connection from the pool next, or sends on it,
     reads that reply first, into its Reply; so the heartbeat keeps sharing the process'
     one command connection while pyABC simulates, instead of waiting for the simulation or
@@ -427,6 +428,14 @@ class LedgerConnection(redis.Connection):
             )
             reply.done = True
         super().disconnect(*args, **kwargs)
+
+
+class LedgerConnection(PendingReply, redis.Connection):
+    """TCP, with a reply that may be pending (PendingReply)."""
+
+
+class LedgerUnixConnection(PendingReply, redis.UnixDomainSocketConnection):
+    """A Unix socket (ABC_REDIS_SOCKET), with a reply that may be pending (PendingReply)."""
 
 
 class ClaimIndex:
@@ -879,6 +888,7 @@ class Config:
     def __init__(self, env):
         self.host = env.get('ABC_REDIS_HOST', 'localhost')
         self.port = int(env.get('ABC_REDIS_PORT', '6379'))
+        self.socket = env.get('ABC_REDIS_SOCKET') or None
         self.password = env.get('ABC_REDIS_PASSWORD') or None
         self.worker_id = env.get('ABC_WORKER_ID') or socket.gethostname()
         self.runtime = env.get('ABC_WORKER_RUNTIME', '2h')
@@ -907,22 +917,34 @@ class Config:
         With 10,000 worker processes on one Redis, every connection per process is 10,000
         client connections and file descriptors of redis-server.
         """
+        if self.socket:
+            # a Unix socket (the local runner's): each round trip costs the worker and Redis
+            # less CPU than loopback TCP; a dead server closes it
+            where = {'connection_class': LedgerUnixConnection, 'path': self.socket}
+        else:
+            # TCP keepalive detects a Redis that vanished without closing the connection
+            where = {
+                'connection_class': LedgerConnection,
+                'host': self.host,
+                'port': self.port,
+                'socket_keepalive': True,
+                'socket_keepalive_options': KEEPALIVE,
+            }
         return redis.BlockingConnectionPool(
-            connection_class=LedgerConnection,
             max_connections=CONNECTIONS_PER_PROCESS,
             # one wait longer than any single command of the worker takes
             timeout=30,
-            host=self.host,
-            port=self.port,
             password=self.password,
             # Workers wait indefinitely for messages between generations (redis-py's default
-            # socket timeout would turn that wait into an error); TCP keepalive detects a
-            # Redis that vanished without closing the connection.
+            # socket timeout would turn that wait into an error).
             socket_timeout=None,
             socket_connect_timeout=30,
-            socket_keepalive=True,
-            socket_keepalive_options=KEEPALIVE,
+            **where,
         )
+
+    def redis_text(self):
+        """Where Redis is, for messages."""
+        return self.socket or f'{self.host}:{self.port}'
 
     def client(self):
         """A client of its own: the supervisor of several processes (only to settle the
@@ -1016,7 +1038,7 @@ def run_worker(config: Config, ledger_id: str, process: int) -> int:
             args=[ledger_id, config.worker_id, process, socket.gethostname(), os.getpid()],
         )
     except redis.RedisError as err:
-        log.error(f'cannot use Redis at {config.host}:{config.port}: {err}')
+        log.error(f'cannot use Redis at {config.redis_text()}: {err}')
         return EXIT_ERROR
     if not registered:
         log.error(f'another worker registered the ledger id {ledger_id} meanwhile')

@@ -11,10 +11,11 @@ use std::ffi::{OsStr, OsString};
 /// identity (its ledger ids) and the results folder must stay the operator's, so a user's
 /// entry with one of these names is dropped. Other names of ours (e.g.
 /// `ABC_HEARTBEAT_SECONDS`) a user may override.
-pub const RESERVED: [&str; 5] = [
+pub const RESERVED: [&str; 6] = [
     "ABC_REDIS_HOST",
     "ABC_REDIS_PORT",
     "ABC_REDIS_PASSWORD",
+    "ABC_REDIS_SOCKET",
     "ABC_WORKER_ID",
     "ABC_RESULTS_DIR",
 ];

@@ -25,6 +25,11 @@ impl Runner {
             // Output reaches the logs (and the terminal) as it is printed, not at exit.
             ("PYTHONUNBUFFERED".into(), "1".into()),
         ];
+        if let Some(socket) = &redis.socket {
+            // the worker entrypoint's commands go there (less CPU than loopback TCP); the
+            // master's pyABC sampler takes only a host and a port
+            env.push(("ABC_REDIS_SOCKET".into(), socket.clone().into()));
+        }
         if std::env::var_os("MPLCONFIGDIR").is_none() {
             env.push(("MPLCONFIGDIR".into(), self.mpl.clone().into()));
         }
