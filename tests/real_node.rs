@@ -643,41 +643,49 @@ async fn every_container_runs_non_root_read_only_without_capabilities() {
     // Without the password, Redis answers nothing but an authentication error, even inside
     // the cluster (from a pod of the same image Redis runs).
     let service = "no-master-redis";
-    let out = NODE
-        .kubectl()
-        .args([
-            "run",
+    // Read from the pod's log once it has ended: `kubectl run -i` can attach after a
+    // container this short has exited and then prints nothing.
+    kubectl(&[
+        "run",
+        "intruder",
+        "-n",
+        &ns.name,
+        "--restart=Never",
+        "--image",
+        REDIS_IMAGE,
+        "--image-pull-policy=Never",
+        "--overrides",
+        r#"{"spec":{"securityContext":{"runAsUser":999,"runAsNonRoot":true}}}"#,
+        "--",
+        "redis-cli",
+        "-h",
+        service,
+        "-p",
+        "6379",
+        "GET",
+        "analysis_id",
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let phase = kubectl(&[
+            "get",
+            "pod",
             "intruder",
             "-n",
             &ns.name,
-            "--rm",
-            "-i",
-            "--restart=Never",
-        ])
-        .args([
-            "--image",
-            REDIS_IMAGE,
-            "--image-pull-policy=Never",
-            "--quiet",
-        ])
-        .args([
-            "--overrides",
-            r#"{"spec":{"securityContext":{"runAsUser":999,"runAsNonRoot":true}}}"#,
-        ])
-        .args([
-            "--",
-            "redis-cli",
-            "-h",
-            service,
-            "-p",
-            "6379",
-            "GET",
-            "analysis_id",
-        ])
-        .output()
-        .unwrap();
-    let said =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+            "-o",
+            "jsonpath={.status.phase}",
+        ]);
+        if phase == "Succeeded" || phase == "Failed" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the intruder pod did not end: {phase}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let said = kubectl(&["logs", "-n", &ns.name, "intruder"]);
     assert!(
         said.contains("NOAUTH"),
         "a client without the password got: {said}"
