@@ -571,7 +571,8 @@ class LedgerRedis(redis.StrictRedis):
 
     After an evaluation shorter than SEND_AHEAD_BELOW_S the worker does not even wait for
     that round trip: the result script is sent ahead (_send_ahead) and its reply read once
-    the next simulation is done.
+    the next simulation is done; not within a few acceptances of a generation's end
+    (_far_from_the_end).
     """
 
     def __init__(self, *args, **kwargs):
@@ -722,6 +723,7 @@ class LedgerRedis(redis.StrictRedis):
                 and claiming is not None
                 and claiming[:2] == (analysis, generation)
                 and time.monotonic() - self._claimed_at < STATE.send_ahead_below_s
+                and _far_from_the_end(claiming[3], f'{analysis}_{generation}')
             ):
                 return self._send_ahead(flat)
             with STATE.lock:  # the script may leave the generation
@@ -854,6 +856,19 @@ def coalesced_starts(messages, waiting):
                 break
             message = following
         yield message
+
+
+def _far_from_the_end(reads, generation):
+    """Whether the generation still needs more than a few acceptances (by what a result
+    script read): near its end the worker waits for each reply again, so that its last one,
+    which leaves the generation, reaches Redis as soon as possible, and no simulation started
+    ahead competes with the master for a core while it looks whether every worker left."""
+    try:
+        n_acc = int(reads['n_acc_' + generation])
+        n_req = int(reads['n_req_' + generation])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return n_req - n_acc > max(2, n_req // 50)
 
 
 def _read_keys(generation):

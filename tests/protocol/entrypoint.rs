@@ -372,29 +372,34 @@ print(calibration, last, again, admin.get('n_worker_a_0').decode(),
 /// After a short evaluation the result script is sent ahead: pyABC's next simulation starts
 /// before its reply, with the index of the claim that script makes (a `ClaimIndex`, read
 /// when pyABC first computes with it). Meanwhile the heartbeat shares the connection, reading
-/// the unread reply first. Where the script sent ahead claims nothing (the generation got
-/// its acceptances), the simulation pyABC started all the same is dropped: its failure and
-/// its report reach Redis never, and pyABC's loop then ends on what the script read.
+/// the unread reply first. Where the script sent ahead claims nothing (the other workers
+/// completed the generation), the simulation pyABC started all the same is dropped: its
+/// failure and its report reach Redis never, and pyABC's loop then ends on what the script
+/// read. Within a few acceptances of a generation's end the worker waits for each reply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_sent_ahead_lets_the_next_simulation_start_before_its_reply() {
     let redis = server();
     let endpoint = redis.endpoint();
     let body = r#"
-admin.mset({'analysis_id': 'a', 'generation_a': 0, 'mode_a_0': 'dynamic', 'n_worker_a_0': 0,
-            'n_eval_a_0': 0, 'n_fail_a_0': 0, 'n_acc_a_0': 0, 'n_req_a_0': 3,
-            'is_look_ahead_a_0': 0, 'all_accepted_a_0': 0, 'batch_size_a_0': 1})
+def generation(t, n_req):
+    admin.mset({'analysis_id': 'a', 'generation_a': t, f'mode_a_{t}': 'dynamic',
+                f'n_worker_a_{t}': 0, f'n_eval_a_{t}': 0, f'n_fail_a_{t}': 0,
+                f'n_acc_a_{t}': 0, f'n_req_a_{t}': n_req, f'is_look_ahead_a_{t}': 0,
+                f'all_accepted_a_{t}': 0, f'batch_size_a_{t}': 1})
 commands = lambda: admin.info('stats')['total_commands_processed']
 
-def report(highest):
+def report(highest, t=0):
     # pyABC's result pipeline: an accepted particle, its index done
     p = r.pipeline()
-    p.incr('n_acc_a_0', 1)
-    p.rpush('queue_a_0', repr(highest - 0))
-    p.rpush('done_ixs_a_0', *range(highest - 1 + 1, highest + 1))
+    p.incr(f'n_acc_a_{t}', 1)
+    p.rpush(f'queue_a_{t}', repr(highest - 0))
+    p.rpush(f'done_ixs_a_{t}', *range(highest - 1 + 1, highest + 1))
     p.execute()
 
-def checks():
-    return int(r.get('n_acc_a_0')) < int(r.get('n_req_a_0')) and r.get('analysis_id') == b'a'
+def checks(t=0):
+    return int(r.get(f'n_acc_a_{t}')) < int(r.get(f'n_req_a_{t}')) and r.get('analysis_id') == b'a'
+
+generation(0, 10)
 
 r.incr('n_worker_a_0')
 first = r.incr('n_eval_a_0', 1)
@@ -407,7 +412,7 @@ third = r.incr('n_eval_a_0', 1)
 unread = isinstance(third, w.ClaimIndex) and third.value is None
 beat = w.redis.StrictRedis(connection_pool=w.STATE.pool).register_script(w.HEARTBEAT_LUA)(
     keys=[w.STATE.ledger_key])
-admin.incr('n_acc_a_0')  # another worker's acceptance: the generation is complete with this one
+admin.incrby('n_acc_a_0', 7)  # other workers' acceptances: complete with this one
 report(third)  # sent ahead: claims nothing, leaves the generation
 before = commands()
 go_on = checks()  # answered as the last claiming reply read: pyABC goes on
@@ -417,19 +422,28 @@ report(fourth)
 ends = not checks()
 left = r.decr('n_worker_a_0')
 dropped = commands() - before
-print(first, second, int(third), unread, beat, go_on, ends, left, dropped,
+owes = sorted(k.decode() for k in admin.hkeys(w.STATE.ledger_key))
+# near the end of a generation (2 of 3 acceptances to go) the worker waits for the reply
+generation(1, 3)
+r.incr('n_worker_a_1')
+report(r.incr('n_eval_a_1', 1), 1)
+checks(1)
+report(r.incr('n_eval_a_1', 1), 1)
+checks(1)
+near_the_end = type(r.incr('n_eval_a_1', 1)).__name__
+print(first, second, int(third), unread, beat, go_on, ends, left, dropped, near_the_end,
       [admin.get(f'{k}_a_0').decode() for k in ('n_eval', 'n_acc', 'n_fail', 'n_worker')],
       [int(i) for i in admin.lrange('done_ixs_a_0', 0, -1)],
-      [v.decode() for v in admin.lrange('queue_a_0', 0, -1)],
-      sorted(k.decode() for k in admin.hkeys(w.STATE.ledger_key)))
+      [v.decode() for v in admin.lrange('queue_a_0', 0, -1)], owes)
 "#;
     assert_eq!(
         drive_ledger_client(&endpoint, "sent-ahead", body),
-        "1 2 3 True 1 True True 0 1 ['3', '4', '0', '0'] [1, 2, 3] ['1', '2', '3'] \
+        "1 2 3 True 1 True True 0 1 int ['3', '10', '0', '0'] [1, 2, 3] ['1', '2', '3'] \
          ['heartbeat', 'host', 'pid', 'process', 'started', 'worker']",
         "claims 1-3 reported once each; the heartbeat ran while a reply was unread; the \
          simulation started ahead of a claim that was not made sent nothing (only the INFO) \
-         and left no trace; the ledger owes nothing"
+         and left no trace; the ledger owes nothing; near a generation's end no reply is \
+         left unread"
     );
 }
 
