@@ -754,7 +754,7 @@ class LedgerRedis(redis.StrictRedis):
             pool.release(conn)
         index = ClaimIndex(self)
         self._sent = Sent(reply, args, index)
-        key = _read_keys(f'{analysis}_{generation}')[4]
+        key = f'n_eval_{analysis}_{generation}'
         self._ahead = Ahead(reads, (key, batch, index), None, analysis, generation)
         return []
 

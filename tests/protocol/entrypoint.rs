@@ -269,10 +269,7 @@ async fn a_claim_made_ahead_is_taken_by_pyabc_or_given_back() {
     let redis = server();
     let endpoint = redis.endpoint();
     let body = r#"
-admin.mset({'analysis_id': 'a', 'generation_a': 0, 'mode_a_0': 'dynamic', 'n_worker_a_0': 0,
-            'n_eval_a_0': 0, 'n_fail_a_0': 0, 'n_acc_a_0': 0, 'n_req_a_0': 10,
-            'is_look_ahead_a_0': 0, 'all_accepted_a_0': 1, 'batch_size_a_0': 1})
-commands = lambda: admin.info('stats')['total_commands_processed']
+generation(0, 10, all_accepted=1)
 
 def report(ix):
     p = r.pipeline()
@@ -320,13 +317,6 @@ async fn a_workers_last_result_of_a_generation_also_leaves_it() {
     let redis = server();
     let endpoint = redis.endpoint();
     let body = r#"
-def generation(t, all_accepted):
-    admin.mset({'analysis_id': 'a', 'generation_a': t, f'mode_a_{t}': 'dynamic',
-                f'n_worker_a_{t}': 0, f'n_eval_a_{t}': 0, f'n_fail_a_{t}': 0, f'n_acc_a_{t}': 0,
-                f'n_req_a_{t}': 2, f'is_look_ahead_a_{t}': 0, f'all_accepted_a_{t}': all_accepted,
-                f'batch_size_a_{t}': 1})
-commands = lambda: admin.info('stats')['total_commands_processed']
-
 def report(t, ix):
     p = r.pipeline()
     p.incr(f'n_acc_a_{t}', 1)
@@ -343,14 +333,14 @@ def closing_checks(t, all_accepted):
     return commands() - before, left
 
 # calibration: another worker claims the second evaluation while this one simulates the first
-generation(0, 1)
+generation(0, 2, all_accepted=1)
 r.incr('n_worker_a_0')
 first = r.incr('n_eval_a_0', 1)
 admin.incr('n_eval_a_0')
 report(0, first)
 calibration = closing_checks(0, True)
 # a generation: this worker claims both evaluations (the second one ahead) and accepts both
-generation(1, 0)
+generation(1, 2)
 r.incr('n_worker_a_1')
 report(1, r.incr('n_eval_a_1', 1))
 int(r.get('n_acc_a_1')) < int(r.get('n_req_a_1')) and r.get('analysis_id')  # pyABC's loop
@@ -381,13 +371,6 @@ async fn a_result_sent_ahead_lets_the_next_simulation_start_before_its_reply() {
     let redis = server();
     let endpoint = redis.endpoint();
     let body = r#"
-def generation(t, n_req):
-    admin.mset({'analysis_id': 'a', 'generation_a': t, f'mode_a_{t}': 'dynamic',
-                f'n_worker_a_{t}': 0, f'n_eval_a_{t}': 0, f'n_fail_a_{t}': 0,
-                f'n_acc_a_{t}': 0, f'n_req_a_{t}': n_req, f'is_look_ahead_a_{t}': 0,
-                f'all_accepted_a_{t}': 0, f'batch_size_a_{t}': 1})
-commands = lambda: admin.info('stats')['total_commands_processed']
-
 def report(highest, t=0):
     # pyABC's result pipeline: an accepted particle, its index done
     p = r.pipeline()
@@ -588,8 +571,10 @@ async fn wait_subscribed(conn: &mut abc_operator::protocol::Connection, workers:
 }
 
 /// Runs `body` (Python) after loading the entrypoint as `w`, with a registered ledger `id`
-/// (`w.STATE`), `admin`, a plain client, and `r`, the entrypoint's `LedgerRedis` as pyABC's
-/// worker loop gets it; returns what it printed, trimmed.
+/// (`w.STATE`), `admin`, a plain client, `r`, the entrypoint's `LedgerRedis` as pyABC's
+/// worker loop gets it, `commands()` (Redis' command count) and `generation(t, n_req,
+/// all_accepted=0)`, which sets up generation t of analysis 'a'; returns what it printed,
+/// trimmed.
 fn drive_ledger_client(
     endpoint: &abc_operator::protocol::Endpoint,
     id: &str,
@@ -609,6 +594,15 @@ admin = w.redis.StrictRedis(host=host, port=port, password=password)
 admin.register_script(w.REGISTER_LUA)(
     keys=[w.STATE.ledger_key, w.LEDGER_SET], args=['{id}', '{id}', 0, 'h', 1])
 r = w.LedgerRedis(host=host, port=port, password=password)
+commands = lambda: admin.info('stats')['total_commands_processed']
+
+def generation(t, n_req, all_accepted=0):
+    """Generation t of analysis 'a' as pyABC's master starts it (dynamic, batch size 1)."""
+    admin.mset({{'analysis_id': 'a', 'generation_a': t, f'mode_a_{{t}}': 'dynamic',
+                f'n_worker_a_{{t}}': 0, f'n_eval_a_{{t}}': 0, f'n_fail_a_{{t}}': 0,
+                f'n_acc_a_{{t}}': 0, f'n_req_a_{{t}}': n_req, f'is_look_ahead_a_{{t}}': 0,
+                f'all_accepted_a_{{t}}': all_accepted, f'batch_size_a_{{t}}': 1}})
+
 {body}"#
     );
     let out = crate::support::python::python_script(
