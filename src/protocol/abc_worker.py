@@ -78,6 +78,10 @@ GONE = 'ABC_LEDGER_GONE'
 # never). Slower models gain less than 1% from it, and at a generation's end one simulation
 # started ahead may be wasted.
 SEND_AHEAD_BELOW_S = 0.05
+# The result that completes a generation releases the workers whose running evaluations
+# cannot matter (RESULTS_LUA) only where at most this many ledgers are registered: it reads
+# each of them, inside Redis, once per generation (4 ms for 1,000, releasing them all).
+RELEASE_SCAN_MAX = '1000'
 
 log = logging.getLogger('abc_worker')
 
@@ -109,22 +113,39 @@ redis.call('HSET', KEYS[1], 'heartbeat', now_ms())
 return 1
 """
 
-# KEYS: ledger, pyABC counter. ARGV: op, amount (negative for DECRBY), analysis, generation.
-# The counter change pyABC asked for, and its shadow in the ledger. On the hot path (a claim,
-# once per batch) it makes 4 calls: EXISTS, INCRBY, GET mode, one HSET.
-COUNTER_LUA = """
-local ledger = KEYS[1]
-if redis.call('EXISTS', ledger) == 0 then
-  return redis.error_reply('ABC_LEDGER_GONE this worker was declared lost and repaired')
-end
-local op, amount = ARGV[1], tonumber(ARGV[2])
+# What COUNTER_LUA and RESULTS_LUA both do to a ledger.
+LEAVE_LUA = """
 -- the generation stays recorded while the worker is in it or still owes something in it
-local function forget_if_done()
+local function forget_if_done(ledger)
   if redis.call('HEXISTS', ledger, 'joined') == 0 and redis.call('HEXISTS', ledger, 'claim_max') == 0
       and redis.call('HEXISTS', ledger, 'jobs') == 0 then
     redis.call('HDEL', ledger, 'analysis', 'generation')
   end
 end
+-- pyABC's DECR n_worker when a worker leaves a generation, once per join (a result script
+-- may have left for it already, or released it). A generation whose n_worker is gone is
+-- over: pyABC's master deletes its keys once it has read n_worker 0, in a step of its own,
+-- and leaving it must not create n_worker again. Returns n_worker after.
+local function leave(ledger, n_worker)
+  local value = tonumber(redis.call('GET', n_worker) or '')
+  if value and redis.call('HEXISTS', ledger, 'joined') == 1 then
+    value = redis.call('DECR', n_worker)
+  end
+  redis.call('HDEL', ledger, 'joined')
+  forget_if_done(ledger)
+  return value or 0
+end
+"""
+
+# KEYS: ledger, pyABC counter. ARGV: op, amount (negative for DECRBY), analysis, generation.
+# The counter change pyABC asked for, and its shadow in the ledger. On the hot path (a claim,
+# once per batch) it makes 4 calls: EXISTS, INCRBY, GET mode, one HSET.
+COUNTER_LUA = LEAVE_LUA + """
+local ledger = KEYS[1]
+if redis.call('EXISTS', ledger) == 0 then
+  return redis.error_reply('ABC_LEDGER_GONE this worker was declared lost and repaired')
+end
+local op, amount = ARGV[1], tonumber(ARGV[2])
 -- A claim RESULTS_LUA made ahead that pyABC's loop did not take (it left the generation
 -- instead): given back as a lost worker's would be, its indices done and counted as failed,
 -- so that the master waits for none of them and the calibration sample still fills up.
@@ -132,7 +153,7 @@ if op == 'unclaim' then
   local max, count = tonumber(redis.call('HGET', ledger, 'claim_max') or ''),
     tonumber(redis.call('HGET', ledger, 'claim_n') or '')
   redis.call('HDEL', ledger, 'claim_max', 'claim_n', 'claim_fail')
-  forget_if_done()
+  forget_if_done(ledger)
   if not (max and count) or redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
   local g = ARGV[3] .. '_' .. ARGV[4]
   for s = max - count + 1, max, 1000 do
@@ -143,29 +164,12 @@ if op == 'unclaim' then
   redis.call('INCRBY', 'n_fail_' .. g, count)
   return count
 end
--- pyABC's master deletes a generation's keys once it has read n_worker 0, in a step of its
--- own: a worker that joins in between (a late `start`) would create n_worker again, and its
--- leaving would leave it at -1 for good. A generation whose n_worker is gone is over: nobody
--- joins it, and leaving it changes no counter.
-if (op == 'join' or op == 'leave') and redis.call('EXISTS', KEYS[2]) == 0 then
-  if op == 'leave' then
-    redis.call('HDEL', ledger, 'joined')
-    forget_if_done()
-  end
-  return 0
-end
--- a worker leaves a generation once per join: RESULTS_LUA may have left for it already
-if op == 'leave' and redis.call('HEXISTS', ledger, 'joined') == 0 then
-  forget_if_done()
-  return tonumber(redis.call('GET', KEYS[2])) or 0
-end
+if op == 'leave' then return leave(ledger, KEYS[2]) end
+-- A worker that joins a generation whose n_worker is gone (a late `start`, after the master
+-- deleted its keys) would create n_worker again: nobody joins it.
+if op == 'join' and redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 local value = redis.call('INCRBY', KEYS[2], amount)
 if op == 'count' then return value end
-if op == 'leave' then
-  redis.call('HDEL', ledger, 'joined')
-  forget_if_done()
-  return value
-end
 local here = {'analysis', ARGV[3], 'generation', ARGV[4]}
 if op == 'join' then
   redis.call('HSET', ledger, 'joined', '1', unpack(here))
@@ -188,7 +192,7 @@ elseif op == 'job' then
   -- n_job -1 takes a job, +1 gives it back
   if redis.call('HINCRBY', ledger, 'jobs', -amount) <= 0 then
     redis.call('HDEL', ledger, 'jobs')
-    forget_if_done()
+    forget_if_done(ledger)
   end
 end
 return value
@@ -200,18 +204,59 @@ return value
 # (INCRBY n_acc, RPUSH queue, RPUSH done_ixs) and closes the claim (dynamic) or the held job
 # (static) in the same step. For dynamic results it also reads what pyABC's loop checks next
 # and, where that loop is about to claim its next evaluation, claims it here (see
-# LedgerRedis). Returns {pipeline replies, reads, claim}: reads
-# in the order of _read_keys, claim {its highest index, batch size} or {}.
-RESULTS_LUA = """
+# LedgerRedis); where pyABC's loop ends instead, it leaves the generation. Returns {pipeline
+# replies, reads, claim, left}: reads in the order of _read_keys, claim {its highest index,
+# batch size} or {}, left {n_worker after leaving} or {}.
+RESULTS_LUA = LEAVE_LUA + """
+-- pyABC's master keeps, of the accepted particles, the n of the lowest indices, and once it
+-- has n it waits only for the indices up to the n-th of them (and no longer than n_worker
+-- is above 0), sleeping 100 ms per look. An evaluation still running whose indices are all
+-- above every index already reported can change nothing of that sample. When the result
+-- that gives a generation its n-th acceptance arrives and every other worker in the
+-- generation runs only such evaluations, or none, they are released: they leave the
+-- generation here (n_worker -1 each, their 'joined' dropped, so that their own leaving
+-- changes nothing), and the master finds n_worker 0 at its first look instead of sleeping.
+-- All or none: with one evaluation that matters still running the master waits anyway.
+-- Scans the ledgers once per generation, and only up to RELEASE_SCAN_MAX of them.
+local function release_others(ledger, ana, t, g)
+  local n_worker = tonumber(redis.call('GET', 'n_worker_' .. g) or '')
+  local n_eval = tonumber(redis.call('GET', 'n_eval_' .. g) or '')
+  local mine = redis.call('HEXISTS', ledger, 'joined')
+  if not (n_worker and n_eval) or n_worker <= mine
+      or redis.call('SCARD', '""" + LEDGER_SET + """') > """ + RELEASE_SCAN_MAX + """ then
+    return
+  end
+  local others, lowest, running = {}, n_eval + 1, 0
+  for _, id in ipairs(redis.call('SMEMBERS', '""" + LEDGER_SET + """')) do
+    local key = '""" + LEDGER_PREFIX + """' .. id
+    local f = redis.call('HMGET', key, 'analysis', 'generation', 'joined', 'claim_max', 'claim_n')
+    if f[1] == ana and f[2] == t then
+      if f[3] and key ~= ledger then others[#others + 1] = key end
+      local max, n = tonumber(f[4] or ''), tonumber(f[5] or '')
+      if max and n then
+        lowest, running = math.min(lowest, max - n + 1), running + n
+      end
+    end
+  end
+  -- the running indices must be the highest claimed (n_eval - lowest + 1 of them), and
+  -- n_worker only workers with a ledger (not a plain pyABC worker)
+  if running ~= n_eval - lowest + 1 or #others + mine ~= n_worker then return end
+  for _, key in ipairs(others) do
+    redis.call('HDEL', key, 'joined')
+    forget_if_done(key)
+  end
+  redis.call('DECRBY', 'n_worker_' .. g, #others)
+end
 local ledger = KEYS[1]
 if redis.call('EXISTS', ledger) == 0 then
   return redis.error_reply('ABC_LEDGER_GONE this worker was declared lost and repaired')
 end
-local replies, i = {}, 5
+local replies, i, added = {}, 5, {}
 while i <= #ARGV do
   local n, name, key = tonumber(ARGV[i]), string.upper(ARGV[i + 1]), ARGV[i + 2]
   if name == 'INCRBY' then
     replies[#replies + 1] = redis.call('INCRBY', key, ARGV[i + 3])
+    added[key] = tonumber(ARGV[i + 3])
   elseif name == 'RPUSH' then
     -- in chunks: Lua's unpack is limited by its stack
     local last = i + n
@@ -249,20 +294,17 @@ if ARGV[1] == 'dynamic' then
         'analysis', ana, 'generation', t)
       reads[5], reads[6], claim = v[5], v[6], {max, batch}
     elseif n_acc and n_req and not more then
+      -- this result gave the generation its n-th acceptance
+      local added_acc = added['n_acc_' .. g]
+      if added_acc and n_acc - added_acc < n_req and n_acc >= n_req and v[4] == '0' then
+        release_others(ledger, ana, t, g)
+      end
       -- the loop ends at that check and leaves the generation (DECR n_worker, as
       -- COUNTER_LUA's 'leave'): left here, in the same step as the generation's last result
       -- of this worker, so that the master, which sleeps 100 ms whenever it finds a worker
       -- still in the generation, finds none sooner
       reads[5], reads[6] = v[5], v[6]
-      left = {0}
-      if redis.call('EXISTS', 'n_worker_' .. g) == 1
-          and redis.call('HEXISTS', ledger, 'joined') == 1 then
-        left = {redis.call('DECR', 'n_worker_' .. g)}
-      end
-      redis.call('HDEL', ledger, 'joined')
-      if redis.call('HEXISTS', ledger, 'jobs') == 0 then
-        redis.call('HDEL', ledger, 'analysis', 'generation')
-      end
+      left = {leave(ledger, 'n_worker_' .. g)}
     end
   end
 elseif redis.call('HINCRBY', ledger, 'jobs', -1) <= 0 then
@@ -563,7 +605,9 @@ class LedgerRedis(redis.StrictRedis):
     anyway). Where those values end pyABC's loop, the script also leaves the generation
     (pyABC's DECR n_worker, answered from it): the master, which sleeps 100 ms whenever it
     finds a worker still in a generation that has its acceptances, finds none a round trip
-    sooner. Without a claim or a leave each read is served once, and only until a command of
+    sooner; the result that completes the generation also releases the other workers whose
+    running evaluations can no longer change the sample (RESULTS_LUA), so the master need
+    not wait for them. Without a claim or a leave each read is served once, and only until a command of
     any other kind. Nothing is claimed ahead once pyABC's loop is leaving (SIGTERM, runtime
     over: see State.leaving), so a worker scaled down reports all it claimed. A claim the
     loop does not take all the same (a SIGTERM during the result script) is given back

@@ -17,7 +17,7 @@
 //! | `worker`, `process`, `host`, `pid` | registration | `ABC_WORKER_ID`, process index, host name, pid |
 //! | `started`, `heartbeat` | registration; `heartbeat` every `ABC_HEARTBEAT_SECONDS` | Redis `TIME` in ms (one clock for all) |
 //! | `analysis`, `generation` | with `joined`, a claim or a job; removed when none is left | the generation `{ana}`, `{t}` the worker is in or owes something to |
-//! | `joined` | `1` from its `INCR n_worker_{ana}_{t}` to its `DECR` (made by its last result script of the generation where that script sees pyABC's loop end; a worker leaves once per join) | the worker counts in n_worker |
+//! | `joined` | `1` from its `INCR n_worker_{ana}_{t}` to its `DECR` (made by its last result script of the generation where that script sees pyABC's loop end, or by the result that completes the generation when no evaluation the worker still runs can change the sample; a worker leaves once per join) | the worker counts in n_worker |
 //! | `claim_max`, `claim_n` | from `INCRBY n_eval_{ana}_{t} k` (dynamic mode; mostly made ahead by the previous result script, where pyABC's loop was about to) to its result pipeline | it owns indices `claim_max-claim_n+1 ..= claim_max`, not yet in done_ixs |
 //! | `claim_fail` | `INCR n_fail` during the claim | failures of the claim already counted in n_fail |
 //! | `jobs` | `DECR n_job` (+1), `INCR n_job` or a result (-1), static mode | static jobs held |

@@ -359,6 +359,68 @@ print(calibration, last, again, admin.get('n_worker_a_0').decode(),
     );
 }
 
+/// The result that gives a generation its n-th acceptance also releases the other workers
+/// whose running evaluations cannot change the sample (all their indices above every index
+/// reported: pyABC's master keeps the n accepted of the lowest indices), so that the master
+/// finds n_worker 0 at its first look instead of sleeping 100 ms. Their own leaving then
+/// changes nothing. A worker evaluating a lower index, or one in n_worker without a ledger
+/// (a plain pyABC worker), keeps everyone in the generation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generations_last_acceptance_releases_workers_whose_evaluations_cannot_matter() {
+    let redis = server();
+    let endpoint = redis.endpoint();
+    let body = r#"
+counter = admin.register_script(w.COUNTER_LUA)
+results = admin.register_script(w.RESULTS_LUA)
+other = w.LEDGER_PREFIX + 'other'
+admin.register_script(w.REGISTER_LUA)(keys=[other, w.LEDGER_SET], args=['other', 'o', 0, 'h', 2])
+
+def other_joins_and_claims(t):
+    counter(keys=[other, f'n_worker_a_{t}'], args=['join', 1, 'a', t])
+    return counter(keys=[other, f'n_eval_a_{t}'], args=['claim', 1, 'a', t])
+
+def other_reports(t, ix):
+    # the other worker's result script: a rejected particle, its index done
+    results(keys=[other], args=['dynamic', 'a', t, '1', 3, 'RPUSH', f'done_ixs_a_{t}', ix])
+
+def report(t, ix):
+    p = r.pipeline()
+    p.incr(f'n_acc_a_{t}', 1)
+    p.rpush(f'done_ixs_a_{t}', ix)
+    p.execute()
+
+def n_worker(t):
+    return int(admin.get(f'n_worker_a_{t}'))
+
+def case(t, other_first, plain_worker=False):
+    """n_req 1: this worker's acceptance completes the generation while the other worker
+    still evaluates; returns n_worker after it, and after the other worker's result."""
+    generation(t, 1)
+    if plain_worker:
+        admin.incr(f'n_worker_a_{t}')
+    if other_first:
+        other_ix = other_joins_and_claims(t)
+    r.incr(f'n_worker_a_{t}')
+    mine = r.incr(f'n_eval_a_{t}', 1)
+    if not other_first:
+        other_ix = other_joins_and_claims(t)
+    report(t, mine)
+    after_mine = n_worker(t)
+    other_reports(t, other_ix)
+    return after_mine, n_worker(t), admin.hexists(other, 'joined')
+
+print(case(0, other_first=False), case(1, other_first=True),
+      case(2, other_first=False, plain_worker=True))
+"#;
+    assert_eq!(
+        drive_ledger_client(&endpoint, "releases", body),
+        "(0, 0, False) (1, 0, False) (2, 1, False)",
+        "a worker evaluating a later index is released with the last acceptance (n_worker 0 at \
+         once), and its own leaving changes nothing; one evaluating an earlier index, or a \
+         worker without a ledger, keeps n_worker above 0 until it leaves"
+    );
+}
+
 /// After a short evaluation the result script is sent ahead: pyABC's next simulation starts
 /// before its reply, with the index of the claim that script makes (a `ClaimIndex`, read
 /// when pyABC first computes with it). Meanwhile the heartbeat shares the connection, reading

@@ -69,8 +69,20 @@ fn violated_invariant(snap: &Snapshot) -> Option<String> {
         ));
     }
     for l in &snap.ledgers {
-        if (l.claim.is_some() || l.jobs > 0) && !l.joined {
-            return Some(format!("a claim or job outside a generation: {l:#?}"));
+        if l.jobs > 0 && !l.joined {
+            return Some(format!("a job outside a generation: {l:#?}"));
+        }
+        // A claim outlives `joined` only where the result that completed the generation
+        // released the worker (its evaluation can no longer change the sample).
+        if l.claim.is_some()
+            && !l.joined
+            && let (Some(ana), Some(t)) = (&snap.analysis_id, snap.generation)
+            && l.in_generation(ana, t)
+            && snap.n_acc.unwrap_or(0) < snap.n_req.unwrap_or(0)
+        {
+            return Some(format!(
+                "a claim outside a generation that still samples: {snap:#?}"
+            ));
         }
         if let Some(claim) = &l.claim {
             if !(0..=claim.count).contains(&claim.failures) {
