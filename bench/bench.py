@@ -342,10 +342,12 @@ def run_ledger_cost(children, server, master, kind, tag):
 
 
 def run_multicore(children, case, tag):
-    """pyABC's MulticoreEvalParallelSampler with WORKERS processes: no Redis at all."""
+    """pyABC's MulticoreEvalParallelSampler with WORKERS processes: no Redis at all. The
+    result has the workers' time (worker_time)."""
     out = Path(tempfile.mkdtemp(prefix=f"{tag}-", dir=children.scratch))
+    (out / "evaluations").mkdir()
     env = master_env(*case, BENCH_SAMPLER="multicore", BENCH_PROCESSES=WORKERS,
-                     BENCH_WORKERS=0)
+                     BENCH_WORKERS=0, BENCH_EVAL_LOG_DIR=out / "evaluations")
     env["ABC_RESULTS_DIR"] = str(out)
     proc = children.spawn([PYTHON, MASTER], out / "master.log", env=env)
     try:
@@ -356,15 +358,50 @@ def run_multicore(children, case, tag):
         children.stop(proc)
     if code != 0:
         raise BenchError(f"multicore master failed ({code}); see {out / 'master.log'}")
-    return [(case, json.loads((out / "bench-result.json").read_text()))]
+    result = json.loads((out / "bench-result.json").read_text())
+    result["worker_time"] = worker_time(result, out / "evaluations")
+    return [(case, result)]
 
 
-def run_operator(children, case, tag):
-    run = OperatorRun(children, master_env(*case), tag)
+def run_operator(children, case, tag, eval_log=False):
+    """`abc-operator run` of the bench master; with `eval_log` the result has the workers'
+    time (worker_time)."""
+    log_dir = Path(tempfile.mkdtemp(prefix=f"{tag}-evaluations-", dir=children.scratch))
+    extra = {"BENCH_EVAL_LOG_DIR": log_dir} if eval_log else {}
+    run = OperatorRun(children, master_env(*case, **extra), tag)
     try:
-        return [(case, run.finish())]
+        result = run.finish()
     finally:
         run.stop()
+    if eval_log:
+        result["worker_time"] = worker_time(result, log_dir)
+    return [(case, result)]
+
+
+def worker_time(result, log_dir):
+    """Where the sampling time of WORKERS worker processes went, from the evaluations the
+    model logged (master.py's BENCH_EVAL_LOG_DIR), as shares: in the model; between one
+    evaluation's end and the same process' next start (pyABC's work per evaluation outside
+    the model, and the sampler's: proposing, accepting, pickling, Redis or a queue); the
+    rest, outside evaluations at a generation's start and end. Also the median gap."""
+    spans = []
+    for path in Path(log_dir).iterdir():
+        lines = [line.split() for line in path.read_text().splitlines() if line]
+        spans.append(sorted((float(a), float(b)) for a, b in lines))
+    total = model = between = 0.0
+    gaps = []
+    for g in (g for a in result["analyses"] for g in a["generations"]):
+        start, end = g["started_at"], g["ended_at"]
+        total += WORKERS * (end - start)
+        for process in spans:
+            inside = [(a, min(b, end)) for a, b in process if start <= a <= end]
+            model += sum(b - a for a, b in inside)
+            g_gaps = [b[0] - a[1] for a, b in zip(inside, inside[1:])]
+            between += sum(g_gaps)
+            gaps += g_gaps
+    return {"model": model / total, "between": between / total,
+            "edges": 1 - (model + between) / total,
+            "gap_ms": 1000 * statistics.median(gaps) if gaps else 0.0}
 
 
 def alternate(variants, repeats, label):
@@ -977,7 +1014,8 @@ def main():
                 [("multicore", lambda tag: [r for case in E_CASES
                                             for r in run_multicore(children, case, tag)]),
                  ("operator", lambda tag: [r for case in E_CASES
-                                           for r in run_operator(children, case, tag)])],
+                                           for r in run_operator(children, case, tag,
+                                                                 eval_log=True)])],
                 E_REPEATS, "E")
             for case in E_CASES:
                 sleep_ms, pop, gens = case
@@ -1006,6 +1044,17 @@ def main():
                     f"{100 * statistics.median(waits):.0f}% of sampled time ("
                     + " ".join(f"{100 * w:.0f}" for w in waits) + ")",
                     f"{without:.3f} without", "", "", "",
+                ])
+                # where the workers' time went: what is left once the master does not sleep
+                shares = {v: {k: statistics.median(r["worker_time"][k] for r in res[v])
+                              for k in ("model", "between", "edges", "gap_ms")}
+                          for v in ("multicore", "operator")}
+                rows.append([
+                    "", "  workers' time: model / between evaluations (median gap) / rest",
+                    *(f"{100 * w['model']:.1f}% / {100 * w['between']:.1f}% "
+                      f"({w['gap_ms']:.2f} ms) / {100 * w['edges']:.1f}%"
+                      for w in (shares["multicore"], shares["operator"])),
+                    "", "", "", "",
                 ])
         if "D" in SECTIONS:
             section_d(children, rows, notes)

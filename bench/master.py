@@ -37,6 +37,9 @@ Environment (all optional):
   BENCH_TRACE_DIR      if set, the model writes the wall time of each evaluation's start to
                        BENCH_TRACE_DIR/<pid>, so the benchmark can tell which worker is in
                        the middle of an evaluation (section C)
+  BENCH_EVAL_LOG_DIR   if set, each worker process appends the wall times of every
+                       evaluation's start and end to BENCH_EVAL_LOG_DIR/<pid>, so the
+                       benchmark can tell where the workers' time went (section E)
   BENCH_SERVE          if set, import pyabc once and run once per line on stdin (a JSON
                        object of the BENCH_* settings above), printing `BENCH_DONE <result
                        file>` after each: section A's runs then do not pay the master's
@@ -65,18 +68,30 @@ from pyabc.sampler.redis_eps import sampler as redis_sampler  # noqa: E402
 
 SLEEP_S = 0.0
 TRACE_DIR = None
+EVAL_LOG_DIR = None
 OBSERVED = {"y": 2.0}
 
 
 def model(parameter):
     # Defined in __main__, so pyABC's cloudpickle sends it to the workers by value, with
-    # the values SLEEP_S and TRACE_DIR have then: the workers need nothing but pyabc.
+    # the values SLEEP_S, TRACE_DIR and EVAL_LOG_DIR have then: the workers need nothing
+    # but pyabc.
+    start = time.time()
     if TRACE_DIR is not None:
         with open(os.path.join(TRACE_DIR, str(os.getpid())), "w") as f:
             f.write(repr(time.time()))
     if SLEEP_S > 0:
         time.sleep(SLEEP_S)
-    return {"y": parameter["mu"] + 0.5 * np.random.randn()}
+    y = {"y": parameter["mu"] + 0.5 * np.random.randn()}
+    if EVAL_LOG_DIR is not None:
+        # one line-buffered file per process, kept on a module: this function is unpickled
+        # afresh every generation (a write of about 5 us per evaluation)
+        log = getattr(time, "bench_eval_log", None)
+        if log is None:
+            path = os.path.join(EVAL_LOG_DIR, str(os.getpid()))
+            log = time.bench_eval_log = open(path, "a", buffering=1)
+        log.write(f"{start!r} {time.time()!r}\n")
+    return y
 
 
 def distance(x, x0):
@@ -113,11 +128,12 @@ def timed(base):
 
         def sample_until_n_accepted(self, n, simulate_one, t, **kwargs):
             waits, waited_s = MasterWaits.count, MasterWaits.seconds
-            start = time.perf_counter()
+            start, started_at = time.perf_counter(), time.time()
             sample = super().sample_until_n_accepted(n, simulate_one, t, **kwargs)
             seconds = time.perf_counter() - start
             self.bench_generations.append(
                 {"t": t, "n": n, "evaluations": int(self.nr_evaluations_), "seconds": seconds,
+                 "started_at": started_at, "ended_at": time.time(),
                  "master_waits": MasterWaits.count - waits,
                  "master_wait_s": MasterWaits.seconds - waited_s}
             )
@@ -142,10 +158,11 @@ def wait_for_workers(client, workers, wait_s):
 
 def run(env, host, port, password):
     """Runs the analyses `env` (BENCH_* settings) asks for; returns the result path."""
-    global SLEEP_S, TRACE_DIR
+    global SLEEP_S, TRACE_DIR, EVAL_LOG_DIR
     # read by the model, which cloudpickle sends with the values they have at that time
     SLEEP_S = float(env.get("BENCH_SLEEP_MS", "0")) / 1000.0
     TRACE_DIR = env.get("BENCH_TRACE_DIR") or None
+    EVAL_LOG_DIR = env.get("BENCH_EVAL_LOG_DIR") or None
     pop = int(env.get("BENCH_POP", "200"))
     generations = int(env.get("BENCH_GENERATIONS", "3"))
     kind = env.get("BENCH_SAMPLER", "dynamic")
