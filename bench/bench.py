@@ -366,8 +366,10 @@ def run_multicore(children, case, tag):
 def run_operator(children, case, tag, eval_log=False):
     """`abc-operator run` of the bench master; with `eval_log` the result has the workers'
     time (worker_time)."""
-    log_dir = Path(tempfile.mkdtemp(prefix=f"{tag}-evaluations-", dir=children.scratch))
-    extra = {"BENCH_EVAL_LOG_DIR": log_dir} if eval_log else {}
+    extra = {}
+    if eval_log:
+        log_dir = extra["BENCH_EVAL_LOG_DIR"] = Path(
+            tempfile.mkdtemp(prefix=f"{tag}-evaluations-", dir=children.scratch))
     run = OperatorRun(children, master_env(*case, **extra), tag)
     try:
         result = run.finish()

@@ -81,6 +81,7 @@ SEND_AHEAD_BELOW_S = 0.05
 # The result that completes a generation releases the workers whose running evaluations
 # cannot matter (RESULTS_LUA) only where at most this many ledgers are registered: it reads
 # each of them, inside Redis, once per generation (4 ms for 1,000, releasing them all).
+# Written into the script's text, hence a string.
 RELEASE_SCAN_MAX = '1000'
 
 log = logging.getLogger('abc_worker')
