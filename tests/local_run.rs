@@ -767,11 +767,13 @@ fn without_a_master_workers_wait_until_ctrl_c() {
     let mode = std::fs::metadata(&env_file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the connection file holds the password");
     let text = std::fs::read_to_string(&env_file).unwrap();
-    let password = text
-        .lines()
-        .find_map(|l| l.strip_prefix("ABC_REDIS_PASSWORD="))
-        .map(|p| p.trim_matches('\'').to_string())
-        .expect("the connection file has the password");
+    let var = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+            .map(|v| v.trim_matches('\'').to_string())
+            .unwrap_or_else(|| panic!("the connection file has {name}"))
+    };
+    let password = var("ABC_REDIS_PASSWORD");
     assert!(password.len() >= 16);
     for var in ["ABC_REDIS_HOST=", "ABC_REDIS_PORT=", "ABC_RESULTS_DIR="] {
         assert!(text.contains(var), "{var} in {text}");
@@ -789,11 +791,7 @@ fn without_a_master_workers_wait_until_ctrl_c() {
     assert_eq!(pids.len(), 3, "two workers and redis-server");
     // The workers' connections (2 each) come over the server's Unix socket, which only we
     // can reach: less CPU per round trip than loopback TCP.
-    let port = text
-        .lines()
-        .find_map(|l| l.strip_prefix("ABC_REDIS_PORT="))
-        .map(|p| p.trim_matches('\'').to_string())
-        .expect("the connection file has the port");
+    let port = var("ABC_REDIS_PORT");
     let mut admin = redis::Client::open(format!("redis://:{password}@127.0.0.1:{port}/"))
         .unwrap()
         .get_connection()

@@ -665,8 +665,7 @@ async fn every_container_runs_non_root_read_only_without_capabilities() {
         "GET",
         "analysis_id",
     ]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
+    eventually(120, "the intruder pod to end", || async {
         let phase = kubectl(&[
             "get",
             "pod",
@@ -676,15 +675,9 @@ async fn every_container_runs_non_root_read_only_without_capabilities() {
             "-o",
             "jsonpath={.status.phase}",
         ]);
-        if phase == "Succeeded" || phase == "Failed" {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the intruder pod did not end: {phase}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    }
+        (phase == "Succeeded" || phase == "Failed").then_some(())
+    })
+    .await;
     let said = kubectl(&["logs", "-n", &ns.name, "intruder"]);
     assert!(
         said.contains("NOAUTH"),

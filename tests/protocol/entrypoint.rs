@@ -271,27 +271,21 @@ async fn a_claim_made_ahead_is_taken_by_pyabc_or_given_back() {
     let body = r#"
 generation(0, 10, all_accepted=1)
 
-def report(ix):
-    p = r.pipeline()
-    p.incr('n_acc_a_0', 1)
-    p.rpush('done_ixs_a_0', ix)
-    p.execute()
-
 r.incr('n_worker_a_0')
 first = r.incr('n_eval_a_0', 1)
-report(first)
+accept(0, first)
 # pyABC's loop in the calibration sample, answered by the result script (the INFO calls count)
 before = commands()
 checks = [int(r.get(k)) for k in ('n_acc_a_0', 'n_req_a_0', 'n_eval_a_0', 'n_fail_a_0', 'n_req_a_0')]
 same = r.get('analysis_id') == b'a'
 second = r.incr('n_eval_a_0', 1)
 served = commands() - before
-report(second)
+accept(0, second)
 r.decr('n_worker_a_0')  # a SIGTERM during the result script: pyABC leaves instead of claiming
 r.incr('n_worker_a_0')
 third = r.incr('n_eval_a_0', 1)
 w.STATE.deadline = 0  # runtime over: pyABC's loop leaves at its next check
-report(third)
+accept(0, third)
 r.decr('n_worker_a_0')
 print(first, second, third, checks, same, served, admin.get('n_eval_a_0').decode(),
       admin.get('n_fail_a_0').decode(), [int(i) for i in admin.lrange('done_ixs_a_0', 0, -1)],
@@ -317,12 +311,6 @@ async fn a_workers_last_result_of_a_generation_also_leaves_it() {
     let redis = server();
     let endpoint = redis.endpoint();
     let body = r#"
-def report(t, ix):
-    p = r.pipeline()
-    p.incr(f'n_acc_a_{t}', 1)
-    p.rpush(f'done_ixs_a_{t}', ix)
-    p.execute()
-
 def closing_checks(t, all_accepted):
     # pyABC's loop condition, then its leaving, counted in commands (the INFO calls count)
     before = commands()
@@ -337,14 +325,14 @@ generation(0, 2, all_accepted=1)
 r.incr('n_worker_a_0')
 first = r.incr('n_eval_a_0', 1)
 admin.incr('n_eval_a_0')
-report(0, first)
+accept(0, first)
 calibration = closing_checks(0, True)
 # a generation: this worker claims both evaluations (the second one ahead) and accepts both
 generation(1, 2)
 r.incr('n_worker_a_1')
-report(1, r.incr('n_eval_a_1', 1))
+accept(1, r.incr('n_eval_a_1', 1))
 int(r.get('n_acc_a_1')) < int(r.get('n_req_a_1')) and r.get('analysis_id')  # pyABC's loop
-report(1, r.incr('n_eval_a_1', 1))
+accept(1, r.incr('n_eval_a_1', 1))
 last = closing_checks(1, False)
 again = r.decr('n_worker_a_1')  # a second leave
 print(calibration, last, again, admin.get('n_worker_a_0').decode(),
@@ -383,12 +371,6 @@ def other_reports(t, ix):
     # the other worker's result script: a rejected particle, its index done
     results(keys=[other], args=['dynamic', 'a', t, '1', 3, 'RPUSH', f'done_ixs_a_{t}', ix])
 
-def report(t, ix):
-    p = r.pipeline()
-    p.incr(f'n_acc_a_{t}', 1)
-    p.rpush(f'done_ixs_a_{t}', ix)
-    p.execute()
-
 def n_worker(t):
     return int(admin.get(f'n_worker_a_{t}'))
 
@@ -404,7 +386,7 @@ def case(t, other_first, plain_worker=False):
     mine = r.incr(f'n_eval_a_{t}', 1)
     if not other_first:
         other_ix = other_joins_and_claims(t)
-    report(t, mine)
+    accept(t, mine)
     after_mine = n_worker(t)
     other_reports(t, other_ix)
     return after_mine, n_worker(t), admin.hexists(other, 'joined')
@@ -657,6 +639,14 @@ admin.register_script(w.REGISTER_LUA)(
     keys=[w.STATE.ledger_key, w.LEDGER_SET], args=['{id}', '{id}', 0, 'h', 1])
 r = w.LedgerRedis(host=host, port=port, password=password)
 commands = lambda: admin.info('stats')['total_commands_processed']
+
+def accept(t, ix):
+    """pyABC's result pipeline of an accepted particle at index ix (batch size 1; its
+    particle left out of the queue)."""
+    p = r.pipeline()
+    p.incr(f'n_acc_a_{{t}}', 1)
+    p.rpush(f'done_ixs_a_{{t}}', ix)
+    p.execute()
 
 def generation(t, n_req, all_accepted=0):
     """Generation t of analysis 'a' as pyABC's master starts it (dynamic, batch size 1)."""
