@@ -56,14 +56,15 @@ results_dir = os.path.abspath(os.environ.get("ABC_RESULTS_DIR", "."))
 if "MPLCONFIGDIR" not in os.environ:  # pyabc imports matplotlib
     os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="bench-mpl-")
 
+try:
+    import abc_operator  # noqa: E402  (on PYTHONPATH under abc-operator run)
+except ImportError:  # run by hand from the checkout
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "protocol"))
+    import abc_operator  # noqa: E402
 import numpy as np  # noqa: E402
 import pyabc  # noqa: E402
 import redis  # noqa: E402
-from pyabc.sampler import (  # noqa: E402
-    MulticoreEvalParallelSampler,
-    RedisEvalParallelSampler,
-    RedisStaticSampler,
-)
+from pyabc.sampler import MulticoreEvalParallelSampler  # noqa: E402
 from pyabc.sampler.redis_eps import sampler as redis_sampler  # noqa: E402
 
 SLEEP_S = 0.0
@@ -170,7 +171,9 @@ def run(env, host, port, password):
     wait_s = float(env.get("BENCH_WAIT_S", "300"))
     out = os.path.join(results_dir, env.get("BENCH_RESULT", "bench-result.json"))
     client = redis.StrictRedis(host=host, port=port, password=password)
-    base = RedisStaticSampler if kind == "static" else RedisEvalParallelSampler
+    # the abc_operator module's class: with it abc-operator's workers may release the master
+    # early (EARLY_RELEASE_KEY there), as they do for a master that uses the module
+    base = abc_operator.sampler_class("static" if kind == "static" else "dynamic")
     analyses = []
     for i in range(int(env.get("BENCH_ANALYSES", "1"))):
         waited = wait_for_workers(client, workers, wait_s)

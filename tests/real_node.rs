@@ -411,6 +411,37 @@ async fn a_failed_master_frees_the_workers_and_redis() {
     wait_until_freed(&client, &ns.name).await;
 }
 
+/// A model that holds Python's GIL for twice the shortest heartbeat timeout, evaluation after
+/// evaluation (libc's sleep through ctypes.PyDLL, as a compiled simulator bound without
+/// releasing the GIL computes): its workers are busy, not lost. The run succeeds with no
+/// worker repaired.
+#[tokio::test]
+async fn a_model_holding_the_gil_longer_than_the_heartbeat_timeout_is_not_lost() {
+    install_operator();
+    let client = NODE.client().await;
+    let ns = TestNamespace::on(NODE, &client, "e2e-gil").await;
+    // the example's master, with a model of its own (cloudpickled to the workers by value)
+    let master = "import gaussian, numpy as np\n\
+def model(parameter):\n    import ctypes\n    ctypes.PyDLL(None).sleep(11)\n    \
+return {'y': parameter['mu'] + 0.5 * np.random.randn()}\n\
+gaussian.model, gaussian.POPULATION_SIZE, gaussian.MAX_GENERATIONS = model, 2, 1\n\
+gaussian.main()\n";
+    apply_example(&ns.name, "gaussian/abcrun.yaml", |doc| {
+        doc["spec"]["workers"]["heartbeatTimeoutSeconds"] = 5.into();
+        doc["spec"]["master"]["command"] =
+            serde_yaml::Value::Sequence(vec!["python".into(), "-c".into(), master.into()]);
+    });
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
+    let run = wait_for_phase(&runs, "gaussian", "Succeeded", 300).await;
+    let status = run.status.unwrap();
+    assert_eq!(
+        status.lost_workers, 0,
+        "no busy worker was lost: {status:#?}"
+    );
+    let log = kubectl(&["logs", "-n", &ns.name, "job/gaussian-master"]);
+    assert!(log.contains("generation 0: 2 particles"), "{log}");
+}
+
 /// Waits until the finished Gaussian run's worker and Redis Deployments are at zero replicas
 /// and none of their pods is left.
 async fn wait_until_freed(client: &kube::Client, ns: &str) {

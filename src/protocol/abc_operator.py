@@ -27,10 +27,19 @@ run in it), or refused (the `ResumeError`'s message, also the container's termin
 """
 
 import datetime
+import functools
 import os
 import sys
 
-__all__ = ["REDIS_LOST_EXIT_CODE", "RESUME_REFUSED_EXIT_CODE", "ResumeError", "database_url", "run", "sampler"]
+__all__ = [
+    "REDIS_LOST_EXIT_CODE",
+    "RESUME_REFUSED_EXIT_CODE",
+    "ResumeError",
+    "database_url",
+    "run",
+    "sampler",
+    "sampler_class",
+]
 
 # The exit code of a master whose Redis went away mid-run (restarted, evicted): the master Job
 # (and `abc-operator run`) start it again without counting a failure, and it resumes.
@@ -47,6 +56,13 @@ RESUME_KEY = "abc_operator:resumed"
 # Redis key of how the last master start went (a hash: `outcome` resumed|new|refused, `cause`,
 # `at`); src/protocol/keys.rs: MASTER_START.
 START_KEY = "abc_operator:master_start"
+# Redis key naming the analysis whose master waits only for the evaluations that can change
+# its sample, not for all of them (pyABC's wait_for_all_samples=False, the default): there the
+# worker whose result completes a generation may also take the other workers out of it, whose
+# running evaluations cannot matter, so the master need not wait for them (the entrypoint's
+# RESULTS_LUA; src/protocol/keys.rs: EARLY_RELEASE). A master that waits for all samples, or
+# that uses pyABC's sampler class directly, gets pyABC's behaviour exactly.
+EARLY_RELEASE_KEY = "abc_operator:early_release"
 # Where the kubelet reads a container's termination message (the pod's default
 # terminationMessagePath); written only where the kubelet mounted it.
 TERMINATION_LOG = "/dev/termination-log"
@@ -60,23 +76,50 @@ def sampler(kind="dynamic", **kwargs):
     """pyABC's Redis sampler for the run's Redis (`ABC_REDIS_HOST`, `ABC_REDIS_PORT`,
     `ABC_REDIS_PASSWORD`). `kind`: "dynamic" (RedisEvalParallelSampler), "look-ahead" (the
     same with look_ahead=True) or "static" (RedisStaticSampler). Other keyword arguments go to
-    the sampler unchanged."""
-    from pyabc.sampler import RedisEvalParallelSampler, RedisStaticSampler
-
+    the sampler unchanged (e.g. batch_size, wait_for_all_samples)."""
     connection = {
         "host": os.environ.get("ABC_REDIS_HOST", "localhost"),
         "port": int(os.environ.get("ABC_REDIS_PORT", "6379")),
         "password": os.environ.get("ABC_REDIS_PASSWORD") or None,
     }
     connection.update(kwargs)
-    if kind == "dynamic":
-        return RedisEvalParallelSampler(**connection)
     if kind == "look-ahead":
         connection.setdefault("look_ahead", True)
-        return RedisEvalParallelSampler(**connection)
+    return sampler_class(kind)(**connection)
+
+
+def sampler_class(kind="dynamic"):
+    """The class `sampler` makes of `kind`: pyABC's, and for the dynamic kinds one that tells
+    abc-operator's workers when the master waits only for the evaluations that can change
+    its sample (see `EARLY_RELEASE_KEY`)."""
+    if kind in ("dynamic", "look-ahead"):
+        return _early_release_sampler()
     if kind == "static":
-        return RedisStaticSampler(**connection)
+        from pyabc.sampler import RedisStaticSampler
+
+        return RedisStaticSampler
     raise ValueError(f"sampler kind {kind!r}: use 'dynamic', 'look-ahead' or 'static'")
+
+
+@functools.cache  # one class (pyabc is imported only when a sampler is made)
+def _early_release_sampler():
+    from pyabc.sampler import RedisEvalParallelSampler
+
+    class EarlyReleaseSampler(RedisEvalParallelSampler):
+        """RedisEvalParallelSampler that records, per analysis, whether workers may leave a
+        generation early (`EARLY_RELEASE_KEY`)."""
+
+        def set_analysis_id(self, analysis_id):
+            super().set_analysis_id(analysis_id)
+            if self.wait_for_all_samples:
+                # pyABC's documented promise: the master waits for every evaluation started
+                self.redis.delete(EARLY_RELEASE_KEY)
+            else:
+                self.redis.set(EARLY_RELEASE_KEY, analysis_id)
+
+    EarlyReleaseSampler.__name__ = EarlyReleaseSampler.__qualname__ = "RedisEvalParallelSampler"
+    return EarlyReleaseSampler
+
 
 
 def database_url(db):

@@ -24,15 +24,19 @@ Environment:
   ABC_WORKER_ID           identity (default: the host name, which is the pod name);
                           with several processes each one is `{id}-{i}`
   ABC_WORKER_RUNTIME      runtime limit in pyABC's syntax (default 2h)
-  ABC_WORKER_PROCESSES    worker processes (default 1)
+  ABC_WORKER_PROCESSES    worker processes (default 1), each with its own ledger, started by
+                          this process, which beats for their ledgers (supervise)
   ABC_WORKER_CATCH        pyABC's --catch: "true" (default) counts a model's exception as a
                           failed evaluation, "false" makes the worker stop on it
-  ABC_HEARTBEAT_SECONDS   ledger heartbeat period (default 5)
+  ABC_HEARTBEAT_SECONDS   ledger heartbeat period (default 5): the supervisor beats for a
+                          worker process while that process exists and is not stopped,
+                          whatever its model does (a model may hold Python's GIL for hours)
   ABC_SEND_AHEAD_BELOW_SECONDS  after evaluations shorter than this (default 0.05), start the
                           next one before the result's reply arrives; 0: never (LedgerRedis)
 
 Exit codes: 0 normal end (runtime over, SIGTERM, stop message), 1 error, 2 bad
-configuration, 3 the ledger was repaired by someone else (this worker was declared lost).
+configuration, 3 the ledger was repaired by someone else (this worker was declared lost),
+128 + N a worker process killed by signal N (e.g. 137: SIGKILL, the OOM killer).
 """
 
 import signal
@@ -63,9 +67,17 @@ from redis.lock import Lock  # noqa: E402
 LEDGER_SET = 'abc_operator:ledgers'
 LEDGER_PREFIX = 'abc_operator:ledger:'
 LOST_WORKERS = 'abc_operator:lost_workers'
+# The analysis whose master waits only for the evaluations that can change its sample (the
+# abc_operator module's sampler writes it: EARLY_RELEASE_KEY there); see RESULTS_LUA.
+EARLY_RELEASE = 'abc_operator:early_release'
 EXIT_ERROR, EXIT_CONFIG, EXIT_LOST = 1, 2, 3
-# Redis connections a worker process holds (see Config.pool); README states the same figure.
+# What a worker process tells its supervisor (one shared byte): registering its ledger, the
+# ledger registered (the supervisor beats for it), settling it at exit, settled.
+STARTING, REGISTERED, LEAVING, LEFT = 0, 1, 2, 3
+# Redis connections a worker process holds (see Config.pool), and a worker's supervisor
+# (Config.heartbeat_client); README states the same figures.
 CONNECTIONS_PER_PROCESS = 2
+CONNECTIONS_PER_SUPERVISOR = 1
 # A dead peer is noticed after about 30 + 3 * 10 s of silence (Linux names).
 KEEPALIVE = {
     getattr(socket, name): value
@@ -107,11 +119,15 @@ redis.call('SADD', KEYS[2], ARGV[1])
 return 1
 """
 
-# KEYS: ledger. Never recreates a ledger a repair deleted.
+# KEYS: the ledgers of a worker's processes. Never recreates a ledger a repair deleted.
+# Returns, per ledger, 1 if it was beaten, 0 if it is gone.
 HEARTBEAT_LUA = NOW_MS + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'heartbeat', now_ms())
-return 1
+local now, alive = now_ms(), {}
+for i, ledger in ipairs(KEYS) do
+  alive[i] = redis.call('EXISTS', ledger)
+  if alive[i] == 1 then redis.call('HSET', ledger, 'heartbeat', now) end
+end
+return alive
 """
 
 # What COUNTER_LUA and RESULTS_LUA both do to a ledger.
@@ -220,6 +236,9 @@ RESULTS_LUA = LEAVE_LUA + """
 -- All or none: with one evaluation that matters still running the master waits anyway.
 -- Scans the ledgers once per generation, and only up to RELEASE_SCAN_MAX of them.
 local function release_others(ledger, ana, t, g)
+  -- only for a master that waits for the evaluations that matter, not for all of them
+  -- (pyABC's wait_for_all_samples): its sampler, from the abc_operator module, says so
+  if redis.call('GET', '""" + EARLY_RELEASE + """') ~= ana then return end
   local n_worker = tonumber(redis.call('GET', 'n_worker_' .. g) or '')
   local n_eval = tonumber(redis.call('GET', 'n_eval_' .. g) or '')
   local mine = redis.call('HEXISTS', ledger, 'joined')
@@ -253,6 +272,12 @@ if redis.call('EXISTS', ledger) == 0 then
   return redis.error_reply('ABC_LEDGER_GONE this worker was declared lost and repaired')
 end
 local replies, i, added = {}, 5, {}
+if ARGV[1] == 'dynamic' and ARGV[2] ~= ''
+    and redis.call('EXISTS', 'n_req_' .. ARGV[2] .. '_' .. ARGV[3]) == 0 then
+  -- the master cleared the generation (wait_for_all_samples does once n_worker is 0): a
+  -- late report must not create its keys again; pyABC's loop leaves it on the reads below
+  i = #ARGV + 1
+end
 while i <= #ARGV do
   local n, name, key = tonumber(ARGV[i]), string.upper(ARGV[i + 1]), ARGV[i + 2]
   if name == 'INCRBY' then
@@ -524,12 +549,38 @@ class LedgerGone(Exception):
     """Our ledger was repaired: we were declared lost and must not touch counters again."""
 
 
-class State:
-    """What the main thread and the keeper thread share in one worker process."""
+class GenerationCleared(Exception):
+    """A value of the generation pyABC's dynamic loop works on is gone: the master cleared
+    the generation under the worker (leaving_a_cleared_generation)."""
 
-    def __init__(self, ledger_id: str):
+
+# The generation's values pyABC's dynamic loop decodes without looking (its get_int, and
+# the model it reloads when look-ahead sampling ends): missing, they mean a cleared generation.
+GENERATION_READS = (
+    'n_acc_',
+    'n_req_',
+    'n_eval_',
+    'n_fail_',
+    'is_look_ahead_',
+    'sample_simulate_accept_',
+)
+
+
+class Status:
+    """A worker process' status where no supervisor reads it (settling another's ledger)."""
+
+    value = STARTING
+
+
+class State:
+    """What the main thread and the runtime thread share in one worker process."""
+
+    def __init__(self, ledger_id: str, status=None):
         self.ledger_id = ledger_id
         self.ledger_key = LEDGER_PREFIX + ledger_id
+        # what the supervisor reads: whether there is a ledger to beat for (run_worker)
+        self.status = status if status is not None else Status()
+        self.runtime = ''  # pyABC's syntax, for messages
         # held around joining/leaving a generation, so that the runtime deadline cannot
         # make the process exit between a join and its bookkeeping
         self.lock = threading.Lock()
@@ -540,6 +591,7 @@ class State:
         self.kill_handler = None
         self.deadline = float('inf')
         self.send_ahead_below_s = SEND_AHEAD_BELOW_S
+        self.in_dynamic_loop = False  # pyABC's dynamic loop runs (GenerationCleared)
 
     def leaving(self) -> bool:
         """pyABC's loop leaves the generation at its next check: it received SIGTERM, or its
@@ -661,11 +713,11 @@ class LedgerRedis(redis.StrictRedis):
         if self._ahead is not None:
             served, value = self._from_ahead(args)
             if served:
-                return value
+                return _generation_value(args, value)
         self._receive()
         op = self._ledger_op(args)
         if op is None:
-            return super().execute_command(*args, **options)
+            return _generation_value(args, super().execute_command(*args, **options))
         op, key, amount, analysis, generation = op
         if op == 'fail' and self._unclaimed is not None:
             return 0  # a failure of the evaluation nobody claimed
@@ -679,6 +731,20 @@ class LedgerRedis(redis.StrictRedis):
             elif op == 'leave':
                 STATE.in_generation = False
         return value
+
+    def leave_cleared(self, analysis, generation):
+        """Leaves a generation the master cleared: a claim a result script made ahead is given
+        back and pyABC's DECR n_worker only drops 'joined' (neither creates a key of the
+        generation again: COUNTER_LUA)."""
+        self._drop_ahead()
+        self._claiming = self._unclaimed = None
+        with STATE.lock:
+            self.ledger_script(
+                'counter',
+                [f'n_worker_{analysis}_{generation}'],
+                ['leave', -1, analysis, generation],
+            )
+            STATE.in_generation = False
 
     def _from_ahead(self, args):
         """(True, reply) where the last result script answers `args`, else (False, None),
@@ -875,6 +941,19 @@ class LedgerRedis(redis.StrictRedis):
         return pubsub
 
 
+def _generation_value(args, value):
+    """`value`, the reply to `args`; raises GenerationCleared where pyABC's dynamic loop
+    would fail on it (a GET of its generation's values that finds nothing)."""
+    if (
+        value is None
+        and STATE.in_dynamic_loop
+        and args[0] == 'GET'
+        and _text(args[1]).startswith(GENERATION_READS)
+    ):
+        raise GenerationCleared(_text(args[1]))
+    return value
+
+
 def _is_start(message) -> bool:
     return message['type'] == 'message' and _text(message['data']) == 'start'
 
@@ -972,10 +1051,11 @@ class Config:
 
         pyABC's worker loop holds one for its pub/sub subscription (a subscribed connection
         can run no other command) and needs one for its commands; the ledger's registration,
-        heartbeat and settling share that second one rather than opening their own (a blocking
-        pool makes the heartbeat wait for a command in flight instead of connecting again).
-        With 10,000 worker processes on one Redis, every connection per process is 10,000
-        client connections and file descriptors of redis-server.
+        its runtime limit and settling share that second one rather than opening their own (a
+        blocking pool makes them wait for a command in flight instead of connecting again).
+        The heartbeat is the supervisor's (supervise). With 10,000 worker processes on one
+        Redis, every connection per process is 10,000 client connections and file
+        descriptors of redis-server.
         """
         if self.socket:
             # a Unix socket (the local runner's): each round trip costs the worker and Redis
@@ -1007,9 +1087,32 @@ class Config:
         return self.socket or f'{self.host}:{self.port}'
 
     def client(self):
-        """A client of its own: the supervisor of several processes (only to settle the
-        ledger of a process that died), and a worker process settling its ledger at exit."""
+        """A client of its own, for a worker process settling its ledger at exit."""
         return redis.StrictRedis(connection_pool=self.pool())
+
+    def heartbeat_client(self):
+        """The supervisor's one connection: heartbeats, and settling a process that died.
+        Its replies are awaited no longer than a heartbeat period (at least a second), so that
+        a Redis that stops answering delays neither the next beat nor reaping a process."""
+        where = (
+            {'connection_class': redis.UnixDomainSocketConnection, 'path': self.socket}
+            if self.socket
+            else {
+                'host': self.host,
+                'port': self.port,
+                'socket_keepalive': True,
+                'socket_keepalive_options': KEEPALIVE,
+            }
+        )
+        timeout = max(self.heartbeat_s, 1.0)
+        pool = redis.ConnectionPool(
+            max_connections=1,
+            password=self.password,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            **where,
+        )
+        return redis.StrictRedis(connection_pool=pool)
 
 
 def settle(admin, state: State, why: str):
@@ -1035,35 +1138,58 @@ def settle(admin, state: State, why: str):
         )
 
 
-def keep(admin, state: State, config: Config, deadline: float):
-    """Heartbeat, fencing and the runtime limit, in a background thread.
+def enforce_runtime(admin, state: State, deadline: float):
+    """The runtime limit while idle, in a background thread.
 
     pyABC checks its runtime only inside a generation and after a pub/sub message, so an
     idle worker would outlive it; here the limit holds in every state.
     """
-    heartbeat = admin.register_script(HEARTBEAT_LUA)
     while True:
         remaining = deadline - time.monotonic()
-        wait = min(config.heartbeat_s, remaining if remaining > 0 else 0.5)
-        if state.stopping.wait(wait):
+        if state.stopping.wait(remaining if remaining > 0 else 0.5):
             return
+        with state.lock:
+            if not state.in_generation and not state.stopping.is_set():
+                # idle: leave now; inside a generation pyABC leaves at its next check
+                log.info(f'runtime {state.runtime} over while idle: exiting')
+                state.stopping.set()
+                settle_own(admin, state, 'runtime over')
+                logging.shutdown()
+                os._exit(0)
+
+
+def settle_own(admin, state: State, why: str):
+    """A worker process' own settling of its ledger as it exits; the supervisor stops beating
+    for the ledger first (it would take the ledger's end for a repair)."""
+    state.status.value = LEAVING
+    settle(admin, state, why)
+    state.status.value = LEFT
+
+
+def leaving_a_cleared_generation(work):
+    """pyABC's dynamic loop fails (AttributeError on None) where a value of its generation is
+    gone: the master cleared the generation while the worker was still in it, e.g. a master
+    with wait_for_all_samples once it saw n_worker 0, or one that was restarted. The worker
+    leaves that generation instead, as pyABC would at its next check, and waits for the next
+    one."""
+
+    def work_until_cleared(**kwargs):
+        STATE.in_dynamic_loop = True
         try:
-            alive = heartbeat(keys=[state.ledger_key])
-        except redis.RedisError as err:
-            log.warning(f'heartbeat failed: {err}')
-            continue
-        if not alive and not state.stopping.is_set():
-            log.error('ledger repaired by the operator: this worker was declared lost')
-            os._exit(EXIT_LOST)
-        if time.monotonic() >= deadline:
-            with state.lock:
-                if not state.in_generation and not state.stopping.is_set():
-                    # idle: leave now; inside a generation pyABC leaves at its next check
-                    log.info(f'runtime {config.runtime} over while idle: exiting')
-                    state.stopping.set()
-                    settle(admin, state, 'runtime over')
-                    logging.shutdown()
-                    os._exit(0)
+            return work(**kwargs)
+        except GenerationCleared as cleared:
+            analysis, t = kwargs['analysis_id'], kwargs['t']
+            log.info(
+                f'generation {t} of analysis {analysis} was cleared while this worker was in '
+                f'it ({cleared} is gone): leaving it'
+            )
+            kwargs['redis'].leave_cleared(analysis, t)
+            kwargs['kill_handler'].exit = True
+            return None
+        finally:
+            STATE.in_dynamic_loop = False
+
+    return work_until_cleared
 
 
 def leaving_after_a_kill(work):
@@ -1084,9 +1210,13 @@ def leaving_after_a_kill(work):
     return work_then_leave_if_killed
 
 
-def run_worker(config: Config, ledger_id: str, process: int) -> int:
+def run_worker(config: Config, ledger_id: str, process: int, status) -> int:
+    """One worker process: pyABC's worker loop with the ledger `ledger_id`; tells its
+    supervisor through `status` (a shared byte: STARTING, REGISTERED, LEAVING, LEFT) whether
+    there is a ledger to beat for."""
     global STATE
-    STATE = state = State(ledger_id)
+    STATE = state = State(ledger_id, status)
+    state.runtime = config.runtime
     deadline = state.deadline = time.monotonic() + config.runtime_s
     state.send_ahead_below_s = config.send_ahead_below_s
     state.pool = config.pool()
@@ -1103,17 +1233,19 @@ def run_worker(config: Config, ledger_id: str, process: int) -> int:
     if not registered:
         log.error(f'another worker registered the ledger id {ledger_id} meanwhile')
         return EXIT_CONFIG
-    keeper = threading.Thread(
-        target=keep, args=(admin, state, config, deadline), daemon=True
-    )
+    status.value = REGISTERED
+    keeper = threading.Thread(target=enforce_runtime, args=(admin, state, deadline), daemon=True)
     keeper.start()
     log.info(f'worker {ledger_id} ready (runtime {config.runtime})')
     code = 0
     try:
-        # The only changes to pyABC's worker: its Redis client keeps the ledger, and a
-        # SIGTERM inside a generation is not forgotten.
+        # The only changes to pyABC's worker: its Redis client keeps the ledger, a SIGTERM
+        # inside a generation is not forgotten, and a generation cleared under the worker is
+        # left quietly.
         cli.StrictRedis = LedgerRedis
-        cli.work_on_population_dynamic = leaving_after_a_kill(work_on_population_dynamic)
+        cli.work_on_population_dynamic = leaving_after_a_kill(
+            leaving_a_cleared_generation(work_on_population_dynamic)
+        )
         cli.work_on_population_static = leaving_after_a_kill(work_on_population_static)
         cli._work(config.host, config.port, config.runtime, config.password, config.catch)
     except SystemExit as exit_:  # pyABC's KillHandler exits on SIGTERM/SIGINT
@@ -1131,7 +1263,7 @@ def run_worker(config: Config, ledger_id: str, process: int) -> int:
         # A connection of its own: pyABC's subscription still holds one of the process' two,
         # and the other may be held by whatever the exit interrupted; waiting for the pool
         # could outlast the pod's grace period.
-        settle(config.client(), state, 'exit')
+        settle_own(config.client(), state, 'exit')
     except redis.RedisError as err:
         log.error(f'could not remove the ledger at exit: {err}')
         code = code or EXIT_ERROR
@@ -1140,46 +1272,146 @@ def run_worker(config: Config, ledger_id: str, process: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------
-# Several processes: each a worker with its own ledger, supervised by this one.
+# The supervisor: the worker processes, and the heartbeat of their ledgers.
+
+
+class Supervised:
+    """A worker process, as its supervisor sees it."""
+
+    def __init__(self, process, status):
+        self.process = process
+        self.ledger_id = process.name
+        self.status = status  # the byte run_worker writes
+        self.fenced = False  # killed by us: its ledger was repaired
 
 
 def supervise(config: Config) -> int:
+    """Starts the worker processes, beats for their ledgers, and settles the ledger of one
+    that dies; returns the first failure's exit code (0 if none failed).
+
+    The heartbeat is the supervisor's, not the worker process': a model that holds Python's
+    GIL (a compiled simulator bound without releasing it) for longer than the heartbeat
+    timeout would starve a thread of that process, and a busy worker would be declared lost,
+    killed and repaired. The supervisor beats for a process as long as that process exists
+    and is not stopped (SIGSTOP, a debugger), and only while its ledger is registered and
+    not being settled; so a process that is stopped, dead or cut off from Redis together
+    with its supervisor (the pod's network) still goes stale. A model that loops forever
+    while running is busy as far as anyone can tell: the runtime limit ends it (on a
+    cluster the operator replaces an expired worker, SIGKILL after the grace period).
+    """
     ctx = multiprocessing.get_context('fork')  # pyabc is imported once, in the parent
+    ledger_ids = (
+        [config.worker_id]
+        if config.processes == 1
+        else [f'{config.worker_id}-{i}' for i in range(config.processes)]
+    )
     children = {}
-    for i in range(config.processes):
-        ledger_id = f'{config.worker_id}-{i}'
-        child = ctx.Process(target=_child, args=(config, ledger_id, i), name=ledger_id)
+    for i, ledger_id in enumerate(ledger_ids):
+        status = ctx.RawValue('b', STARTING)
+        child = ctx.Process(
+            target=_child, args=(config, ledger_id, i, status, os.getpid()), name=ledger_id
+        )
         child.start()
-        children[child.sentinel] = child
+        children[child.sentinel] = Supervised(child, status)
 
     def forward(signum, _frame):
         for child in children.values():
-            if child.pid and child.exitcode is None:
-                os.kill(child.pid, signum)
+            if child.process.pid and child.process.exitcode is None:
+                os.kill(child.process.pid, signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    admin = config.heartbeat_client()
+    heartbeat = admin.register_script(HEARTBEAT_LUA)
     code = 0
-    admin = config.client()  # connects only when a child needs settling
+    next_beat = time.monotonic() + config.heartbeat_s
     while children:
-        for sentinel in multiprocessing.connection.wait(list(children)):
-            child = children.pop(sentinel)
-            child.join()
-            if child.exitcode != 0:
-                # killed (e.g. OOM) or failed: give back what it owed right away
-                log.warning(f'worker process {child.name} ended with {child.exitcode}')
-                code = code or (child.exitcode if child.exitcode > 0 else EXIT_ERROR)
-                try:
-                    settle(admin, State(child.name), f'process {child.name} died')
-                except redis.RedisError as err:
-                    log.error(f'could not repair the ledger of {child.name}: {err}')
+        wait = max(0.0, next_beat - time.monotonic())
+        for sentinel in multiprocessing.connection.wait(list(children), wait):
+            code = code or _ended(children.pop(sentinel), admin)
+        if time.monotonic() >= next_beat:
+            next_beat = time.monotonic() + config.heartbeat_s
+            _beat(heartbeat, children.values())
     return code
 
 
-def _child(config: Config, ledger_id: str, process: int):
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    sys.exit(run_worker(config, ledger_id, process))
+def _beat(heartbeat, children):
+    """One heartbeat for the ledgers of every registered worker process that runs; a process
+    whose ledger was repaired (it was declared lost while it was stopped or cut off) is
+    killed: it must not touch the counters again."""
+    beating = [c for c in children if c.status.value == REGISTERED and _running(c.process.pid)]
+    if not beating:
+        return
+    try:
+        alive = heartbeat(keys=[LEDGER_PREFIX + c.ledger_id for c in beating])
+    except redis.RedisError as err:
+        log.warning(f'heartbeat failed: {err}')
+        return
+    for child, beaten in zip(beating, alive):
+        # a process settling its own ledger set LEAVING first: the ledger's end is its own
+        if not beaten and child.status.value == REGISTERED:
+            log.error(
+                f'ledger {child.ledger_id} repaired by the operator: worker process '
+                f'{child.process.pid} was declared lost; ending it'
+            )
+            child.fenced = True
+            os.kill(child.process.pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` runs or waits, as opposed to stopped (SIGSTOP, a debugger) or
+    dead; from its state in /proc (where there is no /proc, every process counts as running)."""
+    try:
+        with open(f'/proc/{pid}/stat', 'rb') as stat:
+            state = stat.read().rpartition(b')')[2].split()[0]
+    except FileNotFoundError:
+        return not os.path.isdir('/proc/self')
+    except (OSError, IndexError):
+        return True
+    return state not in (b'T', b't', b'Z', b'X', b'x')
+
+
+def _ended(child: Supervised, admin) -> int:
+    """Settles the ledger of a worker process that ended without settling it itself (killed,
+    e.g. OOM, or failed); returns the process' exit code, 128 + the signal that killed it,
+    or EXIT_LOST where it was fenced."""
+    process = child.process
+    process.join()
+    exitcode = process.exitcode
+    if exitcode != 0:
+        log.warning(f'worker process {child.ledger_id} ended with {exitcode}')
+    if child.status.value != LEFT:
+        try:
+            settle(admin, State(child.ledger_id), f'process {child.ledger_id} ended')
+        except redis.RedisError as err:
+            log.error(f'could not repair the ledger of {child.ledger_id}: {err}')
+            exitcode = exitcode or EXIT_ERROR
+    if child.fenced:
+        return EXIT_LOST
+    return 128 - exitcode if exitcode < 0 else exitcode
+
+
+def _child(config: Config, ledger_id: str, process: int, status, supervisor_pid: int):
+    # As in the supervisor before it forwards: a SIGTERM before pyABC installs its own handler
+    # ends the process at once (nothing is owed yet, or the supervisor settles it).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
+    _die_with_parent(supervisor_pid)
+    sys.exit(run_worker(config, ledger_id, process, status))
+
+
+def _die_with_parent(parent_pid: int):
+    """Without its supervisor nobody beats for a worker process' ledger: the kernel kills it
+    when the supervisor dies (Linux' PR_SET_PDEATHSIG; elsewhere it is declared lost)."""
+    try:
+        import ctypes
+
+        if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL) != 0:
+            return
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the supervisor died before the prctl
+        os._exit(EXIT_ERROR)
 
 
 def main() -> int:
@@ -1191,8 +1423,6 @@ def main() -> int:
     except (ValueError, KeyError) as err:
         log.error(f'bad worker configuration: {err}')
         return EXIT_CONFIG
-    if config.processes == 1:
-        return run_worker(config, config.worker_id, 0)
     return supervise(config)
 
 

@@ -53,6 +53,12 @@ pub const N_JOB: &str = "n_job";
 /// The Redis lock static workers take around a job (`redis.lock('worker')`, no expiry).
 pub const STATIC_WORKER_LOCK: &str = "worker";
 
+/// The analysis whose master waits only for the evaluations that can change its sample
+/// (pyABC's default, not `wait_for_all_samples`), written by the `abc_operator` module's
+/// sampler (`EARLY_RELEASE_KEY` in src/protocol/abc_operator.py): only there may the worker
+/// whose result completes a generation take the other workers out of it (the entrypoint's
+/// `RESULTS_LUA`).
+pub const EARLY_RELEASE: &str = "abc_operator:early_release";
 /// The last resume of a master (a hash: `from_generation`, `at`), written by the `abc_operator`
 /// module (`RESUME_KEY` in src/protocol/abc_operator.py) when it continues a stored run.
 pub const RESUMED: &str = "abc_operator:resumed";
@@ -114,10 +120,13 @@ mod tests {
         for line in [
             format!("RESUME_KEY = \"{RESUMED}\""),
             format!("START_KEY = \"{MASTER_START}\""),
+            format!("EARLY_RELEASE_KEY = \"{EARLY_RELEASE}\""),
             format!("REDIS_LOST_EXIT_CODE = {REDIS_LOST_EXIT_CODE}"),
             format!("RESUME_REFUSED_EXIT_CODE = {RESUME_REFUSED_EXIT_CODE}"),
         ] {
             assert!(MASTER_MODULE.contains(&line), "{line}");
         }
+        let worker_line = format!("EARLY_RELEASE = '{EARLY_RELEASE}'");
+        assert!(super::super::WORKER_ENTRYPOINT.contains(&worker_line));
     }
 }

@@ -5,9 +5,11 @@
 //! # Clients and the file limit
 //!
 //! Every worker process holds [`WORKER_CONNECTIONS_PER_PROCESS`] connections (the
-//! entrypoint's `CONNECTIONS_PER_PROCESS`), so 10,000 of them need 20,000 clients, more than
-//! Redis' default `maxclients` of 10,000; [`RESERVED_CLIENTS`] more are for the master, the
-//! operator, `kubectl abc` and supervisors settling a dead process. Redis needs one file
+//! entrypoint's `CONNECTIONS_PER_PROCESS`) and every worker (a pod, or a process of the local
+//! runner) one more for the supervisor that beats for its processes' ledgers
+//! ([`WORKER_CONNECTIONS_PER_SUPERVISOR`]); with one process per worker, as by default, 10,000
+//! of them need 30,000 clients, more than Redis' default `maxclients` of 10,000;
+//! [`RESERVED_CLIENTS`] more are for the master, the operator and `kubectl abc`. Redis needs one file
 //! descriptor per client plus 32 of its own, and at start raises its soft `RLIMIT_NOFILE` to
 //! that by itself, which needs no privilege up to the hard limit the container runtime gives
 //! (containerd and Docker give 524,288 or more). Where the hard limit is lower, Redis cannot
@@ -27,19 +29,26 @@
 /// Redis connections one worker process holds: pyABC's pub/sub subscription and one for
 /// commands, which the ledger shares (see the entrypoint's `Config.pool`).
 pub const WORKER_CONNECTIONS_PER_PROCESS: u32 = 2;
+/// Redis connections a worker's supervisor holds, whatever its number of processes: the
+/// ledgers' heartbeat, which no model can starve there (the entrypoint's `supervise`).
+pub const WORKER_CONNECTIONS_PER_SUPERVISOR: u32 = 1;
+/// Connections per worker process where each worker has one process (the default): the
+/// most a worker process can cost.
+const CONNECTIONS_PER_SINGLE_PROCESS_WORKER: u32 =
+    WORKER_CONNECTIONS_PER_PROCESS + WORKER_CONNECTIONS_PER_SUPERVISOR;
 /// Worker processes one run's Redis is configured for.
 pub const MAX_WORKER_PROCESSES: u32 = 10_000;
-/// Clients beyond the workers': the master (pyABC's sampler holds a few), the operator,
-/// `kubectl abc`, and a multi-process worker's supervisor settling a dead process.
+/// Clients beyond the workers': the master (pyABC's sampler holds a few), the operator and
+/// `kubectl abc`.
 pub const RESERVED_CLIENTS: u32 = 1_000;
 /// Backlog of connections waiting to be accepted (capped by the kernel's somaxconn).
 pub const TCP_BACKLOG: u32 = 4096;
 /// File descriptors Redis keeps for itself beyond one per client (`CONFIG_MIN_RESERVED_FDS`).
 const REDIS_RESERVED_FDS: u32 = 32;
 
-/// `maxclients`: every worker process' connections, and the reserve.
+/// `maxclients`: every worker process' connections with a supervisor each, and the reserve.
 pub const fn max_clients() -> u32 {
-    MAX_WORKER_PROCESSES * WORKER_CONNECTIONS_PER_PROCESS + RESERVED_CLIENTS
+    MAX_WORKER_PROCESSES * CONNECTIONS_PER_SINGLE_PROCESS_WORKER + RESERVED_CLIENTS
 }
 
 /// The open-files limit redis-server needs for [`max_clients`] (it raises its own soft limit
@@ -57,7 +66,7 @@ pub fn directives() -> [(&'static str, String); 3] {
     ]
 }
 
-/// As redis-server command-line options (`--maxclients 21000 ...`).
+/// As redis-server command-line options (`--maxclients 31000 ...`).
 pub fn command_line_options() -> Vec<String> {
     directives()
         .into_iter()
@@ -87,11 +96,12 @@ pub fn client_capacity_warning(effective_max_clients: u32) -> Option<String> {
         format!(
             "Redis accepts at most {effective_max_clients} clients, not {}: its open-files limit \
              is too low, so it lowered maxclients; that holds about {} worker processes \
-             ({WORKER_CONNECTIONS_PER_PROCESS} connections each, {RESERVED_CLIENTS} kept for the \
-             master and the operator); raise the hard RLIMIT_NOFILE of the container runtime \
-             (or `ulimit -Hn` locally) to at least {}",
+             ({CONNECTIONS_PER_SINGLE_PROCESS_WORKER} connections each with its supervisor, \
+             {RESERVED_CLIENTS} kept for the master and the operator); raise the hard \
+             RLIMIT_NOFILE of the container runtime (or `ulimit -Hn` locally) to at least {}",
             max_clients(),
-            effective_max_clients.saturating_sub(RESERVED_CLIENTS) / WORKER_CONNECTIONS_PER_PROCESS,
+            effective_max_clients.saturating_sub(RESERVED_CLIENTS)
+                / CONNECTIONS_PER_SINGLE_PROCESS_WORKER,
             file_limit(),
         )
     })
@@ -103,8 +113,8 @@ mod tests {
 
     #[test]
     fn ten_thousand_worker_processes_fit_with_room_for_master_and_operator() {
-        assert_eq!(max_clients(), 21_000);
-        assert_eq!(file_limit(), 21_032);
+        assert_eq!(max_clients(), 31_000);
+        assert_eq!(file_limit(), 31_032);
         assert!(
             max_clients() > 10_000,
             "more than Redis' default maxclients"
@@ -113,8 +123,12 @@ mod tests {
 
     #[test]
     fn entrypoint_states_the_same_connections_per_process() {
-        let line = format!("CONNECTIONS_PER_PROCESS = {WORKER_CONNECTIONS_PER_PROCESS}\n");
-        assert!(super::super::WORKER_ENTRYPOINT.contains(&line));
+        for line in [
+            format!("CONNECTIONS_PER_PROCESS = {WORKER_CONNECTIONS_PER_PROCESS}\n"),
+            format!("CONNECTIONS_PER_SUPERVISOR = {WORKER_CONNECTIONS_PER_SUPERVISOR}\n"),
+        ] {
+            assert!(super::super::WORKER_ENTRYPOINT.contains(&line), "{line}");
+        }
     }
 
     #[test]
@@ -123,7 +137,7 @@ mod tests {
             command_line_options(),
             [
                 "--maxclients",
-                "21000",
+                "31000",
                 "--tcp-backlog",
                 "4096",
                 "--timeout",
@@ -132,7 +146,7 @@ mod tests {
         );
         assert_eq!(
             config_lines(),
-            "maxclients 21000\ntcp-backlog 4096\ntimeout 0\n"
+            "maxclients 31000\ntcp-backlog 4096\ntimeout 0\n"
         );
     }
 
@@ -142,8 +156,8 @@ mod tests {
         let effective = max_clients_from_info(info).unwrap();
         assert_eq!(effective, 19_968);
         let warning = client_capacity_warning(effective).unwrap();
-        assert!(warning.contains("about 9484 worker processes"), "{warning}");
-        assert!(warning.contains("at least 21032"), "{warning}");
+        assert!(warning.contains("about 6322 worker processes"), "{warning}");
+        assert!(warning.contains("at least 31032"), "{warning}");
         assert_eq!(client_capacity_warning(max_clients()), None);
         assert_eq!(max_clients_from_info("# Clients\r\n"), None);
     }

@@ -180,6 +180,78 @@ async fn entrypoint_heartbeat_runtime_sigterm_and_fencing() {
     assert!(snapshot(&mut conn).await.ledgers.is_empty());
 }
 
+/// The heartbeat is the supervisor's: it beats for each worker process that runs, whatever
+/// its model does with the GIL, and for none that is stopped. A process stopped on its own
+/// goes stale while its sibling does not; declared lost and repaired, it is ended by the
+/// supervisor when it runs again (it must not touch the counters), and the worker's exit code
+/// says so (3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_supervisor_beats_only_for_worker_processes_that_run() {
+    let redis = server();
+    let endpoint = redis.endpoint();
+    let mut conn = connect(&redis).await;
+    let root = tempfile::tempdir().unwrap();
+    let mut pair = worker(
+        &endpoint,
+        "pair",
+        &[
+            ("ABC_HEARTBEAT_SECONDS", "1"),
+            ("ABC_WORKER_PROCESSES", "2"),
+        ],
+        root.path(),
+    );
+    let registered = wait_for(&mut conn, Duration::from_secs(180), "two ledgers", |s| {
+        s.ledgers.len() == 2
+    })
+    .await;
+    let stopped = ledger(&registered, "pair-1").pid.unwrap();
+    assert_ne!(i64::from(pair.pid()), stopped, "a process of its own");
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(stopped as i32), Signal::SIGSTOP).unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let three_seconds = Heartbeat::from_timeout_seconds(3);
+    let snap = snapshot(&mut conn).await;
+    assert_eq!(
+        three_seconds
+            .stale_ledgers(&snap)
+            .map(|l| l.id.as_str())
+            .collect::<Vec<_>>(),
+        ["pair-1"]
+    );
+
+    repair_lost_worker(&mut conn, "pair-1")
+        .await
+        .unwrap()
+        .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(stopped as i32), Signal::SIGCONT).unwrap();
+    wait_for_log(
+        &pair,
+        "pair-1 repaired by the operator",
+        Duration::from_secs(15),
+    )
+    .await;
+    pair.signal(Signal::SIGTERM);
+    assert_eq!(
+        pair.wait(Duration::from_secs(15)).code(),
+        Some(3),
+        "{}",
+        pair.log_tail()
+    );
+    assert!(snapshot(&mut conn).await.ledgers.is_empty());
+}
+
+async fn wait_for_log(process: &crate::support::python::Proc, text: &str, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !process.log().contains(text) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {text:?} in {}",
+            process.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// pyABC's master deletes a generation's keys once it reads n_worker 0, in a step of its own.
 /// A worker that joins in between (a late `start`) must not bring n_worker back, nor leave it
 /// at -1 when it leaves; one that joined in time leaves a deleted generation without a trace.
@@ -352,7 +424,9 @@ print(calibration, last, again, admin.get('n_worker_a_0').decode(),
 /// reported: pyABC's master keeps the n accepted of the lowest indices), so that the master
 /// finds n_worker 0 at its first look instead of sleeping 100 ms. Their own leaving then
 /// changes nothing. A worker evaluating a lower index, or one in n_worker without a ledger
-/// (a plain pyABC worker), keeps everyone in the generation.
+/// (a plain pyABC worker), keeps everyone in the generation; so does a master that did not
+/// say it waits only for the evaluations that matter (pyABC's `wait_for_all_samples`, or its
+/// sampler class used directly: no `abc_operator:early_release`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_generations_last_acceptance_releases_workers_whose_evaluations_cannot_matter() {
     let redis = server();
@@ -374,10 +448,14 @@ def other_reports(t, ix):
 def n_worker(t):
     return int(admin.get(f'n_worker_a_{t}'))
 
-def case(t, other_first, plain_worker=False):
+def case(t, other_first, plain_worker=False, early_release=True):
     """n_req 1: this worker's acceptance completes the generation while the other worker
     still evaluates; returns n_worker after it, and after the other worker's result."""
     generation(t, 1)
+    if early_release:
+        admin.set(w.EARLY_RELEASE, 'a')  # what abc_operator's sampler writes
+    else:
+        admin.delete(w.EARLY_RELEASE)
     if plain_worker:
         admin.incr(f'n_worker_a_{t}')
     if other_first:
@@ -392,21 +470,23 @@ def case(t, other_first, plain_worker=False):
     return after_mine, n_worker(t), admin.hexists(other, 'joined')
 
 print(case(0, other_first=False), case(1, other_first=True),
-      case(2, other_first=False, plain_worker=True))
+      case(2, other_first=False, plain_worker=True),
+      case(3, other_first=False, early_release=False))
 "#;
     assert_eq!(
         drive_ledger_client(&endpoint, "releases", body),
-        "(0, 0, False) (1, 0, False) (2, 1, False)",
+        "(0, 0, False) (1, 0, False) (2, 1, False) (1, 0, False)",
         "a worker evaluating a later index is released with the last acceptance (n_worker 0 at \
-         once), and its own leaving changes nothing; one evaluating an earlier index, or a \
-         worker without a ledger, keeps n_worker above 0 until it leaves"
+         once), and its own leaving changes nothing; one evaluating an earlier index, a \
+         worker without a ledger, or a master that may wait for all samples, keeps n_worker \
+         above 0 until it leaves"
     );
 }
 
 /// After a short evaluation the result script is sent ahead: pyABC's next simulation starts
 /// before its reply, with the index of the claim that script makes (a `ClaimIndex`, read
-/// when pyABC first computes with it). Meanwhile the heartbeat shares the connection, reading
-/// the unread reply first. Where the script sent ahead claims nothing (the other workers
+/// when pyABC first computes with it). Meanwhile another user of the process' command
+/// connection (the runtime limit's settling) shares it, reading the unread reply first. Where the script sent ahead claims nothing (the other workers
 /// completed the generation), the simulation pyABC started all the same is dropped: its
 /// failure and its report reach Redis never, and pyABC's loop then ends on what the script
 /// read. Within a few acceptances of a generation's end the worker waits for each reply.
@@ -437,8 +517,7 @@ report(second)  # sent ahead, claims 3
 checks()
 third = r.incr('n_eval_a_0', 1)
 unread = isinstance(third, w.ClaimIndex) and third.value is None
-beat = w.redis.StrictRedis(connection_pool=w.STATE.pool).register_script(w.HEARTBEAT_LUA)(
-    keys=[w.STATE.ledger_key])
+beat = w.redis.StrictRedis(connection_pool=w.STATE.pool).exists(w.STATE.ledger_key)
 admin.incrby('n_acc_a_0', 7)  # other workers' acceptances: complete with this one
 report(third)  # sent ahead: claims nothing, leaves the generation
 before = commands()
@@ -467,20 +546,79 @@ print(first, second, int(third), unread, beat, go_on, ends, left, dropped, near_
         drive_ledger_client(&endpoint, "sent-ahead", body),
         "1 2 3 True 1 True True 0 1 int ['3', '10', '0', '0'] [1, 2, 3] ['1', '2', '3'] \
          ['heartbeat', 'host', 'pid', 'process', 'started', 'worker']",
-        "claims 1-3 reported once each; the heartbeat ran while a reply was unread; the \
+        "claims 1-3 reported once each; another command ran while a reply was unread; the \
          simulation started ahead of a claim that was not made sent nothing (only the INFO) \
          and left no trace; the ledger owes nothing; near a generation's end no reply is \
          left unread"
     );
 }
 
+/// A worker whose generation the master cleared under it (pyABC's `wait_for_all_samples`
+/// clears a generation once it reads n_worker 0, e.g. after `abc-redis-manager
+/// reset-workers`, or a master restarted over it) leaves that generation quietly instead of
+/// failing in pyABC's loop on a value that is gone: its late report creates none of the
+/// generation's keys again, its ledger owes nothing, and it works on the next generation.
+/// pyABC's own dynamic loop, wrapped as the entrypoint wraps it, with a model that clears its
+/// generation while it simulates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_generation_was_cleared_under_it_leaves_it_quietly() {
+    let redis = server();
+    let endpoint = redis.endpoint();
+    let body = r#"
+import time
+import cloudpickle
+import pyabc
+from pyabc.population import SampleFactory
+
+def simulate_one_clearing(t):
+    def simulate_one():
+        import redis
+        client = redis.StrictRedis(host=host, port=port, password=password)
+        # the master clears the generation while this evaluation runs
+        client.delete(*client.keys(f'*_a_{t}'))
+        return pyabc.population.Particle(m=0, parameter=pyabc.Parameter(x=1.0), weight=1.0,
+                                         sum_stat={}, distance=0.0, accepted=True)
+    return simulate_one
+
+def simulate_one():
+    return pyabc.population.Particle(m=0, parameter=pyabc.Parameter(x=1.0), weight=1.0,
+                                     sum_stat={}, distance=0.0, accepted=True)
+
+def work(t, model):
+    generation(t, 2)
+    admin.mset({f'sample_simulate_accept_a_{t}': cloudpickle.dumps((model, SampleFactory())),
+                f'max_n_eval_look_ahead_a_{t}': 'inf'})
+    kill_handler = w.cli.KillHandler()
+    w.leaving_a_cleared_generation(w.work_on_population_dynamic)(
+        analysis_id='a', t=t, redis=r, catch=True, start_time=time.time(),
+        max_runtime_s=100, kill_handler=kill_handler)
+    return kill_handler.exit
+
+exit_allowed = work(0, simulate_one_clearing(0))
+left_behind = sorted(k.decode() for k in admin.keys('*_a_0'))
+owes = sorted(k.decode() for k in admin.hkeys(w.STATE.ledger_key))
+work(1, simulate_one)
+print(exit_allowed, left_behind, owes, w.STATE.in_generation,
+      [admin.get(f'{k}_a_1').decode() for k in ('n_acc', 'n_eval', 'n_worker')])
+"#;
+    assert_eq!(
+        drive_ledger_client(&endpoint, "cleared", body),
+        "True [] ['heartbeat', 'host', 'pid', 'process', 'started', 'worker'] False \
+         ['2', '2', '0']",
+        "left the cleared generation without recreating a key of it, owing nothing; then \
+         sampled the next generation to its end"
+    );
+}
+
 /// Each worker process holds at most the documented number of Redis connections (pyABC's
-/// subscription and one for commands, the ledger's heartbeat included), idle and after
-/// generations of work with heartbeats racing the commands: 10,000 worker processes on one
-/// Redis are that many times 10,000 clients.
+/// subscription and one for commands), and each worker's supervisor one (the heartbeat),
+/// idle and after generations of work with heartbeats racing the commands: 10,000 worker
+/// processes on one Redis are that many times 10,000 clients.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_processes_hold_at_most_the_documented_connections() {
-    use abc_operator::protocol::server_config::WORKER_CONNECTIONS_PER_PROCESS;
+    use abc_operator::protocol::server_config::{
+        WORKER_CONNECTIONS_PER_PROCESS, WORKER_CONNECTIONS_PER_SUPERVISOR,
+    };
     let redis = server();
     let endpoint = redis.endpoint();
     let mut conn = connect(&redis).await;
@@ -498,12 +636,14 @@ async fn worker_processes_hold_at_most_the_documented_connections() {
         root.path(),
     );
     let _b = worker(&endpoint, "b", &env, root.path());
-    let processes = 3;
+    let (workers, processes) = (2, 3);
     wait_for(&mut conn, Duration::from_secs(180), "three ledgers", |s| {
         s.ledgers.len() == processes
     })
     .await;
-    let limit = ours + processes * WORKER_CONNECTIONS_PER_PROCESS as usize;
+    let limit = ours
+        + processes * WORKER_CONNECTIONS_PER_PROCESS as usize
+        + workers * WORKER_CONNECTIONS_PER_SUPERVISOR as usize;
     let idle = workers_settled(&mut conn, limit).await;
     assert!(idle.len() > ours, "the workers are connected: {idle:#?}");
 

@@ -12,6 +12,7 @@ mod lost_workers;
 mod publications;
 mod redis_server;
 mod repair_rules;
+mod sampler_options;
 mod scripts;
 #[path = "../support/mod.rs"]
 mod support;

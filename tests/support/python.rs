@@ -1,6 +1,6 @@
 //! The pinned Python (pyabc 0.13.0) and pyABC processes that are killed when dropped.
 
-use abc_operator::protocol::{Endpoint, WORKER_ENTRYPOINT};
+use abc_operator::protocol::{Endpoint, MASTER_MODULE, WORKER_ENTRYPOINT};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -39,18 +39,24 @@ pub fn python_script<S: AsRef<std::ffi::OsStr>>(script: &str, args: &[S]) -> Vec
     out.stdout
 }
 
-/// The shipped worker entrypoint, written to a file like the ConfigMap mount.
+/// The shipped worker entrypoint, written to a file like the ConfigMap mount; the shipped
+/// `abc_operator` module beside it.
 pub fn entrypoint() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        // write and rename: test binaries running at once may replace it, never half-written
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let path = dir.join("abc_worker.py");
-        let partial = dir.join(format!("abc_worker.py.{}", std::process::id()));
-        std::fs::write(&partial, WORKER_ENTRYPOINT).expect("write the worker entrypoint");
-        std::fs::rename(&partial, &path).expect("move the worker entrypoint in place");
-        path
+        write_shipped(dir, "abc_operator.py", MASTER_MODULE);
+        write_shipped(dir, "abc_worker.py", WORKER_ENTRYPOINT)
     })
+}
+
+/// Writes and renames: test binaries running at once may replace the file, never half-written.
+fn write_shipped(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    let partial = dir.join(format!("{name}.{}", std::process::id()));
+    std::fs::write(&partial, text).unwrap_or_else(|err| panic!("write {name}: {err}"));
+    std::fs::rename(&partial, &path).unwrap_or_else(|err| panic!("move {name} in place: {err}"));
+    path
 }
 
 /// A test fixture under tests/fixtures.
@@ -167,11 +173,13 @@ pub fn worker(endpoint: &Endpoint, id: &str, env: &[(&str, &str)], dir: &Path) -
     Proc::spawn(&format!("worker-{id}"), cmd, dir)
 }
 
-/// The protocol test master (tests/fixtures/protocol_master.py), results in `dir`.
+/// The protocol test master (tests/fixtures/protocol_master.py), results in `dir`, with the
+/// shipped `abc_operator` module on its path.
 pub fn master(endpoint: &Endpoint, env: &[(&str, &str)], dir: &Path) -> Proc {
     let mut cmd = Command::new(python());
     cmd.arg(fixture("protocol_master.py"))
-        .env("ABC_RESULTS_DIR", dir);
+        .env("ABC_RESULTS_DIR", dir)
+        .env("PYTHONPATH", entrypoint().parent().unwrap());
     with_redis(&mut cmd, endpoint);
     for (key, value) in env {
         cmd.env(key, value);
