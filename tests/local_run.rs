@@ -669,6 +669,38 @@ fn a_hung_worker_is_killed_repaired_and_replaced() {
     );
 }
 
+/// A model that holds Python's GIL for twice the heartbeat timeout, evaluation after
+/// evaluation (a compiled simulator bound without releasing it): its workers are busy, not
+/// lost. None is killed, repaired or restarted, and the run completes.
+#[test]
+fn a_model_holding_the_gil_longer_than_the_heartbeat_timeout_is_busy_not_lost() {
+    let _heavy = heavy();
+    let mut run = Run::start(
+        &fixture("local_gil/abcrun.yaml"),
+        &["--json", "--run-dir", "run"],
+    );
+    let code = run.wait_exit(Duration::from_secs(300));
+    assert_eq!(code, 0, "stderr:\n{}", run.stderr());
+    let events = run.events();
+    for kind in ["repaired", "lost_worker"] {
+        assert!(
+            by_event(&events, kind).is_empty(),
+            "no {kind}: {:?}",
+            by_event(&events, kind)
+        );
+    }
+    let exits = by_event(&events, "worker_exited");
+    assert!(
+        exits.len() == 2 && exits.iter().all(|e| e["exit"] == "exited cleanly"),
+        "the two workers exited cleanly at the end, none before: {exits:?}"
+    );
+    assert!(
+        !run.stderr().contains("stopped its heartbeat"),
+        "{}",
+        run.stderr()
+    );
+}
+
 #[test]
 fn ctrl_c_stops_workers_gracefully_and_leaves_nothing_behind() {
     let _heavy = heavy();

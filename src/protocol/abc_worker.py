@@ -1328,7 +1328,8 @@ def supervise(config: Config) -> int:
     while children:
         wait = max(0.0, next_beat - time.monotonic())
         for sentinel in multiprocessing.connection.wait(list(children), wait):
-            code = code or _ended(children.pop(sentinel), admin)
+            ended = _ended(children.pop(sentinel), admin)
+            code = code or ended
         if time.monotonic() >= next_beat:
             next_beat = time.monotonic() + config.heartbeat_s
             _beat(heartbeat, children.values())

@@ -68,7 +68,7 @@ async fn analysis(
 
     let live = workers
         .iter_mut()
-        .filter(|w| w.try_status().is_none())
+        .filter_map(|w| w.try_status().is_none().then_some(()))
         .count();
     assert_eq!(
         stop(&mut conn).await.unwrap() as usize,
