@@ -463,9 +463,9 @@ class Reply:
 class PendingReply:
     """For a connection that may carry one reply nobody has read yet: a result script sent
     ahead (LedgerRedis). Whoever takes the connection from the pool next, or sends on it,
-    reads that reply first, into its Reply; so the heartbeat keeps sharing the process'
-    one command connection while pyABC simulates, instead of waiting for the simulation or
-    opening a connection of its own."""
+    reads that reply first, into its Reply; so the runtime limit's thread keeps sharing the
+    process' one command connection while pyABC simulates, instead of waiting for the
+    simulation or opening a connection of its own."""
 
     pending = None
 
