@@ -187,7 +187,11 @@ fn observe(
             if run.spec.redis.external.is_some() {
                 observed.redis_ready = false;
             }
-            observed.redis_problem = Some(format!("cannot read the run's Redis: {err}"));
+            // named: an external Redis may be any server (another tenant's, a typo)
+            let at = resources::redis_host_port_for_operator(run)
+                .map(|(host, port)| format!(" at {host}:{port}"))
+                .unwrap_or_default();
+            observed.redis_problem = Some(format!("cannot read the run's Redis{at}: {err}"));
         }
     }
     observed

@@ -228,7 +228,7 @@ redis:
     assert!(!plan.observed.redis_ready);
     assert_eq!(
         plan.observed.redis_problem.as_deref(),
-        Some("cannot read the run's Redis: connection refused")
+        Some("cannot read the run's Redis at redis.example:6379: connection refused")
     );
 }
 

@@ -29,6 +29,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What a read asks the socket for at least: most replies of the protocol fit.
 const READ_CHUNK: usize = 512;
+/// The most a connection holds of replies not yet whole. The largest reply abc-operator asks
+/// for, a snapshot with 10,000 ledgers, is a few MiB; a server sending more (a huge value, or
+/// no end at all) gets its connection dropped instead of the controller's memory.
+pub const MAX_REPLY_BYTES: usize = 32 << 20;
 
 /// What a connection of [`connect_listening`] hears on `abc_msg_pubsub`.
 #[derive(Default)]
@@ -346,6 +350,16 @@ impl Link {
 
     /// Reads what the socket has without waiting; false when it had nothing.
     fn try_read(&mut self) -> RedisResult<bool> {
+        if self.pending.len() >= MAX_REPLY_BYTES {
+            return Err(RedisError::from((
+                ErrorKind::Parse,
+                "reply refused",
+                format!(
+                    "it is larger than {} MiB, which no reply abc-operator asks for is",
+                    MAX_REPLY_BYTES >> 20
+                ),
+            )));
+        }
         self.pending.reserve(READ_CHUNK);
         match self.socket.try_read_buf(&mut self.pending) {
             Ok(0) => Err(closed()),

@@ -4,12 +4,26 @@
 
 use redis::{ErrorKind, RedisError};
 
+/// How deep replies may nest. abc-operator's deepest reply (a snapshot: ledgers in a list of
+/// lists) nests 3 levels; a server's reply nested thousands of levels deep would overflow the
+/// stack of whoever walks it (this and redis-rs' parser), and with it the controller.
+pub(super) const MAX_DEPTH: usize = 16;
+
 /// The length of the first whole reply in `buf`, or `None` while it is incomplete.
 pub(super) fn reply_len(buf: &[u8]) -> Result<Option<usize>, RedisError> {
-    reply_end(buf, 0)
+    reply_end(buf, 0, 0)
 }
 
-fn reply_end(buf: &[u8], at: usize) -> Result<Option<usize>, RedisError> {
+fn reply_end(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, RedisError> {
+    if depth > MAX_DEPTH {
+        return Err(RedisError::from((
+            ErrorKind::Parse,
+            "reply refused",
+            format!(
+                "it nests deeper than {MAX_DEPTH} levels, which no reply abc-operator asks for does"
+            ),
+        )));
+    }
     let Some(line_len) = buf.get(at..).and_then(find_crlf) else {
         return Ok(None);
     };
@@ -36,14 +50,14 @@ fn reply_end(buf: &[u8], at: usize) -> Result<Option<usize>, RedisError> {
             };
             let mut end = after;
             for _ in 0..items {
-                match reply_end(buf, end)? {
+                match reply_end(buf, end, depth + 1)? {
                     Some(next) => end = next,
                     None => return Ok(None),
                 }
             }
             // an attribute is followed by the reply it annotates
             if kind == b'|' {
-                return reply_end(buf, end);
+                return reply_end(buf, end, depth);
             }
             Ok(Some(end))
         }
@@ -117,6 +131,21 @@ mod tests {
         ] {
             assert_reply(reply);
         }
+    }
+
+    #[test]
+    fn refuses_a_reply_nested_deeper_than_any_of_ours() {
+        let nested = |depth: usize| [&b"*1\r\n".repeat(depth)[..], b":1\r\n"].concat();
+        assert_eq!(
+            reply_len(&nested(super::MAX_DEPTH)).unwrap(),
+            Some(4 * super::MAX_DEPTH + 4)
+        );
+        // a million levels: an error, not a stack overflow
+        let err = reply_len(&nested(1_000_000)).unwrap_err();
+        assert!(
+            err.to_string().contains("nests deeper than 16 levels"),
+            "{err}"
+        );
     }
 
     #[test]

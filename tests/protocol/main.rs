@@ -8,6 +8,7 @@
 mod chaos;
 mod entrypoint;
 mod errors;
+mod hostile;
 mod lost_workers;
 mod publications;
 mod redis_server;
