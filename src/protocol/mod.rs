@@ -136,7 +136,8 @@ pub enum ProtocolError {
     #[error("this Redis does not hold pyABC 0.13 sampler data as expected: {0}")]
     NotPyabc(String),
     #[error(
-        "{reply} {detail}: the script and the code reading it disagree (a bug in abc-operator)"
+        "{reply} {detail}: the script and the code reading it disagree (a bug in abc-operator, \
+         or a server that only looks like Redis)"
     )]
     ScriptReply { reply: String, detail: String },
     #[error("Redis command failed: {0}")]

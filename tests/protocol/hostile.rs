@@ -152,9 +152,7 @@ async fn a_hostile_redis_fails_the_read_with_a_named_error_in_bounded_time_and_m
     let outcomes = futures::future::join_all(reads).await;
     let failures: Vec<String> = outcomes
         .iter()
-        .filter(|(_, named, err, took)| {
-            !err.contains(named) || *took >= Duration::from_secs(15)
-        })
+        .filter(|(_, named, err, took)| !err.contains(named) || *took >= Duration::from_secs(15))
         .map(|(hostile, _, err, took)| format!("{hostile:?} after {took:?}: {err}"))
         .collect();
     assert!(
