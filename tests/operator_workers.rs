@@ -47,7 +47,7 @@ async fn status_shows_pyabc_progress_from_redis() {
     // reads.
     let s = setup("wk-status", 2, "10m", "0.05").await;
     let _controller = ControllerProcess::start(&s.ns.name);
-    let _kubelet = s.kubelet();
+    let kubelet = s.kubelet();
     let mut master = s.master(100, 3);
 
     let mut generations_seen = std::collections::BTreeSet::new();
@@ -88,7 +88,7 @@ async fn an_idle_run_is_not_reconciled_until_its_redis_changes() {
     let s = setup("wk-idle", 2, "10m", "0.1").await;
     // Idle runs read every 10 minutes: only the heard `start` can show the master in time.
     let controller = ControllerProcess::start_with(&s.ns.name, &["--idle-read-seconds", "600"]);
-    let _kubelet = s.kubelet();
+    let kubelet = s.kubelet();
     let mut conn = support::redis::connect(&s.redis).await;
     support::redis::wait_for(
         &mut conn,
@@ -313,7 +313,7 @@ async fn expired_workers_are_replaced_without_crash_loops() {
 async fn stop_lets_workers_finish_the_generation_then_scales_them_to_zero() {
     let s = setup("wk-stop", 3, "10m", "0.05").await;
     let _controller = ControllerProcess::start(&s.ns.name);
-    let _kubelet = s.kubelet();
+    let kubelet = s.kubelet();
     let mut master = s.master(150, 6);
     let at_stop = eventually(
         180,
@@ -658,4 +658,134 @@ async fn an_image_that_cannot_be_pulled_is_a_condition_and_one_event() {
         (degraded.status == "False").then_some(())
     })
     .await;
+}
+
+/// One run's external Redis is hostile (another tenant's server, answering the controller's
+/// reads with replies nested a million levels deep, a 100 GB value, or nothing, one per
+/// connection) among 20 runs. That run gets a condition naming the problem and the server,
+/// and the controller lives on. The live run beside it keeps its pace: its status follows
+/// each generation, and a worker lost mid-generation is repaired once. The figures are
+/// printed; the bounds asserted are far below the hostile reads' 3 to 10 s timeouts, which is
+/// what the live run would wait if those reads held it up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_redis_harms_only_its_own_run() {
+    use abc_operator::api::AbcRun;
+    use abc_operator::local::redis_server::{RedisServer, RedisServerOptions};
+    use abc_operator::protocol::{self, Snapshot};
+    use kube::api::PostParams;
+    use std::time::Instant;
+    use support::hostile_redis::{Hostile, fake_redis};
+    use support::run::create_password_secret;
+
+    let s = setup("wk-hostile", 3, "10m", "0.1").await;
+    let hostile_port = fake_redis(Hostile::Rotating).await;
+    create_password_secret(&s.client, &s.ns.name, "hostile-pw", "any").await;
+    let idle = RedisServer::start(RedisServerOptions::default()).expect("redis-server starts");
+    create_password_secret(&s.client, &s.ns.name, "idle-pw", idle.password()).await;
+    let external = |name: &str, port: u16, secret: &str| -> AbcRun {
+        serde_yaml::from_str(&format!(
+            "{{apiVersion: abc-operator.dev/v1alpha1, kind: AbcRun, metadata: {{name: {name}}},
+              spec: {{image: worker, workers: {{replicas: 0}},
+                      redis: {{external: {{host: 127.0.0.1, port: {port},
+                                           passwordSecret: {{name: {secret}}}}}}}}}}}"
+        ))
+        .unwrap()
+    };
+    let mut others = vec![external("hostile", hostile_port, "hostile-pw")];
+    others.extend((0..18).map(|i| external(&format!("idle-{i}"), idle.port(), "idle-pw")));
+    for run in &others {
+        s.runs.create(&PostParams::default(), run).await.unwrap();
+    }
+    let mut controller = ControllerProcess::start(&s.ns.name);
+    let kubelet = s.kubelet();
+
+    // The hostile run: a condition naming the problem and the server.
+    let address = format!("127.0.0.1:{hostile_port}");
+    let message = eventually(60, "the hostile run's Degraded condition", || async {
+        let status = s.runs.get("hostile").await.ok()?.status?;
+        let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded")?;
+        (degraded.status == "True" && degraded.reason == "RedisUnavailable")
+            .then(|| degraded.message.clone())
+    })
+    .await;
+    assert!(message.contains(&address), "{message}");
+
+    // The live run: each generation's start in its Redis until its status shows it.
+    let mut master = s.master(60, 4);
+    let mut conn = protocol::connect(&s.redis.endpoint()).await.unwrap();
+    let mut lags = Vec::new();
+    let mut pending: Option<(i64, Instant)> = None;
+    let mut repair: Option<(String, Instant, Option<Duration>)> = None;
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while master.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the live run did not finish");
+        let snapshot = Snapshot::read(&mut conn).await.unwrap();
+        let status = s.runs.get("sim").await.unwrap().status.unwrap_or_default();
+        let shown = status.progress.as_ref().and_then(|p| p.generation);
+        if let Some(t) = snapshot.generation {
+            if pending.is_none_or(|(seen, _)| t > seen) && shown < Some(t) {
+                pending = Some((t, Instant::now()));
+            }
+        }
+        if let Some((t, since)) = pending
+            && shown >= Some(t)
+        {
+            lags.push(since.elapsed());
+            pending = None;
+        }
+        // once, inside generation 1: a worker pod lost mid-generation
+        if repair.is_none()
+            && snapshot.generation == Some(1)
+            && status.progress.as_ref().is_some_and(|p| p.active_workers == 3)
+        {
+            let victim = kubelet.running().into_iter().next().unwrap();
+            pods.delete(
+                &victim,
+                &DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+            repair = Some((victim, Instant::now(), None));
+        }
+        if let Some((_, since, counted @ None)) = &mut repair
+            && status.lost_workers >= 1
+        {
+            *counted = Some(since.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(master.wait().unwrap().success(), "the live run's master");
+    let (victim, _, repaired_after) = repair.expect("a worker was lost inside generation 1");
+    let repaired_after = match repaired_after {
+        Some(after) => after,
+        None => {
+            let lost = eventually(30, "the repair counted", || async {
+                let status = s.runs.get("sim").await.ok()?.status?;
+                (status.lost_workers >= 1).then_some(status.lost_workers)
+            })
+            .await;
+            panic!("the repair of {victim} was counted ({lost}) only after the run ended")
+        }
+    };
+    eprintln!(
+        "beside a hostile Redis: status lag per generation {lags:?}, repair of {victim} \
+         counted after {repaired_after:?}"
+    );
+    assert!(lags.len() >= 3, "generations seen: {lags:?}");
+    assert!(
+        lags.iter().all(|lag| *lag < Duration::from_secs(3)),
+        "status lag: {lags:?}"
+    );
+    assert!(
+        repaired_after < Duration::from_secs(3),
+        "repair counted after {repaired_after:?}"
+    );
+    let status = s.runs.get("sim").await.unwrap().status.unwrap();
+    assert_eq!(status.lost_workers, 1, "repaired once");
+    assert_eq!(controller.exited(), None, "the controller lives on");
+    drop(idle);
 }

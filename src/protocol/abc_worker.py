@@ -51,6 +51,7 @@ signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
 
 import logging  # noqa: E402
+import mmap  # noqa: E402
 import multiprocessing  # noqa: E402
 import multiprocessing.connection  # noqa: E402
 import os  # noqa: E402
@@ -567,9 +568,20 @@ GENERATION_READS = (
 
 
 class Status:
-    """A worker process' status where no supervisor reads it (settling another's ledger)."""
+    """A worker process' status (STARTING, REGISTERED, LEAVING, LEFT), which its supervisor
+    reads: one byte of anonymous memory shared across the fork (no file: /dev/shm and the
+    temporary folder may be read-only)."""
 
-    value = STARTING
+    def __init__(self):
+        self._byte = mmap.mmap(-1, 1)  # MAP_SHARED | MAP_ANONYMOUS
+
+    @property
+    def value(self) -> int:
+        return self._byte[0]
+
+    @value.setter
+    def value(self, status: int):
+        self._byte[0] = status
 
 
 class State:
@@ -1307,7 +1319,7 @@ def supervise(config: Config) -> int:
     )
     children = {}
     for i, ledger_id in enumerate(ledger_ids):
-        status = ctx.RawValue('b', STARTING)
+        status = Status()
         child = ctx.Process(
             target=_child, args=(config, ledger_id, i, status, os.getpid()), name=ledger_id
         )

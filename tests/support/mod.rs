@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod controller;
+pub mod hostile_redis;
 pub mod kubelet;
 pub mod python;
 pub mod redis;
