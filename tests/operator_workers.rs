@@ -47,7 +47,7 @@ async fn status_shows_pyabc_progress_from_redis() {
     // reads.
     let s = setup("wk-status", 2, "10m", "0.05").await;
     let _controller = ControllerProcess::start(&s.ns.name);
-    let kubelet = s.kubelet();
+    let _kubelet = s.kubelet();
     let mut master = s.master(100, 3);
 
     let mut generations_seen = std::collections::BTreeSet::new();
@@ -88,7 +88,7 @@ async fn an_idle_run_is_not_reconciled_until_its_redis_changes() {
     let s = setup("wk-idle", 2, "10m", "0.1").await;
     // Idle runs read every 10 minutes: only the heard `start` can show the master in time.
     let controller = ControllerProcess::start_with(&s.ns.name, &["--idle-read-seconds", "600"]);
-    let kubelet = s.kubelet();
+    let _kubelet = s.kubelet();
     let mut conn = support::redis::connect(&s.redis).await;
     support::redis::wait_for(
         &mut conn,
@@ -313,7 +313,7 @@ async fn expired_workers_are_replaced_without_crash_loops() {
 async fn stop_lets_workers_finish_the_generation_then_scales_them_to_zero() {
     let s = setup("wk-stop", 3, "10m", "0.05").await;
     let _controller = ControllerProcess::start(&s.ns.name);
-    let kubelet = s.kubelet();
+    let _kubelet = s.kubelet();
     let mut master = s.master(150, 6);
     let at_stop = eventually(
         180,
