@@ -737,7 +737,10 @@ async fn a_hostile_redis_harms_only_its_own_run() {
         // once, inside generation 1: a worker pod lost mid-generation
         if repair.is_none()
             && snapshot.generation == Some(1)
-            && status.progress.as_ref().is_some_and(|p| p.active_workers == 3)
+            && status
+                .progress
+                .as_ref()
+                .is_some_and(|p| p.active_workers == 3)
         {
             let victim = kubelet.running().into_iter().next().unwrap();
             pods.delete(

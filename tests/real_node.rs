@@ -420,8 +420,10 @@ async fn a_model_holding_the_gil_longer_than_the_heartbeat_timeout_is_not_lost()
     install_operator();
     let client = NODE.client().await;
     let ns = TestNamespace::on(NODE, &client, "e2e-gil").await;
-    // the example's master, with a model of its own (cloudpickled to the workers by value)
-    let master = "import gaussian, numpy as np\n\
+    // the example's master with a model of its own; the workers cannot import the example's
+    // module (their script's folder is the entrypoint's), so it goes to them by value
+    let master = "import cloudpickle, gaussian, numpy as np\n\
+cloudpickle.register_pickle_by_value(gaussian)\n\
 def model(parameter):\n    import ctypes\n    ctypes.PyDLL(None).sleep(11)\n    \
 return {'y': parameter['mu'] + 0.5 * np.random.randn()}\n\
 gaussian.model, gaussian.POPULATION_SIZE, gaussian.MAX_GENERATIONS = model, 2, 1\n\

@@ -125,4 +125,3 @@ fn parse_command(buf: &[u8]) -> Option<(Vec<Vec<u8>>, usize)> {
     }
     Some((args, at))
 }
-
