@@ -723,10 +723,11 @@ async fn a_hostile_redis_harms_only_its_own_run() {
         let snapshot = Snapshot::read(&mut conn).await.unwrap();
         let status = s.runs.get("sim").await.unwrap().status.unwrap_or_default();
         let shown = status.progress.as_ref().and_then(|p| p.generation);
-        if let Some(t) = snapshot.generation {
-            if pending.is_none_or(|(seen, _)| t > seen) && shown < Some(t) {
-                pending = Some((t, Instant::now()));
-            }
+        if let Some(t) = snapshot.generation
+            && pending.is_none_or(|(seen, _)| t > seen)
+            && shown < Some(t)
+        {
+            pending = Some((t, Instant::now()));
         }
         if let Some((t, since)) = pending
             && shown >= Some(t)
