@@ -676,7 +676,7 @@ fn a_hung_worker_is_killed_repaired_and_replaced() {
 fn a_model_holding_the_gil_longer_than_the_heartbeat_timeout_is_busy_not_lost() {
     let _heavy = heavy();
     let mut run = Run::start(
-        &fixture("local_gil/abcrun.yaml"),
+        &fixture("local_slow/gil.yaml"),
         &["--json", "--run-dir", "run"],
     );
     let code = run.wait_exit(Duration::from_secs(300));

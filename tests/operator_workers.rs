@@ -12,6 +12,16 @@ use support::cluster::eventually;
 use support::controller::ControllerProcess;
 use support::run::{master_finishes, setup};
 
+/// Deletes pod `name` with grace 0: its process is SIGKILLed by the (fake) kubelet, as on a
+/// lost node, inside whatever it was doing.
+async fn delete_now(pods: &Api<Pod>, name: &str) {
+    let now = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    pods.delete(name, &now).await.unwrap();
+}
+
 /// A running pod of `component`, from now on left alone by kwok (a "custom" status), so that
 /// the test can set its status as a kubelet would. Running first: kwok would otherwise
 /// overwrite that status with its own.
@@ -151,15 +161,7 @@ async fn a_worker_pod_lost_mid_generation_is_repaired_once_and_the_run_completes
     })
     .await;
     let victim = kubelet.running().into_iter().next().unwrap();
-    pods.delete(
-        &victim,
-        &DeleteParams {
-            grace_period_seconds: Some(0),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    delete_now(&pods, &victim).await;
     // Restart the controller while it may be repairing: the repair still happens exactly once.
     controller.stop();
     let controller = ControllerProcess::start(&s.ns.name);
@@ -744,15 +746,7 @@ async fn a_hostile_redis_harms_only_its_own_run() {
                 .is_some_and(|p| p.active_workers == 3)
         {
             let victim = kubelet.running().into_iter().next().unwrap();
-            pods.delete(
-                &victim,
-                &DeleteParams {
-                    grace_period_seconds: Some(0),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+            delete_now(&pods, &victim).await;
             repair = Some((victim, Instant::now(), None));
         }
         if let Some((_, since, counted @ None)) = &mut repair

@@ -1069,19 +1069,6 @@ class Config:
         Redis, every connection per process is 10,000 client connections and file
         descriptors of redis-server.
         """
-        if self.socket:
-            # a Unix socket (the local runner's): each round trip costs the worker and Redis
-            # less CPU than loopback TCP; a dead server closes it
-            where = {'connection_class': LedgerUnixConnection, 'path': self.socket}
-        else:
-            # TCP keepalive detects a Redis that vanished without closing the connection
-            where = {
-                'connection_class': LedgerConnection,
-                'host': self.host,
-                'port': self.port,
-                'socket_keepalive': True,
-                'socket_keepalive_options': KEEPALIVE,
-            }
         return redis.BlockingConnectionPool(
             max_connections=CONNECTIONS_PER_PROCESS,
             # one wait longer than any single command of the worker takes
@@ -1091,8 +1078,23 @@ class Config:
             # socket timeout would turn that wait into an error).
             socket_timeout=None,
             socket_connect_timeout=30,
-            **where,
+            **self._address(),
         )
+
+    def _address(self):
+        """Where the pools connect, as redis-py's connection settings."""
+        if self.socket:
+            # a Unix socket (the local runner's): each round trip costs the worker and Redis
+            # less CPU than loopback TCP; a dead server closes it
+            return {'connection_class': LedgerUnixConnection, 'path': self.socket}
+        # TCP keepalive detects a Redis that vanished without closing the connection
+        return {
+            'connection_class': LedgerConnection,
+            'host': self.host,
+            'port': self.port,
+            'socket_keepalive': True,
+            'socket_keepalive_options': KEEPALIVE,
+        }
 
     def redis_text(self):
         """Where Redis is, for messages."""
@@ -1106,23 +1108,13 @@ class Config:
         """The supervisor's one connection: heartbeats, and settling a process that died.
         Its replies are awaited no longer than a heartbeat period (at least a second), so that
         a Redis that stops answering delays neither the next beat nor reaping a process."""
-        where = (
-            {'connection_class': redis.UnixDomainSocketConnection, 'path': self.socket}
-            if self.socket
-            else {
-                'host': self.host,
-                'port': self.port,
-                'socket_keepalive': True,
-                'socket_keepalive_options': KEEPALIVE,
-            }
-        )
         timeout = max(self.heartbeat_s, 1.0)
         pool = redis.ConnectionPool(
             max_connections=1,
             password=self.password,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            **where,
+            **self._address(),
         )
         return redis.StrictRedis(connection_pool=pool)
 

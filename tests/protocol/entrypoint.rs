@@ -1,6 +1,7 @@
 //! The worker entrypoint through real runs: its ledgers follow pyABC's counters, heartbeats,
 //! the runtime limit while idle, SIGTERM, and fencing of a worker declared lost.
 
+use crate::support::cluster::eventually;
 use crate::support::python::{manager, master, worker};
 use crate::support::redis::{connect, server, snapshot, wait_for};
 use crate::{ledger, run_to_end, subdir};
@@ -129,14 +130,7 @@ async fn entrypoint_heartbeat_runtime_sigterm_and_fencing() {
     // A stopped (hung) process goes stale; the others do not.
     hung.signal(Signal::SIGSTOP);
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let snap = snapshot(&mut conn).await;
-    assert_eq!(
-        three_seconds
-            .stale_ledgers(&snap)
-            .map(|l| l.id.as_str())
-            .collect::<Vec<_>>(),
-        ["hung"]
-    );
+    assert_eq!(stale_after_3s(&mut conn).await, ["hung"]);
 
     // Declared lost and repaired, it must not come back: it exits 3 at its next heartbeat.
     let repair = repair_lost_worker(&mut conn, "hung")
@@ -209,26 +203,18 @@ async fn the_supervisor_beats_only_for_worker_processes_that_run() {
 
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(stopped as i32), Signal::SIGSTOP).unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let three_seconds = Heartbeat::from_timeout_seconds(3);
-    let snap = snapshot(&mut conn).await;
-    assert_eq!(
-        three_seconds
-            .stale_ledgers(&snap)
-            .map(|l| l.id.as_str())
-            .collect::<Vec<_>>(),
-        ["pair-1"]
-    );
+    assert_eq!(stale_after_3s(&mut conn).await, ["pair-1"]);
 
     repair_lost_worker(&mut conn, "pair-1")
         .await
         .unwrap()
         .unwrap();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(stopped as i32), Signal::SIGCONT).unwrap();
-    wait_for_log(
-        &pair,
-        "pair-1 repaired by the operator",
-        Duration::from_secs(15),
-    )
+    eventually(15, "the supervisor ending the repaired process", || async {
+        pair.log()
+            .contains("pair-1 repaired by the operator")
+            .then_some(())
+    })
     .await;
     pair.signal(Signal::SIGTERM);
     assert_eq!(
@@ -240,16 +226,12 @@ async fn the_supervisor_beats_only_for_worker_processes_that_run() {
     assert!(snapshot(&mut conn).await.ledgers.is_empty());
 }
 
-async fn wait_for_log(process: &crate::support::python::Proc, text: &str, timeout: Duration) {
-    let deadline = std::time::Instant::now() + timeout;
-    while !process.log().contains(text) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no {text:?} in {}",
-            process.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// The ids of the ledgers a 3 s heartbeat timeout finds stale now.
+async fn stale_after_3s(conn: &mut abc_operator::protocol::Connection) -> Vec<String> {
+    Heartbeat::from_timeout_seconds(3)
+        .stale_ledgers(&snapshot(conn).await)
+        .map(|l| l.id.clone())
+        .collect()
 }
 
 /// pyABC's master deletes a generation's keys once it reads n_worker 0, in a step of its own.

@@ -72,10 +72,11 @@ async fn serve(mut stream: TcpStream, hostile: Hostile) {
                     tokio::time::sleep(Duration::from_secs(15)).await;
                     b":42\r\n".to_vec()
                 }
-                Hostile::Never | Hostile::Rotating => {
+                Hostile::Never => {
                     tokio::time::sleep(Duration::from_secs(60)).await;
                     return;
                 }
+                Hostile::Rotating => unreachable!("fake_redis serves one kind per connection"),
             },
         };
         if stream.write_all(&reply).await.is_err() {
