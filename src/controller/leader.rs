@@ -78,6 +78,7 @@ pub enum LeadershipLost {
 pub async fn lead(
     mut elector: Elector,
     metrics: &Metrics,
+    shutdown: Shutdown,
     work: impl std::future::Future<Output = ()>,
 ) -> Result<(), LeadershipLost> {
     // A label left by an earlier process of this pod (one that lost the Lease) must go before
@@ -85,7 +86,7 @@ pub async fn lead(
     elector.label_own_pod(false).await;
     tokio::select! {
         () = elector.acquire(metrics) => {}
-        () = shutdown_signal() => {
+        () = shutdown => {
             tracing::info!("stopped while standing by");
             return Ok(());
         }
@@ -451,20 +452,33 @@ fn is_conflict(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(status) if status.code == 409)
 }
 
-/// SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
+/// SIGTERM or Ctrl-C, shared by the standby and the controller's graceful shutdown.
+pub type Shutdown = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
+
+/// SIGTERM or Ctrl-C, listened for from this call on: a listener made later (when the
+/// controller first runs, once this replica leads) would miss a signal that came in between,
+/// and the process would wait for the kubelet's SIGKILL.
+pub fn shutdown_signal() -> Shutdown {
+    use futures::FutureExt;
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+    let term = signal(SignalKind::terminate()).ok();
+    let interrupt = signal(SignalKind::interrupt()).ok();
+    async move {
+        let received = |listener: Option<tokio::signal::unix::Signal>| async move {
+            match listener {
+                Some(mut listener) => {
+                    listener.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+        };
+        tokio::select! {
+            () = received(term) => {}
+            () = received(interrupt) => {}
         }
     }
+    .boxed()
+    .shared()
 }
 
 #[cfg(test)]

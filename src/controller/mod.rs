@@ -133,6 +133,8 @@ const RECONCILE_CONCURRENCY: u16 = 32;
 /// Runs the controller until SIGTERM or Ctrl-C.
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     init_tracing(args.log_json);
+    // listened for from the start, through standing by, leading and the controller's shutdown
+    let shutdown = leader::shutdown_signal();
     let metrics = Arc::new(Metrics::default());
     let client = counted_client(metrics.clone()).await.map_err(|e| {
         anyhow::anyhow!("cannot reach the Kubernetes API (in cluster, or through KUBECONFIG): {e}")
@@ -190,7 +192,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         })
         // A live run's poller wakes it when its Redis changed.
         .reconcile_on(woken)
-        .shutdown_on_signal();
+        .graceful_shutdown_on(shutdown.clone());
     let redis = Arc::new(RedisAccess::default());
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -264,7 +266,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         }
     };
     tokio::select! {
-        result = leader::lead(elector, &metrics, leading) => result?,
+        result = leader::lead(elector, &metrics, shutdown, leading) => result?,
         result = server => result.map_err(|e| anyhow::anyhow!("metrics endpoint on {}: {e}", args.metrics_addr))?,
     }
     Ok(())
