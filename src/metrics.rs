@@ -61,6 +61,9 @@ pub struct Metrics {
     pub analysis_active: Family<RunLabels, Gauge>,
     /// 1 while this replica holds the leader Lease (reconciles), 0 while it stands by.
     pub leader: Gauge,
+    /// Runs the controller keeps something of in memory (see `controller::memory`): the runs
+    /// it has reconciled and not seen deleted. Falls back when runs are deleted.
+    pub remembered_runs: Gauge,
     readiness: Mutex<Readiness>,
 }
 
@@ -168,6 +171,7 @@ impl Default for Metrics {
             evaluations_needed: Family::default(),
             analysis_active: Family::default(),
             leader: Gauge::default(),
+            remembered_runs: Gauge::default(),
             readiness: Mutex::new(Readiness::Starting),
         };
         let r = &mut m.registry;
@@ -180,6 +184,11 @@ impl Default for Metrics {
             "leader",
             "1 while this replica holds the leader Lease and reconciles",
             m.leader.clone(),
+        );
+        r.register(
+            "remembered_runs",
+            "AbcRuns the controller keeps state of in memory (reconciled, not seen deleted)",
+            m.remembered_runs.clone(),
         );
         r.register(
             "run_phase",

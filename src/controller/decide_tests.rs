@@ -3,6 +3,8 @@
 use super::*;
 use crate::controller::apply;
 use crate::controller::cache::Caches;
+use crate::controller::memory::RunMemory;
+use crate::controller::owned::OwnedObject;
 use crate::protocol::liveness_test_support::ledger;
 use crate::resources::test_support::{in_phase, run};
 
@@ -232,7 +234,7 @@ redis:
     );
 }
 
-fn caches_holding(objects: &[apply::OwnedObject]) -> Caches {
+fn caches_holding(objects: &[OwnedObject]) -> Caches {
     Caches::holding(objects)
 }
 
@@ -260,32 +262,24 @@ fn a_settled_run_applies_nothing_and_a_changed_spec_only_what_it_changes() {
 }
 
 /// The objects as the API server stores them: each with resource version `version`.
-fn stored(objects: &[apply::OwnedObject], version: &str) -> Vec<apply::OwnedObject> {
-    use apply::OwnedObject::*;
+fn stored(objects: &[OwnedObject], version: &str) -> Vec<OwnedObject> {
     let mut objects = objects.to_vec();
     for object in &mut objects {
-        let meta = match object {
-            Secret(o) => &mut o.metadata,
-            ConfigMap(o) => &mut o.metadata,
-            NetworkPolicy(o) => &mut o.metadata,
-            Deployment(o) => &mut o.metadata,
-            Service(o) => &mut o.metadata,
-            Job(o) => &mut o.metadata,
-        };
-        meta.resource_version = Some(version.into());
+        object.meta_mut().resource_version = Some(version.into());
     }
     objects
 }
 
 #[test]
 fn a_settled_run_is_not_compared_again_until_it_or_an_object_of_it_changes() {
-    let names = |objects: Vec<apply::OwnedObject>| -> Vec<String> {
+    let names = |objects: Vec<OwnedObject>| -> Vec<String> {
         objects.iter().map(|o| o.describe()).collect()
     };
     let mut run1 = run(MANAGED);
     run1.metadata.resource_version = Some("1".into());
     let owned = plan(&run1, &running_view(), &RedisReading::NotRead).owned;
-    let settled = apply::Settled::default();
+    let memory = RunMemory::default();
+    let settled = Settled(&memory);
     let applied = settled.differing(&run1, (), &owned, "science", &caches_holding(&[]));
     assert_eq!(applied.len(), 7);
     let caches = caches_holding(&stored(&applied, "10"));
@@ -335,4 +329,20 @@ fn a_settled_run_is_not_compared_again_until_it_or_an_object_of_it_changes() {
         names(settled.differing(&scaled, (), &scaled_owned, "science", &caches)),
         ["Deployment/gaussian-workers"]
     );
+}
+
+/// `apply::unsettled` with the memory of one test.
+struct Settled<'a>(&'a RunMemory);
+
+impl Settled<'_> {
+    fn differing(
+        &self,
+        run: &AbcRun,
+        built_from: impl std::hash::Hash,
+        owned: &crate::resources::Owned,
+        namespace: &str,
+        caches: &Caches,
+    ) -> Vec<OwnedObject> {
+        apply::unsettled(self.0, run, built_from, owned, namespace, caches)
+    }
 }

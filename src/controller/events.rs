@@ -7,7 +7,7 @@
 //! a repeat needs (the Event's name, its count, when it was last seen) under a hash of what
 //! makes two Events the same, and the map shrinks again once its series are over.
 
-use super::Context;
+use super::context::Context;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::{Event, EventSeries};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};

@@ -3,11 +3,13 @@
 
 mod apply;
 mod cache;
+mod context;
 mod decide;
 mod events;
 mod guard;
 mod leader;
-mod per_run;
+mod memory;
+mod owned;
 mod pod_index;
 mod pod_problems;
 mod progress_poller;
@@ -18,11 +20,14 @@ mod workers;
 
 pub use decide::master_state;
 pub use guard::{GuardedRun, UNREADABLE_REASON, UnreadableRun};
+
+use context::{Context, Error};
 use redis_access::RedisAccess;
 
 use crate::autoscaling::DemandBoard;
 use crate::metrics::{ErrorLabels, Metrics};
 use futures::StreamExt;
+use futures::TryStreamExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::Reporter;
@@ -65,63 +70,6 @@ pub struct ControllerArgs {
     pub leader: leader::LeaderArgs,
 }
 
-/// Errors of one reconcile; each names what a user or operator can act on.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("AbcRun has no namespace (the CRD is namespaced; is the CRD from crds/ installed?)")]
-    NotNamespaced,
-    #[error("building the run's objects failed: {0}")]
-    Build(#[source] crate::resources::BuildError),
-    #[error("applying {kind} {name:?} failed: {source}")]
-    Apply {
-        kind: String,
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("Kubernetes API error: {0}")]
-    Kube(#[source] kube::Error),
-}
-
-impl Error {
-    /// Short label for the error metric.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Error::NotNamespaced => "not_namespaced",
-            Error::Build(_) => "build",
-            Error::Apply { .. } => "apply",
-            Error::Kube(_) => "kube",
-        }
-    }
-}
-
-/// What every reconcile shares.
-pub struct Context {
-    pub client: Client,
-    /// Publishes the run's Events; one for all reconciles, so that repeats fold into series.
-    pub events: events::EventPublisher,
-    pub metrics: Arc<Metrics>,
-    /// Each run's demand, for the autoscaling endpoints.
-    pub demand: Arc<DemandBoard>,
-    /// What the builders take from the operator's options.
-    pub build_settings: crate::resources::BuildSettings,
-    /// The run's objects and pods, as the watches see them.
-    caches: cache::Caches,
-    /// Passwords from users' own Secrets.
-    passwords: per_run::PasswordCache,
-    /// When each run's status was last written.
-    status_writes: per_run::StatusWrites,
-    /// Problems told as Warnings, so that a flapping one is told once.
-    told_problems: per_run::ToldProblems,
-    /// The runs whose owned objects were as desired, and for which inputs.
-    settled: apply::Settled,
-    /// See `ControllerArgs::status_progress_seconds`.
-    progress_interval: Duration,
-    redis: Arc<RedisAccess>,
-    /// Reads each live run's Redis between reconciles.
-    pollers: progress_poller::Pollers,
-}
-
 /// Reconciles running at once. kube's default is unbounded: a controller starting with 1,000
 /// runs then sends thousands of applies at the same moment, the API server queues them (API
 /// Priority and Fairness) with the leader's Lease renewals among them, and the leader, not
@@ -144,55 +92,13 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
 
     let demand = Arc::new(DemandBoard::default());
     let ns = args.namespace.as_deref();
-    let (caches, streams) = cache::Caches::new(&client, ns);
+    let (caches, owned_streams, pods) = cache::Caches::new(&client, ns);
     let reporter = Reporter {
         controller: "abc-operator".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    // The watches that fill the caches also trigger reconciles: a change of an owned object
-    // (e.g. a Deployment's ready replicas), or of any pod of a run (workers, master, Redis:
-    // their statuses are the run's status, and a gone worker pod is a lost worker).
-    let cache::CacheStreams {
-        deployments,
-        jobs,
-        secrets,
-        config_maps,
-        services,
-        network_policies,
-        pods,
-    } = streams;
     let (wake, woken) = futures::channel::mpsc::unbounded();
-    // The runs' own watch, as Controller::new would make it, but storing runs without their
-    // managed fields (kilobytes per run that nothing reads).
     let (runs_store, runs_writer) = reflector::store();
-    let runs_watch = reflector(
-        runs_writer,
-        watcher::watcher(
-            runs,
-            watcher::Config::default()
-                .any_semantic()
-                .page_size(cache::LIST_PAGE_SIZE),
-        )
-        .modify(|run: &mut GuardedRun| run.meta_mut().managed_fields = None),
-    )
-    .applied_objects();
-    let controller = Controller::for_stream(runs_watch, runs_store.clone())
-        .with_config(
-            kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
-        )
-        .owns_stream(deployments)
-        .owns_stream(jobs)
-        .owns_stream(secrets)
-        .owns_stream(config_maps)
-        .owns_stream(services)
-        .owns_stream(network_policies)
-        // The pods belong to a ReplicaSet or a Job, not to the run: map them by label.
-        .watches_stream(pods, |pod: pod_index::WatchedPod| {
-            Some(ObjectRef::<GuardedRun>::new(pod.run.as_ref()?).within(&pod.namespace()?))
-        })
-        // A live run's poller wakes it when its Redis changed.
-        .reconcile_on(woken)
-        .graceful_shutdown_on(shutdown.clone());
     let redis = Arc::new(RedisAccess::default());
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -202,11 +108,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         build_settings: crate::resources::BuildSettings {
             default_redis_image: args.redis_image.clone(),
         },
+        runs: runs_store.clone(),
         caches,
-        passwords: Default::default(),
-        status_writes: Default::default(),
-        told_problems: Default::default(),
-        settled: Default::default(),
+        memory: Default::default(),
         progress_interval: Duration::from_secs(args.status_progress_seconds),
         redis: redis.clone(),
         pollers: progress_poller::Pollers::new(
@@ -216,6 +120,41 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             Duration::from_secs(args.idle_read_seconds),
         ),
     });
+    // The runs' own watch, as Controller::new would make it, but storing runs without their
+    // managed fields (kilobytes per run that nothing reads), and forgetting what is kept of a
+    // run when it is deleted (a plain `kubectl delete` deletes in the background: the run is
+    // gone at once, never seen with a deletion timestamp) or found gone after a relist.
+    let forgetting = ctx.clone();
+    let runs_watch = watcher::watcher(
+        runs,
+        watcher::Config::default()
+            .any_semantic()
+            .page_size(cache::LIST_PAGE_SIZE),
+    )
+    .modify(|run: &mut GuardedRun| run.meta_mut().managed_fields = None)
+    .reflect(runs_writer)
+    .inspect_ok(move |event| match event {
+        watcher::Event::Delete(run) => forgetting.forget(&run.uid().unwrap_or_default()),
+        watcher::Event::InitDone => forgetting.forget_gone_runs(),
+        _ => {}
+    })
+    .applied_objects();
+    // The watches that fill the caches also trigger reconciles: a change of an owned object
+    // (e.g. a Deployment's ready replicas), or of any pod of a run (workers, master, Redis:
+    // their statuses are the run's status, and a gone worker pod is a lost worker).
+    let controller = owned_streams
+        .owned_by(
+            Controller::for_stream(runs_watch, runs_store.clone()).with_config(
+                kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
+            ),
+        )
+        // The pods belong to a ReplicaSet or a Job, not to the run: map them by label.
+        .watches_stream(pods, |pod: pod_index::WatchedPod| {
+            Some(ObjectRef::<GuardedRun>::new(pod.run.as_ref()?).within(&pod.namespace()?))
+        })
+        // A live run's poller wakes it when its Redis changed.
+        .reconcile_on(woken)
+        .graceful_shutdown_on(shutdown.clone());
 
     // Ready once the AbcRun watch has listed every run (not when the process starts): until
     // then /readyz says what it waits for, e.g. a CRD that is not installed.
@@ -329,7 +268,15 @@ fn watch_failure(err: &watcher::Error) -> String {
 /// until it changes.
 async fn reconcile_guarded(run: Arc<GuardedRun>, ctx: Arc<Context>) -> Result<Action, Error> {
     match &run.0 {
-        Ok(readable) => reconcile::reconcile(Arc::new(readable.clone()), ctx).await,
+        Ok(readable) => {
+            let result = reconcile::reconcile(Arc::new(readable.clone()), ctx.clone()).await;
+            // Deleted while this reconcile ran, after its delete event was handled: what the
+            // reconcile kept of the run is forgotten now.
+            if !ctx.still_there(&run) {
+                ctx.forget(&run.uid().unwrap_or_default());
+            }
+            result
+        }
         Err(unreadable) => {
             tracing::warn!(run = %run.name_any(), namespace = ?run.namespace(), field = %unreadable.field, error = %unreadable.error, "skipping an AbcRun that cannot be read");
             ctx.metrics

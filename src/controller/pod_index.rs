@@ -5,7 +5,7 @@
 //! pod of every run (10,000 worker pods at 1,000 runs) in each reconcile; this index hands out a
 //! run's own pods, shared (`Arc`), not copied.
 
-use super::cache::ObjectStream;
+use super::owned::ObjectStream;
 use crate::api::{COMPONENT_LABEL, RUN_LABEL};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ContainerState, Pod};

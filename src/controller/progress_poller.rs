@@ -182,9 +182,8 @@ impl Pollers {
     }
 
     /// Stops polling the run (finished, suspended, deleted, or its Redis not readable).
-    pub fn stop(&self, run: &AbcRun) {
-        let Some(uid) = run.uid() else { return };
-        if let Some(poller) = self.polling.lock().unwrap().remove(&uid) {
+    pub fn stop(&self, uid: &str) {
+        if let Some(poller) = self.polling.lock().unwrap().remove(uid) {
             poller.task.abort();
         }
     }

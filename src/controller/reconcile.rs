@@ -3,12 +3,13 @@
 //! (owned objects whose desired hash changed, repairs, replaced pods) -> status (written when
 //! something a user waits for changed, progress counters at a bounded rate).
 
-use super::cache::{self, Caches};
+use super::cache::Caches;
+use super::context::{Context, Error};
 use super::decide::{self, ClusterView, Password, RedisReading};
+use super::owned;
 use super::pod_index::WatchedPod;
 use super::status::{self, Observed, StatusWrite};
 use super::workers::WorkerAction;
-use super::{Context, Error};
 use crate::api::{AbcRun, FIELD_MANAGER, Phase, SecretKeyRef};
 use crate::protocol::{self, Snapshot};
 use crate::resources;
@@ -43,14 +44,7 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
     let name = run.name_any();
     if run.meta().deletion_timestamp.is_some() {
         // Owner references let the garbage collector remove what the run owned.
-        ctx.metrics.forget_run(&namespace, &name);
-        ctx.demand.forget(&namespace, &name);
-        ctx.redis.forget(&run.uid().unwrap_or_default());
-        ctx.passwords.forget(&run);
-        ctx.status_writes.forget(&namespace, &name);
-        ctx.told_problems.forget(&namespace, &name);
-        ctx.settled.forget(&run);
-        ctx.pollers.stop(&run);
+        ctx.forget(&run.uid().unwrap_or_default());
         return Ok(Action::await_change());
     }
     if !ctx.caches.synced() {
@@ -58,6 +52,9 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
         // from the store, and its worker would look lost.
         return Ok(Action::requeue(CACHES_SYNCING));
     }
+
+    ctx.memory.remember(&run);
+    ctx.metrics.remembered_runs.set(ctx.memory.len() as i64);
 
     // Read: the run's objects and pods from the caches, then its Redis.
     let view = view_of(&run, &ctx.caches, &namespace);
@@ -74,7 +71,7 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
                     Ok(snapshot) => RedisReading::Read(Box::new(snapshot)),
                     Err(err) => {
                         // A rotated password is read again from its Secret next time.
-                        ctx.passwords.forget(&run);
+                        ctx.memory.forget_password(&run);
                         RedisReading::Failed(err.to_string())
                     }
                 },
@@ -90,10 +87,14 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
 
     // Write what differs.
     let built_from = (&password.generated, plan.publish_stop);
-    for object in ctx
-        .settled
-        .differing(&run, built_from, &plan.owned, &namespace, &ctx.caches)
-    {
+    for object in super::apply::unsettled(
+        &ctx.memory,
+        &run,
+        built_from,
+        &plan.owned,
+        &namespace,
+        &ctx.caches,
+    ) {
         tracing::debug!(run = %name, namespace, object = %object.describe(), "applying");
         object.apply(&ctx.client, &namespace).await?;
     }
@@ -125,7 +126,7 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
     {
         restart_master_after_redis_loss(&run, &ctx, &namespace, &view.pods.master).await;
     }
-    let since_last_write = ctx.status_writes.since_last(&namespace, &name);
+    let since_last_write = ctx.memory.since_status_written(&run);
     let mut next = next_poll(
         &new_status,
         password.problem.is_some() || held_up(&new_status, &observed),
@@ -142,7 +143,7 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
             ctx.pollers.keep(&run, endpoint, heartbeat, &reading);
             next = POLL_POLLED;
         }
-        _ => ctx.pollers.stop(&run),
+        _ => ctx.pollers.stop(&run_uid),
     }
     match status::write_due(
         run.status.as_ref(),
@@ -152,7 +153,7 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
     ) {
         StatusWrite::Now => {
             write_status(&ctx, &namespace, &name, &new_status).await?;
-            ctx.status_writes.written(&namespace, &name);
+            ctx.memory.status_written(&run);
             publish_transitions(&run, &ctx, &namespace, &new_status, &observed).await;
         }
         // Only progress counters changed: they wait; the live figures are in the metrics.
@@ -175,7 +176,7 @@ fn held_up(status: &crate::api::AbcRunStatus, observed: &Observed) -> bool {
 /// The run's objects and pods in the caches.
 fn view_of(run: &AbcRun, caches: &Caches, namespace: &str) -> ClusterView {
     let deployment = |name: String| {
-        cache::get(&caches.deployments, namespace, &name).map(|d| Deployment::clone(&d))
+        owned::get(&caches.owned.deployments, namespace, &name).map(|d| Deployment::clone(&d))
     };
     ClusterView {
         workers: deployment(resources::workers_deployment_name(run)),
@@ -190,7 +191,13 @@ fn view_of(run: &AbcRun, caches: &Caches, namespace: &str) -> ClusterView {
             .spec
             .master
             .as_ref()
-            .and_then(|_| cache::get(&caches.jobs, namespace, &resources::master_job_name(run)))
+            .and_then(|_| {
+                owned::get(
+                    &caches.owned.jobs,
+                    namespace,
+                    &resources::master_job_name(run),
+                )
+            })
             .map(|j| Job::clone(&j)),
         pods: caches.run_pods(run),
     }
@@ -204,12 +211,12 @@ async fn resolve_password(run: &AbcRun, ctx: &Context, namespace: &str) -> Resul
     if resources::needs_generated_password(run) {
         // The operator's own Secret is in the cache; it is read from the API only when it is
         // not (yet) there, because a password generated anew would lock out every worker.
-        let existing = match cache::get(&ctx.caches.secrets, namespace, &reference.name) {
+        let existing = match owned::get(&ctx.caches.owned.secrets, namespace, &reference.name) {
             Some(cached) => Some(Secret::clone(&cached)),
             None => secrets
                 .get_opt(&reference.name)
                 .await
-                .map_err(Error::Kube)?,
+                .map_err(Error::kube("reading the run's password Secret"))?,
         };
         let value = resources::password_to_keep(existing.as_ref())
             .unwrap_or_else(protocol::generate_password);
@@ -221,17 +228,16 @@ async fn resolve_password(run: &AbcRun, ctx: &Context, namespace: &str) -> Resul
     }
     // The user's Secret is not watched (it carries no label of the run's): it is read once and
     // kept until the run's Redis refuses it.
-    if let Some(value) = ctx.passwords.get(run, &reference) {
+    if let Some(value) = ctx.memory.password(run, &reference) {
         return Ok(Password {
             value: Some(value),
             generated: None,
             problem: None,
         });
     }
-    let existing = secrets
-        .get_opt(&reference.name)
-        .await
-        .map_err(Error::Kube)?;
+    let existing = secrets.get_opt(&reference.name).await.map_err(Error::kube(
+        "reading the Redis password from the run's passwordSecret",
+    ))?;
     let value = existing
         .as_ref()
         .and_then(|s| secret_value(s, &reference.key));
@@ -247,7 +253,7 @@ async fn resolve_password(run: &AbcRun, ctx: &Context, namespace: &str) -> Resul
         _ => None,
     };
     if let Some(value) = &value {
-        ctx.passwords.keep(run, &reference, value.clone());
+        ctx.memory.keep_password(run, &reference, value.clone());
     }
     Ok(Password {
         value,
@@ -326,7 +332,10 @@ async fn handle_workers(
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 // Reported after the repairs' Events: a repair is done once and for all.
                 Err(err) => {
-                    failed_delete.get_or_insert(Error::Kube(err));
+                    failed_delete.get_or_insert(Error::Kube {
+                        step: "deleting a worker pod to replace it",
+                        source: err,
+                    });
                 }
             },
         }
@@ -443,7 +452,7 @@ async fn write_status(
         &Patch::Apply(&patch),
     )
     .await
-    .map_err(Error::Kube)?;
+    .map_err(Error::kube("writing the run's status"))?;
     Ok(())
 }
 
@@ -487,8 +496,7 @@ async fn publish_transitions(
     };
     match (degraded(&old), degraded(new)) {
         (before, Some((reason, message)))
-            if before.as_ref().map(|b| &b.0) != Some(&reason)
-                && ctx.told_problems.tell(namespace, &run.name_any(), &reason) =>
+            if before.as_ref().map(|b| &b.0) != Some(&reason) && ctx.memory.tell(run, &reason) =>
         {
             match observed.pod_problem() {
                 Some(problem) if problem.reason == reason => {
@@ -633,7 +641,7 @@ async fn ttl_action(
     let api: Api<AbcRun> = Api::namespaced(ctx.client.clone(), namespace);
     api.delete(&run.name_any(), &DeleteParams::background())
         .await
-        .map_err(Error::Kube)?;
+        .map_err(Error::kube("deleting the finished run after its TTL"))?;
     Ok(Some(Action::await_change()))
 }
 
