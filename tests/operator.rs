@@ -519,3 +519,71 @@ spec:
         assert_eq!(images, [image, image], "{run}");
     }
 }
+
+/// A run without a master: all the controller keeps of it is its metric series, its demand
+/// and its per-run state.
+fn idle_run(name: &str) -> String {
+    format!(
+        "apiVersion: abc-operator.dev/v1alpha1\nkind: AbcRun\nmetadata: {{name: {name}}}\n\
+         spec: {{image: abc-example-gaussian:0.1.0, workers: {{replicas: 1}}}}\n"
+    )
+}
+
+#[tokio::test]
+async fn a_deleted_run_is_forgotten_whether_deleted_in_the_background_or_the_foreground() {
+    install_crd();
+    let client = cluster::client().await;
+    let ns = TestNamespace::new(&client, "op-forget").await;
+    let controller = ControllerProcess::start(&ns.name);
+    for name in ["background", "foreground", "kept"] {
+        let (ok, err) = kubectl_apply(&ns.name, &idle_run(name));
+        assert!(ok, "{err}");
+    }
+    let series_of = |metrics: &str, run: &str| -> usize {
+        let label = format!("run=\"{run}\"");
+        metrics.lines().filter(|l| l.contains(&label)).count()
+    };
+    // Known to the demand board: its demand, or why it has none yet; not "not known".
+    let demand_found = |answer: Option<String>| {
+        answer.is_some_and(|a| !a.contains("is not known to this operator"))
+    };
+    eventually(90, "series, demand and state of the three runs", || async {
+        let metrics = controller.metrics().await?;
+        let remembered = controller.metric("abc_operator_remembered_runs").await?;
+        for run in ["background", "foreground", "kept"] {
+            let demand = controller.get(&format!("/demand/{}/{run}", ns.name)).await;
+            if series_of(&metrics, run) == 0 || !demand_found(demand) {
+                return None;
+            }
+        }
+        (remembered == 3.0).then_some(())
+    })
+    .await;
+
+    // `kubectl delete` deletes in the background: the run is gone at once, and the controller
+    // never sees it with a deletion timestamp.
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
+    runs.delete("background", &DeleteParams::background())
+        .await
+        .unwrap();
+    runs.delete("foreground", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    eventually(90, "the deleted runs forgotten", || async {
+        let metrics = controller.metrics().await?;
+        let remembered = controller.metric("abc_operator_remembered_runs").await?;
+        for run in ["background", "foreground"] {
+            let demand = controller.get(&format!("/demand/{}/{run}", ns.name)).await;
+            if series_of(&metrics, run) > 0 || demand_found(demand) {
+                return None;
+            }
+        }
+        (remembered == 1.0).then_some(())
+    })
+    .await;
+    let metrics = controller.metrics().await.unwrap();
+    assert!(series_of(&metrics, "kept") > 0, "{metrics}");
+    assert!(demand_found(
+        controller.get(&format!("/demand/{}/kept", ns.name)).await
+    ));
+}
