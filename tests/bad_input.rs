@@ -11,7 +11,9 @@
 
 use abc_operator::api::{AbcRun, AbcRunStatus, Progress};
 use abc_operator::controller::GuardedRun;
-use abc_operator::controller::status::{self, MasterState, Observed, PodProblem};
+use abc_operator::controller::follow_up;
+use abc_operator::controller::observe::{MasterState, Observed, PodProblem};
+use abc_operator::controller::status;
 use abc_operator::local::manifest;
 use abc_operator::protocol::Resumed;
 use abc_operator::resources::{self, BuildSettings};
@@ -448,9 +450,9 @@ fn through_builders_and_status(run: &AbcRun, observed: &Observed, now: Timestamp
 fn check_ttl(run: &AbcRun, status: &AbcRunStatus, now: Timestamp) {
     if let (Some(ttl), Some(finished)) = (
         run.spec.ttl_seconds_after_finished,
-        status::finished_at(status),
+        follow_up::finished_at(status),
     ) {
-        let _ = status::ttl_left(ttl, finished, now);
+        let _ = follow_up::ttl_left(ttl, finished, now);
     }
 }
 
@@ -628,7 +630,7 @@ fn any_ttl_and_clock_give_a_bounded_wait() {
         .run(
             &(edge_i64(), timestamp(), timestamp()),
             |(ttl, finished, now)| {
-                if let Some(wait) = status::ttl_left(ttl, finished, now) {
+                if let Some(wait) = follow_up::ttl_left(ttl, finished, now) {
                     assert!(wait.as_secs() <= 86_401, "{wait:?}");
                     // The scheduler adds the wait to its clock.
                     assert!(std::time::Instant::now().checked_add(wait).is_some());

@@ -3,55 +3,15 @@
 //! stop, a stale lock to clear) and what was observed for the status. No I/O here: every
 //! decision is unit-tested from YAML fixtures.
 
-use super::cache::RunPods;
-use super::pod_problems::{last_failed_exit, pod_problem};
-use super::status::{MasterState, Observed};
+use super::observe::{
+    ClusterView, Observed, Password, RedisReading, deployment_ready, master_state, observe,
+};
 use super::workers::{self, WorkerAction};
-use crate::api::{AbcRun, Progress};
-use crate::protocol::{self, Heartbeat, Snapshot};
+use crate::api::AbcRun;
+use crate::protocol::{self, Heartbeat};
 use crate::resources::{self, BuildError, BuildSettings, Owned};
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::jiff::Timestamp;
-
-/// The run's objects and pods as the caches hold them.
-#[derive(Clone, Debug, Default)]
-pub struct ClusterView {
-    pub workers: Option<Deployment>,
-    /// The managed Redis' Deployment (none for an external Redis).
-    pub redis: Option<Deployment>,
-    pub master_job: Option<Job>,
-    pub pods: RunPods,
-}
-
-/// The run's Redis password, as far as it could be found.
-#[derive(Clone, Debug, Default)]
-pub struct Password {
-    /// The password, when it could be found.
-    pub value: Option<String>,
-    /// A newly generated or kept password for the operator-owned Secret (managed Redis only).
-    pub generated: Option<String>,
-    /// What the user must fix, e.g. a referenced Secret that does not exist.
-    pub problem: Option<String>,
-}
-
-/// What reading the run's Redis gave.
-#[derive(Clone, Debug)]
-pub enum RedisReading {
-    /// Not read: see [`redis_readable`].
-    NotRead,
-    Read(Box<Snapshot>),
-    Failed(String),
-}
-
-impl RedisReading {
-    pub fn snapshot(&self) -> Option<&Snapshot> {
-        match self {
-            RedisReading::Read(s) => Some(s),
-            _ => None,
-        }
-    }
-}
 
 /// Whether the run's Redis is worth reading now. A managed Redis whose pod is not ready yet is
 /// not read: the attempt could only time out and report a false problem while the run starts.
@@ -119,115 +79,6 @@ pub fn decide(
         clear_stale_lock,
         observed,
     })
-}
-
-/// What the status is computed from.
-fn observe(
-    run: &AbcRun,
-    view: &ClusterView,
-    password: &Password,
-    redis: &RedisReading,
-    owned: &Owned,
-    now: Timestamp,
-) -> Observed {
-    let worker_status = view
-        .workers
-        .as_ref()
-        .and_then(|d| d.status.clone())
-        .unwrap_or_default();
-    let mut observed = Observed {
-        // An external Redis is ready when it answers (below).
-        redis_ready: owned.redis_deployment.is_none() || deployment_ready(view.redis.as_ref()),
-        redis_problem: password.problem.clone(),
-        workers_replicas: worker_status.replicas.unwrap_or(0),
-        workers_ready: worker_status.ready_replicas.unwrap_or(0),
-        workers_desired: owned
-            .workers
-            .spec
-            .as_ref()
-            .and_then(|s| s.replicas)
-            .unwrap_or(0),
-        selector: resources::worker_selector(run),
-        master: owned
-            .master_job
-            .as_ref()
-            .map(|_| master_state(view.master_job.as_ref())),
-        progress: None,
-        lost_workers: run.status.as_ref().map(|s| s.lost_workers).unwrap_or(0),
-        worker_pod_problem: pod_problem(&view.pods.workers, now),
-        master_pod_problem: owned
-            .master_job
-            .as_ref()
-            .and_then(|_| pod_problem(&view.pods.master, now)),
-        redis_pod_problem: owned
-            .redis_deployment
-            .as_ref()
-            .and_then(|_| pod_problem(&view.pods.redis, now)),
-        resumed: None,
-        redis_run_id: None,
-        master_start: None,
-        master_exit: owned
-            .master_job
-            .as_ref()
-            .and_then(|_| last_failed_exit(&view.pods.master)),
-    };
-    match redis {
-        RedisReading::NotRead => {}
-        RedisReading::Read(snapshot) => {
-            observed.progress = Some(Progress::from(snapshot.as_ref()));
-            // The repair script counts in Redis itself, so a repair whose status write was
-            // lost (a controller crash) is counted here; max, so that a Redis that lost its
-            // data does not make the number go back.
-            observed.lost_workers = observed.lost_workers.max(snapshot.lost_workers);
-            observed.resumed = snapshot.resumed.clone();
-            observed.redis_run_id = snapshot.run_id.clone();
-            observed.master_start = snapshot.master_start.clone();
-        }
-        RedisReading::Failed(err) => {
-            if run.spec.redis.external.is_some() {
-                observed.redis_ready = false;
-            }
-            // named: an external Redis may be any server (another tenant's, a typo)
-            let at = resources::redis_host_port_for_operator(run)
-                .map(|(host, port)| format!(" at {host}:{port}"))
-                .unwrap_or_default();
-            observed.redis_problem = Some(format!("cannot read the run's Redis{at}: {err}"));
-        }
-    }
-    observed
-}
-
-fn deployment_ready(deployment: Option<&Deployment>) -> bool {
-    deployment
-        .and_then(|d| d.status.as_ref())
-        .and_then(|s| s.ready_replicas)
-        .unwrap_or(0)
-        > 0
-}
-
-/// The master Job's state, from its conditions and counts.
-pub fn master_state(job: Option<&Job>) -> MasterState {
-    let Some(status) = job.and_then(|j| j.status.as_ref()) else {
-        return MasterState::Pending;
-    };
-    for c in status.conditions.iter().flatten() {
-        if c.status == "True" {
-            match c.type_.as_str() {
-                "Complete" => return MasterState::Succeeded,
-                "Failed" => {
-                    return MasterState::Failed(
-                        c.reason.clone().unwrap_or_else(|| "Failed".into()),
-                    );
-                }
-                _ => {}
-            }
-        }
-    }
-    if status.active.unwrap_or(0) > 0 {
-        MasterState::Running
-    } else {
-        MasterState::Pending
-    }
 }
 
 /// A master that died leaves pyABC's `analysis_id` behind, and its retry would fail with "The

@@ -2,11 +2,14 @@
 
 use super::*;
 use crate::controller::apply;
-use crate::controller::cache::Caches;
+use crate::controller::cache::{Caches, RunPods};
 use crate::controller::memory::RunMemory;
+use crate::controller::observe::MasterState;
 use crate::controller::owned::OwnedObject;
+use crate::protocol::Snapshot;
 use crate::protocol::liveness_test_support::ledger;
 use crate::resources::test_support::{in_phase, run};
+use k8s_openapi::api::apps::v1::Deployment;
 
 const MANAGED: &str = "image: models/gaussian:1
 workers:

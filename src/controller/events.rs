@@ -26,14 +26,20 @@ const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
 /// The API server refuses an Event whose note is longer.
 const MAX_NOTE_BYTES: usize = 1024;
 
-/// One Event to publish about a run.
-struct RunEvent<'a> {
-    type_: EventType,
-    reason: &'a str,
-    note: String,
+/// One Event to publish about a run (what `follow_up` decides to tell).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Notice {
+    pub type_: EventType,
+    pub reason: String,
+    pub note: String,
     /// The object among the run's several that the Event concerns (e.g. a lost worker pod):
     /// Events about different objects are different series.
-    related: Option<ObjectReference>,
+    pub related: Option<ObjectReference>,
+    /// Whether a repeat within [`SERIES_WINDOW`] folds into the first Event's series (which
+    /// keeps the first note): for news that is the same each time it repeats (a phase, a
+    /// reconcile error); not for news whose note differs each time under the same reason and
+    /// objects (e.g. which generation completed).
+    pub fold: bool,
 }
 
 /// Publishes Events for the controller; one for all reconciles, so that repeats fold.
@@ -57,13 +63,12 @@ impl EventPublisher {
     async fn publish(
         &self,
         run: &impl Resource<DynamicType = ()>,
-        event: RunEvent<'_>,
-        fold: bool,
+        event: Notice,
     ) -> Result<(), kube::Error> {
         let regarding = run.object_ref(&());
         let namespace = regarding.namespace.clone().unwrap_or_default();
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
-        let key = fold.then(|| series_key(&event, &regarding));
+        let key = event.fold.then(|| series_key(&event, &regarding));
         let repeat = key.and_then(|key| self.series.lock().unwrap().repeat(key, Instant::now()));
         let now = MicroTime(Timestamp::now());
         let patched = match &repeat {
@@ -108,7 +113,7 @@ impl EventPublisher {
     fn new_event(
         &self,
         name: &str,
-        event: RunEvent<'_>,
+        event: Notice,
         regarding: ObjectReference,
         now: MicroTime,
     ) -> Event {
@@ -120,7 +125,7 @@ impl EventPublisher {
                 ..ObjectMeta::default()
             },
             action: Some("Reconcile".into()),
-            reason: Some(event.reason.to_string()),
+            reason: Some(event.reason),
             note: Some(within_note_limit(event.note)),
             type_: Some(
                 match event.type_ {
@@ -146,73 +151,15 @@ impl EventPublisher {
 
 impl Context {
     /// Publishes an Event on the run; failures to publish are logged, never fatal.
-    ///
-    /// Events with the same type, reason and objects (within 6 minutes) fold into one series
-    /// that keeps the first note: use this for news that is the same each time it repeats (a
-    /// phase, a reconcile error), and [`Context::publish_about`] when the Event concerns one
-    /// object among several.
-    pub async fn publish(
-        &self,
-        run: &impl Resource<DynamicType = ()>,
-        type_: EventType,
-        reason: &str,
-        note: String,
-    ) {
-        self.publish_event(run, type_, reason, note, None, true)
-            .await;
-    }
-
-    /// Publishes an Event on the run about `related` (e.g. the worker pod that was lost), so
-    /// that Events about different objects stay apart while a repeat about the same object
-    /// still folds into its series.
-    pub async fn publish_about(
-        &self,
-        run: &impl Resource<DynamicType = ()>,
-        type_: EventType,
-        reason: &str,
-        note: String,
-        related: ObjectReference,
-    ) {
-        self.publish_event(run, type_, reason, note, Some(related), true)
-            .await;
-    }
-
-    /// Publishes an Event that never folds into an earlier one: for news whose note differs
-    /// each time under the same reason and objects (e.g. which generation completed).
-    pub async fn publish_unfolded(
-        &self,
-        run: &impl Resource<DynamicType = ()>,
-        type_: EventType,
-        reason: &str,
-        note: String,
-    ) {
-        self.publish_event(run, type_, reason, note, None, false)
-            .await;
-    }
-
-    async fn publish_event(
-        &self,
-        run: &impl Resource<DynamicType = ()>,
-        type_: EventType,
-        reason: &str,
-        note: String,
-        related: Option<ObjectReference>,
-        fold: bool,
-    ) {
-        let event = RunEvent {
-            type_,
-            reason,
-            note,
-            related,
-        };
-        if let Err(err) = self.events.publish(run, event, fold).await {
+    pub async fn publish(&self, run: &impl Resource<DynamicType = ()>, notice: Notice) {
+        if let Err(err) = self.events.publish(run, notice).await {
             tracing::warn!(run = %run.name_any(), error = %err, "publishing an event failed");
         }
     }
 }
 
 /// What makes two Events the same series: type, reason and the objects (not the note).
-fn series_key(event: &RunEvent<'_>, regarding: &ObjectReference) -> u64 {
+fn series_key(event: &Notice, regarding: &ObjectReference) -> u64 {
     let mut hasher = DefaultHasher::new();
     event.type_.hash(&mut hasher);
     event.reason.hash(&mut hasher);
@@ -310,11 +257,12 @@ mod tests {
             name: Some("sim".into()),
             ..ObjectReference::default()
         };
-        let event = RunEvent {
+        let event = Notice {
             type_: EventType::Warning,
-            reason,
+            reason: reason.into(),
             note: "the note is not part of the series".into(),
             related,
+            fold: true,
         };
         series_key(&event, &run)
     }

@@ -6,9 +6,11 @@ mod cache;
 mod context;
 mod decide;
 mod events;
+pub mod follow_up;
 mod guard;
 mod leader;
 mod memory;
+pub mod observe;
 mod owned;
 mod pod_index;
 mod pod_problems;
@@ -18,8 +20,8 @@ mod redis_access;
 pub mod status;
 mod workers;
 
-pub use decide::master_state;
 pub use guard::{GuardedRun, UNREADABLE_REASON, UnreadableRun};
+pub use observe::master_state;
 
 use context::{Context, Error};
 use redis_access::RedisAccess;
@@ -285,9 +287,11 @@ async fn reconcile_guarded(run: Arc<GuardedRun>, ctx: Arc<Context>) -> Result<Ac
                     error: "unreadable".into(),
                 })
                 .inc();
-            let type_ = kube::runtime::events::EventType::Warning;
-            ctx.publish(run.as_ref(), type_, UNREADABLE_REASON, unreadable.note())
-                .await;
+            ctx.publish(
+                run.as_ref(),
+                follow_up::unreadable_notice(unreadable.note()),
+            )
+            .await;
             Ok(Action::await_change())
         }
     }
@@ -301,32 +305,12 @@ fn error_policy(run: Arc<GuardedRun>, err: &Error, ctx: Arc<Context>) -> Action 
         })
         .inc();
     tracing::warn!(run = %run.name_any(), namespace = ?run.namespace(), error = %err, "reconcile failed");
-    let run2 = run.clone();
-    let message = err.to_string();
-    // An error about one owned object is that object's Event: errors about different objects
-    // do not fold into one series showing only the first.
-    let related = match err {
-        Error::Apply { kind, name, .. } => Some(k8s_openapi::api::core::v1::ObjectReference {
-            kind: Some(kind.clone()),
-            name: Some(name.clone()),
-            namespace: run.namespace(),
-            ..Default::default()
-        }),
+    let about = match err {
+        Error::Apply { kind, name, .. } => Some((kind.as_str(), name.as_str())),
         _ => None,
     };
-    tokio::spawn(async move {
-        let type_ = kube::runtime::events::EventType::Warning;
-        match related {
-            Some(object) => {
-                ctx.publish_about(run2.as_ref(), type_, "ReconcileError", message, object)
-                    .await
-            }
-            None => {
-                ctx.publish(run2.as_ref(), type_, "ReconcileError", message)
-                    .await
-            }
-        }
-    });
+    let notice = follow_up::reconcile_error_notice(run.namespace(), err.to_string(), about);
+    tokio::spawn(async move { ctx.publish(run.as_ref(), notice).await });
     Action::requeue(Duration::from_secs(10))
 }
 

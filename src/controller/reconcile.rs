@@ -1,40 +1,32 @@
-//! One reconcile of an AbcRun, as a pipeline: read (the run's objects and pods from the
-//! caches, then its Redis) -> decide ([`decide::decide`], pure) -> write only what differs
-//! (owned objects whose desired hash changed, repairs, replaced pods) -> status (written when
-//! something a user waits for changed, progress counters at a bounded rate).
+//! One reconcile of an AbcRun, as a pipeline that carries out pure decisions: read (the run's
+//! objects and pods from the caches, then its Redis) -> decide ([`decide::decide`]) -> write
+//! only what differs (owned objects whose desired hash changed, repairs, replaced pods) ->
+//! the status ([`status::compute`]) -> what follows ([`follow_up::follow_up`]: the status
+//! write and its Events, a master's eviction, the poller, when to look again, the TTL).
 
 use super::cache::Caches;
 use super::context::{Context, Error};
-use super::decide::{self, ClusterView, Password, RedisReading};
+use super::follow_up::{self, FollowUp, Next, Seen};
+use super::observe::{ClusterView, Observed, Password, RedisReading};
 use super::owned;
 use super::pod_index::WatchedPod;
-use super::status::{self, Observed, StatusWrite};
+use super::status;
 use super::workers::WorkerAction;
-use crate::api::{AbcRun, FIELD_MANAGER, Phase, SecretKeyRef};
-use crate::protocol::{self, Snapshot};
+use super::{apply, decide};
+use crate::api::{AbcRun, AbcRunStatus, FIELD_MANAGER, Phase, SecretKeyRef};
+use crate::protocol;
 use crate::resources;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often a running run is looked at again without a watch event while its Redis is not
-/// polled (a managed Redis that is not ready yet).
-const POLL_RUNNING: Duration = Duration::from_secs(2);
-/// How often a running run whose Redis is polled ([`super::progress_poller`]) is looked at
-/// again without an event or a wake-up from its poller: a safety net only.
-const POLL_POLLED: Duration = Duration::from_secs(60);
-/// How often an idle or finished run is looked at again without a watch event.
-const POLL_IDLE: Duration = Duration::from_secs(300);
-/// Retry interval for problems only the user can fix (a missing Secret): no hot loop.
-const POLL_PROBLEM: Duration = Duration::from_secs(15);
 /// How soon a reconcile that came before the caches had listed everything is tried again.
 const CACHES_SYNCING: Duration = Duration::from_millis(500);
 
@@ -87,14 +79,15 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
 
     // Write what differs.
     let built_from = (&password.generated, plan.publish_stop);
-    for object in super::apply::unsettled(
+    let differing = apply::unsettled(
         &ctx.memory,
         &run,
         built_from,
         &plan.owned,
         &namespace,
         &ctx.caches,
-    ) {
+    );
+    for object in differing {
         tracing::debug!(run = %name, namespace, object = %object.describe(), "applying");
         object.apply(&ctx.client, &namespace).await?;
     }
@@ -107,70 +100,84 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
     handle_workers(
         &run,
         &ctx,
-        &namespace,
         plan.worker_actions,
         endpoint.as_ref(),
         &mut observed,
     )
     .await?;
     if let (true, Some(endpoint)) = (plan.clear_stale_lock, &endpoint) {
-        clear_stale_lock(&run, &ctx, &namespace, endpoint).await;
+        clear_stale_lock(&run, &ctx, endpoint).await;
     }
 
-    // Status.
+    // Status, and what follows from it.
     let new_status = status::compute(&run, &observed, now);
     record_demand(&ctx, &namespace, &name, &new_status, &redis, &observed);
     record_metrics(&ctx, &namespace, &name, &new_status);
-    if let Some(old) = &run.status
-        && status::redis_restarted(old, &new_status)
-    {
-        restart_master_after_redis_loss(&run, &ctx, &namespace, &view.pods.master).await;
-    }
-    let since_last_write = ctx.memory.since_status_written(&run);
-    let mut next = next_poll(
-        &new_status,
-        password.problem.is_some() || held_up(&new_status, &observed),
-    );
-    // A live run's Redis is read by its poller, which wakes the run when something changed;
-    // the requeue is then only a safety net.
-    let reading = match &redis {
-        RedisReading::Read(snapshot) => Some(Ok(Snapshot::clone(snapshot))),
-        RedisReading::Failed(err) => Some(Err(err.clone())),
-        RedisReading::NotRead => None,
-    };
-    match (&endpoint, reading) {
-        (Some(endpoint), Some(reading)) if next == POLL_RUNNING => {
-            ctx.pollers.keep(&run, endpoint, heartbeat, &reading);
-            next = POLL_POLLED;
+    let follow = follow_up::follow_up(&Seen {
+        run: &run,
+        new: &new_status,
+        observed: &observed,
+        password_problem: password.problem.is_some(),
+        redis_pollable: endpoint.is_some() && !matches!(redis, RedisReading::NotRead),
+        since_last_write: ctx.memory.since_status_written(&run),
+        progress_interval: ctx.progress_interval,
+        now,
+    });
+    match (&endpoint, redis.into_reading()) {
+        (Some(endpoint), Some(reading)) if follow.poll_redis => {
+            ctx.pollers.keep(&run, endpoint, heartbeat, &reading)
         }
         _ => ctx.pollers.stop(&run_uid),
     }
-    match status::write_due(
-        run.status.as_ref(),
+    carry_out(
+        &run,
+        &ctx,
+        &namespace,
+        follow,
         &new_status,
-        since_last_write,
-        ctx.progress_interval,
-    ) {
-        StatusWrite::Now => {
-            write_status(&ctx, &namespace, &name, &new_status).await?;
-            ctx.memory.status_written(&run);
-            publish_transitions(&run, &ctx, &namespace, &new_status, &observed).await;
-        }
-        // Only progress counters changed: they wait; the live figures are in the metrics.
-        StatusWrite::After(wait) => next = next.min(wait),
-        StatusWrite::Unchanged => {}
-    }
-
-    if let Some(action) = ttl_action(&run, &ctx, &namespace, &new_status).await? {
-        return Ok(action);
-    }
-    Ok(Action::requeue(next))
+        &view.pods.master,
+    )
+    .await
 }
 
-/// A run held up by what only the user can fix is looked at less often; its pods' watch
-/// events still reconcile it at once when the kubelet's view changes.
-fn held_up(status: &crate::api::AbcRunStatus, observed: &Observed) -> bool {
-    status.phase == Some(Phase::Pending) && observed.pod_problem().is_some()
+/// Carries out the follow-up of a reconcile, in order: the master's eviction, the status write
+/// and its Events, the TTL's deletion; returns when to look at the run again.
+async fn carry_out(
+    run: &AbcRun,
+    ctx: &Context,
+    namespace: &str,
+    follow: FollowUp,
+    new_status: &AbcRunStatus,
+    master_pods: &[Arc<WatchedPod>],
+) -> Result<Action, Error> {
+    if follow.evict_master {
+        let evicted = evict_running_master(run, ctx, namespace, master_pods).await;
+        ctx.publish(run, follow_up::redis_restarted_notice(&evicted))
+            .await;
+    }
+    if follow.write_status {
+        write_status(ctx, namespace, &run.name_any(), new_status).await?;
+        ctx.memory.status_written(run);
+        if let Some(problem) = follow.problem
+            && ctx.memory.tell(run, &problem.reason)
+        {
+            ctx.publish(run, problem).await;
+        }
+        for notice in follow.notices {
+            ctx.publish(run, notice).await;
+        }
+    }
+    match follow.next {
+        Next::LookAgainIn(after) => Ok(Action::requeue(after)),
+        Next::DeleteRun => {
+            tracing::info!(run = %run.name_any(), namespace, ttl = ?run.spec.ttl_seconds_after_finished, "deleting finished run after its TTL");
+            let api: Api<AbcRun> = Api::namespaced(ctx.client.clone(), namespace);
+            api.delete(&run.name_any(), &DeleteParams::background())
+                .await
+                .map_err(Error::kube("deleting the finished run after its TTL"))?;
+            Ok(Action::await_change())
+        }
+    }
 }
 
 /// The run's objects and pods in the caches.
@@ -273,12 +280,11 @@ fn secret_value(secret: &Secret, key: &str) -> Option<String> {
 async fn handle_workers(
     run: &AbcRun,
     ctx: &Context,
-    namespace: &str,
     actions: Vec<WorkerAction>,
     endpoint: Option<&protocol::Endpoint>,
     observed: &mut Observed,
 ) -> Result<(), Error> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
     // One Event per lost pod (a pod with several worker processes has a ledger for each).
     let mut repaired: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut failed_delete = None;
@@ -294,7 +300,7 @@ async fn handle_workers(
                 match ctx.redis.repair(&run_uid, endpoint, &ledger_id).await {
                     Ok(Some(repair)) if repair.corrected() => {
                         observed.lost_workers = observed.lost_workers.max(repair.lost_workers);
-                        tracing::warn!(run = %run.name_any(), namespace, worker, ledger = ledger_id, reason, %repair, "repaired lost worker");
+                        tracing::warn!(run = %run.name_any(), worker, ledger = ledger_id, reason, %repair, "repaired lost worker");
                         repaired
                             .entry(worker)
                             .or_default()
@@ -314,20 +320,9 @@ async fn handle_workers(
                 expired,
             } => match pods.delete(&pod, &DeleteParams::default()).await {
                 Ok(_) => {
-                    tracing::info!(run = %run.name_any(), namespace, pod, reason, "replacing worker pod");
-                    let (type_, why) = if expired {
-                        (EventType::Normal, "WorkerExpired")
-                    } else {
-                        (EventType::Warning, "WorkerReplaced")
-                    };
-                    ctx.publish_about(
-                        run,
-                        type_,
-                        why,
-                        format!("replacing worker pod {pod}: {reason}"),
-                        pod_reference(namespace, &pod),
-                    )
-                    .await;
+                    tracing::info!(run = %run.name_any(), pod, reason, "replacing worker pod");
+                    let notice = follow_up::worker_replaced_notice(run, &pod, &reason, expired);
+                    ctx.publish(run, notice).await;
                 }
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 // Reported after the repairs' Events: a repair is done once and for all.
@@ -341,41 +336,20 @@ async fn handle_workers(
         }
     }
     for (pod, repairs) in repaired {
-        ctx.publish_about(
-            run,
-            EventType::Warning,
-            "RepairedLostWorker",
-            format!("worker pod {pod} was lost: {}", repairs.join("; ")),
-            pod_reference(namespace, &pod),
-        )
-        .await;
+        ctx.publish(run, follow_up::lost_worker_notice(run, &pod, &repairs))
+            .await;
     }
     failed_delete.map_or(Ok(()), Err)
 }
 
-/// A reference to a pod of the run, as an Event's related object. Without uid: a lost pod may
-/// be gone, and repeats about the same pod must give the same reference to fold into one
-/// series (`events::series_key`).
-fn pod_reference(namespace: &str, pod: &str) -> ObjectReference {
-    ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Pod".into()),
-        name: Some(pod.into()),
-        namespace: Some(namespace.into()),
-        ..ObjectReference::default()
-    }
-}
-
-/// A new Redis server has none of pyABC's state: the master's generation is gone. A master
-/// that noticed exited with `REDIS_LOST_EXIT_CODE` and its Job retries it; one still running
-/// (it may wait for ever on an empty queue) is evicted, which the Job's pod failure policy does
-/// not count against `backoffLimit` either. Either way the retry resumes from the database.
-async fn restart_master_after_redis_loss(
+/// Evicts the run's running master after its Redis restarted (see
+/// [`follow_up::redis_restarted_notice`]); returns the pods evicted.
+async fn evict_running_master(
     run: &AbcRun,
     ctx: &Context,
     namespace: &str,
     master: &[Arc<WatchedPod>],
-) {
+) -> Vec<String> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let mut evicted = Vec::new();
     for pod in master.iter().filter(|p| {
@@ -390,46 +364,23 @@ async fn restart_master_after_redis_loss(
             }
         }
     }
-    let note = match evicted.as_slice() {
-        [] => "the run's Redis restarted and lost the generation in progress; the master's retry \
-               resumes from its results database"
-            .to_string(),
-        pods => format!(
-            "the run's Redis restarted and lost the generation in progress; evicted the master \
-             ({}) so that its retry resumes from its results database",
-            pods.join(", ")
-        ),
-    };
-    ctx.publish(run, EventType::Warning, "RedisRestarted", note)
-        .await;
+    evicted
 }
 
 /// Clears pyABC's analysis lock left by a master that died (see [`decide::Plan`]), and says so.
-async fn clear_stale_lock(
-    run: &AbcRun,
-    ctx: &Context,
-    namespace: &str,
-    endpoint: &protocol::Endpoint,
-) {
+async fn clear_stale_lock(run: &AbcRun, ctx: &Context, endpoint: &protocol::Endpoint) {
     match ctx
         .redis
         .clear_stale_analysis_lock(&run.uid().unwrap_or_default(), endpoint)
         .await
     {
         Ok(Some(_)) => {
-            tracing::info!(run = %run.name_any(), namespace, "cleared the stale analysis lock of a failed master");
-            ctx.publish(
-                run,
-                EventType::Normal,
-                "ClearedAnalysisLock",
-                "the master failed; cleared pyABC's stale analysis_id so its retry can start"
-                    .into(),
-            )
-            .await;
+            tracing::info!(run = %run.name_any(), "cleared the stale analysis lock of a failed master");
+            ctx.publish(run, follow_up::cleared_lock_notice()).await;
         }
         Ok(None) => {}
         Err(err) => {
-            tracing::warn!(run = %run.name_any(), namespace, error = %err, "clearing the analysis lock failed")
+            tracing::warn!(run = %run.name_any(), error = %err, "clearing the analysis lock failed")
         }
     }
 }
@@ -438,7 +389,7 @@ async fn write_status(
     ctx: &Context,
     namespace: &str,
     name: &str,
-    status: &crate::api::AbcRunStatus,
+    status: &AbcRunStatus,
 ) -> Result<(), Error> {
     let api: Api<AbcRun> = Api::namespaced(ctx.client.clone(), namespace);
     let patch = serde_json::json!({
@@ -456,101 +407,12 @@ async fn write_status(
     Ok(())
 }
 
-/// Events for what a person following the run wants to know: phase changes, finished
-/// generations, problems appearing.
-async fn publish_transitions(
-    run: &AbcRun,
-    ctx: &Context,
-    namespace: &str,
-    new: &crate::api::AbcRunStatus,
-    observed: &Observed,
-) {
-    let old = run.status.clone().unwrap_or_default();
-    if old.phase != new.phase
-        && let Some(phase) = new.phase
-    {
-        let type_ = if phase == Phase::Failed {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        };
-        let note = match phase {
-            Phase::Failed => new
-                .conditions
-                .iter()
-                .find(|c| c.type_ == status::DEGRADED)
-                .map(|c| c.message.clone())
-                .unwrap_or_else(|| "the run failed".into()),
-            other => format!("the run is {other}"),
-        };
-        ctx.publish(run, type_, &phase.to_string(), note).await;
-    }
-    // A problem appearing, or another one taking its place, is one Warning named after it
-    // (e.g. ImagePullBackOff) and about its pod when it has one; the same problem persisting
-    // changes no status, so it is not published again.
-    let degraded = |s: &crate::api::AbcRunStatus| {
-        s.conditions
-            .iter()
-            .find(|c| c.type_ == status::DEGRADED && c.status == "True")
-            .map(|c| (c.reason.clone(), c.message.clone()))
-    };
-    match (degraded(&old), degraded(new)) {
-        (before, Some((reason, message)))
-            if before.as_ref().map(|b| &b.0) != Some(&reason) && ctx.memory.tell(run, &reason) =>
-        {
-            match observed.pod_problem() {
-                Some(problem) if problem.reason == reason => {
-                    let pod = pod_reference(namespace, &problem.pod);
-                    ctx.publish_about(run, EventType::Warning, &reason, message, pod)
-                        .await
-                }
-                _ => ctx.publish(run, EventType::Warning, &reason, message).await,
-            }
-        }
-        _ => {}
-    }
-    let resumes = |s: &crate::api::AbcRunStatus| s.resumes.as_ref().map_or(0, |r| r.count);
-    if resumes(new) > resumes(&old)
-        && let Some(last) = &new.resumes
-    {
-        ctx.publish_unfolded(
-            run,
-            EventType::Normal,
-            "Resumed",
-            format!(
-                "the master continued the run from generation {} of its results database \
-                 (stored generations are not sampled again; resume {})",
-                last.last_from_generation, last.count
-            ),
-        )
-        .await;
-    }
-    if let Some((reason, note)) = status::master_start_warning(&old, new) {
-        ctx.publish_unfolded(run, EventType::Warning, reason, note)
-            .await;
-    }
-    let generation_of =
-        |s: &crate::api::AbcRunStatus| s.progress.as_ref().and_then(|p| p.generation);
-    if let (Some(before), Some(now)) = (generation_of(&old), generation_of(new))
-        && now > before
-    {
-        // Each generation completes once, with its own note: never folded.
-        ctx.publish_unfolded(
-            run,
-            EventType::Normal,
-            "GenerationCompleted",
-            format!("generation {before} completed; sampling generation {now}"),
-        )
-        .await;
-    }
-}
-
 /// Puts the run's demand on the board the autoscaling endpoints read, and into the gauges.
 fn record_demand(
     ctx: &Context,
     namespace: &str,
     name: &str,
-    status: &crate::api::AbcRunStatus,
+    status: &AbcRunStatus,
     redis: &RedisReading,
     observed: &Observed,
 ) {
@@ -579,7 +441,7 @@ fn record_demand(
         .set(demand.active as i64);
 }
 
-fn record_metrics(ctx: &Context, namespace: &str, name: &str, status: &crate::api::AbcRunStatus) {
+fn record_metrics(ctx: &Context, namespace: &str, name: &str, status: &AbcRunStatus) {
     use crate::metrics::{PhaseLabels, RunLabels};
     let m = &ctx.metrics;
     let labels = RunLabels {
@@ -618,48 +480,5 @@ fn record_metrics(ctx: &Context, namespace: &str, name: &str, status: &crate::ap
         m.active_workers
             .get_or_create(&labels)
             .set(p.active_workers);
-    }
-}
-
-/// Deletes a finished run once its TTL is over; otherwise says when to look again.
-async fn ttl_action(
-    run: &AbcRun,
-    ctx: &Context,
-    namespace: &str,
-    status: &crate::api::AbcRunStatus,
-) -> Result<Option<Action>, Error> {
-    let (Some(ttl), Some(finished)) = (
-        run.spec.ttl_seconds_after_finished,
-        status::finished_at(status),
-    ) else {
-        return Ok(None);
-    };
-    if let Some(left) = status::ttl_left(ttl, finished, Timestamp::now()) {
-        return Ok(Some(Action::requeue(left)));
-    }
-    tracing::info!(run = %run.name_any(), namespace, ttl, "deleting finished run after its TTL");
-    let api: Api<AbcRun> = Api::namespaced(ctx.client.clone(), namespace);
-    api.delete(&run.name_any(), &DeleteParams::background())
-        .await
-        .map_err(Error::kube("deleting the finished run after its TTL"))?;
-    Ok(Some(Action::await_change()))
-}
-
-/// When to look at the run again without a watch event.
-fn next_poll(status: &crate::api::AbcRunStatus, user_problem: bool) -> Duration {
-    if user_problem {
-        return POLL_PROBLEM;
-    }
-    match status.phase {
-        Some(Phase::Running | Phase::Pending) => POLL_RUNNING,
-        Some(Phase::Stopped)
-            if status
-                .progress
-                .as_ref()
-                .is_some_and(|p| p.active_workers > 0) =>
-        {
-            POLL_RUNNING
-        }
-        _ => POLL_IDLE,
     }
 }

@@ -2,7 +2,7 @@
 //! so that the same cluster state always gives the same status and an unchanged run is not
 //! written to.
 
-pub use super::pod_problems::PodProblem;
+use super::observe::{MasterState, Observed};
 use crate::api::{
     AbcRun, AbcRunStatus, MasterStartOutcome, MasterStartStatus, Phase, Progress, RedisInstance,
     Resumes,
@@ -10,73 +10,6 @@ use crate::api::{
 use crate::protocol::{MasterStart, Resumed, StartOutcome};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-
-/// What the controller saw of a run's parts in one reconcile.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Observed {
-    /// The Redis Deployment has a ready replica (always true for an external Redis that answered).
-    pub redis_ready: bool,
-    /// Why Redis is not usable, when it is not (missing Secret, unreachable, wrong password...).
-    pub redis_problem: Option<String>,
-    /// Worker pods that exist / are ready (from the worker Deployment's status).
-    pub workers_replicas: i32,
-    pub workers_ready: i32,
-    /// Worker replicas the run asks for now (0 while stopped or suspended).
-    pub workers_desired: i32,
-    /// Label selector of the worker pods.
-    pub selector: String,
-    /// The master Job, if the run has one.
-    pub master: Option<MasterState>,
-    /// Progress read from Redis, when Redis answered.
-    pub progress: Option<Progress>,
-    /// Workers repaired so far: the larger of the previous status and the count the repair
-    /// script keeps in the run's Redis (`protocol::keys::LOST_WORKERS`).
-    pub lost_workers: i64,
-    /// Why worker pods cannot run (a missing image, a crash loop...), if they cannot.
-    pub worker_pod_problem: Option<PodProblem>,
-    /// Why the master Job's pod cannot run, if it cannot.
-    pub master_pod_problem: Option<PodProblem>,
-    /// Why the managed Redis' pod cannot run, if it cannot.
-    pub redis_pod_problem: Option<PodProblem>,
-    /// The last resume of a master that Redis holds, when Redis answered.
-    pub resumed: Option<Resumed>,
-    /// The Redis server's `run_id`, when Redis answered.
-    pub redis_run_id: Option<String>,
-    /// How the last master start on the current Redis went, when Redis answered and holds it.
-    pub master_start: Option<MasterStart>,
-    /// The last failed exit of the master's container (the newest pod's), e.g. `exit code 1:
-    /// abc_operator.ResumeError: …`, from its termination message.
-    pub master_exit: Option<String>,
-}
-
-impl Observed {
-    /// The pod problem the run's Degraded condition reports, if any: Redis' first (nothing
-    /// works without it), then the master's, then the workers'.
-    pub fn pod_problem(&self) -> Option<&PodProblem> {
-        self.redis_pod_problem
-            .as_ref()
-            .or(self.master_pod_problem.as_ref())
-            .or(self.worker_pod_problem.as_ref())
-    }
-}
-
-/// State of the master Job.
-#[derive(Clone, Debug, PartialEq)]
-pub enum MasterState {
-    /// Not created yet or no pod running.
-    Pending,
-    Running,
-    Succeeded,
-    /// Failed for good (backoff limit or deadline), with the Job's reason.
-    Failed(String),
-}
-
-impl MasterState {
-    /// The Job ended for good: nothing needs the run's Redis or workers any more.
-    pub fn is_finished(&self) -> bool {
-        matches!(self, MasterState::Succeeded | MasterState::Failed(_))
-    }
-}
 
 /// Condition types, as users see them in `kubectl describe`.
 pub const REDIS_READY: &str = "RedisReady";
@@ -105,147 +38,58 @@ pub fn phase(run: &AbcRun, observed: &Observed) -> Phase {
     }
 }
 
+/// A condition's verdict: whether it holds, why, and the message a user reads.
+struct Verdict {
+    ok: bool,
+    reason: String,
+    message: String,
+}
+
+fn verdict(ok: bool, reason: &str, message: impl Into<String>) -> Verdict {
+    Verdict {
+        ok,
+        reason: reason.to_string(),
+        message: message.into(),
+    }
+}
+
 /// The full status for `observed`, keeping transition times of conditions whose status did not
 /// change (so a steady run produces a byte-identical status).
 pub fn compute(run: &AbcRun, observed: &Observed, now: Timestamp) -> AbcRunStatus {
     let previous = run.status.clone().unwrap_or_default();
     let generation = run.metadata.generation;
     let phase = phase(run, observed);
-
-    let mut conditions = Vec::new();
-    let mut push = |type_: &str, ok: bool, reason: &str, message: String| {
-        conditions.push(condition(
-            &previous.conditions,
-            type_,
-            ok,
-            reason,
-            message,
-            generation,
-            now,
-        ));
-    };
-    // RedisReady says whether Redis runs (its pod is ready, or the external one answered);
-    // whether the operator can read it is Degraded's business.
-    let master_finished = observed
-        .master
-        .as_ref()
-        .is_some_and(MasterState::is_finished);
     let redis = redis_instance(previous.redis.clone(), observed.redis_run_id.as_deref());
     let last_master_start = observed
         .master_start
         .as_ref()
         .map(master_start_status)
         .or(previous.last_master_start.clone());
-    match (
-        observed.redis_ready,
-        &observed.redis_problem,
-        &observed.redis_pod_problem,
-    ) {
-        (false, _, _) if master_finished && run.spec.redis.external.is_none() => push(
-            REDIS_READY,
-            false,
-            "ScaledDown",
-            "the master has finished; the run's Redis is scaled to zero".into(),
-        ),
-        (true, _, _) if redis_lost(redis.as_ref(), observed) => push(
-            REDIS_READY,
-            false,
-            "RedisLost",
-            format!(
-                "the run's Redis restarted ({} restart(s) so far) and lost the generation in \
-                 progress; waiting for the master to start again on it and resume from its \
-                 results database",
-                redis.as_ref().map_or(0, |r| r.restarts)
-            ),
-        ),
-        (true, _, _) => push(REDIS_READY, true, "RedisReady", "Redis is ready".into()),
-        (false, Some(problem), _) => push(REDIS_READY, false, "RedisUnavailable", problem.clone()),
-        (false, None, Some(pod)) => push(REDIS_READY, false, &pod.reason, pod.message.clone()),
-        (false, None, None) => push(
-            REDIS_READY,
-            false,
-            "RedisStarting",
-            "waiting for the Redis pod to become ready".into(),
-        ),
-    }
-    let workers_ready =
-        observed.workers_desired > 0 && observed.workers_ready >= observed.workers_desired;
-    match &observed.worker_pod_problem {
-        // Also with enough ready workers: a rollout of a new image is stuck.
-        Some(pod) if observed.workers_desired > 0 => {
-            push(WORKERS_READY, false, &pod.reason, pod.message.clone())
-        }
-        _ => push(
-            WORKERS_READY,
-            workers_ready,
-            if observed.workers_ready >= observed.workers_desired {
-                "AllReady"
-            } else {
-                "Scaling"
-            },
-            format!(
-                "{}/{} worker pods ready",
-                observed.workers_ready, observed.workers_desired
-            ),
-        ),
-    }
-    if let Some(master) = &observed.master {
-        let (ok, reason, message) = match (master, &observed.master_pod_problem) {
-            (MasterState::Pending | MasterState::Running, Some(pod)) => {
-                (false, pod.reason.as_str(), pod.message.clone())
-            }
-            (MasterState::Pending, None) => (
-                false,
-                "Pending",
-                "the master Job has no running pod yet".to_string(),
-            ),
-            (MasterState::Running, None) => (true, "Running", "the master is sampling".to_string()),
-            (MasterState::Succeeded, _) => (
-                false,
-                "Succeeded",
-                "the master finished successfully".to_string(),
-            ),
-            (MasterState::Failed(why), _) => (
-                false,
-                "Failed",
-                master_failure(why, last_master_start.as_ref(), observed),
-            ),
-        };
-        push(MASTER_RUNNING, ok, reason, message);
-    }
-    match degraded(observed, last_master_start.as_ref()) {
-        Some((reason, why)) => push(DEGRADED, true, &reason, why),
-        None => push(DEGRADED, false, "Healthy", "no problem found".into()),
-    }
 
-    // Redis without an analysis (pyABC clears its keys when a run ends, and between
-    // generations) does not wipe the progress seen last: a finished run keeps where it ended.
-    let had_progress = previous
-        .progress
-        .as_ref()
-        .is_some_and(|p| p.generation.is_some());
-    let progress = observed
-        .progress
-        .clone()
-        .filter(|p| p.generation.is_some() || !had_progress);
-    let progress = progress.map(|mut p| {
-        p.acceptances = Some(format!("{}/{}", p.accepted, p.required));
-        // Progress time moves only when generation or acceptances move.
-        let same = previous.progress.as_ref().is_some_and(|old| {
-            old.generation == p.generation
-                && old.accepted == p.accepted
-                && old.analysis_id == p.analysis_id
-        });
-        p.last_progress_time = if same {
-            previous
-                .progress
-                .as_ref()
-                .and_then(|old| old.last_progress_time.clone())
-        } else {
-            Some(now.to_string())
-        };
-        p
-    });
+    let verdicts = [
+        Some((REDIS_READY, redis_ready(run, observed, redis.as_ref()))),
+        Some((WORKERS_READY, workers_ready(observed))),
+        master_running(observed, last_master_start.as_ref()).map(|v| (MASTER_RUNNING, v)),
+        Some((
+            DEGRADED,
+            degraded_condition(observed, last_master_start.as_ref()),
+        )),
+    ];
+    let conditions = verdicts
+        .into_iter()
+        .flatten()
+        .map(|(type_, v)| {
+            condition(
+                &previous.conditions,
+                type_,
+                v.ok,
+                &v.reason,
+                v.message,
+                generation,
+                now,
+            )
+        })
+        .collect();
 
     AbcRunStatus {
         phase: Some(phase),
@@ -258,12 +102,137 @@ pub fn compute(run: &AbcRun, observed: &Observed, now: Timestamp) -> AbcRunStatu
             "{}/{}",
             observed.workers_ready, observed.workers_desired
         )),
-        // Keep the last progress seen when Redis is briefly unreachable or the run is over.
-        progress: progress.or(previous.progress),
+        progress: progress(previous.progress, observed, now),
         lost_workers: observed.lost_workers,
         resumes: resumes(previous.resumes, observed.resumed.as_ref()),
         redis,
         last_master_start,
+    }
+}
+
+/// The progress read from Redis, with its acceptances and the time it last moved.
+fn progress(previous: Option<Progress>, observed: &Observed, now: Timestamp) -> Option<Progress> {
+    // Redis without an analysis (pyABC clears its keys when a run ends, and between
+    // generations) does not wipe the progress seen last: a finished run keeps where it ended.
+    let had_progress = previous.as_ref().is_some_and(|p| p.generation.is_some());
+    let progress = observed
+        .progress
+        .clone()
+        .filter(|p| p.generation.is_some() || !had_progress);
+    let progress = progress.map(|mut p| {
+        p.acceptances = Some(format!("{}/{}", p.accepted, p.required));
+        // Progress time moves only when generation or acceptances move.
+        let same = previous.as_ref().is_some_and(|old| {
+            old.generation == p.generation
+                && old.accepted == p.accepted
+                && old.analysis_id == p.analysis_id
+        });
+        p.last_progress_time = if same {
+            previous
+                .as_ref()
+                .and_then(|old| old.last_progress_time.clone())
+        } else {
+            Some(now.to_string())
+        };
+        p
+    });
+
+    // Keep the last progress seen when Redis is briefly unreachable or the run is over.
+    progress.or(previous)
+}
+
+/// RedisReady says whether Redis runs (its pod is ready, or the external one answered);
+/// whether the operator can read it is Degraded's business.
+fn redis_ready(run: &AbcRun, observed: &Observed, redis: Option<&RedisInstance>) -> Verdict {
+    let master_finished = observed
+        .master
+        .as_ref()
+        .is_some_and(MasterState::is_finished);
+    match (
+        observed.redis_ready,
+        &observed.redis_problem,
+        &observed.redis_pod_problem,
+    ) {
+        (false, _, _) if master_finished && run.spec.redis.external.is_none() => verdict(
+            false,
+            "ScaledDown",
+            "the master has finished; the run's Redis is scaled to zero",
+        ),
+        (true, _, _) if redis_lost(redis, observed) => verdict(
+            false,
+            "RedisLost",
+            format!(
+                "the run's Redis restarted ({} restart(s) so far) and lost the generation in \
+                 progress; waiting for the master to start again on it and resume from its \
+                 results database",
+                redis.map_or(0, |r| r.restarts)
+            ),
+        ),
+        (true, _, _) => verdict(true, "RedisReady", "Redis is ready"),
+        (false, Some(problem), _) => verdict(false, "RedisUnavailable", problem.clone()),
+        (false, None, Some(pod)) => verdict(false, &pod.reason, pod.message.clone()),
+        (false, None, None) => verdict(
+            false,
+            "RedisStarting",
+            "waiting for the Redis pod to become ready",
+        ),
+    }
+}
+
+fn workers_ready(observed: &Observed) -> Verdict {
+    match &observed.worker_pod_problem {
+        // Also with enough ready workers: a rollout of a new image is stuck.
+        Some(pod) if observed.workers_desired > 0 => {
+            verdict(false, &pod.reason, pod.message.clone())
+        }
+        _ => verdict(
+            observed.workers_desired > 0 && observed.workers_ready >= observed.workers_desired,
+            if observed.workers_ready >= observed.workers_desired {
+                "AllReady"
+            } else {
+                "Scaling"
+            },
+            format!(
+                "{}/{} worker pods ready",
+                observed.workers_ready, observed.workers_desired
+            ),
+        ),
+    }
+}
+
+/// MasterRunning, for a run with a master.
+fn master_running(
+    observed: &Observed,
+    last_master_start: Option<&MasterStartStatus>,
+) -> Option<Verdict> {
+    let master = observed.master.as_ref()?;
+    Some(match (master, &observed.master_pod_problem) {
+        (MasterState::Pending | MasterState::Running, Some(pod)) => {
+            verdict(false, &pod.reason, pod.message.clone())
+        }
+        (MasterState::Pending, None) => {
+            verdict(false, "Pending", "the master Job has no running pod yet")
+        }
+        (MasterState::Running, None) => verdict(true, "Running", "the master is sampling"),
+        (MasterState::Succeeded, _) => {
+            verdict(false, "Succeeded", "the master finished successfully")
+        }
+        (MasterState::Failed(why), _) => verdict(
+            false,
+            "Failed",
+            master_failure(why, last_master_start, observed),
+        ),
+    })
+}
+
+/// Degraded: true with the problem found, if any.
+fn degraded_condition(
+    observed: &Observed,
+    last_master_start: Option<&MasterStartStatus>,
+) -> Verdict {
+    match degraded(observed, last_master_start) {
+        Some((reason, why)) => verdict(true, &reason, why),
+        None => verdict(false, "Healthy", "no problem found"),
     }
 }
 
@@ -318,44 +287,6 @@ fn master_failure(
     }
 }
 
-/// The Warning a new master start deserves, if any (reason, note): one that could not use its
-/// results database, or a restarted master that started anew instead of resuming (the
-/// generations sampled before are not continued).
-pub fn master_start_warning(
-    old: &AbcRunStatus,
-    new: &AbcRunStatus,
-) -> Option<(&'static str, String)> {
-    let start = new.last_master_start.as_ref()?;
-    let before = old.last_master_start.as_ref();
-    if before.is_some_and(|b| b.time == start.time) {
-        return None;
-    }
-    let sampled_before = old
-        .progress
-        .as_ref()
-        .is_some_and(|p| p.generation.is_some());
-    match start.outcome {
-        MasterStartOutcome::Refused => Some((
-            "ResumeFailed",
-            format!(
-                "the master could not use its results database and fails, leaving it \
-                 unchanged: {}",
-                start.cause
-            ),
-        )),
-        MasterStartOutcome::New if before.is_some() || sampled_before => Some((
-            "NotResumed",
-            format!(
-                "the master started again but did not resume: {}; the generations sampled \
-                 before are not continued (keep the results on a claim: \
-                 spec.master.resultsClaimName)",
-                start.cause
-            ),
-        )),
-        _ => None,
-    }
-}
-
 /// Counts a new Redis server (another `run_id` than the one last read) as a restart.
 fn redis_instance(previous: Option<RedisInstance>, run_id: Option<&str>) -> Option<RedisInstance> {
     let Some(run_id) = run_id else {
@@ -372,63 +303,6 @@ fn redis_instance(previous: Option<RedisInstance>, run_id: Option<&str>) -> Opti
             restarts: 0,
         }),
     }
-}
-
-/// Whether, and when, a computed status is written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StatusWrite {
-    /// Something a user or a client waits for changed (phase, a condition, the generation, a
-    /// repair, the replicas an HPA reads): write it now.
-    Now,
-    /// Only progress counters moved (acceptances, evaluations, busy workers) and the last
-    /// write was less than the progress interval ago: write it after this long. During a
-    /// generation this bounds the status writes per run to one per interval.
-    After(std::time::Duration),
-    Unchanged,
-}
-
-/// Decides [`StatusWrite`] for `new`, given the status last written (`old`, as the run's cache
-/// holds it) and how long ago this controller wrote the run's status (`None`: not since it
-/// started).
-pub fn write_due(
-    old: Option<&AbcRunStatus>,
-    new: &AbcRunStatus,
-    since_last_write: Option<std::time::Duration>,
-    progress_interval: std::time::Duration,
-) -> StatusWrite {
-    let Some(old) = old else {
-        return StatusWrite::Now;
-    };
-    if old == new {
-        return StatusWrite::Unchanged;
-    }
-    if without_counters(old) != without_counters(new) {
-        return StatusWrite::Now;
-    }
-    match since_last_write {
-        Some(since) if since < progress_interval => StatusWrite::After(progress_interval - since),
-        _ => StatusWrite::Now,
-    }
-}
-
-/// `status` without the progress counters that move with every evaluation.
-fn without_counters(status: &AbcRunStatus) -> AbcRunStatus {
-    let mut status = status.clone();
-    if let Some(p) = status.progress.as_mut() {
-        p.accepted = 0;
-        p.acceptances = None;
-        p.evaluations = 0;
-        p.failures = 0;
-        p.active_workers = 0;
-        p.last_progress_time = None;
-    }
-    status
-}
-
-/// Whether `new` saw a Redis restart that `old` had not.
-pub fn redis_restarted(old: &AbcRunStatus, new: &AbcRunStatus) -> bool {
-    let restarts = |s: &AbcRunStatus| s.redis.as_ref().map_or(0, |r| r.restarts);
-    restarts(new) > restarts(old)
 }
 
 /// Counts a resume Redis holds that the status has not counted yet (told apart by its time).
@@ -495,35 +369,11 @@ fn condition(
     }
 }
 
-/// The longest a finished run waits for its TTL without being looked at again: a requeue
-/// further out (a TTL of years) would overflow the scheduler's clock.
-const MAX_TTL_WAIT_SECS: i64 = 86400;
-
-/// How long a run that finished at `finished` waits before `ttlSecondsAfterFinished: ttl`
-/// deletes it (at most a day, then it is looked at again), or `None` when it is due now.
-pub fn ttl_left(ttl: i64, finished: Timestamp, now: Timestamp) -> Option<std::time::Duration> {
-    // Negative when the clock that wrote the condition ran ahead of ours.
-    let elapsed = now.duration_since(finished).as_secs();
-    let left = ttl.saturating_sub(elapsed);
-    (left > 0).then(|| std::time::Duration::from_secs(left.min(MAX_TTL_WAIT_SECS) as u64 + 1))
-}
-
-/// When the run finished (the transition time of its final phase), for `ttlSecondsAfterFinished`.
-pub fn finished_at(status: &AbcRunStatus) -> Option<Timestamp> {
-    if !status.phase.is_some_and(Phase::is_finished) {
-        return None;
-    }
-    // Degraded or MasterRunning flip when a run ends; the latest transition is the end.
-    status
-        .conditions
-        .iter()
-        .map(|c| c.last_transition_time.0)
-        .max()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::follow_up::{master_start_warning, redis_restarted};
+    use crate::controller::observe::PodProblem;
 
     fn run(yaml: &str) -> AbcRun {
         serde_yaml::from_str(&format!(
@@ -542,25 +392,6 @@ mod tests {
             master: Some(MasterState::Running),
             ..Observed::default()
         }
-    }
-
-    #[test]
-    fn ttl_waits_what_is_left_at_most_a_day_and_survives_any_ttl_and_clock() {
-        let finished: Timestamp = "2025-01-01T00:00:00Z".parse().unwrap();
-        let later = |secs: i64| finished + k8s_openapi::jiff::SignedDuration::from_secs(secs);
-        let secs = |d: std::time::Duration| d.as_secs();
-        assert_eq!(ttl_left(60, finished, later(20)).map(secs), Some(41));
-        assert_eq!(ttl_left(60, finished, later(60)), None);
-        assert_eq!(ttl_left(0, finished, finished), None);
-        // A TTL of centuries, also with a condition written by a clock ahead of ours.
-        assert_eq!(
-            ttl_left(i64::MAX, finished, later(-5)).map(secs),
-            Some(86401)
-        );
-        assert_eq!(
-            ttl_left(i64::MAX, finished, later(20)).map(secs),
-            Some(86401)
-        );
     }
 
     #[test]
@@ -965,36 +796,6 @@ mod tests {
     }
 
     #[test]
-    fn only_a_restarted_master_that_started_anew_is_a_warning() {
-        let mut r = run("{image: i, master: {command: [python, m.py]}}");
-        let new_run = |at: &str| Observed {
-            master_start: start(
-                StartOutcome::New,
-                "started a new run in m.db: no results database there yet",
-                at,
-            ),
-            ..healthy()
-        };
-        let mut warnings = Vec::new();
-        let generation_2 = Observed {
-            progress: Some(Progress {
-                analysis_id: Some("a".into()),
-                generation: Some(2),
-                ..Default::default()
-            }),
-            ..new_run("t1")
-        };
-        // The first start; sampling; the master killed, its retry finds no database.
-        for observed in [new_run("t1"), generation_2, new_run("t2")] {
-            let old = r.status.clone().unwrap_or_default();
-            let status = compute(&r, &observed, Timestamp::from_second(1).unwrap());
-            warnings.push(master_start_warning(&old, &status).map(|(reason, _)| reason));
-            r.status = Some(status);
-        }
-        assert_eq!(warnings, [None, None, Some("NotResumed")]);
-    }
-
-    #[test]
     fn a_new_run_shows_its_empty_progress_until_the_first_generation() {
         let r = run("{image: i}");
         let observed = Observed {
@@ -1036,61 +837,6 @@ mod tests {
         assert_ne!(
             s1.progress.unwrap().last_progress_time,
             s2.progress.unwrap().last_progress_time
-        );
-    }
-
-    #[test]
-    fn progress_counters_are_written_at_a_bounded_rate_and_the_rest_at_once() {
-        use std::time::Duration;
-        let r = run("{image: i}");
-        let at = |progress: Option<Progress>, master: MasterState| {
-            compute(
-                &r,
-                &Observed {
-                    progress,
-                    master: Some(master),
-                    ..healthy()
-                },
-                Timestamp::from_second(10).unwrap(),
-            )
-        };
-        let progress = |generation, accepted| {
-            Some(Progress {
-                generation: Some(generation),
-                accepted,
-                evaluations: accepted * 3,
-                required: 10,
-                ..Default::default()
-            })
-        };
-        let written = at(progress(1, 2), MasterState::Running);
-        let interval = Duration::from_secs(10);
-        let due = |new: &AbcRunStatus, since: Option<u64>| {
-            write_due(
-                Some(&written),
-                new,
-                since.map(Duration::from_secs),
-                interval,
-            )
-        };
-        assert_eq!(write_due(None, &written, None, interval), StatusWrite::Now);
-        assert_eq!(due(&written, Some(1)), StatusWrite::Unchanged);
-        let counted = at(progress(1, 5), MasterState::Running);
-        assert_eq!(
-            due(&counted, Some(3)),
-            StatusWrite::After(Duration::from_secs(7))
-        );
-        assert_eq!(due(&counted, Some(10)), StatusWrite::Now);
-        // A controller that has not written the run since it started writes at once.
-        assert_eq!(due(&counted, None), StatusWrite::Now);
-        // A new generation, a finished master: at once.
-        assert_eq!(
-            due(&at(progress(2, 0), MasterState::Running), Some(1)),
-            StatusWrite::Now
-        );
-        assert_eq!(
-            due(&at(progress(1, 2), MasterState::Succeeded), Some(1)),
-            StatusWrite::Now
         );
     }
 }

@@ -64,7 +64,9 @@ pub use liveness::Heartbeat;
 #[cfg(test)]
 pub(crate) use liveness::test_support as liveness_test_support;
 pub use repair::{Repair, repair_lost_worker, repair_script_source};
-pub use snapshot::{Claim, Ledger, MasterStart, Mode, Resumed, Snapshot, StartOutcome};
+pub use snapshot::{
+    Claim, Ledger, MasterStart, Mode, Resumed, Snapshot, StartOutcome, resumed_note,
+};
 
 use redis::{ErrorKind, RedisError};
 

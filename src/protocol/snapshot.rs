@@ -262,6 +262,41 @@ pub enum StartOutcome {
     Refused,
 }
 
+impl StartOutcome {
+    /// The warning a master start with this outcome deserves, as (reason, message): a results
+    /// database it could not use, or a master that started again (after an earlier start, or
+    /// after sampling) and did not resume. The operator's Events and `abc-operator run` say
+    /// the same.
+    pub fn warning(self, cause: &str, started_before: bool) -> Option<(&'static str, String)> {
+        match self {
+            StartOutcome::Refused => Some((
+                "ResumeFailed",
+                format!(
+                    "the master could not use its results database and fails, leaving it \
+                     unchanged: {cause}"
+                ),
+            )),
+            StartOutcome::New if started_before => Some((
+                "NotResumed",
+                format!(
+                    "the master started again but did not resume: {cause}; the generations \
+                     sampled before are not continued"
+                ),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// What a resume means, for the person following the run: the operator's `Resumed` Event and
+/// `abc-operator run` say the same.
+pub fn resumed_note(from_generation: i64) -> String {
+    format!(
+        "the master continued the run from generation {from_generation} of its results \
+         database (stored generations are not sampled again)"
+    )
+}
+
 impl Snapshot {
     /// Reads the snapshot.
     pub async fn read<C>(conn: &mut C) -> Result<Snapshot, ProtocolError>

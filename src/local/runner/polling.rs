@@ -5,7 +5,7 @@ use crate::api::Progress;
 use crate::local::process;
 use crate::local::progress::Observation;
 use crate::local::redis_access;
-use crate::protocol::{Heartbeat, Ledger, Snapshot, StartOutcome};
+use crate::protocol::{Heartbeat, Ledger, Snapshot};
 use nix::sys::signal::Signal;
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -58,10 +58,8 @@ impl Runner {
             return;
         }
         self.last_resume = Some(resumed.at.clone());
-        self.printer.say(format!(
-            "the master resumed from generation {}: the generations before it are kept",
-            resumed.from_generation
-        ));
+        self.printer
+            .say(crate::protocol::resumed_note(resumed.from_generation));
         self.printer.event(serde_json::json!({"event": "master_resumed", "from_generation": resumed.from_generation}));
     }
 
@@ -78,17 +76,8 @@ impl Runner {
         let restarted =
             self.last_master_start.is_some() || self.master_restarts > 0 || self.redis_restarts > 0;
         self.last_master_start = Some(start.at.clone());
-        let line = match start.outcome {
-            StartOutcome::Refused => format!(
-                "the master cannot use its results database and fails, leaving it unchanged: {}",
-                start.cause
-            ),
-            StartOutcome::New if restarted => format!(
-                "the master started again but did not resume: {}; the generations sampled \
-                 before are not continued",
-                start.cause
-            ),
-            _ => return,
+        let Some((_, line)) = start.outcome.warning(&start.cause, restarted) else {
+            return;
         };
         self.printer.say(line);
         self.printer.event(serde_json::json!({"event": "master_start", "outcome": start.outcome, "cause": start.cause}));

@@ -1,0 +1,236 @@
+//! What one reconcile read of a run (its objects and pods from the caches, its password, its
+//! Redis) and what it observed of them for the status ([`Observed`], made by [`observe`]).
+
+use super::cache::RunPods;
+pub use super::pod_problems::PodProblem;
+use super::pod_problems::{last_failed_exit, pod_problem};
+use crate::api::{AbcRun, Progress};
+use crate::protocol::{MasterStart, Resumed, Snapshot};
+use crate::resources::{self, Owned};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::jiff::Timestamp;
+
+/// The run's objects and pods as the caches hold them.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterView {
+    pub workers: Option<Deployment>,
+    /// The managed Redis' Deployment (none for an external Redis).
+    pub redis: Option<Deployment>,
+    pub master_job: Option<Job>,
+    pub pods: RunPods,
+}
+
+/// The run's Redis password, as far as it could be found.
+#[derive(Clone, Debug, Default)]
+pub struct Password {
+    /// The password, when it could be found.
+    pub value: Option<String>,
+    /// A newly generated or kept password for the operator-owned Secret (managed Redis only).
+    pub generated: Option<String>,
+    /// What the user must fix, e.g. a referenced Secret that does not exist.
+    pub problem: Option<String>,
+}
+
+/// What reading the run's Redis gave.
+#[derive(Clone, Debug)]
+pub enum RedisReading {
+    /// Not read: see [`redis_readable`].
+    NotRead,
+    Read(Box<Snapshot>),
+    Failed(String),
+}
+
+impl RedisReading {
+    /// What was read, when the Redis was read: its snapshot, or why it could not be.
+    pub fn into_reading(self) -> Option<Result<Snapshot, String>> {
+        match self {
+            RedisReading::NotRead => None,
+            RedisReading::Read(snapshot) => Some(Ok(*snapshot)),
+            RedisReading::Failed(err) => Some(Err(err)),
+        }
+    }
+
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        match self {
+            RedisReading::Read(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// What the controller saw of a run's parts in one reconcile.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observed {
+    /// The Redis Deployment has a ready replica (always true for an external Redis that answered).
+    pub redis_ready: bool,
+    /// Why Redis is not usable, when it is not (missing Secret, unreachable, wrong password...).
+    pub redis_problem: Option<String>,
+    /// Worker pods that exist / are ready (from the worker Deployment's status).
+    pub workers_replicas: i32,
+    pub workers_ready: i32,
+    /// Worker replicas the run asks for now (0 while stopped or suspended).
+    pub workers_desired: i32,
+    /// Label selector of the worker pods.
+    pub selector: String,
+    /// The master Job, if the run has one.
+    pub master: Option<MasterState>,
+    /// Progress read from Redis, when Redis answered.
+    pub progress: Option<Progress>,
+    /// Workers repaired so far: the larger of the previous status and the count the repair
+    /// script keeps in the run's Redis (`protocol::keys::LOST_WORKERS`).
+    pub lost_workers: i64,
+    /// Why worker pods cannot run (a missing image, a crash loop...), if they cannot.
+    pub worker_pod_problem: Option<PodProblem>,
+    /// Why the master Job's pod cannot run, if it cannot.
+    pub master_pod_problem: Option<PodProblem>,
+    /// Why the managed Redis' pod cannot run, if it cannot.
+    pub redis_pod_problem: Option<PodProblem>,
+    /// The last resume of a master that Redis holds, when Redis answered.
+    pub resumed: Option<Resumed>,
+    /// The Redis server's `run_id`, when Redis answered.
+    pub redis_run_id: Option<String>,
+    /// How the last master start on the current Redis went, when Redis answered and holds it.
+    pub master_start: Option<MasterStart>,
+    /// The last failed exit of the master's container (the newest pod's), e.g. `exit code 1:
+    /// abc_operator.ResumeError: …`, from its termination message.
+    pub master_exit: Option<String>,
+}
+
+impl Observed {
+    /// The pod problem the run's Degraded condition reports, if any: Redis' first (nothing
+    /// works without it), then the master's, then the workers'.
+    pub fn pod_problem(&self) -> Option<&PodProblem> {
+        self.redis_pod_problem
+            .as_ref()
+            .or(self.master_pod_problem.as_ref())
+            .or(self.worker_pod_problem.as_ref())
+    }
+}
+
+/// State of the master Job.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MasterState {
+    /// Not created yet or no pod running.
+    Pending,
+    Running,
+    Succeeded,
+    /// Failed for good (backoff limit or deadline), with the Job's reason.
+    Failed(String),
+}
+
+impl MasterState {
+    /// The Job ended for good: nothing needs the run's Redis or workers any more.
+    pub fn is_finished(&self) -> bool {
+        matches!(self, MasterState::Succeeded | MasterState::Failed(_))
+    }
+}
+
+/// What the status is computed from.
+pub fn observe(
+    run: &AbcRun,
+    view: &ClusterView,
+    password: &Password,
+    redis: &RedisReading,
+    owned: &Owned,
+    now: Timestamp,
+) -> Observed {
+    let worker_status = view
+        .workers
+        .as_ref()
+        .and_then(|d| d.status.clone())
+        .unwrap_or_default();
+    let mut observed = Observed {
+        // An external Redis is ready when it answers (below).
+        redis_ready: owned.redis_deployment.is_none() || deployment_ready(view.redis.as_ref()),
+        redis_problem: password.problem.clone(),
+        workers_replicas: worker_status.replicas.unwrap_or(0),
+        workers_ready: worker_status.ready_replicas.unwrap_or(0),
+        workers_desired: owned
+            .workers
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(0),
+        selector: resources::worker_selector(run),
+        master: owned
+            .master_job
+            .as_ref()
+            .map(|_| master_state(view.master_job.as_ref())),
+        progress: None,
+        lost_workers: run.status.as_ref().map(|s| s.lost_workers).unwrap_or(0),
+        worker_pod_problem: pod_problem(&view.pods.workers, now),
+        master_pod_problem: owned
+            .master_job
+            .as_ref()
+            .and_then(|_| pod_problem(&view.pods.master, now)),
+        redis_pod_problem: owned
+            .redis_deployment
+            .as_ref()
+            .and_then(|_| pod_problem(&view.pods.redis, now)),
+        resumed: None,
+        redis_run_id: None,
+        master_start: None,
+        master_exit: owned
+            .master_job
+            .as_ref()
+            .and_then(|_| last_failed_exit(&view.pods.master)),
+    };
+    match redis {
+        RedisReading::NotRead => {}
+        RedisReading::Read(snapshot) => {
+            observed.progress = Some(Progress::from(snapshot.as_ref()));
+            // The repair script counts in Redis itself, so a repair whose status write was
+            // lost (a controller crash) is counted here; max, so that a Redis that lost its
+            // data does not make the number go back.
+            observed.lost_workers = observed.lost_workers.max(snapshot.lost_workers);
+            observed.resumed = snapshot.resumed.clone();
+            observed.redis_run_id = snapshot.run_id.clone();
+            observed.master_start = snapshot.master_start.clone();
+        }
+        RedisReading::Failed(err) => {
+            if run.spec.redis.external.is_some() {
+                observed.redis_ready = false;
+            }
+            // named: an external Redis may be any server (another tenant's, a typo)
+            let at = resources::redis_host_port_for_operator(run)
+                .map(|(host, port)| format!(" at {host}:{port}"))
+                .unwrap_or_default();
+            observed.redis_problem = Some(format!("cannot read the run's Redis{at}: {err}"));
+        }
+    }
+    observed
+}
+
+pub fn deployment_ready(deployment: Option<&Deployment>) -> bool {
+    deployment
+        .and_then(|d| d.status.as_ref())
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0)
+        > 0
+}
+
+/// The master Job's state, from its conditions and counts.
+pub fn master_state(job: Option<&Job>) -> MasterState {
+    let Some(status) = job.and_then(|j| j.status.as_ref()) else {
+        return MasterState::Pending;
+    };
+    for c in status.conditions.iter().flatten() {
+        if c.status == "True" {
+            match c.type_.as_str() {
+                "Complete" => return MasterState::Succeeded,
+                "Failed" => {
+                    return MasterState::Failed(
+                        c.reason.clone().unwrap_or_else(|| "Failed".into()),
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    if status.active.unwrap_or(0) > 0 {
+        MasterState::Running
+    } else {
+        MasterState::Pending
+    }
+}
