@@ -40,6 +40,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -67,6 +68,7 @@ IDLE_SERVERS = env_int("BENCH_SCALE_IDLE_SERVERS", 4, 2)
 WINDOW_S = env_int("BENCH_SCALE_WINDOW_S", 300, 60)
 SETTLE_S = env_int("BENCH_SCALE_SETTLE_S", 120, 30)
 REPAIRS = env_int("BENCH_SCALE_REPAIRS", 10, 5)
+CHURN = env_int("BENCH_SCALE_CHURN", 2000, 100)
 POPULATION = env_int("BENCH_SCALE_POPULATION", 20, 20)
 MODEL_SLEEP_S = float(os.environ.get("BENCH_SCALE_MODEL_SLEEP_S", "0.2"))
 BASE = os.environ.get("BENCH_SCALE_BASE", "d99cbe4")
@@ -472,6 +474,20 @@ class Controller:
                 return int(line.split()[1])
         return 0
 
+    def metrics(self):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
+            return r.read().decode()
+
+    def run_series(self):
+        """Metric series labelled with a run: what a deleted run must not leave behind."""
+        return sum(1 for line in self.metrics().splitlines() if 'run="' in line)
+
+    def remembered_runs(self):
+        for line in self.metrics().splitlines():
+            if line.startswith("abc_operator_remembered_runs "):
+                return int(float(line.split()[1]))
+        return None
+
     def stop(self):
         self.children.stop(self.proc)
 
@@ -716,12 +732,59 @@ def measure_one(label, binary, cluster, children, live, kubelet, watch, api, res
     }
 
 
+def wait_for(what, timeout, condition, restarting):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        restarting.check()
+        value = condition()
+        if value:
+            return value
+        time.sleep(1)
+    raise BenchError(f"{what} not within {timeout} s")
+
+
+def measure_churn(label, cluster, restarting):
+    """CHURN short runs created and deleted in the background (`kubectl delete`'s default),
+    as an operator up for months sees them: the controller must forget them all, its RSS and
+    its series back where they were."""
+    ctl = restarting.ctl
+    settled = RUNS  # every run of the bench is remembered once reconciled
+    wait_for("the runs remembered", 300, lambda: ctl.remembered_runs() == settled, restarting)
+    before = {"rss": ctl.memory_kib("VmRSS") / 1024, "series": ctl.run_series()}
+    say(f"{label}: churn: creating and deleting {CHURN} runs in the background")
+    docs = [f"apiVersion: abc-operator.dev/v1alpha1\nkind: AbcRun\n"
+            f"metadata: {{name: churn-{i:05d}, labels: {{bench: churn}}}}\n"
+            f"spec: {{image: worker, workers: {{replicas: 0}}, redis: {{external: "
+            f"{{host: 127.0.0.1, port: 1, passwordSecret: {{name: redis-idle-0}}}}}}}}\n"
+            for i in range(CHURN)]
+    peak = 0
+    for j in range(0, len(docs), 200):
+        batch = docs[j:j + 200]
+        cluster.kubectl("-n", NAMESPACE, "create", "-f", "-", input="---\n".join(batch))
+        # the batch reconciled (the batches before it may still be being forgotten)
+        remembered = wait_for("the churn runs reconciled", 600,
+                              lambda: (n := ctl.remembered_runs() or 0) >= settled + len(batch)
+                              and n, restarting)
+        peak = max(peak, remembered)
+        cluster.kubectl("-n", NAMESPACE, "delete", "abcruns", "-l", "bench=churn",
+                        "--wait=false")
+    wait_for("the churn runs forgotten", 600, lambda: ctl.remembered_runs() == settled,
+             restarting)
+    time.sleep(30)  # the last reconciles of what the deletes touched
+    after = {"rss": ctl.memory_kib("VmRSS") / 1024, "series": ctl.run_series(),
+             "remembered": ctl.remembered_runs(), "peak_remembered": peak}
+    return {"churn_before": before, "churn_after": after}
+
+
 def measure(label, binary, cluster, children, live, kubelet, watch, api):
     say(f"{label}: starting the controller ({binary})")
     restarting = Restarting(label, binary, cluster, children)
     try:
-        return measure_one(label, binary, cluster, children, live, kubelet, watch, api,
-                           restarting)
+        result = measure_one(label, binary, cluster, children, live, kubelet, watch, api,
+                             restarting)
+        if label == "current" and CHURN > 0:
+            result.update(measure_churn(label, cluster, restarting))
+        return result
     finally:
         restarting.ctl.stop()
         say(f"{label}: controller stopped")
@@ -759,6 +822,16 @@ def report(results, labels):
     row("RSS MiB (mean / max in window)", lambda r: f"{r['rss_mean']:.0f} / {r['rss_max']:.0f}",
         f"<= {TARGET_RSS_MIB}", lambda r: r["rss_max"] <= TARGET_RSS_MIB)
     row("  peak RSS since start (VmHWM)", lambda r: f"{r['rss_hwm']:.0f}")
+
+    def churn_text(r):
+        if "churn_before" not in r:
+            return "-"
+        b, a = r["churn_before"], r["churn_after"]
+        return (f"RSS {b['rss']:.0f} -> {a['rss']:.0f} MiB, run series {b['series']} -> "
+                f"{a['series']}, remembered {a['remembered']}")
+    row(f"{CHURN} runs created and deleted (background)", churn_text,
+        "series back", lambda r: "churn_after" not in r
+        or r["churn_after"]["series"] <= r["churn_before"]["series"])
     row("CPU % of one core", lambda r: f"{r['cpu_pct']:.1f}", f"<= {TARGET_CPU_PCT:.0f}",
         lambda r: r["cpu_pct"] <= TARGET_CPU_PCT)
 
