@@ -5,35 +5,9 @@ use super::*;
 use crate::api::{Progress, RedisInstance, Resumes};
 use crate::controller::observe::{MasterState, PodProblem};
 use crate::controller::status::compute;
-use crate::protocol::{MasterStart, StartOutcome};
+use crate::controller::test_support::{healthy, run, start};
+use crate::protocol::StartOutcome;
 use std::collections::BTreeSet;
-
-fn run(yaml: &str) -> AbcRun {
-    serde_yaml::from_str(&format!(
-        "apiVersion: abc-operator.dev/v1alpha1\nkind: AbcRun\nmetadata: {{name: r, namespace: n, generation: 3}}\nspec: {yaml}"
-    ))
-    .unwrap()
-}
-
-fn healthy() -> Observed {
-    Observed {
-        redis_ready: true,
-        workers_replicas: 2,
-        workers_ready: 2,
-        workers_desired: 2,
-        selector: "abc-operator.dev/run=r".into(),
-        master: Some(MasterState::Running),
-        ..Observed::default()
-    }
-}
-
-fn start(outcome: StartOutcome, cause: &str, at: &str) -> Option<MasterStart> {
-    Some(MasterStart {
-        outcome,
-        cause: cause.into(),
-        at: at.into(),
-    })
-}
 
 const MASTER: &str = "{image: i, master: {command: [python, m.py]}}";
 

@@ -18,6 +18,8 @@ mod progress_poller;
 mod reconcile;
 mod redis_access;
 pub mod status;
+#[cfg(test)]
+mod test_support;
 mod workers;
 
 pub use guard::{GuardedRun, UNREADABLE_REASON, UnreadableRun};

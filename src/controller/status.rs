@@ -374,25 +374,7 @@ mod tests {
     use super::*;
     use crate::controller::follow_up::{master_start_warning, redis_restarted};
     use crate::controller::observe::PodProblem;
-
-    fn run(yaml: &str) -> AbcRun {
-        serde_yaml::from_str(&format!(
-            "apiVersion: abc-operator.dev/v1alpha1\nkind: AbcRun\nmetadata: {{name: r, namespace: n, generation: 3}}\nspec: {yaml}"
-        ))
-        .unwrap()
-    }
-
-    fn healthy() -> Observed {
-        Observed {
-            redis_ready: true,
-            workers_replicas: 2,
-            workers_ready: 2,
-            workers_desired: 2,
-            selector: "abc-operator.dev/run=r".into(),
-            master: Some(MasterState::Running),
-            ..Observed::default()
-        }
-    }
+    use crate::controller::test_support::{healthy, run, start};
 
     #[test]
     fn phase_follows_the_master_and_the_parts() {
@@ -659,14 +641,6 @@ mod tests {
             ("b", 1, false),
         ];
         assert_eq!(seen, want.map(|(id, n, new)| (id.to_string(), n, new)));
-    }
-
-    fn start(outcome: StartOutcome, cause: &str, at: &str) -> Option<MasterStart> {
-        Some(MasterStart {
-            outcome,
-            cause: cause.into(),
-            at: at.into(),
-        })
     }
 
     #[test]
