@@ -15,7 +15,8 @@ apt_install() {
   fi
   echo "installing Debian packages: $*" >&2
   # update once per machine: a fresh one has no package lists
-  if [ ! -f /var/lib/apt/lists/lock ] || [ -z "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v lock)" ]; then
+  if [ ! -f /var/lib/apt/lists/lock ] ||
+    [ -z "$(find /var/lib/apt/lists/ -mindepth 1 -maxdepth 1 ! -name '.*' ! -name '*lock*' -print -quit 2>/dev/null)" ]; then
     apt-get update -qq
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null || {

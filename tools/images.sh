@@ -82,7 +82,8 @@ apt_install() {
   fi
   log "installing Debian packages: $*"
   # update once per machine: a fresh one has no package lists
-  if [ -z "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v -e lock -e partial)" ]; then
+  if [ -z "$(find /var/lib/apt/lists/ -mindepth 1 -maxdepth 1 ! -name '.*' ! -name '*lock*' ! -name '*partial*' \
+    -print -quit 2>/dev/null)" ]; then
     apt-get update -qq
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null || {

@@ -73,7 +73,8 @@ install_packages() {
   command -v conntrack >/dev/null || need+=(conntrack)
   [ ${#need[@]} -eq 0 ] && return 0
   log "installing Debian packages: ${need[*]}"
-  if [ -z "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v -e lock -e partial)" ]; then
+  if [ -z "$(find /var/lib/apt/lists/ -mindepth 1 -maxdepth 1 ! -name '.*' ! -name '*lock*' ! -name '*partial*' \
+    -print -quit 2>/dev/null)" ]; then
     apt-get update -qq
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null ||
