@@ -14,11 +14,12 @@ demo: deps
 	ABC_PYTHON=$(PYTHON) ./target/release/abc-operator run examples/gaussian/abcrun.yaml
 
 ## check: the fast loop, no cluster: formatting, dependency licences and sources, pyflakes,
-## clippy (warnings are errors), the unit tests and the CRD drift test
+## shellcheck, clippy (warnings are errors), the unit tests and the CRD drift test
 check:
 	$(CARGO) fmt --check
 	scripts/check-licenses.py
 	scripts/pyflakes.sh
+	scripts/shellcheck.sh
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --lib --bins
 	$(CARGO) test --test crd_drift

@@ -2,8 +2,9 @@
 # Installs what abc-operator's demo and tests need on a fresh machine, and nothing twice:
 #   - redis-server (Debian package),
 #   - a Python venv with the pinned pyabc (python/requirements.txt), cached outside the checkout
-#     keyed by the requirements' hash and linked as .venv.
-# Usage: scripts/deps.sh [redis] [python]   (no argument: both)
+#     keyed by the requirements' hash and linked as .venv,
+#   - shellcheck (Debian package; only when asked: `make check` lints with it).
+# Usage: scripts/deps.sh [redis] [python] [shellcheck]   (no argument: redis and python)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 want=${*:-redis python}
@@ -15,7 +16,8 @@ apt_install() {
   fi
   echo "installing Debian packages: $*" >&2
   # update once per machine: a fresh one has no package lists
-  if [ ! -f /var/lib/apt/lists/lock ] || [ -z "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v lock)" ]; then
+  if [ ! -f /var/lib/apt/lists/lock ] ||
+    [ -z "$(find /var/lib/apt/lists/ -mindepth 1 -maxdepth 1 ! -name '.*' ! -name '*lock*' -print -quit 2>/dev/null)" ]; then
     apt-get update -qq
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null || {
@@ -45,5 +47,10 @@ case " $want " in *" python "*)
     touch "$cache/.complete"
   fi
   ln -sfn "$cache" "$root/.venv"
+  ;;
+esac
+
+case " $want " in *" shellcheck "*)
+  command -v shellcheck >/dev/null || apt_install shellcheck
   ;;
 esac

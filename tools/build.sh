@@ -58,7 +58,7 @@ if [ "$missing" -gt 0 ]; then
     names=() pkgs=()
     for t in "${targets[@]}"; do
       IFS='|' read -r m name pkg <<<"$t"
-      [ "$m" = "$mod" ] && [ ! -x "$bin/$name" ] || continue
+      if [ "$m" != "$mod" ] || [ -x "$bin/$name" ]; then continue; fi
       names+=("$name")
       pkgs+=("$pkg")
     done

@@ -82,7 +82,8 @@ apt_install() {
   fi
   log "installing Debian packages: $*"
   # update once per machine: a fresh one has no package lists
-  if [ -z "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v -e lock -e partial)" ]; then
+  if [ -z "$(find /var/lib/apt/lists/ -mindepth 1 -maxdepth 1 ! -name '.*' ! -name '*lock*' ! -name '*partial*' \
+    -print -quit 2>/dev/null)" ]; then
     apt-get update -qq
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null || {
@@ -279,7 +280,7 @@ df_setvar() { # df_setvar ARRAY NAME VALUE: NAME=VALUE in an array of assignment
   local -n arr=$1
   local i
   for i in "${!arr[@]}"; do
-    if [ "${arr[$i]%%=*}" = "$2" ]; then arr[$i]="$2=$3"; return; fi
+    if [ "${arr[$i]%%=*}" = "$2" ]; then arr[i]="$2=$3"; return; fi
   done
   arr+=("$2=$3")
 }
@@ -333,6 +334,7 @@ in_root() {
   [ -e "$rootfs/etc/resolv.conf" ] || : >"$rootfs/etc/resolv.conf"
   [ -z "$wheelhouse" ] || mkdir -p "$rootfs/wheelhouse"
   local rc=0
+  # shellcheck disable=SC2016 # the script's $1.. are the inner sh's arguments, expanded there
   unshare --mount --pid --fork --mount-proc="$rootfs/proc" \
     /bin/sh -c '
       set -e
@@ -675,6 +677,7 @@ build_image() { # build_image NAME ARCHIVE
       local tagv
       tagv=$(sed -n 's/^TAG ?= *//p' "$(dirname "$dockerfile")/Makefile")
       # As kubernetes' build/pause/Makefile: -Os -Wall -Werror -static, then strip.
+      # shellcheck disable=SC2016 # $1.. are the inner sh's arguments, expanded there
       step gcc "gcc -Os -static pause.c" sh -c 'gcc -Os -Wall -Werror -static -DVERSION="$1" -o "$2" "$3" && strip "$2"' \
         sh "v$tagv-abc-operator" "$context/bin/pause-linux-$goarch" "$(dirname "$dockerfile")/linux/pause.c"
       ;;

@@ -73,7 +73,8 @@ install_packages() {
   command -v conntrack >/dev/null || need+=(conntrack)
   [ ${#need[@]} -eq 0 ] && return 0
   log "installing Debian packages: ${need[*]}"
-  if [ -z "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v -e lock -e partial)" ]; then
+  if [ -z "$(find /var/lib/apt/lists/ -mindepth 1 -maxdepth 1 ! -name '.*' ! -name '*lock*' ! -name '*partial*' \
+    -print -quit 2>/dev/null)" ]; then
     apt-get update -qq
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null ||
@@ -365,9 +366,9 @@ stop_proc() { # name
 kill_pods() {
   local procs
   for _ in 1 2 3; do
-    procs=$(find /sys/fs/cgroup -path '*kubepods*' -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u || true)
-    [ -n "$procs" ] || break
-    kill -9 $procs 2>/dev/null || true
+    mapfile -t procs < <(find /sys/fs/cgroup -path '*kubepods*' -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u)
+    [ "${#procs[@]}" -gt 0 ] || break
+    kill -9 "${procs[@]}" 2>/dev/null || true
     sleep 0.3
   done
 }
@@ -418,15 +419,17 @@ remove_new_chains() {
 # nft tables that appeared while the node ran: kube-proxy's, and the iptables-nft tables
 # (nat, filter, mangle) if they hold no rule any more.
 remove_new_nft_tables() {
-  local line
+  local line table
   # Without the nft tool (no nftables package) no table was made through it.
   command -v nft >/dev/null || return 0
   nft list tables 2>/dev/null | sort | while read -r line; do
     grep -qxF "$line" "$RUN/before/nft-tables" 2>/dev/null && continue
-    # A line is "table FAMILY NAME"; a rule is any line of the listing that is not structure.
-    if [[ "$line" == *kube* ]] || ! nft list $line 2>/dev/null |
+    # A line is "table FAMILY NAME", given to nft as three words; a rule is any line of the
+    # listing that is not structure.
+    read -ra table <<<"$line"
+    if [[ "$line" == *kube* ]] || ! nft list "${table[@]}" 2>/dev/null |
       grep -vqE '^\s*(table|chain|type|policy|\}|$)'; then
-      nft delete $line 2>/dev/null || true
+      nft delete "${table[@]}" 2>/dev/null || true
     fi
   done
 }
@@ -445,7 +448,7 @@ down() {
   [ -n "$dir" ] && unmount_under "$dir/node"
   remove_cgroups
   # kube-proxy's rules: its own clean-up, then what it leaves (empty KUBE-* chains, tables).
-  [ -f "$RUN/bin" ] && "$(cat "$RUN/bin")/kube-proxy" --cleanup >/dev/null 2>&1 || true
+  if [ -f "$RUN/bin" ]; then "$(cat "$RUN/bin")/kube-proxy" --cleanup >/dev/null 2>&1 || true; fi
   remove_new_chains
   remove_new_nft_tables
   ip link del "$BRIDGE" 2>/dev/null || true
@@ -462,7 +465,7 @@ down() {
   if [ -f "$RUN/before/no-containers-log-dir" ]; then
     rm -rf /var/log/containers
   elif [ -d /var/log/containers ]; then
-    ls -1 /var/log/containers | while read -r f; do
+    find -H /var/log/containers -mindepth 1 -maxdepth 1 ! -name '.*' -printf '%f\n' | while read -r f; do
       grep -qxF "$f" "$RUN/before/containers-logs" 2>/dev/null || rm -f "/var/log/containers/$f"
     done
   fi
