@@ -835,7 +835,7 @@ def section_d(children, rows, notes):
         workers = D_WORKERS
         if effective < max_clients:
             notes.append(f"D: redis-server lowered maxclients from {max_clients} to {effective} "
-                         "(its open-files limit); see README, Scale")
+                         "(its open-files limit); see docs/scaling.md, Many workers on one Redis")
             workers = min(workers, (effective - 100) // per_worker)
         say(f"D: {workers} simulated workers in {D_PROCESSES} processes, {D_MODEL_S:.0f} s "
             f"model, pop {D_POP}, {D_GENS} gen; ledger then plain pyABC commands")

@@ -5,7 +5,7 @@ Each simulated worker does what one process of the worker entrypoint
 (src/protocol/abc_worker.py) does on the wire, with two connections: one subscribed to
 pyABC's channel, one for commands, which the heartbeat shares here (the entrypoint beats
 from its supervisor, over a third connection per worker pod: the same scripts, one idle
-connection more, whose cost README.md gives). Per dynamic generation it reads the generation's settings, joins, and loops: claim
+connection more, whose cost docs/scaling.md gives). Per dynamic generation it reads the generation's settings, joins, and loops: claim
 one evaluation, run the model (an asyncio sleep of BENCH_MODEL_S, then pyABC's real
 `simulate_one` from the master, whose own model does not sleep), report the result; then it
 leaves. With BENCH_LEDGER=1 every counter change and result goes through the entrypoint's

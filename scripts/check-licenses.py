@@ -5,7 +5,7 @@ sources` does, without its install and offline).
 Every dependency must come from crates.io and carry a licence expression that the allow-list
 satisfies (SPDX: `A OR B` needs one, `A AND B` needs both; `WITH` exceptions only widen).
 Advisories are not checked here: the RustSec database is a git repository this build does
-not fetch (see README, Contributing).
+not fetch (see docs/contributing.md, The loop).
 
 Usage: scripts/check-licenses.py   (exit 1 naming each offending crate)
 """
