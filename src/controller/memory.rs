@@ -32,7 +32,7 @@ struct Remembered {
     /// read once and kept until the run's Redis refuses it or the run points at another Secret.
     password: Option<(SecretKeyRef, String)>,
     /// When this controller last wrote the run's status (progress counters are written at a
-    /// bounded rate, see `follow_up::status_write`).
+    /// bounded rate, see `follow_up::write_due`).
     status_written: Option<Instant>,
     /// The problems (Degraded reasons) told to the run's user as a Warning, and when. A problem
     /// that clears for a moment and comes back (another, shorter problem took the Degraded

@@ -35,7 +35,7 @@ pub struct Password {
 /// What reading the run's Redis gave.
 #[derive(Clone, Debug)]
 pub enum RedisReading {
-    /// Not read: see [`redis_readable`].
+    /// Not read: see `decide::redis_readable`.
     NotRead,
     Read(Box<Snapshot>),
     Failed(String),
