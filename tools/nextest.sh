@@ -19,7 +19,7 @@ if [ "${1:-}" = "--print" ]; then
 fi
 
 if [ ! -x "$bin" ] || [ ! -f "$out/.complete" ]; then
-  echo "installing cargo-nextest $version from crates.io (first time: a few minutes on 2 cores)" >&2
+  echo "installing cargo-nextest $version from crates.io (first time: about 12 CPU-minutes)" >&2
   start=$SECONDS
   rm -rf "$out"
   build=$(mktemp -d)
