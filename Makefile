@@ -4,7 +4,7 @@ CARGO ?= cargo
 PYTHON := $(CURDIR)/.venv/bin/python
 TESTENV := $(CURDIR)/target/testenv
 
-.PHONY: demo check test-unit test deps tools cluster cluster-down cluster-real cluster-real-down crds build bench bench-scale images
+.PHONY: demo check test-unit test deps tools nextest cluster cluster-down cluster-real cluster-real-down crds build bench bench-scale images
 # The operator image of the test cluster carries the debug build the tests use (tools/images.sh).
 OPERATOR_DEBUG_BIN = $${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/abc-operator
 
@@ -29,8 +29,9 @@ test-unit:
 	$(CARGO) test --lib --bins
 
 ## test: every test, real parts included (redis-server, pyabc, a loopback control plane with
-## a fake node, and one with a real node running the images built here)
-test: deps tools
+## a fake node, and one with a real node running the images built here), run by cargo-nextest:
+## the test binaries side by side, within the groups of .config/nextest.toml
+test: deps tools nextest
 	@set -euo pipefail; \
 	$(CARGO) build --bin abc-operator; \
 	env_dir=$(CURDIR)/target/testenv-test-$$$$; real_dir=$(CURDIR)/target/testenv-real-test-$$$$; \
@@ -38,11 +39,16 @@ test: deps tools
 	tools/cluster.sh up $$env_dir --owner-pid $$$$ >/dev/null; \
 	ABC_OPERATOR_BIN=$(OPERATOR_DEBUG_BIN) tools/cluster.sh up $$real_dir --owner-pid $$$$ --real-node >/dev/null; \
 	export ABC_TEST_KUBECONFIG=$$env_dir/kubeconfig ABC_REAL_NODE_KUBECONFIG=$$real_dir/kubeconfig \
-	       ABC_PYTHON=$(PYTHON) ABC_TOOLS_BIN=$$(tools/build.sh --print); \
-	$(CARGO) test --all-targets --no-fail-fast -- --test-threads=4
+	       ABC_PYTHON=$(PYTHON) ABC_TOOLS_BIN=$$(tools/build.sh --print) \
+	       PATH=$$(dirname $$(tools/nextest.sh --print)):$$PATH; \
+	$(CARGO) nextest run --all-targets --no-fail-fast
 
 deps:
 	scripts/deps.sh
+
+## nextest: install the pinned cargo-nextest, the runner of `make test` (cached)
+nextest:
+	tools/nextest.sh >/dev/null
 
 ## tools: build the control-plane binaries and helm from the pinned Go modules (cached)
 tools:

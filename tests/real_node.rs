@@ -55,10 +55,24 @@ fn kubectl_stdin(args: &[&str], input: &str) -> String {
 }
 
 /// `helm install` of the chart, as the README says, with the images built here: once per test
-/// process. Waits until the operator's pod is Ready.
+/// run. Waits until the operator's pod is Ready.
+///
+/// nextest runs every test in a process of its own, several at once, and two helm commands on
+/// one release at once fail ("another operation is in progress"): the first test of the run
+/// installs, holding a lock in the cluster's directory, and leaves a mark there that the run's
+/// other tests find. The run is nextest's run id; under `cargo test`, the test process.
 fn install_operator() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
+        let dir = NODE.kubeconfig().parent().expect("the cluster's directory");
+        let run =
+            std::env::var("NEXTEST_RUN_ID").unwrap_or_else(|_| std::process::id().to_string());
+        let lock = std::fs::File::create(dir.join("operator-install.lock")).unwrap();
+        lock.lock().expect("lock the operator's installation");
+        let mark = dir.join(format!("operator-installed-{run}"));
+        if mark.exists() {
+            return;
+        }
         let out = NODE
             .helm()
             .args(["upgrade", "--install", "abc-operator", CHART])
@@ -83,6 +97,7 @@ fn install_operator() {
                 String::from_utf8_lossy(&pods.stdout)
             );
         }
+        std::fs::write(&mark, "").unwrap();
     });
 }
 
