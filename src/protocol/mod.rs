@@ -82,6 +82,31 @@ pub const REDIS_LOST_EXIT_CODE: i32 = 75;
 /// so the master Job fails at once instead of retrying `backoffLimit` times.
 pub const RESUME_REFUSED_EXIT_CODE: i32 = 65;
 
+/// The protocol's constants another program needs, as JSON: the bench reads them from
+/// `bench/constants.json`, which `tests/crd_drift.rs` keeps equal to this.
+pub fn constants_json() -> String {
+    let value = serde_json::json!({
+        "keys": {
+            "early_release": keys::EARLY_RELEASE,
+            "ledger_prefix": keys::LEDGER_PREFIX,
+            "ledger_set": keys::LEDGER_SET,
+            "lost_workers": keys::LOST_WORKERS,
+        },
+        "redis_server": {
+            "config_lines": server_config::config_lines(),
+            "max_clients": server_config::max_clients(),
+            "max_worker_processes": server_config::MAX_WORKER_PROCESSES,
+            "reserved_clients": server_config::RESERVED_CLIENTS,
+            "tcp_backlog": server_config::TCP_BACKLOG,
+            "worker_connections_per_process": server_config::WORKER_CONNECTIONS_PER_PROCESS,
+            "worker_connections_per_supervisor": server_config::WORKER_CONNECTIONS_PER_SUPERVISOR,
+        },
+    });
+    let mut text = serde_json::to_string_pretty(&value).expect("plain JSON");
+    text.push('\n');
+    text
+}
+
 /// Where a run's Redis is. The password is never printed by `Debug`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Endpoint {
