@@ -51,11 +51,10 @@ from pathlib import Path
 import redis
 
 from common import T0, BenchError, Children, RedisServer, pct, say, table, verdict
-from shipped import KEYS, REDIS_SERVER
+from shipped import ENTRYPOINT, KEYS, REDIS_SERVER, lua_script
 
 ROOT = Path(__file__).resolve().parent.parent
 MASTER = ROOT / "bench" / "master.py"
-ENTRYPOINT = ROOT / "src" / "protocol" / "abc_worker.py"
 PYTHON = os.environ.get("ABC_PYTHON") or sys.executable
 BIN = Path(os.environ.get("ABC_OPERATOR_BIN") or ROOT / "target" / "release" / "abc-operator")
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
@@ -744,12 +743,9 @@ class Swarm:
 
 
 def repair_script():
-    """The repair script, between its markers in the entrypoint: what the operator's
-    `protocol::repair_lost_worker` runs (src/protocol/repair.rs reads it the same way)."""
-    text = ENTRYPOINT.read_text()
-    begin, end = "-- abc-operator repair script: begin", "-- abc-operator repair script: end"
-    start = text.index(begin)
-    return text[start:text.index(end, start) + len(end)]
+    """The repair script the entrypoint ships: what the operator's
+    `protocol::repair_lost_worker` runs (src/protocol/repair.rs includes the same file)."""
+    return lua_script("repair.lua")
 
 
 def swarm_run(children, server, workers, ledger, tag):
