@@ -38,7 +38,6 @@ Environment:
 import json
 import os
 import queue
-import re
 import shutil
 import signal
 import statistics
@@ -52,10 +51,10 @@ from pathlib import Path
 import redis
 
 from common import T0, BenchError, Children, RedisServer, pct, say, table, verdict
+from shipped import ENTRYPOINT, KEYS, REDIS_SERVER, lua_script
 
 ROOT = Path(__file__).resolve().parent.parent
 MASTER = ROOT / "bench" / "master.py"
-ENTRYPOINT = ROOT / "src" / "protocol" / "abc_worker.py"
 PYTHON = os.environ.get("ABC_PYTHON") or sys.executable
 BIN = Path(os.environ.get("ABC_OPERATOR_BIN") or ROOT / "target" / "release" / "abc-operator")
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
@@ -658,16 +657,12 @@ def resume_run(children, victim, tag):
 
 def managed_redis_config():
     """The managed Redis' client settings, computed like src/protocol/server_config.rs
-    does from its constants (read from that file, so the two cannot drift apart)."""
-    source = (ROOT / "src" / "protocol" / "server_config.rs").read_text()
-
-    def const(name):
-        return int(re.search(rf"const {name}: u32 = ([0-9_]+);", source).group(1).replace("_", ""))
-
-    max_clients = (const("MAX_WORKER_PROCESSES") * const("WORKER_CONNECTIONS_PER_PROCESS")
-                   + const("RESERVED_CLIENTS"))
-    return (f"maxclients {max_clients}\ntcp-backlog {const('TCP_BACKLOG')}\ntimeout 0\n",
-            max_clients, const("WORKER_CONNECTIONS_PER_PROCESS"))
+    does from its constants (which constants.json holds, so the two cannot drift apart)."""
+    max_clients = (REDIS_SERVER["max_worker_processes"]
+                   * REDIS_SERVER["worker_connections_per_process"]
+                   + REDIS_SERVER["reserved_clients"])
+    return (f"maxclients {max_clients}\ntcp-backlog {REDIS_SERVER['tcp_backlog']}\ntimeout 0\n",
+            max_clients, REDIS_SERVER["worker_connections_per_process"])
 
 
 def redis_cpu_s(client):
@@ -748,12 +743,9 @@ class Swarm:
 
 
 def repair_script():
-    """The repair script, between its markers in the entrypoint: what the operator's
-    `protocol::repair_lost_worker` runs (src/protocol/repair.rs reads it the same way)."""
-    text = ENTRYPOINT.read_text()
-    begin, end = "-- abc-operator repair script: begin", "-- abc-operator repair script: end"
-    start = text.index(begin)
-    return text[start:text.index(end, start) + len(end)]
+    """The repair script the entrypoint ships: what the operator's
+    `protocol::repair_lost_worker` runs (src/protocol/repair.rs includes the same file)."""
+    return lua_script("repair.lua")
 
 
 def swarm_run(children, server, workers, ledger, tag):
@@ -811,8 +803,8 @@ def kill_and_repair(client, swarm):
     killed_at = time.monotonic()
     pipe = client.pipeline(transaction=False)
     for ledger_id in ids:
-        pipe.evalsha(sha, 3, "abc_operator:ledger:" + ledger_id, "abc_operator:ledgers",
-                     "abc_operator:lost_workers", ledger_id)
+        pipe.evalsha(sha, 3, KEYS["ledger_prefix"] + ledger_id, KEYS["ledger_set"],
+                     KEYS["lost_workers"], ledger_id)
     replies = pipe.execute()
     repaired_s = time.monotonic() - killed_at
     corrected = 0
@@ -821,8 +813,8 @@ def kill_and_repair(client, swarm):
         corrected += 1 if fields.get(b"last_index", 0) else 0
     again = client.pipeline(transaction=False)
     for ledger_id in ids:
-        again.evalsha(sha, 3, "abc_operator:ledger:" + ledger_id, "abc_operator:ledgers",
-                      "abc_operator:lost_workers", ledger_id)
+        again.evalsha(sha, 3, KEYS["ledger_prefix"] + ledger_id, KEYS["ledger_set"],
+                      KEYS["lost_workers"], ledger_id)
     return {"killed": len(ids), "corrected": corrected, "all_repaired_s": repaired_s,
             "second_repairs": sum(1 for r in again.execute() if r)}
 

@@ -9,8 +9,8 @@ connection more, whose cost docs/scaling.md gives). Per dynamic generation it re
 one evaluation, run the model (an asyncio sleep of BENCH_MODEL_S, then pyABC's real
 `simulate_one` from the master, whose own model does not sleep), report the result; then it
 leaves. With BENCH_LEDGER=1 every counter change and result goes through the entrypoint's
-Lua scripts, read from the entrypoint file itself (not copied), and the worker registers a
-ledger and beats every ABC_HEARTBEAT_SECONDS; with 0 it sends pyABC's plain commands
+Lua scripts, read from the files the entrypoint loads (not copied: shipped.py), and the worker
+registers a ledger and beats every ABC_HEARTBEAT_SECONDS; with 0 it sends pyABC's plain commands
 (GET, INCRBY, MULTI/EXEC), as `abc-redis-worker` does.
 
 A raw RESP client on asyncio streams: redis-py's per-command overhead would make the
@@ -24,10 +24,9 @@ stdout: `READY n` once every worker is subscribed.
 
 Environment: ABC_REDIS_HOST, ABC_REDIS_PORT, ABC_REDIS_PASSWORD, SWARM_WORKERS,
 SWARM_PREFIX (ledger ids `{prefix}-{i}`), BENCH_LEDGER, BENCH_MODEL_S (default 1),
-ABC_HEARTBEAT_SECONDS (default 5), SWARM_ENTRYPOINT (the entrypoint file).
+ABC_HEARTBEAT_SECONDS (default 5).
 """
 
-import ast
 import asyncio
 import importlib
 import json
@@ -38,7 +37,8 @@ import resource
 import socket
 import sys
 import traceback
-from pathlib import Path
+
+from shipped import KEYS, lua_script
 
 HOST = os.environ.get("ABC_REDIS_HOST", "127.0.0.1")
 PORT = int(os.environ.get("ABC_REDIS_PORT", "6379"))
@@ -48,34 +48,13 @@ PREFIX = os.environ.get("SWARM_PREFIX", "swarm")
 LEDGER = os.environ.get("BENCH_LEDGER", "1") == "1"
 MODEL_S = float(os.environ.get("BENCH_MODEL_S", "1"))
 HEARTBEAT_S = float(os.environ.get("ABC_HEARTBEAT_SECONDS", "5"))
-ENTRYPOINT = Path(
-    os.environ.get("SWARM_ENTRYPOINT")
-    or Path(__file__).resolve().parent.parent / "src" / "protocol" / "abc_worker.py"
-)
 CHANNEL = b"abc_msg_pubsub"
 
 
-def entrypoint_constants(path: Path) -> dict:
-    """The entrypoint's module-level string constants (Lua scripts, key names), evaluated
-    from its source without running it."""
-    names = {}
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            target = node.targets[0]
-            if isinstance(target, ast.Name):
-                try:
-                    value = eval(compile(ast.Expression(node.value), str(path), "eval"),
-                                 {"__builtins__": {}}, dict(names))
-                except Exception:
-                    continue
-                if isinstance(value, str):
-                    names[target.id] = value
-    return names
-
-
-E = entrypoint_constants(ENTRYPOINT)
-SCRIPTS = {name: E[name] for name in
-           ("REGISTER_LUA", "HEARTBEAT_LUA", "COUNTER_LUA", "RESULTS_LUA", "REPAIR_LUA")}
+# the entrypoint's scripts, by the names of its constants
+SCRIPTS = {"REGISTER_LUA": lua_script("register.lua"), "HEARTBEAT_LUA": lua_script("heartbeat.lua"),
+           "COUNTER_LUA": lua_script("counter.lua"), "RESULTS_LUA": lua_script("results.lua"),
+           "REPAIR_LUA": lua_script("repair.lua")}
 SHA = {}
 
 
@@ -177,7 +156,7 @@ class Worker:
     def __init__(self, index: int):
         self.index = index
         self.id = f"{PREFIX}-{index}"
-        self.ledger = E["LEDGER_PREFIX"] + self.id
+        self.ledger = KEYS["ledger_prefix"] + self.id
         self.reads = {}
         self.claim = None  # (n_eval key, batch size, highest index) from the result script
         self.left = False  # the result script left the generation (pyABC's loop ends next)
@@ -189,9 +168,9 @@ class Worker:
         self.cmd = await Conn.open()
         self.sub = await Conn.open()
         if LEDGER:
-            await self.cmd.call("EVALSHA", SHA["REPAIR_LUA"], 3, self.ledger, E["LEDGER_SET"],
-                                E["LOST_WORKERS"], self.id)
-            await self.script("REGISTER_LUA", [E["LEDGER_SET"]],
+            await self.cmd.call("EVALSHA", SHA["REPAIR_LUA"], 3, self.ledger, KEYS["ledger_set"],
+                                KEYS["lost_workers"], self.id)
+            await self.script("REGISTER_LUA", [KEYS["ledger_set"]],
                               [self.id, self.id, 0, socket.gethostname(), os.getpid()])
         await self.sub.call("SUBSCRIBE", CHANNEL)
 

@@ -174,7 +174,8 @@ pub async fn repair(conn: &mut Conn, worker_id: &str) -> Result<Vec<Repair>, Str
     Ok(corrected)
 }
 
-/// The Python worker entrypoint to write next to the run.
-pub fn worker_entrypoint() -> &'static str {
-    protocol::WORKER_ENTRYPOINT
+/// Writes the Python worker entrypoint and its Lua scripts into `dir` (the run's temporary
+/// folder); returns the entrypoint's path.
+pub fn write_worker_files(dir: &std::path::Path) -> Result<PathBuf, LocalError> {
+    protocol::write_worker_files(dir).map_err(|(path, cause)| LocalError::Files { path, cause })
 }

@@ -7,9 +7,9 @@ master waiting forever. This entrypoint runs pyABC's unchanged worker loop
 (`pyabc.sampler.redis_eps.cli._work`) with a Redis client subclass that records, in the same
 atomic Lua script as each counter change, what the worker owes: the generation it joined,
 the evaluation indices it claimed and has not yet reported, the failures already counted
-against them, the static jobs and the static lock it holds. The operator's repair script
-(REPAIR_LUA below, shared with the operator) gives exactly that back, once, for a worker
-known dead.
+against them, the static jobs and the static lock it holds. The repair script
+(repair.lua, which the operator runs too) gives exactly that back, once, for a worker known
+dead. The Lua scripts ship beside this file.
 
 Ledger: hash `abc_operator:ledger:{id}`, listed in the set `abc_operator:ledgers`.
 Deleting the hash is part of every repair, so the hash is the token that makes a repair
@@ -69,14 +69,14 @@ LEDGER_SET = 'abc_operator:ledgers'
 LEDGER_PREFIX = 'abc_operator:ledger:'
 LOST_WORKERS = 'abc_operator:lost_workers'
 # The analysis whose master waits only for the evaluations that can change its sample (the
-# abc_operator module's sampler writes it: EARLY_RELEASE_KEY there); see RESULTS_LUA.
+# abc_operator module's sampler writes it: EARLY_RELEASE_KEY there); results.lua reads it.
 EARLY_RELEASE = 'abc_operator:early_release'
 EXIT_ERROR, EXIT_CONFIG, EXIT_LOST = 1, 2, 3
 # What a worker process tells its supervisor (one shared byte): registering its ledger, the
 # ledger registered (the supervisor beats for it), settling it at exit, settled.
 STARTING, REGISTERED, LEAVING, LEFT = 0, 1, 2, 3
 # Redis connections a worker process holds (see Config.pool), and a worker's supervisor
-# (Config.heartbeat_client); README states the same figures.
+# (Config.heartbeat_client); docs/scaling.md states the same figures.
 CONNECTIONS_PER_PROCESS = 2
 CONNECTIONS_PER_SUPERVISOR = 1
 # A dead peer is noticed after about 30 + 3 * 10 s of silence (Linux names).
@@ -91,361 +91,38 @@ GONE = 'ABC_LEDGER_GONE'
 # never). Slower models gain less than 1% from it, and at a generation's end one simulation
 # started ahead may be wasted.
 SEND_AHEAD_BELOW_S = 0.05
-# The result that completes a generation releases the workers whose running evaluations
-# cannot matter (RESULTS_LUA) only where at most this many ledgers are registered: it reads
-# each of them, inside Redis, once per generation (4 ms for 1,000, releasing them all).
-# Written into the script's text, hence a string.
-RELEASE_SCAN_MAX = '1000'
 
 log = logging.getLogger('abc_worker')
 
 # ---------------------------------------------------------------------------------------
 # Lua scripts. Each one runs atomically in Redis, so a ledger and the counter it shadows
-# can never disagree, whenever the process dies.
+# can never disagree, whenever the process dies. They ship beside this file, one a file (in
+# the operator's ConfigMap, the local runner's folder, the source tree); what each one takes
+# and returns is written at its top.
 
-NOW_MS = """
-local function now_ms()
-  local t = redis.call('TIME')
-  return t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
-end
-"""
+LUA_DIR = os.path.dirname(os.path.abspath(__file__))
+LUA_INCLUDE = '-- include: '
 
-# KEYS: ledger, ledger set. ARGV: id, worker, process, host, pid.
-REGISTER_LUA = NOW_MS + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local now = now_ms()
-redis.call('HSET', KEYS[1], 'worker', ARGV[2], 'process', ARGV[3], 'host', ARGV[4],
-  'pid', ARGV[5], 'started', now, 'heartbeat', now)
-redis.call('SADD', KEYS[2], ARGV[1])
-return 1
-"""
 
-# KEYS: the ledgers of a worker's processes. Never recreates a ledger a repair deleted.
-# Returns, per ledger, 1 if it was beaten, 0 if it is gone.
-HEARTBEAT_LUA = NOW_MS + """
-local now, alive = now_ms(), {}
-for i, ledger in ipairs(KEYS) do
-  alive[i] = redis.call('EXISTS', ledger)
-  if alive[i] == 1 then redis.call('HSET', ledger, 'heartbeat', now) end
-end
-return alive
-"""
+def lua_script(name: str) -> str:
+    """The text of the Lua script `name` in LUA_DIR, where a line `-- include: other.lua`
+    stands for the text of that file (the fragments two scripts share)."""
+    with open(os.path.join(LUA_DIR, name), encoding='utf-8') as file:
+        lines = file.read().splitlines(keepends=True)
+    return ''.join(
+        lua_script(line[len(LUA_INCLUDE) :].strip()) if line.startswith(LUA_INCLUDE) else line
+        for line in lines
+    )
 
-# What COUNTER_LUA and RESULTS_LUA both do to a ledger.
-LEAVE_LUA = """
--- the generation stays recorded while the worker is in it or still owes something in it
-local function forget_if_done(ledger)
-  if redis.call('HEXISTS', ledger, 'joined') == 0 and redis.call('HEXISTS', ledger, 'claim_max') == 0
-      and redis.call('HEXISTS', ledger, 'jobs') == 0 then
-    redis.call('HDEL', ledger, 'analysis', 'generation')
-  end
-end
--- pyABC's DECR n_worker when a worker leaves a generation, once per join (a result script
--- may have left for it already, or released it). A generation whose n_worker is gone is
--- over: pyABC's master deletes its keys once it has read n_worker 0, in a step of its own,
--- and leaving it must not create n_worker again. Returns n_worker after.
-local function leave(ledger, n_worker)
-  local value = tonumber(redis.call('GET', n_worker) or '')
-  if value and redis.call('HEXISTS', ledger, 'joined') == 1 then
-    value = redis.call('DECR', n_worker)
-  end
-  redis.call('HDEL', ledger, 'joined')
-  forget_if_done(ledger)
-  return value or 0
-end
-"""
 
-# KEYS: ledger, pyABC counter. ARGV: op, amount (negative for DECRBY), analysis, generation.
-# The counter change pyABC asked for, and its shadow in the ledger. On the hot path (a claim,
-# once per batch) it makes 4 calls: EXISTS, INCRBY, GET mode, one HSET.
-COUNTER_LUA = LEAVE_LUA + """
-local ledger = KEYS[1]
-if redis.call('EXISTS', ledger) == 0 then
-  return redis.error_reply('ABC_LEDGER_GONE this worker was declared lost and repaired')
-end
-local op, amount = ARGV[1], tonumber(ARGV[2])
--- A claim RESULTS_LUA made ahead that pyABC's loop did not take (it left the generation
--- instead): given back as a lost worker's would be, its indices done and counted as failed,
--- so that the master waits for none of them and the calibration sample still fills up.
-if op == 'unclaim' then
-  local max, count = tonumber(redis.call('HGET', ledger, 'claim_max') or ''),
-    tonumber(redis.call('HGET', ledger, 'claim_n') or '')
-  redis.call('HDEL', ledger, 'claim_max', 'claim_n', 'claim_fail')
-  forget_if_done(ledger)
-  if not (max and count) or redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
-  local g = ARGV[3] .. '_' .. ARGV[4]
-  for s = max - count + 1, max, 1000 do
-    local chunk = {}
-    for i = s, math.min(s + 999, max) do chunk[#chunk + 1] = i end
-    redis.call('RPUSH', 'done_ixs_' .. g, unpack(chunk))
-  end
-  redis.call('INCRBY', 'n_fail_' .. g, count)
-  return count
-end
-if op == 'leave' then return leave(ledger, KEYS[2]) end
--- A worker that joins a generation whose n_worker is gone (a late `start`, after the master
--- deleted its keys) would create n_worker again: nobody joins it.
-if op == 'join' and redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
-local value = redis.call('INCRBY', KEYS[2], amount)
-if op == 'count' then return value end
-local here = {'analysis', ARGV[3], 'generation', ARGV[4]}
-if op == 'join' then
-  redis.call('HSET', ledger, 'joined', '1', unpack(here))
-elseif op == 'claim' then
-  -- a dynamic worker owns indices value-amount+1..value until it reports them in
-  -- done_ixs; static evaluations are only counted and owe nothing
-  if redis.call('GET', 'mode_' .. ARGV[3] .. '_' .. ARGV[4]) == 'dynamic' then
-    redis.call('HSET', ledger, 'claim_max', value, 'claim_n', amount, 'claim_fail', 0, unpack(here))
-  else
-    redis.call('HSET', ledger, unpack(here))
-  end
-elseif op == 'fail' then
-  redis.call('HSET', ledger, unpack(here))
-  -- already in n_fail: a repair must not count these again
-  if redis.call('HEXISTS', ledger, 'claim_max') == 1 then
-    redis.call('HINCRBY', ledger, 'claim_fail', amount)
-  end
-elseif op == 'job' then
-  redis.call('HSET', ledger, unpack(here))
-  -- n_job -1 takes a job, +1 gives it back
-  if redis.call('HINCRBY', ledger, 'jobs', -amount) <= 0 then
-    redis.call('HDEL', ledger, 'jobs')
-    forget_if_done(ledger)
-  end
-end
-return value
-"""
-
-# KEYS: ledger. ARGV: 'dynamic' or 'static'; for dynamic results the analysis and the
-# generation, else '' twice; '1' where the worker may claim ahead, else '0'; then pyABC's
-# result pipeline, each command as its argument count and its arguments. Runs the pipeline
-# (INCRBY n_acc, RPUSH queue, RPUSH done_ixs) and closes the claim (dynamic) or the held job
-# (static) in the same step. For dynamic results it also reads what pyABC's loop checks next
-# and, where that loop is about to claim its next evaluation, claims it here (see
-# LedgerRedis); where pyABC's loop ends instead, it leaves the generation. Returns {pipeline
-# replies, reads, claim, left}: reads in the order of _read_keys, claim {its highest index,
-# batch size} or {}, left {n_worker after leaving} or {}.
-RESULTS_LUA = LEAVE_LUA + """
--- pyABC's master keeps, of the accepted particles, the n of the lowest indices, and once it
--- has n it waits only for the indices up to the n-th of them (and no longer than n_worker
--- is above 0), sleeping 100 ms per look. An evaluation still running whose indices are all
--- above every index already reported can change nothing of that sample. When the result
--- that gives a generation its n-th acceptance arrives and every other worker in the
--- generation runs only such evaluations, or none, they are released: they leave the
--- generation here (n_worker -1 each, their 'joined' dropped, so that their own leaving
--- changes nothing), and the master finds n_worker 0 at its first look instead of sleeping.
--- All or none: with one evaluation that matters still running the master waits anyway.
--- Scans the ledgers once per generation, and only up to RELEASE_SCAN_MAX of them.
-local function release_others(ledger, ana, t, g)
-  -- only for a master that waits for the evaluations that matter, not for all of them
-  -- (pyABC's wait_for_all_samples): its sampler, from the abc_operator module, says so
-  if redis.call('GET', '""" + EARLY_RELEASE + """') ~= ana then return end
-  local n_worker = tonumber(redis.call('GET', 'n_worker_' .. g) or '')
-  local n_eval = tonumber(redis.call('GET', 'n_eval_' .. g) or '')
-  local mine = redis.call('HEXISTS', ledger, 'joined')
-  if not (n_worker and n_eval) or n_worker <= mine
-      or redis.call('SCARD', '""" + LEDGER_SET + """') > """ + RELEASE_SCAN_MAX + """ then
-    return
-  end
-  local others, lowest, running = {}, n_eval + 1, 0
-  for _, id in ipairs(redis.call('SMEMBERS', '""" + LEDGER_SET + """')) do
-    local key = '""" + LEDGER_PREFIX + """' .. id
-    local f = redis.call('HMGET', key, 'analysis', 'generation', 'joined', 'claim_max', 'claim_n')
-    if f[1] == ana and f[2] == t then
-      if f[3] and key ~= ledger then others[#others + 1] = key end
-      local max, n = tonumber(f[4] or ''), tonumber(f[5] or '')
-      if max and n then
-        lowest, running = math.min(lowest, max - n + 1), running + n
-      end
-    end
-  end
-  -- the running indices must be the highest claimed (n_eval - lowest + 1 of them), and
-  -- n_worker only workers with a ledger (not a plain pyABC worker)
-  if running ~= n_eval - lowest + 1 or #others + mine ~= n_worker then return end
-  for _, key in ipairs(others) do
-    redis.call('HDEL', key, 'joined')
-    forget_if_done(key)
-  end
-  redis.call('DECRBY', 'n_worker_' .. g, #others)
-end
-local ledger = KEYS[1]
-if redis.call('EXISTS', ledger) == 0 then
-  return redis.error_reply('ABC_LEDGER_GONE this worker was declared lost and repaired')
-end
-local replies, i, added = {}, 5, {}
-if ARGV[1] == 'dynamic' and ARGV[2] ~= ''
-    and redis.call('EXISTS', 'n_req_' .. ARGV[2] .. '_' .. ARGV[3]) == 0 then
-  -- the master cleared the generation (wait_for_all_samples does once n_worker is 0): a
-  -- late report must not create its keys again; pyABC's loop leaves it on the reads below
-  i = #ARGV + 1
-end
-while i <= #ARGV do
-  local n, name, key = tonumber(ARGV[i]), string.upper(ARGV[i + 1]), ARGV[i + 2]
-  if name == 'INCRBY' then
-    replies[#replies + 1] = redis.call('INCRBY', key, ARGV[i + 3])
-    added[key] = tonumber(ARGV[i + 3])
-  elseif name == 'RPUSH' then
-    -- in chunks: Lua's unpack is limited by its stack
-    local last = i + n
-    for s = i + 3, last, 1000 do
-      replies[#replies + 1] = redis.call('RPUSH', key, unpack(ARGV, s, math.min(s + 999, last)))
-    end
-  else
-    return redis.error_reply('ABC_LEDGER unexpected command in a result pipeline: ' .. name)
-  end
-  i = i + n + 1
-end
-local reads, claim, left = {}, {}, {}
-if ARGV[1] == 'dynamic' then
-  redis.call('HDEL', ledger, 'claim_max', 'claim_n', 'claim_fail')
-  if ARGV[2] ~= '' then
-    local ana, t = ARGV[2], ARGV[3]
-    local g = ana .. '_' .. t
-    local v = redis.call('MGET', 'analysis_id', 'n_acc_' .. g, 'n_req_' .. g,
-      'is_look_ahead_' .. g, 'n_eval_' .. g, 'n_fail_' .. g, 'all_accepted_' .. g,
-      'batch_size_' .. g)
-    reads = {v[1], v[2], v[3], v[4]}
-    -- pyABC's loop (work_on_population_dynamic, pyabc 0.13.0) claims its next evaluation
-    -- when the analysis is still the current one, n_acc < n_req and, in the calibration
-    -- sample (all_accepted), n_eval - n_fail < n_req. Not in look-ahead sampling, which has
-    -- a bound and a counter of its own: there pyABC's loop claims by itself.
-    local n_acc, n_req, batch = tonumber(v[2]), tonumber(v[3]), tonumber(v[8])
-    -- pyABC's loop condition, on the values its next check reads
-    local more = n_acc and n_req and n_acc < n_req
-    if more and v[7] == '1' then
-      more = (tonumber(v[5]) or 0) - (tonumber(v[6]) or 0) < n_req
-    end
-    if more and ARGV[4] == '1' and v[1] == ana and v[4] == '0' and batch then
-      local max = redis.call('INCRBY', 'n_eval_' .. g, batch)
-      redis.call('HSET', ledger, 'claim_max', max, 'claim_n', batch, 'claim_fail', 0,
-        'analysis', ana, 'generation', t)
-      reads[5], reads[6], claim = v[5], v[6], {max, batch}
-    elseif n_acc and n_req and not more then
-      -- this result gave the generation its n-th acceptance
-      local added_acc = added['n_acc_' .. g]
-      if added_acc and n_acc - added_acc < n_req and n_acc >= n_req and v[4] == '0' then
-        release_others(ledger, ana, t, g)
-      end
-      -- the loop ends at that check and leaves the generation (DECR n_worker, as
-      -- COUNTER_LUA's 'leave'): left here, in the same step as the generation's last result
-      -- of this worker, so that the master, which sleeps 100 ms whenever it finds a worker
-      -- still in the generation, finds none sooner
-      reads[5], reads[6] = v[5], v[6]
-      left = {leave(ledger, 'n_worker_' .. g)}
-    end
-  end
-elseif redis.call('HINCRBY', ledger, 'jobs', -1) <= 0 then
-  redis.call('HDEL', ledger, 'jobs')
-end
-return {replies, reads, claim, left}
-"""
-
-# KEYS: ledger, lock. ARGV: token, expiry in ms or ''. pyABC's static lock has no expiry:
-# a worker killed holding it would block every static worker forever.
-LOCK_ACQUIRE_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return redis.error_reply('ABC_LEDGER_GONE this worker was declared lost and repaired')
-end
-local ok
-if ARGV[2] ~= '' then
-  ok = redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
-else
-  ok = redis.call('SET', KEYS[2], ARGV[1], 'NX')
-end
-if not ok then return 0 end
-redis.call('HSET', KEYS[1], 'lock_name', KEYS[2], 'lock_token', ARGV[1])
-return 1
-"""
-
-# KEYS: ledger, lock. ARGV: token. Not fenced: releasing one's own lock is always right.
-LOCK_RELEASE_LUA = """
-redis.call('HDEL', KEYS[1], 'lock_name', 'lock_token')
-if redis.call('GET', KEYS[2]) == ARGV[1] then
-  redis.call('DEL', KEYS[2])
-  return 1
-end
-return 0
-"""
-
-# The operator runs this same script (it reads it from this file, between the markers).
-REPAIR_LUA = """
--- abc-operator repair script: begin
--- KEYS: ledger hash, ledger set, lost-worker counter. ARGV: ledger id.
--- Gives back what a dead worker owes, once: deleting the ledger is part of the repair.
--- Returns nil without a ledger, else {name, value, ...} with the names analysis,
--- generation, left_generation, first_index, last_index, failures_added, jobs_returned,
--- lock_released, stale, lost_workers (both callers read them by name).
-local raw = redis.call('HGETALL', KEYS[1])
-if #raw == 0 then
-  redis.call('SREM', KEYS[2], ARGV[1])
-  return false
-end
-local f = {}
-for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
-local ana, t = f['analysis'], f['generation']
-local left, first, last, failed, jobs, unlocked, stale = 0, 0, 0, 0, 0, 0, 0
-local function key(name) return name .. '_' .. ana .. '_' .. t end
--- pyABC counters are only corrected while they exist: INCRBY must never create one
-local function exists(name) return redis.call('EXISTS', key(name)) == 1 end
-if ana and t then
-  local current = redis.call('GET', 'analysis_id')
-  local current_t = current and tonumber(redis.call('GET', 'generation_' .. current) or '')
-  local ledger_t = tonumber(t)
-  -- live: the current analysis, and its current generation or (look-ahead) the one before
-  if current == ana and current_t and ledger_t and ledger_t >= current_t - 1 then
-    if f['joined'] and exists('n_worker') then
-      if (tonumber(redis.call('GET', key('n_worker'))) or 0) > 0 then
-        redis.call('DECR', key('n_worker'))
-        left = 1
-      end
-    end
-    local max, count = tonumber(f['claim_max'] or ''), tonumber(f['claim_n'] or '')
-    if max and count and count > 0 and exists('n_eval') then
-      first, last = max - count + 1, max
-      for s = first, last, 1000 do
-        local chunk = {}
-        for i = s, math.min(s + 999, last) do chunk[#chunk + 1] = i end
-        redis.call('RPUSH', key('done_ixs'), unpack(chunk))
-      end
-      -- pyABC treats the lost evaluations like failed ones
-      failed = count - math.max(0, math.min(count, tonumber(f['claim_fail'] or '0') or 0))
-      if failed > 0 then redis.call('INCRBY', key('n_fail'), failed) end
-    end
-    local held = tonumber(f['jobs'] or '0') or 0
-    if held > 0 and exists('n_job') then
-      redis.call('INCRBY', key('n_job'), held)
-      jobs = held
-    end
-  else
-    stale = 1
-  end
-end
-if f['lock_name'] and f['lock_token'] and redis.call('GET', f['lock_name']) == f['lock_token'] then
-  redis.call('DEL', f['lock_name'])
-  unlocked = 1
-end
-redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[2], ARGV[1])
-local lost
-if left == 1 or last > 0 or jobs > 0 or unlocked == 1 then
-  -- counted here, in the same step as the correction, so that no crash of whoever runs the
-  -- repair can lose or double a lost worker
-  lost = redis.call('INCR', KEYS[3])
-else
-  lost = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
-end
-if last > 0 or jobs > 0 then
-  -- work was given back: live workers that left re-enter the generation to do it (they join
-  -- only on a message). Not after a bare n_worker -1: the generation may be ending, and a
-  -- static master that saw n_worker 0 deletes the generation's keys under a worker joining
-  -- then, whose leaving makes n_worker -1.
-  redis.call('PUBLISH', 'abc_msg_pubsub', 'start')
-end
-return {'analysis', ana or false, 'generation', t or false, 'left_generation', left,
-  'first_index', first, 'last_index', last, 'failures_added', failed, 'jobs_returned', jobs,
-  'lock_released', unlocked, 'stale', stale, 'lost_workers', lost}
--- abc-operator repair script: end
-"""
+REGISTER_LUA = lua_script('register.lua')
+HEARTBEAT_LUA = lua_script('heartbeat.lua')
+COUNTER_LUA = lua_script('counter.lua')
+RESULTS_LUA = lua_script('results.lua')
+LOCK_ACQUIRE_LUA = lua_script('lock_acquire.lua')
+LOCK_RELEASE_LUA = lua_script('lock_release.lua')
+# The operator runs this same script (src/protocol/repair.rs includes the file).
+REPAIR_LUA = lua_script('repair.lua')
 
 
 # ---------------------------------------------------------------------------------------

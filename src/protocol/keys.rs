@@ -56,8 +56,8 @@ pub const STATIC_WORKER_LOCK: &str = "worker";
 /// The analysis whose master waits only for the evaluations that can change its sample
 /// (pyABC's default, not `wait_for_all_samples`), written by the `abc_operator` module's
 /// sampler (`EARLY_RELEASE_KEY` in src/protocol/abc_operator.py): only there may the worker
-/// whose result completes a generation take the other workers out of it (the entrypoint's
-/// `RESULTS_LUA`).
+/// whose result completes a generation take the other workers out of it (the worker's
+/// `lua/results.lua`).
 pub const EARLY_RELEASE: &str = "abc_operator:early_release";
 /// The last resume of a master (a hash: `from_generation`, `at`), written by the `abc_operator`
 /// module (`RESUME_KEY` in src/protocol/abc_operator.py) when it continues a stored run.
@@ -128,5 +128,21 @@ mod tests {
         }
         let worker_line = format!("EARLY_RELEASE = '{EARLY_RELEASE}'");
         assert!(super::super::WORKER_ENTRYPOINT.contains(&worker_line));
+    }
+
+    #[test]
+    fn the_result_script_writes_out_the_same_keys() {
+        let (_, results) = super::super::WORKER_LUA
+            .iter()
+            .find(|(name, _)| *name == "results.lua")
+            .unwrap();
+        for key in [
+            format!("redis.call('GET', '{EARLY_RELEASE}')"),
+            format!("redis.call('SCARD', '{LEDGER_SET}')"),
+            format!("redis.call('SMEMBERS', '{LEDGER_SET}')"),
+            format!("local key = '{LEDGER_PREFIX}' .. id"),
+        ] {
+            assert!(results.contains(&key), "{key}");
+        }
     }
 }

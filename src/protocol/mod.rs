@@ -34,8 +34,9 @@
 //! of whoever ran the repair (it is in [`Snapshot::lost_workers`] and [`Repair::lost_workers`]);
 //! a second call for the same worker finds no ledger and counts nothing.
 //!
-//! The repair script lives in the entrypoint (the worker also runs it on its own ledger at
-//! exit and for a predecessor with its id at start); [`repair_lost_worker`] runs the same.
+//! The repair script, `repair.lua`, ships beside the entrypoint (the worker also runs it on its
+//! own ledger at exit and for a predecessor with its id at start); [`repair_lost_worker`] runs
+//! the same file.
 //! It corrects counters only for the current analysis, in its current generation or the one
 //! before (look-ahead sampling starts t+1 while the master still collects t), and only
 //! counters that still exist; any other ledger is stale and just deleted.
@@ -69,10 +70,50 @@ pub use snapshot::{
 };
 
 use redis::{ErrorKind, RedisError};
+use std::path::{Path, PathBuf};
 
 /// The worker entrypoint the operator ships (mounted from a ConfigMap, or written to a file by
-/// the local runner and run with the image's python).
+/// the local runner and run with the image's python), with its Lua scripts beside it
+/// ([`worker_files`]).
 pub const WORKER_ENTRYPOINT: &str = include_str!("abc_worker.py");
+/// The entrypoint's file name.
+pub const WORKER_ENTRYPOINT_FILE: &str = "abc_worker.py";
+/// The repair script (`repair.lua`), which both the worker and [`repair_lost_worker`] run.
+const REPAIR_LUA: &str = include_str!("repair.lua");
+/// The worker ledger's Lua scripts (file name, text), one a file in `src/protocol`, each saying
+/// at its top what it takes and returns. They ship beside the entrypoint (the same folder, as
+/// in the source tree), which reads them from there when it starts. A line
+/// `-- include: other.lua` stands for the text of that file (the fragments two scripts
+/// share): the entrypoint's `lua_script` reads them so, and so does the bench
+/// (`bench/shipped.py`).
+pub const WORKER_LUA: [(&str, &str); 9] = [
+    ("counter.lua", include_str!("counter.lua")),
+    ("heartbeat.lua", include_str!("heartbeat.lua")),
+    ("leave.lua", include_str!("leave.lua")),
+    ("lock_acquire.lua", include_str!("lock_acquire.lua")),
+    ("lock_release.lua", include_str!("lock_release.lua")),
+    ("now_ms.lua", include_str!("now_ms.lua")),
+    ("register.lua", include_str!("register.lua")),
+    ("repair.lua", REPAIR_LUA),
+    ("results.lua", include_str!("results.lua")),
+];
+
+/// Every file of the worker as it ships, side by side in one folder, as (file name, text):
+/// the entrypoint and its Lua scripts.
+pub fn worker_files() -> impl Iterator<Item = (&'static str, &'static str)> {
+    std::iter::once((WORKER_ENTRYPOINT_FILE, WORKER_ENTRYPOINT)).chain(WORKER_LUA)
+}
+
+/// Writes [`worker_files`] into `dir` (the local runner's temporary folder); returns the
+/// entrypoint's path, or the path it could not write and why.
+pub fn write_worker_files(dir: &Path) -> Result<PathBuf, (PathBuf, std::io::Error)> {
+    for (name, text) in worker_files() {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|cause| (path, cause))?;
+    }
+    Ok(dir.join(WORKER_ENTRYPOINT_FILE))
+}
+
 /// The `abc_operator` Python module for master scripts: a sampler from the run's environment
 /// and "new or resume" against the results database (mounted next to the entrypoint).
 pub const MASTER_MODULE: &str = include_str!("abc_operator.py");
@@ -83,6 +124,31 @@ pub const REDIS_LOST_EXIT_CODE: i32 = 75;
 /// `RESUME_REFUSED_EXIT_CODE`, sysexits' EX_DATAERR): a retry would meet the same database,
 /// so the master Job fails at once instead of retrying `backoffLimit` times.
 pub const RESUME_REFUSED_EXIT_CODE: i32 = 65;
+
+/// The protocol's constants another program needs, as JSON: the bench reads them from
+/// `bench/constants.json`, which `tests/crd_drift.rs` keeps equal to this.
+pub fn constants_json() -> String {
+    let value = serde_json::json!({
+        "keys": {
+            "early_release": keys::EARLY_RELEASE,
+            "ledger_prefix": keys::LEDGER_PREFIX,
+            "ledger_set": keys::LEDGER_SET,
+            "lost_workers": keys::LOST_WORKERS,
+        },
+        "redis_server": {
+            "config_lines": server_config::config_lines(),
+            "max_clients": server_config::max_clients(),
+            "max_worker_processes": server_config::MAX_WORKER_PROCESSES,
+            "reserved_clients": server_config::RESERVED_CLIENTS,
+            "tcp_backlog": server_config::TCP_BACKLOG,
+            "worker_connections_per_process": server_config::WORKER_CONNECTIONS_PER_PROCESS,
+            "worker_connections_per_supervisor": server_config::WORKER_CONNECTIONS_PER_SUPERVISOR,
+        },
+    });
+    let mut text = serde_json::to_string_pretty(&value).expect("plain JSON");
+    text.push('\n');
+    text
+}
 
 /// Where a run's Redis is. The password is never printed by `Debug`.
 #[derive(Clone, PartialEq, Eq)]
@@ -205,6 +271,50 @@ mod tests {
         };
         assert!(!format!("{endpoint:?}").contains("s3cret"));
         assert_eq!(endpoint.to_string(), "h:1");
+    }
+
+    #[test]
+    fn every_lua_file_ships_and_every_include_is_shipped() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/protocol");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.ends_with(".lua"))
+            .collect();
+        on_disk.sort();
+        let shipped: Vec<&str> = WORKER_LUA.iter().map(|(name, _)| *name).collect();
+        assert_eq!(on_disk, shipped, "src/protocol's Lua files are WORKER_LUA's");
+        for (name, text) in WORKER_LUA {
+            for line in text.lines() {
+                if let Some(included) = line.strip_prefix("-- include: ") {
+                    assert!(
+                        shipped.contains(&included.trim()),
+                        "{name} includes {included}, which is not shipped"
+                    );
+                }
+            }
+            // each file is a script the entrypoint names, or a fragment a script includes
+            assert!(
+                WORKER_ENTRYPOINT.contains(&format!("'{name}'"))
+                    || WORKER_LUA
+                        .iter()
+                        .any(|(_, text)| text.contains(&format!("-- include: {name}\n"))),
+                "nothing reads {name}"
+            );
+        }
+        let files: Vec<_> = worker_files().collect();
+        assert_eq!(files[0], (WORKER_ENTRYPOINT_FILE, WORKER_ENTRYPOINT));
+        assert!(files.contains(&("repair.lua", REPAIR_LUA)));
+    }
+
+    #[test]
+    fn worker_files_are_written_where_the_entrypoint_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let entrypoint = write_worker_files(dir.path()).unwrap();
+        assert_eq!(entrypoint, dir.path().join(WORKER_ENTRYPOINT_FILE));
+        for (path, text) in worker_files() {
+            assert_eq!(std::fs::read_to_string(dir.path().join(path)).unwrap(), text);
+        }
     }
 
     #[test]

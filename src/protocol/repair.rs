@@ -2,28 +2,16 @@
 
 use super::keys::{LEDGER_SET, LOST_WORKERS, ledger_key};
 use super::reply::Fields;
-use super::{ProtocolError, WORKER_ENTRYPOINT};
+use super::{ProtocolError, REPAIR_LUA};
 use redis::Value;
 use serde::Serialize;
 use std::ops::RangeInclusive;
 use std::sync::LazyLock;
 
-const BEGIN: &str = "-- abc-operator repair script: begin";
-const END: &str = "-- abc-operator repair script: end";
-
-/// The repair Lua script. It lives in the worker entrypoint (which runs it on its own
-/// ledger at exit), so worker and operator can never disagree on it.
+/// The repair Lua script, `repair.lua`. The worker entrypoint runs the same file (on its
+/// own ledger at exit), which ships beside it, so worker and operator can never disagree on it.
 pub fn repair_script_source() -> &'static str {
-    static SOURCE: LazyLock<&'static str> = LazyLock::new(|| {
-        let start = WORKER_ENTRYPOINT
-            .find(BEGIN)
-            .expect("abc_worker.py holds the repair script's begin marker");
-        let end = WORKER_ENTRYPOINT[start..]
-            .find(END)
-            .expect("abc_worker.py holds the repair script's end marker");
-        &WORKER_ENTRYPOINT[start..start + end + END.len()]
-    });
-    &SOURCE
+    REPAIR_LUA
 }
 
 static REPAIR: LazyLock<redis::Script> =
@@ -173,13 +161,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn script_is_extracted_from_the_entrypoint() {
+    fn script_is_the_file_the_worker_ships() {
         let source = repair_script_source();
-        assert!(source.starts_with(BEGIN) && source.ends_with(END));
+        let shipped = super::super::WORKER_LUA
+            .iter()
+            .find(|(name, _)| *name == "repair.lua")
+            .map(|(_, text)| *text);
+        assert_eq!(shipped, Some(source));
         assert!(source.contains("redis.call('DEL', KEYS[1])"));
         assert!(source.contains("'abc_msg_pubsub', 'start'"));
-        // Python reads it as a plain string literal: a backslash would differ between the two
-        assert!(!source.contains('\\'));
+        // the operator runs the file as it is: an include would be left unread
+        assert!(!source.contains("-- include:"));
     }
 
     fn bulk(s: &str) -> Value {

@@ -57,8 +57,7 @@ impl FakeKubelet {
         python: PathBuf,
     ) -> FakeKubelet {
         let dir = tempfile::tempdir().unwrap().keep();
-        let entrypoint = dir.join("abc_worker.py");
-        std::fs::write(&entrypoint, abc_operator::protocol::WORKER_ENTRYPOINT).unwrap();
+        let entrypoint = abc_operator::protocol::write_worker_files(&dir).unwrap();
         let workers: Arc<Mutex<HashMap<String, Worker>>> = Arc::default();
         let log: Arc<Mutex<KubeletLog>> = Arc::default();
         let pods: Api<Pod> = Api::namespaced(client, namespace);

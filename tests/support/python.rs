@@ -1,6 +1,6 @@
 //! The pinned Python (pyabc 0.13.0) and pyABC processes that are killed when dropped.
 
-use abc_operator::protocol::{Endpoint, MASTER_MODULE, WORKER_ENTRYPOINT};
+use abc_operator::protocol::{Endpoint, MASTER_MODULE, WORKER_ENTRYPOINT_FILE, worker_files};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -39,14 +39,17 @@ pub fn python_script<S: AsRef<std::ffi::OsStr>>(script: &str, args: &[S]) -> Vec
     out.stdout
 }
 
-/// The shipped worker entrypoint, written to a file like the ConfigMap mount; the shipped
-/// `abc_operator` module beside it.
+/// The shipped worker entrypoint, written to a file like the ConfigMap mount, with its Lua
+/// scripts and the shipped `abc_operator` module beside it.
 pub fn entrypoint() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
         write_shipped(dir, "abc_operator.py", MASTER_MODULE);
-        write_shipped(dir, "abc_worker.py", WORKER_ENTRYPOINT)
+        for (name, text) in worker_files() {
+            write_shipped(dir, name, text);
+        }
+        dir.join(WORKER_ENTRYPOINT_FILE)
     })
 }
 

@@ -99,13 +99,7 @@ pub async fn run(args: RunArgs) -> Result<u8, LocalError> {
             path: std::env::temp_dir(),
             cause,
         })?;
-    let entrypoint = temp.path().join("abc_worker.py");
-    std::fs::write(&entrypoint, redis_access::worker_entrypoint()).map_err(|cause| {
-        LocalError::Files {
-            path: entrypoint.clone(),
-            cause,
-        }
-    })?;
+    let entrypoint = redis_access::write_worker_files(temp.path())?;
     let module = temp.path().join(crate::resources::MASTER_MODULE_KEY);
     std::fs::write(&module, crate::protocol::MASTER_MODULE).map_err(|cause| LocalError::Files {
         path: module.clone(),
