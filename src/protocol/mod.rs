@@ -283,7 +283,10 @@ mod tests {
             .collect();
         on_disk.sort();
         let shipped: Vec<&str> = WORKER_LUA.iter().map(|(name, _)| *name).collect();
-        assert_eq!(on_disk, shipped, "src/protocol's Lua files are WORKER_LUA's");
+        assert_eq!(
+            on_disk, shipped,
+            "src/protocol's Lua files are WORKER_LUA's"
+        );
         for (name, text) in WORKER_LUA {
             for line in text.lines() {
                 if let Some(included) = line.strip_prefix("-- include: ") {
@@ -313,7 +316,10 @@ mod tests {
         let entrypoint = write_worker_files(dir.path()).unwrap();
         assert_eq!(entrypoint, dir.path().join(WORKER_ENTRYPOINT_FILE));
         for (path, text) in worker_files() {
-            assert_eq!(std::fs::read_to_string(dir.path().join(path)).unwrap(), text);
+            assert_eq!(
+                std::fs::read_to_string(dir.path().join(path)).unwrap(),
+                text
+            );
         }
     }
 

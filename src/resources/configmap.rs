@@ -106,7 +106,10 @@ mod tests {
 
     #[test]
     fn every_worker_file_is_a_key_projected_beside_the_entrypoint() {
-        let data = worker_entrypoint_config_map(&minimal()).unwrap().data.unwrap();
+        let data = worker_entrypoint_config_map(&minimal())
+            .unwrap()
+            .data
+            .unwrap();
         for (name, text) in worker_files() {
             assert_eq!(data[name], text, "{name}");
         }
@@ -120,7 +123,10 @@ mod tests {
     #[test]
     fn the_config_map_stays_far_below_the_size_limit() {
         // the API server refuses a ConfigMap over 1 MiB
-        let data = worker_entrypoint_config_map(&minimal()).unwrap().data.unwrap();
+        let data = worker_entrypoint_config_map(&minimal())
+            .unwrap()
+            .data
+            .unwrap();
         let size: usize = data.iter().map(|(key, text)| key.len() + text.len()).sum();
         assert!(size < 256 * 1024, "{size} bytes");
     }
