@@ -42,6 +42,10 @@ struct Remembered {
     /// What the owned objects were built from and compared with the last time none of them
     /// differed (see `apply::unsettled`).
     settled: Option<u64>,
+    /// The largest `status.lostWorkers` this controller wrote: until the runs watch brings the
+    /// written status back, the cached run holds an older count, and a Redis that lost its
+    /// data (its count too) would make the count go back.
+    lost_workers_written: i64,
 }
 
 impl RunMemory {
@@ -84,8 +88,17 @@ impl RunMemory {
         self.with(run, |r| r.status_written.map(|at| at.elapsed()))
     }
 
-    pub fn status_written(&self, run: &AbcRun) {
-        self.with(run, |r| r.status_written = Some(Instant::now()));
+    /// The run's status, with `lost_workers` repaired workers, was written now.
+    pub fn status_written(&self, run: &AbcRun, lost_workers: i64) {
+        self.with(run, |r| {
+            r.status_written = Some(Instant::now());
+            r.lost_workers_written = r.lost_workers_written.max(lost_workers);
+        });
+    }
+
+    /// The largest `status.lostWorkers` this controller wrote for the run (0: none).
+    pub fn lost_workers_written(&self, run: &AbcRun) -> i64 {
+        self.with(run, |r| r.lost_workers_written)
     }
 
     /// Whether the problem `reason` is news for the run (and remembers it as told from now on).
@@ -153,7 +166,8 @@ mod tests {
     fn a_forgotten_run_leaves_nothing_and_its_name_only_when_unused() {
         let memory = RunMemory::default();
         let (old, new) = (run("a", "1"), run("a", "2"));
-        memory.status_written(&old);
+        memory.status_written(&old, 1);
+        assert_eq!(memory.lost_workers_written(&old), 1);
         memory.remember(&new);
         assert_eq!(memory.len(), 2);
         // The run created again under its name keeps the name's series.

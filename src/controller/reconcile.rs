@@ -97,6 +97,10 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
         tracing::warn!(run = %name, error = %err, "publishing pyABC's stop failed");
     }
     let mut observed = plan.observed;
+    // A count only grows, also when the cached run does not hold this controller's last write.
+    observed.lost_workers = observed
+        .lost_workers
+        .max(ctx.memory.lost_workers_written(&run));
     handle_workers(
         &run,
         &ctx,
@@ -157,7 +161,7 @@ async fn carry_out(
     }
     if follow.write_status {
         write_status(ctx, namespace, &run.name_any(), new_status).await?;
-        ctx.memory.status_written(run);
+        ctx.memory.status_written(run, new_status.lost_workers);
         if let Some(problem) = follow.problem
             && ctx.memory.tell(run, &problem.reason)
         {
