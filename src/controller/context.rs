@@ -92,6 +92,12 @@ impl Context {
         self.metrics.remembered_runs.set(self.memory.len() as i64);
     }
 
+    /// Remembers the run being reconciled (see [`RunMemory::remember`]).
+    pub fn remember(&self, run: &crate::api::AbcRun) {
+        self.memory.remember(run);
+        self.metrics.remembered_runs.set(self.memory.len() as i64);
+    }
+
     /// Forgets every remembered run that the runs' store does not hold (any more): runs
     /// deleted while their watch was down, or while a reconcile of them was under way.
     pub fn forget_gone_runs(&self) {

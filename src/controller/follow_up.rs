@@ -7,7 +7,7 @@
 use super::events::Notice;
 use super::observe::Observed;
 use super::status::DEGRADED;
-use crate::api::{AbcRun, AbcRunStatus, MasterStartOutcome, Phase};
+use crate::api::{AbcRun, AbcRunStatus, Phase};
 use crate::protocol::StartOutcome;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::Timestamp;
@@ -247,12 +247,8 @@ pub fn master_start_warning(
         .progress
         .as_ref()
         .is_some_and(|p| p.generation.is_some());
-    let outcome = match start.outcome {
-        MasterStartOutcome::Resumed => StartOutcome::Resumed,
-        MasterStartOutcome::New => StartOutcome::New,
-        MasterStartOutcome::Refused => StartOutcome::Refused,
-    };
-    let (reason, mut note) = outcome.warning(&start.cause, before.is_some() || sampled_before)?;
+    let (reason, mut note) = StartOutcome::from(start.outcome)
+        .warning(&start.cause, before.is_some() || sampled_before)?;
     if reason == reason::NOT_RESUMED {
         note.push_str(" (keep the results on a claim: spec.master.resultsClaimName)");
     }

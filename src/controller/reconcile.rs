@@ -45,8 +45,7 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
         return Ok(Action::requeue(CACHES_SYNCING));
     }
 
-    ctx.memory.remember(&run);
-    ctx.metrics.remembered_runs.set(ctx.memory.len() as i64);
+    ctx.remember(&run);
 
     // Read: the run's objects and pods from the caches, then its Redis.
     let view = view_of(&run, &ctx.caches, &namespace);

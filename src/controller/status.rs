@@ -7,7 +7,7 @@ use crate::api::{
     AbcRun, AbcRunStatus, MasterStartOutcome, MasterStartStatus, Phase, Progress, RedisInstance,
     Resumes,
 };
-use crate::protocol::{MasterStart, Resumed, StartOutcome};
+use crate::protocol::{MasterStart, Resumed};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
@@ -258,13 +258,8 @@ fn redis_lost(redis: Option<&RedisInstance>, observed: &Observed) -> bool {
 }
 
 fn master_start_status(start: &MasterStart) -> MasterStartStatus {
-    let outcome = match start.outcome {
-        StartOutcome::Resumed => MasterStartOutcome::Resumed,
-        StartOutcome::New => MasterStartOutcome::New,
-        StartOutcome::Refused => MasterStartOutcome::Refused,
-    };
     MasterStartStatus {
-        outcome,
+        outcome: start.outcome.into(),
         cause: start.cause.clone(),
         time: start.at.clone(),
     }
@@ -375,6 +370,7 @@ mod tests {
     use crate::controller::follow_up::{master_start_warning, redis_restarted};
     use crate::controller::observe::PodProblem;
     use crate::controller::test_support::{healthy, run, start};
+    use crate::protocol::StartOutcome;
 
     #[test]
     fn phase_follows_the_master_and_the_parts() {

@@ -262,6 +262,28 @@ pub enum StartOutcome {
     Refused,
 }
 
+/// The status field's spelling of the same outcome, and back.
+impl From<StartOutcome> for crate::api::MasterStartOutcome {
+    fn from(outcome: StartOutcome) -> Self {
+        match outcome {
+            StartOutcome::Resumed => Self::Resumed,
+            StartOutcome::New => Self::New,
+            StartOutcome::Refused => Self::Refused,
+        }
+    }
+}
+
+impl From<crate::api::MasterStartOutcome> for StartOutcome {
+    fn from(outcome: crate::api::MasterStartOutcome) -> Self {
+        use crate::api::MasterStartOutcome as Status;
+        match outcome {
+            Status::Resumed => Self::Resumed,
+            Status::New => Self::New,
+            Status::Refused => Self::Refused,
+        }
+    }
+}
+
 impl StartOutcome {
     /// The warning a master start with this outcome deserves, as (reason, message): a results
     /// database it could not use, or a master that started again (after an earlier start, or
