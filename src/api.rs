@@ -247,6 +247,7 @@ pub fn default_password_key() -> String {
 /// The master: the user's script that runs the ABC-SMC analysis.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.resultsClaimName) && has(self.results))").message("spec.master: set either resultsClaimName (a claim of your own) or results (the claim the run makes), not both"))]
 pub struct MasterSpec {
     /// Command of the master (e.g. `["python", "gaussian.py"]`). It finds Redis in
     /// `ABC_REDIS_HOST`, `ABC_REDIS_PORT` and `ABC_REDIS_PASSWORD`, and should write its results
@@ -270,10 +271,72 @@ pub struct MasterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub active_deadline_seconds: Option<i64>,
-    /// Where the results database lives (mounted at `ABC_RESULTS_DIR`): a PersistentVolumeClaim
-    /// that outlives the run, or (unset) an emptyDir that does not.
+    /// A PersistentVolumeClaim of your own for the results database (mounted at
+    /// `ABC_RESULTS_DIR`), instead of the claim the run makes (`results`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub results_claim_name: Option<String>,
+    /// The claim the run makes for its results database (`{run}-results`), unless
+    /// `resultsClaimName` names one of your own. It outlives the master, so that a master that
+    /// is started again resumes from the database, and `kubectl abc results` copies it out
+    /// during and after the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<ResultsSpec>,
+}
+
+/// The results claim the run makes. Its storage cannot change once made: only `keep` can.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.volume == oldSelf.volume && self.size == oldSelf.size && self.accessModes == oldSelf.accessModes && has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)").message("spec.master.results: only keep can change once the run exists (its claim is made); delete and create the run to change its storage"))]
+pub struct ResultsSpec {
+    /// `Claim` (the default): a PersistentVolumeClaim `{run}-results` that outlives the
+    /// master. `EmptyDir`: no claim; the database is lost with the master's pod and a master
+    /// started again starts over.
+    #[serde(default)]
+    pub volume: ResultsVolume,
+    /// Requested size of the claim.
+    #[serde(default = "default_results_size")]
+    #[x_kube(validation = Rule::new(r"self.matches('^[0-9]+(\\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$')").message("spec.master.results.size must be a quantity such as 1Gi or 500Mi"))]
+    pub size: String,
+    /// StorageClass of the claim; unset: the cluster's default StorageClass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Access modes of the claim.
+    #[serde(default = "default_results_access_modes")]
+    #[x_kube(validation = Rule::new("self.size() > 0").message("spec.master.results.accessModes must name at least one access mode"))]
+    pub access_modes: Vec<String>,
+    /// Keep the claim when the run is deleted (it then carries the annotation
+    /// `abc-operator.dev/made-by-run`, naming the run that made it). A run of the same name
+    /// created later uses it again, and its master resumes from it.
+    #[serde(default)]
+    pub keep: bool,
+}
+
+impl Default for ResultsSpec {
+    fn default() -> Self {
+        ResultsSpec {
+            volume: ResultsVolume::default(),
+            size: default_results_size(),
+            storage_class_name: None,
+            access_modes: default_results_access_modes(),
+            keep: false,
+        }
+    }
+}
+
+/// Where the results database lives when the run makes the volume.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub enum ResultsVolume {
+    #[default]
+    Claim,
+    EmptyDir,
+}
+
+fn default_results_size() -> String {
+    "1Gi".into()
+}
+
+fn default_results_access_modes() -> Vec<String> {
+    vec!["ReadWriteOnce".into()]
 }
 
 fn default_backoff_limit() -> i32 {

@@ -248,7 +248,7 @@ fn a_settled_run_applies_nothing_and_a_changed_spec_only_what_it_changes() {
     let first = apply::differing(&owned, "science", &caches_holding(&[]));
     assert_eq!(
         first.len(),
-        7,
+        8,
         "{:?}",
         first.iter().map(|o| o.describe()).collect::<Vec<_>>()
     );
@@ -284,7 +284,7 @@ fn a_settled_run_is_not_compared_again_until_it_or_an_object_of_it_changes() {
     let memory = RunMemory::default();
     let settled = Settled(&memory);
     let applied = settled.differing(&run1, (), &owned, "science", &caches_holding(&[]));
-    assert_eq!(applied.len(), 7);
+    assert_eq!(applied.len(), 8);
     let caches = caches_holding(&stored(&applied, "10"));
     assert!(
         settled

@@ -18,7 +18,7 @@ use futures::future::FutureExt;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
@@ -186,6 +186,8 @@ owned_kinds! {
             spec.template = Default::default();
         }
     });
+    // Its phase says whether the results database has a place.
+    PersistentVolumeClaim(PersistentVolumeClaim) in claims, full(trim_metadata);
 }
 
 /// The run's owned objects in the order a run comes up (the password and the entrypoint before
@@ -200,6 +202,7 @@ pub fn objects(owned: &Owned) -> Vec<OwnedRef<'_>> {
         network_policy,
         workers,
         master_job,
+        results_claim,
     } = owned;
     [
         secret.as_ref().map(OwnedRef::Secret),
@@ -208,6 +211,8 @@ pub fn objects(owned: &Owned) -> Vec<OwnedRef<'_>> {
         redis_deployment.as_ref().map(OwnedRef::Deployment),
         redis_service.as_ref().map(OwnedRef::Service),
         Some(OwnedRef::Deployment(workers)),
+        // Before the master whose pod mounts it.
+        results_claim.as_ref().map(OwnedRef::PersistentVolumeClaim),
         master_job.as_ref().map(OwnedRef::Job),
     ]
     .into_iter()

@@ -50,6 +50,7 @@
 mod connection;
 mod control;
 mod frame;
+pub mod inference;
 pub mod keys;
 mod liveness;
 mod progress;

@@ -54,11 +54,11 @@ pub fn master_job(run: &AbcRun) -> Result<Option<Job>, BuildError> {
         ],
     ]
     .concat();
-    let results = match &master.results_claim_name {
-        Some(claim) => Volume {
+    let results = match super::results_claim_name(run) {
+        Some(claim_name) => Volume {
             name: "results".into(),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: claim.clone(),
+                claim_name,
                 read_only: None,
             }),
             ..Volume::default()
@@ -231,32 +231,22 @@ mod tests {
     }
 
     #[test]
-    fn results_live_on_the_claim_when_given() {
-        let ephemeral = job("image: i\nmaster: {command: [m]}\n");
-        let volumes = ephemeral
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap()
-            .volumes
-            .unwrap();
-        assert!(
-            volumes
-                .iter()
+    fn results_live_on_the_runs_claim_unless_told_otherwise() {
+        let volume = |yaml: &str| {
+            let pod = job(yaml).spec.unwrap().template.spec.unwrap();
+            pod.volumes
+                .unwrap()
+                .into_iter()
                 .find(|v| v.name == "results")
                 .unwrap()
-                .empty_dir
-                .is_some()
-        );
-
-        let kept = job("image: i\nmaster: {command: [m], resultsClaimName: abc-results}\n");
-        let volumes = kept.spec.unwrap().template.spec.unwrap().volumes.unwrap();
-        let claim = volumes.iter().find(|v| v.name == "results").unwrap();
-        assert_eq!(
-            claim.persistent_volume_claim.as_ref().unwrap().claim_name,
-            "abc-results"
-        );
+        };
+        let claim_of = |v: Volume| v.persistent_volume_claim.map(|c| c.claim_name);
+        let made = volume("image: i\nmaster: {command: [m]}\n");
+        assert_eq!(claim_of(made).as_deref(), Some("gaussian-results"));
+        let own = volume("image: i\nmaster: {command: [m], resultsClaimName: abc-results}\n");
+        assert_eq!(claim_of(own).as_deref(), Some("abc-results"));
+        let ephemeral = volume("image: i\nmaster: {command: [m], results: {volume: EmptyDir}}\n");
+        assert!(ephemeral.empty_dir.is_some());
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod master;
 mod networkpolicy;
 mod pod;
 mod redis;
+mod results;
 mod secret;
 #[cfg(test)]
 pub(crate) mod test_support;
@@ -31,6 +32,7 @@ pub use configmap::{
 };
 use configmap::{operator_files_mount, operator_files_volume};
 pub use master::{RESULTS_DIR, master_job, master_job_name};
+pub use results::{MADE_BY_RUN_ANNOTATION, results_claim, results_claim_name};
 pub use networkpolicy::{OPERATOR_NAME_LABEL_VALUE, redis_network_policy};
 pub use redis::{
     DEFAULT_REDIS_IMAGE, REDIS_UID, managed_redis, redis_deployment, redis_deployment_name,
@@ -52,7 +54,7 @@ use pod::{
 use crate::api::{AbcRun, COMPONENT_LABEL, Phase, RUN_LABEL};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
@@ -83,6 +85,8 @@ pub enum Component {
     Worker,
     /// The master Job and its pods.
     Master,
+    /// The claim of the master's results database.
+    Results,
 }
 
 impl Component {
@@ -91,6 +95,7 @@ impl Component {
             Component::Redis => "redis",
             Component::Worker => "worker",
             Component::Master => "master",
+            Component::Results => "results",
         }
     }
 }
@@ -145,6 +150,8 @@ pub struct Owned {
     pub workers: Deployment,
     /// The master, when `spec.master` is set.
     pub master_job: Option<Job>,
+    /// The claim of the master's results database, when the run makes one.
+    pub results_claim: Option<PersistentVolumeClaim>,
 }
 
 /// Builds every object the run owns.
@@ -174,6 +181,7 @@ pub fn build(
         network_policy: redis_network_policy(run)?,
         workers: worker_deployment(run)?,
         master_job: master_job(run)?,
+        results_claim: results_claim(run)?,
     })
 }
 

@@ -1,0 +1,153 @@
+//! What a run has inferred so far: one record per stored generation, written by the
+//! `abc_operator` module into the run's Redis (the list [`GENERATIONS`], one JSON text per
+//! generation, in order) right after pyABC stored the generation in its database.
+//!
+//! The module writes each record from exactly what pyABC logs and stores for the generation
+//! (`t: N, eps: ...`, `Accepted: a / n = rate, ESS: ...`), so the two always agree. When a
+//! master starts (new or resumed) it rewrites the list from its database: after a Redis loss
+//! the list again holds every stored generation.
+//!
+//! Bounds (the module keeps to them, and [`GenerationRecord::parse`] refuses a record beyond
+//! them, so that a hostile or broken writer cannot make the operator hold more): at most
+//! [`MAX_PARAMETERS`] parameter summaries per record (`parameters_total` says how many the
+//! model has), [`HISTOGRAM_BINS`] bins per histogram, [`MAX_RECORD_BYTES`] per record.
+
+use super::ProtocolError;
+use serde::{Deserialize, Serialize};
+
+/// Redis list of the run's generation records (JSON texts, oldest first).
+pub const GENERATIONS: &str = "abc_operator:generations";
+/// Parameter summaries a record holds at most (the first ones, in the model's order).
+pub const MAX_PARAMETERS: usize = 32;
+/// Bins of each parameter's weighted histogram.
+pub const HISTOGRAM_BINS: usize = 20;
+/// The quantiles each parameter summary holds, in order.
+pub const QUANTILES: [f64; 5] = [0.05, 0.25, 0.5, 0.75, 0.95];
+/// The largest record the operator reads (32 parameters with histograms take about 16 KiB).
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+
+/// One stored generation, as the `abc_operator` module recorded it. Non-finite numbers (an
+/// infinite first epsilon) are `None`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct GenerationRecord {
+    /// pyABC's generation index t (0, 1, ...).
+    pub t: i64,
+    /// The generation's acceptance threshold (`eps` in pyABC's log).
+    pub epsilon: Option<f64>,
+    /// Particles accepted: the population size.
+    pub accepted: i64,
+    /// Model evaluations it took (pyABC's `nr_simulations`).
+    pub evaluations: i64,
+    /// `accepted / evaluations`.
+    pub acceptance_rate: Option<f64>,
+    /// Effective sample size of the weighted population.
+    pub ess: Option<f64>,
+    /// Wall time pyABC spent on the generation, in seconds.
+    pub wall_time_seconds: Option<f64>,
+    /// When it was stored (the master's clock, RFC 3339).
+    pub time: String,
+    /// Number of parameters of the model(s); `parameters` holds the first
+    /// [`MAX_PARAMETERS`] of them.
+    pub parameters_total: usize,
+    /// Weighted summary of each parameter's marginal posterior in this generation.
+    #[serde(default)]
+    pub parameters: Vec<ParameterSummary>,
+    /// Model probabilities, when the analysis compares several models.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_probabilities: Vec<f64>,
+}
+
+/// A parameter's weighted marginal in one generation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ParameterSummary {
+    /// The parameter's name (prefixed `m{i}.` when several models are compared).
+    pub name: String,
+    pub mean: Option<f64>,
+    pub sd: Option<f64>,
+    /// Weighted quantiles at [`QUANTILES`].
+    pub quantiles: Vec<Option<f64>>,
+    /// Weighted histogram: `HISTOGRAM_BINS` weights (summing to 1) over equal bins from
+    /// `low` to `high`.
+    pub histogram: Histogram,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Histogram {
+    pub low: f64,
+    pub high: f64,
+    pub weights: Vec<f64>,
+}
+
+impl GenerationRecord {
+    /// Parses one record of [`GENERATIONS`], refusing one beyond the bounds.
+    pub fn parse(text: &[u8]) -> Result<GenerationRecord, ProtocolError> {
+        let bad = |why: String| ProtocolError::NotPyabc(format!("a record in {GENERATIONS} {why}"));
+        if text.len() > MAX_RECORD_BYTES {
+            return Err(bad(format!(
+                "has {} bytes, more than {MAX_RECORD_BYTES}",
+                text.len()
+            )));
+        }
+        let record: GenerationRecord = serde_json::from_slice(text)
+            .map_err(|e| bad(format!("is not a generation record: {e}")))?;
+        if record.parameters.len() > MAX_PARAMETERS {
+            return Err(bad(format!(
+                "has {} parameter summaries, more than {MAX_PARAMETERS}",
+                record.parameters.len()
+            )));
+        }
+        if let Some(p) = record.parameters.iter().find(|p| {
+            p.histogram.weights.len() > HISTOGRAM_BINS || p.quantiles.len() > QUANTILES.len()
+        }) {
+            return Err(bad(format!(
+                "has a summary of {} with more than {HISTOGRAM_BINS} bins or {} quantiles",
+                p.name,
+                QUANTILES.len()
+            )));
+        }
+        Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RECORD: &str = r#"{"t": 2, "epsilon": 0.5, "accepted": 100, "evaluations": 400,
+        "acceptance_rate": 0.25, "ess": 87.5, "wall_time_seconds": 3.2,
+        "time": "2026-12-06T18:00:00+00:00", "parameters_total": 1,
+        "parameters": [{"name": "mu", "mean": 1.0, "sd": 0.2,
+          "quantiles": [0.7, 0.9, 1.0, 1.1, 1.3],
+          "histogram": {"low": 0.5, "high": 1.5, "weights": [0.5, 0.5]}}]}"#;
+
+    #[test]
+    fn reads_a_record_and_an_infinite_epsilon_as_none() {
+        let record = GenerationRecord::parse(RECORD.as_bytes()).unwrap();
+        assert_eq!(
+            (record.t, record.accepted, record.evaluations),
+            (2, 100, 400)
+        );
+        assert_eq!(record.parameters[0].name, "mu");
+        let first = RECORD.replace(r#""epsilon": 0.5"#, r#""epsilon": null"#);
+        assert_eq!(
+            GenerationRecord::parse(first.as_bytes()).unwrap().epsilon,
+            None
+        );
+    }
+
+    #[test]
+    fn refuses_records_beyond_the_bounds_naming_the_list() {
+        let huge = format!("{{\"pad\": \"{}\"}}", "x".repeat(MAX_RECORD_BYTES));
+        let err = GenerationRecord::parse(huge.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(GENERATIONS) && err.contains("bytes"), "{err}");
+        let bins = RECORD.replace("[0.5, 0.5]", &format!("{:?}", vec![0.01; 21]));
+        let err = GenerationRecord::parse(bins.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mu"), "{err}");
+        let err = GenerationRecord::parse(b"{}").unwrap_err().to_string();
+        assert!(err.contains("not a generation record"), "{err}");
+    }
+}
