@@ -38,6 +38,7 @@ pub const FIELD_MANAGER: &str = "abc-operator";
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Generation", type_ = "integer", json_path = ".status.progress.generation"),
     printcolumn(name = "Accepted", type_ = "string", json_path = ".status.progress.acceptances"),
+    printcolumn(name = "Epsilon", type_ = "number", json_path = ".status.inference.epsilon"),
     printcolumn(name = "Workers", type_ = "string", json_path = ".status.workers"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     doc = "A pyABC ABC-SMC run sampled through Redis: a password-protected Redis, a scalable set of workers, and optionally the master as a Job.",
@@ -324,7 +325,9 @@ impl Default for ResultsSpec {
 }
 
 /// Where the results database lives when the run makes the volume.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
 pub enum ResultsVolume {
     #[default]
     Claim,
@@ -386,6 +389,86 @@ pub struct AbcRunStatus {
     /// Redis loses the record).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_master_start: Option<MasterStartStatus>,
+    /// Where the master's results database is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<ResultsStatus>,
+    /// What the run has inferred so far: the latest stored generation's figures, as the
+    /// `abc_operator` module recorded them (every generation's are in `recordsConfigMap`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference: Option<InferenceStatus>,
+}
+
+/// Where the master's results database is.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResultsStatus {
+    /// The PersistentVolumeClaim the database is on (none: an emptyDir, lost with the master).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_name: Option<String>,
+    /// The claim's phase (Pending, Bound, Lost) when the run made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_phase: Option<String>,
+}
+
+/// The latest stored generation of the run, as the `abc_operator` module recorded it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceStatus {
+    /// Generation records read so far (one per stored generation).
+    pub generations: i64,
+    /// The latest stored generation (pyABC's t).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// Its acceptance threshold (pyABC's `eps`); none while infinite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
+    /// Accepted particles per evaluation in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acceptance_rate: Option<f64>,
+    /// Its effective sample size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_sample_size: Option<f64>,
+    /// Model evaluations it took.
+    #[serde(default)]
+    pub evaluations: i64,
+    /// Its population size.
+    #[serde(default)]
+    pub accepted: i64,
+    /// Wall time pyABC spent on it, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_time_seconds: Option<f64>,
+    /// When it was stored (the master's clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// Its posterior marginals: weighted mean, sd and 90% interval of the first parameters
+    /// (at most 8; `parametersTotal` says how many there are).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parameters: Vec<ParameterStatus>,
+    #[serde(default)]
+    pub parameters_total: i64,
+    /// The ConfigMap holding the generations' records (the last 100 generations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_config_map: Option<String>,
+    /// Why figures are missing, e.g. a master that does not record them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A parameter's marginal posterior in the latest generation.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ParameterStatus {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sd: Option<f64>,
+    /// The 5% weighted quantile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q05: Option<f64>,
+    /// The 95% weighted quantile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q95: Option<f64>,
 }
 
 /// A master's start: what it did with its results database, and why.

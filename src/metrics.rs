@@ -7,6 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -59,6 +60,11 @@ pub struct Metrics {
     /// The autoscaling demand (see [`crate::autoscaling::Demand`]).
     pub evaluations_needed: Family<RunLabels, Gauge>,
     pub analysis_active: Family<RunLabels, Gauge>,
+    /// The latest stored generation's figures (`status.inference`), as the master recorded them.
+    pub inference_generation: Family<RunLabels, Gauge>,
+    pub epsilon: Family<RunLabels, FloatGauge>,
+    pub acceptance_rate: Family<RunLabels, FloatGauge>,
+    pub effective_sample_size: Family<RunLabels, FloatGauge>,
     /// 1 while this replica holds the leader Lease (reconciles), 0 while it stands by.
     pub leader: Gauge,
     /// Runs the controller keeps something of in memory (see `controller::memory`): the runs
@@ -66,6 +72,9 @@ pub struct Metrics {
     pub remembered_runs: Gauge,
     readiness: Mutex<Readiness>,
 }
+
+/// A gauge of a real number.
+pub type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Whether the controller's watches have synced (what `/readyz` answers), and if not, why.
 #[derive(Clone, Debug, PartialEq)]
@@ -170,6 +179,10 @@ impl Default for Metrics {
             lost_workers: Family::default(),
             evaluations_needed: Family::default(),
             analysis_active: Family::default(),
+            inference_generation: Family::default(),
+            epsilon: Family::default(),
+            acceptance_rate: Family::default(),
+            effective_sample_size: Family::default(),
             leader: Gauge::default(),
             remembered_runs: Gauge::default(),
             readiness: Mutex::new(Readiness::Starting),
@@ -229,6 +242,26 @@ impl Default for Metrics {
             "run_active_workers",
             "Workers inside the current generation",
             m.active_workers.clone(),
+        );
+        r.register(
+            "run_stored_generation",
+            "The latest generation the master stored (and recorded)",
+            m.inference_generation.clone(),
+        );
+        r.register(
+            "run_epsilon",
+            "Acceptance threshold of the latest stored generation (pyABC's eps)",
+            m.epsilon.clone(),
+        );
+        r.register(
+            "run_acceptance_rate",
+            "Accepted particles per evaluation in the latest stored generation",
+            m.acceptance_rate.clone(),
+        );
+        r.register(
+            "run_effective_sample_size",
+            "Effective sample size of the latest stored generation",
+            m.effective_sample_size.clone(),
         );
         r.register(
             "run_lost_workers",
@@ -314,6 +347,14 @@ impl Metrics {
             &self.evaluations_needed,
             &self.analysis_active,
             &self.lost_workers,
+            &self.inference_generation,
+        ] {
+            family.remove(&labels);
+        }
+        for family in [
+            &self.epsilon,
+            &self.acceptance_rate,
+            &self.effective_sample_size,
         ] {
             family.remove(&labels);
         }
@@ -427,10 +468,14 @@ mod tests {
             run: "r".into(),
         };
         m.generation.get_or_create(&labels).set(3);
-        assert!(
-            m.encode()
-                .contains(r#"abc_operator_run_generation{namespace="n",run="r"} 3"#)
-        );
+        m.epsilon.get_or_create(&labels).set(0.25);
+        let text = m.encode();
+        for series in [
+            r#"abc_operator_run_generation{namespace="n",run="r"} 3"#,
+            r#"abc_operator_run_epsilon{namespace="n",run="r"} 0.25"#,
+        ] {
+            assert!(text.contains(series), "{series} missing in:\n{text}");
+        }
         m.forget_run("n", "r");
         assert!(!m.encode().contains(r#"run="r""#));
     }

@@ -394,6 +394,9 @@ fn observed() -> BoxedStrategy<Observed> {
                 redis_run_id: None,
                 master_start: None,
                 master_exit: None,
+                results: None,
+                results_problem: None,
+                records: None,
                 resumed: resumed.map(|(from_generation, at)| Resumed {
                     from_generation,
                     at,

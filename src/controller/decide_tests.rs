@@ -69,6 +69,7 @@ fn running_view() -> ClusterView {
         workers: Some(deployment("gaussian-workers", 3)),
         redis: Some(deployment("gaussian-redis", 1)),
         master_job: Some(master_job("{active: 1}")),
+        results_claim: None,
         pods: RunPods {
             workers: vec![
                 running_worker("gaussian-workers-a").into(),

@@ -225,10 +225,54 @@ fn transitions(
         notices.push(unfolded(notice(
             EventType::Normal,
             reason::GENERATION_COMPLETED,
-            format!("generation {before} completed; sampling generation {now}"),
+            format!(
+                "generation {before} completed{}; sampling generation {now}",
+                figures_of(new, now - 1)
+            ),
         )));
     }
     (notices, problem)
+}
+
+/// `, epsilon …, acceptance rate …` of generation `t` when the status has its record (in
+/// pyABC's own notation, `t: N, eps: …` and `Accepted: a / n = rate`).
+fn figures_of(status: &AbcRunStatus, t: i64) -> String {
+    let Some(inference) = status
+        .inference
+        .as_ref()
+        .filter(|i| i.generation == Some(t))
+    else {
+        return String::new();
+    };
+    let mut figures = String::new();
+    if let Some(epsilon) = inference.epsilon {
+        figures += &format!(", epsilon {}", python_e(epsilon, 8));
+    }
+    if let Some(rate) = inference.acceptance_rate {
+        figures += &format!(
+            ", accepted {} / {} = {}",
+            inference.accepted,
+            inference.evaluations,
+            python_e(rate, 4)
+        );
+    }
+    figures
+}
+
+/// `x` as Python's `f"{x:.{digits}e}"` writes it (`3.33e-01`: a signed exponent of at least
+/// two digits), so that a note reads like the master's log line.
+fn python_e(x: f64, digits: usize) -> String {
+    let text = format!("{x:.digits$e}");
+    match text.split_once('e') {
+        Some((mantissa, exponent)) => {
+            let (sign, magnitude) = match exponent.strip_prefix('-') {
+                Some(m) => ('-', m),
+                None => ('+', exponent),
+            };
+            format!("{mantissa}e{sign}{magnitude:0>2}")
+        }
+        None => text, // inf, NaN
+    }
 }
 
 /// The Warning a new master start deserves, if any (reason, note): one that could not use its

@@ -5,7 +5,7 @@ use super::*;
 use crate::api::{Progress, RedisInstance, Resumes};
 use crate::controller::observe::{MasterState, PodProblem};
 use crate::controller::status::compute;
-use crate::controller::test_support::{healthy, run, start};
+use crate::controller::test_support::{healthy, record, run, start};
 use crate::protocol::StartOutcome;
 use std::collections::BTreeSet;
 
@@ -283,6 +283,36 @@ fn each_resume_and_each_generation_is_its_own_event() {
         r.status.as_ref().unwrap().resumes,
         None::<Resumes>,
         "nothing resumed before"
+    );
+}
+
+#[test]
+fn a_completed_generation_says_its_epsilon_and_acceptance_rate_as_pyabc_logs_them() {
+    let sampling = |generation| Observed {
+        progress: Some(Progress {
+            generation: Some(generation),
+            ..Default::default()
+        }),
+        ..healthy()
+    };
+    let r = written(run(MASTER), &sampling(2), at(1));
+    let observed = Observed {
+        records: Some(crate::controller::records::RecordsRead {
+            recorded: 3,
+            records: vec![record(2)],
+            problem: None,
+        }),
+        ..sampling(3)
+    };
+    let notices = follow(&r, &observed, at(2), Some(1)).notices;
+    let generation = notices
+        .iter()
+        .find(|n| n.reason == "GenerationCompleted")
+        .unwrap();
+    assert_eq!(
+        generation.note,
+        "generation 2 completed, epsilon 3.33333333e-01, accepted 100 / 400 = 2.5000e-01; \
+         sampling generation 3"
     );
 }
 

@@ -16,6 +16,7 @@ mod pod_index;
 mod pod_problems;
 mod progress_poller;
 mod reconcile;
+pub mod records;
 mod redis_access;
 pub mod status;
 #[cfg(test)]

@@ -4,11 +4,13 @@
 use super::cache::RunPods;
 pub use super::pod_problems::PodProblem;
 use super::pod_problems::{last_failed_exit, pod_problem};
-use crate::api::{AbcRun, Progress};
+use super::records::RecordsRead;
+use crate::api::{AbcRun, Progress, ResultsStatus};
 use crate::protocol::{MasterStart, Resumed, Snapshot};
 use crate::resources::{self, Owned};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::jiff::Timestamp;
 
 /// The run's objects and pods as the caches hold them.
@@ -18,6 +20,8 @@ pub struct ClusterView {
     /// The managed Redis' Deployment (none for an external Redis).
     pub redis: Option<Deployment>,
     pub master_job: Option<Job>,
+    /// The results claim the run made, when it makes one.
+    pub results_claim: Option<PersistentVolumeClaim>,
     pub pods: RunPods,
 }
 
@@ -95,6 +99,13 @@ pub struct Observed {
     /// The last failed exit of the master's container (the newest pod's), e.g. `exit code 1:
     /// abc_operator.ResumeError: …`, from its termination message.
     pub master_exit: Option<String>,
+    /// Where the results database is: the claim's name, and its phase when the run made it.
+    pub results: Option<ResultsStatus>,
+    /// Why the results database has no place (reason, message): its claim stays unbound or
+    /// lost its volume.
+    pub results_problem: Option<(String, String)>,
+    /// Generation records read in this reconcile (only when their number changed).
+    pub records: Option<RecordsRead>,
 }
 
 impl Observed {
@@ -175,6 +186,18 @@ pub fn observe(
             .master_job
             .as_ref()
             .and_then(|_| last_failed_exit(&view.pods.master)),
+        results: run.spec.master.as_ref().map(|_| ResultsStatus {
+            claim_name: resources::results_claim_name(run),
+            claim_phase: view
+                .results_claim
+                .as_ref()
+                .and_then(|c| c.status.as_ref()?.phase.clone()),
+        }),
+        results_problem: view
+            .results_claim
+            .as_ref()
+            .and_then(|claim| results_problem(claim, now)),
+        records: None,
     };
     match redis {
         RedisReading::NotRead => {}
@@ -200,6 +223,46 @@ pub fn observe(
         }
     }
     observed
+}
+
+/// How long a new results claim may stay Pending before it is a problem: a claim whose
+/// StorageClass binds on the first consumer waits for the master's pod to be scheduled, and a
+/// provisioner takes a few seconds.
+pub const CLAIM_BIND_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Why the results claim the run made gives the database no place, if it does not.
+fn results_problem(claim: &PersistentVolumeClaim, now: Timestamp) -> Option<(String, String)> {
+    let name = claim.metadata.name.as_deref().unwrap_or_default();
+    let class = match claim
+        .spec
+        .as_ref()
+        .and_then(|s| s.storage_class_name.as_deref())
+    {
+        Some(class) => format!("StorageClass {class:?}"),
+        None => "the cluster's default StorageClass".to_string(),
+    };
+    match claim.status.as_ref()?.phase.as_deref()? {
+        "Lost" => Some((
+            "ResultsClaimLost".into(),
+            format!(
+                "the results claim {name} lost its volume: the master cannot store or resume                  its database; `kubectl describe pvc {name}` says why"
+            ),
+        )),
+        "Pending" => {
+            let created = claim.metadata.creation_timestamp.as_ref()?.0;
+            let waited = now.duration_since(created);
+            (waited.as_secs() >= CLAIM_BIND_GRACE.as_secs() as i64).then(|| {
+                (
+                    "ResultsClaimPending".into(),
+                    format!(
+                        "the results claim {name} has been Pending for {}s: no volume of {class}                          was bound to it, so the master cannot start (no default StorageClass, a                          quota, or a provisioner that failed: `kubectl describe pvc {name}`); set                          spec.master.results.storageClassName, or resultsClaimName to a claim of                          your own",
+                        waited.as_secs()
+                    ),
+                )
+            })
+        }
+        _ => None,
+    }
 }
 
 pub fn deployment_ready(deployment: Option<&Deployment>) -> bool {

@@ -10,6 +10,7 @@ use super::follow_up::{self, FollowUp, Next, Seen};
 use super::observe::{ClusterView, Observed, Password, RedisReading};
 use super::owned;
 use super::pod_index::WatchedPod;
+use super::records;
 use super::status;
 use super::workers::WorkerAction;
 use super::{apply, decide};
@@ -18,9 +19,9 @@ use crate::protocol;
 use crate::resources;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
@@ -96,6 +97,9 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
         tracing::warn!(run = %name, error = %err, "publishing pyABC's stop failed");
     }
     let mut observed = plan.observed;
+    if let (Some(endpoint), Some(snapshot)) = (&endpoint, redis.snapshot()) {
+        observed.records = keep_records(&run, &ctx, &namespace, endpoint, snapshot).await;
+    }
     // A count only grows, also when the cached run does not hold this controller's last write.
     observed.lost_workers = observed
         .lost_workers
@@ -183,6 +187,80 @@ async fn carry_out(
     }
 }
 
+/// Reads the run's new generation records when their number in Redis changed, and stores them
+/// in its records ConfigMap (`records`); `None` when there was nothing to read. A failure is
+/// logged and leaves the status as it was, so the records are read again next time.
+async fn keep_records(
+    run: &AbcRun,
+    ctx: &Context,
+    namespace: &str,
+    endpoint: &protocol::Endpoint,
+    snapshot: &protocol::Snapshot,
+) -> Option<records::RecordsRead> {
+    let held = run.status.as_ref().and_then(|s| s.inference.as_ref());
+    let from = records::read_from(
+        held.map_or(0, |i| i.generations),
+        snapshot.generations_recorded,
+    )?;
+    let read = match ctx
+        .redis
+        .records(&run.uid().unwrap_or_default(), endpoint, from)
+        .await
+    {
+        Ok(read) => read,
+        Err(err) => {
+            tracing::warn!(run = %run.name_any(), namespace, error = %err, "reading the run's generation records failed");
+            return None;
+        }
+    };
+    let mut problem = None;
+    let records: Vec<_> = read
+        .into_iter()
+        .filter_map(|r| r.map_err(|e| problem = Some(e.to_string())).ok())
+        .collect();
+    let patch = records::data_patch(&records, held.and_then(|i| i.generation));
+    if let Err(err) = store_records(run, ctx, namespace, patch).await {
+        tracing::warn!(run = %run.name_any(), namespace, error = %err, "storing the run's generation records failed");
+        return None;
+    }
+    Some(records::RecordsRead {
+        recorded: snapshot.generations_recorded,
+        records,
+        problem,
+    })
+}
+
+/// Merges `patch` into the run's records ConfigMap, made when it does not exist yet.
+async fn store_records(
+    run: &AbcRun,
+    ctx: &Context,
+    namespace: &str,
+    patch: BTreeMap<String, Option<String>>,
+) -> Result<(), Error> {
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    let name = records::config_map_name(run);
+    let merge = serde_json::json!({ "data": patch });
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&merge))
+        .await
+    {
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            let data = patch
+                .into_iter()
+                .filter_map(|(k, v)| Some((k, v?)))
+                .collect();
+            let config_map = resources::records_config_map(run, data).map_err(Error::Build)?;
+            api.create(&PostParams::default(), &config_map)
+                .await
+                .map_err(Error::kube("making the run's records ConfigMap"))?;
+            Ok(())
+        }
+        other => other.map(drop).map_err(Error::kube(
+            "storing generation records in the run's ConfigMap",
+        )),
+    }
+}
+
 /// The run's objects and pods in the caches.
 fn view_of(run: &AbcRun, caches: &Caches, namespace: &str) -> ClusterView {
     let deployment = |name: String| {
@@ -209,6 +287,11 @@ fn view_of(run: &AbcRun, caches: &Caches, namespace: &str) -> ClusterView {
                 )
             })
             .map(|j| Job::clone(&j)),
+        results_claim: resources::results_claim(run)
+            .ok()
+            .flatten()
+            .and_then(|claim| owned::get(&caches.owned.claims, namespace, &claim.name_any()))
+            .map(|c| PersistentVolumeClaim::clone(&c)),
         pods: caches.run_pods(run),
     }
 }
@@ -483,5 +566,21 @@ fn record_metrics(ctx: &Context, namespace: &str, name: &str, status: &AbcRunSta
         m.active_workers
             .get_or_create(&labels)
             .set(p.active_workers);
+    }
+    if let Some(i) = &status.inference
+        && let Some(t) = i.generation
+    {
+        m.inference_generation.get_or_create(&labels).set(t);
+        for (family, value) in [
+            (&m.epsilon, i.epsilon),
+            (&m.acceptance_rate, i.acceptance_rate),
+            (&m.effective_sample_size, i.effective_sample_size),
+        ] {
+            match value {
+                Some(v) => _ = family.get_or_create(&labels).set(v),
+                // an infinite epsilon: no number rather than a stale one
+                None => _ = family.remove(&labels),
+            }
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! connection hears pyABC's messages where its Redis allows it ([`Publications`]): the run's
 //! poller waits on them.
 
+use crate::protocol::inference::{GenerationRecord, read_records};
 use crate::protocol::{self, Connection, Endpoint, ProtocolError, Publications, Repair, Snapshot};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -68,6 +69,17 @@ impl RedisAccess {
     pub async fn stop(&self, run_uid: &str, endpoint: &Endpoint) -> Result<i64, ProtocolError> {
         let mut conn = self.connection(run_uid, endpoint).await?;
         timeout(endpoint, protocol::stop(&mut conn)).await
+    }
+
+    /// The run's generation records from index `from` on.
+    pub async fn records(
+        &self,
+        run_uid: &str,
+        endpoint: &Endpoint,
+        from: i64,
+    ) -> Result<Vec<Result<GenerationRecord, ProtocolError>>, ProtocolError> {
+        let mut conn = self.connection(run_uid, endpoint).await?;
+        timeout(endpoint, read_records(&mut conn, from)).await
     }
 
     /// Deletes a stale `analysis_id`; returns it when there was one.

@@ -3,10 +3,12 @@
 //! written to.
 
 use super::observe::{MasterState, Observed};
+use super::records;
 use crate::api::{
-    AbcRun, AbcRunStatus, MasterStartOutcome, MasterStartStatus, Phase, Progress, RedisInstance,
-    Resumes,
+    AbcRun, AbcRunStatus, InferenceStatus, MasterStartOutcome, MasterStartStatus, ParameterStatus,
+    Phase, Progress, RedisInstance, Resumes,
 };
+use crate::protocol::inference::{GenerationRecord, QUANTILES};
 use crate::protocol::{MasterStart, Resumed};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -107,6 +109,80 @@ pub fn compute(run: &AbcRun, observed: &Observed, now: Timestamp) -> AbcRunStatu
         resumes: resumes(previous.resumes, observed.resumed.as_ref()),
         redis,
         last_master_start,
+        results: observed.results.clone(),
+        inference: inference(run, previous.inference, observed),
+    }
+}
+
+/// Parameters whose marginal the status shows (the records hold more).
+pub const STATUS_PARAMETERS: usize = 8;
+
+/// Why a run that has stored a generation has no figures.
+pub const NO_RECORDS: &str = "the master records no generations (it does not run its analysis \
+    through abc_operator.run), so the status shows execution only";
+
+/// The inference figures: the latest record read in this reconcile, else those held. A run
+/// sampling generation 1 or later has stored generation 0, whose record the `abc_operator`
+/// module writes before the next generation starts: none means the master does not record.
+fn inference(
+    run: &AbcRun,
+    previous: Option<InferenceStatus>,
+    observed: &Observed,
+) -> Option<InferenceStatus> {
+    let mut inference = match &observed.records {
+        Some(read) => {
+            let mut figures = read
+                .latest()
+                .map(figures_of)
+                .or(previous)
+                .unwrap_or_default();
+            figures.generations = read.recorded;
+            figures.records_config_map = Some(records::config_map_name(run));
+            figures.message = read
+                .problem
+                .as_ref()
+                .map(|p| format!("some generation records could not be read: {p}"));
+            Some(figures)
+        }
+        None => previous,
+    };
+    let sampling_later = observed
+        .progress
+        .as_ref()
+        .and_then(|p| p.generation)
+        .is_some_and(|t| t >= 1);
+    if sampling_later && inference.as_ref().is_none_or(|i| i.generations == 0) {
+        inference.get_or_insert_default().message = Some(NO_RECORDS.into());
+    }
+    inference
+}
+
+/// The status' figures of one generation record.
+fn figures_of(record: &GenerationRecord) -> InferenceStatus {
+    let quantile = |q: &[Option<f64>], i: usize| q.get(i).copied().flatten();
+    InferenceStatus {
+        generation: Some(record.t),
+        epsilon: record.epsilon,
+        acceptance_rate: record.acceptance_rate,
+        effective_sample_size: record.ess,
+        evaluations: record.evaluations,
+        accepted: record.accepted,
+        wall_time_seconds: record.wall_time_seconds,
+        time: Some(record.time.clone()),
+        parameters: record
+            .parameters
+            .iter()
+            .take(STATUS_PARAMETERS)
+            .map(|p| ParameterStatus {
+                name: p.name.clone(),
+                mean: p.mean,
+                sd: p.sd,
+                q05: quantile(&p.quantiles, 0),
+                q95: quantile(&p.quantiles, QUANTILES.len() - 1),
+            })
+            .collect(),
+        parameters_total: record.parameters_total as i64,
+        ..InferenceStatus::default()
     }
 }
 
@@ -331,6 +407,9 @@ fn degraded(
         Some(MasterState::Succeeded) => return None,
         _ => {}
     }
+    if let Some(problem) = &observed.results_problem {
+        return Some(problem.clone());
+    }
     let pod = observed.pod_problem()?;
     if observed.workers_desired == 0 && observed.worker_pod_problem.as_ref() == Some(pod) {
         // Workers scaled to zero (stopped, suspended): their last pods are going away.
@@ -368,9 +447,11 @@ fn condition(
 mod tests {
     use super::*;
     use crate::controller::follow_up::{master_start_warning, redis_restarted};
-    use crate::controller::observe::PodProblem;
-    use crate::controller::test_support::{healthy, run, start};
+    use crate::controller::observe::{ClusterView, PodProblem};
+    use crate::controller::records::RecordsRead;
+    use crate::controller::test_support::{healthy, record, run, start};
     use crate::protocol::StartOutcome;
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 
     #[test]
     fn phase_follows_the_master_and_the_parts() {
@@ -763,6 +844,108 @@ mod tests {
             "the master failed (BackoffLimitExceeded); its last exit: Error, exit code 1 \
              (ModuleNotFoundError: No module named 'model')"
         );
+    }
+
+    #[test]
+    fn the_latest_record_read_is_the_inference_and_stays_when_redis_is_gone() {
+        let r = run("{image: i, master: {command: [m]}}");
+        let read = RecordsRead {
+            recorded: 3,
+            records: vec![record(1), record(2)],
+            problem: None,
+        };
+        let observed = Observed {
+            records: Some(read),
+            ..healthy()
+        };
+        let status = compute(&r, &observed, Timestamp::from_second(1).unwrap());
+        let inference = status.inference.clone().unwrap();
+        assert_eq!((inference.generations, inference.generation), (3, Some(2)));
+        assert_eq!(inference.epsilon, record(2).epsilon);
+        assert_eq!(inference.acceptance_rate, Some(0.25));
+        assert_eq!(inference.effective_sample_size, Some(90.0));
+        assert_eq!(inference.parameters[0].name, "mu");
+        assert_eq!(inference.parameters[0].q95, Some(1.2));
+        assert_eq!(
+            inference.records_config_map.as_deref(),
+            Some("r-generations")
+        );
+        assert_eq!(inference.message, None);
+
+        // Nothing read (Redis unchanged or gone): the figures stay.
+        let mut later = r.clone();
+        later.status = Some(status);
+        let again = compute(&later, &healthy(), Timestamp::from_second(2).unwrap());
+        assert_eq!(again.inference, Some(inference));
+    }
+
+    #[test]
+    fn a_master_that_records_nothing_is_told_once_it_stored_a_generation() {
+        let r = run("{image: i, master: {command: [m]}}");
+        let at = |t: i64| Observed {
+            progress: Some(Progress {
+                generation: Some(t),
+                ..Progress::default()
+            }),
+            ..healthy()
+        };
+        let now = Timestamp::from_second(1).unwrap();
+        assert_eq!(
+            compute(&r, &at(0), now).inference,
+            None,
+            "still sampling the first"
+        );
+        let told = compute(&r, &at(1), now).inference.unwrap();
+        assert_eq!(told.message.as_deref(), Some(NO_RECORDS));
+        assert_eq!(told.epsilon, None);
+    }
+
+    #[test]
+    fn a_results_claim_left_unbound_is_the_runs_problem_after_a_grace() {
+        let r = run("{image: i, master: {command: [m]}}");
+        let claim: PersistentVolumeClaim = serde_yaml::from_str(
+            "metadata: {name: r-results, creationTimestamp: '1970-01-01T00:00:00Z'}\nspec: {}\nstatus: {phase: Pending}",
+        )
+        .unwrap();
+        let view = ClusterView {
+            results_claim: Some(claim),
+            ..ClusterView::default()
+        };
+        let owned =
+            crate::resources::build(&r_with_uid(&r), Some("pw"), &Default::default()).unwrap();
+        let observe_at = |s: i64| {
+            let now = Timestamp::from_second(s).unwrap();
+            let observed = crate::controller::observe::observe(
+                &r,
+                &view,
+                &Default::default(),
+                &crate::controller::observe::RedisReading::NotRead,
+                &owned,
+                now,
+            );
+            compute(&r, &observed, now)
+        };
+        let early = observe_at(10);
+        assert_eq!(condition_of(&early, DEGRADED).status, "False");
+        assert_eq!(
+            early.results.unwrap().claim_phase.as_deref(),
+            Some("Pending")
+        );
+        let late = observe_at(120);
+        let degraded = condition_of(&late, DEGRADED);
+        assert_eq!(degraded.reason, "ResultsClaimPending");
+        assert!(
+            degraded.message.contains("r-results")
+                && degraded.message.contains("default StorageClass"),
+            "{}",
+            degraded.message
+        );
+    }
+
+    fn r_with_uid(r: &AbcRun) -> AbcRun {
+        let mut r = r.clone();
+        r.metadata.uid = Some("u".into());
+        r
     }
 
     #[test]

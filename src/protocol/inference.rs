@@ -78,6 +78,24 @@ pub struct Histogram {
     pub weights: Vec<f64>,
 }
 
+/// The records of [`GENERATIONS`] from index `from` on, each parsed on its own: a record
+/// beyond the bounds is an error of its own and does not hide the others.
+pub async fn read_records<C>(
+    conn: &mut C,
+    from: i64,
+) -> Result<Vec<Result<GenerationRecord, ProtocolError>>, ProtocolError>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let texts: Vec<Vec<u8>> = redis::cmd("LRANGE")
+        .arg(GENERATIONS)
+        .arg(from)
+        .arg(-1)
+        .query_async(conn)
+        .await?;
+    Ok(texts.iter().map(|t| GenerationRecord::parse(t)).collect())
+}
+
 impl GenerationRecord {
     /// Parses one record of [`GENERATIONS`], refusing one beyond the bounds.
     pub fn parse(text: &[u8]) -> Result<GenerationRecord, ProtocolError> {

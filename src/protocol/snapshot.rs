@@ -1,6 +1,7 @@
 //! One consistent read of a run's Redis: the current generation's counters and every ledger.
 
 use super::ProtocolError;
+use super::inference::GENERATIONS;
 use super::keys::{
     ALL_ACCEPTED, ANALYSIS_ID, DYNAMIC, GENERATION, IS_LOOK_AHEAD, LEDGER_PREFIX, LEDGER_SET,
     LOST_WORKERS, MASTER_START, MODE, N_ACC, N_EVAL, N_FAIL, N_JOB, N_LOOKAHEAD_EVAL, N_REQ,
@@ -39,7 +40,7 @@ const LEDGERS: &str = "ledgers";
 /// `ledgers`.
 const SNAPSHOT_LUA: &str = r#"
 -- KEYS: analysis_id, the ledger set, the lost-worker counter, the last resume, the last
--- master start. ARGV: the ledger key prefix, the
+-- master start, the generation records (only their number is read). ARGV: the ledger key prefix, the
 -- generation key's name, then the names of the per-generation keys to read.
 local problem = false
 local function read(key, want)
@@ -81,6 +82,12 @@ out[#out + 1] = KEYS[4]
 out[#out + 1] = read(KEYS[4], 'hash') or false
 out[#out + 1] = KEYS[5]
 out[#out + 1] = read(KEYS[5], 'hash') or false
+out[#out + 1] = KEYS[6]
+local records = redis.call('TYPE', KEYS[6])['ok']
+if records ~= 'none' and records ~= 'list' then
+  problem = problem or ('key ' .. KEYS[6] .. ' holds a ' .. records .. ', where abc_operator keeps a list')
+end
+out[#out + 1] = records == 'list' and redis.call('LLEN', KEYS[6]) or 0
 if problem then return redis.error_reply('ABC_NOT_PYABC ' .. problem) end
 return out
 "#;
@@ -226,6 +233,10 @@ pub struct Snapshot {
     pub resumed: Option<Resumed>,
     /// How the last master start on this Redis went, if a master recorded it.
     pub master_start: Option<MasterStart>,
+    /// Generation records the master's `abc_operator` module has written
+    /// ([`GENERATIONS`]); only their number is read here, the records themselves only when it
+    /// changes.
+    pub generations_recorded: i64,
 }
 
 /// The last time a master continued a stored run ([`RESUMED`], written by the `abc_operator`
@@ -331,6 +342,7 @@ impl Snapshot {
             .key(LOST_WORKERS)
             .key(RESUMED)
             .key(MASTER_START)
+            .key(GENERATIONS)
             .arg(LEDGER_PREFIX)
             .arg(GENERATION)
             .arg(&GENERATION_KEYS[..])
@@ -394,6 +406,9 @@ impl Snapshot {
                 .unwrap_or(0),
             resumed: resumed(fields.take(RESUMED)?)?,
             master_start: master_start(fields.take(MASTER_START)?)?,
+            generations_recorded: fields
+                .integer(GENERATIONS, format_args!("key {GENERATIONS}"))?
+                .unwrap_or(0),
         })
     }
 
@@ -480,7 +495,7 @@ mod tests {
             bulk(RUN_ID),
             bulk("ed2f8dfb97dd77dd5d3695e316787b00914a87e0"),
         ];
-        for name in [ANALYSIS_ID, GENERATION, LOST_WORKERS]
+        for name in [ANALYSIS_ID, GENERATION, LOST_WORKERS, GENERATIONS]
             .into_iter()
             .chain(GENERATION_KEYS)
         {

@@ -32,11 +32,14 @@ pub use configmap::{
 };
 use configmap::{operator_files_mount, operator_files_volume};
 pub use master::{RESULTS_DIR, master_job, master_job_name};
-pub use results::{MADE_BY_RUN_ANNOTATION, results_claim, results_claim_name};
 pub use networkpolicy::{OPERATOR_NAME_LABEL_VALUE, redis_network_policy};
 pub use redis::{
     DEFAULT_REDIS_IMAGE, REDIS_UID, managed_redis, redis_deployment, redis_deployment_name,
     redis_host_port, redis_host_port_for_operator, redis_service, redis_service_name,
+};
+pub use results::{
+    MADE_BY_RUN_ANNOTATION, records_config_map, records_config_map_name, results_claim,
+    results_claim_name,
 };
 pub use secret::{
     generated_password_secret_name, needs_generated_password, password_secret, password_secret_ref,

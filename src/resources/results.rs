@@ -9,7 +9,7 @@
 use super::{BuildError, Component, object_meta};
 use crate::api::{AbcRun, ResultsSpec, ResultsVolume};
 use k8s_openapi::api::core::v1::{
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements,
+    ConfigMap, PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
@@ -17,6 +17,23 @@ use std::collections::BTreeMap;
 
 /// Annotation of a kept claim: `{namespace}/{run} {uid}` of the run that made it.
 pub const MADE_BY_RUN_ANNOTATION: &str = "abc-operator.dev/made-by-run";
+
+/// The ConfigMap of the run's generation records (`controller::records`), owned by the run.
+pub fn records_config_map_name(run: &AbcRun) -> String {
+    format!("{}-generations", run.name_any())
+}
+
+/// The records ConfigMap holding `data` (one key per generation).
+pub fn records_config_map(
+    run: &AbcRun,
+    data: BTreeMap<String, String>,
+) -> Result<ConfigMap, BuildError> {
+    Ok(ConfigMap {
+        metadata: object_meta(run, records_config_map_name(run), Component::Results)?,
+        data: Some(data),
+        ..ConfigMap::default()
+    })
+}
 
 /// The claim the master's results database is on: the user's own, or the one the run makes;
 /// `None` without a master or with an emptyDir.
@@ -121,6 +138,9 @@ mod tests {
         assert_eq!(claim.metadata.owner_references, None);
         let made_by = &claim.metadata.annotations.unwrap()[MADE_BY_RUN_ANNOTATION];
         assert!(made_by.starts_with("science/gaussian "), "{made_by}");
-        assert_eq!(claim.spec.unwrap().storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            claim.spec.unwrap().storage_class_name.as_deref(),
+            Some("fast")
+        );
     }
 }

@@ -89,6 +89,13 @@ async fn snapshot_reads_every_field_by_name() {
         .query_async::<()>(&mut conn)
         .await
         .unwrap();
+    // As the module records two stored generations (the snapshot reads only their number).
+    redis::cmd("RPUSH")
+        .arg(abc_operator::protocol::inference::GENERATIONS)
+        .arg(&["{}", "{}"])
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
 
     let before = redis_time_ms(&mut conn).await;
     let snap = snapshot(&mut conn).await;
@@ -164,6 +171,7 @@ async fn snapshot_reads_every_field_by_name() {
                 cause: "continued run 1".into(),
                 at: "2026-12-02T16:05:37+00:00".into()
             }),
+            generations_recorded: 2,
         }
     );
 }
