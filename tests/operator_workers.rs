@@ -787,3 +787,89 @@ async fn a_hostile_redis_harms_only_its_own_run() {
     assert_eq!(controller.exited(), None, "the controller lives on");
     drop(idle);
 }
+
+/// A generation record as the `abc_operator` module writes it.
+fn record(t: i64, epsilon: f64) -> String {
+    serde_json::json!({
+        "t": t, "epsilon": epsilon, "accepted": 100, "evaluations": 400 + t,
+        "acceptance_rate": 100.0 / (400 + t) as f64, "ess": 90.5, "wall_time_seconds": 1.5,
+        "time": "2026-12-06T18:00:00+00:00", "parameters_total": 1,
+        "parameters": [{"name": "mu", "mean": 1.0, "sd": 0.1,
+            "quantiles": [0.8, 0.9, 1.0, 1.1, 1.2],
+            "histogram": {"low": 0.5, "high": 1.5, "weights": [0.5, 0.5]}}]
+    })
+    .to_string()
+}
+
+/// What the master records after each stored generation reaches the status (`kubectl get abc`'s
+/// EPSILON column) and the run's records ConfigMap, which keeps them after the run's Redis is
+/// gone; a record the operator cannot read is named in the status and does not hide the others.
+#[tokio::test]
+async fn generation_records_reach_the_status_and_the_runs_configmap() {
+    use abc_operator::protocol::inference::GENERATIONS;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let s = setup("wk-records", 0, "10m", "0").await;
+    let _controller = ControllerProcess::start(&s.ns.name);
+    let mut conn = support::redis::connect(&s.redis).await;
+    let push = |texts: Vec<String>| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("RPUSH")
+                .arg(GENERATIONS)
+                .arg(texts)
+                .query_async::<()>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    push(vec![record(0, 2.0), record(1, 1.0)]).await;
+    let inference = |generations: i64| {
+        let runs = s.runs.clone();
+        async move {
+            eventually(60, &format!("{generations} records in the status"), || async {
+                let status = runs.get("sim").await.ok()?.status?;
+                status.inference.filter(|i| i.generations == generations)
+            })
+            .await
+        }
+    };
+    let figures = inference(2).await;
+    assert_eq!(figures.generation, Some(1));
+    assert_eq!(figures.epsilon, Some(1.0));
+    assert_eq!(figures.evaluations, 401);
+    assert_eq!(figures.parameters[0].mean, Some(1.0));
+    assert_eq!(figures.records_config_map.as_deref(), Some("sim-generations"));
+
+    push(vec![record(2, 0.5), "{\"t\": 3}".into()]).await;
+    let figures = inference(4).await;
+    assert_eq!((figures.generation, figures.epsilon), (Some(2), Some(0.5)));
+    assert!(
+        figures
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("not a generation record")),
+        "{figures:?}"
+    );
+    let config_maps: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let data = config_maps.get("sim-generations").await.unwrap().data.unwrap();
+    assert_eq!(
+        data.keys().collect::<Vec<_>>(),
+        ["gen-00000.json", "gen-00001.json", "gen-00002.json"]
+    );
+    let stored: abc_operator::protocol::inference::GenerationRecord =
+        serde_json::from_str(&data["gen-00002.json"]).unwrap();
+    assert_eq!(stored.epsilon, Some(0.5));
+
+    // The run's Redis loses everything (a restart): the status and the ConfigMap keep them.
+    redis::cmd("FLUSHALL")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = s.runs.get("sim").await.unwrap().status.unwrap();
+    assert_eq!(status.inference.unwrap().generations, 4);
+    assert_eq!(
+        config_maps.get("sim-generations").await.unwrap().data.unwrap().len(),
+        3
+    );
+}
