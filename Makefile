@@ -68,7 +68,8 @@ cluster-down:
 	tools/cluster.sh down $(TESTENV)
 
 ## cluster-real: the control plane with a real node (kubelet, containerd, kube-proxy, CoreDNS)
-## holding the images built here; writes target/testenv-real/kubeconfig (root only)
+## holding the images built here, and a provisioner for its default StorageClass `local`;
+## writes target/testenv-real/kubeconfig (root only)
 cluster-real: tools
 	$(CARGO) build --bin abc-operator
 	ABC_OPERATOR_BIN=$(OPERATOR_DEBUG_BIN) tools/cluster.sh up $(TESTENV)-real --real-node

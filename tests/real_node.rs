@@ -995,10 +995,11 @@ async fn the_hpa_example_scales_real_worker_pods_on_demand() {
     assert_every_generation_complete(&ns.name);
 }
 
-/// A claim `results` in `ns` bound to a folder of the node (a hostPath volume: the real node
-/// has no storage provisioner), writable by the master's non-root user; as a user's own
-/// `resultsClaimName` would be, it outlives the master's pods. The folder lies in the test
-/// cluster's own directory, which `tools/cluster.sh down` removes.
+/// A claim `results` in `ns` bound to a folder of the node, writable by the master's non-root
+/// user; as a user's own `resultsClaimName` would be, it outlives the master's pods. Its
+/// hostPath volume is made by hand and both name the class '', so the cluster's default
+/// StorageClass (tools/provisioner) leaves them alone: this proves a claim the user brings.
+/// The folder lies in the test cluster's own directory, which `tools/cluster.sh down` removes.
 fn results_claim(ns: &str) -> &'static str {
     let dir = results_folder(ns);
     std::fs::create_dir_all(&dir).unwrap();

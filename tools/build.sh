@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the test cluster's binaries from the pinned Go modules under tools/: the control plane
 # (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl), the real node's
-# kubelet and kube-proxy, kwok, helm and CoreDNS. They go into a cache outside the checkout
-# keyed by a hash of the pins, so fresh clones on the same machine reuse the binaries.
+# kubelet, kube-proxy and volume provisioner, kwok, helm and CoreDNS. They go into a cache
+# outside the checkout keyed by a hash of the pins, so fresh clones on the same machine reuse
+# the binaries.
 #
 # Usage: tools/build.sh            builds what is missing, prints the bin directory
 #        tools/build.sh --print    prints the bin directory without building
@@ -10,7 +11,8 @@ set -euo pipefail
 
 tools=$(cd "$(dirname "$0")" && pwd)
 cache_root=${ABC_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/abc-operator/tools}
-# The Go files count too: tools/coredns/main.go chooses CoreDNS's plugins.
+# The Go files count too: tools/coredns/main.go chooses CoreDNS's plugins, and
+# tools/provisioner/main.go is the volume provisioner.
 key=$(cat "$tools"/*/go.mod "$tools"/*/go.sum "$tools"/*/*.go "$tools/build.sh" <(go env GOVERSION) |
   sha256sum | cut -c1-16)
 out=$cache_root/$key
@@ -35,8 +37,9 @@ targets=(
   "kwok|kwok|sigs.k8s.io/kwok/cmd/kwok"
   "helm|helm|helm.sh/helm/v3/cmd/helm"
   "coredns|coredns|abc-operator/tools/coredns"
+  "provisioner|provisioner|abc-operator/tools/provisioner"
 )
-modules=(k8s kwok helm coredns)
+modules=(k8s kwok helm coredns provisioner)
 
 # The name `go build -o DIR/` gives a main package: its last path element, without a /vN suffix.
 go_name() {

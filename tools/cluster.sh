@@ -4,7 +4,9 @@
 # ReplicaSets, Jobs, garbage collection, HPA), kube-scheduler and kwok with one fake node.
 # With --real-node, instead of the fake node: one real node (tools/node.sh: containerd, runc,
 # a CNI bridge, kubelet, kube-proxy, CoreDNS, and the project's images), and the API server on
-# the node's bridge address, so that pods reach it through the `kubernetes` Service.
+# the node's bridge address, so that pods reach it through the `kubernetes` Service. The real
+# node's cluster also provisions volumes: a provisioner on the host (tools/provisioner) serves
+# the default StorageClass `local`, a directory under DIR/volumes per claim, removed with it.
 #
 # Usage: tools/cluster.sh up   [DIR] [--owner-pid PID] [--real-node]
 #                                      start; DIR defaults to target/testenv
@@ -45,13 +47,13 @@ dir=$(cd "$(dirname "$dir")" && pwd)/$(basename "$dir")
 down() {
   [ -d "$dir" ] || return 0
   # Stop in reverse start order; only the pids this script recorded.
-  for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
+  for name in provisioner kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
     pidfile=$dir/pids/$name
     [ -f "$pidfile" ] || continue
     pid=$(cat "$pidfile")
     kill "$pid" 2>/dev/null || true
   done
-  for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
+  for name in provisioner kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
     pidfile=$dir/pids/$name
     [ -f "$pidfile" ] || continue
     pid=$(cat "$pidfile")
@@ -224,6 +226,26 @@ if [ "$real_node" = true ]; then
     echo "tools/cluster.sh: the real node failed to start (above); logs kept in $dir.failed-logs" >&2
     exit 1
   fi
+  # Dynamic provisioning for claims that name no class, as on a real cluster. The node is this
+  # machine, so the provisioner runs here and makes each volume's directory itself. A local
+  # volume waits for its pod's node (WaitForFirstConsumer) and goes with its claim (Delete).
+  start provisioner "$bin/provisioner" -kubeconfig "$kubeconfig" -dir "$dir/volumes" -node abc-node-0
+  "${kubectl[@]}" apply -f - >/dev/null <<EOF || fail kube-apiserver
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: local
+  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
+provisioner: abc-operator.dev/local
+volumeBindingMode: WaitForFirstConsumer
+reclaimPolicy: Delete
+EOF
+  for i in $(seq 300); do
+    kill -0 "$(cat "$dir/pids/provisioner")" 2>/dev/null || fail provisioner
+    grep -q "Started provisioner controller" "$dir/logs/provisioner.log" && break
+    [ "$i" = 300 ] && fail provisioner
+    sleep 0.2
+  done
 else
 start kwok "$bin/kwok" --kubeconfig "$kubeconfig" --config "$stages" \
   --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
@@ -267,7 +289,7 @@ if [ -n "$owner" ]; then
 fi
 
 if [ "$real_node" = true ]; then
-  echo "control plane up; real node abc-node-0 Ready"
+  echo "control plane up; real node abc-node-0 Ready; default StorageClass local"
 else
   echo "control plane up; node kwok-node-0 Ready"
 fi
