@@ -393,6 +393,14 @@ async fn invalid_manifests_are_rejected_with_a_clear_message() {
             "either managed or external",
         ),
         ("workers: {replicas: 1}", "image"),
+        (
+            "image: i\n  master: {command: [m], resultsClaimName: c, results: {size: 1Gi}}",
+            "either resultsClaimName",
+        ),
+        (
+            "image: i\n  master: {command: [m], results: {size: lots}}",
+            "quantity",
+        ),
     ];
     for (spec, expected) in cases {
         let manifest = format!(
@@ -405,6 +413,77 @@ async fn invalid_manifests_are_rejected_with_a_clear_message() {
             "the error for {spec:?} does not mention {expected:?}: {err}"
         );
     }
+}
+
+/// A run with a master makes its results claim; it goes with the run, unless the run asked to
+/// keep it: then it stays, naming the run that made it. The claim's storage cannot change once
+/// made (the API server says so), `keep` can.
+#[tokio::test]
+async fn the_results_claim_goes_with_the_run_unless_kept() {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    install_crd();
+    let client = cluster::client().await;
+    let ns = TestNamespace::new(&client, "op-claims").await;
+    let _controller = ControllerProcess::start(&ns.name);
+    let manifest = |name: &str, results: &str| {
+        format!(
+            "apiVersion: abc-operator.dev/v1alpha1\nkind: AbcRun\nmetadata: {{name: {name}}}\n\
+             spec:\n  image: i\n  workers: {{replicas: 0}}\n  master: {{command: [m], results: {results}}}\n"
+        )
+    };
+    for (name, results) in [("owned", "{size: 2Gi}"), ("kept", "{keep: true}")] {
+        let (ok, err) = kubectl_apply(&ns.name, &manifest(name, results));
+        assert!(ok, "{err}");
+    }
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
+    for name in ["owned-results", "kept-results"] {
+        eventually(60, name, || async {
+            claims.get_opt(name).await.ok().flatten()
+        })
+        .await;
+    }
+    let owned = claims.get("owned-results").await.unwrap();
+    assert_eq!(
+        owned.spec.unwrap().resources.unwrap().requests.unwrap()["storage"].0,
+        "2Gi"
+    );
+
+    let (ok, err) = kubectl_apply(&ns.name, &manifest("owned", "{size: 5Gi}"));
+    assert!(!ok && err.contains("only keep can change"), "{err}");
+
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
+    for name in ["owned", "kept"] {
+        runs.delete(name, &DeleteParams::foreground())
+            .await
+            .unwrap();
+    }
+    eventually(90, "the owned claim gone with its run", || async {
+        claims
+            .get_opt("owned-results")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually(60, "both runs gone", || async {
+        runs.list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    let kept = claims
+        .get("kept-results")
+        .await
+        .expect("the kept claim stays");
+    let made_by = &kept.annotations()["abc-operator.dev/made-by-run"];
+    assert!(
+        made_by.starts_with(&format!("{}/kept ", ns.name)),
+        "{made_by}"
+    );
 }
 
 #[tokio::test]

@@ -826,10 +826,14 @@ async fn generation_records_reach_the_status_and_the_runs_configmap() {
     let inference = |generations: i64| {
         let runs = s.runs.clone();
         async move {
-            eventually(60, &format!("{generations} records in the status"), || async {
-                let status = runs.get("sim").await.ok()?.status?;
-                status.inference.filter(|i| i.generations == generations)
-            })
+            eventually(
+                60,
+                &format!("{generations} records in the status"),
+                || async {
+                    let status = runs.get("sim").await.ok()?.status?;
+                    status.inference.filter(|i| i.generations == generations)
+                },
+            )
             .await
         }
     };
@@ -838,7 +842,10 @@ async fn generation_records_reach_the_status_and_the_runs_configmap() {
     assert_eq!(figures.epsilon, Some(1.0));
     assert_eq!(figures.evaluations, 401);
     assert_eq!(figures.parameters[0].mean, Some(1.0));
-    assert_eq!(figures.records_config_map.as_deref(), Some("sim-generations"));
+    assert_eq!(
+        figures.records_config_map.as_deref(),
+        Some("sim-generations")
+    );
 
     push(vec![record(2, 0.5), "{\"t\": 3}".into()]).await;
     let figures = inference(4).await;
@@ -851,7 +858,12 @@ async fn generation_records_reach_the_status_and_the_runs_configmap() {
         "{figures:?}"
     );
     let config_maps: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
-    let data = config_maps.get("sim-generations").await.unwrap().data.unwrap();
+    let data = config_maps
+        .get("sim-generations")
+        .await
+        .unwrap()
+        .data
+        .unwrap();
     assert_eq!(
         data.keys().collect::<Vec<_>>(),
         ["gen-00000.json", "gen-00001.json", "gen-00002.json"]
@@ -869,7 +881,13 @@ async fn generation_records_reach_the_status_and_the_runs_configmap() {
     let status = s.runs.get("sim").await.unwrap().status.unwrap();
     assert_eq!(status.inference.unwrap().generations, 4);
     assert_eq!(
-        config_maps.get("sim-generations").await.unwrap().data.unwrap().len(),
+        config_maps
+            .get("sim-generations")
+            .await
+            .unwrap()
+            .data
+            .unwrap()
+            .len(),
         3
     );
 }
