@@ -8,7 +8,7 @@ use super::events::Notice;
 use super::observe::Observed;
 use super::status::DEGRADED;
 use crate::api::{AbcRun, AbcRunStatus, Phase};
-use crate::protocol::StartOutcome;
+use crate::protocol::{StartOutcome, inference};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::EventType;
@@ -246,33 +246,17 @@ fn figures_of(status: &AbcRunStatus, t: i64) -> String {
     };
     let mut figures = String::new();
     if let Some(epsilon) = inference.epsilon {
-        figures += &format!(", epsilon {}", python_e(epsilon, 8));
+        figures += &format!(", epsilon {}", inference::python_e(epsilon, 8));
     }
     if let Some(rate) = inference.acceptance_rate {
         figures += &format!(
             ", accepted {} / {} = {}",
             inference.accepted,
             inference.evaluations,
-            python_e(rate, 4)
+            inference::python_e(rate, 4)
         );
     }
     figures
-}
-
-/// `x` as Python's `f"{x:.{digits}e}"` writes it (`3.33e-01`: a signed exponent of at least
-/// two digits), so that a note reads like the master's log line.
-fn python_e(x: f64, digits: usize) -> String {
-    let text = format!("{x:.digits$e}");
-    match text.split_once('e') {
-        Some((mantissa, exponent)) => {
-            let (sign, magnitude) = match exponent.strip_prefix('-') {
-                Some(m) => ('-', m),
-                None => ('+', exponent),
-            };
-            format!("{mantissa}e{sign}{magnitude:0>2}")
-        }
-        None => text, // inf, NaN
-    }
 }
 
 /// The Warning a new master start deserves, if any (reason, note): one that could not use its

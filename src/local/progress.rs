@@ -2,6 +2,7 @@
 //! object per update). Pure: it turns observations into text; the caller writes it to stdout.
 
 use crate::api::Progress;
+use crate::protocol::inference::python_e;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -22,6 +23,24 @@ pub struct FinalCounts {
     pub required: i64,
     pub evaluations: i64,
     pub failures: i64,
+}
+
+/// What the master recorded of a generation (`protocol::inference`), for its line.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Figures {
+    pub epsilon: Option<f64>,
+    pub acceptance_rate: Option<f64>,
+    pub ess: Option<f64>,
+}
+
+impl From<&crate::protocol::inference::GenerationRecord> for Figures {
+    fn from(record: &crate::protocol::inference::GenerationRecord) -> Figures {
+        Figures {
+            epsilon: record.epsilon,
+            acceptance_rate: record.acceptance_rate,
+            ess: record.ess,
+        }
+    }
 }
 
 /// A piece of output.
@@ -76,11 +95,13 @@ impl Renderer {
     }
 
     /// Output for a new observation made `elapsed` after the run started; `ended` are the
-    /// final counters of the generation it ends (see [`Renderer::ending`]).
+    /// final counters of the generation it ends (see [`Renderer::ending`]), `figures` what the
+    /// master recorded of it.
     pub fn observe(
         &mut self,
         obs: Observation,
         ended: Option<FinalCounts>,
+        figures: Option<Figures>,
         elapsed: Duration,
     ) -> Vec<Out> {
         let mut out = Vec::new();
@@ -107,9 +128,17 @@ impl Renderer {
                 Style::Json => {
                     let mut event = progress_json(&done, elapsed);
                     event["event"] = "generation_done".into();
+                    if let Some(f) = figures {
+                        event["epsilon"] = json!(f.epsilon);
+                        event["acceptance_rate"] = json!(f.acceptance_rate);
+                        event["ess"] = json!(f.ess);
+                    }
                     event.to_string()
                 }
-                _ => format_line(&done, elapsed, true),
+                _ => {
+                    format_line(&done, elapsed, true)
+                        + &figures.map(figures_text).unwrap_or_default()
+                }
             }));
             self.last_plain_line = elapsed;
         }
@@ -184,6 +213,22 @@ pub fn format_line(obs: &Observation, elapsed: Duration, done: bool) -> String {
     line
 }
 
+/// `  eps 3.3333e-01  acceptance 2.5000e-01  ESS 180.0`: a done line's figures, as pyABC's
+/// own log says them.
+fn figures_text(f: Figures) -> String {
+    let mut text = String::new();
+    if let Some(eps) = f.epsilon {
+        text += &format!("  eps {}", python_e(eps, 4));
+    }
+    if let Some(rate) = f.acceptance_rate {
+        text += &format!("  acceptance {}", python_e(rate, 4));
+    }
+    if let Some(ess) = f.ess {
+        text += &format!("  ESS {ess:.1}");
+    }
+    text
+}
+
 /// The JSON object of one progress update.
 pub fn progress_json(obs: &Observation, elapsed: Duration) -> Value {
     let p = &obs.progress;
@@ -233,19 +278,19 @@ mod tests {
     fn terminal_redraws_the_current_generation_and_keeps_finished_ones() {
         let mut r = Renderer::new(Style::Terminal);
         assert_eq!(
-            r.observe(Observation::default(), None, secs(0)),
+            r.observe(Observation::default(), None, None, secs(0)),
             vec![Out::Live(String::new())],
             "nothing before the master starts"
         );
-        let out = r.observe(obs(0, 10, 20), None, secs(1));
+        let out = r.observe(obs(0, 10, 20), None, None, secs(1));
         assert!(
             matches!(&out[..], [Out::Live(l)] if l.contains("generation 0") && l.contains("10/200"))
         );
         assert!(
-            r.observe(obs(0, 10, 20), None, secs(2)).is_empty(),
+            r.observe(obs(0, 10, 20), None, None, secs(2)).is_empty(),
             "no output without change"
         );
-        let out = r.observe(obs(1, 3, 5), None, secs(3));
+        let out = r.observe(obs(1, 3, 5), None, None, secs(3));
         assert_eq!(out.len(), 2);
         assert!(
             matches!(&out[0], Out::Line(l) if l.contains("generation 0") && l.contains("200/200") && l.contains("done"))
@@ -256,25 +301,34 @@ mod tests {
     #[test]
     fn the_last_generation_is_finished_when_the_analysis_goes_away() {
         let mut r = Renderer::new(Style::Plain);
-        r.observe(obs(4, 150, 900), None, secs(1));
+        r.observe(obs(4, 150, 900), None, None, secs(1));
+        let figures = Figures {
+            epsilon: Some(0.125),
+            acceptance_rate: Some(0.25),
+            ess: Some(140.0),
+        };
         let out = r.observe(
             Observation {
                 workers: 2,
                 ..Default::default()
             },
             None,
+            Some(figures),
             secs(2),
         );
         assert!(
-            matches!(&out[..], [Out::Line(l)] if l.contains("generation 4") && l.contains("done"))
+            matches!(&out[..], [Out::Line(l)] if l.contains("generation 4") && l.contains("done")
+                && l.ends_with("eps 1.2500e-01  acceptance 2.5000e-01  ESS 140.0")),
+            "{out:?}"
         );
         let mut r = Renderer::new(Style::Terminal);
-        r.observe(obs(4, 150, 900), None, secs(1));
+        r.observe(obs(4, 150, 900), None, None, secs(1));
         let out = r.observe(
             Observation {
                 workers: 2,
                 ..Default::default()
             },
+            None,
             None,
             secs(2),
         );
@@ -287,14 +341,14 @@ mod tests {
     #[test]
     fn a_generation_lost_with_redis_is_not_reported_done() {
         let mut r = Renderer::new(Style::Json);
-        r.observe(obs(3, 40, 90), None, secs(1));
+        r.observe(obs(3, 40, 90), None, None, secs(1));
         r.forget_generation();
         let empty = Observation {
             workers: 2,
             ..Default::default()
         };
         assert_eq!(r.ending(&empty), None);
-        let out = r.observe(empty, None, secs(2));
+        let out = r.observe(empty, None, None, secs(2));
         assert!(
             matches!(&out[..], [Out::Line(l)] if !l.contains("generation_done")),
             "{out:?}"
@@ -304,7 +358,7 @@ mod tests {
     #[test]
     fn a_finished_generation_shows_its_final_counters() {
         let mut r = Renderer::new(Style::Plain);
-        r.observe(obs(0, 150, 300), None, secs(1));
+        r.observe(obs(0, 150, 300), None, None, secs(1));
         assert_eq!(r.ending(&obs(0, 160, 310)), None);
         let next = obs(1, 0, 0);
         assert_eq!(r.ending(&next), Some(("a".to_string(), 0)));
@@ -314,7 +368,7 @@ mod tests {
             evaluations: 402,
             failures: 1,
         };
-        let out = r.observe(next, Some(counts), secs(2));
+        let out = r.observe(next, Some(counts), None, secs(2));
         assert!(
             matches!(&out[..], [Out::Line(l)] if l.contains("201/200") && l.contains("402") && l.contains("failed 1")),
             "{out:?}"
@@ -324,13 +378,13 @@ mod tests {
     #[test]
     fn plain_output_is_one_line_per_generation_plus_a_slow_heartbeat() {
         let mut r = Renderer::new(Style::Plain);
-        assert!(r.observe(obs(-1, 1, 1), None, secs(1)).is_empty());
-        assert!(r.observe(obs(-1, 2, 2), None, secs(5)).is_empty());
-        let out = r.observe(obs(-1, 3, 3), None, secs(11));
+        assert!(r.observe(obs(-1, 1, 1), None, None, secs(1)).is_empty());
+        assert!(r.observe(obs(-1, 2, 2), None, None, secs(5)).is_empty());
+        let out = r.observe(obs(-1, 3, 3), None, None, secs(11));
         assert!(
             matches!(&out[..], [Out::Line(l)] if l.starts_with("calibration") && !l.contains("done"))
         );
-        let out = r.observe(obs(0, 0, 0), None, secs(12));
+        let out = r.observe(obs(0, 0, 0), None, None, secs(12));
         assert!(
             matches!(&out[..], [Out::Line(l)] if l.starts_with("calibration") && l.contains("done"))
         );
@@ -339,7 +393,7 @@ mod tests {
     #[test]
     fn json_is_one_object_per_change() {
         let mut r = Renderer::new(Style::Json);
-        let out = r.observe(obs(2, 5, 9), None, Duration::from_millis(1234));
+        let out = r.observe(obs(2, 5, 9), None, None, Duration::from_millis(1234));
         let [Out::Line(line)] = &out[..] else {
             panic!("{out:?}")
         };
@@ -348,8 +402,8 @@ mod tests {
         assert_eq!(v["generation"], 2);
         assert_eq!(v["accepted"], 5);
         assert_eq!(v["elapsed_s"], 1.2);
-        assert!(r.observe(obs(2, 5, 9), None, secs(2)).is_empty());
-        let out = r.observe(obs(3, 0, 0), None, secs(3));
+        assert!(r.observe(obs(2, 5, 9), None, None, secs(2)).is_empty());
+        let out = r.observe(obs(3, 0, 0), None, None, secs(3));
         let [Out::Line(done), Out::Line(_)] = &out[..] else {
             panic!("{out:?}")
         };

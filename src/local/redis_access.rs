@@ -2,8 +2,9 @@
 //! that knows the APIs of [`super::redis_server`] and [`crate::protocol`].
 
 use super::error::LocalError;
-use super::progress::FinalCounts;
+use super::progress::{Figures, FinalCounts};
 use super::redis_server::{RedisServer, RedisServerOptions};
+use crate::protocol::inference::read_records;
 use crate::protocol::{self, Repair, Snapshot, keys};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -154,6 +155,16 @@ pub async fn final_counts(
         evaluations,
         failures: failures.unwrap_or(0),
     }))
+}
+
+/// What the master recorded of generation `t` (the list's last record, where the master pushes
+/// it before it starts the next generation); `None` without a record of `t`.
+pub async fn figures_of(conn: &mut Conn, recorded: i64, t: i64) -> Option<Figures> {
+    let last = read_records(conn, recorded.checked_sub(1)?).await.ok()?;
+    last.into_iter()
+        .flatten()
+        .find(|record| record.t == t)
+        .map(|record| Figures::from(&record))
 }
 
 /// Repairs the ledgers of a dead worker (found by their `worker` field, one per process);

@@ -96,6 +96,22 @@ where
     Ok(texts.iter().map(|t| GenerationRecord::parse(t)).collect())
 }
 
+/// `x` as Python's `f"{x:.{digits}e}"` writes it (`3.33e-01`: a signed exponent of at least
+/// two digits), so that a note reads like the master's log line.
+pub fn python_e(x: f64, digits: usize) -> String {
+    let text = format!("{x:.digits$e}");
+    match text.split_once('e') {
+        Some((mantissa, exponent)) => {
+            let (sign, magnitude) = match exponent.strip_prefix('-') {
+                Some(m) => ('-', m),
+                None => ('+', exponent),
+            };
+            format!("{mantissa}e{sign}{magnitude:0>2}")
+        }
+        None => text, // inf, NaN
+    }
+}
+
 impl GenerationRecord {
     /// Parses one record of [`GENERATIONS`], refusing one beyond the bounds.
     pub fn parse(text: &[u8]) -> Result<GenerationRecord, ProtocolError> {

@@ -24,15 +24,19 @@ impl Runner {
                     progress: Progress::from(&snapshot),
                     workers: self.slots.iter().filter(|s| s.running.is_some()).count(),
                 };
-                let ended = match self.renderer.ending(&obs) {
-                    Some((ana, t)) => redis_access::final_counts(&mut self.conn, &ana, t)
-                        .await
-                        .ok()
-                        .flatten(),
-                    None => None,
+                let (ended, figures) = match self.renderer.ending(&obs) {
+                    Some((ana, t)) => (
+                        redis_access::final_counts(&mut self.conn, &ana, t)
+                            .await
+                            .ok()
+                            .flatten(),
+                        redis_access::figures_of(&mut self.conn, snapshot.generations_recorded, t)
+                            .await,
+                    ),
+                    None => (None, None),
                 };
                 let elapsed = self.elapsed();
-                for out in self.renderer.observe(obs, ended, elapsed) {
+                for out in self.renderer.observe(obs, ended, figures, elapsed) {
                     self.printer.out(out);
                 }
                 if !self.stopping {
