@@ -98,7 +98,8 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
     }
     let mut observed = plan.observed;
     if let (Some(endpoint), Some(snapshot)) = (&endpoint, redis.snapshot()) {
-        observed.records = keep_records(&run, &ctx, &namespace, endpoint, snapshot).await;
+        observed.records =
+            keep_records(&run, &ctx, &namespace, endpoint, snapshot, &observed).await;
     }
     // A count only grows, also when the cached run does not hold this controller's last write.
     observed.lost_workers = observed
@@ -196,6 +197,7 @@ async fn keep_records(
     namespace: &str,
     endpoint: &protocol::Endpoint,
     snapshot: &protocol::Snapshot,
+    observed: &Observed,
 ) -> Option<records::RecordsRead> {
     let held = run.status.as_ref().and_then(|s| s.inference.as_ref());
     let from = records::read_from(
@@ -214,10 +216,17 @@ async fn keep_records(
         }
     };
     let mut problem = None;
-    let records: Vec<_> = read
+    let mut records: Vec<_> = read
         .into_iter()
         .filter_map(|r| r.map_err(|e| problem = Some(e.to_string())).ok())
         .collect();
+    let held_latest = held.and_then(|i| i.generation);
+    let execution = records::execution(run.status.as_ref(), observed);
+    for record in &mut records {
+        if held_latest.is_none_or(|t| record.t > t) {
+            record.execution = Some(execution.clone());
+        }
+    }
     let patch = records::data_patch(&records, held.and_then(|i| i.generation));
     if let Err(err) = store_records(run, ctx, namespace, patch).await {
         tracing::warn!(run = %run.name_any(), namespace, error = %err, "storing the run's generation records failed");

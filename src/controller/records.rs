@@ -21,8 +21,9 @@
 //! Redis. Only when it differs from the number the status holds are the new records read
 //! (one LRANGE), stored, and the status updated: a poll costs no record read.
 
-use crate::api::AbcRun;
-use crate::protocol::inference::GenerationRecord;
+use super::observe::Observed;
+use crate::api::{AbcRun, AbcRunStatus};
+use crate::protocol::inference::{Execution, GenerationRecord};
 use std::collections::BTreeMap;
 
 /// Generations the records ConfigMap keeps (the last ones).
@@ -117,6 +118,23 @@ pub fn stored_text(record: &GenerationRecord) -> String {
         } else if record.parameters.pop().is_none() {
             return text;
         }
+    }
+}
+
+/// The run's execution now, stored with the generations that just completed: what the
+/// dashboard plots on the generations' time axis.
+pub fn execution(previous: Option<&AbcRunStatus>, observed: &Observed) -> Execution {
+    Execution {
+        workers_ready: observed.workers_ready.into(),
+        workers_desired: observed.workers_desired.into(),
+        active_workers: observed.progress.as_ref().map_or(0, |p| p.active_workers),
+        lost_workers: observed.lost_workers,
+        resumes: previous
+            .and_then(|s| s.resumes.as_ref())
+            .map_or(0, |r| r.count),
+        redis_restarts: previous
+            .and_then(|s| s.redis.as_ref())
+            .map_or(0, |r| r.restarts),
     }
 }
 

@@ -60,5 +60,6 @@ pub fn record(t: i64) -> GenerationRecord {
             },
         }],
         model_probabilities: vec![],
+        execution: None,
     }
 }

@@ -55,6 +55,24 @@ pub struct GenerationRecord {
     /// Model probabilities, when the analysis compares several models.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub model_probabilities: Vec<f64>,
+    /// The run's execution when the operator stored the record (not written by the module).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution: Option<Execution>,
+}
+
+/// What the operator saw of a run's execution when it stored a generation's record.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Execution {
+    pub workers_ready: i64,
+    pub workers_desired: i64,
+    /// Workers inside the generation being sampled then.
+    pub active_workers: i64,
+    /// Lost workers repaired so far.
+    pub lost_workers: i64,
+    /// Resumes of the master so far.
+    pub resumes: i64,
+    /// Restarts of the run's Redis so far.
+    pub redis_restarts: i64,
 }
 
 /// A parameter's weighted marginal in one generation.
