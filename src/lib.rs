@@ -7,6 +7,7 @@
 pub mod api;
 pub mod autoscaling;
 pub mod controller;
+pub mod dashboard;
 pub mod local;
 pub mod logging;
 pub mod metrics;

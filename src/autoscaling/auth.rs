@@ -122,8 +122,8 @@ pub struct User {
     pub groups: Vec<String>,
 }
 
-/// Who asked to read which metric in which namespace: (user, namespace, metric).
-type DecisionKey = (User, String, String);
+/// Who asked to do what: (user, the review's resource attributes).
+type DecisionKey = (User, String);
 
 /// `SubjectAccessReview`s with a short cache, so an HPA polling every few seconds costs the API
 /// server one review per user and metric every [`DECISION_TTL`].
@@ -148,7 +148,23 @@ impl Authorizer {
         namespace: &str,
         metric: &str,
     ) -> Result<bool, String> {
-        let key = (user.clone(), namespace.to_string(), metric.to_string());
+        self.may(
+            user,
+            ResourceAttributes {
+                group: Some(super::external_metrics::GROUP.into()),
+                version: Some(super::external_metrics::VERSION.into()),
+                resource: Some(metric.into()),
+                namespace: Some(namespace.into()),
+                verb: Some("list".into()),
+                ..ResourceAttributes::default()
+            },
+        )
+        .await
+    }
+
+    /// May `user` do what `attributes` say (a `SubjectAccessReview`, cached)?
+    pub async fn may(&self, user: &User, attributes: ResourceAttributes) -> Result<bool, String> {
+        let key = (user.clone(), format!("{attributes:?}"));
         if let Some((allowed, at)) = self
             .decisions
             .lock()
@@ -162,14 +178,7 @@ impl Authorizer {
             spec: SubjectAccessReviewSpec {
                 user: Some(user.name.clone()),
                 groups: Some(user.groups.clone()),
-                resource_attributes: Some(ResourceAttributes {
-                    group: Some(super::external_metrics::GROUP.into()),
-                    version: Some(super::external_metrics::VERSION.into()),
-                    resource: Some(metric.into()),
-                    namespace: Some(namespace.into()),
-                    verb: Some("list".into()),
-                    ..ResourceAttributes::default()
-                }),
+                resource_attributes: Some(attributes),
                 ..SubjectAccessReviewSpec::default()
             },
             ..SubjectAccessReview::default()

@@ -44,6 +44,10 @@ pub struct ExternalMetricsArgs {
     /// APIService whose caBundle is set to the generated certificate's CA.
     #[arg(long, env = "ABC_APISERVICE")]
     pub apiservice: Option<String>,
+    /// The runs' pages' APIService (`dashboard.abc-operator.dev`), served on the same address;
+    /// its caBundle is set like `--apiservice`'s.
+    #[arg(long, env = "ABC_DASHBOARD_APISERVICE")]
+    pub dashboard_apiservice: Option<String>,
 }
 
 /// Why the external metrics API cannot be served; each names what to fix.
@@ -71,12 +75,13 @@ pub async fn serve_external_metrics(
     client: kube::Client,
     args: ExternalMetricsArgs,
     board: Arc<DemandBoard>,
+    pages: crate::dashboard::server::Pages,
 ) {
     let Some(addr) = args.external_metrics_addr else {
         return std::future::pending().await;
     };
     loop {
-        match serve_once(&client, &args, addr, board.clone()).await {
+        match serve_once(&client, &args, addr, board.clone(), pages.clone()).await {
             Ok(()) => return,
             Err(err) => {
                 tracing::error!(error = %err, %addr, "cannot serve the external metrics API; retrying in 30 s");
@@ -91,30 +96,38 @@ async fn serve_once(
     args: &ExternalMetricsArgs,
     addr: SocketAddr,
     board: Arc<DemandBoard>,
+    pages: crate::dashboard::server::Pages,
 ) -> Result<(), AutoscalingError> {
     let requestheader = Arc::new(RequestHeaderConfig::load(client).await?);
     let cert = match (&args.tls_cert_file, &args.tls_key_file) {
         (Some(cert), Some(key)) => tls::ServingCert::from_files(cert, key)?,
         _ => tls::ServingCert::generate(&args.tls_dns_names)?,
     };
-    if let (Some(ca), Some(apiservice)) = (&cert.generated_ca_pem, &args.apiservice) {
-        tls::publish_ca_bundle(client, apiservice, ca).await?;
-        tracing::info!(
-            apiservice,
-            "set the APIService caBundle to the generated CA"
-        );
+    if let Some(ca) = &cert.generated_ca_pem {
+        for apiservice in [&args.apiservice, &args.dashboard_apiservice]
+            .into_iter()
+            .flatten()
+        {
+            tls::publish_ca_bundle(client, apiservice, ca).await?;
+            tracing::info!(
+                apiservice,
+                "set the APIService caBundle to the generated CA"
+            );
+        }
     }
     let config = server_config(cert, &requestheader)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| AutoscalingError::Listen { addr, source })?;
     tracing::info!(%addr, "serving the external metrics API (external.metrics.k8s.io/v1beta1)");
+    let authorizer = Arc::new(Authorizer::new(client.clone()));
     let api = ExternalMetricsApi {
         board,
         requestheader: requestheader.clone(),
-        authorizer: Arc::new(Authorizer::new(client.clone())),
+        authorizer: authorizer.clone(),
     };
-    let router = external_metrics_router(api);
+    let pages = crate::dashboard::server::routes(pages, requestheader.clone(), authorizer);
+    let router = external_metrics_router(api).merge(pages);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     loop {
         let (tcp, peer) = match listener.accept().await {

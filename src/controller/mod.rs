@@ -104,6 +104,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     };
     let (wake, woken) = futures::channel::mpsc::unbounded();
     let (runs_store, runs_writer) = reflector::store();
+    let pages = crate::dashboard::server::Pages::new(runs_store.clone(), client.clone());
     let redis = Arc::new(RedisAccess::default());
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -202,7 +203,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let elector = leader::Elector::new(&client, &args.leader, ns);
     // Only the leader serves the external metrics API: its demand board is the one fed.
     let external_metrics =
-        crate::autoscaling::serve_external_metrics(client, args.external_metrics, demand);
+        crate::autoscaling::serve_external_metrics(client, args.external_metrics, demand, pages);
     let leading = async {
         tokio::select! {
             _ = controller => tracing::info!("controller stopped"),
