@@ -1,0 +1,166 @@
+//! Each run's page through the API server's aggregation layer, as `kubectl abc dashboard`
+//! fetches it: real API server (authentication, RBAC, the aggregation proxy), real controller
+//! process serving `dashboard.abc-operator.dev`, loopback redis-server holding the records a
+//! master writes. Whoever may `get` the run sees its page; a user who may only reach the
+//! aggregated API is refused by the operator; a deleted run's page says so.
+//!
+//! The APIService `v1alpha1.dashboard.abc-operator.dev` is cluster-wide, so this binary holds
+//! the only test that registers it, and removes it at the end.
+
+mod support;
+
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+use kube::Client;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use support::cluster::{eventually, kubectl, output_with_stdin};
+use support::controller::{ControllerProcess, free_port};
+use support::run::setup;
+
+const APISERVICE: &str = "v1alpha1.dashboard.abc-operator.dev";
+
+/// Points the pages' APIService at the controller process on loopback (an ExternalName
+/// Service, as tests/autoscaling.rs does for the external metrics API). Removed on drop.
+struct Registration;
+
+impl Registration {
+    async fn new(client: &Client, namespace: &str, port: u16) -> Registration {
+        let ssa = PatchParams::apply("abc-operator-test").force();
+        let service = serde_json::json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "abc-operator"},
+            "spec": {"type": "ExternalName", "externalName": "localhost"},
+        });
+        let services: Api<k8s_openapi::api::core::v1::Service> =
+            Api::namespaced(client.clone(), namespace);
+        services
+            .patch("abc-operator", &ssa, &Patch::Apply(&service))
+            .await
+            .unwrap();
+        // As the chart installs it: no caBundle, the operator writes it.
+        let apiservice = serde_json::json!({
+            "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+            "metadata": {"name": APISERVICE},
+            "spec": {"group": "dashboard.abc-operator.dev", "version": "v1alpha1",
+                     "groupPriorityMinimum": 1000, "versionPriority": 15,
+                     "service": {"namespace": namespace, "name": "abc-operator", "port": port}},
+        });
+        let api: Api<APIService> = Api::all(client.clone());
+        api.patch(APISERVICE, &ssa, &Patch::Apply(&apiservice))
+            .await
+            .unwrap();
+        eventually(90, "the pages' APIService Available", || async {
+            let status = api.get(APISERVICE).await.ok()?.status?;
+            status
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Available" && c.status == "True")
+                .then_some(())
+        })
+        .await;
+        Registration
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let _ = kubectl()
+            .args([
+                "delete",
+                "apiservice",
+                APISERVICE,
+                "--ignore-not-found",
+                "--wait=false",
+            ])
+            .output();
+    }
+}
+
+/// `kubectl get --raw PATH` as `user` (impersonated; none: the admin): Ok(body) or Err(stderr).
+fn raw_as(user: Option<&str>, path: &str) -> Result<String, String> {
+    let mut cmd = kubectl();
+    cmd.args(["get", "--raw", path]);
+    if let Some(user) = user {
+        cmd.args(["--as", user]);
+    }
+    let out = cmd.output().unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// A Role in `namespace` granting `rules` (YAML list) to `user`.
+fn grant(namespace: &str, user: &str, rules: &str) {
+    let manifest = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: {user}, namespace: {namespace}}}\n\
+         rules: {rules}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\n\
+         metadata: {{name: {user}, namespace: {namespace}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {user}}}\n\
+         subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {user}}}]\n"
+    );
+    let mut apply = kubectl();
+    apply.args(["apply", "-f", "-"]);
+    let out = output_with_stdin(apply, &manifest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_runs_page_is_for_whoever_may_get_the_run() {
+    let s = setup("dash", 0, "10m", "0").await;
+    let ns = s.ns.name.clone();
+    let port = free_port();
+    let _controller = ControllerProcess::start_with(
+        &ns,
+        &[
+            "--external-metrics-addr",
+            &format!("127.0.0.1:{port}"),
+            "--tls-dns-name",
+            &format!("abc-operator.{ns}.svc"),
+            "--dashboard-apiservice",
+            APISERVICE,
+        ],
+    );
+    let _registration = Registration::new(&s.client, &ns, port).await;
+    let page = format!("/apis/dashboard.abc-operator.dev/v1alpha1/namespaces/{ns}/dashboards/sim");
+
+    let html = eventually(60, "the run's page", || async { raw_as(None, &page).ok() }).await;
+    assert!(html.contains("sim"), "the page names its run: {html}");
+
+    let page_only =
+        "[{apiGroups: [dashboard.abc-operator.dev], resources: [dashboards], verbs: [get]}]";
+    grant(&ns, "mallory", page_only);
+    let refused = raw_as(Some("mallory"), &page).unwrap_err();
+    assert!(
+        refused.contains("cannot get abcruns") && refused.contains("\"sim\""),
+        "the operator refuses a user who may not read the run: {refused}"
+    );
+    grant(
+        &ns,
+        "reader",
+        "[{apiGroups: [dashboard.abc-operator.dev], resources: [dashboards], verbs: [get]}, \
+         {apiGroups: [abc-operator.dev], resources: [abcruns], resourceNames: [sim], verbs: [get]}]",
+    );
+    let html = raw_as(Some("reader"), &page).unwrap();
+    assert!(html.contains("sim"), "{html}");
+    let nobody = raw_as(Some("nobody"), &page).unwrap_err();
+    assert!(nobody.to_lowercase().contains("forbidden"), "{nobody}");
+
+    let csv = raw_as(None, &format!("{page}?csv=generations")).unwrap();
+    assert!(!csv.contains("<html"), "a CSV, not the page: {csv}");
+
+    s.runs
+        .delete("sim", &DeleteParams::default())
+        .await
+        .unwrap();
+    let gone = eventually(60, "the deleted run's page", || async {
+        raw_as(None, &page)
+            .err()
+            .filter(|e| e.contains("NotFound") || e.contains("404"))
+    })
+    .await;
+    assert!(!gone.is_empty());
+}
