@@ -158,7 +158,7 @@ fn inference(
 }
 
 /// The status' figures of one generation record.
-fn figures_of(record: &GenerationRecord) -> InferenceStatus {
+pub fn figures_of(record: &GenerationRecord) -> InferenceStatus {
     let quantile = |q: &[Option<f64>], i: usize| q.get(i).copied().flatten();
     InferenceStatus {
         generation: Some(record.t),

@@ -7,6 +7,14 @@ const INSTALL_HINT: &str = "pass --python PATH or set ABC_PYTHON to a python tha
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
+    #[error(
+        "cannot serve the run's page on {addr}: {cause}; pass another --dashboard-port, or 0 for none"
+    )]
+    Dashboard {
+        addr: std::net::SocketAddr,
+        cause: std::io::Error,
+    },
+
     #[error("cannot read the manifest {path}: {cause}")]
     ManifestRead {
         path: PathBuf,

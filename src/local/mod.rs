@@ -68,6 +68,11 @@ pub struct RunArgs {
     /// Print one JSON object per line on stdout (progress and events) instead of progress lines.
     #[arg(long)]
     pub json: bool,
+
+    /// Port of the run's page on 127.0.0.1 [default: a free port]; 0: no page served (it is
+    /// still written into the run folder at the end).
+    #[arg(long, value_name = "PORT")]
+    pub dashboard_port: Option<u16>,
 }
 
 /// Runs the manifest to the end; returns the master's exit code.

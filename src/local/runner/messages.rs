@@ -31,8 +31,14 @@ impl Runner {
             self.dirs.run.display(),
             self.dirs.logs.display()
         ));
+        if let Some(url) = &self.page_url {
+            self.printer.say(format!(
+                "the run's page: {url} (epsilon, acceptance, posterior, workers)"
+            ));
+        }
         self.printer.event(json!({
             "event": "started",
+            "dashboard": self.page_url,
             "name": self.name,
             "redis": {"host": host, "port": port, "pid": pid},
             "workers": self.slots.len(),

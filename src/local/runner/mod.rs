@@ -11,6 +11,7 @@ mod children;
 mod event_loop;
 mod logs;
 mod messages;
+mod page;
 mod polling;
 mod redis_restart;
 mod shutdown;
@@ -143,7 +144,24 @@ pub async fn run(args: RunArgs) -> Result<u8, LocalError> {
         redis_restarts: 0,
         last_resume: None,
         last_master_start: None,
+        page: None,
+        page_url: None,
     };
+    if args.dashboard_port != Some(0) {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.dashboard_port.unwrap_or(0)));
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|cause| LocalError::Dashboard { addr, cause })?;
+        let local = listener
+            .local_addr()
+            .map_err(|cause| LocalError::Dashboard { addr, cause })?;
+        let page = page::LocalPage::new(&runner.name);
+        tokio::spawn(page::serve(listener, page.data.clone()));
+        runner.page = Some(page);
+        runner.page_url = Some(format!("http://{local}/"));
+    } else {
+        runner.page = Some(page::LocalPage::new(&runner.name));
+    }
     let outcome = runner.run_until_done(&mut signals).await;
     let result = runner.shutdown(outcome, &mut signals).await;
     // The entrypoint and matplotlib's cache go with the temp dir, after every child is gone.
@@ -234,6 +252,10 @@ struct Runner {
     last_resume: Option<String>,
     /// The last master start recorded in Redis that was looked at (by its time).
     last_master_start: Option<String>,
+    /// What the run's page shows.
+    page: Option<page::LocalPage>,
+    /// Where the page is served, when it is.
+    page_url: Option<String>,
 }
 
 /// SIGINT or SIGTERM to the runner.

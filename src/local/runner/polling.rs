@@ -20,9 +20,11 @@ impl Runner {
                 self.lost_workers = self.lost_workers.max(snapshot.lost_workers);
                 self.report_resume(&snapshot);
                 self.report_master_start(&snapshot);
+                let workers = self.slots.iter().filter(|s| s.running.is_some()).count();
+                self.update_page(&snapshot, workers).await;
                 let obs = Observation {
                     progress: Progress::from(&snapshot),
-                    workers: self.slots.iter().filter(|s| s.running.is_some()).count(),
+                    workers,
                 };
                 let (ended, figures) = match self.renderer.ending(&obs) {
                     Some((ana, t)) => (

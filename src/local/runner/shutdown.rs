@@ -113,6 +113,17 @@ impl Runner {
                 self.lost_workers
             ));
         }
+        let phase = match code {
+            0 => crate::api::Phase::Succeeded,
+            INTERRUPTED => crate::api::Phase::Stopped,
+            _ => crate::api::Phase::Failed,
+        };
+        if let Some(file) = self.finish_page(phase) {
+            self.printer.say(format!(
+                "the run's page, to open in a browser: {}",
+                file.display()
+            ));
+        }
         self.printer.event(json!({"event": "finished", "exit_code": code, "results_dir": self.dirs.results, "lost_workers": self.lost_workers, "elapsed_s": elapsed}));
         Ok(code)
     }
