@@ -60,7 +60,8 @@ __all__ = [
 ]
 
 # The exit code of a master whose Redis went away mid-run (restarted, evicted): the master Job
-# (and `abc-operator run`) start it again without counting a failure, and it resumes.
+# (and `abc-operator run`) start it again without counting a failure, and it resumes (the
+# module leaves the run unfinished in the database, which pyABC marks done however it ends).
 REDIS_LOST_EXIT_CODE = 75
 # The exit code of a master whose results database cannot be continued (sysexits' EX_DATAERR):
 # the master Job fails at once (its pod failure policy), as no retry can succeed.
@@ -172,6 +173,7 @@ def run(abc, db, observed, **run_kwargs):
     except Exception as err:
         if not _is_connection_error(err):
             raise
+        _reopen(abc)
         _say(
             f"lost the connection to Redis ({err}); exiting with {REDIS_LOST_EXIT_CODE} so "
             "that the master is started again and resumes from its results database"
@@ -216,6 +218,29 @@ def _new_or_resume(abc, db, observed, run_kwargs):
     _record_resume(abc, done)
     _record_start(abc, "resumed", f"continued run {unfinished} in {url} from generation {done}")
     return abc.run(**run_kwargs)
+
+
+def _reopen(abc):
+    """pyABC's `ABCSMC.run` marks its run done (its `end_time`) however it ends, also when a
+    lost Redis ends it: the run is marked unfinished again, so that the master started again
+    resumes it instead of starting a new one. A run that had ended anyway is marked done
+    again by that resume (its generations are all there)."""
+    history = getattr(abc, "history", None)
+    if history is None or getattr(history, "id", None) is None:
+        return
+    try:
+        from pyabc.storage.db_model import ABCSMC
+
+        session, close = _session(history)
+        try:
+            session.query(ABCSMC).filter(ABCSMC.id == history.id).update(
+                {ABCSMC.end_time: None}
+            )
+            session.commit()
+        finally:
+            close()
+    except Exception as err:
+        _warn(f"could not mark run {history.id} unfinished for its resume", err)
 
 
 def _using_database(url, what, action):
