@@ -7,6 +7,7 @@
 
 mod support;
 
+use abc_operator::protocol::inference::{GENERATIONS, GenerationRecord, HISTOGRAM_BINS, QUANTILES};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -18,7 +19,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 use support::python::{python, python_script};
-use support::results_db::{database_of_another_run, row_counts, stored_generations};
+use support::results_db::{
+    database_of_another_run, generation_records, row_counts, stored_generations,
+};
 
 /// Runs that start pyabc processes take one at a time: each imports pyabc in three processes,
 /// and on a small machine parallel runs would only make every time limit meaningless.
@@ -352,12 +355,246 @@ fn gaussian_example_runs_to_completion() {
     );
 }
 
-/// The Gaussian example with exactly six generations, returned once generation 3 is sampled.
-fn six_generations_sampling_generation_3() -> Run {
+/// The run's redis-server, left running at the end by `--keep-redis` so that a test can read
+/// what the run wrote; shut down when dropped, also when the test fails before (every
+/// redis-server of the run's port is killed).
+struct KeptRedis {
+    port: u64,
+    conn: Option<redis::Connection>,
+}
+
+impl KeptRedis {
+    /// Once the run has started its redis-server.
+    fn of(run: &mut Run) -> KeptRedis {
+        run.wait_event("the start", Duration::from_secs(120), |e| {
+            e["event"] == "started"
+        });
+        KeptRedis {
+            port: redis_port(&run.events()),
+            conn: None,
+        }
+    }
+
+    /// The run's generation records, read after its end through the connection file of its
+    /// `redis_kept` event; each must parse.
+    fn records(&mut self, run: &mut Run) -> Vec<GenerationRecord> {
+        let events = run.events();
+        let kept = by_event(&events, "redis_kept");
+        let env_file = kept
+            .first()
+            .and_then(|e| e["env_file"].as_str())
+            .unwrap_or_else(|| run.fail("no redis_kept event"));
+        let text = std::fs::read_to_string(env_file).unwrap();
+        let password = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ABC_REDIS_PASSWORD="))
+            .map(|v| v.trim_matches('\''))
+            .expect("the connection file has the password");
+        let url = format!("redis://:{password}@127.0.0.1:{}/", self.port);
+        let conn = self.conn.insert(
+            redis::Client::open(url)
+                .unwrap()
+                .get_connection()
+                .expect("the kept redis-server answers"),
+        );
+        let texts: Vec<Vec<u8>> = redis::cmd("LRANGE")
+            .arg(GENERATIONS)
+            .arg(0)
+            .arg(-1)
+            .query(conn)
+            .unwrap();
+        texts
+            .iter()
+            .map(|text| {
+                GenerationRecord::parse(text)
+                    .unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(text)))
+            })
+            .collect()
+    }
+}
+
+impl Drop for KeptRedis {
+    fn drop(&mut self) {
+        if let Some(conn) = &mut self.conn {
+            let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN").arg("NOSAVE").query(conn);
+        }
+        for pid in redis_pids(self.port) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+/// One generation as pyABC's master logs it at INFO: `t: N, eps: E.` and then
+/// `Accepted: a / n = rate, ESS: ess.`
+#[derive(Debug)]
+struct LoggedGeneration {
+    t: i64,
+    epsilon: f64,
+    accepted: i64,
+    evaluations: i64,
+    acceptance_rate: f64,
+    ess: f64,
+}
+
+/// Every generation the master's log shows, in order.
+fn logged_generations(log: &str) -> Vec<LoggedGeneration> {
+    let number = |text: &str| -> f64 {
+        let text = text.trim().trim_end_matches('.');
+        text.parse()
+            .unwrap_or_else(|_| panic!("a number in pyABC's log: {text:?}"))
+    };
+    let mut out = Vec::new();
+    let mut current: Option<(i64, f64)> = None;
+    for line in log.lines() {
+        if let Some(rest) = line.split_once("INFO: t: ").map(|(_, r)| r) {
+            let (t, eps) = rest.split_once(", eps: ").expect("t: N, eps: E");
+            current = Some((t.parse().unwrap(), number(eps)));
+        } else if let Some(rest) = line.split_once("INFO: Accepted: ").map(|(_, r)| r) {
+            let (t, epsilon) = current.take().expect("an Accepted line after its t line");
+            let (accepted, rest) = rest.split_once(" / ").unwrap();
+            let (evaluations, rest) = rest.split_once(" = ").unwrap();
+            let (rate, ess) = rest.split_once(", ESS: ").unwrap();
+            out.push(LoggedGeneration {
+                t,
+                epsilon,
+                accepted: accepted.parse().unwrap(),
+                evaluations: evaluations.parse().unwrap(),
+                acceptance_rate: number(rate),
+                ess: number(ess),
+            });
+        }
+    }
+    out
+}
+
+/// `recorded` is `logged` as pyABC prints it: in its exponent format with `digits` digits
+/// after the point (`{:.8e}`, `{:.4e}`), so within half a unit of the last digit printed.
+fn as_printed(recorded: Option<f64>, logged: f64, digits: i32) -> bool {
+    recorded.is_some_and(|r| (r - logged).abs() <= 0.51 * 10f64.powi(-digits) * logged.abs())
+}
+
+/// Holds for every record: its parameter summaries are weighted distributions.
+fn assert_summaries_are_distributions(record: &GenerationRecord) {
+    for p in &record.parameters {
+        let h = &p.histogram;
+        assert_eq!(h.weights.len(), HISTOGRAM_BINS, "{record:?}");
+        let total: f64 = h.weights.iter().sum();
+        assert!(
+            (total - 1.0).abs() < 1e-9,
+            "histogram weights sum to 1: {record:?}"
+        );
+        assert!(
+            h.weights.iter().all(|w| *w >= 0.0) && h.low < h.high,
+            "{record:?}"
+        );
+        let q: Vec<f64> = p.quantiles.iter().map(|q| q.unwrap()).collect();
+        assert_eq!(q.len(), QUANTILES.len());
+        assert!(
+            q.windows(2).all(|w| w[0] <= w[1]),
+            "quantiles in order: {q:?}"
+        );
+        assert!(h.low <= q[0] && q[q.len() - 1] <= h.high, "{record:?}");
+        let mean = p.mean.unwrap();
+        assert!(
+            h.low <= mean && mean <= h.high && p.sd.unwrap() > 0.0,
+            "{record:?}"
+        );
+    }
+}
+
+/// After a run that lost its master or its Redis: the list again holds every stored
+/// generation exactly once, in order, each record as the module computes it from the
+/// database (identical in every field, also for the generations recorded live).
+fn assert_records_of_every_stored_generation(kept: &mut KeptRedis, run: &mut Run, db: &Path) {
+    let records = kept.records(run);
+    let ts: Vec<i64> = records.iter().map(|r| r.t).collect();
+    assert_eq!(
+        ts,
+        (0..6).collect::<Vec<_>>(),
+        "every generation once, in order"
+    );
+    assert_eq!(
+        records,
+        generation_records(db),
+        "each record as the database gives it"
+    );
+    for (record, (t, evaluations)) in records.iter().zip(stored_generations(db)) {
+        assert_eq!((record.t, record.evaluations), (t, evaluations));
+        assert_summaries_are_distributions(record);
+    }
+}
+
+#[test]
+fn every_stored_generation_is_recorded_as_the_master_logs_it() {
+    let _heavy = heavy();
     let manifest = crate_dir().join("examples/gaussian/abcrun.yaml");
+    let mut run = Run::start(&manifest, &["--json", "--run-dir", "run", "--keep-redis"]);
+    let mut kept = KeptRedis::of(&mut run);
+    let code = run.wait_exit(Duration::from_secs(300));
+    assert_eq!(code, 0, "stderr:\n{}", run.stderr());
+    let records = kept.records(&mut run);
+    let log = std::fs::read_to_string(run.cwd.path().join("run/logs/master.log")).unwrap();
+    let logged = logged_generations(&log);
+    let db = run.cwd.path().join("run/results/gaussian.db");
+    let stored = stored_generations(&db);
+    assert!(
+        logged.len() >= 2,
+        "pyABC logs its generations at INFO:\n{log}"
+    );
+    assert_eq!(
+        records.len(),
+        logged.len(),
+        "one record per generation:\n{log}"
+    );
+    assert_eq!(
+        records.len(),
+        stored.len(),
+        "one record per stored generation"
+    );
+    for (record, logged) in records.iter().zip(&logged) {
+        let what = format!("{record:?}\nagainst the log's {logged:?}");
+        assert_eq!(record.t, logged.t, "{what}");
+        assert!(as_printed(record.epsilon, logged.epsilon, 8), "{what}");
+        assert_eq!(
+            (record.accepted, record.evaluations),
+            (logged.accepted, logged.evaluations),
+            "{what}"
+        );
+        assert!(
+            as_printed(record.acceptance_rate, logged.acceptance_rate, 4),
+            "{what}"
+        );
+        assert!(as_printed(record.ess, logged.ess, 4), "{what}");
+        assert!(record.wall_time_seconds.is_some_and(|s| s > 0.0), "{what}");
+        assert!(record.time.ends_with("+00:00"), "UTC, RFC 3339: {what}");
+        assert_eq!(record.parameters_total, 1, "{what}");
+        assert_eq!(record.parameters[0].name, "mu", "{what}");
+        assert!(record.model_probabilities.is_empty(), "one model: {what}");
+        assert_summaries_are_distributions(record);
+    }
+    assert!(
+        records.windows(2).all(|w| w[0].time <= w[1].time),
+        "stored in order"
+    );
+    // The example's posterior of mu is close to N(2.0, 0.5^2).
+    let last = &records[records.len() - 1].parameters[0];
+    let (mean, sd) = (last.mean.unwrap(), last.sd.unwrap());
+    assert!((mean - 2.0).abs() < 0.3, "posterior mean {mean}");
+    assert!((0.2..1.0).contains(&sd), "posterior sd {sd}");
+    assert_eq!(
+        records,
+        generation_records(&db),
+        "as the database gives them"
+    );
+}
+
+/// The Gaussian example with exactly six generations, returned once generation 3 is sampled.
+fn six_generations_sampling_generation_3(args: &[&str]) -> Run {
+    let manifest = crate_dir().join("examples/gaussian/abcrun.yaml");
+    let args = [&["--json", "--run-dir", "run"], args].concat();
     let mut run = Run::start_with_env(
         &manifest,
-        &["--json", "--run-dir", "run"],
+        &args,
         true,
         &[
             ("GAUSSIAN_GENERATIONS", "6"),
@@ -389,7 +626,8 @@ fn assert_six_generations_keeping(db: &Path, before: &[(i64, i64)]) {
 #[test]
 fn a_killed_master_is_started_again_and_resumes() {
     let _heavy = heavy();
-    let mut run = six_generations_sampling_generation_3();
+    let mut run = six_generations_sampling_generation_3(&["--keep-redis"]);
+    let mut kept = KeptRedis::of(&mut run);
     let events = run.events();
     let master = by_event(&events, "master_started")[0]["pid"]
         .as_i64()
@@ -416,12 +654,13 @@ fn a_killed_master_is_started_again_and_resumes() {
     let code = run.wait_exit(Duration::from_secs(300));
     assert_eq!(code, 0, "stderr:\n{}", run.stderr());
     assert_six_generations_keeping(&db, &before);
+    assert_records_of_every_stored_generation(&mut kept, &mut run, &db);
 }
 
 #[test]
 fn a_killed_redis_is_started_again_and_the_master_resumes() {
     let _heavy = heavy();
-    let mut run = six_generations_sampling_generation_3();
+    let mut run = six_generations_sampling_generation_3(&[]);
     let events = run.events();
     let port = redis_port(&events);
     let redis = by_event(&events, "started")[0]["redis"]["pid"]
@@ -1060,9 +1299,10 @@ fn chaos_kills_of_workers_the_master_and_redis_cost_no_generation_twice() {
         state >> 33
     };
     let manifest = crate_dir().join("examples/gaussian/abcrun.yaml");
+    // --keep-redis: the generation records are read at the end.
     let mut run = Run::start_with_env(
         &manifest,
-        &["--json", "--run-dir", "run"],
+        &["--json", "--run-dir", "run", "--keep-redis"],
         true,
         &[
             ("GAUSSIAN_GENERATIONS", "6"),
@@ -1070,6 +1310,7 @@ fn chaos_kills_of_workers_the_master_and_redis_cost_no_generation_twice() {
             ("GAUSSIAN_MODEL_SECONDS", "0.002"),
         ],
     );
+    let mut kept = KeptRedis::of(&mut run);
     let kill_a_worker = |run: &mut Run, next: &mut dyn FnMut() -> u64| {
         run.wait_event("a generation in progress", Duration::from_secs(120), |e| {
             e["event"] == "progress" && e["generation"].as_i64() >= Some(0)
@@ -1128,4 +1369,7 @@ fn chaos_kills_of_workers_the_master_and_redis_cost_no_generation_twice() {
         (0..6).map(|t| (t, 200)).collect::<Vec<_>>(),
         "six generations of 200 particles, none twice (ABC_CHAOS_SEED={seed})"
     );
+    // The Redis kill lost the records of the generations before it: the resumed master
+    // wrote them again from the database.
+    assert_records_of_every_stored_generation(&mut kept, &mut run, &db);
 }

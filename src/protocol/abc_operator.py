@@ -24,6 +24,23 @@ retrying up to its `backoffLimit`.
 Every start says how it went, in Redis (`START_KEY`) for the operator's status and Events and
 `abc-operator run`'s output: resumed, started anew (and why: no database yet, or no unfinished
 run in it), or refused (the `ResumeError`'s message, also the container's termination message).
+
+What the run has inferred so far goes to Redis too: right after pyABC stores a generation,
+`run` RPUSHes one JSON record of it to the list `GENERATIONS_KEY` (the contract is
+src/protocol/inference.rs: `GENERATIONS`, `GenerationRecord`): t, epsilon, accepted,
+evaluations, acceptance rate and ESS as pyABC computes and logs them (`t: N, eps: ...`,
+`Accepted: a / n = rate, ESS: ...`; the ESS sums the weights in ascending order, so it may
+differ from pyABC's in the last bits), pyABC's wall time of the generation, when it was stored,
+and per parameter (the first `MAX_PARAMETERS`, by model, then by name) the weighted mean, sd,
+`QUANTILES` and a `HISTOGRAM_BINS`-bin histogram over the generation's particles; with
+several models the names are `m{i}.{name}` and the model probabilities are filled. Every
+start rewrites the list from the database in one transaction (a new run empties it), so
+after a lost Redis or a resume it again holds every stored generation once, oldest first.
+A record computed from the database is identical, field for field, to the one pushed live
+(both are computed from the same stored values, in an order that does not depend on how the
+database returns them). A record that cannot be computed or pushed is a warning on stderr,
+never a failure of the analysis; a lost Redis is what it is everywhere else in this module
+(`REDIS_LOST_EXIT_CODE`), so that the restarted master rewrites the list complete.
 """
 
 import datetime
@@ -36,13 +53,15 @@ __all__ = [
     "RESUME_REFUSED_EXIT_CODE",
     "ResumeError",
     "database_url",
+    "generation_records",
     "run",
     "sampler",
     "sampler_class",
 ]
 
 # The exit code of a master whose Redis went away mid-run (restarted, evicted): the master Job
-# (and `abc-operator run`) start it again without counting a failure, and it resumes.
+# (and `abc-operator run`) start it again without counting a failure, and it resumes (the
+# module leaves the run unfinished in the database, which pyABC marks done however it ends).
 REDIS_LOST_EXIT_CODE = 75
 # The exit code of a master whose results database cannot be continued (sysexits' EX_DATAERR):
 # the master Job fails at once (its pod failure policy), as no retry can succeed.
@@ -63,6 +82,13 @@ START_KEY = "abc_operator:master_start"
 # RESULTS_LUA; src/protocol/keys.rs: EARLY_RELEASE). A master that waits for all samples, or
 # that uses pyABC's sampler class directly, gets pyABC's behaviour exactly.
 EARLY_RELEASE_KEY = "abc_operator:early_release"
+# Redis list of one JSON record per stored generation, oldest first (src/protocol/inference.rs:
+# GENERATIONS, GenerationRecord), and its bounds (the same file's constants).
+GENERATIONS_KEY = "abc_operator:generations"
+MAX_PARAMETERS = 32
+HISTOGRAM_BINS = 20
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+MAX_RECORD_BYTES = 64 * 1024
 # Where the kubelet reads a container's termination message (the pod's default
 # terminationMessagePath); written only where the kubelet mounted it.
 TERMINATION_LOG = "/dev/termination-log"
@@ -147,6 +173,7 @@ def run(abc, db, observed, **run_kwargs):
     except Exception as err:
         if not _is_connection_error(err):
             raise
+        _reopen(abc)
         _say(
             f"lost the connection to Redis ({err}); exiting with {REDIS_LOST_EXIT_CODE} so "
             "that the master is started again and resumes from its results database"
@@ -160,6 +187,7 @@ def _new_or_resume(abc, db, observed, run_kwargs):
     if unfinished is None:
         _forget_resumes(abc)
         _using_database(url, "start a new run in", lambda: abc.new(url, observed))
+        _record_generations(abc, abc.history, stored=False)
         _say(f"new run {abc.history.id} in {url}: {why_new}")
         _record_start(abc, "new", f"started a new run in {url}: {why_new}")
         return abc.run(**run_kwargs)
@@ -168,6 +196,7 @@ def _new_or_resume(abc, db, observed, run_kwargs):
         url, f"load run {unfinished} from", lambda: abc.load(url, unfinished)
     )
     _check_same_problem(url, history, observed)
+    _record_generations(abc, history, stored=True)
     done = history.max_t + 1
     wanted = run_kwargs.get("max_nr_populations")
     finished = wanted is not None and done >= wanted
@@ -189,6 +218,29 @@ def _new_or_resume(abc, db, observed, run_kwargs):
     _record_resume(abc, done)
     _record_start(abc, "resumed", f"continued run {unfinished} in {url} from generation {done}")
     return abc.run(**run_kwargs)
+
+
+def _reopen(abc):
+    """pyABC's `ABCSMC.run` marks its run done (its `end_time`) however it ends, also when a
+    lost Redis ends it: the run is marked unfinished again, so that the master started again
+    resumes it instead of starting a new one. A run that had ended anyway is marked done
+    again by that resume (its generations are all there)."""
+    history = getattr(abc, "history", None)
+    if history is None or getattr(history, "id", None) is None:
+        return
+    try:
+        from pyabc.storage.db_model import ABCSMC
+
+        session, close = _session(history)
+        try:
+            session.query(ABCSMC).filter(ABCSMC.id == history.id).update(
+                {ABCSMC.end_time: None}
+            )
+            session.commit()
+        finally:
+            close()
+    except Exception as err:
+        _warn(f"could not mark run {history.id} unfinished for its resume", err)
 
 
 def _using_database(url, what, action):
@@ -341,6 +393,377 @@ def _forget_resumes(abc):
             redis.delete(RESUME_KEY)
         except Exception:  # the record only informs the status
             pass
+
+
+def _record_generations(abc, history, stored):
+    """Rewrites `GENERATIONS_KEY` from the database in one transaction (`stored`: the records
+    of the generations already there; a new run: none) and records every generation that
+    pyABC stores from now on. Nothing without a Redis sampler."""
+    redis = getattr(abc.sampler, "redis", None)
+    if redis is None:
+        return
+    texts = generation_records(history, warn=True) if stored else []
+    try:
+        pipe = redis.pipeline(transaction=True)
+        pipe.delete(GENERATIONS_KEY)
+        if texts:
+            pipe.rpush(GENERATIONS_KEY, *texts)
+        pipe.execute()
+    except Exception as err:
+        if _is_connection_error(err):
+            raise
+        _warn(f"could not rewrite {GENERATIONS_KEY}", err)
+    _record_appended_populations(history, redis)
+
+
+def generation_records(history, warn=False):
+    """The records (JSON texts, oldest first) of every generation stored in `history`'s run:
+    what `GENERATIONS_KEY` holds after a master's start. With `warn`, a generation whose
+    record cannot be computed is left out with a warning instead of raising."""
+    try:
+        ts = _stored_generation_indices(history)
+    except Exception as err:
+        if not warn:
+            raise
+        _warn(f"could not read the stored generations for {GENERATIONS_KEY}", err)
+        return []
+    texts = []
+    for t in ts:
+        try:
+            texts.append(_encode(_stored_record(history, t)))
+        except Exception as err:
+            if not warn:
+                raise
+            _warn(f"could not record generation {t} from the database", err)
+    return texts
+
+
+def _record_appended_populations(history, redis):
+    """Wraps the History's `append_population` (pyABC's ABCSMC.run calls it right after
+    sampling each generation): once pyABC stored the generation, its record is RPUSHed."""
+    store = history.append_population
+
+    @functools.wraps(store)
+    def append_population(
+        t, current_epsilon, population, nr_simulations, model_names, wall_time=None
+    ):
+        store(t, current_epsilon, population, nr_simulations, model_names, wall_time=wall_time)
+        try:
+            text = _encode(
+                _live_record(
+                    history, t, current_epsilon, population, nr_simulations, model_names,
+                    wall_time,
+                )
+            )
+        except Exception as err:
+            _warn(f"could not record generation {t}", err)
+            return
+        try:
+            redis.rpush(GENERATIONS_KEY, text)
+        except Exception as err:
+            # A lost Redis ends the master as anywhere else in this module: started again, it
+            # resumes and rewrites the list complete. Anything else costs only the record.
+            if _is_connection_error(err):
+                raise
+            _warn(f"could not push the record of generation {t} to {GENERATIONS_KEY}", err)
+
+    history.append_population = append_population
+
+
+def _live_record(history, t, epsilon, population, nr_simulations, model_names, wall_time):
+    """The record of a generation pyABC has just stored, from what it stored: the same
+    values `_stored_record` reads back."""
+    by_model = {
+        int(m): _particle_columns(particles)
+        for m, particles in population.get_particles_by_model().items()
+    }
+    probabilities = population.get_model_probabilities()["p"]
+    return _record(
+        t=t,
+        epsilon=epsilon,
+        evaluations=nr_simulations,
+        wall_time=wall_time,
+        end_time=_stored_end_time(history, t),
+        n_models=len(model_names),
+        model_probabilities={int(m): float(p) for m, p in probabilities.items()},
+        by_model=by_model,
+    )
+
+
+def _particle_columns(particles):
+    """(weights, names, values) of one model's particles: `values` holds a row per particle
+    and a column per parameter name, names sorted, as `_columns` makes them of what pyABC
+    stores. Quick when every particle has the same plain parameters (the usual case)."""
+    import numpy as np
+
+    weights = np.fromiter((p.weight for p in particles), float, len(particles))
+    keys = tuple(particles[0].parameter) if particles else ()
+    if all(tuple(p.parameter) == keys for p in particles):
+        try:
+            values = np.array(
+                [tuple(p.parameter.values()) for p in particles], dtype=float
+            ).reshape(len(particles), len(keys))
+        except (TypeError, ValueError):  # a dict-valued parameter, a value that is no number
+            pass
+        else:
+            order = sorted(range(len(keys)), key=keys.__getitem__)
+            return weights, [keys[j] for j in order], values[:, order]
+    return (weights, *_columns([dict(_flat_parameters(p.parameter)) for p in particles]))
+
+
+def _columns(rows):
+    """Names (sorted) and values (a row per particle, NaN where a particle lacks the name) of
+    the particles' parameters `rows` (one dict name -> value each)."""
+    import numpy as np
+
+    names = sorted(set().union(*rows)) if rows else []
+    nan = float("nan")
+    values = np.array(
+        [[row.get(name, nan) for name in names] for row in rows], dtype=float
+    ).reshape(len(rows), len(names))
+    return names, values
+
+
+def _flat_parameters(parameter):
+    """A particle's parameters as pyABC stores them: a dict-valued one as `key_subkey`."""
+    for key, value in parameter.items():
+        if isinstance(value, dict):
+            for sub, sub_value in value.items():
+                yield f"{key}_{sub}", _value_or_nan(sub_value)
+        else:
+            yield key, _value_or_nan(value)
+
+
+def _value_or_nan(value):
+    """A parameter value as the database's Float column holds it (NULL read back as NaN)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _stored_generation_indices(history):
+    from pyabc.storage.db_model import Population
+
+    session, close = _session(history)
+    try:
+        rows = (
+            session.query(Population.t)
+            .filter(Population.abc_smc_id == history.id, Population.t >= 0)
+            .order_by(Population.t)
+            .all()
+        )
+    finally:
+        close()
+    return [int(t) for (t,) in rows]
+
+
+def _stored_record(history, t):
+    """The record of stored generation `t`, read from the database."""
+    import numpy as np
+    import sqlalchemy as sa
+    from pyabc.storage.db_model import Model, Parameter, Particle, Population
+
+    session, close = _session(history)
+    try:
+        population = (
+            session.query(
+                Population.id, Population.epsilon, Population.nr_samples,
+                Population.wall_time, Population.population_end_time,
+            )
+            .filter(Population.abc_smc_id == history.id, Population.t == t)
+            .one()
+        )
+        models = (
+            session.query(Model.m, Model.p_model)
+            .filter(Model.population_id == population.id)
+            .all()
+        )
+        # every model of the run has a row in the pre-population (t = -1), by index m
+        n_models = (
+            session.query(sa.func.count(sa.distinct(Model.m)))
+            .join(Population, Model.population_id == Population.id)
+            .filter(Population.abc_smc_id == history.id, Population.t == -1)
+            .filter(Model.m.isnot(None))
+            .scalar()
+        )
+        rows = (
+            session.query(Particle.id, Model.m, Particle.w, Parameter.name, Parameter.value)
+            .select_from(Particle)
+            .join(Model, Particle.model_id == Model.id)
+            .outerjoin(Parameter, Parameter.particle_id == Particle.id)
+            .filter(Model.population_id == population.id)
+            .order_by(Particle.id)
+            .all()
+        )
+    finally:
+        close()
+    particles = {}
+    for particle, m, w, name, value in rows:
+        _, _, values = particles.setdefault(particle, (int(m), float(w), {}))
+        if name is not None:
+            values[name] = _value_or_nan(value)
+    grouped = {}
+    for m, w, values in particles.values():
+        weights, model_rows = grouped.setdefault(m, ([], []))
+        weights.append(w)
+        model_rows.append(values)
+    by_model = {
+        m: (np.asarray(weights, dtype=float), *_columns(model_rows))
+        for m, (weights, model_rows) in grouped.items()
+    }
+    return _record(
+        t=t,
+        epsilon=population.epsilon,
+        evaluations=population.nr_samples,
+        wall_time=population.wall_time,
+        end_time=population.population_end_time,
+        n_models=n_models,
+        model_probabilities={int(m): float(p) for m, p in models if m in by_model},
+        by_model=by_model,
+    )
+
+
+def _stored_end_time(history, t):
+    """When pyABC stored generation t (its `population_end_time`), so that the live record
+    and the one read back later say the same; now if it cannot be read."""
+    from pyabc.storage.db_model import Population
+
+    try:
+        session, close = _session(history)
+        try:
+            return (
+                session.query(Population.population_end_time)
+                .filter(Population.abc_smc_id == history.id, Population.t == t)
+                .scalar()
+            )
+        finally:
+            close()
+    except Exception:
+        return None
+
+
+def _session(history):
+    """A session on the History's database and how to close it (pyABC opens one per call
+    unless it holds one, as an in-memory database does)."""
+    if history._session is not None:
+        return history._session, lambda: None
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    engine = create_engine(history.db, connect_args={"timeout": history.DB_TIMEOUT})
+    session = Session(bind=engine)
+
+    def close():
+        session.close()
+        engine.dispose()
+
+    return session, close
+
+
+def _record(
+    t, epsilon, evaluations, wall_time, end_time, n_models, model_probabilities, by_model
+):
+    """A GenerationRecord (src/protocol/inference.rs) as a dict. `by_model`: model index ->
+    (the particles' weights as stored, parameter names sorted, values: a row per particle, a
+    column per name). Every sum runs over values sorted canonically (ESS included), so the
+    record does not depend on the order in which the particles come."""
+    import numpy as np
+    from pyabc.weighted_statistics import effective_sample_size
+
+    accepted = sum(len(weights) for weights, _, _ in by_model.values())
+    evaluations = int(evaluations)
+    all_weights = np.sort(np.concatenate([w for w, _, _ in by_model.values()] or [[]]))
+    several = n_models > 1
+    columns = [
+        (f"m{m}.{name}" if several else name, m, j)
+        for m in sorted(by_model)
+        for j, name in enumerate(by_model[m][1])
+    ]
+    summaries = []
+    for label, m, j in columns[:MAX_PARAMETERS]:
+        weights, _, values = by_model[m]
+        summaries.append(_summary(label, values[:, j], weights))
+    if end_time is None:
+        end_time = datetime.datetime.now()
+    if end_time.tzinfo is None:
+        end_time = end_time.astimezone()  # pyABC stores the master's local time
+    record = {
+        "t": int(t),
+        "epsilon": _finite(epsilon),
+        "accepted": accepted,
+        "evaluations": evaluations,
+        "acceptance_rate": _finite(accepted / evaluations) if evaluations > 0 else None,
+        "ess": _finite(effective_sample_size(all_weights)) if accepted else None,
+        "wall_time_seconds": _finite(wall_time),
+        "time": end_time.astimezone(datetime.timezone.utc).isoformat(),
+        "parameters_total": len(columns),
+        "parameters": summaries,
+    }
+    if several:
+        record["model_probabilities"] = [
+            float(model_probabilities.get(m, 0.0)) for m in range(n_models)
+        ]
+    return record
+
+
+def _summary(name, values, weights):
+    """Weighted mean, sd, QUANTILES (pyABC's weighted_quantile) and histogram of one
+    parameter over the particles where it is finite."""
+    import numpy as np
+
+    finite = np.isfinite(values) & np.isfinite(weights)
+    values, weights = values[finite], weights[finite]
+    order = np.lexsort((weights, values))
+    values, weights = values[order], weights[order]
+    total = weights.sum()
+    if values.size == 0 or not total > 0:
+        return {
+            "name": name, "mean": None, "sd": None, "quantiles": [None] * len(QUANTILES),
+            "histogram": {"low": 0.0, "high": 0.0, "weights": [0.0] * HISTOGRAM_BINS},
+        }
+    weights = weights / total
+    mean = np.sum(weights * values)
+    sd = np.sqrt(np.sum(weights * (values - mean) ** 2))
+    cumulative = np.cumsum(weights)
+    quantiles = np.interp(QUANTILES, cumulative - 0.5 * weights, values)
+    counts, edges = np.histogram(values, bins=HISTOGRAM_BINS, weights=weights)
+    return {
+        "name": name,
+        "mean": _finite(mean),
+        "sd": _finite(sd),
+        "quantiles": [_finite(q) for q in quantiles],
+        "histogram": {
+            "low": float(edges[0]) if np.isfinite(edges[0]) else 0.0,
+            "high": float(edges[-1]) if np.isfinite(edges[-1]) else 0.0,
+            "weights": [float(c) for c in counts],
+        },
+    }
+
+
+def _finite(x):
+    """A JSON number, or None for a missing or non-finite one (an infinite first epsilon)."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if x == x and x not in (float("inf"), float("-inf")) else None
+
+
+def _encode(record):
+    """The record's JSON text, within MAX_RECORD_BYTES: summaries are left off from the end
+    while it is longer (`parameters_total` still counts them all)."""
+    import json
+
+    while True:
+        text = json.dumps(record, allow_nan=False, separators=(",", ":"))
+        if len(text.encode()) <= MAX_RECORD_BYTES or not record["parameters"]:
+            return text
+        record = {**record, "parameters": record["parameters"][:-1]}
+
+
+def _warn(what, err):
+    """One warning line: the analysis goes on without the record."""
+    _say(f"warning: {what}: {type(err).__name__}: {_first_line(err)}")
 
 
 def _say(message):

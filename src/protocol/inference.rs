@@ -1,6 +1,8 @@
 //! What a run has inferred so far: one record per stored generation, written by the
-//! `abc_operator` module into the run's Redis (the list [`GENERATIONS`], one JSON text per
-//! generation, in order) right after pyABC stored the generation in its database.
+//! `abc_operator` module (`GENERATIONS_KEY` and the bounds below in
+//! src/protocol/abc_operator.py, kept equal to these constants by a test) into the run's Redis
+//! (the list [`GENERATIONS`], one JSON text per generation, in order) right after pyABC stored
+//! the generation in its database.
 //!
 //! The module writes each record from exactly what pyABC logs and stores for the generation
 //! (`t: N, eps: ...`, `Accepted: a / n = rate, ESS: ...`), so the two always agree. When a
@@ -185,6 +187,21 @@ mod tests {
             GenerationRecord::parse(first.as_bytes()).unwrap().epsilon,
             None
         );
+    }
+
+    #[test]
+    fn the_master_module_writes_this_list_within_these_bounds() {
+        let module = super::super::MASTER_MODULE;
+        let quantiles = QUANTILES.map(|q| q.to_string()).join(", ");
+        for line in [
+            format!("GENERATIONS_KEY = \"{GENERATIONS}\""),
+            format!("MAX_PARAMETERS = {MAX_PARAMETERS}"),
+            format!("HISTOGRAM_BINS = {HISTOGRAM_BINS}"),
+            format!("QUANTILES = ({quantiles})"),
+            format!("MAX_RECORD_BYTES = {} * 1024", MAX_RECORD_BYTES / 1024),
+        ] {
+            assert!(module.contains(&format!("\n{line}\n")), "{line}");
+        }
     }
 
     #[test]

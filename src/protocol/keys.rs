@@ -5,6 +5,10 @@
 //! as KEYS and ARGV rather than spelling them. The worker entrypoint's scripts spell them, as
 //! pyABC's Python does; so does the repair script, which the entrypoint and the operator share
 //! as one text, so that the two can never act on different keys.
+//!
+//! One more key of the `abc_operator` module is not here: the list of the run's generation
+//! records, `abc_operator:generations`, is [`super::inference::GENERATIONS`], defined beside
+//! the record it holds.
 
 /// `analysis_id`: the id of the current analysis; its existence marks the server as busy.
 pub const ANALYSIS_ID: &str = "analysis_id";

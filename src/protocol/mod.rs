@@ -132,6 +132,7 @@ pub fn constants_json() -> String {
     let value = serde_json::json!({
         "keys": {
             "early_release": keys::EARLY_RELEASE,
+            "generations": inference::GENERATIONS,
             "ledger_prefix": keys::LEDGER_PREFIX,
             "ledger_set": keys::LEDGER_SET,
             "lost_workers": keys::LOST_WORKERS,

@@ -10,6 +10,7 @@ mod entrypoint;
 mod errors;
 mod hostile;
 mod lost_workers;
+mod master_module;
 mod publications;
 mod redis_server;
 mod repair_rules;

@@ -190,6 +190,20 @@ pub fn master(endpoint: &Endpoint, env: &[(&str, &str)], dir: &Path) -> Proc {
     Proc::spawn("master", cmd, dir)
 }
 
+/// The Gaussian example's master (examples/gaussian/gaussian.py: `abc_operator.run`), results
+/// in `dir`, with the shipped `abc_operator` module on its path.
+pub fn example_master(endpoint: &Endpoint, env: &[(&str, &str)], dir: &Path) -> Proc {
+    let mut cmd = Command::new(python());
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/gaussian/gaussian.py"))
+        .env("ABC_RESULTS_DIR", dir)
+        .env("PYTHONPATH", entrypoint().parent().unwrap());
+    with_redis(&mut cmd, endpoint);
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    Proc::spawn("master", cmd, dir)
+}
+
 /// What pyABC's own `abc-redis-manager <command>` prints (password through the environment).
 pub fn manager(endpoint: &Endpoint, command: &str) -> String {
     let out = Command::new(python())

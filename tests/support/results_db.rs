@@ -1,6 +1,7 @@
 //! A pyABC results database (SQLite) as the tests read and prepare it, with the pinned Python.
 
-use super::python::python_script;
+use super::python::{entrypoint, python_script};
+use abc_operator::protocol::inference::GenerationRecord;
 use std::path::Path;
 
 /// `(t, evaluations)` of every generation stored in a pyABC database.
@@ -12,6 +13,25 @@ pub fn stored_generations(db: &Path) -> Vec<(i64, i64)> {
         &[db],
     );
     serde_json::from_slice(&out).unwrap()
+}
+
+/// The records of every generation of the newest run in a pyABC database, as the shipped
+/// `abc_operator` module computes them from the database (`generation_records`): what its
+/// list of generation records holds after a master's start.
+pub fn generation_records(db: &Path) -> Vec<GenerationRecord> {
+    let module_dir = entrypoint().parent().unwrap();
+    let out = python_script(
+        "import json, sys; sys.path.insert(0, sys.argv[2]); import abc_operator, pyabc\n\
+         history = pyabc.History('sqlite:///' + sys.argv[1])\n\
+         history.id = max(run.id for run in history.all_runs())\n\
+         print(json.dumps(abc_operator.generation_records(history)))\n",
+        &[db, module_dir],
+    );
+    let texts: Vec<String> = serde_json::from_slice(&out).unwrap();
+    texts
+        .iter()
+        .map(|text| GenerationRecord::parse(text.as_bytes()).unwrap())
+        .collect()
 }
 
 /// A results database holding an unfinished run of other observed data (`y = 7`, two
