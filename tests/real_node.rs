@@ -361,12 +361,12 @@ async fn gaussian_example_runs_to_succeeded_in_real_pods() {
             .ok()?;
         let line = String::from_utf8_lossy(&out.stdout).to_string();
         let cols: Vec<String> = line.split_whitespace().map(str::to_string).collect();
-        // NAME PHASE GENERATION ACCEPTED WORKERS AGE
-        (cols.len() >= 6 && cols[1] == "Running" && cols[2].parse::<i64>().is_ok()).then_some(cols)
+        // NAME PHASE GENERATION ACCEPTED EPSILON WORKERS AGE
+        (cols.len() >= 7 && cols[1] == "Running" && cols[2].parse::<i64>().is_ok()).then_some(cols)
     })
     .await;
     assert!(
-        columns[3].contains('/') && columns[4] == "2/2",
+        columns[3].contains('/') && columns[5] == "2/2",
         "kubectl get abc columns: {columns:?}"
     );
     let info = Command::new(env!("CARGO_BIN_EXE_kubectl-abc"))
@@ -395,15 +395,84 @@ async fn gaussian_example_runs_to_succeeded_in_real_pods() {
         "posterior mean {mean} is far from the observed 2.0:\n{log}"
     );
 
+    the_inference_is_what_the_master_logged(&status, &log);
+
     // Finished: the workers and the Redis are given back, the status keeps where it ended.
     wait_until_freed(&client, &ns.name).await;
     let out = kubectl(&["get", "abc", "gaussian", "-n", &ns.name, "--no-headers"]);
     let columns: Vec<&str> = out.split_whitespace().collect();
+    let epsilon = status.inference.as_ref().and_then(|i| i.epsilon).unwrap();
     assert!(
         columns[1] == "Succeeded"
             && columns[2].parse::<i64>().is_ok_and(|t| t >= 1)
-            && columns[3].ends_with("/200"),
-        "kubectl get abc of the finished run: {out}"
+            && columns[3].ends_with("/200")
+            && columns[4]
+                .parse::<f64>()
+                .is_ok_and(|e| (e - epsilon).abs() <= 1e-6 * epsilon.abs().max(1.0)),
+        "kubectl get abc of the finished run shows its last epsilon {epsilon}: {out}"
+    );
+}
+
+/// The run's status says of its last generation what pyABC's own log lines say
+/// (`t: N, eps: E.` and `Accepted: a / n = r, ESS: e.`), and counts every stored generation.
+fn the_inference_is_what_the_master_logged(status: &abc_operator::api::AbcRunStatus, log: &str) {
+    let inference = status.inference.as_ref().expect("status.inference");
+    let last_eps: f64 = log
+        .lines()
+        .filter_map(|l| l.split(", eps: ").nth(1))
+        .filter_map(|rest| rest.trim_end_matches('.').trim().parse().ok())
+        .last()
+        .unwrap_or_else(|| panic!("no `t: N, eps:` line in the master's log:\n{log}"));
+    let accepted: Vec<(i64, i64, f64, f64)> = log
+        .lines()
+        .filter_map(|l| l.split("Accepted: ").nth(1))
+        .filter_map(|rest| {
+            // "200 / 456 = 4.3860e-01, ESS: 1.9000e+02."
+            let (counts, rest) = rest.split_once(" = ")?;
+            let (a, n) = counts.split_once(" / ")?;
+            let (rate, ess) = rest.split_once(", ESS: ")?;
+            Some((
+                a.trim().parse().ok()?,
+                n.trim().parse().ok()?,
+                rate.trim().parse().ok()?,
+                ess.trim().trim_end_matches('.').parse().ok()?,
+            ))
+        })
+        .collect();
+    let &(a, n, rate, ess) = accepted
+        .last()
+        .expect("an `Accepted:` line in the master's log");
+    assert_eq!(
+        inference.generations as usize,
+        accepted.len(),
+        "{inference:?}"
+    );
+    assert_eq!(
+        (inference.accepted, inference.evaluations),
+        (a, n),
+        "{inference:?}"
+    );
+    let close = |x: Option<f64>, logged: f64, digits: f64| {
+        x.is_some_and(|x| (x - logged).abs() <= logged.abs() * 10f64.powf(-digits))
+    };
+    assert!(
+        close(inference.epsilon, last_eps, 7.0),
+        "epsilon {inference:?} vs {last_eps}"
+    );
+    assert!(
+        close(inference.acceptance_rate, rate, 3.0),
+        "rate {inference:?} vs {rate}"
+    );
+    assert!(
+        close(inference.effective_sample_size, ess, 3.0),
+        "ESS {inference:?} vs {ess}"
+    );
+    assert!(
+        inference
+            .parameters
+            .first()
+            .is_some_and(|p| p.mean.is_some()),
+        "{inference:?}"
     );
 }
 
