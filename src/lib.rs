@@ -2,7 +2,7 @@
 //!
 //! Layers point one way: [`api`] and [`protocol`] know nothing of the controller or the local
 //! runner; [`resources`] builds objects without a client; only [`controller`] and [`local`] act
-//! on runs.
+//! on runs. [`results_copy`] is the pure part of `kubectl abc results` (the plugin acts).
 
 pub mod api;
 pub mod autoscaling;
@@ -13,3 +13,4 @@ pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod resources;
+pub mod results_copy;

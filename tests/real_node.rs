@@ -17,7 +17,9 @@ use std::collections::BTreeSet;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 use support::cluster::{Cluster, TestNamespace, events_with_reason, eventually, output_with_stdin};
-use support::results_db::{database_of_another_run, row_counts, stored_generations};
+use support::results_db::{
+    database_of_another_run, history_max_t, integrity, row_counts, stored_generations,
+};
 
 const NODE: Cluster = Cluster::RealNode;
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/abc-operator");
@@ -1101,8 +1103,17 @@ fn results_folder(ns: &str) -> std::path::PathBuf {
 /// as shipped puts them: on the claim the run makes, provisioned by the cluster's default
 /// StorageClass.
 async fn six_generations_sampling_generation_3(client: &kube::Client, ns: &str) -> Api<AbcRun> {
+    six_generations_sampling_generation_3_on(client, ns, "0.01").await
+}
+
+/// [`six_generations_sampling_generation_3`] with each simulation taking `model_seconds`.
+async fn six_generations_sampling_generation_3_on(
+    client: &kube::Client,
+    ns: &str,
+    model_seconds: &str,
+) -> Api<AbcRun> {
     apply_example(ns, "gaussian/abcrun.yaml", |doc| {
-        slow_model(doc, "0.01");
+        slow_model(doc, model_seconds);
         doc["spec"]["master"]["env"] = serde_yaml::from_str(
             "[{name: GAUSSIAN_GENERATIONS, value: '6'}, {name: GAUSSIAN_MINIMUM_EPSILON, value: '0'}]",
         )
@@ -1336,4 +1347,90 @@ async fn a_database_of_other_observed_data_fails_the_master_once_and_is_left_unc
         "nothing in the database was written"
     );
     wait_until_freed(&client, &ns.name).await;
+}
+
+/// `kubectl abc results ARGS` as a user runs it: (stdout, stderr); panics when it fails.
+fn kubectl_abc_results(args: &[&str]) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-abc"))
+        .arg("results")
+        .args(args)
+        .env("KUBECONFIG", NODE.kubeconfig())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = ok("kubectl abc results", out);
+    (stdout.trim().to_string(), stderr)
+}
+
+#[tokio::test]
+async fn kubectl_abc_results_copies_a_consistent_database_during_and_after_the_run() {
+    install_operator();
+    let client = NODE.client().await;
+    let ns = TestNamespace::on(NODE, &client, "e2e-results").await;
+    // The example as shipped: its database on the claim the run makes (the cluster's default
+    // StorageClass provisions it), a ReadWriteOnce volume the master's pod holds.
+    let runs = six_generations_sampling_generation_3_on(&client, &ns.name, "0.03").await;
+    let here = tempfile::tempdir().unwrap();
+
+    // While the master writes: a copy pyABC opens, with the generations stored so far.
+    let during = here.path().join("during.db");
+    let path = during.to_str().unwrap();
+    let (line, stderr) = kubectl_abc_results(&["gaussian", "-n", &ns.name, "-o", path]);
+    let phase_after_copy = phase(&runs.get("gaussian").await.unwrap());
+    assert!(
+        stderr.contains("beside the master"),
+        "the copy pod goes to the master's node: {stderr}"
+    );
+    assert_eq!(integrity(&during), "ok", "a whole database");
+    let max_t = history_max_t(&during);
+    assert!(
+        (2..=5).contains(&max_t),
+        "generations 0..=2 at least were stored, not all six: max_t {max_t}"
+    );
+    let stored = max_t + 1;
+    assert!(
+        line.starts_with(&format!(
+            "copied gaussian.db of AbcRun gaussian to {path}: "
+        )) && line.contains(&format!(
+            ", {stored} generations; open it with pyabc.History(\"sqlite:///{path}\")"
+        )),
+        "the final line names the file, its generations and how to open it: {line}"
+    );
+    assert_eq!(
+        phase_after_copy, "Running",
+        "the copy was made during the run"
+    );
+
+    // The master is not disturbed: it ends as it would have, without a retry.
+    wait_for_phase(&runs, "gaussian", "Succeeded", 600).await;
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), &ns.name);
+    let job = jobs.get("gaussian-master").await.unwrap().status.unwrap();
+    assert_eq!(job.failed.unwrap_or(0), 0, "the master never failed");
+
+    // After the run: all six generations, into a folder under the database's own name.
+    let folder = here.path().to_str().unwrap();
+    let (line, stderr) = kubectl_abc_results(&["gaussian", "-n", &ns.name, "-o", folder]);
+    let after = here.path().join("gaussian.db");
+    assert!(
+        stderr.contains("the master is not running"),
+        "no master pod to stay beside: {stderr}"
+    );
+    assert_eq!(integrity(&after), "ok");
+    assert_eq!(history_max_t(&after), 5, "six generations: {line}");
+    assert!(line.contains(", 6 generations; "), "{line}");
+    assert_eq!(
+        stored_generations(&after).len(),
+        6,
+        "and SQLite agrees with pyABC"
+    );
+
+    // Nothing is left behind.
+    let selector = abc_operator::results_copy::copy_selector("gaussian");
+    eventually(60, "no copy pod left", || async {
+        pods(&client, &ns.name, &selector)
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
 }

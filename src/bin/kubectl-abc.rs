@@ -1,8 +1,12 @@
-//! `kubectl abc info|stop|reset-workers NAME`: pyABC's `abc-redis-manager`, for AbcRuns.
+//! `kubectl abc info|stop|reset-workers NAME`: pyABC's `abc-redis-manager`, for AbcRuns;
+//! `kubectl abc results NAME`: a copy of the run's pyABC database (`kubectl_abc/results.rs`).
 //!
 //! It reaches a run's Redis through the API server (a port-forward to the managed Redis pod)
 //! with the password from the run's Secret, so no shell on the Redis host and no exposed port
 //! are needed; `--redis redis://:PASSWORD@HOST:PORT` talks to any pyABC Redis directly.
+
+#[path = "kubectl_abc/results.rs"]
+mod results;
 
 use abc_operator::api::{AbcRun, COMPONENT_LABEL, RUN_LABEL};
 use abc_operator::protocol::{self, Endpoint};
@@ -43,6 +47,9 @@ enum Command {
     /// pyABC's reset-workers (set the worker count of the generation to 0). The operator repairs
     /// lost workers by itself; this is the manual fallback pyABC documents.
     ResetWorkers { name: Option<String> },
+    /// Copy the run's pyABC database to this machine, consistent also while the master writes
+    /// it (SQLite's online backup, in a short-lived pod that mounts the run's results claim).
+    Results(results::ResultsArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -65,10 +72,11 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let name = match &cli.command {
-        Command::Info { name, .. } | Command::Stop { name } | Command::ResetWorkers { name } => {
-            name.clone()
-        }
+    let name = match cli.command {
+        Command::Results(args) => return results::results(args, cli.namespace.as_deref()).await,
+        Command::Info { ref name, .. }
+        | Command::Stop { ref name }
+        | Command::ResetWorkers { ref name } => name.clone(),
     };
     let (mut conn, _forward) = match (&cli.redis, &name) {
         (Some(url), _) => (connect_url(url).await?, None),
@@ -100,6 +108,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             protocol::reset_workers(&mut conn).await?;
             println!("reset the worker count of the current generation to 0");
         }
+        Command::Results(_) => unreachable!("handled above: no Redis involved"),
     }
     Ok(())
 }

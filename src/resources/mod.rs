@@ -49,10 +49,9 @@ pub use workers::{
     desired_worker_replicas, worker_deployment, worker_selector, workers_deployment_name,
 };
 
-use pod::{
-    container_security_context, env, hardened_pod_spec, password_env, redis_env, tmp_mount,
-    tmp_volume,
-};
+use pod::{password_env, redis_env};
+// What every owned pod shares, also for the pod `kubectl abc results` starts (crate::results_copy).
+pub(crate) use pod::{container_security_context, env, hardened_pod_spec, tmp_mount, tmp_volume};
 
 use crate::api::{AbcRun, COMPONENT_LABEL, Phase, RUN_LABEL};
 use k8s_openapi::api::apps::v1::Deployment;

@@ -26,7 +26,7 @@ fn pod_security_context(uid: i64) -> PodSecurityContext {
 /// The pod spec every owned pod starts from: non-root `uid`, no service account token (no
 /// owned pod talks to the API server), no service links (their variables would leak other
 /// services' addresses into the user's model).
-pub(super) fn hardened_pod_spec(
+pub(crate) fn hardened_pod_spec(
     uid: i64,
     containers: Vec<Container>,
     volumes: Vec<Volume>,
@@ -42,7 +42,7 @@ pub(super) fn hardened_pod_spec(
 }
 
 /// A writable `/tmp` (Python and pyABC need one; the root file system is read-only).
-pub(super) fn tmp_volume() -> Volume {
+pub(crate) fn tmp_volume() -> Volume {
     Volume {
         name: "tmp".into(),
         empty_dir: Some(EmptyDirVolumeSource::default()),
@@ -50,7 +50,7 @@ pub(super) fn tmp_volume() -> Volume {
     }
 }
 
-pub(super) fn tmp_mount() -> VolumeMount {
+pub(crate) fn tmp_mount() -> VolumeMount {
     VolumeMount {
         name: "tmp".into(),
         mount_path: "/tmp".into(),
@@ -60,7 +60,7 @@ pub(super) fn tmp_mount() -> VolumeMount {
 
 /// Security context of every owned container: no privilege escalation, read-only root file
 /// system, no capabilities.
-pub(super) fn container_security_context() -> SecurityContext {
+pub(crate) fn container_security_context() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         read_only_root_filesystem: Some(true),
@@ -73,7 +73,7 @@ pub(super) fn container_security_context() -> SecurityContext {
     }
 }
 
-pub(super) fn env(name: &str, value: impl Into<String>) -> EnvVar {
+pub(crate) fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
         name: name.into(),
         value: Some(value.into()),

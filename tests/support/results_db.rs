@@ -34,6 +34,24 @@ pub fn generation_records(db: &Path) -> Vec<GenerationRecord> {
         .collect()
 }
 
+/// `History.max_t` of a pyABC database, as pyABC itself reads it (the last generation stored).
+pub fn history_max_t(db: &Path) -> i64 {
+    let out = python_script(
+        "import sys, pyabc; print(pyabc.History('sqlite:///' + sys.argv[1]).max_t)",
+        &[db],
+    );
+    String::from_utf8(out).unwrap().trim().parse().unwrap()
+}
+
+/// SQLite's `integrity_check` of a database: `ok` when every page and index is whole.
+pub fn integrity(db: &Path) -> String {
+    let out = python_script(
+        "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('pragma integrity_check').fetchone()[0])",
+        &[db],
+    );
+    String::from_utf8(out).unwrap().trim().to_string()
+}
+
 /// A results database holding an unfinished run of other observed data (`y = 7`, two
 /// generations of 20), as another model's run that was killed would leave it.
 pub fn database_of_another_run(db: &Path) {
