@@ -270,7 +270,7 @@ impl Copy<'_> {
                 PodStart::Waiting(why) => why,
             };
             if Instant::now() > deadline {
-                let warning = self.last_warning().await.unwrap_or_default();
+                let warning = self.last_warning(&why).await.unwrap_or_default();
                 bail!(
                     "the copy pod {pod} did not start within {} s: {why}{warning}",
                     self.args.wait
@@ -285,8 +285,8 @@ impl Copy<'_> {
     }
 
     /// The copy pod's last Warning Event, when Events may be read (a volume that does not
-    /// attach or mount says so only there).
-    async fn last_warning(&self) -> Option<String> {
+    /// attach or mount says so only there), unless `said` has its message already.
+    async fn last_warning(&self, said: &str) -> Option<String> {
         let events = self.events?;
         let params =
             ListParams::default().fields(&format!("involvedObject.name={},type=Warning", self.pod));
@@ -295,10 +295,13 @@ impl Copy<'_> {
             .items
             .into_iter()
             .max_by_key(|e| e.last_timestamp.clone().map(|t| t.0))?;
+        let message = last.message.unwrap_or_default().trim().to_string();
+        if said.contains(&message) {
+            return None;
+        }
         Some(format!(
-            " (last Warning {}: {})",
-            last.reason.unwrap_or_default(),
-            last.message.unwrap_or_default().trim()
+            " (last Warning {}: {message})",
+            last.reason.unwrap_or_default()
         ))
     }
 
@@ -415,21 +418,19 @@ fn hex(bytes: &[u8]) -> String {
 /// What went wrong with an exec, from its status and stderr, or `None` when it succeeded. A
 /// Python error's last line says it best (`sys.exit(message)` prints only that).
 fn exec_failure(status: Option<Status>, stderr: &[u8]) -> Option<String> {
-    let status = match status {
-        Some(status) if status.status.as_deref() == Some("Success") => return None,
-        Some(status) => status,
-        None => Status {
-            message: Some("the exec ended without an exit status".into()),
-            ..Status::default()
-        },
-    };
+    let status = status.unwrap_or_default();
+    if status.status.as_deref() == Some("Success") {
+        return None;
+    }
     let stderr = String::from_utf8_lossy(stderr);
     let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
-    Some(match last {
-        Some(line) => line.trim().to_string(),
-        None => status
-            .message
-            .unwrap_or_else(|| "the command failed".to_string()),
+    Some(match (last, status.message, status.reason) {
+        (Some(line), _, _) => line.trim().to_string(),
+        (None, Some(message), _) => message,
+        (None, None, Some(reason)) => reason,
+        (None, None, None) => {
+            "the command in the copy pod ended without an exit status or error output".into()
+        }
     })
 }
 
@@ -455,11 +456,13 @@ mod tests {
                 .unwrap()
                 .contains("exit code 1")
         );
-        assert!(
-            exec_failure(None, b"")
-                .unwrap()
-                .contains("without an exit status")
-        );
+        for nothing in [None, status("{}")] {
+            assert!(
+                exec_failure(nothing, b"")
+                    .unwrap()
+                    .contains("without an exit status")
+            );
+        }
     }
 
     #[test]
