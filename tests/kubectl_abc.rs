@@ -270,7 +270,7 @@ async fn results_says_which_rights_are_missing_and_needs_no_more() {
 }
 
 #[tokio::test]
-async fn results_reports_why_the_copy_pod_does_not_start_and_leaves_no_pod() {
+async fn results_reports_why_the_copy_pod_does_not_start_and_leaves_no_pod_also_after_ctrl_c() {
     cluster::install_crd();
     let client = cluster::client().await;
     let ns = TestNamespace::new(&client, "abc-results-pod").await;
@@ -305,6 +305,36 @@ async fn results_reports_why_the_copy_pod_does_not_start_and_leaves_no_pod() {
     assert!(
         copy_pods(&client, &ns.name, "gaussian").await.is_empty(),
         "the copy pod is deleted after a failure"
+    );
+
+    // Ctrl-C while it waits: the copy pod is deleted too.
+    let mut waiting = Command::new(env!("CARGO_BIN_EXE_kubectl-abc"))
+        .args(["results", "gaussian", "-n", &ns.name, "--wait", "120"])
+        .env("KUBECONFIG", cluster::kubeconfig())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(waiting.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("not scheduled") {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(n > 0, "kubectl abc results ended before waiting: {said}");
+        said.push_str(&line);
+    }
+    assert_eq!(copy_pods(&client, &ns.name, "gaussian").await.len(), 1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(waiting.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(!waiting.wait().unwrap().success());
+    assert!(rest.contains("interrupted: stopped the copy"), "{rest}");
+    assert!(
+        copy_pods(&client, &ns.name, "gaussian").await.is_empty(),
+        "the copy pod is deleted after Ctrl-C"
     );
 
     // Without a master pod it goes to the fake node, which runs nothing: the exec fails, and

@@ -21,6 +21,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 #[derive(clap::Args)]
 pub struct ResultsArgs {
@@ -76,6 +77,8 @@ pub async fn results(args: ResultsArgs, namespace: Option<&str>) -> anyhow::Resu
         .then(|| Api::<Event>::namespaced(client.clone(), &namespace));
 
     remove_finished_copy_pods(&pods, name).await;
+    // From here on Ctrl-C and SIGTERM delete the copy pod before the plugin ends.
+    let mut signals = Signals::new();
     let pod = pods
         .create(
             &PostParams::default(),
@@ -97,7 +100,7 @@ pub async fn results(args: ResultsArgs, namespace: Option<&str>) -> anyhow::Resu
     };
     let outcome = tokio::select! {
         outcome = copy.run() => outcome,
-        signal = interrupted() => Err(anyhow!("{signal}: stopped the copy")),
+        signal = signals.recv() => Err(anyhow!("{signal}: stopped the copy")),
     };
     delete_copy_pod(&pods, &pod, &namespace, args.deadline).await;
     let (report, output) = outcome?;
@@ -105,14 +108,26 @@ pub async fn results(args: ResultsArgs, namespace: Option<&str>) -> anyhow::Resu
     Ok(())
 }
 
-/// SIGINT (Ctrl-C) or SIGTERM.
-async fn interrupted() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt()).expect("a SIGINT handler can be installed");
-    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler can be installed");
-    tokio::select! {
-        _ = int.recv() => "interrupted",
-        _ = term.recv() => "terminated",
+/// SIGINT (Ctrl-C) and SIGTERM, caught from the moment this is made (one that arrives before
+/// `recv` is kept for it).
+struct Signals {
+    int: Signal,
+    term: Signal,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        Signals {
+            int: signal(SignalKind::interrupt()).expect("a SIGINT handler can be installed"),
+            term: signal(SignalKind::terminate()).expect("a SIGTERM handler can be installed"),
+        }
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "interrupted",
+            _ = self.term.recv() => "terminated",
+        }
     }
 }
 
