@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 #[derive(clap::Args)]
@@ -370,35 +370,12 @@ impl Copy<'_> {
         let stdout = process.stdout().expect("stdout is attached");
         let stderr = process.stderr().expect("stderr is attached");
         let mut meter = Meter::new(report.size, std::io::stderr().is_terminal(), Instant::now());
-        let receive = async {
-            // Owned here: stopping early drops it, which ends the exec (no stream left blocked).
-            let mut stdout = stdout;
-            let mut hash = Sha256::new();
-            let mut copied: u64 = 0;
-            let mut buf = vec![0u8; 1 << 16];
-            loop {
-                let n = stdout.read(&mut buf).await?;
-                if n == 0 {
-                    break;
-                }
-                copied += n as u64;
-                if copied > report.size {
-                    bail!(
-                        "the copy pod sent more than the {} bytes of its copy",
-                        report.size
-                    );
-                }
-                hash.update(&buf[..n]);
-                file.write_all(&buf[..n]).await?;
-                if let Some(text) = meter.update(copied, Instant::now()) {
-                    let _ = std::io::stderr().write_all(text.as_bytes());
-                }
-            }
-            file.flush().await?;
+        let arrived = async {
+            let copied = receive(stdout, &mut file, report.size, &mut meter).await?;
             file.sync_all().await?;
-            anyhow::Ok((copied, hex(&hash.finalize())))
+            anyhow::Ok(copied)
         };
-        let (received, err) = tokio::join!(receive, read_all(stderr));
+        let (received, err) = tokio::join!(arrived, read_all(stderr));
         if let Some(text) = meter.finish() {
             let _ = std::io::stderr().write_all(text.as_bytes());
         }
@@ -418,6 +395,37 @@ impl Copy<'_> {
             .with_context(|| format!("cannot write {}", output.display()))?;
         Ok(())
     }
+}
+
+/// Writes what `from` sends into `to` (at most `size` bytes), with progress on stderr; the
+/// bytes received and their sha256. `from` is dropped at the end, also an early one, which
+/// ends an exec that sends it (none is left blocked on a full pipe).
+async fn receive(
+    mut from: impl AsyncRead + Unpin,
+    to: &mut (impl AsyncWrite + Unpin),
+    size: u64,
+    meter: &mut Meter,
+) -> anyhow::Result<(u64, String)> {
+    let mut hash = Sha256::new();
+    let mut copied: u64 = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        copied += n as u64;
+        if copied > size {
+            bail!("the copy pod sent more than the {size} bytes of its copy");
+        }
+        hash.update(&buf[..n]);
+        to.write_all(&buf[..n]).await?;
+        if let Some(text) = meter.update(copied, Instant::now()) {
+            let _ = std::io::stderr().write_all(text.as_bytes());
+        }
+    }
+    to.flush().await?;
+    Ok((copied, hex(&hash.finalize())))
 }
 
 async fn read_all(mut reader: impl AsyncRead + Unpin) -> std::io::Result<Vec<u8>> {
@@ -478,6 +486,24 @@ mod tests {
                     .contains("without an exit status")
             );
         }
+    }
+
+    #[tokio::test]
+    async fn what_arrives_is_written_counted_and_hashed_and_too_much_is_refused() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut meter = Meter::new(data.len() as u64, false, Instant::now());
+        let mut written = Vec::new();
+        let (copied, sha256) = receive(&data[..], &mut written, data.len() as u64, &mut meter)
+            .await
+            .unwrap();
+        assert_eq!((copied, written.len()), (300_000, 300_000));
+        assert_eq!(written, data);
+        assert_eq!(sha256, hex(&Sha256::digest(&data)));
+        let mut meter = Meter::new(10, false, Instant::now());
+        let err = receive(&data[..], &mut Vec::new(), 10, &mut meter)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("more than the 10 bytes"), "{err}");
     }
 
     #[test]
