@@ -336,6 +336,15 @@ fn gaussian_example_runs_to_completion() {
         run_dir.join("results/gaussian.db").is_file(),
         "results in ABC_RESULTS_DIR"
     );
+    // The last lines say how to open the database.
+    let db = run_dir.join("results/gaussian.db").display().to_string();
+    assert!(
+        run.stdout.iter().any(|l| l
+            == &format!(
+                "database {db}: open it with pyabc.History(\"sqlite:///{db}\") or abc-server-flask {db}"
+            )),
+        "no line naming the database in:\n{stdout}"
+    );
     assert!(
         run_dir.join("logs/master.log").is_file() && run_dir.join("logs/local-1.log").is_file()
     );

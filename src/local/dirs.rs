@@ -47,6 +47,21 @@ impl RunDirs {
     }
 }
 
+/// The pyABC databases (`*.db` files) the master left in `results`, by name.
+pub fn databases(results: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(results) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "db"))
+        .collect();
+    found.sort();
+    found
+}
+
 /// `base/stem`, or `base/stem-2`, ... if it exists (two runs started in the same second).
 fn unique_dir(base: &Path, stem: &str) -> PathBuf {
     let mut candidate = base.join(stem);
@@ -135,6 +150,20 @@ mod tests {
         let dirs = RunDirs::create("g", Some(&dir.path().join("run")), None).unwrap();
         assert!(dirs.results.is_dir() && dirs.logs.is_dir());
         assert_eq!(dirs.logs, dir.path().join("run/logs"));
+    }
+
+    #[test]
+    fn databases_are_the_db_files_of_the_results_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["b.db", "a.db", "a.db-journal", "notes.txt"] {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        std::fs::create_dir(dir.path().join("folder.db")).unwrap();
+        assert_eq!(
+            databases(dir.path()),
+            [dir.path().join("a.db"), dir.path().join("b.db")]
+        );
+        assert!(databases(&dir.path().join("missing")).is_empty());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Stopping everything in order, and the run's exit code.
 
 use super::{Event, LocalError, Outcome, Runner, Signals};
+use crate::local::dirs::databases;
 use crate::local::process;
 use crate::local::progress::round1;
 use nix::sys::signal::Signal;
@@ -124,7 +125,15 @@ impl Runner {
                 file.display()
             ));
         }
-        self.printer.event(json!({"event": "finished", "exit_code": code, "results_dir": self.dirs.results, "lost_workers": self.lost_workers, "elapsed_s": elapsed}));
+        let databases = databases(&self.dirs.results);
+        for db in &databases {
+            self.printer.say(format!(
+                "database {}: open it with {}",
+                db.display(),
+                crate::results_copy::how_to_open(db)
+            ));
+        }
+        self.printer.event(json!({"event": "finished", "exit_code": code, "results_dir": self.dirs.results, "databases": databases, "lost_workers": self.lost_workers, "elapsed_s": elapsed}));
         Ok(code)
     }
 
