@@ -423,7 +423,7 @@ fn the_inference_is_what_the_master_logged(status: &abc_operator::api::AbcRunSta
         .lines()
         .filter_map(|l| l.split(", eps: ").nth(1))
         .filter_map(|rest| rest.trim_end_matches('.').trim().parse().ok())
-        .last()
+        .next_back()
         .unwrap_or_else(|| panic!("no `t: N, eps:` line in the master's log:\n{log}"));
     let accepted: Vec<(i64, i64, f64, f64)> = log
         .lines()
