@@ -50,6 +50,15 @@ enum Command {
     /// Copy the run's pyABC database to this machine, consistent also while the master writes
     /// it (SQLite's online backup, in a short-lived pod that mounts the run's results claim).
     Results(results::ResultsArgs),
+    /// Serve the run's page (epsilon, acceptance rate, posterior, workers) on a loopback port,
+    /// fetched through the Kubernetes API server with your credentials: whoever may get the
+    /// run may see it.
+    Dashboard {
+        name: String,
+        /// Port on 127.0.0.1 [default: a free one].
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -74,6 +83,9 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let name = match cli.command {
         Command::Results(args) => return results::results(args, cli.namespace.as_deref()).await,
+        Command::Dashboard { name, port } => {
+            return dashboard(&name, cli.namespace.as_deref(), port).await;
+        }
         Command::Info { ref name, .. }
         | Command::Stop { ref name }
         | Command::ResetWorkers { ref name } => name.clone(),
@@ -108,7 +120,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             protocol::reset_workers(&mut conn).await?;
             println!("reset the worker count of the current generation to 0");
         }
-        Command::Results(_) => unreachable!("handled above: no Redis involved"),
+        Command::Results(_) | Command::Dashboard { .. } => {
+            unreachable!("handled above: no Redis involved")
+        }
     }
     Ok(())
 }
@@ -217,4 +231,26 @@ async fn port_forward(
         }
     });
     Ok((port, task))
+}
+
+/// `kubectl abc dashboard RUN`: the run's page on a loopback port until Ctrl-C.
+async fn dashboard(name: &str, namespace: Option<&str>, port: u16) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("cannot reach the Kubernetes API (KUBECONFIG)")?;
+    let namespace =
+        namespace.map_or_else(|| client.default_namespace().to_string(), str::to_string);
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &namespace);
+    runs.get(name)
+        .await
+        .with_context(|| format!("reading AbcRun {name:?} in namespace {namespace:?}"))?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let serving = abc_operator::dashboard::proxy::serve(client, &namespace, name, addr, |at| {
+        println!("the page of {namespace}/{name}: http://{at}/  (Ctrl-C to stop)");
+    });
+    tokio::select! {
+        served = serving => served.with_context(|| format!("serving on {addr}"))?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
 }
