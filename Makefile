@@ -4,7 +4,7 @@ CARGO ?= cargo
 PYTHON := $(CURDIR)/.venv/bin/python
 TESTENV := $(CURDIR)/target/testenv
 
-.PHONY: demo check test-unit test deps tools nextest cluster cluster-down cluster-real cluster-real-down crds build bench bench-scale images
+.PHONY: demo check test-unit test deps browser tools nextest cluster cluster-down cluster-real cluster-real-down crds build bench bench-scale images
 # The operator image of the test cluster carries the debug build the tests use (tools/images.sh).
 OPERATOR_DEBUG_BIN = $${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/abc-operator
 
@@ -31,7 +31,7 @@ test-unit:
 ## test: every test, real parts included (redis-server, pyabc, a loopback control plane with
 ## a fake node, and one with a real node running the images built here), run by cargo-nextest:
 ## the test binaries side by side, within the groups of .config/nextest.toml
-test: deps tools nextest
+test: deps browser tools nextest
 	@set -euo pipefail; \
 	$(CARGO) build --bin abc-operator; \
 	env_dir=$(CURDIR)/target/testenv-test-$$$$; real_dir=$(CURDIR)/target/testenv-real-test-$$$$; \
@@ -45,6 +45,11 @@ test: deps tools nextest
 
 deps:
 	scripts/deps.sh
+
+## browser: Debian's Chromium, in which `make test` loads each run's page headless (the demo
+## and the benches do without it)
+browser:
+	scripts/deps.sh chromium
 
 ## nextest: install the pinned cargo-nextest, the runner of `make test` (cached)
 nextest:

@@ -3,8 +3,10 @@
 #   - redis-server (Debian package),
 #   - a Python venv with the pinned pyabc (python/requirements.txt), cached outside the checkout
 #     keyed by the requirements' hash and linked as .venv,
-#   - shellcheck (Debian package; only when asked: `make check` lints with it).
-# Usage: scripts/deps.sh [redis] [python] [shellcheck]   (no argument: redis and python)
+#   - shellcheck (Debian package; only when asked: `make check` lints with it),
+#   - chromium (Debian package; only when asked: `make test` loads each run's page in it,
+#     headless, as a person's browser would render it).
+# Usage: scripts/deps.sh [redis] [python] [shellcheck] [chromium]   (no argument: redis and python)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 want=${*:-redis python}
@@ -52,5 +54,11 @@ esac
 
 case " $want " in *" shellcheck "*)
   command -v shellcheck >/dev/null || apt_install shellcheck
+  ;;
+esac
+
+case " $want " in *" chromium "*)
+  # Debian's build: no browser download of its own (the tests never fetch one)
+  command -v chromium >/dev/null || apt_install chromium
   ;;
 esac

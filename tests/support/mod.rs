@@ -1,7 +1,9 @@
-//! Shared test support: a real control plane, a real redis-server, the pinned Python.
+//! Shared test support: a real control plane, a real redis-server, the pinned Python, a real
+//! browser.
 //! Each test binary includes this with `mod support;` and uses what it needs.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod cluster;
 pub mod controller;
 pub mod hostile_redis;
