@@ -1382,3 +1382,53 @@ fn chaos_kills_of_workers_the_master_and_redis_cost_no_generation_twice() {
     // wrote them again from the database.
     assert_records_of_every_stored_generation(&mut kept, &mut run, &db);
 }
+
+/// Plotted generations in a rendered page: one epsilon point per stored generation.
+fn epsilon_points(dom: &str) -> usize {
+    dom.matches("data-epsilon=").count()
+}
+
+/// `abc-operator run` serves the run's page while it samples (every stored generation's epsilon
+/// plotted, as Chromium renders it) and leaves the whole run's page in the run folder, which
+/// a browser opens offline after the runner is gone.
+#[test]
+fn the_runs_page_is_live_while_it_samples_and_left_in_the_run_folder() {
+    let _heavy = heavy();
+    let mut run = six_generations_sampling_generation_3(&[]);
+    let url = run
+        .events()
+        .iter()
+        .find(|e| e["event"] == "started")
+        .and_then(|e| e["dashboard"].as_str().map(str::to_string))
+        .expect("the started event names the page's URL");
+    let live = support::browser::render(&url, "local-run-page-live", 1280, 2000);
+    assert!(live.dom.contains("gaussian"), "the page names its run");
+    let shown = epsilon_points(&live.dom);
+    assert!(
+        (3..=6).contains(&shown),
+        "generations 0..2 at least are stored while generation 3 samples: {shown} plotted"
+    );
+    assert_eq!(
+        run.wait_exit(Duration::from_secs(300)),
+        0,
+        "{}",
+        run.stderr()
+    );
+    let recorded = by_event(&run.events(), "generation_done")
+        .iter()
+        .filter(|e| e["epsilon"].is_number())
+        .count();
+    assert_eq!(recorded, 6, "every generation's line has its epsilon");
+    let file = run.cwd.path().join("run/dashboard.html");
+    let page = support::browser::render(
+        &format!("file://{}", file.display()),
+        "local-run-page-final",
+        1280,
+        2000,
+    );
+    assert_eq!(epsilon_points(&page.dom), 6, "the whole run, offline");
+    assert!(
+        page.dom.contains("Succeeded"),
+        "the page says how the run ended"
+    );
+}

@@ -11,7 +11,7 @@ use crate::controller::records::MAX_STORED_GENERATIONS;
 use crate::dashboard::page::PageData;
 use crate::dashboard::server::{PageQuery, parse_query, respond};
 use crate::protocol::Snapshot;
-use crate::protocol::inference::{GenerationRecord, read_records};
+use crate::protocol::inference::{Execution, GenerationRecord, read_records};
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use axum::routing::get;
@@ -93,6 +93,18 @@ impl Runner {
         if progress.generation.is_some() {
             progress.acceptances = Some(format!("{}/{}", progress.accepted, progress.required));
             page.last_progress = Some(progress);
+        }
+        // As the operator stores them: with the execution when the generation was recorded.
+        let execution = Execution {
+            workers_ready: workers as i64,
+            workers_desired: self.slots.len() as i64,
+            active_workers: snapshot.n_worker.unwrap_or(0),
+            lost_workers: self.lost_workers,
+            resumes: i64::from(snapshot.resumed.is_some()),
+            redis_restarts: self.redis_restarts.into(),
+        };
+        for record in &mut new_records {
+            record.execution.get_or_insert_with(|| execution.clone());
         }
         let mut data = page.data.lock().unwrap_or_else(|e| e.into_inner());
         data.records.extend(new_records);
