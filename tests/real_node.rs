@@ -1434,3 +1434,89 @@ async fn kubectl_abc_results_copies_a_consistent_database_during_and_after_the_r
     })
     .await;
 }
+
+/// Plotted generations in a rendered page: one epsilon point per stored generation.
+fn epsilon_points(dom: &str) -> usize {
+    dom.matches("data-epsilon=").count()
+}
+
+/// The example's page as a user opens it: `kubectl abc dashboard` on their machine, through the
+/// API server to the operator, rendered by Chromium while the run samples (the generations
+/// stored so far plotted) and after it ended (all of them); someone who may not read the run
+/// gets no page.
+#[tokio::test]
+async fn the_runs_page_through_kubectl_abc_dashboard_in_a_browser() {
+    install_operator();
+    let client = NODE.client().await;
+    let ns = TestNamespace::on(NODE, &client, "e2e-page").await;
+    apply_example(&ns.name, "gaussian/abcrun.yaml", |doc| {
+        slow_model(doc, "0.01")
+    });
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
+    eventually(300, "two stored generations in the status", || async {
+        let inference = runs.get("gaussian").await.ok()?.status?.inference?;
+        (inference.generations >= 2).then_some(())
+    })
+    .await;
+
+    let mut proxy = Command::new(env!("CARGO_BIN_EXE_kubectl-abc"))
+        .args(["dashboard", "gaussian", "-n", &ns.name])
+        .env("KUBECONFIG", NODE.kubeconfig())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(proxy.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("kubectl abc dashboard printed no URL: {first}"))
+        .to_string();
+    let live = support::browser::render(&url, "real-node-page-live", 1280, 2000);
+    let stored = runs
+        .get("gaussian")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .inference
+        .unwrap();
+    let shown = epsilon_points(&live.dom);
+    assert!(
+        shown >= 2 && shown as i64 <= stored.generations,
+        "the live page plots the generations stored ({} now): {shown}",
+        stored.generations
+    );
+    assert!(live.dom.contains("gaussian") && live.dom.contains(&ns.name));
+
+    let run = wait_for_phase(&runs, "gaussian", "Succeeded", 600).await;
+    let generations = run.status.unwrap().inference.unwrap().generations;
+    let done = support::browser::render(&url, "real-node-page-finished", 1280, 2000);
+    assert_eq!(
+        epsilon_points(&done.dom) as i64,
+        generations,
+        "every generation"
+    );
+    assert!(done.dom.contains("Succeeded"));
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+
+    let page = format!(
+        "/apis/dashboard.abc-operator.dev/v1alpha1/namespaces/{}/dashboards/gaussian",
+        ns.name
+    );
+    let out = NODE
+        .kubectl()
+        .args(["get", "--raw", &page, "--as", "someone-else"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("forbidden"),
+        "someone who may not read the run gets no page: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
