@@ -421,16 +421,16 @@ def generation_records(history, warn=False):
     what `GENERATIONS_KEY` holds after a master's start. With `warn`, a generation whose
     record cannot be computed is left out with a warning instead of raising."""
     try:
-        ts = _stored_generation_indices(history)
+        records = _stored_records(history)
     except Exception as err:
         if not warn:
             raise
         _warn(f"could not read the stored generations for {GENERATIONS_KEY}", err)
         return []
     texts = []
-    for t in ts:
+    for t, record in records:
         try:
-            texts.append(_encode(_stored_record(history, t)))
+            texts.append(_encode(record if record is not None else _stored_record(history, t)))
         except Exception as err:
             if not warn:
                 raise
@@ -542,33 +542,86 @@ def _value_or_nan(value):
         return float("nan")
 
 
-def _stored_generation_indices(history):
-    from pyabc.storage.db_model import Population
+def _stored_records(history):
+    """(t, record) of every stored generation, oldest first, from one pass over the run's
+    particles in the order of their ids: pyABC stores a generation in one transaction, so its
+    rows come together, and each generation's record is made once its rows have passed (one
+    generation in memory at a time; SQLite builds its index on parameters.particle_id, which
+    pyABC's schema lacks, once and not per generation). Rows that do not come together leave
+    the generation's record None: `_stored_record` reads it alone."""
+    import sqlalchemy as sa
+    from pyabc.storage.db_model import Model, Parameter, Particle, Population
 
     session, close = _session(history)
     try:
-        rows = (
-            session.query(Population.t)
+        populations = (
+            session.query(
+                # labelled: a Row's `t` is its typed tuple
+                Population.id, Population.t.label("generation"), Population.epsilon,
+                Population.nr_samples,
+                Population.wall_time, Population.population_end_time,
+            )
             .filter(Population.abc_smc_id == history.id, Population.t >= 0)
             .order_by(Population.t)
             .all()
         )
+        probabilities = {}
+        for population, m, p in (
+            session.query(Model.population_id, Model.m, Model.p_model)
+            .join(Population, Model.population_id == Population.id)
+            .filter(Population.abc_smc_id == history.id, Population.t >= 0)
+        ):
+            probabilities.setdefault(population, []).append((m, p))
+        n_models = _model_count(session, history)
+        rows = session.connection().execute(
+            sa.select(
+                Model.population_id, Particle.id, Model.m, Particle.w, Parameter.name,
+                Parameter.value,
+            )
+            .select_from(Particle)
+            .join(Model, Particle.model_id == Model.id)
+            .join(Population, Model.population_id == Population.id)
+            .outerjoin(Parameter, Parameter.particle_id == Particle.id)
+            .where(Population.abc_smc_id == history.id, Population.t >= 0)
+            .order_by(Particle.id)
+        )
+        by_id = {population.id: population for population in populations}
+        records, apart = {}, set()
+        current, particles = None, {}
+
+        def close_population():
+            if current is not None and current not in apart:
+                records[current] = _stored_population_record(
+                    by_id[current], particles, n_models, probabilities.get(current, [])
+                )
+
+        for population, particle, m, w, name, value in rows:
+            if population != current:
+                close_population()
+                if population in records or population in apart:
+                    apart.add(population)  # its rows did not come together
+                    records.pop(population, None)
+                current, particles = population, {}
+            _, _, values = particles.setdefault(particle, (int(m), float(w), {}))
+            if name is not None:
+                values[name] = _value_or_nan(value)
+        close_population()
     finally:
         close()
-    return [int(t) for (t,) in rows]
+    return [(int(p.generation), records.get(p.id)) for p in populations]
 
 
 def _stored_record(history, t):
-    """The record of stored generation `t`, read from the database."""
-    import numpy as np
-    import sqlalchemy as sa
+    """The record of stored generation `t`, read from the database alone."""
     from pyabc.storage.db_model import Model, Parameter, Particle, Population
 
     session, close = _session(history)
     try:
         population = (
             session.query(
-                Population.id, Population.epsilon, Population.nr_samples,
+                # labelled: a Row's `t` is its typed tuple
+                Population.id, Population.t.label("generation"), Population.epsilon,
+                Population.nr_samples,
                 Population.wall_time, Population.population_end_time,
             )
             .filter(Population.abc_smc_id == history.id, Population.t == t)
@@ -579,14 +632,7 @@ def _stored_record(history, t):
             .filter(Model.population_id == population.id)
             .all()
         )
-        # every model of the run has a row in the pre-population (t = -1), by index m
-        n_models = (
-            session.query(sa.func.count(sa.distinct(Model.m)))
-            .join(Population, Model.population_id == Population.id)
-            .filter(Population.abc_smc_id == history.id, Population.t == -1)
-            .filter(Model.m.isnot(None))
-            .scalar()
-        )
+        n_models = _model_count(session, history)
         rows = (
             session.query(Particle.id, Model.m, Particle.w, Parameter.name, Parameter.value)
             .select_from(Particle)
@@ -603,6 +649,28 @@ def _stored_record(history, t):
         _, _, values = particles.setdefault(particle, (int(m), float(w), {}))
         if name is not None:
             values[name] = _value_or_nan(value)
+    return _stored_population_record(population, particles, n_models, models)
+
+
+def _model_count(session, history):
+    """The run's number of models: each has a row in the pre-population (t = -1), by index."""
+    import sqlalchemy as sa
+    from pyabc.storage.db_model import Model, Population
+
+    return (
+        session.query(sa.func.count(sa.distinct(Model.m)))
+        .join(Population, Model.population_id == Population.id)
+        .filter(Population.abc_smc_id == history.id, Population.t == -1)
+        .filter(Model.m.isnot(None))
+        .scalar()
+    )
+
+
+def _stored_population_record(population, particles, n_models, models):
+    """The record of a stored population (its row) from its particles (id -> (m, weight,
+    {name: value})) and its models' (m, probability)."""
+    import numpy as np
+
     grouped = {}
     for m, w, values in particles.values():
         weights, model_rows = grouped.setdefault(m, ([], []))
@@ -613,7 +681,7 @@ def _stored_record(history, t):
         for m, (weights, model_rows) in grouped.items()
     }
     return _record(
-        t=t,
+        t=population.generation,
         epsilon=population.epsilon,
         evaluations=population.nr_samples,
         wall_time=population.wall_time,
@@ -644,21 +712,25 @@ def _stored_end_time(history, t):
 
 
 def _session(history):
-    """A session on the History's database and how to close it (pyABC opens one per call
-    unless it holds one, as an in-memory database does)."""
+    """A session on the History's database and how to close it (the History's own while it
+    holds one, as for an in-memory database)."""
     if history._session is not None:
         return history._session, lambda: None
-    from sqlalchemy import create_engine
     from sqlalchemy.orm import Session
 
-    engine = create_engine(history.db, connect_args={"timeout": history.DB_TIMEOUT})
-    session = Session(bind=engine)
+    session = Session(bind=_engine(history.db, history.DB_TIMEOUT))
+    return session, session.close
 
-    def close():
-        session.close()
-        engine.dispose()
 
-    return session, close
+@functools.lru_cache(maxsize=4)
+def _engine(url, timeout):
+    """One engine per database for this module's reads, made once (pyABC makes one per call:
+    milliseconds each time); it holds no connection between them (NullPool), so nothing stays
+    open on the database."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    return create_engine(url, connect_args={"timeout": timeout}, poolclass=NullPool)
 
 
 def _record(
