@@ -17,6 +17,9 @@ F. A lost master and a lost Redis: `abc-operator run` of the Gaussian example (6
    generations); SIGKILL of the master, then in another run of redis-server, while
    generation 3 is sampled; generations sampled again and the time from the kill until
    sampling goes on. By hand the run is lost: everything is sampled again.
+G. Generation records: what the `abc_operator` module's record of each stored generation
+   (computing it, RPUSH) costs a master, population 4,000 with 2 and 32 parameters, against
+   the generation's wall time and pyABC's own append_population in the same run.
 
 Variants are alternated (ABBA...), every figure is the median of its runs; see
 bench/README.md for what each figure means. Runs with ABC_PYTHON (a python with pyabc
@@ -24,7 +27,7 @@ bench/README.md for what each figure means. Runs with ABC_PYTHON (a python with 
 
 Environment:
   BENCH_QUICK=1        a smoke version of a few minutes (small sizes, one run per variant)
-  BENCH_SECTIONS=A,B,C,D,E,F  which sections to run (default all)
+  BENCH_SECTIONS=A,B,C,D,E,F,G  which sections to run (default all)
   BENCH_SWARM_WORKERS=N  simulated workers in D (default 10000, quick 1000)
   BENCH_SWARM_KILLS=N    workers killed and repaired in D (default 100)
   BENCH_REPEATS=N      runs per variant in A and B (default 4, quick 1)
@@ -59,7 +62,7 @@ PYTHON = os.environ.get("ABC_PYTHON") or sys.executable
 BIN = Path(os.environ.get("ABC_OPERATOR_BIN") or ROOT / "target" / "release" / "abc-operator")
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
-SECTIONS = {s.strip().upper() for s in os.environ.get("BENCH_SECTIONS", "A,B,C,D,E,F").split(",")}
+SECTIONS = {s.strip().upper() for s in os.environ.get("BENCH_SECTIONS", "A,B,C,D,E,F,G").split(",")}
 # The runner's restart policy gives up on a worker slot after 5 quick failures in a row, and
 # every SIGKILL here is one; kills alternate between slots, so 4 per slot at most.
 KILLS = min(int(os.environ.get("BENCH_KILLS", "2" if QUICK else "5")), 4 * WORKERS)
@@ -94,6 +97,11 @@ B_TARGET = 0.98
 C_TARGET_S = 2.0
 F_GENERATIONS, F_KILL_AT, F_MODEL_S = 6, 3, 0.005
 F_TARGET_REDONE = 1
+# G: parameters of each case; population and generations after calibration (quick: a smoke
+# run at a quarter of the population); the record's share of a generation's wall time
+G_PARAMETERS = (2, 32)
+G_POP, G_GENS = (1000, 1) if QUICK else (4000, 2)
+G_TARGET = 0.01
 
 # ---------------------------------------------------------------------------------------
 # The variants.
@@ -885,6 +893,67 @@ def section_d(children, rows, notes):
         server.stop()
 
 
+def section_g(children, rows):
+    """G: a master through `abc_operator.run` (bench/master.py, BENCH_RECORDS) on one
+    redis-server with 2 entrypoint workers, 0 ms model, G_POP particles, once per parameter
+    count; per stored generation the module's record against the generation."""
+    server = RedisServer(children, "G")
+    master = ServedMaster(children, server, "G")
+    workers = ByHand(children, server, "ledger", "G")
+    client = server.client()
+    by_k = {k: [] for k in G_PARAMETERS}
+    rewrites = {k: [] for k in G_PARAMETERS}  # seconds per stored generation
+    try:
+        # one run each: the 32-parameter one takes minutes (pyABC's own weights and storage
+        # in 32 dimensions), and the figures are per generation of the same run
+        for k in G_PARAMETERS:
+            say(f"G: pop {G_POP}, {k} parameters, {G_GENS} generation(s)")
+            res = master.run(master_env(0, G_POP, G_GENS, BENCH_PARAMETERS=k, BENCH_RECORDS=1),
+                             timeout=2 * MASTER_TIMEOUT_S)
+            gens = [g for a in res["analyses"] for g in a["records"]]
+            pushed = client.llen(KEYS["generations"])
+            if len(gens) != G_GENS or pushed != G_GENS:
+                raise BenchError(f"G: {len(gens)} generations timed, {pushed} records in "
+                                 f"Redis, {G_GENS} expected; see {master.dir}")
+            by_k[k] += gens
+            rewrites[k] += [a["records_from_database_s"] / G_GENS for a in res["analyses"]]
+            for g in gens:
+                say(f"G: t={g['t']}: generation {g['pyabc_wall_time_s']:.2f} s sampling + "
+                    f"{g['append_s']:.2f} s append_population, record {1000 * g['record_s']:.1f}"
+                    f" ms ({1000 * g['record_cpu_s']:.1f} ms CPU)")
+    finally:
+        workers.stop()
+        master.stop()
+        server.stop()
+    for k in G_PARAMETERS:
+        gens = by_k[k]
+        # the generation as the master spends it: pyABC's sampling wall time (what it logs
+        # and stores), its append_population, then the record
+        total = [g["pyabc_wall_time_s"] + g["append_s"] + g["record_s"] for g in gens]
+        shares = [g["record_s"] / t for g, t in zip(gens, total)]
+        # the record is the master's CPU (and one round trip): by CPU time, a share that
+        # other tenants of the machine cannot inflate; the verdict is on that
+        cpu_shares = [g["record_cpu_s"] / t for g, t in zip(gens, total)]
+        med = statistics.median
+        rows.append([
+            "G. generation records" if k == G_PARAMETERS[0] else "",
+            f"pop {G_POP}, {k} parameters, 0 ms model: per generation (n={len(gens)})",
+            f"{med(total):.2f} s generation, of which {med(g['append_s'] for g in gens):.2f} s "
+            f"append_population ({1000 * med(g['append_cpu_s'] for g in gens):.0f} ms CPU)",
+            f"record + RPUSH {1000 * med(g['record_s'] for g in gens):.1f} ms "
+            f"({1000 * med(g['record_cpu_s'] for g in gens):.1f} ms CPU)",
+            f"{100 * med(shares):.2f}% of the generation (max {100 * max(shares):.2f}%; by CPU "
+            f"{100 * med(cpu_shares):.2f}%, max {100 * max(cpu_shares):.2f}%), "
+            f"{100 * med(g['record_s'] / g['append_s'] for g in gens):.1f}% of append_population",
+            "", f"< {G_TARGET * 100:.0f}%", verdict(max(cpu_shares) < G_TARGET),
+        ])
+        rows.append([
+            "", "  a master's start: the records again, from the database", "-",
+            f"{1000 * statistics.median(rewrites[k]):.0f} ms per stored generation",
+            "", "", "", "",
+        ])
+
+
 def main():
     scratch = Path(tempfile.mkdtemp(prefix="abc-bench-"))
     children = Children(scratch)
@@ -1052,6 +1121,8 @@ def main():
                 ])
         if "D" in SECTIONS:
             section_d(children, rows, notes)
+        if "G" in SECTIONS:
+            section_g(children, rows)
         if "F" in SECTIONS and binary:
             for victim, label in (("master", "F. master lost"), ("redis", "F. Redis lost")):
                 say(f"F: abc-operator run of the Gaussian example, {victim} killed")

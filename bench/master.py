@@ -40,6 +40,12 @@ Environment (all optional):
   BENCH_EVAL_LOG_DIR   if set, each worker process appends the wall times of every
                        evaluation's start and end to BENCH_EVAL_LOG_DIR/<pid>, so the
                        benchmark can tell where the workers' time went (section E)
+  BENCH_PARAMETERS     parameters of the prior (default 1: mu alone); the others, p1, p2, ...
+                       ~ N(0, 1), are sampled and stored but not used by the model
+  BENCH_RECORDS        if 1, run through `abc_operator.run` (which records every generation
+                       in Redis, src/protocol/inference.rs) instead of pyABC's new + run, and
+                       time per stored generation pyABC's own append_population and the
+                       module's record (computing it, RPUSH) that follows it (section G)
   BENCH_SERVE          if set, import pyabc once and run once per line on stdin (a JSON
                        object of the BENCH_* settings above), printing `BENCH_DONE <result
                        file>` after each: section A's runs then do not pay the master's
@@ -119,6 +125,53 @@ class MasterWaits:
 redis_sampler.sleep = MasterWaits.sleep
 
 
+class RecordTiming:
+    """Per stored generation: pyABC's own `History.append_population` and the
+    `abc_operator` module's record after it (`_record_appended_populations` wraps the
+    History's method: the record is that wrapper's time minus pyABC's), in wall and CPU time
+    of this process, with pyABC's wall time of the generation (sampling included)."""
+
+    generations = []
+    _stored = (0.0, 0.0)
+    installed = False
+
+    @classmethod
+    def install(cls):
+        if cls.installed:
+            return
+        cls.installed = True
+        store = pyabc.History.append_population
+
+        def timed_store(self, *args, **kwargs):
+            wall, cpu = time.perf_counter(), time.process_time()
+            store(self, *args, **kwargs)
+            cls._stored = (time.perf_counter() - wall, time.process_time() - cpu)
+
+        pyabc.History.append_population = timed_store
+        install = abc_operator._record_appended_populations
+
+        def timed_install(history, client):
+            install(history, client)
+            append = history.append_population
+
+            def timed_append(t, current_epsilon, population, nr_simulations, model_names,
+                             wall_time=None):
+                wall, cpu = time.perf_counter(), time.process_time()
+                append(t, current_epsilon, population, nr_simulations, model_names,
+                       wall_time=wall_time)
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                stored_wall, stored_cpu = cls._stored
+                cls.generations.append({
+                    "t": t, "particles": len(population), "pyabc_wall_time_s": wall_time,
+                    "append_s": stored_wall, "append_cpu_s": stored_cpu,
+                    "record_s": wall - stored_wall, "record_cpu_s": cpu - stored_cpu,
+                })
+
+            history.append_population = timed_append
+
+        abc_operator._record_appended_populations = timed_install
+
+
 def timed(base):
     """A sampler class that records wall time and evaluations of every generation."""
 
@@ -168,6 +221,8 @@ def run(env, host, port, password):
     generations = int(env.get("BENCH_GENERATIONS", "3"))
     kind = env.get("BENCH_SAMPLER", "dynamic")
     workers = int(env.get("BENCH_WORKERS", "0"))
+    parameters = int(env.get("BENCH_PARAMETERS", "1"))
+    records = env.get("BENCH_RECORDS", "") == "1"
     wait_s = float(env.get("BENCH_WAIT_S", "300"))
     out = os.path.join(results_dir, env.get("BENCH_RESULT", "bench-result.json"))
     client = redis.StrictRedis(host=host, port=port, password=password)
@@ -183,11 +238,26 @@ def run(env, host, port, password):
             )
         else:
             sampler = timed(base)(host=host, port=port, password=password)
-        prior = pyabc.Distribution(mu=pyabc.RV("uniform", -5, 10))
+        # unbounded, so that every proposal has a prior density (bounded ones in 31 dimensions
+        # would have pyABC propose again and again)
+        unused = {f"p{j}": pyabc.RV("norm", 0, 1) for j in range(1, parameters)}
+        prior = pyabc.Distribution(mu=pyabc.RV("uniform", -5, 10), **unused)
         abc = pyabc.ABCSMC(model, prior, distance, population_size=pop, sampler=sampler)
         db = os.path.join(results_dir, f"bench-{os.getpid()}-{time.time_ns()}.db")
-        abc.new("sqlite:///" + db, OBSERVED)
-        abc.run(minimum_epsilon=0.0, max_nr_populations=generations)
+        recorded = len(RecordTiming.generations)
+        rewrite_s = None
+        if records:
+            RecordTiming.install()
+            history = abc_operator.run(abc, "sqlite:///" + db, OBSERVED, minimum_epsilon=0.0,
+                                       max_nr_populations=generations)
+            # what a resumed master's start adds: every stored generation's record, read
+            # back from the database (then one MULTI)
+            start = time.perf_counter()
+            abc_operator.generation_records(history)
+            rewrite_s = time.perf_counter() - start
+        else:
+            abc.new("sqlite:///" + db, OBSERVED)
+            abc.run(minimum_epsilon=0.0, max_nr_populations=generations)
         gens = sampler.bench_generations
         analyses.append(
             {
@@ -196,6 +266,8 @@ def run(env, host, port, password):
                 "evaluations": sum(g["evaluations"] for g in gens),
                 "sampling_s": sum(g["seconds"] for g in gens),
                 "master_wait_s": sum(g["master_wait_s"] for g in gens),
+                "records": RecordTiming.generations[recorded:],
+                "records_from_database_s": rewrite_s,
             }
         )
         print(
