@@ -112,3 +112,85 @@ async fn a_master_that_loses_its_redis_leaves_its_run_to_resume_and_records_it_a
         "as the database gives them"
     );
 }
+
+/// A record that cannot be computed, or that Redis refuses, costs only the record: one
+/// warning line per generation and the analysis completes; a push that finds Redis gone
+/// ends the master as any lost Redis does (exit code 75, run left unfinished). pyABC's
+/// single-core sampler with the run's Redis as its `redis`, so that no worker is needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_fails_is_a_warning_and_a_lost_redis_an_exit() {
+    let redis = server();
+    let endpoint = redis.endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let script = "import io, json, os, sys\n\
+        sys.path.insert(0, sys.argv[1])\n\
+        import abc_operator, numpy as np, pyabc, redis\n\
+        failing = {}\n\
+        class Redis(redis.Redis):\n\
+        \x20   def rpush(self, *args):\n\
+        \x20       if failing.get('push'):\n\
+        \x20           raise failing['push']\n\
+        \x20       return super().rpush(*args)\n\
+        def analysis(name):\n\
+        \x20   sampler = pyabc.sampler.SingleCoreSampler()\n\
+        \x20   sampler.redis = Redis(host='127.0.0.1', port=int(sys.argv[2]), password=sys.argv[3])\n\
+        \x20   abc = pyabc.ABCSMC(lambda p: {'y': p['mu'] + np.random.randn()},\n\
+        \x20       pyabc.Distribution(mu=pyabc.RV('uniform', -5, 10)),\n\
+        \x20       lambda x, y: abs(x['y'] - y['y']), population_size=30, sampler=sampler)\n\
+        \x20   err, sys.stderr = sys.stderr, io.StringIO()\n\
+        \x20   try:\n\
+        \x20       history = abc_operator.run(abc, name + '.db', {'y': 2.0}, max_nr_populations=2)\n\
+        \x20       outcome = history.max_t + 1\n\
+        \x20   except SystemExit as exit:\n\
+        \x20       outcome = f'exit {exit.code}'\n\
+        \x20   warnings = [l for l in sys.stderr.getvalue().splitlines() if 'warning' in l]\n\
+        \x20   sys.stderr = err\n\
+        \x20   return {'outcome': outcome, 'warnings': warnings,\n\
+        \x20           'records': sampler.redis.llen(abc_operator.GENERATIONS_KEY)}\n\
+        out = {}\n\
+        failing['push'] = redis.exceptions.ResponseError('WRONGTYPE wrong kind of value')\n\
+        out['refused'] = analysis('refused')\n\
+        failing['push'] = None\n\
+        live_record, abc_operator._live_record = abc_operator._live_record, lambda *a: 1 / 0\n\
+        out['broken'] = analysis('broken')\n\
+        abc_operator._live_record = live_record\n\
+        failing['push'] = redis.exceptions.ConnectionError('Connection refused')\n\
+        out['lost'] = analysis('lost')\n\
+        print(json.dumps(out))\n";
+    let module_dir = crate::support::python::entrypoint().parent().unwrap();
+    let port = endpoint.port.to_string();
+    let password = endpoint.password.clone().unwrap();
+    let out = std::process::Command::new(crate::support::python::python())
+        .env("ABC_RESULTS_DIR", dir.path())
+        .env("MPLCONFIGDIR", dir.path())
+        .args(["-c", script])
+        .arg(module_dir)
+        .args([&port, &password])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (name, cause) in [
+        ("refused", "ResponseError"),
+        ("broken", "ZeroDivisionError"),
+    ] {
+        let case = &out[name];
+        assert_eq!(case["outcome"], 2, "the analysis completes: {out}");
+        assert_eq!(case["records"], 0, "{out}");
+        let warnings = case["warnings"].as_array().unwrap();
+        assert_eq!(warnings.len(), 2, "one line per generation: {out}");
+        assert!(
+            warnings.iter().all(|w| w.as_str().unwrap().contains(cause)),
+            "{out}"
+        );
+    }
+    assert_eq!(out["lost"]["outcome"], "exit 75", "{out}");
+    let lost = runs(&dir.path().join("lost.db"));
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].1, None, "left unfinished, to be resumed");
+    drop(redis);
+}
