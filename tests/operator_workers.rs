@@ -377,7 +377,10 @@ async fn a_failed_master_leaves_no_stale_analysis_lock_for_its_retry() {
     let _: () = redis::AsyncCommands::set(&mut conn, "analysis_id", "dead-master")
         .await
         .unwrap();
-    let patch = serde_json::json!({"spec": {"master": {"command": ["python", "gaussian.py"], "backoffLimit": 2}}});
+    // An emptyDir: the fake node has no volume provisioner, and a pod on an unbound claim is
+    // never scheduled (the results claim is proven on the real node).
+    let patch = serde_json::json!({"spec": {"master": {"command": ["python", "gaussian.py"], "backoffLimit": 2,
+        "results": {"volume": "EmptyDir"}}}});
     s.runs
         .patch(
             "sim",
