@@ -18,7 +18,16 @@ same cluster and the same runs. For each, at steady state, over a window:
 - status lag: a live run's generation changes in Redis -> its status.progress.generation
   shows it (Redis polled every 50 ms, the runs watched);
 - repair latency: a live run's worker pod is deleted (its worker process SIGKILLed, as a
-  kubelet does, while it owes a claimed evaluation) -> status.lostWorkers counts it.
+  kubelet does, while it owes a claimed evaluation) -> status.lostWorkers counts it;
+- generation records: every run's Redis holds records as the abc_operator module writes them
+  (the idle runs' shared servers some from the start, the live runs' one per generation,
+  pushed by this script as the module would), which the current controller keeps in a
+  `{run}-generations` ConfigMap per run: ConfigMaps made, the writes that took, and that a
+  steady state reads no record (LRANGE) and writes nothing for them;
+- the runs' pages (current code only: the base has no dashboard): the dashboard APIService is
+  registered for the current controller, and after its first window a second one fetches 100
+  runs' pages once a second through the API server: page latency, the controller's CPU, RSS
+  and API requests against the first window.
 
 Progress goes to stderr, the table to stdout. Everything started here (control plane,
 redis-servers, masters, workers, controller) is stopped at the end, also after an error or
@@ -51,6 +60,7 @@ except ImportError:
 
 from common import (T0, BenchError, Children, RedisServer, free_port, pct, say, table,  # noqa: E402
                     verdict)
+from shipped import KEYS, generation_record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = os.environ.get("BENCH_QUICK") == "1"
@@ -72,12 +82,23 @@ CHURN = env_int("BENCH_SCALE_CHURN", 2000, 100)
 POPULATION = env_int("BENCH_SCALE_POPULATION", 20, 20)
 MODEL_SLEEP_S = float(os.environ.get("BENCH_SCALE_MODEL_SLEEP_S", "0.2"))
 BASE = os.environ.get("BENCH_SCALE_BASE", "d99cbe4")
+# Generation records in each idle server's list before any controller starts (0: no records
+# anywhere, the live runs' neither).
+RECORDS = env_int("BENCH_SCALE_RECORDS", 10, 10)
+# Runs whose pages are fetched once a second in the current code's second window (0: none, and
+# no second window). At most one per run: the quick size has 50.
+PAGES = min(RUNS, env_int("BENCH_SCALE_PAGES", 100, 100))
+PAGE_THREADS = 4  # fetching the pages, each with its own connection
+PAGE_WARMUP_S = 15  # pages fetched before the second window: first views, a decision cache's TTL
 PYTHON = os.environ.get("ABC_PYTHON", sys.executable)
 TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 CURRENT_BIN = Path(os.environ.get("ABC_OPERATOR_BIN", TARGET_DIR / "release" / "abc-operator"))
 CACHE = Path(os.environ.get("BENCH_SCALE_CACHE", TARGET_DIR / "bench-scale"))
 NAMESPACE = "scale"
 CONTROLLER_USER = "abc-bench-controller"
+DASHBOARD_GROUP = "dashboard.abc-operator.dev"
+DASHBOARD_APISERVICE = f"v1alpha1.{DASHBOARD_GROUP}"
+GENERATIONS_CM = "-generations"  # the records ConfigMap of run R is R-generations
 WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
 
 # The issue's targets.
@@ -234,6 +255,19 @@ class Api:
                     raise
                 time.sleep(0.5)
 
+    def fetch(self, path):
+        """GET `path` as it is (a page: HTML, not JSON): (status, bytes); one attempt, a
+        dropped connection opened again next time."""
+        try:
+            if self.conn is None:
+                self.conn = self._connect()
+            self.conn.request("GET", path, headers={"Accept": "text/html,*/*"})
+            resp = self.conn.getresponse()
+            return resp.status, resp.read()
+        except (OSError, http.client.HTTPException) as err:
+            self.conn = None
+            return None, str(err).encode()
+
     def get(self, path):
         status, body = self.request("GET", path)
         if status != 200:
@@ -270,6 +304,7 @@ class Api:
 
 RUNS_PATH = f"/apis/abc-operator.dev/v1alpha1/namespaces/{NAMESPACE}/abcruns"
 PODS_PATH = f"/api/v1/namespaces/{NAMESPACE}/pods"
+PAGES_PATH = f"/apis/{DASHBOARD_GROUP}/v1alpha1/namespaces/{NAMESPACE}/dashboards"
 
 
 # ---------------------------------------------------------------------------------------
@@ -294,6 +329,8 @@ class LiveRun:
         self.master = None
         self.workers = {}  # pod name -> Popen
         self.generations = []  # (monotonic time first seen in Redis, generation)
+        self.recorded = 0  # generation records pushed to its list
+        self.seed = int(name.rsplit("-", 1)[1])  # of its records' particles
 
 
 class Kubelet(threading.Thread):
@@ -421,13 +458,26 @@ class RunWatch(threading.Thread):
 
 
 class RedisPoller(threading.Thread):
-    """Polls each live run's Redis every 50 ms: when does a new generation start."""
+    """Polls each live run's Redis every 50 ms: when does a new generation start. When
+    generation g starts, g-1 has been stored: its record is pushed, as the abc_operator
+    module's master does right after pyABC stored it (protocol_master.py runs pyABC's
+    ABCSMC.run itself, not through the module, so it writes none)."""
 
     def __init__(self, live: dict, stop: threading.Event):
         super().__init__(daemon=True)
         self.live = live
         self.stop = stop
         self.lock = threading.Lock()
+        self.error = None
+
+    def record(self, run: LiveRun, gen: int):
+        try:
+            while run.recorded < gen:
+                run.client.rpush(KEYS["generations"],
+                                 generation_record(run.recorded, POPULATION, run.seed))
+                run.recorded += 1
+        except redis.RedisError as err:
+            self.error = err
 
     def run(self):
         while not self.stop.is_set():
@@ -443,6 +493,8 @@ class RedisPoller(threading.Thread):
                 with self.lock:
                     if not run.generations or run.generations[-1][1] != gen:
                         run.generations.append((time.monotonic(), gen))
+                if RECORDS > 0:
+                    self.record(run, gen)
             self.stop.wait(0.05)
 
 
@@ -451,14 +503,15 @@ class RedisPoller(threading.Thread):
 
 
 class Controller:
-    def __init__(self, children: Children, cluster: Cluster, binary: Path, label: str):
+    def __init__(self, children: Children, cluster: Cluster, binary: Path, label: str,
+                 extra_args=()):
         self.label = label
         self.port = free_port()
         self.log = children.scratch / f"controller-{label}.log"
         self.children = children
         self.proc = children.spawn(
             [binary, "controller", "--namespace", NAMESPACE, "--metrics-addr",
-             f"127.0.0.1:{self.port}"], self.log,
+             f"127.0.0.1:{self.port}", *extra_args], self.log,
             env={"KUBECONFIG": str(cluster.controller_kubeconfig), "RUST_LOG": "info,kube=warn"})
 
     def alive(self):
@@ -490,6 +543,119 @@ class Controller:
 
     def stop(self):
         self.children.stop(self.proc)
+
+
+class Pages:
+    """The runs' pages as `kubectl abc dashboard` reaches them: the dashboard APIService
+    registered for a controller process on loopback (an ExternalName Service `localhost`, as
+    tests/dashboard.rs does; no caBundle, the controller publishes its generated CA), and the
+    controller's options that serve it."""
+
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+        self.port = free_port()  # kept by a controller started again
+        self.registered = False
+
+    def controller_args(self):
+        return ["--external-metrics-addr", f"127.0.0.1:{self.port}",
+                "--tls-dns-name", f"abc-operator.{NAMESPACE}.svc",
+                "--dashboard-apiservice", DASHBOARD_APISERVICE]
+
+    def register(self):
+        self.registered = True
+        self.cluster.kubectl("apply", "-f", "-", input=(
+            f"apiVersion: v1\nkind: Service\nmetadata: {{name: abc-operator, namespace: {NAMESPACE}}}\n"
+            f"spec: {{type: ExternalName, externalName: localhost}}\n---\n"
+            f"apiVersion: apiregistration.k8s.io/v1\nkind: APIService\n"
+            f"metadata: {{name: {DASHBOARD_APISERVICE}}}\n"
+            f"spec: {{group: {DASHBOARD_GROUP}, version: v1alpha1, groupPriorityMinimum: 1000, "
+            f"versionPriority: 15, service: {{namespace: {NAMESPACE}, name: abc-operator, "
+            f"port: {self.port}}}}}\n"))
+
+    def available(self):
+        out = self.cluster.kubectl("get", "apiservice", DASHBOARD_APISERVICE, "-o",
+                                   "jsonpath={.status.conditions[?(@.type==\"Available\")].status}")
+        return out.strip() == "True"
+
+    def unregister(self):
+        """Gone before another controller runs: an APIService nobody serves fails every
+        client's discovery (the garbage collector's and the namespace controller's too)."""
+        if self.registered:
+            self.registered = False
+            try:
+                self.cluster.kubectl("delete", "apiservice", DASHBOARD_APISERVICE,
+                                     "--ignore-not-found", "--wait=false")
+            except BenchError as err:
+                say(f"  removing the pages' APIService: {err}")
+
+
+class PagePoller:
+    """Fetches each of `runs`' pages once a second through the API server, as the admin, from
+    PAGE_THREADS threads (each its own connection and a share of the runs; a round that takes
+    longer than a second starts the next at once). Keeps (monotonic time, seconds, status) of
+    every fetch and which were a run's first."""
+
+    def __init__(self, cluster: Cluster, runs):
+        self.cluster = cluster
+        self.runs = list(runs)
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.fetches = []  # (monotonic time at the start, seconds, status)
+        self.first = []  # seconds of each run's first fetch
+        self.failures = {}  # status or error -> count
+        self.threads = [threading.Thread(target=self.fetch_loop, args=(self.runs[i::PAGE_THREADS],),
+                                         daemon=True)
+                        for i in range(min(PAGE_THREADS, len(self.runs)))]
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+
+    def close(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
+
+    def fetch_loop(self, runs):
+        api = self.cluster.api()
+        seen = set()
+        next_round = time.monotonic()
+        while not self.stop.is_set():
+            for run in runs:
+                t0 = time.monotonic()
+                status, body = api.fetch(f"{PAGES_PATH}/{run}")
+                took = time.monotonic() - t0
+                with self.lock:
+                    self.fetches.append((t0, took, status))
+                    if run not in seen:
+                        seen.add(run)
+                        self.first.append(took)
+                    if status != 200:
+                        key = f"{status}: {body[:120].decode(errors='replace')}"
+                        self.failures[key] = self.failures.get(key, 0) + 1
+                if self.stop.is_set():
+                    return
+            next_round = max(next_round + 1.0, time.monotonic())
+            self.stop.wait(next_round - time.monotonic())
+
+    def within(self, start, end):
+        with self.lock:
+            return [(took, status) for t0, took, status in self.fetches if start <= t0 <= end]
+
+
+def redis_calls(servers):
+    """Commands served so far by `servers` (INFO commandstats, summed): {command: calls}. The
+    snapshot script's own commands count too (Redis counts a script's calls by command)."""
+    calls = {}
+    for server in servers:
+        try:
+            stats = server.client().info("commandstats")
+        except redis.RedisError:
+            continue
+        for key, value in stats.items():
+            name = key.removeprefix("cmdstat_")
+            calls[name] = calls.get(name, 0) + value["calls"]
+    return calls
 
 
 def audit_events(path: Path, offset: int, start_wall: float, end_wall: float):
@@ -532,12 +698,13 @@ def classify(events, window_s):
         verb = e["verb"]
         ref = e.get("objectRef") or {}
         resource = ref.get("resource", "?") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
-        if ref.get("resource") == "leases":
-            key = f"{verb} (leases)"
+        if ref.get("resource") in ("leases", "subjectaccessreviews"):
+            key = f"{verb} ({ref['resource']})"
         else:
             key = verb
         by_verb[key] = by_verb.get(key, 0) + 1
-        if verb in WRITE_VERBS:
+        # A SubjectAccessReview is a question (the pages' authorization), not a write.
+        if verb in WRITE_VERBS and ref.get("resource") != "subjectaccessreviews":
             name = ref.get("name") or ""
             if ref.get("resource") == "leases":
                 writes["lease"] += 1
@@ -553,6 +720,30 @@ def classify(events, window_s):
     rate = {k: v / window_s for k, v in by_verb.items()}
     return rate, {k: v / window_s for k, v in writes.items()}, \
         {k: v / window_s for k, v in by_resource.items()}
+
+
+def record_requests(events):
+    """The controller's requests on records ConfigMaps (`R-generations`) and its
+    SubjectAccessReviews: {"<verb> <idle|live|?>": count, "sar": count}. A create may name no
+    object in the audit log (the name is in the body): counted as "?" unless it has one."""
+    counts = {}
+    for e in events:
+        ref = e.get("objectRef") or {}
+        if ref.get("resource") == "subjectaccessreviews":
+            counts["sar"] = counts.get("sar", 0) + 1
+            continue
+        if ref.get("resource") != "configmaps":
+            continue
+        name = ref.get("name") or ""
+        if name and not name.endswith(GENERATIONS_CM):
+            continue
+        if not name and e["verb"] != "create":
+            continue
+        kind = "live" if name.startswith("live-") else "idle" if name.startswith("idle-") else "?"
+        code = (e.get("responseStatus") or {}).get("code")
+        key = f"{e['verb']} {kind}" + (f" {code}" if code and code >= 400 else "")
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def status_lags(live: dict, watch: RunWatch, start, end):
@@ -631,10 +822,11 @@ class Restarting:
     """The controller under test; started again if it exits before the window (a leader
     that could not renew its Lease in time stops itself), each exit counted and reported."""
 
-    def __init__(self, label, binary, cluster, children):
+    def __init__(self, label, binary, cluster, children, extra_args=()):
         self.label, self.binary, self.cluster, self.children = label, binary, cluster, children
+        self.extra_args = extra_args
         self.exits = []
-        self.ctl = Controller(children, cluster, binary, label)
+        self.ctl = Controller(children, cluster, binary, label, extra_args)
 
     def check(self):
         if self.ctl.alive():
@@ -642,7 +834,8 @@ class Restarting:
         self.exits.append(last_line(self.ctl.log))
         say(f"{self.label}: the controller exited ({self.exits[-1]}); starting it again")
         self.children.forget(self.ctl.proc)
-        self.ctl = Controller(self.children, self.cluster, self.binary, self.label)
+        self.ctl = Controller(self.children, self.cluster, self.binary, self.label,
+                              self.extra_args)
 
 
 def last_line(path: Path):
@@ -686,7 +879,78 @@ def wait_pods_running(api: Api, want, timeout, controller: Restarting):
     return last
 
 
-def measure_one(label, binary, cluster, children, live, kubelet, watch, api, restarting):
+def measure_window(label, cluster, live, watch, restarting, idle_servers, window_s):
+    """The controller over one window: API requests (audit log), CPU and RSS, status lags,
+    Redis commands on the idle and the live servers."""
+    ctl = restarting.ctl
+    offset = audit_size(cluster.audit_log)
+    idle_calls0 = redis_calls(idle_servers)
+    live_calls0 = redis_calls([run.server for run in live.values()])
+    recorded0 = sum(run.recorded for run in live.values())
+    start, start_wall, cpu0 = time.monotonic(), time.time(), ctl.cpu_seconds()
+    rss = []
+    while time.monotonic() - start < window_s:
+        if not ctl.alive():
+            raise BenchError(f"{label}: the controller exited in the window: {last_line(ctl.log)}")
+        rss.append(ctl.memory_kib("VmRSS") / 1024)
+        time.sleep(1.0)
+    end, end_wall, cpu1 = time.monotonic(), time.time(), ctl.cpu_seconds()
+    idle_calls = diff_calls(redis_calls(idle_servers), idle_calls0)
+    live_calls = diff_calls(redis_calls([run.server for run in live.values()]), live_calls0)
+    recorded = sum(run.recorded for run in live.values()) - recorded0
+    hwm = ctl.memory_kib("VmHWM") / 1024
+    window = end - start
+    time.sleep(3)  # the audit log's last lines; status of the last generations
+    events = audit_events(cluster.audit_log, offset, start_wall, end_wall)
+    rate, writes, write_kinds = classify(events, window)
+    lags, lag_missing = status_lags(live, watch, start, end - 3)
+    gens = sum(1 for run in live.values() for t, _ in run.generations if start <= t <= end)
+    say(f"{label}: {len(events)} requests in the window, {gens} generations started in live runs")
+    return {
+        "rate": rate, "writes": writes, "write_kinds": write_kinds,
+        "requests": sum(rate.values()),
+        "cpu_pct": (cpu1 - cpu0) / window * 100,
+        "rss_mean": statistics.mean(rss), "rss_max": max(rss), "rss_hwm": hwm,
+        "lags": lags, "lag_missing": lag_missing, "generations": gens, "window": window,
+        "record_requests": record_requests(events),
+        "idle_redis": idle_calls, "live_redis": live_calls, "records_pushed": recorded,
+        "span": (start, end),
+    }
+
+
+def available(pages):
+    try:
+        return pages.available()
+    except BenchError:
+        return False
+
+
+def diff_calls(after, before):
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
+def records_held(api: Api, live: dict):
+    """The records ConfigMaps in the namespace and the runs whose status shows records."""
+    cms = api.get(f"/api/v1/namespaces/{NAMESPACE}/configmaps")["items"]
+    held = [cm for cm in cms if cm["metadata"]["name"].endswith(GENERATIONS_CM)]
+    runs = api.get(RUNS_PATH)["items"]
+    shown = {}
+    for run in runs:
+        kind = "live" if run["metadata"]["name"] in live else "idle"
+        inference = (run.get("status") or {}).get("inference") or {}
+        if inference.get("generations"):
+            shown.setdefault(kind, []).append(inference["generations"])
+    return {
+        "config_maps": {k: sum(1 for cm in held if cm["metadata"]["name"].startswith(f"{k}-"))
+                        for k in ("idle", "live")},
+        "keys": sum(len(cm.get("data") or {}) for cm in held),
+        "bytes": sum(len(v) for cm in held for v in (cm.get("data") or {}).values()),
+        "shown": shown,
+    }
+
+
+def measure_one(label, cluster, live, kubelet, watch, api, restarting, idle_servers, pages,
+                since):
     started = time.monotonic()
     want = RUNS * PODS_PER_RUN
     running = wait_pods_running(api, want, max(600, want / 5), restarting)
@@ -696,40 +960,63 @@ def measure_one(label, binary, cluster, children, live, kubelet, watch, api, res
     while time.monotonic() < settle_end:
         restarting.check()
         time.sleep(1)
-    ctl = restarting.ctl
     if kubelet.error:
         say(f"  note: the worker harness saw: {kubelet.error}")
     say(f"{label}: measuring over {WINDOW_S} s")
-    offset = audit_size(cluster.audit_log)
-    start, start_wall, cpu0 = time.monotonic(), time.time(), ctl.cpu_seconds()
-    rss = []
-    while time.monotonic() - start < WINDOW_S:
-        if not ctl.alive():
-            raise BenchError(f"{label}: the controller exited in the window: {last_line(ctl.log)}")
-        rss.append(ctl.memory_kib("VmRSS") / 1024)
-        time.sleep(1.0)
-    end, end_wall, cpu1 = time.monotonic(), time.time(), ctl.cpu_seconds()
-    hwm = ctl.memory_kib("VmHWM") / 1024
-    window = end - start
-    time.sleep(3)  # the audit log's last lines; status of the last generations
-    events = audit_events(cluster.audit_log, offset, start_wall, end_wall)
-    rate, writes, write_kinds = classify(events, window)
-    lags, lag_missing = status_lags(live, watch, start, end - 3)
-    gens = sum(1 for run in live.values() for t, _ in run.generations if start <= t <= end)
-    say(f"{label}: {len(events)} requests in the window, {gens} generations started in live runs; "
-        f"repairs next")
+    # What the start cost for records: from the controller's start until the window.
+    startup_wall = time.time()
+    startup_idle_redis = diff_calls(redis_calls(idle_servers), since["idle_redis"])
+    result = measure_window(label, cluster, live, watch, restarting, idle_servers, WINDOW_S)
+    startup = audit_events(cluster.audit_log, since["audit"], since["wall"], startup_wall)
+    result["startup_records"] = record_requests(startup)
+    result["startup_idle_redis"] = startup_idle_redis
+    result["records_held"] = records_held(api, live) if RECORDS > 0 else None
+    paged = None
+    if pages is not None:
+        paged = measure_pages(label, cluster, live, watch, restarting, idle_servers, pages)
     exits_before = len(restarting.exits)
+    say(f"{label}: repairs")
     repairs, repairs_missed = measure_repairs(live, kubelet, watch, api, REPAIRS, restarting)
-    return {
-        "rate": rate, "writes": writes, "write_kinds": write_kinds,
-        "requests": sum(rate.values()),
-        "cpu_pct": (cpu1 - cpu0) / window * 100,
-        "rss_mean": statistics.mean(rss), "rss_max": max(rss), "rss_hwm": hwm,
-        "lags": lags, "lag_missing": lag_missing, "generations": gens,
-        "repairs": repairs, "repairs_missed": repairs_missed, "window": window,
+    result.update({
+        "repairs": repairs, "repairs_missed": repairs_missed,
         "startup_s": time.monotonic() - started, "exits": restarting.exits[:exits_before],
         "exits_repairs": restarting.exits[exits_before:],
+    })
+    return result, paged
+
+
+def measure_pages(label, cluster, live, watch, restarting, idle_servers, pages):
+    """A second window with PAGES runs' pages fetched once a second through the API server
+    (after PAGE_WARMUP_S of it: every run's first view and one lapse of the authorization
+    cache are behind)."""
+    try:
+        wait_for("the pages' APIService Available", 120, lambda: available(pages), restarting)
+    except BenchError as err:
+        return {"error": str(err)}
+    idle = [f"idle-{i:04d}" for i in range(RUNS - LIVE)]
+    runs = (list(live) + idle)[:PAGES]
+    poller = PagePoller(cluster, runs)
+    say(f"{label}: fetching {len(runs)} runs' pages once a second ({min(len(live), PAGES)} of "
+        f"them live); {PAGE_WARMUP_S} s before a second window of {WINDOW_S} s")
+    poller.start()
+    try:
+        time.sleep(PAGE_WARMUP_S)
+        result = measure_window(f"{label}, pages", cluster, live, watch, restarting,
+                                idle_servers, WINDOW_S)
+    finally:
+        poller.close()
+    start, end = result["span"]
+    fetched = poller.within(start, end)
+    with poller.lock:
+        first, failures = list(poller.first), dict(poller.failures)
+    result["pages"] = {
+        "runs": len(runs), "live": min(len(live), PAGES),
+        "per_s": len(fetched) / result["window"],
+        "latency": [took for took, status in fetched if status == 200],
+        "failed": sum(1 for _, status in fetched if status != 200),
+        "first": first, "failures": failures,
     }
+    return result
 
 
 def wait_for(what, timeout, condition, restarting):
@@ -776,18 +1063,28 @@ def measure_churn(label, cluster, restarting):
     return {"churn_before": before, "churn_after": after}
 
 
-def measure(label, binary, cluster, children, live, kubelet, watch, api):
+def measure(label, binary, cluster, children, live, kubelet, watch, api, idle_servers,
+            pages=None):
+    """One controller: its window, then (`pages`: the current code) a window with pages
+    polled; its repairs; the churn soak (the current code). Returns (result, pages' result)."""
+    since = {"audit": audit_size(cluster.audit_log), "wall": time.time(),
+             "idle_redis": redis_calls(idle_servers)}
+    if pages is not None:
+        pages.register()
     say(f"{label}: starting the controller ({binary})")
-    restarting = Restarting(label, binary, cluster, children)
+    restarting = Restarting(label, binary, cluster, children,
+                            pages.controller_args() if pages is not None else ())
     try:
-        result = measure_one(label, binary, cluster, children, live, kubelet, watch, api,
-                             restarting)
+        result, paged = measure_one(label, cluster, live, kubelet, watch, api, restarting,
+                                    idle_servers, pages, since)
         if label == "current" and CHURN > 0:
             result.update(measure_churn(label, cluster, restarting))
-        return result
+        return result, paged
     finally:
         restarting.ctl.stop()
         say(f"{label}: controller stopped")
+        if pages is not None:
+            pages.unregister()
 
 
 # ---------------------------------------------------------------------------------------
@@ -795,15 +1092,34 @@ def measure(label, binary, cluster, children, live, kubelet, watch, api):
 
 
 def report(results, labels):
+    """The table: a column per label (the base, the current code, the current code with pages
+    polled); the last column says whether every current-code column meets the target."""
     rows = [["", *labels, "target", "current"]]
-    old, new = (results.get(l) for l in labels)
+    cols = [results.get(label) for label in labels]
+    current = results.get("current")
 
     def cell(r, fn):
-        return "-" if r is None else fn(r)
+        if r is None:
+            return "-"
+        try:
+            return fn(r)
+        except (KeyError, TypeError):  # not measured in this column
+            return "-"
 
     def row(what, fn, target="", ok=None):
-        rows.append([what, cell(old, fn), cell(new, fn), target,
-                     "" if ok is None or new is None else verdict(ok(new))])
+        checked = []
+        for r in cols[1:]:
+            if r is None or ok is None:
+                continue
+            try:
+                checked.append(ok(r))
+            except (KeyError, TypeError):
+                pass
+        rows.append([what, *(cell(r, fn) for r in cols), target,
+                     verdict(all(checked)) if checked else ""])
+
+    def section(what):
+        rows.append([what, *("" for _ in cols), "", ""])
 
     verbs = sorted({v for r in results.values() for v in r["rate"]})
     row("API requests/s, all", lambda r: f"{r['requests']:.2f}")
@@ -824,14 +1140,11 @@ def report(results, labels):
     row("  peak RSS since start (VmHWM)", lambda r: f"{r['rss_hwm']:.0f}")
 
     def churn_text(r):
-        if "churn_before" not in r:
-            return "-"
         b, a = r["churn_before"], r["churn_after"]
         return (f"RSS {b['rss']:.0f} -> {a['rss']:.0f} MiB, run series {b['series']} -> "
                 f"{a['series']}, remembered {a['remembered']}")
     row(f"{CHURN} runs created and deleted (background)", churn_text,
-        "series back", lambda r: "churn_after" not in r
-        or r["churn_after"]["series"] <= r["churn_before"]["series"])
+        "series back", lambda r: r["churn_after"]["series"] <= r["churn_before"]["series"])
     row("CPU % of one core", lambda r: f"{r['cpu_pct']:.1f}", f"<= {TARGET_CPU_PCT:.0f}",
         lambda r: r["cpu_pct"] <= TARGET_CPU_PCT)
 
@@ -858,6 +1171,72 @@ def report(results, labels):
         and pct(r["repairs"], 0.95) <= TARGET_REPAIR_P95_S)
     row("controller exits (before the window / in the repairs)",
         lambda r: f"{len(r['exits'])} / {len(r['exits_repairs'])}")
+
+    if RECORDS > 0:
+        section(f"generation records ({RUNS - LIVE} idle runs: {RECORDS} each in their shared "
+                f"servers; {LIVE} live: one per generation)")
+
+        def counts_text(counts):
+            counts = {k: v for k, v in counts.items() if k != "sar"}
+            return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+
+        def held_text(r):
+            h = r["records_held"]
+            shown = h["shown"]
+            return (f"{h['config_maps']['idle']} idle + {h['config_maps']['live']} live, "
+                    f"{h['keys']} records, {h['bytes'] / 1024:.0f} KiB; status.inference of "
+                    f"{len(shown.get('idle', []))} idle runs ({RECORDS} each: "
+                    f"{sum(1 for g in shown.get('idle', []) if g == RECORDS)}) + "
+                    f"{len(shown.get('live', []))} live")
+        row("  records ConfigMaps after the start", held_text, "one per run",
+            lambda r: r["records_held"]["config_maps"]["idle"] == RUNS - LIVE
+            and r["records_held"]["config_maps"]["live"] == LIVE)
+        row("  their API requests, start -> window", lambda r: counts_text(r["startup_records"]))
+        row("  record reads (LRANGE) on the idle servers, start -> window",
+            lambda r: f"{r['startup_idle_redis'].get('lrange', 0)} ({RUNS - LIVE} idle runs)",
+            "one per run", lambda r: r["startup_idle_redis"].get("lrange", 0) <= RUNS - LIVE)
+        row("  records ConfigMap requests in the window",
+            lambda r: counts_text(r["record_requests"]))
+        row("  record reads (LRANGE) in the window: idle servers / live (records pushed)",
+            lambda r: f"{r['idle_redis'].get('lrange', 0)} / {r['live_redis'].get('lrange', 0)} "
+                      f"({r['records_pushed']})",
+            "0 / <= pushed", lambda r: r["idle_redis"].get("lrange", 0) == 0
+            and r["live_redis"].get("lrange", 0) <= r["records_pushed"])
+        row("  Redis commands/s on the idle servers",
+            lambda r: f"{sum(r['idle_redis'].values()) / r['window']:.2f}")
+
+    if PAGES > 0:
+        section(f"pages: {PAGES} runs' pages fetched once a second through the API server "
+                f"(current code only; the base has no dashboard)")
+
+        def pages_text(r):
+            p = r["pages"]
+            return (f"{p['per_s']:.1f}/s of {p['runs']} runs ({p['live']} live)"
+                    + (f", {p['failed']} failed" if p["failed"] else ""))
+        row("  pages fetched", pages_text, f"{PAGES}/s",
+            lambda r: r["pages"]["per_s"] >= 0.9 * r["pages"]["runs"] and not r["pages"]["failed"])
+
+        def latency_text(r):
+            lat, first = r["pages"]["latency"], r["pages"]["first"]
+            return (f"p50 {pct(lat, 0.5) * 1000:.0f} ms, p95 {pct(lat, 0.95) * 1000:.0f} ms, "
+                    f"max {max(lat) * 1000:.0f} ms (n={len(lat)}); a run's first view p50 "
+                    f"{pct(first, 0.5) * 1000:.0f} ms, p95 {pct(first, 0.95) * 1000:.0f} ms")
+        row("  page latency", latency_text)
+        row("  extra CPU (points of a core) and RSS (MiB, mean) over the window without pages",
+            lambda r: f"{r['cpu_pct'] - current['cpu_pct']:+.1f}, "
+                      f"{r['rss_mean'] - current['rss_mean']:+.1f}")
+
+        def sar_bound(r):
+            return r["pages"]["runs"] * (r["window"] / 10 + 1)
+        row("  SubjectAccessReviews (cached 10 s per user and run)",
+            lambda r: f"{r['record_requests'].get('sar', 0)} ({r['record_requests'].get('sar', 0) / r['window']:.1f}/s)",
+            "<= 1 per run per 10 s", lambda r: r["record_requests"].get("sar", 0) <= sar_bound(r))
+
+        def gets(r):
+            return sum(v for k, v in r["record_requests"].items() if k.startswith("get "))
+        row("  records ConfigMap GETs (once per run and generation) / records pushed",
+            lambda r: f"{gets(r)} / {r['records_pushed']}",
+            "<= pushed", lambda r: gets(r) <= r["records_pushed"])
     return table(rows)
 
 
@@ -874,7 +1253,8 @@ def main():
 
     signal.signal(signal.SIGTERM, stop_on_signal)
     base_label = f"before ({BASE})"
-    labels = [base_label, "current"]
+    pages_label = f"current, {PAGES} pages/s"
+    labels = [base_label, "current"] + ([pages_label] if PAGES > 0 else [])
     # "none": the current code only (e.g. at sizes where the code before would take the
     # machine over); its column then shows "-".
     measured = [("current", CURRENT_BIN)] if BASE == "none" else None
@@ -895,6 +1275,12 @@ def main():
 
         say(f"redis: {IDLE_SERVERS} idle servers shared by {RUNS - LIVE} runs, {LIVE} live ones")
         idle_servers = [RedisServer(children, f"idle{i}") for i in range(IDLE_SERVERS)]
+        if RECORDS > 0:
+            say(f"redis: {RECORDS} generation records in each idle server's "
+                f"{KEYS['generations']} (the abc_operator module's code makes them)")
+            for k, server in enumerate(idle_servers):
+                server.client().rpush(KEYS["generations"],
+                                      *(generation_record(t, 1000, k) for t in range(RECORDS)))
         live = {}
         for i in range(LIVE):
             name = f"live-{i:03d}"
@@ -931,10 +1317,19 @@ def main():
         for t in (kubelet, watch, poller):
             t.start()
 
+        pages = Pages(cluster) if PAGES > 0 else None
         for label, binary in measured:
             try:
-                results[label] = measure(label, binary, cluster, children, live, kubelet, watch,
-                                         api)
+                # The base has no dashboard: pages for the current code only.
+                results[label], paged = measure(
+                    label, binary, cluster, children, live, kubelet, watch, api, idle_servers,
+                    pages if label == "current" else None)
+                if paged is not None and "error" in paged:
+                    notes.append(f"{pages_label}: {paged['error']}")
+                elif paged is not None:
+                    results[pages_label] = paged
+                    for failure, n in paged["pages"]["failures"].items():
+                        notes.append(f"{pages_label}: {n} page fetch(es) answered {failure}")
             except BenchError as err:
                 failed = True
                 notes.append(f"{label}: {err}")
@@ -944,6 +1339,8 @@ def main():
             for exit_line in results.get(label, {}).get("exits_repairs", []):
                 notes.append(f"{label}: the controller exited in the repairs (started again): "
                              f"{exit_line}")
+        if poller.error:
+            notes.append(f"pushing the live runs' records: {poller.error}")
         dead = [n for n, r in live.items() if r.master.poll() is not None]
         if dead:
             notes.append(f"masters that exited early: {', '.join(dead)} (see their logs)")
@@ -973,7 +1370,12 @@ def main():
               f"{load_before[0]:.1f} before, {load_after[0]:.1f} after; "
               f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
         print("API requests: the API server's audit log, the controller's own user; "
-              "writes = create/update/patch/delete")
+              "writes = create/update/patch/delete (a SubjectAccessReview is not one)")
+        if PAGES > 0:
+            print(f"pages: the current code has a second window of {WINDOW_S} s with {PAGES} "
+                  f"runs' pages fetched once a second ({PAGE_THREADS} threads, the admin, "
+                  f"through the API server) after {PAGE_WARMUP_S} s of it; its repairs and "
+                  f"churn are in the \"current\" column")
         if results:
             print(report(results, labels))
         for note in notes:
