@@ -1088,7 +1088,15 @@ def measure(label, binary, cluster, children, live, kubelet, watch, api, idle_se
         result, paged = measure_one(label, cluster, live, kubelet, watch, api, restarting,
                                     idle_servers, pages, since)
         if label == "current" and CHURN > 0:
-            result.update(measure_churn(label, cluster, restarting))
+            exits = len(restarting.exits)
+            try:
+                result.update(measure_churn(label, cluster, restarting))
+            except (BenchError, OSError) as err:
+                # e.g. a controller that lost its Lease on an overloaded machine: the soak's
+                # before and after would be two processes; the windows' figures stand
+                result["churn_error"] = (f"the controller exited ({restarting.exits[exits]})"
+                                         if len(restarting.exits) > exits else str(err))
+                say(f"{label}: churn not measured: {result['churn_error']}")
         return result, paged
     finally:
         restarting.ctl.stop()
@@ -1150,6 +1158,8 @@ def report(results, labels):
     row("  peak RSS since start (VmHWM)", lambda r: f"{r['rss_hwm']:.0f}")
 
     def churn_text(r):
+        if "churn_error" in r:
+            return "not measured: " + r["churn_error"][:100]
         b, a = r["churn_before"], r["churn_after"]
         return (f"RSS {b['rss']:.0f} -> {a['rss']:.0f} MiB, run series {b['series']} -> "
                 f"{a['series']}, remembered {a['remembered']}")
