@@ -9,83 +9,15 @@
 mod support;
 
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
-use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use std::time::Duration;
+use support::aggregation::Registration;
 use support::cluster::{eventually, kubectl};
 use support::controller::{ControllerProcess, free_port};
 use support::run::{master_finishes, setup};
 
 const APISERVICE: &str = "v1beta1.external.metrics.k8s.io";
 const METRIC: &str = "abcrun_evaluations_needed";
-
-/// Points the external metrics APIService at the controller process on loopback: an
-/// ExternalName Service `localhost` (the API server refuses loopback endpoints, but proxies to
-/// an ExternalName's host at the APIService's port). Removed on drop, so no unavailable
-/// aggregated API outlives the test.
-struct Registration {
-    client: Client,
-}
-
-impl Registration {
-    async fn new(client: &Client, namespace: &str, port: u16) -> Registration {
-        let ssa = PatchParams::apply("abc-operator-test").force();
-        let service = serde_json::json!({
-            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "abc-operator"},
-            "spec": {"type": "ExternalName", "externalName": "localhost"},
-        });
-        let services: Api<k8s_openapi::api::core::v1::Service> =
-            Api::namespaced(client.clone(), namespace);
-        services
-            .patch("abc-operator", &ssa, &Patch::Apply(&service))
-            .await
-            .unwrap();
-        // As the chart installs it: no caBundle, the operator writes it.
-        let apiservice = serde_json::json!({
-            "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
-            "metadata": {"name": APISERVICE},
-            "spec": {"group": "external.metrics.k8s.io", "version": "v1beta1",
-                     "groupPriorityMinimum": 100, "versionPriority": 100,
-                     "service": {"namespace": namespace, "name": "abc-operator", "port": port}},
-        });
-        let api: Api<APIService> = Api::all(client.clone());
-        api.patch(APISERVICE, &ssa, &Patch::Apply(&apiservice))
-            .await
-            .unwrap();
-        Registration {
-            client: client.clone(),
-        }
-    }
-
-    async fn available(&self) {
-        let api: Api<APIService> = Api::all(self.client.clone());
-        eventually(90, "the external metrics APIService Available", || async {
-            let status = api.get(APISERVICE).await.ok()?.status?;
-            status
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Available" && c.status == "True")
-                .then_some(())
-        })
-        .await;
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        // Drop cannot await; kubectl is synchronous and always at hand.
-        let _ = kubectl()
-            .args([
-                "delete",
-                "apiservice",
-                APISERVICE,
-                "--ignore-not-found",
-                "--wait=false",
-            ])
-            .output();
-    }
-}
 
 /// `kubectl get --raw` of one metric for a label selector: Ok(body) or Err(stderr).
 fn raw_metric(namespace: &str, metric: &str, selector: &str) -> Result<serde_json::Value, String> {
@@ -125,7 +57,13 @@ async fn an_hpa_scales_workers_on_demand_and_back_after_the_run() {
     let s = setup("hpa", 1, "10m", "0.3").await;
     let ns = s.ns.name.clone();
     let port = free_port();
-    let registration = Registration::new(&s.client, &ns, port).await;
+    let registration = Registration::new(
+        &s.client,
+        &ns,
+        port,
+        ("external.metrics.k8s.io", "v1beta1", 100, 100),
+    )
+    .await;
     let controller = ControllerProcess::start_with(
         &ns,
         &[

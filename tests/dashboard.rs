@@ -9,70 +9,13 @@
 
 mod support;
 
-use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
-use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::DeleteParams;
+use support::aggregation::Registration;
 use support::cluster::{eventually, kubectl, output_with_stdin};
 use support::controller::{ControllerProcess, free_port};
 use support::run::setup;
 
 const APISERVICE: &str = "v1alpha1.dashboard.abc-operator.dev";
-
-/// Points the pages' APIService at the controller process on loopback (an ExternalName
-/// Service, as tests/autoscaling.rs does for the external metrics API). Removed on drop.
-struct Registration;
-
-impl Registration {
-    async fn new(client: &Client, namespace: &str, port: u16) -> Registration {
-        let ssa = PatchParams::apply("abc-operator-test").force();
-        let service = serde_json::json!({
-            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "abc-operator"},
-            "spec": {"type": "ExternalName", "externalName": "localhost"},
-        });
-        let services: Api<k8s_openapi::api::core::v1::Service> =
-            Api::namespaced(client.clone(), namespace);
-        services
-            .patch("abc-operator", &ssa, &Patch::Apply(&service))
-            .await
-            .unwrap();
-        // As the chart installs it: no caBundle, the operator writes it.
-        let apiservice = serde_json::json!({
-            "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
-            "metadata": {"name": APISERVICE},
-            "spec": {"group": "dashboard.abc-operator.dev", "version": "v1alpha1",
-                     "groupPriorityMinimum": 1000, "versionPriority": 15,
-                     "service": {"namespace": namespace, "name": "abc-operator", "port": port}},
-        });
-        let api: Api<APIService> = Api::all(client.clone());
-        api.patch(APISERVICE, &ssa, &Patch::Apply(&apiservice))
-            .await
-            .unwrap();
-        eventually(90, "the pages' APIService Available", || async {
-            let status = api.get(APISERVICE).await.ok()?.status?;
-            status
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Available" && c.status == "True")
-                .then_some(())
-        })
-        .await;
-        Registration
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let _ = kubectl()
-            .args([
-                "delete",
-                "apiservice",
-                APISERVICE,
-                "--ignore-not-found",
-                "--wait=false",
-            ])
-            .output();
-    }
-}
 
 /// `kubectl get --raw PATH` as `user` (impersonated; none: the admin): Ok(body) or Err(stderr).
 fn raw_as(user: Option<&str>, path: &str) -> Result<String, String> {
@@ -124,7 +67,14 @@ async fn a_runs_page_is_for_whoever_may_get_the_run() {
             APISERVICE,
         ],
     );
-    let _registration = Registration::new(&s.client, &ns, port).await;
+    let registration = Registration::new(
+        &s.client,
+        &ns,
+        port,
+        ("dashboard.abc-operator.dev", "v1alpha1", 1000, 15),
+    )
+    .await;
+    registration.available().await;
     let page = format!("/apis/dashboard.abc-operator.dev/v1alpha1/namespaces/{ns}/dashboards/sim");
 
     let html = eventually(60, "the run's page", || async { raw_as(None, &page).ok() }).await;

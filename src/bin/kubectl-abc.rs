@@ -144,22 +144,31 @@ async fn connect_url(url: &str) -> anyhow::Result<protocol::Connection> {
     .await?)
 }
 
+/// A client of the kubeconfig's cluster, and `namespace` or the kubeconfig's.
+async fn kubernetes(namespace: Option<&str>) -> anyhow::Result<(Client, String)> {
+    let client = Client::try_default()
+        .await
+        .context("cannot reach the Kubernetes API")?;
+    let namespace =
+        namespace.map_or_else(|| client.default_namespace().to_string(), str::to_string);
+    Ok((client, namespace))
+}
+
+/// The AbcRun `name`, or an error saying it is not there.
+async fn abc_run(client: &Client, namespace: &str, name: &str) -> anyhow::Result<AbcRun> {
+    Api::<AbcRun>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await?
+        .with_context(|| format!("no AbcRun {name:?} in namespace {namespace:?}"))
+}
+
 /// Connects to a run's Redis: external directly, managed through a port-forward to its pod.
 async fn connect_run(
     name: &str,
     namespace: Option<&str>,
 ) -> anyhow::Result<(protocol::Connection, Option<tokio::task::JoinHandle<()>>)> {
-    let client = Client::try_default()
-        .await
-        .context("cannot reach the Kubernetes API")?;
-    let namespace = namespace
-        .map(str::to_string)
-        .unwrap_or_else(|| client.default_namespace().to_string());
-    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &namespace);
-    let run = runs
-        .get_opt(name)
-        .await?
-        .with_context(|| format!("no AbcRun {name:?} in namespace {namespace:?}"))?;
+    let (client, namespace) = kubernetes(namespace).await?;
+    let run = abc_run(&client, &namespace, name).await?;
     let reference = resources::password_secret_ref(&run);
     let secret = Api::<Secret>::namespaced(client.clone(), &namespace)
         .get_opt(&reference.name)
@@ -235,15 +244,8 @@ async fn port_forward(
 
 /// `kubectl abc dashboard RUN`: the run's page on a loopback port until Ctrl-C.
 async fn dashboard(name: &str, namespace: Option<&str>, port: u16) -> anyhow::Result<()> {
-    let client = Client::try_default()
-        .await
-        .context("cannot reach the Kubernetes API (KUBECONFIG)")?;
-    let namespace =
-        namespace.map_or_else(|| client.default_namespace().to_string(), str::to_string);
-    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &namespace);
-    runs.get(name)
-        .await
-        .with_context(|| format!("reading AbcRun {name:?} in namespace {namespace:?}"))?;
+    let (client, namespace) = kubernetes(namespace).await?;
+    abc_run(&client, &namespace, name).await?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let serving = abc_operator::dashboard::proxy::serve(client, &namespace, name, addr, |at| {
         println!("the page of {namespace}/{name}: http://{at}/  (Ctrl-C to stop)");

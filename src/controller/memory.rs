@@ -7,6 +7,7 @@
 //! watch reports the run deleted, and by a sweep after each relist of the runs (a delete missed
 //! while the watch was down).
 
+use super::records::RecordsRead;
 use crate::api::{AbcRun, SecretKeyRef};
 use kube::ResourceExt;
 use std::collections::HashMap;
@@ -46,6 +47,9 @@ struct Remembered {
     /// written status back, the cached run holds an older count, and a Redis that lost its
     /// data (its count too) would make the count go back.
     lost_workers_written: i64,
+    /// The generation records this controller stored last (their number and the latest one),
+    /// until the cached run's status holds that number: see `reconcile::keep_records`.
+    records_stored: Option<RecordsRead>,
 }
 
 impl RunMemory {
@@ -99,6 +103,30 @@ impl RunMemory {
     /// The largest `status.lostWorkers` this controller wrote for the run (0: none).
     pub fn lost_workers_written(&self, run: &AbcRun) -> i64 {
         self.with(run, |r| r.lost_workers_written)
+    }
+
+    /// The records stored last, unless the cached status (`cached` records) has caught up with
+    /// them (then they are forgotten: nothing stays in memory for a settled run).
+    pub fn records_stored(&self, run: &AbcRun, cached: i64) -> Option<RecordsRead> {
+        self.with(run, |r| {
+            if r.records_stored
+                .as_ref()
+                .is_some_and(|s| s.recorded == cached)
+            {
+                r.records_stored = None;
+            }
+            r.records_stored.clone()
+        })
+    }
+
+    /// `read` was stored: its number and its latest record are kept.
+    pub fn set_records_stored(&self, run: &AbcRun, read: &RecordsRead) {
+        let kept = RecordsRead {
+            recorded: read.recorded,
+            records: read.records.last().cloned().into_iter().collect(),
+            problem: read.problem.clone(),
+        };
+        self.with(run, |r| r.records_stored = Some(kept));
     }
 
     /// Whether the problem `reason` is news for the run (and remembers it as told from now on).

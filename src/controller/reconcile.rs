@@ -199,11 +199,26 @@ async fn keep_records(
     snapshot: &protocol::Snapshot,
     observed: &Observed,
 ) -> Option<records::RecordsRead> {
-    let held = run.status.as_ref().and_then(|s| s.inference.as_ref());
-    let from = records::read_from(
-        held.map_or(0, |i| i.generations),
-        snapshot.generations_recorded,
-    )?;
+    let cached = run.status.as_ref().and_then(|s| s.inference.as_ref());
+    // What this controller stored last, until the runs watch brings back the status written
+    // with it: without it a reconcile in between (the new ConfigMap wakes the run) would read
+    // and store the same records again.
+    let stored = ctx
+        .memory
+        .records_stored(run, cached.map_or(0, |i| i.generations));
+    if let Some(stored) = stored.as_ref()
+        && stored.recorded == snapshot.generations_recorded
+    {
+        return Some(stored.clone());
+    }
+    let (held, held_latest) = match &stored {
+        Some(stored) => (stored.recorded, stored.latest().map(|r| r.t)),
+        None => (
+            cached.map_or(0, |i| i.generations),
+            cached.and_then(|i| i.generation),
+        ),
+    };
+    let from = records::read_from(held, snapshot.generations_recorded)?;
     let read = match ctx
         .redis
         .records(&run.uid().unwrap_or_default(), endpoint, from)
@@ -220,23 +235,24 @@ async fn keep_records(
         .into_iter()
         .filter_map(|r| r.map_err(|e| problem = Some(e.to_string())).ok())
         .collect();
-    let held_latest = held.and_then(|i| i.generation);
     let execution = records::execution(run.status.as_ref(), observed);
     for record in &mut records {
         if held_latest.is_none_or(|t| record.t > t) {
             record.execution = Some(execution.clone());
         }
     }
-    let patch = records::data_patch(&records, held.and_then(|i| i.generation));
+    let patch = records::data_patch(&records, held_latest);
     if let Err(err) = store_records(run, ctx, namespace, patch).await {
         tracing::warn!(run = %run.name_any(), namespace, error = %err, "storing the run's generation records failed");
         return None;
     }
-    Some(records::RecordsRead {
+    let read = records::RecordsRead {
         recorded: snapshot.generations_recorded,
         records,
         problem,
-    })
+    };
+    ctx.memory.set_records_stored(run, &read);
+    Some(read)
 }
 
 /// Merges `patch` into the run's records ConfigMap, made when it does not exist yet.
@@ -247,7 +263,7 @@ async fn store_records(
     patch: BTreeMap<String, Option<String>>,
 ) -> Result<(), Error> {
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
-    let name = records::config_map_name(run);
+    let name = crate::resources::records_config_map_name(run);
     let merge = serde_json::json!({ "data": patch });
     match api
         .patch(&name, &PatchParams::default(), &Patch::Merge(&merge))

@@ -22,7 +22,7 @@
 //! (one LRANGE), stored, and the status updated: a poll costs no record read.
 
 use super::observe::Observed;
-use crate::api::{AbcRun, AbcRunStatus};
+use crate::api::AbcRunStatus;
 use crate::protocol::inference::{Execution, GenerationRecord};
 use std::collections::BTreeMap;
 
@@ -136,11 +136,6 @@ pub fn execution(previous: Option<&AbcRunStatus>, observed: &Observed) -> Execut
             .and_then(|s| s.redis.as_ref())
             .map_or(0, |r| r.restarts),
     }
-}
-
-/// The run's records ConfigMap name.
-pub fn config_map_name(run: &AbcRun) -> String {
-    crate::resources::records_config_map_name(run)
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 //! written to.
 
 use super::observe::{MasterState, Observed};
-use super::records;
 use crate::api::{
     AbcRun, AbcRunStatus, InferenceStatus, MasterStartOutcome, MasterStartStatus, ParameterStatus,
     Phase, Progress, RedisInstance, Resumes,
@@ -137,7 +136,7 @@ fn inference(
                 .or(previous)
                 .unwrap_or_default();
             figures.generations = read.recorded;
-            figures.records_config_map = Some(records::config_map_name(run));
+            figures.records_config_map = Some(crate::resources::records_config_map_name(run));
             figures.message = read
                 .problem
                 .as_ref()

@@ -73,41 +73,57 @@ fn points(chart: &mut Chart, x: &Scale, y: &Scale, records: &[GenerationRecord],
     }
 }
 
-/// The acceptance threshold per generation; an infinite one (`None`) is a marker at the top.
-pub fn epsilon(records: &[GenerationRecord]) -> String {
+/// A wide chart of `series` per generation on an automatic scale (log beyond a decade), its
+/// points drawn; `y_titles` (linear, log) and `y_tick` label the y axis. Returns the chart and
+/// its y scale, for more marks.
+fn per_generation(
+    id: &str,
+    records: &[GenerationRecord],
+    series: &Series,
+    y_titles: (&str, &str),
+    y_tick: impl Fn(&Scale, f64) -> String,
+) -> (Chart, Scale, Scale) {
     let frame = Frame::new(WIDE.0, WIDE.1);
     let values: Vec<f64> = records
         .iter()
-        .filter_map(|r| r.epsilon)
+        .filter_map(series.value)
         .filter(|v| v.is_finite())
         .collect();
     let x = generation_scale(records, &frame);
     let y = Scale::auto(&values, frame.y0(), frame.y1(), 5);
-    let mut chart = Chart::new("epsilon", frame);
-    let y_title = if y.is_log() { "ε (log scale)" } else { "ε" };
+    let mut chart = Chart::new(id, frame);
+    let y_title = if y.is_log() { y_titles.1 } else { y_titles.0 };
     chart.axes(
         &x,
         &x.ticks(|t| x.label(t)),
         &y,
-        &y.ticks(|t| y.label(t)),
+        &y.ticks(|t| y_tick(&y, t)),
         "generation",
         y_title,
     );
-    points(
-        &mut chart,
-        &x,
-        &y,
+    points(&mut chart, &x, &y, records, series);
+    (chart, x, y)
+}
+
+/// The acceptance threshold per generation; an infinite one (`None`) is a marker at the top.
+pub fn epsilon(records: &[GenerationRecord]) -> String {
+    let series = Series {
+        class: "s-eps",
+        attr: "epsilon",
+        what: "ε =",
+        value: |r| r.epsilon,
+        label: num,
+    };
+    let (mut chart, x, _) = per_generation(
+        "epsilon",
         records,
-        &Series {
-            class: "s-eps",
-            attr: "epsilon",
-            what: "ε =",
-            value: |r| r.epsilon,
-            label: num,
-        },
+        &series,
+        ("ε", "ε (log scale)"),
+        |y, t| y.label(t),
     );
+    let top = Frame::new(WIDE.0, WIDE.1).y1();
     for r in records.iter().filter(|r| r.epsilon.is_none()) {
-        let (px, py) = (x.at(r.t as f64), frame.y1() + 2.0);
+        let (px, py) = (x.at(r.t as f64), top + 2.0);
         chart.mark(&format!(
             "<path class=\"pt s-eps infinite\" d=\"M{} {}l-4.5 8h9z\" data-generation=\"{t}\" \
              data-epsilon=\"inf\"><title>generation {t}: ε infinite</title></path>",
@@ -121,40 +137,19 @@ pub fn epsilon(records: &[GenerationRecord]) -> String {
 
 /// Accepted particles per evaluation, per generation.
 pub fn acceptance(records: &[GenerationRecord]) -> String {
-    let frame = Frame::new(WIDE.0, WIDE.1);
-    let values: Vec<f64> = records
-        .iter()
-        .filter_map(|r| r.acceptance_rate)
-        .filter(|v| v.is_finite())
-        .collect();
-    let x = generation_scale(records, &frame);
-    let y = Scale::auto(&values, frame.y0(), frame.y1(), 5);
-    let mut chart = Chart::new("acceptance", frame);
-    let y_title = if y.is_log() {
-        "accepted per evaluation (log)"
-    } else {
-        "accepted per evaluation"
+    let series = Series {
+        class: "s-acc",
+        attr: "acceptance-rate",
+        what: "acceptance rate",
+        value: |r| r.acceptance_rate,
+        label: percent,
     };
-    chart.axes(
-        &x,
-        &x.ticks(|t| x.label(t)),
-        &y,
-        &y.ticks(percent),
-        "generation",
-        y_title,
-    );
-    points(
-        &mut chart,
-        &x,
-        &y,
+    let (chart, _, _) = per_generation(
+        "acceptance",
         records,
-        &Series {
-            class: "s-acc",
-            attr: "acceptance-rate",
-            what: "acceptance rate",
-            value: |r| r.acceptance_rate,
-            label: percent,
-        },
+        &series,
+        ("accepted per evaluation", "accepted per evaluation (log)"),
+        |_, t| percent(t),
     );
     chart.finish("acceptance rate per generation")
 }

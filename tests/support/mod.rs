@@ -3,6 +3,7 @@
 //! Each test binary includes this with `mod support;` and uses what it needs.
 #![allow(dead_code)]
 
+pub mod aggregation;
 pub mod browser;
 pub mod cluster;
 pub mod controller;

@@ -2,7 +2,6 @@
 //! during or after the run, through a short-lived pod that mounts the run's results claim.
 //! How and why so: `abc_operator::results_copy`, which holds every decision made here.
 
-use abc_operator::api::AbcRun;
 use abc_operator::resources::RESULTS_DIR;
 use abc_operator::results_copy::{
     self as copy, COPY_CONTAINER, DbFile, HELPFUL, Meter, NEEDED, PodStart, Report, Right,
@@ -44,18 +43,11 @@ pub struct ResultsArgs {
 }
 
 pub async fn results(args: ResultsArgs, namespace: Option<&str>) -> anyhow::Result<()> {
-    let client = Client::try_default()
-        .await
-        .context("cannot reach the Kubernetes API")?;
-    let namespace = namespace
-        .map(str::to_string)
-        .unwrap_or_else(|| client.default_namespace().to_string());
+    let (client, namespace) = super::kubernetes(namespace).await?;
+    // the rights first: a missing one is named, not met as a 403 halfway
     let granted = check_rights(&client, &namespace).await?;
     let name = &args.name;
-    let run = Api::<AbcRun>::namespaced(client.clone(), &namespace)
-        .get_opt(name)
-        .await?
-        .with_context(|| format!("no AbcRun {name:?} in namespace {namespace:?}"))?;
+    let run = super::abc_run(&client, &namespace, name).await?;
     let claim = copy::claim_of(&run)?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let masters = pods
