@@ -37,6 +37,11 @@ async fn replica(s: &Setup, name: &str) -> ControllerProcess {
     )
 }
 
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 fn pods(s: &Setup) -> Api<Pod> {
     Api::namespaced(s.client.clone(), &s.ns.name)
 }
@@ -187,7 +192,8 @@ async fn a_leader_stopped_with_sigterm_hands_over_without_waiting_for_expiry() {
     let status = leader.signal_and_wait(Signal::SIGTERM);
     assert!(
         status.success(),
-        "a leader stopped with SIGTERM exits cleanly: {status}"
+        "a leader stopped with SIGTERM exits cleanly: {status}; its log ends:\n{}",
+        last_lines(&leader.logs(), 20)
     );
     wait_for_holder(&s, 30, Some(second)).await;
 

@@ -125,10 +125,12 @@ impl ControllerProcess {
         self.kill();
     }
 
-    /// Sends `signal`, then waits (at most 5 s, then SIGKILL) for the process to exit.
+    /// Sends `signal`, then waits (at most 20 s, then SIGKILL) for the process to exit. A
+    /// graceful shutdown finishes the reconciles in flight and releases the Lease: on a loaded
+    /// machine that has taken over 5 s. 20 s stays within the kubelet's default grace (30 s).
     pub fn signal_and_wait(&mut self, signal: nix::sys::signal::Signal) -> ExitStatus {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal);
-        for _ in 0..50 {
+        for _ in 0..200 {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status;
             }
