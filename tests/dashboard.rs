@@ -1,8 +1,9 @@
 //! Each run's page through the API server's aggregation layer, as `kubectl abc dashboard`
 //! fetches it: real API server (authentication, RBAC, the aggregation proxy), real controller
 //! process serving `dashboard.abc-operator.dev`, loopback redis-server holding the records a
-//! master writes. Whoever may `get` the run sees its page; a user who may only reach the
-//! aggregated API is refused by the operator; a deleted run's page says so.
+//! master writes. Whoever may `get` the run sees its page, and a generation stored after a
+//! view on its next view; a user who may only reach the aggregated API is refused by the
+//! operator; a deleted run's page says so.
 //!
 //! The APIService `v1alpha1.dashboard.abc-operator.dev` is cluster-wide, so this binary holds
 //! the only test that registers it, and removes it at the end.
@@ -79,6 +80,20 @@ async fn a_runs_page_is_for_whoever_may_get_the_run() {
 
     let html = eventually(60, "the run's page", || async { raw_as(None, &page).ok() }).await;
     assert!(html.contains("sim"), "the page names its run: {html}");
+    assert!(html.contains("id=\"no-records\""), "{html}");
+
+    // A generation the master stores shows on the page viewed before it: a page rendered once
+    // is served again only while the run is unchanged (within 25 s: a page kept regardless
+    // would be kept for 30).
+    let mut conn = support::redis::connect(&s.redis).await;
+    support::redis::push_records(&mut conn, vec![support::redis::record(0, 0.25)]).await;
+    let html = eventually(25, "the stored generation on the page", || async {
+        raw_as(None, &page)
+            .ok()
+            .filter(|html| !html.contains("id=\"no-records\""))
+    })
+    .await;
+    assert!(html.contains("data-generation=\"0\""), "{html}");
 
     let page_only =
         "[{apiGroups: [dashboard.abc-operator.dev], resources: [dashboards], verbs: [get]}]";

@@ -791,41 +791,17 @@ async fn a_hostile_redis_harms_only_its_own_run() {
     drop(idle);
 }
 
-/// A generation record as the `abc_operator` module writes it.
-fn record(t: i64, epsilon: f64) -> String {
-    serde_json::json!({
-        "t": t, "epsilon": epsilon, "accepted": 100, "evaluations": 400 + t,
-        "acceptance_rate": 100.0 / (400 + t) as f64, "ess": 90.5, "wall_time_seconds": 1.5,
-        "time": "2026-12-06T18:00:00+00:00", "parameters_total": 1,
-        "parameters": [{"name": "mu", "mean": 1.0, "sd": 0.1,
-            "quantiles": [0.8, 0.9, 1.0, 1.1, 1.2],
-            "histogram": {"low": 0.5, "high": 1.5, "weights": [0.5, 0.5]}}]
-    })
-    .to_string()
-}
-
 /// What the master records after each stored generation reaches the status (`kubectl get abc`'s
 /// EPSILON column) and the run's records ConfigMap, which keeps them after the run's Redis is
 /// gone; a record the operator cannot read is named in the status and does not hide the others.
 #[tokio::test]
 async fn generation_records_reach_the_status_and_the_runs_configmap() {
-    use abc_operator::protocol::inference::GENERATIONS;
     use k8s_openapi::api::core::v1::ConfigMap;
+    use support::redis::{push_records, record};
     let s = setup("wk-records", 0, "10m", "0").await;
     let _controller = ControllerProcess::start(&s.ns.name);
     let mut conn = support::redis::connect(&s.redis).await;
-    let push = |texts: Vec<String>| {
-        let mut conn = conn.clone();
-        async move {
-            redis::cmd("RPUSH")
-                .arg(GENERATIONS)
-                .arg(texts)
-                .query_async::<()>(&mut conn)
-                .await
-                .unwrap()
-        }
-    };
-    push(vec![record(0, 2.0), record(1, 1.0)]).await;
+    push_records(&mut conn, vec![record(0, 2.0), record(1, 1.0)]).await;
     let inference = |generations: i64| {
         let runs = s.runs.clone();
         async move {
@@ -850,7 +826,7 @@ async fn generation_records_reach_the_status_and_the_runs_configmap() {
         Some("sim-generations")
     );
 
-    push(vec![record(2, 0.5), "{\"t\": 3}".into()]).await;
+    push_records(&mut conn, vec![record(2, 0.5), "{\"t\": 3}".into()]).await;
     let figures = inference(4).await;
     assert_eq!((figures.generation, figures.epsilon), (Some(2), Some(0.5)));
     assert!(

@@ -70,8 +70,19 @@ pub enum Plot {
     Posterior,
 }
 
+/// Where the time of serving goes in a [`template`]: [`fill_time`] writes it in. A comment,
+/// which no escaped text can contain.
+const SERVED_AT: &str = "<!--served-at-->";
+
 /// The page (a complete HTML document).
 pub fn page(data: &PageData, options: &PageOptions) -> String {
+    fill_time(&template(data, options), data.now)
+}
+
+/// The page with the time of serving left to [`fill_time`]: a page rendered once is served
+/// again while its run has not changed, each time saying when. The execution chart's line to
+/// "now" ends at `data.now`, when it was rendered.
+pub fn template(data: &PageData, options: &PageOptions) -> String {
     let mut out = String::with_capacity(64 * 1024);
     head(&mut out, data, options);
     out.push_str("<body>\n");
@@ -92,9 +103,17 @@ pub fn page(data: &PageData, options: &PageOptions) -> String {
         "<footer>abc-operator · {}<span class=\"csv\"> · <a href=\"?csv=generations\">\
          generations.csv</a> · <a href=\"?csv=posterior\">posterior.csv</a></span></footer>\n\
          </body>\n</html>\n",
-        escape(&data.now.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
+        SERVED_AT
     );
     out
+}
+
+/// The [`template`] with `now` written where it says when the page was served.
+pub fn fill_time(template: &str, now: Timestamp) -> String {
+    template.replace(
+        SERVED_AT,
+        &now.strftime("%Y-%m-%d %H:%M:%S UTC").to_string(),
+    )
 }
 
 fn finished(data: &PageData) -> bool {
@@ -257,11 +276,7 @@ fn header(out: &mut String, data: &PageData, options: &PageOptions) {
         );
     }
     facts(out, data);
-    let _ = write!(
-        out,
-        "<p class=\"asof\">As of {}",
-        escape(&data.now.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
-    );
+    let _ = write!(out, "<p class=\"asof\">As of {SERVED_AT}");
     if let Some(seconds) = options.refresh_seconds {
         let _ = write!(
             out,

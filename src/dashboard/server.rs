@@ -17,6 +17,9 @@
 //! keeps anyway; the generation records from the run's records ConfigMap, read once per new
 //! generation (cached per run by the number of records the status says there are; entries not
 //! viewed for [`UNVIEWED_FOR`] are dropped, so memory is bounded by the runs being watched).
+//! The rendered page (about a millisecond of CPU) is served again while the run is unchanged
+//! (same resourceVersion, same query), for at most [`REUSE_FOR`]: the pages of runs not viewed
+//! in that time take no memory.
 //!
 //! The Service in front of the operator selects the leader, whose watches are current; after a
 //! failover the next page view goes to the new leader, which serves it from the same API
@@ -28,6 +31,7 @@ use crate::autoscaling::auth::{Authorizer, Caller, RequestHeaderConfig};
 use crate::autoscaling::external_metrics::Failure;
 use crate::controller::GuardedRun;
 use crate::protocol::inference::GenerationRecord;
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -50,6 +54,9 @@ pub const RESOURCE: &str = "dashboards";
 pub const UNVIEWED_FOR: Duration = Duration::from_secs(600);
 /// How often a live page reloads.
 pub const REFRESH_SECONDS: u32 = 5;
+/// The longest a rendered page is served again: its execution chart's line to "now" moves on
+/// at least this often while the run's status stays the same.
+pub const REUSE_FOR: Duration = Duration::from_secs(30);
 
 /// What serving pages needs: the runs as the controller's watch holds them, and a client to
 /// read records ConfigMaps.
@@ -58,6 +65,16 @@ pub struct Pages {
     runs: Store<GuardedRun>,
     client: kube::Client,
     records: Arc<Mutex<HashMap<String, CachedRecords>>>,
+    /// Per run (uid): the last page or CSV rendered.
+    rendered: Arc<Mutex<HashMap<String, RenderedFor>>>,
+}
+
+/// A rendered response and what it was rendered for.
+struct RenderedFor {
+    resource_version: Option<String>,
+    query: Option<String>,
+    rendered: Rendered,
+    at: Instant,
 }
 
 struct CachedRecords {
@@ -73,7 +90,31 @@ impl Pages {
             runs,
             client,
             records: Arc::default(),
+            rendered: Arc::default(),
         }
+    }
+
+    /// What was rendered for this version of the run and this query, if recent enough.
+    fn rendered(&self, run: &AbcRun, query: Option<&str>) -> Option<Rendered> {
+        let mut rendered = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
+        rendered.retain(|_, r| r.at.elapsed() < REUSE_FOR);
+        let kept = rendered.get(run.metadata.uid.as_deref()?)?;
+        (kept.resource_version == run.metadata.resource_version && kept.query.as_deref() == query)
+            .then(|| kept.rendered.clone())
+    }
+
+    fn keep_rendered(&self, run: &AbcRun, query: Option<&str>, rendered: &Rendered) {
+        let Some(uid) = run.metadata.uid.clone() else {
+            return;
+        };
+        let kept = RenderedFor {
+            resource_version: run.metadata.resource_version.clone(),
+            query: query.map(str::to_owned),
+            rendered: rendered.clone(),
+            at: Instant::now(),
+        };
+        let mut all = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
+        all.insert(uid, kept);
     }
 
     fn run(&self, namespace: &str, name: &str) -> Option<AbcRun> {
@@ -222,7 +263,8 @@ async fn serve_page(
         }
         Err(problem) => return failure(&Failure::new(500, "InternalError", problem)),
     }
-    let query = parse_query(query.0.as_deref());
+    let raw_query = query.0;
+    let query = parse_query(raw_query.as_deref());
     let Some(run) = served.pages.run(&namespace, &name) else {
         let data = PageData {
             namespace: Some(namespace),
@@ -238,6 +280,10 @@ async fn serve_page(
         )
             .into_response();
     };
+    let now = k8s_openapi::jiff::Timestamp::now();
+    if let Some(rendered) = served.pages.rendered(&run, raw_query.as_deref()) {
+        return rendered.response(now);
+    }
     let records = match served.pages.records(&run).await {
         Ok(records) => records,
         Err(err) => {
@@ -254,49 +300,93 @@ async fn serve_page(
         status: run.status.clone().unwrap_or_default(),
         records: records.as_ref().clone(),
         gone: false,
-        now: k8s_openapi::jiff::Timestamp::now(),
+        now,
     };
-    respond(&data, &query)
+    let rendered = render(&data, &query);
+    served
+        .pages
+        .keep_rendered(&run, raw_query.as_deref(), &rendered);
+    rendered.response(now)
+}
+
+/// A page or CSV file as rendered: a page still without the time it is served at.
+#[derive(Clone)]
+pub struct Rendered {
+    status: StatusCode,
+    body: Body,
+}
+
+#[derive(Clone)]
+enum Body {
+    Page(Arc<str>),
+    Csv { file: String, text: Bytes },
+    Problem(String),
+}
+
+impl Rendered {
+    /// The response, served at `now`.
+    pub fn response(&self, now: k8s_openapi::jiff::Timestamp) -> Response {
+        let Rendered { status, body } = self;
+        match body {
+            Body::Page(template) => (*status, html(page::fill_time(template, now))).into_response(),
+            Body::Csv { file, text } => (
+                *status,
+                [
+                    (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        format!("attachment; filename=\"{file}\""),
+                    ),
+                ],
+                text.clone(),
+            )
+                .into_response(),
+            Body::Problem(text) => (*status, text.clone()).into_response(),
+        }
+    }
+}
+
+/// The page or one of its CSV files, for `query`, served at `data.now`.
+pub fn respond(data: &PageData, query: &PageQuery) -> Response {
+    render(data, query).response(data.now)
 }
 
 /// The page or one of its CSV files, for `query`.
-pub fn respond(data: &PageData, query: &PageQuery) -> Response {
+pub fn render(data: &PageData, query: &PageQuery) -> Rendered {
     let finished = data
         .status
         .phase
         .is_some_and(crate::api::Phase::is_finished);
-    match query.csv.as_deref() {
+    let body = match query.csv.as_deref() {
         Some(which) => {
             let plot = match which {
                 "generations" => Plot::Generations,
                 "posterior" => Plot::Posterior,
                 other => {
-                    return (
-                        StatusCode::BAD_REQUEST,
-                        format!("no CSV {other:?}: csv=generations or csv=posterior"),
-                    )
-                        .into_response();
+                    return Rendered {
+                        status: StatusCode::BAD_REQUEST,
+                        body: Body::Problem(format!(
+                            "no CSV {other:?}: csv=generations or csv=posterior"
+                        )),
+                    };
                 }
             };
-            (
-                [
-                    (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
-                    (
-                        header::CONTENT_DISPOSITION,
-                        format!("attachment; filename=\"{}-{which}.csv\"", data.name),
-                    ),
-                ],
-                page::csv(data, plot),
-            )
-                .into_response()
+            Body::Csv {
+                file: format!("{}-{which}.csv", data.name),
+                text: page::csv(data, plot).into(),
+            }
         }
         None => {
             let options = PageOptions {
                 parameters: query.parameter.clone(),
                 refresh_seconds: (!finished && !data.gone).then_some(REFRESH_SECONDS),
             };
-            html(page::page(data, &options)).into_response()
+            Body::Page(page::template(data, &options).into())
         }
+    };
+    Rendered {
+        status: StatusCode::OK,
+        body,
     }
 }
 

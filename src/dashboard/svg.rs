@@ -33,15 +33,20 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// A coordinate as written into the SVG: one decimal, no `-0.0`.
+/// A coordinate as written into the SVG: one decimal, no `-0.0`. In whole tenths: a page has
+/// thousands of coordinates, and float formatting with a precision was a third of its render.
 pub fn c(x: f64) -> String {
-    let r = (x * 10.0).round() / 10.0;
-    if r == 0.0 {
-        "0".into()
-    } else if r.fract() == 0.0 {
-        format!("{r:.0}")
-    } else {
-        format!("{r:.1}")
+    let tenths = (x * 10.0).round();
+    if !tenths.is_finite() || tenths.abs() >= 1e15 {
+        // not a coordinate anything draws at (NaN, infinite, beyond any screen)
+        return format!("{:.1}", tenths / 10.0);
+    }
+    let tenths = tenths as i64;
+    let (whole, tenth) = (tenths / 10, (tenths % 10).abs());
+    match (tenth, tenths < 0 && whole == 0) {
+        (0, _) => whole.to_string(),
+        (_, true) => format!("-0.{tenth}"),
+        (_, false) => format!("{whole}.{tenth}"),
     }
 }
 
@@ -557,6 +562,9 @@ mod tests {
         assert_eq!(c(-0.04), "0");
         assert_eq!(c(12.345), "12.3");
         assert_eq!(c(7.0), "7");
+        assert_eq!(c(-0.46), "-0.5");
+        assert_eq!(c(-12.96), "-13");
+        assert_eq!(c(-1.54), "-1.5");
     }
 
     #[test]
