@@ -4,7 +4,8 @@
 //! decision is unit-tested from YAML fixtures.
 
 use super::observe::{
-    ClusterView, Observed, Password, RedisReading, deployment_ready, master_state, observe,
+    self, ClusterView, Observed, Password, RedisReading, StopStage, deployment_ready,
+    master_state, observe,
 };
 use super::workers::{self, WorkerAction};
 use crate::api::AbcRun;
@@ -28,8 +29,11 @@ pub fn redis_readable(run: &AbcRun, view: &ClusterView, password: &Password) -> 
 pub struct Plan {
     /// Every object the run owns, as it should be now.
     pub owned: Owned,
-    /// Publish pyABC's stop: the run is stopping and workers are still inside a generation
-    /// (they leave at its end; the worker Deployment is held at its size until then).
+    /// Ask the master to end the analysis after the generation it samples
+    /// (`protocol::request_stop`): the run is stopping and its Redis does not say so yet.
+    pub request_stop: bool,
+    /// Publish pyABC's stop: the run is stopping, its master does not run `abc_operator.run`
+    /// (so cannot be asked), and workers are still inside a generation (they leave at its end).
     pub publish_stop: bool,
     /// Lost workers to repair, ended or hung worker pods to replace.
     pub worker_actions: Vec<WorkerAction>,
@@ -49,16 +53,14 @@ pub fn decide(
     now: Timestamp,
 ) -> Result<Plan, BuildError> {
     let snapshot = redis.snapshot();
-    let mut owned = resources::build(run, password.generated.as_deref(), settings)?;
-    // spec.stop: pyABC's stop makes idle workers leave now and busy ones at the end of the
-    // current generation; the workers keep running until none is inside one.
-    let publish_stop =
-        run.spec.stop && !run.spec.suspend && snapshot.is_some_and(|s| s.n_worker.unwrap_or(0) > 0);
-    if publish_stop && let Some(spec) = owned.workers.spec.as_mut() {
-        spec.replicas = Some(run.spec.workers.replicas);
-    }
-
-    let observed = observe(run, view, password, redis, &owned, now);
+    let owned = resources::build(run, password.generated.as_deref(), settings)?;
+    let mut observed = observe(run, view, password, redis, &owned, now);
+    observed.stop = stop_stage(run, redis, observed.master.as_ref());
+    let stopping = observed.stop == Some(StopStage::Stopping);
+    let request_stop = stopping
+        && snapshot.is_some_and(|s| s.analysis_id.is_some() && !s.stop_requested);
+    let publish_stop = stopping
+        && snapshot.is_some_and(|s| s.master_start.is_none() && s.n_worker.unwrap_or(0) > 0);
     // Without Redis no ledger can be judged, but ended pods are still replaced.
     let (ledgers, now_ms) = snapshot
         .map(|s| (s.ledgers.as_slice(), s.time_ms))
@@ -74,10 +76,51 @@ pub fn decide(
         && master_down_before_retry(view.master_job.as_ref());
     Ok(Plan {
         owned,
+        request_stop,
         publish_stop,
         worker_actions,
         clear_stale_lock,
         observed,
+    })
+}
+
+/// Where a stop asked of the run (`spec.stop`, `kubectl abc stop`) stands; `None` when none
+/// was asked (or the run is suspended, which holds everything as it is).
+///
+/// Stopping, the workers go on (they are not replaced when they end) until nothing samples:
+/// - a master that runs `abc_operator.run` is asked to end the analysis once the generation
+///   it samples is stored (pyABC then marks the run done); its workers are needed for that
+///   generation, and the analysis ends (its `analysis_id` goes) when the master does;
+/// - a master that does not (pyABC's own `ABCSMC.run`) cannot be asked: the workers get
+///   pyABC's stop and leave at the end of the generation; then the master waits for a
+///   generation nobody samples, and is ended with the run (its stored generations are kept).
+///
+/// Stopped, the run is finished: the builders give back its workers and Redis and end a
+/// master still running (see `resources::finished`).
+fn stop_stage(
+    run: &AbcRun,
+    redis: &RedisReading,
+    master: Option<&observe::MasterState>,
+) -> Option<StopStage> {
+    if !run.spec.stop || run.spec.suspend {
+        return None;
+    }
+    let stopped = resources::finished(run)
+        || master.is_some_and(|m| m.is_finished())
+        || match redis {
+            // no Redis to sample with (not ready yet, or gone)
+            RedisReading::NotRead => true,
+            RedisReading::Read(snapshot) => {
+                snapshot.analysis_id.is_none()
+                    || (snapshot.master_start.is_none() && snapshot.n_worker.unwrap_or(0) == 0)
+            }
+            // not known: a Redis that did not answer this once is asked again
+            RedisReading::Failed(_) => false,
+        };
+    Some(if stopped {
+        StopStage::Stopped
+    } else {
+        StopStage::Stopping
     })
 }
 

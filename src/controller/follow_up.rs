@@ -35,6 +35,7 @@ pub mod reason {
     pub const WORKER_REPLACED: &str = "WorkerReplaced";
     pub const WORKER_EXPIRED: &str = "WorkerExpired";
     pub const CLEARED_ANALYSIS_LOCK: &str = "ClearedAnalysisLock";
+    pub const STOPPING: &str = "Stopping";
     pub const RECONCILE_ERROR: &str = "ReconcileError";
     /// The master start warnings (`protocol::StartOutcome::warning`).
     pub const RESUME_FAILED: &str = "ResumeFailed";
@@ -140,14 +141,6 @@ fn next_poll(status: &AbcRunStatus, user_problem: bool) -> Duration {
     }
     match status.phase {
         Some(Phase::Running | Phase::Pending) => POLL_RUNNING,
-        Some(Phase::Stopped)
-            if status
-                .progress
-                .as_ref()
-                .is_some_and(|p| p.active_workers > 0) =>
-        {
-            POLL_RUNNING
-        }
         _ => POLL_IDLE,
     }
 }
@@ -448,6 +441,17 @@ pub fn cleared_lock_notice() -> Notice {
         EventType::Normal,
         reason::CLEARED_ANALYSIS_LOCK,
         "the master failed; cleared pyABC's stale analysis_id so its retry can start".into(),
+    )
+}
+
+/// The run was asked to stop and its master was told.
+pub fn stop_requested_notice() -> Notice {
+    notice(
+        EventType::Normal,
+        reason::STOPPING,
+        "asked to stop: the master ends the analysis once the generation being sampled is \
+         stored (the workers finish it and are not replaced); then the run is Stopped"
+            .into(),
     )
 }
 

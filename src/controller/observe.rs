@@ -106,6 +106,15 @@ pub struct Observed {
     pub results_problem: Option<(String, String)>,
     /// Generation records read in this reconcile (only when their number changed).
     pub records: Option<RecordsRead>,
+    /// Where a stop asked of the run stands (`decide::stop_stage`), if one was asked.
+    pub stop: Option<StopStage>,
+}
+
+/// A stop asked of the run: going on until nothing samples, or done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopStage {
+    Stopping,
+    Stopped,
 }
 
 impl Observed {
@@ -198,6 +207,7 @@ pub fn observe(
             .as_ref()
             .and_then(|claim| results_problem(claim, now)),
         records: None,
+        stop: None,
     };
     match redis {
         RedisReading::NotRead => {}

@@ -2,7 +2,7 @@
 //! so that the same cluster state always gives the same status and an unchanged run is not
 //! written to.
 
-use super::observe::{MasterState, Observed};
+use super::observe::{MasterState, Observed, StopStage};
 use crate::api::{
     AbcRun, AbcRunStatus, InferenceStatus, MasterStartOutcome, MasterStartStatus, ParameterStatus,
     Phase, Progress, RedisInstance, Resumes,
@@ -20,7 +20,15 @@ pub const DEGRADED: &str = "Degraded";
 
 /// The phase a run is in, given what was observed.
 pub fn phase(run: &AbcRun, observed: &Observed) -> Phase {
+    let before = run.status.as_ref().and_then(|s| s.phase);
     match &observed.master {
+        // a master that ended because the run was asked to stop ended a stopped run; one that
+        // had succeeded before stays succeeded
+        Some(MasterState::Succeeded)
+            if observed.stop.is_some() && before != Some(Phase::Succeeded) =>
+        {
+            return Phase::Stopped;
+        }
         Some(MasterState::Succeeded) => return Phase::Succeeded,
         Some(MasterState::Failed(_)) => return Phase::Failed,
         _ => {}
@@ -28,7 +36,7 @@ pub fn phase(run: &AbcRun, observed: &Observed) -> Phase {
     if run.spec.suspend {
         return Phase::Suspended;
     }
-    if run.spec.stop {
+    if observed.stop == Some(StopStage::Stopped) {
         return Phase::Stopped;
     }
     let master_ok = !matches!(observed.master, Some(MasterState::Pending));
@@ -464,13 +472,25 @@ mod tests {
         o.master = Some(MasterState::Failed("BackoffLimitExceeded".into()));
         assert_eq!(phase(&r, &o), Phase::Failed);
         assert_eq!(
-            phase(&run("{image: i, stop: true}"), &healthy()),
-            Phase::Stopped
-        );
-        assert_eq!(
             phase(&run("{image: i, suspend: true}"), &healthy()),
             Phase::Suspended
         );
+    }
+
+    #[test]
+    fn a_run_asked_to_stop_runs_until_it_has_stopped_and_a_master_ending_then_stopped_it() {
+        let r = run("{image: i, stop: true, master: {command: [python, m.py]}}");
+        let mut o = healthy();
+        o.stop = Some(StopStage::Stopping);
+        assert_eq!(phase(&r, &o), Phase::Running);
+        o.stop = Some(StopStage::Stopped);
+        assert_eq!(phase(&r, &o), Phase::Stopped);
+        o.master = Some(MasterState::Succeeded);
+        assert_eq!(phase(&r, &o), Phase::Stopped, "ended by the stop");
+        let succeeded_before = crate::resources::test_support::in_phase(r, Phase::Succeeded);
+        assert_eq!(phase(&succeeded_before, &o), Phase::Succeeded);
+        o.master = Some(MasterState::Failed("BackoffLimitExceeded".into()));
+        assert_eq!(phase(&succeeded_before, &o), Phase::Failed);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::{
     hardened_pod_spec, object_meta, operator_files_mount, operator_files_volume, redis_env,
     tmp_mount, tmp_volume,
 };
-use crate::api::AbcRun;
+use crate::api::{AbcRun, Phase};
 use crate::protocol::worker_env;
 use crate::protocol::{REDIS_LOST_EXIT_CODE, RESUME_REFUSED_EXIT_CODE};
 use k8s_openapi::api::batch::v1::{
@@ -30,6 +30,10 @@ pub const RESULTS_DIR: &str = "/results";
 /// Name of the master Job.
 pub fn master_job_name(run: &AbcRun) -> String {
     format!("{}-master", run.name_any())
+}
+
+fn run_stopped(run: &AbcRun) -> bool {
+    run.status.as_ref().and_then(|s| s.phase) == Some(Phase::Stopped)
 }
 
 /// The master Job (`{run}-master`), or `None` when `spec.master` is unset.
@@ -95,7 +99,10 @@ pub fn master_job(run: &AbcRun) -> Result<Option<Job>, BuildError> {
         spec: Some(JobSpec {
             backoff_limit: Some(master.backoff_limit),
             active_deadline_seconds: master.active_deadline_seconds,
-            suspend: Some(run.spec.suspend),
+            // a stopped run's master that did not end by itself (one that cannot be asked
+            // to stop, see `controller::decide::stop_stage`) is ended; its stored
+            // generations are kept
+            suspend: Some(run.spec.suspend || run_stopped(run)),
             pod_failure_policy: Some(PodFailurePolicy {
                 rules: vec![
                     PodFailurePolicyRule {

@@ -187,14 +187,15 @@ pub fn build(
     })
 }
 
-/// Whether the run's master Job has finished (the status says Succeeded or Failed): its workers
-/// and its managed Redis are then scaled to zero. The phase comes from the previous reconcile's
-/// observation, so the scale-down follows one reconcile after the Job's end.
-pub fn master_finished(run: &AbcRun) -> bool {
-    matches!(
-        run.status.as_ref().and_then(|s| s.phase),
-        Some(Phase::Succeeded | Phase::Failed)
-    )
+/// Whether the run has finished (the status says Succeeded, Failed or Stopped): its workers and
+/// its managed Redis are then scaled to zero, and a master still running is ended. The phase
+/// comes from the previous reconcile's observation, so this follows one reconcile after the
+/// end.
+pub fn finished(run: &AbcRun) -> bool {
+    run.status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .is_some_and(Phase::is_finished)
 }
 
 /// Labels of every object (and pod) of `component` of the run.

@@ -25,7 +25,7 @@
 
 use super::{
     BuildError, BuildSettings, Component, REDIS_PORT, container_security_context,
-    hardened_pod_spec, master_finished, namespace, object_meta, password_env, selector_labels,
+    hardened_pod_spec, finished, namespace, object_meta, password_env, selector_labels,
 };
 use crate::api::{AbcRun, ManagedRedis, default_redis_port};
 use crate::protocol::server_config;
@@ -220,9 +220,9 @@ pub fn redis_deployment(
     let meta = object_meta(run, redis_deployment_name(run), Component::Redis)?;
     Ok(Some(Deployment {
         spec: Some(DeploymentSpec {
-            // Nothing needs Redis once the master has finished: pyABC's state is per generation
+            // Nothing needs Redis once the run has finished: pyABC's state is per generation
             // and the results are in the master's database.
-            replicas: Some(if master_finished(run) { 0 } else { 1 }),
+            replicas: Some(if finished(run) { 0 } else { 1 }),
             revision_history_limit: Some(2),
             selector: LabelSelector {
                 match_labels: Some(selector),
@@ -408,10 +408,10 @@ mod tests {
     }
 
     #[test]
-    fn a_finished_master_scales_the_managed_redis_to_zero() {
+    fn a_finished_run_scales_the_managed_redis_to_zero() {
         for (phase, want) in [
             (Phase::Running, 1),
-            (Phase::Stopped, 1),
+            (Phase::Stopped, 0),
             (Phase::Succeeded, 0),
             (Phase::Failed, 0),
         ] {

@@ -7,7 +7,7 @@
 
 use super::{
     BuildError, Component, ENTRYPOINT_PATH, POD_UID, container_security_context, entrypoint_sha256,
-    env, hardened_pod_spec, master_finished, object_meta, operator_files_mount,
+    env, hardened_pod_spec, finished, object_meta, operator_files_mount,
     operator_files_volume, redis_env, selector_labels, tmp_mount, tmp_volume,
 };
 use crate::api::{AbcRun, GROUP};
@@ -28,10 +28,12 @@ pub fn workers_deployment_name(run: &AbcRun) -> String {
     format!("{}-workers", run.name_any())
 }
 
-/// Worker pods the run asks for: `spec.workers.replicas`, or 0 when stopped, suspended or
-/// finished (whatever an HPA or `kubectl scale` has set: a finished run gives its workers back).
+/// Worker pods the run asks for: `spec.workers.replicas`, or 0 when suspended or finished,
+/// stopped included (whatever an HPA or `kubectl scale` has set: a finished run gives its
+/// workers back). A run asked to stop keeps them until it has stopped: they finish the
+/// generation being sampled.
 pub fn desired_worker_replicas(run: &AbcRun) -> i32 {
-    if run.spec.stop || run.spec.suspend || master_finished(run) {
+    if run.spec.suspend || finished(run) {
         0
     } else {
         run.spec.workers.replicas
@@ -163,13 +165,19 @@ mod tests {
     }
 
     #[test]
-    fn replicas_follow_the_spec_and_drop_to_zero_when_stopped_or_suspended() {
+    fn replicas_follow_the_spec_until_stopped_and_drop_to_zero_when_suspended() {
         let scaled = run("image: i\nworkers: {replicas: 7}\n");
         assert_eq!(
             worker_deployment(&scaled).unwrap().spec.unwrap().replicas,
             Some(7)
         );
-        let stopped = run("image: i\nworkers: {replicas: 7}\nstop: true\n");
+        // they finish the generation being sampled
+        let stopping = run("image: i\nworkers: {replicas: 7}\nstop: true\n");
+        assert_eq!(
+            worker_deployment(&stopping).unwrap().spec.unwrap().replicas,
+            Some(7)
+        );
+        let stopped = in_phase(stopping, Phase::Stopped);
         assert_eq!(
             worker_deployment(&stopped).unwrap().spec.unwrap().replicas,
             Some(0)
@@ -190,7 +198,7 @@ mod tests {
         // An HPA's minReplicas (or `kubectl scale`) keeps `spec.workers.replicas` above 0.
         for (phase, want) in [
             (Phase::Running, 7),
-            (Phase::Stopped, 7),
+            (Phase::Stopped, 0),
             (Phase::Succeeded, 0),
             (Phase::Failed, 0),
         ] {
