@@ -72,11 +72,19 @@ pub struct AbcRunSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub master: Option<MasterSpec>,
 
-    /// Ask workers to leave at the end of the current generation, then scale them to zero.
+    /// Stop the run for good (`kubectl abc stop` sets it): the master ends the analysis once
+    /// the generation being sampled is stored (a master that runs `abc_operator.run`; another
+    /// is ended after its workers left at the end of that generation), the workers finish it
+    /// and are not replaced, then workers and Redis are given back and the phase is Stopped.
+    /// Cannot be undone: a stopped run is finished.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self || !oldSelf").message("spec.stop cannot be undone: a stopped run is finished (its master ended after its last stored generation); create a new AbcRun to sample again"))]
     pub stop: bool,
 
-    /// Scale workers to zero and hold the master Job (Kueue-style suspension).
+    /// Hold the run where it is (Kueue-style suspension): the workers are scaled to zero and
+    /// the master Job is suspended (its pod is deleted; its stored generations are kept). When
+    /// lifted, the master starts again and resumes from its results database (kept on the
+    /// run's results claim), and the workers come back.
     #[serde(default)]
     pub suspend: bool,
 

@@ -4,8 +4,8 @@
 //! decision is unit-tested from YAML fixtures.
 
 use super::observe::{
-    self, ClusterView, Observed, Password, RedisReading, StopStage, deployment_ready,
-    master_state, observe,
+    self, ClusterView, Observed, Password, RedisReading, StopStage, deployment_ready, master_state,
+    observe,
 };
 use super::workers::{self, WorkerAction};
 use crate::api::AbcRun;
@@ -57,8 +57,8 @@ pub fn decide(
     let mut observed = observe(run, view, password, redis, &owned, now);
     observed.stop = stop_stage(run, redis, observed.master.as_ref());
     let stopping = observed.stop == Some(StopStage::Stopping);
-    let request_stop = stopping
-        && snapshot.is_some_and(|s| s.analysis_id.is_some() && !s.stop_requested);
+    let request_stop =
+        stopping && snapshot.is_some_and(|s| s.analysis_id.is_some() && !s.stop_requested);
     let publish_stop = stopping
         && snapshot.is_some_and(|s| s.master_start.is_none() && s.n_worker.unwrap_or(0) > 0);
     // Without Redis no ledger can be judged, but ended pods are still replaced.

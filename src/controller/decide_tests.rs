@@ -168,15 +168,38 @@ fn module_master_in_generation(n_worker: i64, stop_requested: bool) -> RedisRead
 #[test]
 fn a_run_asked_to_stop_asks_its_master_once_and_keeps_its_workers_until_the_analysis_ends() {
     let stopping = run(&format!("{MANAGED}\nstop: true"));
-    let asked = plan(&stopping, &running_view(), &module_master_in_generation(2, false));
-    assert!(asked.request_stop && !asked.publish_stop, "the workers are not told");
+    let asked = plan(
+        &stopping,
+        &running_view(),
+        &module_master_in_generation(2, false),
+    );
+    assert!(
+        asked.request_stop && !asked.publish_stop,
+        "the workers are not told"
+    );
     assert_eq!(asked.observed.stop, Some(StopStage::Stopping));
     assert_eq!(asked.observed.workers_desired, 3);
-    let told = plan(&stopping, &running_view(), &module_master_in_generation(0, true));
+    let told = plan(
+        &stopping,
+        &running_view(),
+        &module_master_in_generation(0, true),
+    );
     assert!(!told.request_stop, "asked once");
-    assert_eq!(told.observed.stop, Some(StopStage::Stopping), "between generations");
-    let ended = plan(&stopping, &running_view(), &RedisReading::Read(Box::default()));
-    assert_eq!(ended.observed.stop, Some(StopStage::Stopped), "no analysis left");
+    assert_eq!(
+        told.observed.stop,
+        Some(StopStage::Stopping),
+        "between generations"
+    );
+    let ended = plan(
+        &stopping,
+        &running_view(),
+        &RedisReading::Read(Box::default()),
+    );
+    assert_eq!(
+        ended.observed.stop,
+        Some(StopStage::Stopped),
+        "no analysis left"
+    );
     let unknown = plan(
         &stopping,
         &running_view(),
@@ -194,7 +217,11 @@ fn a_run_asked_to_stop_asks_its_master_once_and_keeps_its_workers_until_the_anal
     let redis = stopped.owned.redis_deployment.unwrap().spec.unwrap();
     assert_eq!(redis.replicas, Some(0));
     let master = stopped.owned.master_job.unwrap().spec.unwrap();
-    assert_eq!(master.suspend, Some(true), "a master still running is ended");
+    assert_eq!(
+        master.suspend,
+        Some(true),
+        "a master still running is ended"
+    );
 }
 
 #[test]
@@ -212,7 +239,10 @@ fn a_master_that_cannot_be_asked_to_stop_loses_its_workers_at_the_end_of_the_gen
 #[test]
 fn a_run_not_asked_to_stop_or_suspended_has_no_stop() {
     let redis = module_master_in_generation(2, false);
-    assert_eq!(plan(&run(MANAGED), &running_view(), &redis).observed.stop, None);
+    assert_eq!(
+        plan(&run(MANAGED), &running_view(), &redis).observed.stop,
+        None
+    );
     let suspended = run(&format!("{MANAGED}\nstop: true\nsuspend: true"));
     let plan = plan(&suspended, &running_view(), &redis);
     assert!(plan.observed.stop.is_none() && !plan.request_stop);

@@ -93,8 +93,13 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
     }
     if let (true, Some(endpoint)) = (plan.request_stop, &endpoint) {
         match ctx.redis.request_stop(&run_uid, endpoint).await {
-            Ok(()) => ctx.publish(run.as_ref(), follow_up::stop_requested_notice()).await,
-            Err(err) => tracing::warn!(run = %name, error = %err, "asking the master to stop failed"),
+            Ok(()) => {
+                ctx.publish(run.as_ref(), follow_up::stop_requested_notice())
+                    .await
+            }
+            Err(err) => {
+                tracing::warn!(run = %name, error = %err, "asking the master to stop failed")
+            }
         }
     }
     if let (true, Some(endpoint)) = (plan.publish_stop, &endpoint)

@@ -66,7 +66,11 @@ impl RedisAccess {
     }
 
     /// Asks the run's master to end the analysis after the generation it samples.
-    pub async fn request_stop(&self, run_uid: &str, endpoint: &Endpoint) -> Result<(), ProtocolError> {
+    pub async fn request_stop(
+        &self,
+        run_uid: &str,
+        endpoint: &Endpoint,
+    ) -> Result<(), ProtocolError> {
         let mut conn = self.connection(run_uid, endpoint).await?;
         timeout(endpoint, protocol::request_stop(&mut conn)).await
     }

@@ -24,8 +24,8 @@
 //! restarts; the generated one never changes.
 
 use super::{
-    BuildError, BuildSettings, Component, REDIS_PORT, container_security_context,
-    hardened_pod_spec, finished, namespace, object_meta, password_env, selector_labels,
+    BuildError, BuildSettings, Component, REDIS_PORT, container_security_context, finished,
+    hardened_pod_spec, namespace, object_meta, password_env, selector_labels,
 };
 use crate::api::{AbcRun, ManagedRedis, default_redis_port};
 use crate::protocol::server_config;

@@ -7,8 +7,8 @@
 
 use super::{
     BuildError, Component, ENTRYPOINT_PATH, POD_UID, container_security_context, entrypoint_sha256,
-    env, hardened_pod_spec, finished, object_meta, operator_files_mount,
-    operator_files_volume, redis_env, selector_labels, tmp_mount, tmp_volume,
+    env, finished, hardened_pod_spec, object_meta, operator_files_mount, operator_files_volume,
+    redis_env, selector_labels, tmp_mount, tmp_volume,
 };
 use crate::api::{AbcRun, GROUP};
 use crate::protocol::worker_env;
