@@ -397,6 +397,7 @@ fn observed() -> BoxedStrategy<Observed> {
                 results: None,
                 results_problem: None,
                 records: None,
+                stop: None,
                 resumed: resumed.map(|(from_generation, at)| Resumed {
                     from_generation,
                     at,
