@@ -524,6 +524,12 @@ pub struct Resumes {
     pub last_time: String,
 }
 
+/// Condition types, as users see them in `kubectl describe`.
+pub const REDIS_READY: &str = "RedisReady";
+pub const WORKERS_READY: &str = "WorkersReady";
+pub const MASTER_RUNNING: &str = "MasterRunning";
+pub const DEGRADED: &str = "Degraded";
+
 /// Phase of a run.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
 pub enum Phase {

@@ -12,11 +12,7 @@ use crate::protocol::{MasterStart, Resumed};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-/// Condition types, as users see them in `kubectl describe`.
-pub const REDIS_READY: &str = "RedisReady";
-pub const WORKERS_READY: &str = "WorkersReady";
-pub const MASTER_RUNNING: &str = "MasterRunning";
-pub const DEGRADED: &str = "Degraded";
+pub use crate::api::{DEGRADED, MASTER_RUNNING, REDIS_READY, WORKERS_READY};
 
 /// The phase a run is in, given what was observed.
 pub fn phase(run: &AbcRun, observed: &Observed) -> Phase {

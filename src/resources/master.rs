@@ -10,7 +10,7 @@ use super::{
     hardened_pod_spec, object_meta, operator_files_mount, operator_files_volume, redis_env,
     tmp_mount, tmp_volume,
 };
-use crate::api::{AbcRun, Phase};
+use crate::api::{AbcRun, MASTER_RUNNING, Phase};
 use crate::protocol::worker_env;
 use crate::protocol::{REDIS_LOST_EXIT_CODE, RESUME_REFUSED_EXIT_CODE};
 use k8s_openapi::api::batch::v1::{
@@ -32,8 +32,17 @@ pub fn master_job_name(run: &AbcRun) -> String {
     format!("{}-master", run.name_any())
 }
 
-fn run_stopped(run: &AbcRun) -> bool {
-    run.status.as_ref().and_then(|s| s.phase) == Some(Phase::Stopped)
+/// A stopped run whose master did not end by itself (one that cannot be asked to stop, see
+/// `controller::decide::stop_stage`): its Job is suspended, which ends its pod. Not a Job that
+/// has finished (its MasterRunning condition says so), which has nothing left to end.
+fn master_to_end(run: &AbcRun) -> bool {
+    let Some(status) = &run.status else {
+        return false;
+    };
+    status.phase == Some(Phase::Stopped)
+        && !status.conditions.iter().any(|c| {
+            c.type_ == MASTER_RUNNING && matches!(c.reason.as_str(), "Succeeded" | "Failed")
+        })
 }
 
 /// The master Job (`{run}-master`), or `None` when `spec.master` is unset.
@@ -99,10 +108,8 @@ pub fn master_job(run: &AbcRun) -> Result<Option<Job>, BuildError> {
         spec: Some(JobSpec {
             backoff_limit: Some(master.backoff_limit),
             active_deadline_seconds: master.active_deadline_seconds,
-            // a stopped run's master that did not end by itself (one that cannot be asked
-            // to stop, see `controller::decide::stop_stage`) is ended; its stored
-            // generations are kept
-            suspend: Some(run.spec.suspend || run_stopped(run)),
+            // its stored generations are kept
+            suspend: Some(run.spec.suspend || master_to_end(run)),
             pod_failure_policy: Some(PodFailurePolicy {
                 rules: vec![
                     PodFailurePolicyRule {
@@ -260,6 +267,28 @@ mod tests {
     fn suspended_run_holds_the_job() {
         let job = job("image: i\nsuspend: true\nmaster: {command: [m]}\n");
         assert_eq!(job.spec.unwrap().suspend, Some(true));
+    }
+
+    #[test]
+    fn a_stopped_runs_master_still_running_is_ended_and_a_finished_one_left_alone() {
+        let stopped = |master_reason: &str| {
+            let mut run = crate::resources::test_support::in_phase(
+                run("image: i\nstop: true\nmaster: {command: [m]}\n"),
+                Phase::Stopped,
+            );
+            run.status.as_mut().unwrap().conditions =
+                vec![serde_yaml::from_str(&format!(
+                "{{type: MasterRunning, status: 'False', reason: {master_reason}, message: m, \
+                 lastTransitionTime: '2026-12-06T22:00:00Z'}}"
+            ))
+            .unwrap()];
+            master_job(&run).unwrap().unwrap().spec.unwrap().suspend
+        };
+        assert_eq!(stopped("Running"), Some(true));
+        assert_eq!(stopped("Succeeded"), Some(false));
+        assert_eq!(stopped("Failed"), Some(false));
+        let stopping = job("image: i\nstop: true\nmaster: {command: [m]}\n");
+        assert_eq!(stopping.spec.unwrap().suspend, Some(false));
     }
 
     #[test]
