@@ -44,7 +44,8 @@ pub const FIELD_MANAGER: &str = "abc-operator";
     doc = "A pyABC ABC-SMC run sampled through Redis: a password-protected Redis, a scalable set of workers, and optionally the master as a Job.",
     // The run's name names its objects: `{run}-redis` is a Service (a DNS-1035 label) and
     // `{run}-master` a Job (whose name must fit a 63-character label value).
-    validation = Rule::new("self.metadata.name.size() <= 56 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("an AbcRun name must be at most 56 lowercase letters, digits and '-', start with a letter and end with a letter or digit (it names the run's Service and Job)")
+    validation = Rule::new("self.metadata.name.size() <= 56 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("an AbcRun name must be at most 56 lowercase letters, digits and '-', start with a letter and end with a letter or digit (it names the run's Service and Job)"),
+    validation = Rule::new("!has(self.spec.idleTimeoutSeconds) || !has(self.spec.master)").message("spec.idleTimeoutSeconds is for a run without spec.master (its master runs elsewhere); a run with a master ends with it")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AbcRunSpec {
@@ -87,6 +88,13 @@ pub struct AbcRunSpec {
     /// run's results claim), and the workers come back.
     #[serde(default)]
     pub suspend: bool,
+
+    /// For a run without `master` (its master runs elsewhere: a laptop, a notebook): stop the
+    /// run after this many seconds with no analysis in its Redis, as `stop` does (workers and
+    /// Redis given back, phase Stopped). Unset: it waits for a master for ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub idle_timeout_seconds: Option<i64>,
 
     /// Delete the AbcRun (and so everything it owns) this many seconds after it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -404,6 +412,10 @@ pub struct AbcRunStatus {
     /// `abc_operator` module recorded them (every generation's are in `recordsConfigMap`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inference: Option<InferenceStatus>,
+    /// Since when (RFC 3339) the run's Redis has held no analysis, for a run with
+    /// `idleTimeoutSeconds`; none while a master samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since: Option<String>,
 }
 
 /// Where the master's results database is.

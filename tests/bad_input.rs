@@ -398,6 +398,7 @@ fn observed() -> BoxedStrategy<Observed> {
                 results_problem: None,
                 records: None,
                 stop: None,
+                analysis: None,
                 resumed: resumed.map(|(from_generation, at)| Resumed {
                     from_generation,
                     at,

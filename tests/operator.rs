@@ -394,6 +394,10 @@ async fn invalid_manifests_are_rejected_with_a_clear_message() {
         ),
         ("workers: {replicas: 1}", "image"),
         (
+            "image: i\n  idleTimeoutSeconds: 60\n  master: {command: [m]}",
+            "spec.idleTimeoutSeconds is for a run without spec.master",
+        ),
+        (
             "image: i\n  master: {command: [m], resultsClaimName: c, results: {size: 1Gi}}",
             "either resultsClaimName",
         ),

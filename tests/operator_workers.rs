@@ -433,6 +433,35 @@ async fn a_stopped_runs_workers_finish_the_generation_when_the_master_cannot_be_
     let _ = master.wait();
 }
 
+/// A run without a master whose Redis holds no analysis for its `idleTimeoutSeconds` is
+/// Stopped and gives its workers back, and an Event says why.
+#[tokio::test]
+async fn a_run_idle_for_its_timeout_is_stopped() {
+    let s = setup("wk-idle", 2, "10m", "0").await;
+    let _controller = ControllerProcess::start(&s.ns.name);
+    let _kubelet = s.kubelet();
+    let patch = serde_json::json!({"spec": {"idleTimeoutSeconds": 5}});
+    s.runs
+        .patch(
+            "sim",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    let since = eventually(60, "the run idle", || async {
+        s.runs.get("sim").await.ok()?.status?.idle_since
+    })
+    .await;
+    stopped(&s).await;
+    s.wait_for_event("Stopped").await;
+    let events = s.events("Stopped").await;
+    let note = events[0].message.clone().unwrap_or_default();
+    assert!(note.contains("idleTimeoutSeconds"), "{note}");
+    let status = s.runs.get("sim").await.unwrap().status.unwrap();
+    assert_eq!(status.idle_since, Some(since), "idle since then");
+}
+
 #[tokio::test]
 async fn a_failed_master_leaves_no_stale_analysis_lock_for_its_retry() {
     let s = setup("wk-lock", 0, "10m", "0").await;

@@ -8,11 +8,12 @@ use super::observe::{
     observe,
 };
 use super::workers::{self, WorkerAction};
-use crate::api::AbcRun;
+use crate::api::{AbcRun, AbcRunStatus};
 use crate::protocol::{self, Heartbeat};
 use crate::resources::{self, BuildError, BuildSettings, Owned};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::jiff::Timestamp;
+use std::time::Duration;
 
 /// Whether the run's Redis is worth reading now. A managed Redis whose pod is not ready yet is
 /// not read: the attempt could only time out and report a false problem while the run starts.
@@ -55,7 +56,7 @@ pub fn decide(
     let snapshot = redis.snapshot();
     let owned = resources::build(run, password.generated.as_deref(), settings)?;
     let mut observed = observe(run, view, password, redis, &owned, now);
-    observed.stop = stop_stage(run, redis, observed.master.as_ref());
+    observed.stop = stop_stage(run, redis, observed.master.as_ref(), now);
     let stopping = observed.stop == Some(StopStage::Stopping);
     let request_stop =
         stopping && snapshot.is_some_and(|s| s.analysis_id.is_some() && !s.stop_requested);
@@ -97,15 +98,24 @@ pub fn decide(
 ///
 /// Stopped, the run is finished: the builders give back its workers and Redis and end a
 /// master still running (see `resources::finished`).
+///
+/// A run idle for longer than its `idleTimeoutSeconds` (no analysis in its Redis) is Stopped
+/// the same way, without being asked.
 fn stop_stage(
     run: &AbcRun,
     redis: &RedisReading,
     master: Option<&observe::MasterState>,
+    now: Timestamp,
 ) -> Option<StopStage> {
-    if !run.spec.stop || run.spec.suspend {
+    let idle_over = run
+        .status
+        .as_ref()
+        .is_some_and(|status| idle_left(run, status, now) == Some(Duration::ZERO));
+    if !(run.spec.stop || idle_over) || run.spec.suspend {
         return None;
     }
-    let stopped = resources::finished(run)
+    let stopped = idle_over
+        || resources::finished(run)
         || master.is_some_and(|m| m.is_finished())
         || match redis {
             // no Redis to sample with (not ready yet, or gone)
@@ -122,6 +132,19 @@ fn stop_stage(
     } else {
         StopStage::Stopping
     })
+}
+
+/// How much longer a run with `idleTimeoutSeconds` may stay without an analysis in its Redis,
+/// from when `status` says it became idle: `None` without a timeout or while a master samples,
+/// zero once over.
+pub fn idle_left(run: &AbcRun, status: &AbcRunStatus, now: Timestamp) -> Option<Duration> {
+    let timeout = run.spec.idle_timeout_seconds?;
+    let since: Timestamp = status.idle_since.as_deref()?.parse().ok()?;
+    // negative when the clock that wrote it ran ahead of ours
+    let idle = now.duration_since(since).as_secs().max(0);
+    Some(Duration::from_secs(
+        timeout.saturating_sub(idle).max(0) as u64
+    ))
 }
 
 /// A master that died leaves pyABC's `analysis_id` behind, and its retry would fail with "The

@@ -436,3 +436,31 @@ impl Settled<'_> {
         apply::unsettled(self.0, run, built_from, owned, namespace, caches)
     }
 }
+
+#[test]
+fn a_run_without_an_analysis_for_its_idle_timeout_is_stopped() {
+    let idle = |since_seconds: i64| {
+        let mut run = run("image: i\nidleTimeoutSeconds: 60");
+        run.status = Some(crate::api::AbcRunStatus {
+            idle_since: Some(
+                Timestamp::from_second(1000 - since_seconds)
+                    .unwrap()
+                    .to_string(),
+            ),
+            ..Default::default()
+        });
+        decide(
+            &run,
+            &running_view(),
+            &password(),
+            &RedisReading::Read(Box::default()),
+            &settings(),
+            Timestamp::from_second(1000).unwrap(),
+        )
+        .unwrap()
+        .observed
+    };
+    assert_eq!(idle(30).stop, None);
+    assert_eq!(idle(60).stop, Some(StopStage::Stopped));
+    assert_eq!(idle(30).analysis, Some(false));
+}

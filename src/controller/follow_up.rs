@@ -117,6 +117,12 @@ pub fn follow_up(seen: &Seen) -> FollowUp {
         }
         StatusWrite::Unchanged => Default::default(),
     };
+    // an idle run is looked at when its idle time is over
+    if let Some(left) = super::decide::idle_left(run, new, seen.now)
+        && !left.is_zero()
+    {
+        next = next.min(left + Duration::from_secs(1));
+    }
     let next = match (run.spec.ttl_seconds_after_finished, finished_at(new)) {
         (Some(ttl), Some(finished)) => match ttl_left(ttl, finished, seen.now) {
             Some(left) => Next::LookAgainIn(left),
@@ -171,6 +177,11 @@ fn transitions(
                 .find(|c| c.type_ == DEGRADED)
                 .map(|c| c.message.clone())
                 .unwrap_or_else(|| "the run failed".into()),
+            Phase::Stopped if !run.spec.stop => format!(
+                "the run is Stopped: no analysis in its Redis for {} s \
+                 (spec.idleTimeoutSeconds); its workers and Redis are given back",
+                run.spec.idle_timeout_seconds.unwrap_or_default()
+            ),
             other => format!("the run is {other}"),
         };
         notices.push(notice(type_, &phase.to_string(), note));

@@ -577,3 +577,14 @@ fn progress_counters_are_written_at_a_bounded_rate_and_the_rest_at_once() {
         StatusWrite::Now
     );
 }
+
+#[test]
+fn an_idle_run_is_looked_at_when_its_idle_time_is_over() {
+    let r = run("{image: i, idleTimeoutSeconds: 30}");
+    let idle = Observed {
+        analysis: Some(false),
+        ..healthy()
+    };
+    let follow_up = follow(&r, &idle, at(1), None);
+    assert_eq!(follow_up.next, Next::LookAgainIn(Duration::from_secs(31)));
+}

@@ -108,6 +108,8 @@ pub struct Observed {
     pub records: Option<RecordsRead>,
     /// Where a stop asked of the run stands (`decide::stop_stage`), if one was asked.
     pub stop: Option<StopStage>,
+    /// Whether the run's Redis holds an analysis (a master samples), when Redis answered.
+    pub analysis: Option<bool>,
 }
 
 /// A stop asked of the run: going on until nothing samples, or done.
@@ -208,6 +210,7 @@ pub fn observe(
             .and_then(|claim| results_problem(claim, now)),
         records: None,
         stop: None,
+        analysis: None,
     };
     match redis {
         RedisReading::NotRead => {}
@@ -220,6 +223,7 @@ pub fn observe(
             observed.resumed = snapshot.resumed.clone();
             observed.redis_run_id = snapshot.run_id.clone();
             observed.master_start = snapshot.master_start.clone();
+            observed.analysis = Some(snapshot.analysis_id.is_some());
         }
         RedisReading::Failed(err) => {
             if run.spec.redis.external.is_some() {

@@ -114,6 +114,23 @@ pub fn compute(run: &AbcRun, observed: &Observed, now: Timestamp) -> AbcRunStatu
         last_master_start,
         results: observed.results.clone(),
         inference: inference(run, previous.inference, observed),
+        idle_since: idle_since(run, previous.idle_since, observed, now),
+    }
+}
+
+/// Since when the run's Redis has held no analysis, for a run with `idleTimeoutSeconds`: kept
+/// while it stays so (or is not read), gone when a master samples.
+fn idle_since(
+    run: &AbcRun,
+    previous: Option<String>,
+    observed: &Observed,
+    now: Timestamp,
+) -> Option<String> {
+    run.spec.idle_timeout_seconds?;
+    match observed.analysis {
+        Some(true) => None,
+        Some(false) => previous.or_else(|| Some(now.to_string())),
+        None => previous,
     }
 }
 
@@ -487,6 +504,32 @@ mod tests {
         assert_eq!(phase(&succeeded_before, &o), Phase::Succeeded);
         o.master = Some(MasterState::Failed("BackoffLimitExceeded".into()));
         assert_eq!(phase(&succeeded_before, &o), Phase::Failed);
+    }
+
+    #[test]
+    fn an_idle_run_says_since_when_until_a_master_samples() {
+        let at = |s| Timestamp::from_second(s).unwrap();
+        let mut r = run("{image: i, idleTimeoutSeconds: 600}");
+        let idle = Observed {
+            analysis: Some(false),
+            ..healthy()
+        };
+        let first = compute(&r, &idle, at(1000));
+        assert_eq!(first.idle_since, Some(at(1000).to_string()));
+        r.status = Some(first.clone());
+        assert_eq!(compute(&r, &idle, at(2000)).idle_since, first.idle_since);
+        let unread = Observed {
+            analysis: None,
+            ..healthy()
+        };
+        assert_eq!(compute(&r, &unread, at(2000)).idle_since, first.idle_since);
+        let sampling = Observed {
+            analysis: Some(true),
+            ..healthy()
+        };
+        assert_eq!(compute(&r, &sampling, at(2000)).idle_since, None);
+        let no_timeout = run("{image: i}");
+        assert_eq!(compute(&no_timeout, &idle, at(1000)).idle_since, None);
     }
 
     #[test]
