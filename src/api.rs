@@ -4,7 +4,10 @@
 //! manifest before the controller ever sees it; the local runner applies the same checks through
 //! [`AbcRunSpec::validate`].
 
-use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvFromSource, EnvVar, LocalObjectReference, ResourceRequirements, Toleration,
+    TopologySpreadConstraint, Volume, VolumeMount,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -54,6 +57,12 @@ pub struct AbcRunSpec {
     #[x_kube(validation = Rule::new("self.size() > 0").message("spec.image must name a container image with python and pyabc"))]
     pub image: String,
 
+    /// Secrets to pull images with (a private registry's credentials), for every pod of the
+    /// run: workers, master and the managed Redis.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+
     /// Image pull policy for workers and master (Always, IfNotPresent, Never).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^(Always|IfNotPresent|Never)$"))]
@@ -102,6 +111,69 @@ pub struct AbcRunSpec {
     pub ttl_seconds_after_finished: Option<i64>,
 }
 
+/// Where and as what a run's pods run: placement, priority, identity and metadata, the same
+/// fields for workers, master and the managed Redis (written beside their other fields).
+/// Explicit fields rather than a partial pod template: the API server validates each as it does
+/// in a pod, and what the operator owns (the command, the security context, its volumes, the
+/// run's labels) is out of reach; a label the operator uses is refused with the field named.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodPlacement {
+    /// Node selector of the pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the pods (e.g. of a spot or GPU node pool's taint).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Affinity of the pods (node affinity, pod (anti-)affinity), as in a pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "as_in_a_pod_schema")]
+    pub affinity: Option<Affinity>,
+    /// Topology spread constraints of the pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// PriorityClass of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// ServiceAccount the pods run as (its token is not mounted: the operator's pods need no
+    /// API access; a volume of `volumes` can project one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Labels added to the pods (not under `abc-operator.dev/`, the run's own).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('abc-operator.dev/') && !k.startsWith('app.kubernetes.io/'))").message("podLabels: abc-operator.dev/ and app.kubernetes.io/ labels are the run's own (its selectors use them)"))]
+    pub pod_labels: BTreeMap<String, String>,
+    /// Annotations added to the pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
+}
+
+/// [`PodPlacement`], and volumes and environment of the user's own (workers and master).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSettings {
+    #[serde(flatten)]
+    pub placement: PodPlacement,
+    /// More volumes of the pods (model data, a shared cache); `tmp`, `abc-operator` and
+    /// `results` are the operator's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "volumes_schema")]
+    #[x_kube(validation = Rule::new("self.all(v, !(v.name in ['tmp', 'abc-operator', 'results']))").message("volumes: tmp, abc-operator and results are the operator's volume names; choose another name"))]
+    pub volumes: Vec<Volume>,
+    /// Where the main container mounts them; `/tmp`, `/etc/abc-operator` and `/results` are
+    /// the operator's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(m, !(m.mountPath in ['/tmp', '/etc/abc-operator', '/results']) && !m.mountPath.startsWith('/etc/abc-operator/') && !(m.name in ['tmp', 'abc-operator', 'results']))").message("volumeMounts: /tmp, /etc/abc-operator and /results, and the volumes tmp, abc-operator and results, are the operator's; mount your volumes elsewhere"))]
+    pub volume_mounts: Vec<VolumeMount>,
+    /// Environment of the main container from ConfigMaps and Secrets (the operator's `ABC_*`
+    /// variables and `env` take precedence, as in a pod).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub env_from: Vec<EnvFromSource>,
+}
+
 /// Worker pods.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -145,17 +217,13 @@ pub struct WorkersSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
-    /// Node selector of worker pods.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub node_selector: BTreeMap<String, String>,
-
-    /// Tolerations of worker pods.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tolerations: Vec<Toleration>,
-
     /// Extra environment of the worker container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
+
+    /// Where and as what the worker pods run, and what more they mount.
+    #[serde(flatten)]
+    pub pod: PodSettings,
 }
 
 impl Default for WorkersSpec {
@@ -168,9 +236,8 @@ impl Default for WorkersSpec {
             termination_grace_period_seconds: default_grace(),
             heartbeat_timeout_seconds: default_heartbeat_timeout(),
             resources: None,
-            node_selector: BTreeMap::new(),
-            tolerations: Vec::new(),
             env: Vec::new(),
+            pod: PodSettings::default(),
         }
     }
 }
@@ -221,6 +288,9 @@ pub struct ManagedRedis {
     /// A Secret holding the password; generated (and kept across reconciles) when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret: Option<SecretKeyRef>,
+    /// Where and as what the Redis pod runs.
+    #[serde(flatten)]
+    pub pod: PodPlacement,
 }
 
 /// A Redis outside the run.
@@ -280,6 +350,9 @@ pub struct MasterSpec {
     /// Compute resources of the master container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Where and as what the master's pod runs, and what more it mounts.
+    #[serde(flatten)]
+    pub pod: PodSettings,
     /// Retries of a failed master (the Job's backoffLimit).
     #[serde(default = "default_backoff_limit")]
     #[schemars(range(min = 0, max = 100))]
@@ -609,6 +682,32 @@ pub struct Progress {
     /// When generation or acceptances last changed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_progress_time: Option<String>,
+}
+
+/// The schema of a pod field of many nested types (a volume, an affinity): an object the
+/// API server checks when the operator makes the pod, not here. Their full schemas would make
+/// the CRD 500 KB, past what `kubectl apply` can annotate.
+fn as_in_a_pod_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    serde_json::from_value(serde_json::json!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    }))
+    .expect("static schema is valid")
+}
+
+/// Volumes as in a pod (any volume source), named (the name is checked here).
+fn volumes_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    serde_json::from_value(serde_json::json!({
+        "type": "array",
+        "maxItems": 32,
+        "items": {
+            "type": "object",
+            "properties": { "name": { "type": "string", "maxLength": 63 } },
+            "required": ["name"],
+            "x-kubernetes-preserve-unknown-fields": true,
+        },
+    }))
+    .expect("static volumes schema is valid")
 }
 
 fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -7,8 +7,8 @@
 
 use super::{
     BuildError, Component, ENTRYPOINT_DIR, POD_UID, container_security_context, env,
-    hardened_pod_spec, object_meta, operator_files_mount, operator_files_volume, redis_env,
-    tmp_mount, tmp_volume,
+    hardened_pod_spec, object_meta, operator_files_mount, operator_files_volume, pod_metadata,
+    redis_env, tmp_mount, tmp_volume, with_pod_settings,
 };
 use crate::api::{AbcRun, MASTER_RUNNING, Phase};
 use crate::protocol::worker_env;
@@ -21,8 +21,8 @@ use k8s_openapi::api::core::v1::{
     Container, EmptyDirVolumeSource, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec,
     Volume, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
+use std::collections::BTreeMap;
 
 /// Where the master's results volume is mounted (`ABC_RESULTS_DIR`).
 pub const RESULTS_DIR: &str = "/results";
@@ -129,18 +129,23 @@ pub fn master_job(run: &AbcRun) -> Result<Option<Job>, BuildError> {
                 ],
             }),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: meta.labels.clone(),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    restart_policy: Some("Never".into()),
-                    ..hardened_pod_spec(
-                        POD_UID,
-                        vec![container],
-                        vec![results, operator_files_volume(run), tmp_volume()],
-                    )
-                }),
+                metadata: Some(pod_metadata(
+                    meta.labels.clone(),
+                    BTreeMap::new(),
+                    &master.pod.placement,
+                )),
+                spec: Some(with_pod_settings(
+                    run,
+                    PodSpec {
+                        restart_policy: Some("Never".into()),
+                        ..hardened_pod_spec(
+                            POD_UID,
+                            vec![container],
+                            vec![results, operator_files_volume(run), tmp_volume()],
+                        )
+                    },
+                    &master.pod,
+                )),
             },
             ..JobSpec::default()
         }),

@@ -51,7 +51,10 @@ pub use workers::{
 
 use pod::{password_env, redis_env};
 // What every owned pod shares, also for the pod `kubectl abc results` starts (crate::results_copy).
-pub(crate) use pod::{container_security_context, env, hardened_pod_spec, tmp_mount, tmp_volume};
+pub(crate) use pod::{
+    container_security_context, env, hardened_pod_spec, placed, pod_metadata, tmp_mount,
+    tmp_volume, with_pod_settings,
+};
 
 use crate::api::{AbcRun, COMPONENT_LABEL, Phase, RUN_LABEL};
 use k8s_openapi::api::apps::v1::Deployment;

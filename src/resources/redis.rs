@@ -25,7 +25,7 @@
 
 use super::{
     BuildError, BuildSettings, Component, REDIS_PORT, container_security_context, finished,
-    hardened_pod_spec, namespace, object_meta, password_env, selector_labels,
+    hardened_pod_spec, namespace, object_meta, password_env, placed, pod_metadata, selector_labels,
 };
 use crate::api::{AbcRun, ManagedRedis, default_redis_port};
 use crate::protocol::server_config;
@@ -35,7 +35,7 @@ use k8s_openapi::api::core::v1::{
     ResourceRequirements, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use std::collections::BTreeMap;
@@ -233,32 +233,37 @@ pub fn redis_deployment(
                 rolling_update: None,
             }),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: meta.labels.clone(),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    init_containers: Some(vec![init]),
-                    ..hardened_pod_spec(
-                        REDIS_UID,
-                        vec![redis],
-                        vec![
-                            Volume {
-                                name: "config".into(),
-                                empty_dir: Some(EmptyDirVolumeSource {
-                                    medium: Some("Memory".into()),
-                                    size_limit: Some(Quantity("1Mi".into())),
-                                }),
-                                ..Volume::default()
-                            },
-                            Volume {
-                                name: "data".into(),
-                                empty_dir: Some(EmptyDirVolumeSource::default()),
-                                ..Volume::default()
-                            },
-                        ],
-                    )
-                }),
+                metadata: Some(pod_metadata(
+                    meta.labels.clone(),
+                    BTreeMap::new(),
+                    &managed.pod,
+                )),
+                spec: Some(placed(
+                    run,
+                    PodSpec {
+                        init_containers: Some(vec![init]),
+                        ..hardened_pod_spec(
+                            REDIS_UID,
+                            vec![redis],
+                            vec![
+                                Volume {
+                                    name: "config".into(),
+                                    empty_dir: Some(EmptyDirVolumeSource {
+                                        medium: Some("Memory".into()),
+                                        size_limit: Some(Quantity("1Mi".into())),
+                                    }),
+                                    ..Volume::default()
+                                },
+                                Volume {
+                                    name: "data".into(),
+                                    empty_dir: Some(EmptyDirVolumeSource::default()),
+                                    ..Volume::default()
+                                },
+                            ],
+                        )
+                    },
+                    &managed.pod,
+                )),
             },
             ..DeploymentSpec::default()
         }),

@@ -8,7 +8,7 @@
 use super::{
     BuildError, Component, ENTRYPOINT_PATH, POD_UID, container_security_context, entrypoint_sha256,
     env, finished, hardened_pod_spec, object_meta, operator_files_mount, operator_files_volume,
-    redis_env, selector_labels, tmp_mount, tmp_volume,
+    pod_metadata, redis_env, selector_labels, tmp_mount, tmp_volume, with_pod_settings,
 };
 use crate::api::{AbcRun, GROUP};
 use crate::protocol::worker_env;
@@ -18,7 +18,7 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use std::collections::BTreeMap;
@@ -110,34 +110,34 @@ pub fn worker_deployment(run: &AbcRun) -> Result<Deployment, BuildError> {
                 }),
             }),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: meta.labels.clone(),
-                    annotations: Some(BTreeMap::from([(
+                metadata: Some(pod_metadata(
+                    meta.labels.clone(),
+                    BTreeMap::from([(
                         format!("{GROUP}/entrypoint-sha256"),
                         entrypoint_sha256().to_string(),
-                    )])),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    termination_grace_period_seconds: Some(
-                        workers.termination_grace_period_seconds,
-                    ),
-                    // The pause container is PID 1, not the worker: the kernel does not deliver
-                    // a signal to a PID 1 without a handler, so a SIGTERM that comes while
-                    // Python is still starting (a pod deleted right after the kubelet restarted
-                    // its worker) would be lost, and the SIGKILL at the end of the grace period
-                    // would hit the worker inside a generation.
-                    share_process_namespace: Some(true),
-                    node_selector: (!workers.node_selector.is_empty())
-                        .then(|| workers.node_selector.clone()),
-                    tolerations: (!workers.tolerations.is_empty())
-                        .then(|| workers.tolerations.clone()),
-                    ..hardened_pod_spec(
-                        POD_UID,
-                        vec![container],
-                        vec![operator_files_volume(run), tmp_volume()],
-                    )
-                }),
+                    )]),
+                    &workers.pod.placement,
+                )),
+                spec: Some(with_pod_settings(
+                    run,
+                    PodSpec {
+                        termination_grace_period_seconds: Some(
+                            workers.termination_grace_period_seconds,
+                        ),
+                        // The pause container is PID 1, not the worker: the kernel does not deliver
+                        // a signal to a PID 1 without a handler, so a SIGTERM that comes while
+                        // Python is still starting (a pod deleted right after the kubelet restarted
+                        // its worker) would be lost, and the SIGKILL at the end of the grace period
+                        // would hit the worker inside a generation.
+                        share_process_namespace: Some(true),
+                        ..hardened_pod_spec(
+                            POD_UID,
+                            vec![container],
+                            vec![operator_files_volume(run), tmp_volume()],
+                        )
+                    },
+                    &workers.pod,
+                )),
             },
             ..DeploymentSpec::default()
         }),
