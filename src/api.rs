@@ -111,6 +111,45 @@ pub struct AbcRunSpec {
     pub ttl_seconds_after_finished: Option<i64>,
 }
 
+/// Deserializers of the flattened pod fields that name their field in an error: serde loses
+/// the path inside a flattened struct, and a user must learn which field is wrong.
+mod named {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    fn named<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        deserializer: D,
+        field: &str,
+    ) -> Result<T, D::Error> {
+        T::deserialize(deserializer).map_err(|e| D::Error::custom(format!("{field}: {e}")))
+    }
+
+    macro_rules! named_fields {
+        ($($rust:ident: $type:ty = $json:literal),* $(,)?) => {$(
+            pub fn $rust<'de, D: Deserializer<'de>>(deserializer: D) -> Result<$type, D::Error> {
+                named(deserializer, $json)
+            }
+        )*};
+    }
+
+    use k8s_openapi::api::core::v1::{
+        Affinity, EnvFromSource, Toleration, TopologySpreadConstraint, Volume, VolumeMount,
+    };
+    use std::collections::BTreeMap;
+    named_fields! {
+        node_selector: BTreeMap<String, String> = "nodeSelector",
+        tolerations: Vec<Toleration> = "tolerations",
+        affinity: Option<Affinity> = "affinity",
+        topology_spread_constraints: Vec<TopologySpreadConstraint> = "topologySpreadConstraints",
+        priority_class_name: Option<String> = "priorityClassName",
+        service_account_name: Option<String> = "serviceAccountName",
+        pod_labels: BTreeMap<String, String> = "podLabels",
+        pod_annotations: BTreeMap<String, String> = "podAnnotations",
+        volumes: Vec<Volume> = "volumes",
+        volume_mounts: Vec<VolumeMount> = "volumeMounts",
+        env_from: Vec<EnvFromSource> = "envFrom",
+    }
+}
+
 /// Where and as what a run's pods run: placement, priority, identity and metadata, the same
 /// fields for workers, master and the managed Redis (written beside their other fields).
 /// Explicit fields rather than a partial pod template: the API server validates each as it does
@@ -120,32 +159,64 @@ pub struct AbcRunSpec {
 #[serde(rename_all = "camelCase")]
 pub struct PodPlacement {
     /// Node selector of the pods.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "named::node_selector",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub node_selector: BTreeMap<String, String>,
     /// Tolerations of the pods (e.g. of a spot or GPU node pool's taint).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "named::tolerations",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub tolerations: Vec<Toleration>,
     /// Affinity of the pods (node affinity, pod (anti-)affinity), as in a pod.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "named::affinity",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(schema_with = "as_in_a_pod_schema")]
     pub affinity: Option<Affinity>,
     /// Topology spread constraints of the pods.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "named::topology_spread_constraints",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
     /// PriorityClass of the pods.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "named::priority_class_name",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub priority_class_name: Option<String>,
     /// ServiceAccount the pods run as (its token is not mounted: the operator's pods need no
     /// API access; a volume of `volumes` can project one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "named::service_account_name",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub service_account_name: Option<String>,
     /// Labels added to the pods (not under `abc-operator.dev/`, the run's own).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "named::pod_labels",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     #[schemars(extend("maxProperties" = 64))]
     #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('abc-operator.dev/') && !k.startsWith('app.kubernetes.io/'))").message("podLabels: abc-operator.dev/ and app.kubernetes.io/ labels are the run's own (its selectors use them)"))]
     pub pod_labels: BTreeMap<String, String>,
     /// Annotations added to the pods.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "named::pod_annotations",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub pod_annotations: BTreeMap<String, String>,
 }
 
@@ -157,19 +228,31 @@ pub struct PodSettings {
     pub placement: PodPlacement,
     /// More volumes of the pods (model data, a shared cache); `tmp`, `abc-operator` and
     /// `results` are the operator's.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "named::volumes",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     #[schemars(schema_with = "volumes_schema")]
     #[x_kube(validation = Rule::new("self.all(v, !(v.name in ['tmp', 'abc-operator', 'results']))").message("volumes: tmp, abc-operator and results are the operator's volume names; choose another name"))]
     pub volumes: Vec<Volume>,
     /// Where the main container mounts them; `/tmp`, `/etc/abc-operator` and `/results` are
     /// the operator's.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "named::volume_mounts",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.all(m, !(m.mountPath in ['/tmp', '/etc/abc-operator', '/results']) && !m.mountPath.startsWith('/etc/abc-operator/') && !(m.name in ['tmp', 'abc-operator', 'results']))").message("volumeMounts: /tmp, /etc/abc-operator and /results, and the volumes tmp, abc-operator and results, are the operator's; mount your volumes elsewhere"))]
     pub volume_mounts: Vec<VolumeMount>,
     /// Environment of the main container from ConfigMaps and Secrets (the operator's `ABC_*`
     /// variables and `env` take precedence, as in a pod).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "named::env_from",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     #[schemars(length(max = 16))]
     pub env_from: Vec<EnvFromSource>,
 }

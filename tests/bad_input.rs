@@ -510,8 +510,18 @@ const PATHS: &[&[&str]] = &[
     &["spec", "master", "backoffLimit"],
     &["spec", "master", "activeDeadlineSeconds"],
     &["spec", "master", "resultsClaimName"],
+    &["spec", "master", "volumes"],
+    &["spec", "master", "volumeMounts"],
+    &["spec", "master", "affinity"],
+    &["spec", "workers", "envFrom"],
+    &["spec", "workers", "priorityClassName"],
+    &["spec", "workers", "topologySpreadConstraints"],
+    &["spec", "redis", "managed", "podLabels"],
+    &["spec", "redis", "managed", "serviceAccountName"],
+    &["spec", "imagePullSecrets"],
     &["spec", "stop"],
     &["spec", "suspend"],
+    &["spec", "idleTimeoutSeconds"],
     &["spec", "ttlSecondsAfterFinished"],
 ];
 
