@@ -52,11 +52,7 @@ fn succeed(command: &mut Command, what: &str) -> Output {
 /// source folder, which must not be the checkout (other test runs, `git status`).
 fn copy_package_sources(to: &Path) {
     let from = crate_dir().join("python");
-    for file in [
-        "pyproject.toml",
-        "README.md",
-        "abc_operator/__init__.py",
-    ] {
+    for file in ["pyproject.toml", "README.md", "abc_operator/__init__.py"] {
         let target = to.join(file);
         std::fs::create_dir_all(target.parent().unwrap()).unwrap();
         std::fs::copy(from.join(file), &target).unwrap_or_else(|err| panic!("{file}: {err}"));

@@ -409,9 +409,8 @@ def _config_differences(label, stored_json, script_json):
     import json
 
     try:
-        stored, script = json.loads(_without_addresses(stored_json)), json.loads(
-            _without_addresses(script_json)
-        )
+        stored = json.loads(_without_addresses(stored_json))
+        script = json.loads(_without_addresses(script_json))
     except (TypeError, ValueError):
         stored, script = stored_json, script_json
     if stored == script:

@@ -187,10 +187,13 @@ class ResumeWithRedis(unittest.TestCase):
         self.results.interrupt()
         state = self.results.state()
         sampler = abc_operator.sampler()  # from the environment, as a master's
+        # Two generations, both stored: a resume that wrongly went on would find the run
+        # complete instead of waiting for workers that this test does not start.
         refused(
             self,
             lambda: abc_operator.run(
-                analysis(population_size=15, sampler=sampler), self.results.db, OBSERVED
+                analysis(population_size=15, sampler=sampler), self.results.db, OBSERVED,
+                max_nr_populations=2,
             ),
         )
         start = {
