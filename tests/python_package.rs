@@ -103,7 +103,7 @@ fn pip_install_in_a_fresh_venv_gives_the_shipped_module_and_its_tests_pass() {
     .unwrap();
     std::fs::write(
         Path::new(site.trim()).join("pinned_requirements.pth"),
-        &pinned.stdout,
+        pinned.stdout,
     )
     .unwrap();
 
@@ -111,7 +111,7 @@ fn pip_install_in_a_fresh_venv_gives_the_shipped_module_and_its_tests_pass() {
         Command::new(&fresh)
             .args(["-m", "pip", "install", "--no-index", "--find-links"])
             .arg(build_wheels())
-            .arg(&sources)
+            .arg(sources)
             .env("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
         "pip install ./python",
     );
@@ -138,13 +138,13 @@ fn pip_install_in_a_fresh_venv_gives_the_shipped_module_and_its_tests_pass() {
     let tests = crate_dir().join("python/tests");
     let mpl = root.path().join("matplotlib");
     let out = succeed(
-        Command::new(&fresh)
+        Command::new(fresh)
             .args(["-m", "unittest", "discover", "-v", "-s"])
             .arg(&tests)
             .arg("-t")
-            .arg(&tests)
+            .arg(tests)
             .current_dir(root.path())
-            .env("MPLCONFIGDIR", &mpl)
+            .env("MPLCONFIGDIR", mpl)
             .env("PYTHONDONTWRITEBYTECODE", "1"),
         "the package's tests (python -m unittest discover python/tests)",
     );
