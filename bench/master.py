@@ -65,7 +65,7 @@ if "MPLCONFIGDIR" not in os.environ:  # pyabc imports matplotlib
 try:
     import abc_operator  # noqa: E402  (on PYTHONPATH under abc-operator run)
 except ImportError:  # run by hand from the checkout
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "protocol"))
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
     import abc_operator  # noqa: E402
 import numpy as np  # noqa: E402
 import pyabc  # noqa: E402

@@ -6,7 +6,7 @@ which `cargo test --test crd_drift` keeps equal to what the Rust code says
 
 The one reader of both for the bench: imported by bench.py, swarm.py and scale.py (run as
 scripts, so this folder is on sys.path). scale.py also takes generation records from here, made
-by the `abc_operator` master module's own code (src/protocol/abc_operator.py).
+by the `abc_operator` master module's own code (python/abc_operator/__init__.py).
 """
 
 import json
@@ -16,6 +16,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ENTRYPOINT = HERE.parent / "src" / "protocol" / "abc_worker.py"
 LUA_DIR = ENTRYPOINT.parent
+MASTER_MODULE_DIR = HERE.parent / "python"
 # A line of a Lua script that stands for the text of another file (the entrypoint's LUA_INCLUDE).
 LUA_INCLUDE = "-- include: "
 CONSTANTS = json.loads((HERE / "constants.json").read_text())
@@ -39,8 +40,8 @@ def generation_record(t: int, population: int = 100, seed: int = 0) -> str:
     Needs numpy and pyabc (the project's .venv python)."""
     import numpy as np
 
-    if str(LUA_DIR) not in sys.path:
-        sys.path.append(str(LUA_DIR))  # the module beside the entrypoint, as the tests load it
+    if str(MASTER_MODULE_DIR) not in sys.path:
+        sys.path.append(str(MASTER_MODULE_DIR))  # the package's source, as the operator ships it
     import abc_operator
 
     rng = np.random.default_rng([seed, t])

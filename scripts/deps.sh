@@ -2,7 +2,8 @@
 # Installs what abc-operator's demo and tests need on a fresh machine, and nothing twice:
 #   - redis-server (Debian package),
 #   - a Python venv with the pinned pyabc (python/requirements.txt), cached outside the checkout
-#     keyed by the requirements' hash and linked as .venv,
+#     keyed by the requirements' hash and linked as .venv, and the pinned wheels that build the
+#     `abc_operator` package (python/requirements-build.txt), linked as .python-build,
 #   - shellcheck (Debian package; only when asked: `make check` lints with it),
 #   - chromium (Debian package; only when asked: `make test` loads each run's page in it,
 #     headless, as a person's browser would render it).
@@ -49,6 +50,17 @@ case " $want " in *" python "*)
     touch "$cache/.complete"
   fi
   ln -sfn "$cache" "$root/.venv"
+  # What the package test builds `pip install ./python` with, offline (python/pyproject.toml's
+  # build-system), downloaded once and linked as .python-build
+  build_req=$root/python/requirements-build.txt
+  build_key=$(sha256sum <"$build_req" | cut -c1-16)
+  build_cache=${XDG_CACHE_HOME:-$HOME/.cache}/abc-operator/python-build-$build_key
+  if [ ! -f "$build_cache/.complete" ]; then
+    rm -rf "$build_cache"
+    "$cache/bin/pip" download -q --disable-pip-version-check --no-deps -d "$build_cache" -r "$build_req"
+    touch "$build_cache/.complete"
+  fi
+  ln -sfn "$build_cache" "$root/.python-build"
   ;;
 esac
 

@@ -1,6 +1,6 @@
 //! What a run has inferred so far: one record per stored generation, written by the
 //! `abc_operator` module (`GENERATIONS_KEY` and the bounds below in
-//! src/protocol/abc_operator.py, kept equal to these constants by a test) into the run's Redis
+//! python/abc_operator/__init__.py, kept equal to these constants by a test) into the run's Redis
 //! (the list [`GENERATIONS`], one JSON text per generation, in order) right after pyABC stored
 //! the generation in its database.
 //!

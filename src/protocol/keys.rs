@@ -59,15 +59,15 @@ pub const STATIC_WORKER_LOCK: &str = "worker";
 
 /// The analysis whose master waits only for the evaluations that can change its sample
 /// (pyABC's default, not `wait_for_all_samples`), written by the `abc_operator` module's
-/// sampler (`EARLY_RELEASE_KEY` in src/protocol/abc_operator.py): only there may the worker
+/// sampler (`EARLY_RELEASE_KEY` in python/abc_operator/__init__.py): only there may the worker
 /// whose result completes a generation take the other workers out of it (the worker's
 /// `lua/results.lua`).
 pub const EARLY_RELEASE: &str = "abc_operator:early_release";
 /// The last resume of a master (a hash: `from_generation`, `at`), written by the `abc_operator`
-/// module (`RESUME_KEY` in src/protocol/abc_operator.py) when it continues a stored run.
+/// module (`RESUME_KEY` in python/abc_operator/__init__.py) when it continues a stored run.
 pub const RESUMED: &str = "abc_operator:resumed";
 /// How the last master start went (a hash: `outcome` `resumed`, `new` or `refused`, `cause`,
-/// `at`), written by the `abc_operator` module (`START_KEY` in src/protocol/abc_operator.py).
+/// `at`), written by the `abc_operator` module (`START_KEY` in python/abc_operator/__init__.py).
 pub const MASTER_START: &str = "abc_operator:master_start";
 /// A stop was asked of the run (`spec.stop`, `kubectl abc stop`): set by the operator, read by
 /// the `abc_operator` module (`STOP_KEY` in src/protocol/abc_operator.py), whose master ends

@@ -116,8 +116,21 @@ pub fn write_worker_files(dir: &Path) -> Result<PathBuf, (PathBuf, std::io::Erro
 }
 
 /// The `abc_operator` Python module for master scripts: a sampler from the run's environment
-/// and "new or resume" against the results database (mounted next to the entrypoint).
-pub const MASTER_MODULE: &str = include_str!("abc_operator.py");
+/// and "new or resume" against the results database (mounted next to the entrypoint). Its one
+/// source is the Python package's `__init__.py` (`pip install ./python`), shipped as the
+/// single file [`MASTER_MODULE_FILE`], so a master gets the same bytes whether the operator,
+/// `abc-operator run` or pip put it there.
+pub const MASTER_MODULE: &str = include_str!("../../python/abc_operator/__init__.py");
+/// The master module's file name where it ships (beside the entrypoint, on `PYTHONPATH`).
+pub const MASTER_MODULE_FILE: &str = "abc_operator.py";
+
+/// Writes [`MASTER_MODULE`] into `dir` as [`MASTER_MODULE_FILE`] (the local runner's folder);
+/// returns its path, or the path it could not write and why.
+pub fn write_master_module(dir: &Path) -> Result<PathBuf, (PathBuf, std::io::Error)> {
+    let path = dir.join(MASTER_MODULE_FILE);
+    std::fs::write(&path, MASTER_MODULE).map_err(|cause| (path.clone(), cause))?;
+    Ok(path)
+}
 /// The exit code of a master whose Redis went away mid-run ([`MASTER_MODULE`]'s
 /// `REDIS_LOST_EXIT_CODE`): started again without counting as a failure, it resumes.
 pub const REDIS_LOST_EXIT_CODE: i32 = 75;
@@ -323,6 +336,38 @@ mod tests {
                 text
             );
         }
+    }
+
+    /// The package's `__init__.py` as it is in the checkout now.
+    fn package_module() -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/abc_operator/__init__.py");
+        std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+    }
+
+    #[test]
+    fn the_local_runner_ships_the_python_package_module_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_master_module(dir.path()).unwrap();
+        assert_eq!(path, dir.path().join("abc_operator.py"));
+        assert_eq!(std::fs::read_to_string(path).unwrap(), package_module());
+    }
+
+    #[test]
+    fn the_master_module_has_the_crate_version() {
+        let version_line = format!("\n__version__ = \"{}\"\n", env!("CARGO_PKG_VERSION"));
+        assert!(
+            MASTER_MODULE.contains(&version_line),
+            "python/abc_operator/__init__.py's __version__ must be Cargo.toml's version \
+             ({version_line:?}): the package and the operator ship one module"
+        );
+        let pyproject = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("python/pyproject.toml"),
+        )
+        .unwrap();
+        assert!(
+            pyproject.contains("version = { attr = \"abc_operator.__version__\" }"),
+            "the package's version is the module's"
+        );
     }
 
     #[test]

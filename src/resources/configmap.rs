@@ -4,7 +4,7 @@
 
 use super::{BuildError, Component, object_meta};
 use crate::api::AbcRun;
-use crate::protocol::{MASTER_MODULE, WORKER_ENTRYPOINT_FILE, worker_files};
+use crate::protocol::{MASTER_MODULE, MASTER_MODULE_FILE, WORKER_ENTRYPOINT_FILE, worker_files};
 use k8s_openapi::api::core::v1::{ConfigMap, ConfigMapVolumeSource, Volume, VolumeMount};
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
@@ -13,7 +13,7 @@ use std::sync::LazyLock;
 /// Key (and so file name) of the entrypoint in the ConfigMap.
 pub const ENTRYPOINT_KEY: &str = WORKER_ENTRYPOINT_FILE;
 /// Key (and so file name) of the master module in the ConfigMap.
-pub const MASTER_MODULE_KEY: &str = "abc_operator.py";
+pub const MASTER_MODULE_KEY: &str = MASTER_MODULE_FILE;
 /// Where workers and the master mount the ConfigMap (read-only).
 pub const ENTRYPOINT_DIR: &str = "/etc/abc-operator";
 /// The entrypoint's path in a worker container.
@@ -98,6 +98,13 @@ mod tests {
         let data = cm.data.unwrap();
         assert_eq!(data[ENTRYPOINT_KEY], WORKER_ENTRYPOINT);
         assert_eq!(data[MASTER_MODULE_KEY], MASTER_MODULE);
+        let package = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("python/abc_operator/__init__.py");
+        assert_eq!(
+            data[MASTER_MODULE_KEY],
+            std::fs::read_to_string(package).unwrap(),
+            "the master gets the Python package's module byte for byte"
+        );
         assert_eq!(
             ENTRYPOINT_PATH,
             format!("{ENTRYPOINT_DIR}/{ENTRYPOINT_KEY}")

@@ -101,11 +101,8 @@ pub async fn run(args: RunArgs) -> Result<u8, LocalError> {
             cause,
         })?;
     let entrypoint = redis_access::write_worker_files(temp.path())?;
-    let module = temp.path().join(crate::resources::MASTER_MODULE_KEY);
-    std::fs::write(&module, crate::protocol::MASTER_MODULE).map_err(|cause| LocalError::Files {
-        path: module.clone(),
-        cause,
-    })?;
+    crate::protocol::write_master_module(temp.path())
+        .map_err(|(path, cause)| LocalError::Files { path, cause })?;
     let mpl = temp.path().join("matplotlib");
     std::fs::create_dir_all(&mpl).map_err(|cause| LocalError::Files {
         path: mpl.clone(),

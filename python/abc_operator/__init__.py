@@ -1,7 +1,12 @@
 """abc_operator: two lines that make a pyABC master script survive its own restart.
 
 abc-operator mounts this module next to the master (on a cluster: in the master's pod, on
-PYTHONPATH; `abc-operator run`: on PYTHONPATH too). A master script uses it like this:
+PYTHONPATH; `abc-operator run`: on PYTHONPATH too); elsewhere (a laptop, a notebook, an image
+of one's own) it is installed with `pip install ./python` from abc-operator's repository, the
+same file either way: this `__init__.py` is the whole module the operator ships (as
+`abc_operator.py`), so it imports nothing of its own package. Parts that only a machine
+outside the cluster needs go into submodules of the installed package, imported when used.
+A master script uses it like this:
 
     import abc_operator
     sampler = abc_operator.sampler()                  # Redis from the run's environment
@@ -15,11 +20,18 @@ number of generations (pyABC's own `run` counts `max_nr_populations` from where 
 the same stopping criteria. pyABC stores each generation in one transaction, so a generation
 that was being sampled when the master died is simply sampled again; stored ones never are.
 
-A database that holds a run of other observed data is never continued nor written to: `run`
-prints a `ResumeError` naming the database and the difference and ends the master with
+A resume continues only the same analysis: the unfinished run must have the script's observed
+data, models (by name), priors, population strategy, distance and epsilon, as pyABC stores
+them in the database (its `to_json` of each; the priors, which pyABC does not store, in this
+module's table `PRIORS_TABLE`, one row per run it starts). Otherwise the database is never
+continued nor written to: `run` prints a `ResumeError` naming the database and each difference
+("population strategy nr_particles: database 200, script 150") and ends the master with
 `RESUME_REFUSED_EXIT_CODE`; so it does for a database that cannot be read or written. A retry
 would meet the same database, so the master Job fails at once on this exit code instead of
-retrying up to its `backoffLimit`.
+retrying up to its `backoffLimit`. `run(..., new=True)` starts a new run in the same database
+instead (pyABC gives it the next id; the unfinished one stays as it is): a one-off, since a
+master started again with it would start anew again. A model's code is not compared, only
+its name, nor a prior that is not a `pyabc.Distribution` and has no `repr` of its own.
 
 A stop asked of the run (`spec.stop`, `kubectl abc stop`: the operator sets `STOP_KEY`) is
 one more stopping criterion: the analysis ends once the generation being sampled is stored,
@@ -53,7 +65,12 @@ import functools
 import os
 import sys
 
+# The version of abc-operator this module ships with (Cargo.toml's `version`; a test keeps
+# them equal): the operator's image and the installed package say which module they carry.
+__version__ = "0.1.0"
+
 __all__ = [
+    "__version__",
     "REDIS_LOST_EXIT_CODE",
     "RESUME_REFUSED_EXIT_CODE",
     "ResumeError",
@@ -99,6 +116,9 @@ MAX_PARAMETERS = 32
 HISTOGRAM_BINS = 20
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 MAX_RECORD_BYTES = 64 * 1024
+# The table this module adds to pyABC's database: the priors of each run it starts (pyABC stores
+# none), as `_prior_descriptions` writes them, for the next resume to compare.
+PRIORS_TABLE = "abc_operator_priors"
 # Where the kubelet reads a container's termination message (the pod's default
 # terminationMessagePath); written only where the kubelet mounted it.
 TERMINATION_LOG = "/dev/termination-log"
@@ -168,18 +188,24 @@ def database_url(db):
     return "sqlite:///" + os.path.abspath(os.path.join(results, db))
 
 
-def run(abc, db, observed, **run_kwargs):
-    """Continues the unfinished run in `db`, or starts a new one with `observed`; then runs
-    `abc` with pyABC's `run` arguments (`minimum_epsilon`, `max_nr_populations`, ...), counted
-    for the whole run. Returns the History. A stop asked of the run ends it after the
-    generation being sampled (see `STOP_KEY`)."""
+def run(abc, db, observed, *, new=False, gt_par=None, meta_info=None, **run_kwargs):
+    """Continues the unfinished run in `db` if it is the same analysis as `abc` (else refuses:
+    `ResumeError`, exit `RESUME_REFUSED_EXIT_CODE`), or starts a new one with `observed`;
+    then runs `abc` with pyABC's `run` arguments (`minimum_epsilon`, `max_nr_populations`,
+    ...), counted for the whole run. Returns the History. A stop asked of the run ends it
+    after the generation being sampled (see `STOP_KEY`).
+
+    `new`: start a new run even if `db` holds an unfinished one (which stays as it is).
+    `gt_par`, `meta_info`: pyABC's `ABCSMC.new` arguments, stored with a new run only (a
+    resumed run keeps what it was started with)."""
     _wait_for_redis(abc)
+    start = {"gt_par": gt_par, "meta_info": meta_info}
     try:
         if _stop_requested(abc):
             _say("the run was asked to stop: no generation is started")
             raise SystemExit(0)
         _stop_when_asked(abc)
-        return _new_or_resume(abc, db, observed, run_kwargs)
+        return _new_or_resume(abc, db, observed, new, start, run_kwargs)
     except ResumeError as err:
         _record_start(abc, "refused", str(err))
         _write_termination_message(f"ResumeError: {err}")
@@ -217,12 +243,16 @@ def _stop_when_asked(abc):
     abc.check_terminate = check_terminate
 
 
-def _new_or_resume(abc, db, observed, run_kwargs):
+def _new_or_resume(abc, db, observed, new, start, run_kwargs):
     url = _using_database(db, "create the folder of", lambda: database_url(db))
-    unfinished, why_new = _unfinished_run(url)
+    if new:
+        unfinished, why_new = None, "asked for with new=True"
+    else:
+        unfinished, why_new = _unfinished_run(url)
     if unfinished is None:
         _forget_resumes(abc)
-        _using_database(url, "start a new run in", lambda: abc.new(url, observed))
+        _using_database(url, "start a new run in", lambda: abc.new(url, observed, **start))
+        _using_database(url, "record the priors in", lambda: _store_priors(abc))
         _record_generations(abc, abc.history, stored=False)
         _say(f"new run {abc.history.id} in {url}: {why_new}")
         _record_start(abc, "new", f"started a new run in {url}: {why_new}")
@@ -231,7 +261,7 @@ def _new_or_resume(abc, db, observed, run_kwargs):
     history = _using_database(
         url, f"load run {unfinished} from", lambda: abc.load(url, unfinished)
     )
-    _check_same_problem(url, history, observed)
+    _check_same_analysis(url, history, abc, observed)
     _record_generations(abc, history, stored=True)
     done = history.max_t + 1
     wanted = run_kwargs.get("max_nr_populations")
@@ -350,19 +380,190 @@ def _unfinished_run(url):
     return newest.id, None
 
 
-def _check_same_problem(url, history, observed):
-    """Refuses to continue a run of other observed data (another model's database)."""
-    stored = history.observed_sum_stat()
-    if observed is None:
-        return
-    if set(stored) != set(observed) or any(
-        not _same(stored[key], observed[key]) for key in observed
-    ):
+def _check_same_analysis(url, history, abc, observed):
+    """Refuses to continue a run of another analysis than `abc` with `observed`, naming every
+    difference; reads the database only."""
+    differences = _using_database(
+        url, f"read run {history.id} of", lambda: _analysis_differences(history, abc, observed)
+    )
+    if differences:
         raise ResumeError(
-            f"{url} holds an unfinished run (id {history.id}) of other observed data "
-            f"({sorted(stored)} vs {sorted(observed)}, or other values); it is left as it is: "
-            "use another database name, or delete the file to start anew"
+            f"{url} holds an unfinished run (id {history.id}) of another analysis: "
+            + "; ".join(differences)
+            + ". It is left as it is: use another database name, pass new=True to run() to "
+            "start a new run in it, or change the script back to continue it"
         )
+
+
+def _analysis_differences(history, abc, observed):
+    """What differs between the stored run and the script's analysis, one phrase each (empty:
+    the same analysis)."""
+    from pyabc.storage.db_model import ABCSMC
+
+    differences = []
+    stored = history.observed_sum_stat()
+    if observed is not None and (
+        set(stored) != set(observed)
+        or any(not _same(stored[key], observed[key]) for key in observed)
+    ):
+        differences.append(
+            f"other observed data ({sorted(stored)} vs {sorted(observed)}, or other values)"
+        )
+    stored_models = history.model_names()
+    script_models = [model.name for model in abc.models]
+    if stored_models != script_models:
+        differences.append(f"models: database {stored_models}, script {script_models}")
+    session, close = _session(history)
+    try:
+        row = session.query(ABCSMC).filter(ABCSMC.id == history.id).one()
+        configs = [
+            ("population strategy", row.population_strategy, abc.population_size.to_json()),
+            ("distance", row.distance_function, abc.distance_function.to_json()),
+            ("epsilon", row.epsilon_function, abc.eps.to_json()),
+        ]
+        stored_priors = _stored_priors(session, history.id)
+    finally:
+        close()
+    for label, stored_json, script_json in configs:
+        differences.extend(_config_differences(label, stored_json, script_json))
+    if stored_priors is not None:
+        differences.extend(_prior_differences(stored_priors, _prior_descriptions(abc)))
+    return differences
+
+
+# Names users know for pyABC's config keys, where the key alone would not say it.
+CONFIG_LABELS = {
+    ("population strategy", "nr_particles"): "population size",
+    ("population strategy", "name"): "population strategy",
+    ("distance", "name"): "distance",
+    ("epsilon", "name"): "epsilon",
+}
+
+
+def _config_differences(label, stored_json, script_json):
+    """The differences of two of pyABC's `to_json` texts of one setting, key by key."""
+    import json
+
+    try:
+        stored = json.loads(_without_addresses(stored_json))
+        script = json.loads(_without_addresses(script_json))
+    except (TypeError, ValueError):
+        stored, script = stored_json, script_json
+    if stored == script:
+        return []
+    if not (isinstance(stored, dict) and isinstance(script, dict)):
+        return [f"{label}: database {stored}, script {script}"]
+    missing = "(not set)"
+    return [
+        f"{CONFIG_LABELS.get((label, key), f'{label} {key}')}: database "
+        f"{stored.get(key, missing)}, script {script.get(key, missing)}"
+        for key in sorted(set(stored) | set(script))
+        if stored.get(key, missing) != script.get(key, missing)
+    ]
+
+
+def _without_addresses(text):
+    """A repr without the memory addresses in it (`<function f at 0x7f...>`), which differ
+    from one process to the next for the same thing."""
+    import re
+
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", text) if isinstance(text, str) else text
+
+
+def _prior_descriptions(abc):
+    """One description per model of its prior: for a `pyabc.Distribution` its parameters'
+    random variables ({name: repr}), for another prior its repr if it has one of its own,
+    else None (not comparable)."""
+    import pyabc
+
+    descriptions = []
+    for prior in abc.parameter_priors:
+        if isinstance(prior, pyabc.Distribution):
+            descriptions.append(
+                {str(name): _without_addresses(repr(rv)) for name, rv in prior.items()}
+            )
+        elif type(prior).__repr__ is not object.__repr__:
+            descriptions.append(_without_addresses(repr(prior)))
+        else:
+            descriptions.append(None)
+    return descriptions
+
+
+def _prior_differences(stored, script):
+    """The differences of the priors' descriptions (`_prior_descriptions`), parameter by
+    parameter; a model's prior that either side cannot describe is not compared."""
+    if len(stored) != len(script):
+        return []  # other models: said by the models' difference
+    missing = "(none)"
+    differences = []
+    for m, (before, now) in enumerate(zip(stored, script)):
+        where = f"prior of model {m}" if len(script) > 1 else "prior"
+        if before is None or now is None or before == now:
+            continue
+        if not (isinstance(before, dict) and isinstance(now, dict)):
+            differences.append(f"{where}: database {before}, script {now}")
+            continue
+        differences.extend(
+            f"{where} of {name}: database {before.get(name, missing)}, "
+            f"script {now.get(name, missing)}"
+            for name in sorted(set(before) | set(now))
+            if before.get(name) != now.get(name)
+        )
+    return differences
+
+
+@functools.cache  # one Table object (sqlalchemy is imported only when a run starts)
+def _priors_table():
+    import sqlalchemy as sa
+
+    return sa.Table(
+        PRIORS_TABLE,
+        sa.MetaData(),
+        sa.Column("abc_smc_id", sa.Integer, primary_key=True),
+        sa.Column("priors", sa.Text, nullable=False),
+        sa.Column("module_version", sa.Text),
+    )
+
+
+def _store_priors(abc):
+    """Records the new run's priors (`_prior_descriptions`) in `PRIORS_TABLE`, created when
+    missing, for the resumes to come."""
+    import json
+
+    history = abc.history
+    table = _priors_table()
+    session, close = _session(history)
+    try:
+        connection = session.connection()
+        table.create(connection, checkfirst=True)
+        connection.execute(table.delete().where(table.c.abc_smc_id == history.id))
+        connection.execute(
+            table.insert().values(
+                abc_smc_id=history.id,
+                priors=json.dumps(_prior_descriptions(abc)),
+                module_version=__version__,
+            )
+        )
+        session.commit()
+    finally:
+        close()
+
+
+def _stored_priors(session, abc_smc_id):
+    """The priors' descriptions stored for run `abc_smc_id`, or None: a run started without
+    this module (or by a version before it recorded them) has none."""
+    import json
+
+    import sqlalchemy as sa
+
+    connection = session.connection()
+    if not sa.inspect(connection).has_table(PRIORS_TABLE):
+        return None
+    table = _priors_table()
+    text = connection.execute(
+        sa.select(table.c.priors).where(table.c.abc_smc_id == abc_smc_id)
+    ).scalar()
+    return None if text is None else json.loads(text)
 
 
 def _same(a, b):
