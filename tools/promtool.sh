@@ -24,7 +24,7 @@ if [ "${1:-}" = "--print" ]; then
 fi
 
 if [ ! -x "$bin" ]; then
-  echo "building promtool from the pinned Prometheus module (first time: about 10 minutes on 2 cores)" >&2
+  echo "building promtool from the pinned Prometheus module (first time: 15-30 minutes on 2 cores)" >&2
   start=$SECONDS
   mkdir -p "$out/logs"
   tmp=$out/tmp

@@ -331,7 +331,12 @@ mod tests {
             assert!(said.contains("kubectl abc results gaussian"), "{said}");
             assert!(!said.contains("yet"), "{said}");
         }
-        for phase in [Phase::Pending, Phase::Running, Phase::Stopped, Phase::Suspended] {
+        for phase in [
+            Phase::Pending,
+            Phase::Running,
+            Phase::Stopped,
+            Phase::Suspended,
+        ] {
             let said = no_redis("gaussian", Some(phase));
             assert!(said.contains("no running Redis pod yet"), "{said}");
             assert!(said.contains("RedisReady"), "{said}");
