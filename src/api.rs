@@ -4,7 +4,10 @@
 //! manifest before the controller ever sees it; the local runner applies the same checks through
 //! [`AbcRunSpec::validate`].
 
-use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvFromSource, EnvVar, LocalObjectReference, ResourceRequirements, Toleration,
+    TopologySpreadConstraint, Volume, VolumeMount,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -44,7 +47,8 @@ pub const FIELD_MANAGER: &str = "abc-operator";
     doc = "A pyABC ABC-SMC run sampled through Redis: a password-protected Redis, a scalable set of workers, and optionally the master as a Job.",
     // The run's name names its objects: `{run}-redis` is a Service (a DNS-1035 label) and
     // `{run}-master` a Job (whose name must fit a 63-character label value).
-    validation = Rule::new("self.metadata.name.size() <= 56 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("an AbcRun name must be at most 56 lowercase letters, digits and '-', start with a letter and end with a letter or digit (it names the run's Service and Job)")
+    validation = Rule::new("self.metadata.name.size() <= 56 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("an AbcRun name must be at most 56 lowercase letters, digits and '-', start with a letter and end with a letter or digit (it names the run's Service and Job)"),
+    validation = Rule::new("!has(self.spec.idleTimeoutSeconds) || !has(self.spec.master)").message("spec.idleTimeoutSeconds is for a run without spec.master (its master runs elsewhere); a run with a master ends with it")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AbcRunSpec {
@@ -52,6 +56,12 @@ pub struct AbcRunSpec {
     /// the master. The operator mounts its worker entrypoint into it, so pyabc is all it needs.
     #[x_kube(validation = Rule::new("self.size() > 0").message("spec.image must name a container image with python and pyabc"))]
     pub image: String,
+
+    /// Secrets to pull images with (a private registry's credentials), for every pod of the
+    /// run: workers, master and the managed Redis.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
 
     /// Image pull policy for workers and master (Always, IfNotPresent, Never).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -72,18 +82,96 @@ pub struct AbcRunSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub master: Option<MasterSpec>,
 
-    /// Ask workers to leave at the end of the current generation, then scale them to zero.
+    /// Stop the run for good (`kubectl abc stop` sets it): the master ends the analysis once
+    /// the generation being sampled is stored (a master that runs `abc_operator.run`; another
+    /// is ended after its workers left at the end of that generation), the workers finish it
+    /// and are not replaced, then workers and Redis are given back and the phase is Stopped.
+    /// Cannot be undone: a stopped run is finished.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self || !oldSelf").message("spec.stop cannot be undone: a stopped run is finished (its master ended after its last stored generation); create a new AbcRun to sample again"))]
     pub stop: bool,
 
-    /// Scale workers to zero and hold the master Job (Kueue-style suspension).
+    /// Hold the run where it is (Kueue-style suspension): the workers are scaled to zero and
+    /// the master Job is suspended (its pod is deleted; its stored generations are kept). When
+    /// lifted, the master starts again and resumes from its results database (kept on the
+    /// run's results claim), and the workers come back.
     #[serde(default)]
     pub suspend: bool,
+
+    /// For a run without `master` (its master runs elsewhere: a laptop, a notebook): stop the
+    /// run after this many seconds with no analysis in its Redis, as `stop` does (workers and
+    /// Redis given back, phase Stopped). Unset: it waits for a master for ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub idle_timeout_seconds: Option<i64>,
 
     /// Delete the AbcRun (and so everything it owns) this many seconds after it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub ttl_seconds_after_finished: Option<i64>,
+}
+
+/// Where and as what a run's pods run: placement, priority, identity and metadata, the same
+/// fields for workers, master and the managed Redis (written beside their other fields).
+/// Explicit fields rather than a partial pod template: the API server validates each as it does
+/// in a pod, and what the operator owns (the command, the security context, its volumes, the
+/// run's labels) is out of reach; a label the operator uses is refused with the field named.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodPlacement {
+    /// Node selector of the pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the pods (e.g. of a spot or GPU node pool's taint).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Affinity of the pods (node affinity, pod (anti-)affinity), as in a pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "as_in_a_pod_schema")]
+    pub affinity: Option<Affinity>,
+    /// Topology spread constraints of the pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// PriorityClass of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// ServiceAccount the pods run as (its token is not mounted: the operator's pods need no
+    /// API access; a volume of `volumes` can project one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Labels added to the pods (not under `abc-operator.dev/`, the run's own).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('abc-operator.dev/') && !k.startsWith('app.kubernetes.io/'))").message("podLabels: abc-operator.dev/ and app.kubernetes.io/ labels are the run's own (its selectors use them)"))]
+    pub pod_labels: BTreeMap<String, String>,
+    /// Annotations added to the pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
+}
+
+/// [`PodPlacement`], and volumes and environment of the user's own (workers and master).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSettings {
+    #[serde(flatten)]
+    pub placement: PodPlacement,
+    /// More volumes of the pods (model data, a shared cache); `tmp`, `abc-operator` and
+    /// `results` are the operator's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "volumes_schema")]
+    #[x_kube(validation = Rule::new("self.all(v, !(v.name in ['tmp', 'abc-operator', 'results']))").message("volumes: tmp, abc-operator and results are the operator's volume names; choose another name"))]
+    pub volumes: Vec<Volume>,
+    /// Where the main container mounts them; `/tmp`, `/etc/abc-operator` and `/results` are
+    /// the operator's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(m, !(m.mountPath in ['/tmp', '/etc/abc-operator', '/results']) && !m.mountPath.startsWith('/etc/abc-operator/') && !(m.name in ['tmp', 'abc-operator', 'results']))").message("volumeMounts: /tmp, /etc/abc-operator and /results, and the volumes tmp, abc-operator and results, are the operator's; mount your volumes elsewhere"))]
+    pub volume_mounts: Vec<VolumeMount>,
+    /// Environment of the main container from ConfigMaps and Secrets (the operator's `ABC_*`
+    /// variables and `env` take precedence, as in a pod).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub env_from: Vec<EnvFromSource>,
 }
 
 /// Worker pods.
@@ -129,17 +217,13 @@ pub struct WorkersSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
-    /// Node selector of worker pods.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub node_selector: BTreeMap<String, String>,
-
-    /// Tolerations of worker pods.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tolerations: Vec<Toleration>,
-
     /// Extra environment of the worker container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
+
+    /// Where and as what the worker pods run, and what more they mount.
+    #[serde(flatten)]
+    pub pod: PodSettings,
 }
 
 impl Default for WorkersSpec {
@@ -152,9 +236,8 @@ impl Default for WorkersSpec {
             termination_grace_period_seconds: default_grace(),
             heartbeat_timeout_seconds: default_heartbeat_timeout(),
             resources: None,
-            node_selector: BTreeMap::new(),
-            tolerations: Vec::new(),
             env: Vec::new(),
+            pod: PodSettings::default(),
         }
     }
 }
@@ -205,6 +288,9 @@ pub struct ManagedRedis {
     /// A Secret holding the password; generated (and kept across reconciles) when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret: Option<SecretKeyRef>,
+    /// Where and as what the Redis pod runs.
+    #[serde(flatten)]
+    pub pod: PodPlacement,
 }
 
 /// A Redis outside the run.
@@ -264,6 +350,9 @@ pub struct MasterSpec {
     /// Compute resources of the master container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Where and as what the master's pod runs, and what more it mounts.
+    #[serde(flatten)]
+    pub pod: PodSettings,
     /// Retries of a failed master (the Job's backoffLimit).
     #[serde(default = "default_backoff_limit")]
     #[schemars(range(min = 0, max = 100))]
@@ -396,6 +485,10 @@ pub struct AbcRunStatus {
     /// `abc_operator` module recorded them (every generation's are in `recordsConfigMap`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inference: Option<InferenceStatus>,
+    /// Since when (RFC 3339) the run's Redis has held no analysis, for a run with
+    /// `idleTimeoutSeconds`; none while a master samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since: Option<String>,
 }
 
 /// Where the master's results database is.
@@ -516,6 +609,12 @@ pub struct Resumes {
     pub last_time: String,
 }
 
+/// Condition types, as users see them in `kubectl describe`.
+pub const REDIS_READY: &str = "RedisReady";
+pub const WORKERS_READY: &str = "WorkersReady";
+pub const MASTER_RUNNING: &str = "MasterRunning";
+pub const DEGRADED: &str = "Degraded";
+
 /// Phase of a run.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
 pub enum Phase {
@@ -583,6 +682,32 @@ pub struct Progress {
     /// When generation or acceptances last changed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_progress_time: Option<String>,
+}
+
+/// The schema of a pod field of many nested types (a volume, an affinity): an object the
+/// API server checks when the operator makes the pod, not here. Their full schemas would make
+/// the CRD 500 KB, past what `kubectl apply` can annotate.
+fn as_in_a_pod_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    serde_json::from_value(serde_json::json!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    }))
+    .expect("static schema is valid")
+}
+
+/// Volumes as in a pod (any volume source), named (the name is checked here).
+fn volumes_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    serde_json::from_value(serde_json::json!({
+        "type": "array",
+        "maxItems": 32,
+        "items": {
+            "type": "object",
+            "properties": { "name": { "type": "string", "maxLength": 63 } },
+            "required": ["name"],
+            "x-kubernetes-preserve-unknown-fields": true,
+        },
+    }))
+    .expect("static volumes schema is valid")
 }
 
 fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

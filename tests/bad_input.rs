@@ -397,6 +397,8 @@ fn observed() -> BoxedStrategy<Observed> {
                 results: None,
                 results_problem: None,
                 records: None,
+                stop: None,
+                analysis: None,
                 resumed: resumed.map(|(from_generation, at)| Resumed {
                     from_generation,
                     at,

@@ -111,6 +111,29 @@ async fn info_finds_an_abcrun_redis_and_its_password() {
     assert!(err.contains("no AbcRun \"missing\""), "{err}");
 }
 
+/// `kubectl abc stop RUN` is the run's `spec.stop`, said once; the Redis is not touched.
+#[tokio::test]
+async fn stop_asks_the_run_to_stop_once() {
+    cluster::install_crd();
+    let client = cluster::client().await;
+    let ns = TestNamespace::new(&client, "abc-stop").await;
+    let run: AbcRun = serde_yaml::from_str(
+        "apiVersion: abc-operator.dev/v1alpha1\nkind: AbcRun\nmetadata: {name: sim}\nspec: {image: i}\n",
+    )
+    .unwrap();
+    let runs = Api::<AbcRun>::namespaced(client.clone(), &ns.name);
+    runs.create(&PostParams::default(), &run).await.unwrap();
+
+    let (ok, said, err) = kubectl_abc(&["stop", "sim", "-n", &ns.name]);
+    assert!(ok, "{err}");
+    assert!(said.contains("asked AbcRun"), "{said}");
+    assert!(runs.get("sim").await.unwrap().spec.stop);
+    let (ok, said, _) = kubectl_abc(&["stop", "sim", "-n", &ns.name]);
+    assert!(ok && said.contains("already asked to stop"), "{said}");
+    let (ok, _, err) = kubectl_abc(&["stop", "missing", "-n", &ns.name]);
+    assert!(!ok && err.contains("no AbcRun \"missing\""), "{err}");
+}
+
 /// `kubectl abc results` on the kwok cluster, as `user` (impersonated) when given.
 fn kubectl_abc_results(user: Option<&str>, args: &[&str]) -> (bool, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubectl-abc"));

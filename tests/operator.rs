@@ -394,6 +394,22 @@ async fn invalid_manifests_are_rejected_with_a_clear_message() {
         ),
         ("workers: {replicas: 1}", "image"),
         (
+            "image: i\n  workers: {volumes: [{name: tmp, emptyDir: {}}]}",
+            "tmp, abc-operator and results are the operator's volume names",
+        ),
+        (
+            "image: i\n  master: {command: [m], volumeMounts: [{name: d, mountPath: /results}]}",
+            "mount your volumes elsewhere",
+        ),
+        (
+            "image: i\n  redis: {managed: {podLabels: {abc-operator.dev/run: other}}}",
+            "are the run's own",
+        ),
+        (
+            "image: i\n  idleTimeoutSeconds: 60\n  master: {command: [m]}",
+            "spec.idleTimeoutSeconds is for a run without spec.master",
+        ),
+        (
             "image: i\n  master: {command: [m], resultsClaimName: c, results: {size: 1Gi}}",
             "either resultsClaimName",
         ),
@@ -597,6 +613,110 @@ spec:
             .collect();
         assert_eq!(images, [image, image], "{run}");
     }
+}
+
+/// What a shared cluster asks of pods (a private registry's pull secret, a spot pool's taint
+/// and affinity, a priority class, a service account, labels, a volume of model data) reaches
+/// the worker, master and Redis pod templates, as the API server accepts them.
+#[tokio::test]
+async fn pod_settings_reach_every_pod_of_the_run() {
+    install_crd();
+    let client = cluster::client().await;
+    let ns = TestNamespace::new(&client, "op-pods").await;
+    let _controller = ControllerProcess::start(&ns.name);
+    let placement = "nodeSelector: {pool: spot}, tolerations: [{key: spot, operator: Exists, \
+        effect: NoSchedule}], affinity: {nodeAffinity: {preferredDuringSchedulingIgnoredDuringExecution: \
+        [{weight: 1, preference: {matchExpressions: [{key: zone, operator: In, values: [a]}]}}]}}, \
+        priorityClassName: science, serviceAccountName: model-reader, podLabels: {team: bio}";
+    let data = "volumes: [{name: model-data, configMap: {name: model-data}}], \
+        volumeMounts: [{name: model-data, mountPath: /model-data}], envFrom: [{secretRef: {name: keys}}]";
+    let manifest = format!(
+        "apiVersion: abc-operator.dev/v1alpha1\nkind: AbcRun\nmetadata: {{name: placed}}\n\
+         spec:\n  image: i\n  imagePullSecrets: [{{name: registry}}]\n\
+         \x20 workers: {{replicas: 1, {placement}, {data}}}\n\
+         \x20 master: {{command: [m], results: {{volume: EmptyDir}}, {placement}, {data}}}\n\
+         \x20 redis: {{managed: {{{placement}}}}}\n"
+    );
+    let (ok, err) = kubectl_apply(&ns.name, &manifest);
+    assert!(ok, "AbcRun rejected: {err}");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), &ns.name);
+    let workers = eventually(60, "the worker Deployment", || async {
+        deployments.get_opt("placed-workers").await.ok().flatten()
+    })
+    .await;
+    let redis = eventually(60, "the Redis Deployment", || async {
+        deployments.get_opt("placed-redis").await.ok().flatten()
+    })
+    .await;
+    let master = eventually(60, "the master Job", || async {
+        jobs.get_opt("placed-master").await.ok().flatten()
+    })
+    .await;
+    for (what, template, has_data) in [
+        ("workers", workers.spec.unwrap().template, true),
+        ("master", master.spec.unwrap().template, true),
+        ("redis", redis.spec.unwrap().template, false),
+    ] {
+        let labels = template.metadata.unwrap().labels.unwrap();
+        assert_eq!(labels["team"], "bio", "{what}");
+        let pod = template.spec.unwrap();
+        assert_eq!(
+            pod.priority_class_name.as_deref(),
+            Some("science"),
+            "{what}"
+        );
+        assert_eq!(
+            pod.service_account_name.as_deref(),
+            Some("model-reader"),
+            "{what}"
+        );
+        assert_eq!(pod.node_selector.unwrap()["pool"], "spot", "{what}");
+        assert!(pod.affinity.unwrap().node_affinity.is_some(), "{what}");
+        assert_eq!(
+            pod.image_pull_secrets.unwrap()[0].name,
+            "registry",
+            "{what}"
+        );
+        let mounts_data = pod.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.mount_path == "/model-data");
+        assert_eq!(mounts_data, has_data, "{what}");
+    }
+}
+
+/// Every AbcRun of examples/ is one the API server accepts as it is.
+#[tokio::test]
+async fn every_example_is_a_valid_abcrun() {
+    install_crd();
+    let client = cluster::client().await;
+    let ns = TestNamespace::new(&client, "op-examples").await;
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let mut checked = 0;
+    for dir in std::fs::read_dir(examples).unwrap() {
+        for file in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            let path = file.unwrap().path();
+            if path.extension().is_none_or(|e| e != "yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let doc = <serde_yaml::Value as serde::Deserialize>::deserialize(doc).unwrap();
+                if doc["kind"] != "AbcRun" {
+                    continue;
+                }
+                let mut cmd = kubectl();
+                cmd.args(["apply", "--dry-run=server", "-n", &ns.name, "-f", "-"]);
+                let out = output_with_stdin(cmd, &serde_yaml::to_string(&doc).unwrap());
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert!(out.status.success(), "{}: {err}", path.display());
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 3, "{checked} examples");
 }
 
 /// A run without a master: all the controller keeps of it is its metric series, its demand

@@ -311,12 +311,9 @@ async fn expired_workers_are_replaced_without_crash_loops() {
     s.wait_for_event("WorkerExpired").await;
 }
 
-#[tokio::test]
-async fn stop_lets_workers_finish_the_generation_then_scales_them_to_zero() {
-    let s = setup("wk-stop", 3, "10m", "0.05").await;
-    let _controller = ControllerProcess::start(&s.ns.name);
-    let _kubelet = s.kubelet();
-    let mut master = s.master(150, 6);
+/// Stops the run once 3 workers are inside a generation after calibration; returns that
+/// generation's progress.
+async fn stop_inside_a_generation(s: &support::run::Setup) -> abc_operator::api::Progress {
     let at_stop = eventually(
         180,
         "3 workers inside a generation after calibration",
@@ -339,34 +336,130 @@ async fn stop_lets_workers_finish_the_generation_then_scales_them_to_zero() {
         )
         .await
         .unwrap();
+    at_stop
+}
 
+/// Waits for the run to be Stopped with its workers scaled to zero; its last progress.
+async fn stopped(s: &support::run::Setup) -> abc_operator::api::Progress {
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(s.client.clone(), &s.ns.name);
-    eventually(180, "workers scaled to zero", || async {
+    eventually(180, "the run Stopped", || async {
+        let status = s.runs.get("sim").await.ok()?.status?;
+        (status.phase == Some(abc_operator::api::Phase::Stopped)).then_some(())
+    })
+    .await;
+    eventually(60, "workers scaled to zero", || async {
         let d = deployments.get("sim-workers").await.ok()?;
         (d.spec?.replicas == Some(0)).then_some(())
     })
     .await;
-    // Status follows the scale-down within a reconcile or two.
-    let p = eventually(
-        60,
-        "status Stopped with no worker in a generation",
-        || async {
-            let status = s.runs.get("sim").await.ok()?.status?;
-            let p = status.progress?;
-            (status.phase == Some(abc_operator::api::Phase::Stopped) && p.active_workers == 0)
-                .then_some(p)
-        },
-    )
-    .await;
+    s.runs
+        .get("sim")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .progress
+        .unwrap()
+}
+
+/// A stop asked of a run whose master runs `abc_operator.run`: the master ends the analysis
+/// once the generation being sampled is stored (its workers finish it), then the run is
+/// Stopped and gives its workers back; the stop cannot be undone.
+#[tokio::test]
+async fn a_stopped_runs_master_ends_after_the_generation_being_sampled() {
+    let s = setup("wk-stop", 3, "10m", "0.05").await;
+    let _controller = ControllerProcess::start(&s.ns.name);
+    let _kubelet = s.kubelet();
+    let mut master = s.master_with(150, 20, &[("PROTO_RUN", "module")]);
+    let at_stop = stop_inside_a_generation(&s).await;
+    s.wait_for_event("Stopping").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    let ended = loop {
+        if let Some(status) = master.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the master did not end"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(ended.success(), "the master ends cleanly: {ended}");
+    stopped(&s).await;
+    let inference = s.runs.get("sim").await.unwrap().status.unwrap().inference;
+    let last_stored = inference.and_then(|i| i.generation);
+    assert!(
+        last_stored >= at_stop.generation && last_stored < Some(20),
+        "the last stored generation {last_stored:?}, asked to stop in {:?}",
+        at_stop.generation
+    );
+    s.wait_for_event("Stopped").await;
+
+    let undo = serde_json::json!({"spec": {"stop": false}});
+    let refused = s
+        .runs
+        .patch(
+            "sim",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&undo),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("spec.stop cannot be undone"),
+        "{refused}"
+    );
+}
+
+/// A master that does not run `abc_operator.run` cannot be asked to stop: the workers get
+/// pyABC's stop, finish the generation and leave; then the run is Stopped.
+#[tokio::test]
+async fn a_stopped_runs_workers_finish_the_generation_when_the_master_cannot_be_asked() {
+    let s = setup("wk-stop-plain", 3, "10m", "0.05").await;
+    let _controller = ControllerProcess::start(&s.ns.name);
+    let _kubelet = s.kubelet();
+    let mut master = s.master(150, 6);
+    let at_stop = stop_inside_a_generation(&s).await;
+    let p = stopped(&s).await;
     let finished_generation = p.generation > at_stop.generation || p.accepted >= p.required;
     assert!(
         finished_generation,
         "workers left before finishing generation {:?}: {p:?}",
         at_stop.generation
     );
+    assert_eq!(p.active_workers, 0);
     let _ = master.kill();
     let _ = master.wait();
+}
+
+/// A run without a master whose Redis holds no analysis for its `idleTimeoutSeconds` is
+/// Stopped and gives its workers back, and an Event says why.
+#[tokio::test]
+async fn a_run_idle_for_its_timeout_is_stopped() {
+    let s = setup("wk-idle", 2, "10m", "0").await;
+    let _controller = ControllerProcess::start(&s.ns.name);
+    let _kubelet = s.kubelet();
+    let patch = serde_json::json!({"spec": {"idleTimeoutSeconds": 5}});
+    s.runs
+        .patch(
+            "sim",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    let since = eventually(60, "the run idle", || async {
+        s.runs.get("sim").await.ok()?.status?.idle_since
+    })
+    .await;
+    stopped(&s).await;
+    s.wait_for_event("Stopped").await;
+    let events = s.events("Stopped").await;
+    let note = events[0].message.clone().unwrap_or_default();
+    assert!(note.contains("idleTimeoutSeconds"), "{note}");
+    let status = s.runs.get("sim").await.unwrap().status.unwrap();
+    assert_eq!(status.idle_since, Some(since), "idle since then");
 }
 
 #[tokio::test]

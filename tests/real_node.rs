@@ -1362,6 +1362,49 @@ fn kubectl_abc_results(args: &[&str]) -> (String, String) {
     (stdout.trim().to_string(), stderr)
 }
 
+/// `kubectl abc stop` while the master samples generation 3 of 6: the master stores the
+/// generation being sampled and ends cleanly (its summary printed), the workers finish that
+/// generation and none is replaced, then the run is Stopped with its workers and Redis given
+/// back; the database holds every stored generation, each complete.
+#[tokio::test]
+async fn kubectl_abc_stop_ends_the_run_after_the_generation_being_sampled() {
+    install_operator();
+    let client = NODE.client().await;
+    let ns = TestNamespace::on(NODE, &client, "e2e-stop").await;
+    let runs = six_generations_sampling_generation_3(&client, &ns.name).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-abc"))
+        .args(["stop", "gaussian", "-n", &ns.name])
+        .env("KUBECONFIG", NODE.kubeconfig())
+        .output()
+        .unwrap();
+    let said = ok("kubectl abc stop", out);
+    assert!(said.contains("asked AbcRun"), "{said}");
+
+    let run = wait_for_phase(&runs, "gaussian", "Stopped", 300).await;
+    wait_until_freed(&client, &ns.name).await;
+    let log = kubectl(&["logs", "-n", &ns.name, "job/gaussian-master"]);
+    assert!(log.contains("stopping after generation"), "{log}");
+    assert_every_generation_complete_in(&log);
+    let stored = summary(&log).len();
+    assert!(
+        (4..6).contains(&stored),
+        "asked in generation 3, it stored that one and no more ({stored} generations):\n{log}"
+    );
+    let status = run.status.unwrap();
+    assert_eq!(status.lost_workers, 0, "no worker was lost");
+    for reason in ["WorkerReplaced", "WorkerExpired"] {
+        let replaced = events_with_reason(&client, &ns.name, reason).await;
+        assert!(replaced.is_empty(), "no worker replaced: {replaced:#?}");
+    }
+    assert_eq!(
+        events_with_reason(&client, &ns.name, "Stopping")
+            .await
+            .len(),
+        1,
+        "one Stopping Event"
+    );
+}
+
 #[tokio::test]
 async fn kubectl_abc_results_copies_a_consistent_database_during_and_after_the_run() {
     install_operator();

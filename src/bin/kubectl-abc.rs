@@ -1,5 +1,6 @@
-//! `kubectl abc info|stop|reset-workers NAME`: pyABC's `abc-redis-manager`, for AbcRuns;
-//! `kubectl abc results NAME`: a copy of the run's pyABC database (`kubectl_abc/results.rs`).
+//! `kubectl abc info|reset-workers NAME`: pyABC's `abc-redis-manager`, for AbcRuns;
+//! `kubectl abc stop NAME`: the run's `spec.stop`; `kubectl abc results NAME`: a copy of the
+//! run's pyABC database (`kubectl_abc/results.rs`).
 //!
 //! It reaches a run's Redis through the API server (a port-forward to the managed Redis pod)
 //! with the password from the run's Secret, so no shell on the Redis host and no exposed port
@@ -57,7 +58,9 @@ enum Command {
         #[arg(short, long, value_enum, default_value = "line")]
         output: Output,
     },
-    /// Ask the workers to leave at the end of the current generation (pyABC's stop).
+    /// Stop the run for good (its `spec.stop`): the master ends the analysis once the
+    /// generation being sampled is stored, the workers finish it, then the run is Stopped.
+    /// With --redis: pyABC's stop (the workers leave at the end of the current generation).
     Stop { name: Option<String> },
     /// pyABC's reset-workers (set the worker count of the generation to 0). The operator repairs
     /// lost workers by itself; this is the manual fallback pyABC documents.
@@ -101,6 +104,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dashboard { name, port } => {
             return dashboard(&name, &cli.cluster, port).await;
         }
+        Command::Stop { name: Some(name) } if cli.redis.is_none() => {
+            return stop_run(&name, cli.namespace.as_deref()).await;
+        }
         Command::Info { ref name, .. }
         | Command::Stop { ref name }
         | Command::ResetWorkers { ref name } => name.clone(),
@@ -129,7 +135,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Stop { .. } => {
             protocol::stop(&mut conn).await?;
-            println!("asked the workers to stop at the end of the current generation");
+            println!(
+                "asked the workers to leave at the end of the current generation (pyABC's stop)"
+            );
         }
         Command::ResetWorkers { .. } => {
             protocol::reset_workers(&mut conn).await?;
@@ -197,6 +205,40 @@ async fn abc_run(client: &Client, namespace: &str, name: &str) -> anyhow::Result
         .get_opt(name)
         .await?
         .with_context(|| format!("no AbcRun {name:?} in namespace {namespace:?}"))
+}
+
+/// `kubectl abc stop RUN`: sets the run's `spec.stop` (what the operator does with it is in
+/// the AbcRun's documentation), unless the run has finished or was asked already.
+async fn stop_run(name: &str, namespace: Option<&str>) -> anyhow::Result<()> {
+    let (client, namespace) = kubernetes(namespace).await?;
+    let run = abc_run(&client, &namespace, name).await?;
+    let phase = run.status.as_ref().and_then(|s| s.phase);
+    if let Some(phase) = phase.filter(|p| p.is_finished()) {
+        println!("AbcRun {namespace}/{name} has already finished ({phase}): nothing to stop");
+        return Ok(());
+    }
+    if run.spec.stop {
+        println!(
+            "AbcRun {namespace}/{name} was already asked to stop; `kubectl get abc {name} -w` \
+             shows it Stopped once nothing samples"
+        );
+        return Ok(());
+    }
+    let patch = serde_json::json!({"spec": {"stop": true}});
+    Api::<AbcRun>::namespaced(client, &namespace)
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .with_context(|| format!("setting spec.stop of AbcRun {namespace}/{name}"))?;
+    println!(
+        "asked AbcRun {namespace}/{name} to stop: its master ends the analysis once the \
+         generation being sampled is stored (its workers finish it); `kubectl get abc {name} -w` \
+         shows it Stopped"
+    );
+    Ok(())
 }
 
 /// Connects to a run's Redis: external directly, managed through a port-forward to its pod.

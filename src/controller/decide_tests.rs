@@ -4,7 +4,7 @@ use super::*;
 use crate::controller::apply;
 use crate::controller::cache::{Caches, RunPods};
 use crate::controller::memory::RunMemory;
-use crate::controller::observe::MasterState;
+use crate::controller::observe::{MasterState, StopStage};
 use crate::controller::owned::OwnedObject;
 use crate::protocol::Snapshot;
 use crate::protocol::liveness_test_support::ledger;
@@ -151,15 +151,101 @@ fn a_ledger_without_its_pod_is_repaired_and_a_live_one_is_left_alone() {
     assert_eq!(plan.observed.progress.as_ref().unwrap().accepted, 40);
 }
 
+/// A generation of a master that runs `abc_operator.run` (it recorded its start).
+fn module_master_in_generation(n_worker: i64, stop_requested: bool) -> RedisReading {
+    let RedisReading::Read(mut snapshot) = in_generation(n_worker, vec![]) else {
+        unreachable!()
+    };
+    snapshot.master_start = crate::controller::test_support::start(
+        crate::protocol::StartOutcome::New,
+        "started a new run",
+        "2026-12-06T22:00:00Z",
+    );
+    snapshot.stop_requested = stop_requested;
+    RedisReading::Read(snapshot)
+}
+
 #[test]
-fn a_stopping_run_keeps_its_workers_until_they_leave_the_generation() {
+fn a_run_asked_to_stop_asks_its_master_once_and_keeps_its_workers_until_the_analysis_ends() {
+    let stopping = run(&format!("{MANAGED}\nstop: true"));
+    let asked = plan(
+        &stopping,
+        &running_view(),
+        &module_master_in_generation(2, false),
+    );
+    assert!(
+        asked.request_stop && !asked.publish_stop,
+        "the workers are not told"
+    );
+    assert_eq!(asked.observed.stop, Some(StopStage::Stopping));
+    assert_eq!(asked.observed.workers_desired, 3);
+    let told = plan(
+        &stopping,
+        &running_view(),
+        &module_master_in_generation(0, true),
+    );
+    assert!(!told.request_stop, "asked once");
+    assert_eq!(
+        told.observed.stop,
+        Some(StopStage::Stopping),
+        "between generations"
+    );
+    let ended = plan(
+        &stopping,
+        &running_view(),
+        &RedisReading::Read(Box::default()),
+    );
+    assert_eq!(
+        ended.observed.stop,
+        Some(StopStage::Stopped),
+        "no analysis left"
+    );
+    let unknown = plan(
+        &stopping,
+        &running_view(),
+        &RedisReading::Failed("timed out".into()),
+    );
+    assert_eq!(unknown.observed.stop, Some(StopStage::Stopping));
+    // The status a reconcile wrote when the run stopped: everything is given back.
+    let stopped = plan(
+        &in_phase(stopping, crate::api::Phase::Stopped),
+        &running_view(),
+        &RedisReading::NotRead,
+    );
+    assert_eq!(stopped.observed.stop, Some(StopStage::Stopped));
+    assert_eq!(stopped.observed.workers_desired, 0);
+    let redis = stopped.owned.redis_deployment.unwrap().spec.unwrap();
+    assert_eq!(redis.replicas, Some(0));
+    let master = stopped.owned.master_job.unwrap().spec.unwrap();
+    assert_eq!(
+        master.suspend,
+        Some(true),
+        "a master still running is ended"
+    );
+}
+
+#[test]
+fn a_master_that_cannot_be_asked_to_stop_loses_its_workers_at_the_end_of_the_generation() {
     let stopping = run(&format!("{MANAGED}\nstop: true"));
     let busy = plan(&stopping, &running_view(), &in_generation(2, vec![]));
     assert!(busy.publish_stop);
+    assert_eq!(busy.observed.stop, Some(StopStage::Stopping));
     assert_eq!(busy.observed.workers_desired, 3);
     let left = plan(&stopping, &running_view(), &in_generation(0, vec![]));
     assert!(!left.publish_stop);
-    assert_eq!(left.observed.workers_desired, 0);
+    assert_eq!(left.observed.stop, Some(StopStage::Stopped));
+}
+
+#[test]
+fn a_run_not_asked_to_stop_or_suspended_has_no_stop() {
+    let redis = module_master_in_generation(2, false);
+    assert_eq!(
+        plan(&run(MANAGED), &running_view(), &redis).observed.stop,
+        None
+    );
+    let suspended = run(&format!("{MANAGED}\nstop: true\nsuspend: true"));
+    let plan = plan(&suspended, &running_view(), &redis);
+    assert!(plan.observed.stop.is_none() && !plan.request_stop);
 }
 
 #[test]
@@ -349,4 +435,32 @@ impl Settled<'_> {
     ) -> Vec<OwnedObject> {
         apply::unsettled(self.0, run, built_from, owned, namespace, caches)
     }
+}
+
+#[test]
+fn a_run_without_an_analysis_for_its_idle_timeout_is_stopped() {
+    let idle = |since_seconds: i64| {
+        let mut run = run("image: i\nidleTimeoutSeconds: 60");
+        run.status = Some(crate::api::AbcRunStatus {
+            idle_since: Some(
+                Timestamp::from_second(1000 - since_seconds)
+                    .unwrap()
+                    .to_string(),
+            ),
+            ..Default::default()
+        });
+        decide(
+            &run,
+            &running_view(),
+            &password(),
+            &RedisReading::Read(Box::default()),
+            &settings(),
+            Timestamp::from_second(1000).unwrap(),
+        )
+        .unwrap()
+        .observed
+    };
+    assert_eq!(idle(30).stop, None);
+    assert_eq!(idle(60).stop, Some(StopStage::Stopped));
+    assert_eq!(idle(30).analysis, Some(false));
 }

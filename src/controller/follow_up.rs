@@ -35,6 +35,7 @@ pub mod reason {
     pub const WORKER_REPLACED: &str = "WorkerReplaced";
     pub const WORKER_EXPIRED: &str = "WorkerExpired";
     pub const CLEARED_ANALYSIS_LOCK: &str = "ClearedAnalysisLock";
+    pub const STOPPING: &str = "Stopping";
     pub const RECONCILE_ERROR: &str = "ReconcileError";
     /// The master start warnings (`protocol::StartOutcome::warning`).
     pub const RESUME_FAILED: &str = "ResumeFailed";
@@ -116,6 +117,12 @@ pub fn follow_up(seen: &Seen) -> FollowUp {
         }
         StatusWrite::Unchanged => Default::default(),
     };
+    // an idle run is looked at when its idle time is over
+    if let Some(left) = super::decide::idle_left(run, new, seen.now)
+        && !left.is_zero()
+    {
+        next = next.min(left + Duration::from_secs(1));
+    }
     let next = match (run.spec.ttl_seconds_after_finished, finished_at(new)) {
         (Some(ttl), Some(finished)) => match ttl_left(ttl, finished, seen.now) {
             Some(left) => Next::LookAgainIn(left),
@@ -140,14 +147,6 @@ fn next_poll(status: &AbcRunStatus, user_problem: bool) -> Duration {
     }
     match status.phase {
         Some(Phase::Running | Phase::Pending) => POLL_RUNNING,
-        Some(Phase::Stopped)
-            if status
-                .progress
-                .as_ref()
-                .is_some_and(|p| p.active_workers > 0) =>
-        {
-            POLL_RUNNING
-        }
         _ => POLL_IDLE,
     }
 }
@@ -178,6 +177,11 @@ fn transitions(
                 .find(|c| c.type_ == DEGRADED)
                 .map(|c| c.message.clone())
                 .unwrap_or_else(|| "the run failed".into()),
+            Phase::Stopped if !run.spec.stop => format!(
+                "the run is Stopped: no analysis in its Redis for {} s \
+                 (spec.idleTimeoutSeconds); its workers and Redis are given back",
+                run.spec.idle_timeout_seconds.unwrap_or_default()
+            ),
             other => format!("the run is {other}"),
         };
         notices.push(notice(type_, &phase.to_string(), note));
@@ -448,6 +452,17 @@ pub fn cleared_lock_notice() -> Notice {
         EventType::Normal,
         reason::CLEARED_ANALYSIS_LOCK,
         "the master failed; cleared pyABC's stale analysis_id so its retry can start".into(),
+    )
+}
+
+/// The run was asked to stop and its master was told.
+pub fn stop_requested_notice() -> Notice {
+    notice(
+        EventType::Normal,
+        reason::STOPPING,
+        "asked to stop: the master ends the analysis once the generation being sampled is \
+         stored (the workers finish it and are not replaced); then the run is Stopped"
+            .into(),
     )
 }
 

@@ -140,23 +140,20 @@ fn image_pull_problem() -> PodProblem {
 }
 
 #[test]
-fn an_idle_run_is_looked_at_rarely_but_a_stopping_one_with_busy_workers_often() {
-    let stopped = |active_workers| Observed {
-        progress: Some(Progress {
-            generation: Some(1),
-            active_workers,
-            ..Default::default()
-        }),
+fn a_stopping_run_is_followed_like_a_running_one_and_a_stopped_one_rarely() {
+    let r = run("{image: i, stop: true}");
+    let stage = |stop| Observed {
+        stop: Some(stop),
         ..healthy()
     };
-    let r = run("{image: i, stop: true}");
+    use crate::controller::observe::StopStage;
     assert_eq!(
-        follow(&r, &stopped(0), at(1), None).next,
-        Next::LookAgainIn(POLL_IDLE)
+        follow(&r, &stage(StopStage::Stopping), at(1), None).next,
+        Next::LookAgainIn(POLL_POLLED)
     );
     assert_eq!(
-        follow(&r, &stopped(2), at(1), None).next,
-        Next::LookAgainIn(POLL_POLLED)
+        follow(&r, &stage(StopStage::Stopped), at(1), None).next,
+        Next::LookAgainIn(POLL_IDLE)
     );
 }
 
@@ -360,7 +357,13 @@ fn every_notice() -> Vec<Notice> {
             },
             master.clone(),
         ),
-        (healthy(), run("{image: i, stop: true}")),
+        (
+            Observed {
+                stop: Some(crate::controller::observe::StopStage::Stopped),
+                ..healthy()
+            },
+            run("{image: i, stop: true}"),
+        ),
         (healthy(), run("{image: i, suspend: true}")),
     ] {
         notices.extend(follow(&r, &observed, at(1), None).notices);
@@ -406,6 +409,7 @@ fn every_notice() -> Vec<Notice> {
         worker_replaced_notice(&master, "r-workers-1", "its runtime expired", true),
         worker_replaced_notice(&master, "r-workers-1", "it exited", false),
         cleared_lock_notice(),
+        stop_requested_notice(),
         reconcile_error_notice(Some("n".into()), "boom".into(), Some(("Job", "r-master"))),
         unreadable_notice("spec.workers.replicas: invalid type".into()),
     ]);
@@ -572,4 +576,15 @@ fn progress_counters_are_written_at_a_bounded_rate_and_the_rest_at_once() {
         due(&at(progress(1, 2), MasterState::Succeeded), Some(1)),
         StatusWrite::Now
     );
+}
+
+#[test]
+fn an_idle_run_is_looked_at_when_its_idle_time_is_over() {
+    let r = run("{image: i, idleTimeoutSeconds: 30}");
+    let idle = Observed {
+        analysis: Some(false),
+        ..healthy()
+    };
+    let follow_up = follow(&r, &idle, at(1), None);
+    assert_eq!(follow_up.next, Next::LookAgainIn(Duration::from_secs(31)));
 }

@@ -106,6 +106,17 @@ pub struct Observed {
     pub results_problem: Option<(String, String)>,
     /// Generation records read in this reconcile (only when their number changed).
     pub records: Option<RecordsRead>,
+    /// Where a stop asked of the run stands (`decide::stop_stage`), if one was asked.
+    pub stop: Option<StopStage>,
+    /// Whether the run's Redis holds an analysis (a master samples), when Redis answered.
+    pub analysis: Option<bool>,
+}
+
+/// A stop asked of the run: going on until nothing samples, or done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopStage {
+    Stopping,
+    Stopped,
 }
 
 impl Observed {
@@ -198,6 +209,8 @@ pub fn observe(
             .as_ref()
             .and_then(|claim| results_problem(claim, now)),
         records: None,
+        stop: None,
+        analysis: None,
     };
     match redis {
         RedisReading::NotRead => {}
@@ -210,6 +223,7 @@ pub fn observe(
             observed.resumed = snapshot.resumed.clone();
             observed.redis_run_id = snapshot.run_id.clone();
             observed.master_start = snapshot.master_start.clone();
+            observed.analysis = Some(snapshot.analysis_id.is_some());
         }
         RedisReading::Failed(err) => {
             if run.spec.redis.external.is_some() {

@@ -78,7 +78,7 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
         .map_err(Error::Build)?;
 
     // Write what differs.
-    let built_from = (&password.generated, plan.publish_stop);
+    let built_from = &password.generated;
     let differing = apply::unsettled(
         &ctx.memory,
         &run,
@@ -90,6 +90,17 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
     for object in differing {
         tracing::debug!(run = %name, namespace, object = %object.describe(), "applying");
         object.apply(&ctx.client, &namespace).await?;
+    }
+    if let (true, Some(endpoint)) = (plan.request_stop, &endpoint) {
+        match ctx.redis.request_stop(&run_uid, endpoint).await {
+            Ok(()) => {
+                ctx.publish(run.as_ref(), follow_up::stop_requested_notice())
+                    .await
+            }
+            Err(err) => {
+                tracing::warn!(run = %name, error = %err, "asking the master to stop failed")
+            }
+        }
     }
     if let (true, Some(endpoint)) = (plan.publish_stop, &endpoint)
         && let Err(err) = ctx.redis.stop(&run_uid, endpoint).await

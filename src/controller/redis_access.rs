@@ -65,6 +65,16 @@ impl RedisAccess {
         timeout(endpoint, protocol::repair_lost_worker(&mut conn, ledger_id)).await
     }
 
+    /// Asks the run's master to end the analysis after the generation it samples.
+    pub async fn request_stop(
+        &self,
+        run_uid: &str,
+        endpoint: &Endpoint,
+    ) -> Result<(), ProtocolError> {
+        let mut conn = self.connection(run_uid, endpoint).await?;
+        timeout(endpoint, protocol::request_stop(&mut conn)).await
+    }
+
     /// Publishes pyABC's `stop` to the run's workers.
     pub async fn stop(&self, run_uid: &str, endpoint: &Endpoint) -> Result<i64, ProtocolError> {
         let mut conn = self.connection(run_uid, endpoint).await?;

@@ -2,7 +2,7 @@
 //! so that the same cluster state always gives the same status and an unchanged run is not
 //! written to.
 
-use super::observe::{MasterState, Observed};
+use super::observe::{MasterState, Observed, StopStage};
 use crate::api::{
     AbcRun, AbcRunStatus, InferenceStatus, MasterStartOutcome, MasterStartStatus, ParameterStatus,
     Phase, Progress, RedisInstance, Resumes,
@@ -12,15 +12,19 @@ use crate::protocol::{MasterStart, Resumed};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-/// Condition types, as users see them in `kubectl describe`.
-pub const REDIS_READY: &str = "RedisReady";
-pub const WORKERS_READY: &str = "WorkersReady";
-pub const MASTER_RUNNING: &str = "MasterRunning";
-pub const DEGRADED: &str = "Degraded";
+pub use crate::api::{DEGRADED, MASTER_RUNNING, REDIS_READY, WORKERS_READY};
 
 /// The phase a run is in, given what was observed.
 pub fn phase(run: &AbcRun, observed: &Observed) -> Phase {
+    let before = run.status.as_ref().and_then(|s| s.phase);
     match &observed.master {
+        // a master that ended because the run was asked to stop ended a stopped run; one that
+        // had succeeded before stays succeeded
+        Some(MasterState::Succeeded)
+            if observed.stop.is_some() && before != Some(Phase::Succeeded) =>
+        {
+            return Phase::Stopped;
+        }
         Some(MasterState::Succeeded) => return Phase::Succeeded,
         Some(MasterState::Failed(_)) => return Phase::Failed,
         _ => {}
@@ -28,7 +32,7 @@ pub fn phase(run: &AbcRun, observed: &Observed) -> Phase {
     if run.spec.suspend {
         return Phase::Suspended;
     }
-    if run.spec.stop {
+    if observed.stop == Some(StopStage::Stopped) {
         return Phase::Stopped;
     }
     let master_ok = !matches!(observed.master, Some(MasterState::Pending));
@@ -110,6 +114,23 @@ pub fn compute(run: &AbcRun, observed: &Observed, now: Timestamp) -> AbcRunStatu
         last_master_start,
         results: observed.results.clone(),
         inference: inference(run, previous.inference, observed),
+        idle_since: idle_since(run, previous.idle_since, observed, now),
+    }
+}
+
+/// Since when the run's Redis has held no analysis, for a run with `idleTimeoutSeconds`: kept
+/// while it stays so (or is not read), gone when a master samples.
+fn idle_since(
+    run: &AbcRun,
+    previous: Option<String>,
+    observed: &Observed,
+    now: Timestamp,
+) -> Option<String> {
+    run.spec.idle_timeout_seconds?;
+    match observed.analysis {
+        Some(true) => None,
+        Some(false) => previous.or_else(|| Some(now.to_string())),
+        None => previous,
     }
 }
 
@@ -464,13 +485,51 @@ mod tests {
         o.master = Some(MasterState::Failed("BackoffLimitExceeded".into()));
         assert_eq!(phase(&r, &o), Phase::Failed);
         assert_eq!(
-            phase(&run("{image: i, stop: true}"), &healthy()),
-            Phase::Stopped
-        );
-        assert_eq!(
             phase(&run("{image: i, suspend: true}"), &healthy()),
             Phase::Suspended
         );
+    }
+
+    #[test]
+    fn a_run_asked_to_stop_runs_until_it_has_stopped_and_a_master_ending_then_stopped_it() {
+        let r = run("{image: i, stop: true, master: {command: [python, m.py]}}");
+        let mut o = healthy();
+        o.stop = Some(StopStage::Stopping);
+        assert_eq!(phase(&r, &o), Phase::Running);
+        o.stop = Some(StopStage::Stopped);
+        assert_eq!(phase(&r, &o), Phase::Stopped);
+        o.master = Some(MasterState::Succeeded);
+        assert_eq!(phase(&r, &o), Phase::Stopped, "ended by the stop");
+        let succeeded_before = crate::resources::test_support::in_phase(r, Phase::Succeeded);
+        assert_eq!(phase(&succeeded_before, &o), Phase::Succeeded);
+        o.master = Some(MasterState::Failed("BackoffLimitExceeded".into()));
+        assert_eq!(phase(&succeeded_before, &o), Phase::Failed);
+    }
+
+    #[test]
+    fn an_idle_run_says_since_when_until_a_master_samples() {
+        let at = |s| Timestamp::from_second(s).unwrap();
+        let mut r = run("{image: i, idleTimeoutSeconds: 600}");
+        let idle = Observed {
+            analysis: Some(false),
+            ..healthy()
+        };
+        let first = compute(&r, &idle, at(1000));
+        assert_eq!(first.idle_since, Some(at(1000).to_string()));
+        r.status = Some(first.clone());
+        assert_eq!(compute(&r, &idle, at(2000)).idle_since, first.idle_since);
+        let unread = Observed {
+            analysis: None,
+            ..healthy()
+        };
+        assert_eq!(compute(&r, &unread, at(2000)).idle_since, first.idle_since);
+        let sampling = Observed {
+            analysis: Some(true),
+            ..healthy()
+        };
+        assert_eq!(compute(&r, &sampling, at(2000)).idle_since, None);
+        let no_timeout = run("{image: i}");
+        assert_eq!(compute(&no_timeout, &idle, at(1000)).idle_since, None);
     }
 
     #[test]

@@ -87,6 +87,9 @@ pub fn cluster_only_notes(run: &AbcRun) -> Vec<String> {
     if spec.stop {
         notes.push("spec.stop is ignored locally; press Ctrl-C to stop a local run".to_string());
     }
+    if spec.idle_timeout_seconds.is_some() {
+        notes.push("spec.idleTimeoutSeconds is ignored locally".to_string());
+    }
     let master_env = spec
         .master
         .as_ref()

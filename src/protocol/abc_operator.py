@@ -21,6 +21,11 @@ prints a `ResumeError` naming the database and the difference and ends the maste
 would meet the same database, so the master Job fails at once on this exit code instead of
 retrying up to its `backoffLimit`.
 
+A stop asked of the run (`spec.stop`, `kubectl abc stop`: the operator sets `STOP_KEY`) is
+one more stopping criterion: the analysis ends once the generation being sampled is stored,
+the run is marked done, and the script goes on as after any other criterion (its posterior
+is what was stored).
+
 Every start says how it went, in Redis (`START_KEY`) for the operator's status and Events and
 `abc-operator run`'s output: resumed, started anew (and why: no database yet, or no unfinished
 run in it), or refused (the `ResumeError`'s message, also the container's termination message).
@@ -82,6 +87,11 @@ START_KEY = "abc_operator:master_start"
 # RESULTS_LUA; src/protocol/keys.rs: EARLY_RELEASE). A master that waits for all samples, or
 # that uses pyABC's sampler class directly, gets pyABC's behaviour exactly.
 EARLY_RELEASE_KEY = "abc_operator:early_release"
+# Redis key the operator sets when the run is asked to stop (`spec.stop`, `kubectl abc stop`;
+# src/protocol/keys.rs: STOP_REQUESTED): `run` ends the analysis once the generation being
+# sampled is stored (pyABC then marks the run done, as after any other stopping criterion),
+# and a master started while it is set samples nothing and exits 0.
+STOP_KEY = "abc_operator:stop"
 # Redis list of one JSON record per stored generation, oldest first (src/protocol/inference.rs:
 # GENERATIONS, GenerationRecord), and its bounds (the same file's constants).
 GENERATIONS_KEY = "abc_operator:generations"
@@ -161,9 +171,14 @@ def database_url(db):
 def run(abc, db, observed, **run_kwargs):
     """Continues the unfinished run in `db`, or starts a new one with `observed`; then runs
     `abc` with pyABC's `run` arguments (`minimum_epsilon`, `max_nr_populations`, ...), counted
-    for the whole run. Returns the History."""
+    for the whole run. Returns the History. A stop asked of the run ends it after the
+    generation being sampled (see `STOP_KEY`)."""
     _wait_for_redis(abc)
     try:
+        if _stop_requested(abc):
+            _say("the run was asked to stop: no generation is started")
+            raise SystemExit(0)
+        _stop_when_asked(abc)
         return _new_or_resume(abc, db, observed, run_kwargs)
     except ResumeError as err:
         _record_start(abc, "refused", str(err))
@@ -179,6 +194,27 @@ def run(abc, db, observed, **run_kwargs):
             "that the master is started again and resumes from its results database"
         )
         raise SystemExit(REDIS_LOST_EXIT_CODE) from err
+
+
+def _stop_requested(abc):
+    redis = getattr(abc.sampler, "redis", None)
+    return redis is not None and bool(redis.exists(STOP_KEY))
+
+
+def _stop_when_asked(abc):
+    """Adds the run's stop to pyABC's stopping criteria, which `ABCSMC.run` checks right after
+    storing each generation."""
+    criteria = abc.check_terminate
+
+    def check_terminate(t, acceptance_rate):
+        if criteria(t=t, acceptance_rate=acceptance_rate):
+            return True
+        if _stop_requested(abc):
+            _say(f"stopping after generation {t}, as the run was asked to")
+            return True
+        return False
+
+    abc.check_terminate = check_terminate
 
 
 def _new_or_resume(abc, db, observed, run_kwargs):

@@ -1,7 +1,7 @@
 //! What `abc-redis-manager stop` and `reset-workers` do, and clearing a dead master's lock.
 
 use super::ProtocolError;
-use super::keys::{ANALYSIS_ID, GENERATION, MSG, N_WORKER, STOP};
+use super::keys::{ANALYSIS_ID, GENERATION, MSG, N_WORKER, STOP, STOP_REQUESTED};
 use super::reply::{Fields, text};
 use redis::Value;
 use std::sync::LazyLock;
@@ -15,6 +15,20 @@ where
     Ok(redis::cmd("PUBLISH")
         .arg(MSG)
         .arg(STOP)
+        .query_async(conn)
+        .await?)
+}
+
+/// Asks the master to end the analysis once the generation it samples is stored
+/// ([`STOP_REQUESTED`]: a master that runs through `abc_operator.run` reads it after each
+/// generation). Workers are not told: they are needed to finish that generation.
+pub async fn request_stop<C>(conn: &mut C) -> Result<(), ProtocolError>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    Ok(redis::cmd("SET")
+        .arg(STOP_REQUESTED)
+        .arg(1)
         .query_async(conn)
         .await?)
 }

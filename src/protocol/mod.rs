@@ -61,7 +61,7 @@ mod snapshot;
 pub mod worker_env;
 
 pub use connection::{Connection, Publications, connect, connect_listening};
-pub use control::{clear_stale_analysis_lock, reset_workers, stop};
+pub use control::{clear_stale_analysis_lock, request_stop, reset_workers, stop};
 pub use liveness::Heartbeat;
 #[cfg(test)]
 pub(crate) use liveness::test_support as liveness_test_support;

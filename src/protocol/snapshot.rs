@@ -5,7 +5,7 @@ use super::inference::GENERATIONS;
 use super::keys::{
     ALL_ACCEPTED, ANALYSIS_ID, DYNAMIC, GENERATION, IS_LOOK_AHEAD, LEDGER_PREFIX, LEDGER_SET,
     LOST_WORKERS, MASTER_START, MODE, N_ACC, N_EVAL, N_FAIL, N_JOB, N_LOOKAHEAD_EVAL, N_REQ,
-    N_WORKER, RESUMED, STATIC, generation_key, ledger_key,
+    N_WORKER, RESUMED, STATIC, STOP_REQUESTED, generation_key, ledger_key,
 };
 use super::reply::Fields;
 use redis::Value;
@@ -40,8 +40,9 @@ const LEDGERS: &str = "ledgers";
 /// `ledgers`.
 const SNAPSHOT_LUA: &str = r#"
 -- KEYS: analysis_id, the ledger set, the lost-worker counter, the last resume, the last
--- master start, the generation records (only their number is read). ARGV: the ledger key prefix, the
--- generation key's name, then the names of the per-generation keys to read.
+-- master start, the generation records (only their number is read), the stop request (only
+-- whether it exists). ARGV: the ledger key prefix, the generation key's name, then the names
+-- of the per-generation keys to read.
 local problem = false
 local function read(key, want)
   local kind = redis.call('TYPE', key)['ok']
@@ -88,6 +89,8 @@ if records ~= 'none' and records ~= 'list' then
   problem = problem or ('key ' .. KEYS[6] .. ' holds a ' .. records .. ', where abc_operator keeps a list')
 end
 out[#out + 1] = records == 'list' and redis.call('LLEN', KEYS[6]) or 0
+out[#out + 1] = KEYS[7]
+out[#out + 1] = redis.call('EXISTS', KEYS[7])
 if problem then return redis.error_reply('ABC_NOT_PYABC ' .. problem) end
 return out
 "#;
@@ -237,6 +240,8 @@ pub struct Snapshot {
     /// ([`GENERATIONS`]); only their number is read here, the records themselves only when it
     /// changes.
     pub generations_recorded: i64,
+    /// The operator asked the master to end the analysis ([`STOP_REQUESTED`]).
+    pub stop_requested: bool,
 }
 
 /// The last time a master continued a stored run ([`RESUMED`], written by the `abc_operator`
@@ -343,6 +348,7 @@ impl Snapshot {
             .key(RESUMED)
             .key(MASTER_START)
             .key(GENERATIONS)
+            .key(STOP_REQUESTED)
             .arg(LEDGER_PREFIX)
             .arg(GENERATION)
             .arg(&GENERATION_KEYS[..])
@@ -409,6 +415,9 @@ impl Snapshot {
             generations_recorded: fields
                 .integer(GENERATIONS, format_args!("key {GENERATIONS}"))?
                 .unwrap_or(0),
+            stop_requested: fields
+                .integer(STOP_REQUESTED, format_args!("key {STOP_REQUESTED}"))?
+                .is_some_and(|n| n > 0),
         })
     }
 
@@ -495,9 +504,15 @@ mod tests {
             bulk(RUN_ID),
             bulk("ed2f8dfb97dd77dd5d3695e316787b00914a87e0"),
         ];
-        for name in [ANALYSIS_ID, GENERATION, LOST_WORKERS, GENERATIONS]
-            .into_iter()
-            .chain(GENERATION_KEYS)
+        for name in [
+            ANALYSIS_ID,
+            GENERATION,
+            LOST_WORKERS,
+            GENERATIONS,
+            STOP_REQUESTED,
+        ]
+        .into_iter()
+        .chain(GENERATION_KEYS)
         {
             let value = values.iter().find(|(field, _)| *field == name);
             items.push(bulk(name));

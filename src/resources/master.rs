@@ -7,10 +7,10 @@
 
 use super::{
     BuildError, Component, ENTRYPOINT_DIR, POD_UID, container_security_context, env,
-    hardened_pod_spec, object_meta, operator_files_mount, operator_files_volume, redis_env,
-    tmp_mount, tmp_volume,
+    hardened_pod_spec, object_meta, operator_files_mount, operator_files_volume, pod_metadata,
+    redis_env, tmp_mount, tmp_volume, with_pod_settings,
 };
-use crate::api::AbcRun;
+use crate::api::{AbcRun, MASTER_RUNNING, Phase};
 use crate::protocol::worker_env;
 use crate::protocol::{REDIS_LOST_EXIT_CODE, RESUME_REFUSED_EXIT_CODE};
 use k8s_openapi::api::batch::v1::{
@@ -21,8 +21,8 @@ use k8s_openapi::api::core::v1::{
     Container, EmptyDirVolumeSource, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec,
     Volume, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
+use std::collections::BTreeMap;
 
 /// Where the master's results volume is mounted (`ABC_RESULTS_DIR`).
 pub const RESULTS_DIR: &str = "/results";
@@ -30,6 +30,19 @@ pub const RESULTS_DIR: &str = "/results";
 /// Name of the master Job.
 pub fn master_job_name(run: &AbcRun) -> String {
     format!("{}-master", run.name_any())
+}
+
+/// A stopped run whose master did not end by itself (one that cannot be asked to stop, see
+/// `controller::decide::stop_stage`): its Job is suspended, which ends its pod. Not a Job that
+/// has finished (its MasterRunning condition says so), which has nothing left to end.
+fn master_to_end(run: &AbcRun) -> bool {
+    let Some(status) = &run.status else {
+        return false;
+    };
+    status.phase == Some(Phase::Stopped)
+        && !status.conditions.iter().any(|c| {
+            c.type_ == MASTER_RUNNING && matches!(c.reason.as_str(), "Succeeded" | "Failed")
+        })
 }
 
 /// The master Job (`{run}-master`), or `None` when `spec.master` is unset.
@@ -95,7 +108,8 @@ pub fn master_job(run: &AbcRun) -> Result<Option<Job>, BuildError> {
         spec: Some(JobSpec {
             backoff_limit: Some(master.backoff_limit),
             active_deadline_seconds: master.active_deadline_seconds,
-            suspend: Some(run.spec.suspend),
+            // its stored generations are kept
+            suspend: Some(run.spec.suspend || master_to_end(run)),
             pod_failure_policy: Some(PodFailurePolicy {
                 rules: vec![
                     PodFailurePolicyRule {
@@ -115,18 +129,23 @@ pub fn master_job(run: &AbcRun) -> Result<Option<Job>, BuildError> {
                 ],
             }),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: meta.labels.clone(),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    restart_policy: Some("Never".into()),
-                    ..hardened_pod_spec(
-                        POD_UID,
-                        vec![container],
-                        vec![results, operator_files_volume(run), tmp_volume()],
-                    )
-                }),
+                metadata: Some(pod_metadata(
+                    meta.labels.clone(),
+                    BTreeMap::new(),
+                    &master.pod.placement,
+                )),
+                spec: Some(with_pod_settings(
+                    run,
+                    PodSpec {
+                        restart_policy: Some("Never".into()),
+                        ..hardened_pod_spec(
+                            POD_UID,
+                            vec![container],
+                            vec![results, operator_files_volume(run), tmp_volume()],
+                        )
+                    },
+                    &master.pod,
+                )),
             },
             ..JobSpec::default()
         }),
@@ -253,6 +272,28 @@ mod tests {
     fn suspended_run_holds_the_job() {
         let job = job("image: i\nsuspend: true\nmaster: {command: [m]}\n");
         assert_eq!(job.spec.unwrap().suspend, Some(true));
+    }
+
+    #[test]
+    fn a_stopped_runs_master_still_running_is_ended_and_a_finished_one_left_alone() {
+        let stopped = |master_reason: &str| {
+            let mut run = crate::resources::test_support::in_phase(
+                run("image: i\nstop: true\nmaster: {command: [m]}\n"),
+                Phase::Stopped,
+            );
+            run.status.as_mut().unwrap().conditions =
+                vec![serde_yaml::from_str(&format!(
+                "{{type: MasterRunning, status: 'False', reason: {master_reason}, message: m, \
+                 lastTransitionTime: '2026-12-06T22:00:00Z'}}"
+            ))
+            .unwrap()];
+            master_job(&run).unwrap().unwrap().spec.unwrap().suspend
+        };
+        assert_eq!(stopped("Running"), Some(true));
+        assert_eq!(stopped("Succeeded"), Some(false));
+        assert_eq!(stopped("Failed"), Some(false));
+        let stopping = job("image: i\nstop: true\nmaster: {command: [m]}\n");
+        assert_eq!(stopping.spec.unwrap().suspend, Some(false));
     }
 
     #[test]

@@ -51,7 +51,10 @@ pub use workers::{
 
 use pod::{password_env, redis_env};
 // What every owned pod shares, also for the pod `kubectl abc results` starts (crate::results_copy).
-pub(crate) use pod::{container_security_context, env, hardened_pod_spec, tmp_mount, tmp_volume};
+pub(crate) use pod::{
+    container_security_context, env, hardened_pod_spec, placed, pod_metadata, tmp_mount,
+    tmp_volume, with_pod_settings,
+};
 
 use crate::api::{AbcRun, COMPONENT_LABEL, Phase, RUN_LABEL};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -187,14 +190,15 @@ pub fn build(
     })
 }
 
-/// Whether the run's master Job has finished (the status says Succeeded or Failed): its workers
-/// and its managed Redis are then scaled to zero. The phase comes from the previous reconcile's
-/// observation, so the scale-down follows one reconcile after the Job's end.
-pub fn master_finished(run: &AbcRun) -> bool {
-    matches!(
-        run.status.as_ref().and_then(|s| s.phase),
-        Some(Phase::Succeeded | Phase::Failed)
-    )
+/// Whether the run has finished (the status says Succeeded, Failed or Stopped): its workers and
+/// its managed Redis are then scaled to zero, and a master still running is ended. The phase
+/// comes from the previous reconcile's observation, so this follows one reconcile after the
+/// end.
+pub fn finished(run: &AbcRun) -> bool {
+    run.status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .is_some_and(Phase::is_finished)
 }
 
 /// Labels of every object (and pod) of `component` of the run.

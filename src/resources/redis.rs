@@ -24,8 +24,8 @@
 //! restarts; the generated one never changes.
 
 use super::{
-    BuildError, BuildSettings, Component, REDIS_PORT, container_security_context,
-    hardened_pod_spec, master_finished, namespace, object_meta, password_env, selector_labels,
+    BuildError, BuildSettings, Component, REDIS_PORT, container_security_context, finished,
+    hardened_pod_spec, namespace, object_meta, password_env, placed, pod_metadata, selector_labels,
 };
 use crate::api::{AbcRun, ManagedRedis, default_redis_port};
 use crate::protocol::server_config;
@@ -35,7 +35,7 @@ use k8s_openapi::api::core::v1::{
     ResourceRequirements, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use std::collections::BTreeMap;
@@ -220,9 +220,9 @@ pub fn redis_deployment(
     let meta = object_meta(run, redis_deployment_name(run), Component::Redis)?;
     Ok(Some(Deployment {
         spec: Some(DeploymentSpec {
-            // Nothing needs Redis once the master has finished: pyABC's state is per generation
+            // Nothing needs Redis once the run has finished: pyABC's state is per generation
             // and the results are in the master's database.
-            replicas: Some(if master_finished(run) { 0 } else { 1 }),
+            replicas: Some(if finished(run) { 0 } else { 1 }),
             revision_history_limit: Some(2),
             selector: LabelSelector {
                 match_labels: Some(selector),
@@ -233,32 +233,37 @@ pub fn redis_deployment(
                 rolling_update: None,
             }),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: meta.labels.clone(),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    init_containers: Some(vec![init]),
-                    ..hardened_pod_spec(
-                        REDIS_UID,
-                        vec![redis],
-                        vec![
-                            Volume {
-                                name: "config".into(),
-                                empty_dir: Some(EmptyDirVolumeSource {
-                                    medium: Some("Memory".into()),
-                                    size_limit: Some(Quantity("1Mi".into())),
-                                }),
-                                ..Volume::default()
-                            },
-                            Volume {
-                                name: "data".into(),
-                                empty_dir: Some(EmptyDirVolumeSource::default()),
-                                ..Volume::default()
-                            },
-                        ],
-                    )
-                }),
+                metadata: Some(pod_metadata(
+                    meta.labels.clone(),
+                    BTreeMap::new(),
+                    &managed.pod,
+                )),
+                spec: Some(placed(
+                    run,
+                    PodSpec {
+                        init_containers: Some(vec![init]),
+                        ..hardened_pod_spec(
+                            REDIS_UID,
+                            vec![redis],
+                            vec![
+                                Volume {
+                                    name: "config".into(),
+                                    empty_dir: Some(EmptyDirVolumeSource {
+                                        medium: Some("Memory".into()),
+                                        size_limit: Some(Quantity("1Mi".into())),
+                                    }),
+                                    ..Volume::default()
+                                },
+                                Volume {
+                                    name: "data".into(),
+                                    empty_dir: Some(EmptyDirVolumeSource::default()),
+                                    ..Volume::default()
+                                },
+                            ],
+                        )
+                    },
+                    &managed.pod,
+                )),
             },
             ..DeploymentSpec::default()
         }),
@@ -408,10 +413,10 @@ mod tests {
     }
 
     #[test]
-    fn a_finished_master_scales_the_managed_redis_to_zero() {
+    fn a_finished_run_scales_the_managed_redis_to_zero() {
         for (phase, want) in [
             (Phase::Running, 1),
-            (Phase::Stopped, 1),
+            (Phase::Stopped, 0),
             (Phase::Succeeded, 0),
             (Phase::Failed, 0),
         ] {

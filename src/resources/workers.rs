@@ -7,8 +7,8 @@
 
 use super::{
     BuildError, Component, ENTRYPOINT_PATH, POD_UID, container_security_context, entrypoint_sha256,
-    env, hardened_pod_spec, master_finished, object_meta, operator_files_mount,
-    operator_files_volume, redis_env, selector_labels, tmp_mount, tmp_volume,
+    env, finished, hardened_pod_spec, object_meta, operator_files_mount, operator_files_volume,
+    pod_metadata, redis_env, selector_labels, tmp_mount, tmp_volume, with_pod_settings,
 };
 use crate::api::{AbcRun, GROUP};
 use crate::protocol::worker_env;
@@ -18,7 +18,7 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use std::collections::BTreeMap;
@@ -28,10 +28,12 @@ pub fn workers_deployment_name(run: &AbcRun) -> String {
     format!("{}-workers", run.name_any())
 }
 
-/// Worker pods the run asks for: `spec.workers.replicas`, or 0 when stopped, suspended or
-/// finished (whatever an HPA or `kubectl scale` has set: a finished run gives its workers back).
+/// Worker pods the run asks for: `spec.workers.replicas`, or 0 when suspended or finished,
+/// stopped included (whatever an HPA or `kubectl scale` has set: a finished run gives its
+/// workers back). A run asked to stop keeps them until it has stopped: they finish the
+/// generation being sampled.
 pub fn desired_worker_replicas(run: &AbcRun) -> i32 {
-    if run.spec.stop || run.spec.suspend || master_finished(run) {
+    if run.spec.suspend || finished(run) {
         0
     } else {
         run.spec.workers.replicas
@@ -108,34 +110,34 @@ pub fn worker_deployment(run: &AbcRun) -> Result<Deployment, BuildError> {
                 }),
             }),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: meta.labels.clone(),
-                    annotations: Some(BTreeMap::from([(
+                metadata: Some(pod_metadata(
+                    meta.labels.clone(),
+                    BTreeMap::from([(
                         format!("{GROUP}/entrypoint-sha256"),
                         entrypoint_sha256().to_string(),
-                    )])),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    termination_grace_period_seconds: Some(
-                        workers.termination_grace_period_seconds,
-                    ),
-                    // The pause container is PID 1, not the worker: the kernel does not deliver
-                    // a signal to a PID 1 without a handler, so a SIGTERM that comes while
-                    // Python is still starting (a pod deleted right after the kubelet restarted
-                    // its worker) would be lost, and the SIGKILL at the end of the grace period
-                    // would hit the worker inside a generation.
-                    share_process_namespace: Some(true),
-                    node_selector: (!workers.node_selector.is_empty())
-                        .then(|| workers.node_selector.clone()),
-                    tolerations: (!workers.tolerations.is_empty())
-                        .then(|| workers.tolerations.clone()),
-                    ..hardened_pod_spec(
-                        POD_UID,
-                        vec![container],
-                        vec![operator_files_volume(run), tmp_volume()],
-                    )
-                }),
+                    )]),
+                    &workers.pod.placement,
+                )),
+                spec: Some(with_pod_settings(
+                    run,
+                    PodSpec {
+                        termination_grace_period_seconds: Some(
+                            workers.termination_grace_period_seconds,
+                        ),
+                        // The pause container is PID 1, not the worker: the kernel does not deliver
+                        // a signal to a PID 1 without a handler, so a SIGTERM that comes while
+                        // Python is still starting (a pod deleted right after the kubelet restarted
+                        // its worker) would be lost, and the SIGKILL at the end of the grace period
+                        // would hit the worker inside a generation.
+                        share_process_namespace: Some(true),
+                        ..hardened_pod_spec(
+                            POD_UID,
+                            vec![container],
+                            vec![operator_files_volume(run), tmp_volume()],
+                        )
+                    },
+                    &workers.pod,
+                )),
             },
             ..DeploymentSpec::default()
         }),
@@ -163,13 +165,19 @@ mod tests {
     }
 
     #[test]
-    fn replicas_follow_the_spec_and_drop_to_zero_when_stopped_or_suspended() {
+    fn replicas_follow_the_spec_until_stopped_and_drop_to_zero_when_suspended() {
         let scaled = run("image: i\nworkers: {replicas: 7}\n");
         assert_eq!(
             worker_deployment(&scaled).unwrap().spec.unwrap().replicas,
             Some(7)
         );
-        let stopped = run("image: i\nworkers: {replicas: 7}\nstop: true\n");
+        // they finish the generation being sampled
+        let stopping = run("image: i\nworkers: {replicas: 7}\nstop: true\n");
+        assert_eq!(
+            worker_deployment(&stopping).unwrap().spec.unwrap().replicas,
+            Some(7)
+        );
+        let stopped = in_phase(stopping, Phase::Stopped);
         assert_eq!(
             worker_deployment(&stopped).unwrap().spec.unwrap().replicas,
             Some(0)
@@ -190,7 +198,7 @@ mod tests {
         // An HPA's minReplicas (or `kubectl scale`) keeps `spec.workers.replicas` above 0.
         for (phase, want) in [
             (Phase::Running, 7),
-            (Phase::Stopped, 7),
+            (Phase::Stopped, 0),
             (Phase::Succeeded, 0),
             (Phase::Failed, 0),
         ] {

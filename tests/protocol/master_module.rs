@@ -5,8 +5,8 @@
 use crate::support::python::{example_master, python_script, worker};
 use crate::support::redis::{connect, server};
 use crate::support::results_db::generation_records;
-use abc_operator::protocol::REDIS_LOST_EXIT_CODE;
 use abc_operator::protocol::inference::{GENERATIONS, GenerationRecord};
+use abc_operator::protocol::{REDIS_LOST_EXIT_CODE, request_stop};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -111,6 +111,75 @@ async fn a_master_that_loses_its_redis_leaves_its_run_to_resume_and_records_it_a
         generation_records(&db),
         "as the database gives them"
     );
+}
+
+/// A stop asked of the run (`spec.stop`, `kubectl abc stop`) ends the master's analysis once
+/// the generation being sampled is stored: the master exits 0, its run is marked done with
+/// fewer generations than asked, each stored one recorded; a master started again while the
+/// stop stands samples nothing and starts no run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_asked_of_the_run_ends_the_analysis_after_the_generation_being_sampled() {
+    let root = tempfile::tempdir().unwrap();
+    let results = root.path().join("results");
+    std::fs::create_dir_all(&results).unwrap();
+    let db = results.join("gaussian.db");
+    let redis = server();
+    let endpoint = redis.endpoint();
+    let mut conn = connect(&redis).await;
+    let _worker = worker(&endpoint, "w", &[], root.path());
+    let asked = [
+        ("GAUSSIAN_GENERATIONS", "20"),
+        ("GAUSSIAN_MINIMUM_EPSILON", "0"),
+        ("GAUSSIAN_MODEL_SECONDS", "0.002"),
+    ];
+    let mut master = example_master(&endpoint, &asked, &results);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let recorded = |conn: &abc_operator::protocol::Connection| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("LLEN")
+                .arg(GENERATIONS)
+                .query_async::<i64>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    while recorded(&conn).await < 1 {
+        assert!(
+            Instant::now() < deadline && master.try_status().is_none(),
+            "no generation recorded; master:\n{}",
+            master.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    request_stop(&mut conn).await.unwrap();
+    let status = master.wait(Duration::from_secs(120));
+    assert!(status.success(), "{}", master.log_tail());
+    assert!(
+        master.log().contains("stopping after generation"),
+        "{}",
+        master.log_tail()
+    );
+    let stored = runs(&db);
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert!(stored[0].1.is_some(), "the stopped run is marked done");
+    let generations = generation_records(&db);
+    assert!(
+        !generations.is_empty() && generations.len() < 20,
+        "ended early, after {} generations",
+        generations.len()
+    );
+    assert_eq!(recorded(&conn).await, generations.len() as i64);
+
+    let mut again = example_master(&endpoint, &asked, &results);
+    let status = again.wait(Duration::from_secs(120));
+    assert!(status.success(), "{}", again.log_tail());
+    assert!(
+        again.log().contains("asked to stop"),
+        "{}",
+        again.log_tail()
+    );
+    assert_eq!(runs(&db).len(), 1, "no new run while the stop stands");
 }
 
 /// A record that cannot be computed, or that Redis refuses, costs only the record: one

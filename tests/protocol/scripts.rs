@@ -96,6 +96,9 @@ async fn snapshot_reads_every_field_by_name() {
         .query_async::<()>(&mut conn)
         .await
         .unwrap();
+    abc_operator::protocol::request_stop(&mut conn)
+        .await
+        .unwrap();
 
     let before = redis_time_ms(&mut conn).await;
     let snap = snapshot(&mut conn).await;
@@ -172,6 +175,7 @@ async fn snapshot_reads_every_field_by_name() {
                 at: "2026-12-02T16:05:37+00:00".into()
             }),
             generations_recorded: 2,
+            stop_requested: true,
         }
     );
 }

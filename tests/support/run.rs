@@ -81,6 +81,11 @@ impl Setup {
 
     /// The master, run by the test as a user would from a laptop.
     pub fn master(&self, population: u32, generations: u32) -> Child {
+        self.master_with(population, generations, &[])
+    }
+
+    /// The master, with more of its settings (tests/fixtures/protocol_master.py).
+    pub fn master_with(&self, population: u32, generations: u32, env: &[(&str, &str)]) -> Child {
         let results = tempfile::tempdir().unwrap().keep();
         Command::new(python())
             .arg(concat!(
@@ -94,6 +99,7 @@ impl Setup {
             .env("MPLCONFIGDIR", &results)
             .env("PROTO_POPULATION", population.to_string())
             .env("PROTO_GENERATIONS", generations.to_string())
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(results.join("master.log")).unwrap())
             .spawn()
