@@ -105,7 +105,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             return dashboard(&name, &cli.cluster, port).await;
         }
         Command::Stop { name: Some(name) } if cli.redis.is_none() => {
-            return stop_run(&name, cli.namespace.as_deref()).await;
+            return stop_run(&name, &cli.cluster).await;
         }
         Command::Info { ref name, .. }
         | Command::Stop { ref name }
@@ -209,8 +209,8 @@ async fn abc_run(client: &Client, namespace: &str, name: &str) -> anyhow::Result
 
 /// `kubectl abc stop RUN`: sets the run's `spec.stop` (what the operator does with it is in
 /// the AbcRun's documentation), unless the run has finished or was asked already.
-async fn stop_run(name: &str, namespace: Option<&str>) -> anyhow::Result<()> {
-    let (client, namespace) = kubernetes(namespace).await?;
+async fn stop_run(name: &str, cluster: &ClusterArgs) -> anyhow::Result<()> {
+    let (client, namespace) = kubernetes(cluster).await?;
     let run = abc_run(&client, &namespace, name).await?;
     let phase = run.status.as_ref().and_then(|s| s.phase);
     if let Some(phase) = phase.filter(|p| p.is_finished()) {
@@ -278,7 +278,7 @@ async fn connect_run(
         ));
     }
     let phase = run.status.as_ref().and_then(|s| s.phase);
-    if resources::master_finished(&run) {
+    if resources::finished(&run) {
         bail!(no_redis(name, phase));
     }
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
@@ -299,15 +299,15 @@ async fn connect_run(
     Ok((protocol::connect(&endpoint).await?, Some(forward)))
 }
 
-/// Why a run's managed Redis cannot be reached, for a run in `phase`. A finished run (its
-/// master Succeeded or Failed) has freed its Redis for good: there is nothing live to read or
+/// Why a run's managed Redis cannot be reached, for a run in `phase`. A finished run
+/// (Succeeded, Failed or Stopped) has freed its Redis for good: there is nothing live to read or
 /// stop, and what it left is in its status and its database.
 fn no_redis(name: &str, phase: Option<Phase>) -> String {
     match phase {
-        Some(phase @ (Phase::Succeeded | Phase::Failed)) => format!(
-            "the run {name:?} has ended ({phase}): its Redis was freed when its master ended, so \
-             there is nothing live to read or stop. Its last generation is in its status \
-             (kubectl describe abc {name}); its database: kubectl abc results {name}"
+        Some(phase) if phase.is_finished() => format!(
+            "the run {name:?} has ended ({phase}): its Redis was freed when it ended, so there \
+             is nothing live to read or stop. Its last generation is in its status (kubectl \
+             describe abc {name}); its database: kubectl abc results {name}"
         ),
         Some(phase) => format!(
             "the run {name:?} ({phase}) has no running Redis pod yet: its RedisReady condition \
@@ -367,18 +367,13 @@ mod tests {
 
     #[test]
     fn a_finished_run_is_said_to_have_ended_not_to_start_later() {
-        for phase in [Phase::Succeeded, Phase::Failed] {
+        for phase in [Phase::Succeeded, Phase::Failed, Phase::Stopped] {
             let said = no_redis("gaussian", Some(phase));
             assert!(said.contains(&format!("has ended ({phase})")), "{said}");
             assert!(said.contains("kubectl abc results gaussian"), "{said}");
             assert!(!said.contains("yet"), "{said}");
         }
-        for phase in [
-            Phase::Pending,
-            Phase::Running,
-            Phase::Stopped,
-            Phase::Suspended,
-        ] {
+        for phase in [Phase::Pending, Phase::Running, Phase::Suspended] {
             let said = no_redis("gaussian", Some(phase));
             assert!(said.contains("no running Redis pod yet"), "{said}");
             assert!(said.contains("RedisReady"), "{said}");
