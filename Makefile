@@ -4,7 +4,7 @@ CARGO ?= cargo
 PYTHON := $(CURDIR)/.venv/bin/python
 TESTENV := $(CURDIR)/target/testenv
 
-.PHONY: demo check test-unit test deps browser tools nextest cluster cluster-down cluster-real cluster-real-down crds build bench bench-scale images
+.PHONY: demo check test-unit test deps browser tools promtool nextest cluster cluster-down cluster-real cluster-real-down crds build bench bench-scale images
 # The operator image of the test cluster carries the debug build the tests use (tools/images.sh).
 OPERATOR_DEBUG_BIN = $${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/abc-operator
 
@@ -31,7 +31,7 @@ test-unit:
 ## test: every test, real parts included (redis-server, pyabc, a loopback control plane with
 ## a fake node, and one with a real node running the images built here), run by cargo-nextest:
 ## the test binaries side by side, within the groups of .config/nextest.toml
-test: deps browser tools nextest
+test: deps browser tools promtool nextest
 	@set -euo pipefail; \
 	$(CARGO) build --bin abc-operator; \
 	env_dir=$(CURDIR)/target/testenv-test-$$$$; real_dir=$(CURDIR)/target/testenv-real-test-$$$$; \
@@ -39,7 +39,7 @@ test: deps browser tools nextest
 	tools/cluster.sh up $$env_dir --owner-pid $$$$ >/dev/null; \
 	ABC_OPERATOR_BIN=$(OPERATOR_DEBUG_BIN) tools/cluster.sh up $$real_dir --owner-pid $$$$ --real-node >/dev/null; \
 	export ABC_TEST_KUBECONFIG=$$env_dir/kubeconfig ABC_REAL_NODE_KUBECONFIG=$$real_dir/kubeconfig \
-	       ABC_PYTHON=$(PYTHON) ABC_TOOLS_BIN=$$(tools/build.sh --print) \
+	       ABC_PYTHON=$(PYTHON) ABC_TOOLS_BIN=$$(tools/build.sh --print) ABC_PROMTOOL=$$(tools/promtool.sh --print) \
 	       PATH=$$(dirname $$(tools/nextest.sh --print)):$$PATH; \
 	$(CARGO) nextest run --all-targets --no-fail-fast
 
@@ -58,6 +58,11 @@ nextest:
 ## tools: build the control-plane binaries and helm from the pinned Go modules (cached)
 tools:
 	tools/build.sh >/dev/null
+
+## promtool: build Prometheus' promtool from its pinned Go module (cached), with which the chart
+## tests check the alert rules and the Grafana dashboard against a real controller's /metrics
+promtool:
+	tools/promtool.sh >/dev/null
 
 ## images: the images a real kubelet node runs (pause, redis, example, operator) as docker
 ## archives, built from Debian packages and PyPI without a registry (needs root; cached)

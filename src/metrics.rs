@@ -57,6 +57,9 @@ pub struct Metrics {
     /// `status.lostWorkers`: counted in the run's Redis by the repair itself, so it survives
     /// controller restarts (a gauge that only grows).
     pub lost_workers: Family<RunLabels, Gauge>,
+    /// 1 while the run's `Degraded` condition is True (something keeps it from making
+    /// progress: the condition's reason and message say what), else 0.
+    pub degraded: Family<RunLabels, Gauge>,
     /// The autoscaling demand (see [`crate::autoscaling::Demand`]).
     pub evaluations_needed: Family<RunLabels, Gauge>,
     pub analysis_active: Family<RunLabels, Gauge>,
@@ -177,6 +180,7 @@ impl Default for Metrics {
             evaluations: Family::default(),
             active_workers: Family::default(),
             lost_workers: Family::default(),
+            degraded: Family::default(),
             evaluations_needed: Family::default(),
             analysis_active: Family::default(),
             inference_generation: Family::default(),
@@ -269,6 +273,11 @@ impl Default for Metrics {
             m.lost_workers.clone(),
         );
         r.register(
+            "run_degraded",
+            "1 while the AbcRun's Degraded condition is True",
+            m.degraded.clone(),
+        );
+        r.register(
             "run_evaluations_needed",
             "Evaluations still needed in the current generation (estimate)",
             m.evaluations_needed.clone(),
@@ -347,6 +356,7 @@ impl Metrics {
             &self.evaluations_needed,
             &self.analysis_active,
             &self.lost_workers,
+            &self.degraded,
             &self.inference_generation,
         ] {
             family.remove(&labels);

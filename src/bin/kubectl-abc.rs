@@ -9,14 +9,15 @@
 #[path = "kubectl_abc/results.rs"]
 mod results;
 
-use abc_operator::api::{AbcRun, COMPONENT_LABEL, RUN_LABEL};
+use abc_operator::api::{AbcRun, COMPONENT_LABEL, Phase, RUN_LABEL};
 use abc_operator::protocol::{self, Endpoint};
 use abc_operator::resources;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams};
-use kube::{Client, ResourceExt};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config, ResourceExt};
 
 #[derive(Parser)]
 #[command(
@@ -27,12 +28,26 @@ use kube::{Client, ResourceExt};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Namespace of the run (default: the kubeconfig's).
-    #[arg(short, long, global = true)]
-    namespace: Option<String>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
     /// Talk to this pyABC Redis directly: redis://:PASSWORD@HOST:PORT
     #[arg(long, global = true, env = "ABC_REDIS_URL")]
     redis: Option<String>,
+}
+
+/// Which cluster and namespace, as kubectl's own flags say it.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ClusterArgs {
+    /// Namespace of the run (default: the kubeconfig context's).
+    #[arg(short, long, global = true)]
+    namespace: Option<String>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// The kubeconfig file to use (default: $KUBECONFIG, else ~/.kube/config, else the pod's
+    /// service account).
+    #[arg(long, global = true)]
+    kubeconfig: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -85,12 +100,12 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let name = match cli.command {
-        Command::Results(args) => return results::results(args, cli.namespace.as_deref()).await,
+        Command::Results(args) => return results::results(args, &cli.cluster).await,
         Command::Dashboard { name, port } => {
-            return dashboard(&name, cli.namespace.as_deref(), port).await;
+            return dashboard(&name, &cli.cluster, port).await;
         }
         Command::Stop { name: Some(name) } if cli.redis.is_none() => {
-            return stop_run(&name, cli.namespace.as_deref()).await;
+            return stop_run(&name, &cli.cluster).await;
         }
         Command::Info { ref name, .. }
         | Command::Stop { ref name }
@@ -99,7 +114,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let (mut conn, _forward) = match (&cli.redis, &name) {
         (Some(url), _) => (connect_url(url).await?, None),
         (None, Some(name)) => {
-            let (conn, forward) = connect_run(name, cli.namespace.as_deref()).await?;
+            let (conn, forward) = connect_run(name, &cli.cluster).await?;
             (conn, forward)
         }
         (None, None) => bail!(
@@ -153,12 +168,34 @@ async fn connect_url(url: &str) -> anyhow::Result<protocol::Connection> {
 }
 
 /// A client of the kubeconfig's cluster, and `namespace` or the kubeconfig's.
-async fn kubernetes(namespace: Option<&str>) -> anyhow::Result<(Client, String)> {
-    let client = Client::try_default()
-        .await
-        .context("cannot reach the Kubernetes API")?;
-    let namespace =
-        namespace.map_or_else(|| client.default_namespace().to_string(), str::to_string);
+async fn kubernetes(cluster: &ClusterArgs) -> anyhow::Result<(Client, String)> {
+    let options = KubeConfigOptions {
+        context: cluster.context.clone(),
+        ..KubeConfigOptions::default()
+    };
+    let context = || match &cluster.context {
+        Some(context) => format!("no usable kubeconfig context {context:?}"),
+        None => "no usable kubeconfig".to_string(),
+    };
+    let config = match (&cluster.kubeconfig, &cluster.context) {
+        (Some(path), _) => {
+            let kubeconfig = Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
+            Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .with_context(context)?
+        }
+        // A context names an entry of a kubeconfig: $KUBECONFIG's, else ~/.kube/config.
+        (None, Some(_)) => Config::from_kubeconfig(&options)
+            .await
+            .with_context(context)?,
+        (None, None) => Config::infer().await.with_context(context)?,
+    };
+    let client = Client::try_from(config).context("cannot reach the Kubernetes API")?;
+    let namespace = cluster
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
     Ok((client, namespace))
 }
 
@@ -172,8 +209,8 @@ async fn abc_run(client: &Client, namespace: &str, name: &str) -> anyhow::Result
 
 /// `kubectl abc stop RUN`: sets the run's `spec.stop` (what the operator does with it is in
 /// the AbcRun's documentation), unless the run has finished or was asked already.
-async fn stop_run(name: &str, namespace: Option<&str>) -> anyhow::Result<()> {
-    let (client, namespace) = kubernetes(namespace).await?;
+async fn stop_run(name: &str, cluster: &ClusterArgs) -> anyhow::Result<()> {
+    let (client, namespace) = kubernetes(cluster).await?;
     let run = abc_run(&client, &namespace, name).await?;
     let phase = run.status.as_ref().and_then(|s| s.phase);
     if let Some(phase) = phase.filter(|p| p.is_finished()) {
@@ -207,9 +244,9 @@ async fn stop_run(name: &str, namespace: Option<&str>) -> anyhow::Result<()> {
 /// Connects to a run's Redis: external directly, managed through a port-forward to its pod.
 async fn connect_run(
     name: &str,
-    namespace: Option<&str>,
+    cluster: &ClusterArgs,
 ) -> anyhow::Result<(protocol::Connection, Option<tokio::task::JoinHandle<()>>)> {
-    let (client, namespace) = kubernetes(namespace).await?;
+    let (client, namespace) = kubernetes(cluster).await?;
     let run = abc_run(&client, &namespace, name).await?;
     let reference = resources::password_secret_ref(&run);
     let secret = Api::<Secret>::namespaced(client.clone(), &namespace)
@@ -240,6 +277,10 @@ async fn connect_run(
             None,
         ));
     }
+    let phase = run.status.as_ref().and_then(|s| s.phase);
+    if resources::finished(&run) {
+        bail!(no_redis(name, phase));
+    }
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let selector = format!("{RUN_LABEL}={name},{COMPONENT_LABEL}=redis");
     let pod = pods
@@ -248,7 +289,7 @@ async fn connect_run(
         .items
         .into_iter()
         .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-        .with_context(|| format!("the run {name:?} has no running Redis pod yet"))?;
+        .with_context(|| no_redis(name, phase))?;
     let (port, forward) = port_forward(pods, pod.name_any(), 6379).await?;
     let endpoint = Endpoint {
         host: "127.0.0.1".into(),
@@ -256,6 +297,27 @@ async fn connect_run(
         password: Some(password),
     };
     Ok((protocol::connect(&endpoint).await?, Some(forward)))
+}
+
+/// Why a run's managed Redis cannot be reached, for a run in `phase`. A finished run
+/// (Succeeded, Failed or Stopped) has freed its Redis for good: there is nothing live to read or
+/// stop, and what it left is in its status and its database.
+fn no_redis(name: &str, phase: Option<Phase>) -> String {
+    match phase {
+        Some(phase) if phase.is_finished() => format!(
+            "the run {name:?} has ended ({phase}): its Redis was freed when it ended, so there \
+             is nothing live to read or stop. Its last generation is in its status (kubectl \
+             describe abc {name}); its database: kubectl abc results {name}"
+        ),
+        Some(phase) => format!(
+            "the run {name:?} ({phase}) has no running Redis pod yet: its RedisReady condition \
+             says why (kubectl describe abc {name})"
+        ),
+        None => format!(
+            "the run {name:?} has no running Redis pod yet: the operator has not reconciled it \
+             (is the operator running?)"
+        ),
+    }
 }
 
 /// Forwards a local loopback port to `pod_port` of the pod through the API server.
@@ -285,8 +347,8 @@ async fn port_forward(
 }
 
 /// `kubectl abc dashboard RUN`: the run's page on a loopback port until Ctrl-C.
-async fn dashboard(name: &str, namespace: Option<&str>, port: u16) -> anyhow::Result<()> {
-    let (client, namespace) = kubernetes(namespace).await?;
+async fn dashboard(name: &str, cluster: &ClusterArgs, port: u16) -> anyhow::Result<()> {
+    let (client, namespace) = kubernetes(cluster).await?;
     abc_run(&client, &namespace, name).await?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let serving = abc_operator::dashboard::proxy::serve(client, &namespace, name, addr, |at| {
@@ -297,4 +359,76 @@ async fn dashboard(name: &str, namespace: Option<&str>, port: u16) -> anyhow::Re
         _ = tokio::signal::ctrl_c() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_finished_run_is_said_to_have_ended_not_to_start_later() {
+        for phase in [Phase::Succeeded, Phase::Failed, Phase::Stopped] {
+            let said = no_redis("gaussian", Some(phase));
+            assert!(said.contains(&format!("has ended ({phase})")), "{said}");
+            assert!(said.contains("kubectl abc results gaussian"), "{said}");
+            assert!(!said.contains("yet"), "{said}");
+        }
+        for phase in [Phase::Pending, Phase::Running, Phase::Suspended] {
+            let said = no_redis("gaussian", Some(phase));
+            assert!(said.contains("no running Redis pod yet"), "{said}");
+            assert!(said.contains("RedisReady"), "{said}");
+        }
+        assert!(no_redis("gaussian", None).contains("not reconciled"));
+    }
+
+    #[test]
+    fn context_and_kubeconfig_are_global_flags_as_in_kubectl() {
+        let cli = Cli::try_parse_from([
+            "kubectl-abc",
+            "--context",
+            "lab",
+            "info",
+            "gaussian",
+            "--kubeconfig",
+            "lab.yaml",
+            "-n",
+            "science",
+        ])
+        .unwrap();
+        assert_eq!(cli.cluster.context.as_deref(), Some("lab"));
+        assert_eq!(
+            cli.cluster.kubeconfig.as_deref(),
+            Some(std::path::Path::new("lab.yaml"))
+        );
+        assert_eq!(cli.cluster.namespace.as_deref(), Some("science"));
+    }
+
+    #[tokio::test]
+    async fn the_context_picks_the_cluster_and_its_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nkind: Config\ncurrent-context: a\n\
+             clusters:\n- {name: a, cluster: {server: 'https://127.0.0.1:1'}}\n\
+             - {name: b, cluster: {server: 'https://127.0.0.1:2'}}\n\
+             users:\n- {name: u, user: {token: t}}\n\
+             contexts:\n- {name: a, context: {cluster: a, user: u, namespace: one}}\n\
+             - {name: b, context: {cluster: b, user: u, namespace: two}}\n",
+        )
+        .unwrap();
+        let cluster = |context: Option<&str>| ClusterArgs {
+            namespace: None,
+            context: context.map(str::to_string),
+            kubeconfig: Some(path.clone()),
+        };
+        let (_, namespace) = kubernetes(&cluster(None)).await.unwrap();
+        assert_eq!(namespace, "one");
+        let (_, namespace) = kubernetes(&cluster(Some("b"))).await.unwrap();
+        assert_eq!(namespace, "two");
+        let Err(error) = kubernetes(&cluster(Some("c"))).await else {
+            panic!("a context the kubeconfig does not have was taken");
+        };
+        assert!(format!("{error:#}").contains("\"c\""), "{error:#}");
+    }
 }

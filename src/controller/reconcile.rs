@@ -592,6 +592,11 @@ fn record_metrics(ctx: &Context, namespace: &str, name: &str, status: &AbcRunSta
     m.lost_workers
         .get_or_create(&labels)
         .set(status.lost_workers);
+    let degraded = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == super::status::DEGRADED && c.status == "True");
+    m.degraded.get_or_create(&labels).set(degraded as i64);
     if let Some(p) = &status.progress {
         m.generation
             .get_or_create(&labels)

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod controller;
 pub mod hostile_redis;
 pub mod kubelet;
+pub mod promtool;
 pub mod python;
 pub mod redis;
 pub mod results_db;

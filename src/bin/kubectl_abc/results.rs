@@ -42,8 +42,8 @@ pub struct ResultsArgs {
     deadline: i64,
 }
 
-pub async fn results(args: ResultsArgs, namespace: Option<&str>) -> anyhow::Result<()> {
-    let (client, namespace) = super::kubernetes(namespace).await?;
+pub async fn results(args: ResultsArgs, cluster: &super::ClusterArgs) -> anyhow::Result<()> {
+    let (client, namespace) = super::kubernetes(cluster).await?;
     // the rights first: a missing one is named, not met as a 403 halfway
     let granted = check_rights(&client, &namespace).await?;
     let name = &args.name;
