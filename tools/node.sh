@@ -362,18 +362,10 @@ EOF
 EOF
   start_proc coredns "$logs/coredns.log" "$bin/coredns" -conf "$node/Corefile"
 
-  # The NetworkPolicy engine: kube-router's network-policy controller alone. It finds the node
-  # (its address) by name; no health or metrics port is opened.
-  start_proc kube-router "$logs/kube-router.log" "$bin/kube-router" \
-    --kubeconfig "$node/kube-router.kubeconfig" --hostname-override "$NODE_NAME" \
-    --run-firewall=true --run-router=false --run-service-proxy=false --run-loadbalancer=false \
-    --service-cluster-ip-range "$SERVICE_CIDR" --health-port 0 --metrics-port 0
-
-  # Ready, holding every image (the kubelet reports them in node.status.images), and the
-  # engine's rules in place (the jump to its chain in FORWARD, made by its first sync).
+  # Ready, and holding every image (the kubelet reports them in node.status.images).
   local status imgs missing
   for i in $(seq 600); do
-    for name in containerd kubelet kube-proxy coredns kube-router; do
+    for name in containerd kubelet kube-proxy coredns; do
       alive "$name" || fail_start "$name" "$logs/$name.log"
     done
     status=$("${kubectl[@]}" get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null || true)
@@ -383,10 +375,24 @@ EOF
       for ref in "${refs[@]}"; do
         [[ " $imgs " == *" docker.io/library/$ref "* ]] || missing=1
       done
-      [ "$missing" = 0 ] && iptables -t filter -S FORWARD 2>/dev/null | grep -q -- '-j KUBE-ROUTER-FORWARD' &&
-        break
+      [ "$missing" = 0 ] && break
     fi
     [ "$i" = 600 ] && fail_start "the node (Ready with its images)" "$logs/kubelet.log"
+    sleep 0.2
+  done
+
+  # The NetworkPolicy engine: kube-router's network-policy controller alone, started once the
+  # node exists (it finds the node's address by name; no pod can start before it is Ready). No
+  # health or metrics port is opened. Returns once its rules are in place: the jump to its
+  # chain in FORWARD, made by its first sync.
+  start_proc kube-router "$logs/kube-router.log" "$bin/kube-router" \
+    --kubeconfig "$node/kube-router.kubeconfig" --hostname-override "$NODE_NAME" \
+    --run-firewall=true --run-router=false --run-service-proxy=false --run-loadbalancer=false \
+    --service-cluster-ip-range "$SERVICE_CIDR" --health-port 0 --metrics-port 0
+  for i in $(seq 600); do
+    alive kube-router || fail_start kube-router "$logs/kube-router.log"
+    iptables -t filter -S FORWARD 2>/dev/null | grep -q -- '-j KUBE-ROUTER-FORWARD' && break
+    [ "$i" = 600 ] && fail_start "kube-router (its rules)" "$logs/kube-router.log"
     sleep 0.2
   done
 }
