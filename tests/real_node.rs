@@ -1681,7 +1681,10 @@ async fn the_network_policy_is_enforced_admitting_only_the_run_and_the_operator(
     );
 
     let targets = [
-        format!("redis-service=no-master-redis.{}.svc.cluster.local:6379", ns.name),
+        format!(
+            "redis-service=no-master-redis.{}.svc.cluster.local:6379",
+            ns.name
+        ),
         format!("redis-pod={redis_ip}:6379"),
         format!("unprotected=abc-operator-metrics.{OPERATOR_NAMESPACE}.svc.cluster.local:8080"),
     ];
@@ -1730,7 +1733,9 @@ async fn the_network_policy_is_enforced_admitting_only_the_run_and_the_operator(
         "-n",
         &ns.name,
         "svc/no-master-redis",
-        "127.0.0.1::6379",
+        ":6379",
+        "--address",
+        "127.0.0.1",
     ]);
     let forward = support::python::Proc::spawn("port-forward", forward_cmd, dir.path());
     let port: u16 = eventually(60, "the port-forward listening", || async {
@@ -1756,11 +1761,8 @@ async fn the_network_policy_is_enforced_admitting_only_the_run_and_the_operator(
         port,
         password: Some(password),
     };
-    let mut master = support::python::example_master(
-        &endpoint,
-        &[("GAUSSIAN_GENERATIONS", "3")],
-        dir.path(),
-    );
+    let mut master =
+        support::python::example_master(&endpoint, &[("GAUSSIAN_GENERATIONS", "3")], dir.path());
     let status = master.wait(std::time::Duration::from_secs(600));
     let log = master.log();
     assert!(
@@ -1771,10 +1773,14 @@ async fn the_network_policy_is_enforced_admitting_only_the_run_and_the_operator(
     );
     assert_every_generation_complete_in(&log);
     // The operator read the run's progress from Redis.
-    eventually(120, "the operator's status showing a generation", || async {
-        let run = runs.get("no-master").await.ok()?;
-        run.status?.progress?.generation.filter(|t| *t >= 1)
-    })
+    eventually(
+        120,
+        "the operator's status showing a generation",
+        || async {
+            let run = runs.get("no-master").await.ok()?;
+            run.status?.progress?.generation.filter(|t| *t >= 1)
+        },
+    )
     .await;
 }
 
@@ -1796,7 +1802,12 @@ async fn a_restricted_namespace_refuses_pods_that_break_pod_security() {
     let command = ["python3", "-c", "print('admitted')"];
     let compliant = restricted_pod(&ns.name, "compliant", &[], PROBE_IMAGE, &command);
     let mut privileged = restricted_pod(&ns.name, "privileged", &[], PROBE_IMAGE, &command);
-    privileged["spec"]["containers"][0]["securityContext"]["privileged"] = true.into();
+    // (The API server refuses privileged with allowPrivilegeEscalation false as invalid.)
+    let context = privileged["spec"]["containers"][0]["securityContext"]
+        .as_object_mut()
+        .unwrap();
+    context.remove("allowPrivilegeEscalation");
+    context.insert("privileged".into(), true.into());
     let mut may_be_root = restricted_pod(&ns.name, "may-be-root", &[], PROBE_IMAGE, &command);
     let spec = may_be_root["spec"].as_object_mut().unwrap();
     spec["securityContext"]
@@ -1819,5 +1830,8 @@ async fn a_restricted_namespace_refuses_pods_that_break_pod_security() {
         );
     }
     kubectl_stdin(&["create", "-f", "-"], &compliant.to_string());
-    assert_eq!(wait_for_pod_output(&ns.name, "compliant").await.trim(), "admitted");
+    assert_eq!(
+        wait_for_pod_output(&ns.name, "compliant").await.trim(),
+        "admitted"
+    );
 }
