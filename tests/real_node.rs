@@ -4,11 +4,13 @@
 //!
 //! All tests share the one real node (tools/node.sh; one per machine) and one release of the
 //! operator, installed by whichever test comes first; each test has its own namespace.
-//! NetworkPolicy is not proven here: the node's bridge CNI does not enforce it.
+//!
+//! The node enforces NetworkPolicy (kube-router's policy controller, tools/node.sh), and every
+//! test namespace, the operator's included, enforces Pod Security `restricted`.
 
 mod support;
 
-use abc_operator::api::AbcRun;
+use abc_operator::api::{AbcRun, RUN_LABEL};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
@@ -16,7 +18,9 @@ use kube::api::{Api, ListParams};
 use std::collections::BTreeSet;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
-use support::cluster::{Cluster, TestNamespace, events_with_reason, eventually, output_with_stdin};
+use support::cluster::{
+    Cluster, RESTRICTED_LABELS, TestNamespace, events_with_reason, eventually, output_with_stdin,
+};
 use support::results_db::{
     database_of_another_run, history_max_t, integrity, row_counts, stored_generations,
 };
@@ -75,6 +79,18 @@ fn install_operator() {
         if mark.exists() {
             return;
         }
+        // The operator's namespace enforces Pod Security `restricted`, as the test namespaces
+        // do: helm's --create-namespace cannot label it, so it is made first.
+        let labels: serde_json::Map<String, serde_json::Value> = RESTRICTED_LABELS
+            .iter()
+            .map(|(key, value)| (key.to_string(), (*value).into()))
+            .collect();
+        let namespace = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": OPERATOR_NAMESPACE, "labels": labels},
+        });
+        kubectl_stdin(&["apply", "-f", "-"], &namespace.to_string());
         let out = NODE
             .helm()
             .args(["upgrade", "--install", "abc-operator", CHART])
@@ -760,48 +776,101 @@ async fn every_container_runs_non_root_read_only_without_capabilities() {
     }
 
     // Without the password, Redis answers nothing but an authentication error, even inside
-    // the cluster (from a pod of the same image Redis runs).
+    // the cluster, to a pod the NetworkPolicy lets through (it carries the run's label), of
+    // the same image Redis runs.
     let service = "no-master-redis";
-    // Read from the pod's log once it has ended: `kubectl run -i` can attach after a
-    // container this short has exited and then prints nothing.
-    kubectl(&[
-        "run",
-        "intruder",
-        "-n",
+    // It tries again while it cannot connect: the policy engine admits a new pod's address
+    // once it has learnt it, which may be after the pod has started.
+    let script = format!(
+        "for i in $(seq 60); do out=$(redis-cli -h {service} -p 6379 GET analysis_id 2>&1); \
+         case \"$out\" in *'Could not connect'*) sleep 1 ;; *) break ;; esac; done; echo \"$out\""
+    );
+    let said = pod_output(
         &ns.name,
-        "--restart=Never",
-        "--image",
+        "intruder",
+        &[(RUN_LABEL, "no-master")],
         REDIS_IMAGE,
-        "--image-pull-policy=Never",
-        "--overrides",
-        r#"{"spec":{"securityContext":{"runAsUser":999,"runAsNonRoot":true}}}"#,
-        "--",
-        "redis-cli",
-        "-h",
-        service,
-        "-p",
-        "6379",
-        "GET",
-        "analysis_id",
-    ]);
-    eventually(120, "the intruder pod to end", || async {
+        &["sh", "-c", &script],
+    )
+    .await;
+    assert!(
+        said.contains("NOAUTH"),
+        "a client without the password got: {said}"
+    );
+}
+
+/// A pod that meets the Pod Security Standard `restricted` (every real-node test namespace
+/// enforces it): non-root, RuntimeDefault seccomp, no privilege escalation, no capabilities.
+fn restricted_pod(
+    ns: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    image: &str,
+    command: &[&str],
+) -> serde_json::Value {
+    let labels: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .map(|(key, value)| (key.to_string(), (*value).into()))
+        .collect();
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "securityContext": {
+                "runAsNonRoot": true,
+                "runAsUser": 1000,
+                "runAsGroup": 1000,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [{
+                "name": "probe",
+                "image": image,
+                "imagePullPolicy": "Never",
+                "command": command,
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "readOnlyRootFilesystem": true,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+            }],
+        },
+    })
+}
+
+/// Runs a [`restricted_pod`] to its end; what it printed. Read from the pod's log once it has
+/// ended: `kubectl run -i` can attach after a container this short has exited and then
+/// prints nothing.
+async fn pod_output(
+    ns: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    image: &str,
+    command: &[&str],
+) -> String {
+    let pod = restricted_pod(ns, name, labels, image, command);
+    kubectl_stdin(&["create", "-f", "-"], &pod.to_string());
+    wait_for_pod_output(ns, name).await
+}
+
+/// What pod `name` printed, once it has ended.
+async fn wait_for_pod_output(ns: &str, name: &str) -> String {
+    eventually(180, &format!("pod {ns}/{name} to end"), || async {
         let phase = kubectl(&[
             "get",
             "pod",
-            "intruder",
+            name,
             "-n",
-            &ns.name,
+            ns,
             "-o",
             "jsonpath={.status.phase}",
         ]);
         (phase == "Succeeded" || phase == "Failed").then_some(())
     })
     .await;
-    let said = kubectl(&["logs", "-n", &ns.name, "intruder"]);
-    assert!(
-        said.contains("NOAUTH"),
-        "a client without the password got: {said}"
-    );
+    kubectl(&["logs", "-n", ns, name])
 }
 
 /// Watches the run's worker pods until `done` is set; returns every waiting or terminated
@@ -1561,5 +1630,251 @@ async fn the_runs_page_through_kubectl_abc_dashboard_in_a_browser() {
         !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("forbidden"),
         "someone who may not read the run gets no page: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What a probe pod prints for each `NAME=HOST:PORT` argument after the first (TRIES): `NAME
+/// open` as soon as a TCP connect succeeds (nothing is sent), else after TRIES attempts a
+/// second apart what the last one met: `NAME refused` (the engine rejects), `NAME timeout` (no
+/// answer in 10 s) or `NAME error:…` (e.g. a name that does not resolve). Tries, because the
+/// engine learns a new pod's address from the API server while the pod starts: an admitted
+/// pod may be refused for its first moments.
+const PROBE: &str = r#"
+import socket, sys, time
+tries = int(sys.argv[1])
+for arg in sys.argv[2:]:
+    name, _, target = arg.partition("=")
+    host, _, port = target.rpartition(":")
+    for attempt in range(tries):
+        if attempt:
+            time.sleep(1)
+        try:
+            socket.create_connection((host, int(port)), timeout=10).close()
+            said = "open"
+            break
+        except ConnectionRefusedError:
+            said = "refused"
+        except socket.timeout:
+            said = "timeout"
+        except OSError as err:
+            said = f"error:{err}"
+    print(name, said, flush=True)
+"#;
+
+/// The Gaussian example's image, which has Python for [`PROBE`].
+const PROBE_IMAGE: &str = "abc-example-gaussian:0.1.0";
+
+/// Starts a probe pod trying each target up to `tries` times; [`probe_results`] reads what it
+/// found.
+fn start_probe(ns: &str, name: &str, labels: &[(&str, &str)], tries: u32, targets: &[String]) {
+    let tries = tries.to_string();
+    let mut command = vec!["python3", "-c", PROBE, &tries];
+    command.extend(targets.iter().map(String::as_str));
+    let pod = restricted_pod(ns, name, labels, PROBE_IMAGE, &command);
+    kubectl_stdin(&["create", "-f", "-"], &pod.to_string());
+}
+
+/// What a probe pod found, by target name, once it has ended.
+async fn probe_results(ns: &str, name: &str) -> std::collections::BTreeMap<String, String> {
+    let log = wait_for_pod_output(ns, name).await;
+    log.lines()
+        .filter_map(|line| line.split_once(' '))
+        .map(|(target, said)| (target.to_string(), said.to_string()))
+        .collect()
+}
+
+/// With the node's policy engine enforcing it, the run's NetworkPolicy lets exactly the run's
+/// pods and the operator reach its Redis: a pod of the run's namespace without the run's
+/// label, and a pod of another namespace with it, cannot open a TCP connection (to the Service
+/// nor to the pod's address), while a pod that differs from the first only by the run's label
+/// can, and both refused pods still reach a Service no policy covers (the operator's metrics):
+/// the refusals are the policy's, not a broken network. Then a master on this machine, as in
+/// examples/no-master, samples through a `kubectl port-forward` to the Redis Service (the path
+/// `kubectl abc` takes too) and the run's workers in their pods: the run completes, and the
+/// operator, in its pod, reads the generations from Redis into the status.
+///
+/// One node cannot show traffic between nodes (the engine filters it on each node alike).
+#[tokio::test]
+async fn the_network_policy_is_enforced_admitting_only_the_run_and_the_operator() {
+    install_operator();
+    let client = NODE.client().await;
+    let ns = TestNamespace::on(NODE, &client, "e2e-netpol").await;
+    let other = TestNamespace::on(NODE, &client, "e2e-netpol-other").await;
+    apply_example(&ns.name, "no-master/abcrun.yaml", |doc| {
+        doc["spec"]["workers"]["replicas"] = 2.into();
+    });
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
+    wait_for_phase(&runs, "no-master", "Running", 180).await;
+    let redis_ip = eventually(120, "the Redis pod running with an address", || async {
+        let redis = pods(
+            &client,
+            &ns.name,
+            "abc-operator.dev/run=no-master,abc-operator.dev/component=redis",
+        )
+        .await;
+        let pod = redis.into_iter().find(running)?;
+        pod.status?.pod_ip
+    })
+    .await;
+    let policy = kubectl(&["get", "networkpolicy", "-n", &ns.name, "-o", "name"]);
+    assert_eq!(
+        policy.trim(),
+        "networkpolicy.networking.k8s.io/no-master-redis",
+        "the run's Redis has its NetworkPolicy"
+    );
+
+    let targets = [
+        format!(
+            "redis-service=no-master-redis.{}.svc.cluster.local:6379",
+            ns.name
+        ),
+        format!("redis-pod={redis_ip}:6379"),
+        format!("unprotected=abc-operator-metrics.{OPERATOR_NAMESPACE}.svc.cluster.local:8080"),
+    ];
+    // The admitted pod first: once it is through, the engine has the policy in place (it
+    // writes every policy in one sync). Then the two that must never get through, each of
+    // their five tries refused.
+    let run_label = [(RUN_LABEL, "no-master")];
+    start_probe(&ns.name, "member", &run_label, 60, &targets);
+    let member = probe_results(&ns.name, "member").await;
+    start_probe(&ns.name, "stranger", &[], 5, &targets);
+    start_probe(&other.name, "outsider", &run_label, 5, &targets);
+    let stranger = probe_results(&ns.name, "stranger").await;
+    let outsider = probe_results(&other.name, "outsider").await;
+    for target in ["redis-service", "redis-pod", "unprotected"] {
+        assert_eq!(
+            member.get(target).map(String::as_str),
+            Some("open"),
+            "a pod with the run's label reaches {target}: {member:?}"
+        );
+    }
+    for (who, found) in [
+        ("a pod of the run's namespace without its label", &stranger),
+        ("a pod of another namespace with the run's label", &outsider),
+    ] {
+        assert_eq!(
+            found.get("unprotected").map(String::as_str),
+            Some("open"),
+            "{who} reaches a Service no policy covers (the control): {found:?}"
+        );
+        for target in ["redis-service", "redis-pod"] {
+            assert!(
+                matches!(
+                    found.get(target).map(String::as_str),
+                    Some("refused" | "timeout")
+                ),
+                "{who} opened a connection to {target}, or failed otherwise: {found:?}"
+            );
+        }
+    }
+
+    // A master on this machine, through a port-forward to the Redis Service.
+    let dir = tempfile::tempdir().unwrap();
+    let mut forward_cmd = NODE.kubectl();
+    forward_cmd.args([
+        "port-forward",
+        "-n",
+        &ns.name,
+        "svc/no-master-redis",
+        ":6379",
+        "--address",
+        "127.0.0.1",
+    ]);
+    let forward = support::python::Proc::spawn("port-forward", forward_cmd, dir.path());
+    let port: u16 = eventually(60, "the port-forward listening", || async {
+        forward
+            .log()
+            .lines()
+            .find_map(|l| l.strip_prefix("Forwarding from 127.0.0.1:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+    })
+    .await;
+    let password = kubectl(&[
+        "get",
+        "secret",
+        "no-master-redis-password",
+        "-n",
+        &ns.name,
+        "-o",
+        "go-template={{.data.password | base64decode}}",
+    ]);
+    let endpoint = abc_operator::protocol::Endpoint {
+        host: "127.0.0.1".into(),
+        port,
+        password: Some(password),
+    };
+    let mut master =
+        support::python::example_master(&endpoint, &[("GAUSSIAN_GENERATIONS", "3")], dir.path());
+    let status = master.wait(std::time::Duration::from_secs(600));
+    let log = master.log();
+    assert!(
+        status.success() && log.contains("weighted mean"),
+        "the master through the port-forward did not complete ({status}):\n{}\nport-forward:\n{}",
+        master.log_tail(),
+        forward.log()
+    );
+    assert_every_generation_complete_in(&log);
+    // The operator read the run's progress from Redis.
+    eventually(
+        120,
+        "the operator's status showing a generation",
+        || async {
+            let run = runs.get("no-master").await.ok()?;
+            run.status?.progress?.generation.filter(|t| *t >= 1)
+        },
+    )
+    .await;
+}
+
+/// Every real-node test namespace enforces Pod Security `restricted`, and the API server
+/// really enforces it: a privileged pod and a pod that may run as root are refused there,
+/// while the same pod made compliant (what every test pod is) is admitted.
+#[tokio::test]
+async fn a_restricted_namespace_refuses_pods_that_break_pod_security() {
+    let client = NODE.client().await;
+    let ns = TestNamespace::on(NODE, &client, "e2e-podsecurity").await;
+    let labels = kubectl(&[
+        "get",
+        "namespace",
+        &ns.name,
+        "-o",
+        "jsonpath={.metadata.labels.pod-security\\.kubernetes\\.io/enforce}",
+    ]);
+    assert_eq!(labels, "restricted");
+    let command = ["python3", "-c", "print('admitted')"];
+    let compliant = restricted_pod(&ns.name, "compliant", &[], PROBE_IMAGE, &command);
+    let mut privileged = restricted_pod(&ns.name, "privileged", &[], PROBE_IMAGE, &command);
+    // (The API server refuses privileged with allowPrivilegeEscalation false as invalid.)
+    let context = privileged["spec"]["containers"][0]["securityContext"]
+        .as_object_mut()
+        .unwrap();
+    context.remove("allowPrivilegeEscalation");
+    context.insert("privileged".into(), true.into());
+    let mut may_be_root = restricted_pod(&ns.name, "may-be-root", &[], PROBE_IMAGE, &command);
+    let spec = may_be_root["spec"].as_object_mut().unwrap();
+    spec["securityContext"]
+        .as_object_mut()
+        .unwrap()
+        .retain(|key, _| key == "seccompProfile");
+    for (what, pod, field) in [
+        ("a privileged pod", privileged, "privileged"),
+        ("a pod without runAsNonRoot", may_be_root, "runAsNonRoot"),
+    ] {
+        let mut cmd = NODE.kubectl();
+        cmd.args(["create", "-f", "-"]);
+        let out = output_with_stdin(cmd, &pod.to_string());
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && said.contains("violates PodSecurity \"restricted:latest\"")
+                && said.contains(field),
+            "{what} was not refused for {field}: {said}"
+        );
+    }
+    kubectl_stdin(&["create", "-f", "-"], &compliant.to_string());
+    assert_eq!(
+        wait_for_pod_output(&ns.name, "compliant").await.trim(),
+        "admitted"
     );
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the test cluster's binaries from the pinned Go modules under tools/: the control plane
 # (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl), the real node's
-# kubelet, kube-proxy and volume provisioner, kwok, helm and CoreDNS. They go into a cache
+# kubelet, kube-proxy, volume provisioner and NetworkPolicy engine (kube-router), kwok, helm
+# and CoreDNS. They go into a cache
 # outside the checkout keyed by a hash of the pins, so fresh clones on the same machine reuse
 # the binaries.
 #
@@ -38,8 +39,9 @@ targets=(
   "helm|helm|helm.sh/helm/v3/cmd/helm"
   "coredns|coredns|abc-operator/tools/coredns"
   "provisioner|provisioner|abc-operator/tools/provisioner"
+  "kube-router|kube-router|github.com/cloudnativelabs/kube-router/v2/cmd/kube-router"
 )
-modules=(k8s kwok helm coredns provisioner)
+modules=(k8s kwok helm coredns provisioner kube-router)
 
 # The name `go build -o DIR/` gives a main package: its last path element, without a /vN suffix.
 go_name() {

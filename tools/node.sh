@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # A real node for the test control plane: containerd and runc (Debian's packages, started on
 # private paths with their own config; no system service is touched), a CNI bridge, a kubelet,
-# kube-proxy (iptables) and CoreDNS, all built or installed here, and the project's images
+# kube-proxy (iptables), CoreDNS and a NetworkPolicy engine (kube-router's network-policy
+# controller alone: iptables and ipset), all built or installed here, and the project's images
 # imported without a registry. tools/cluster.sh calls it for `up DIR --real-node`.
 #
 # Usage: tools/node.sh check                 can this machine run containers? (names what is missing)
 #        tools/node.sh net-up DIR            the pod bridge (the API server binds to its address)
-#        tools/node.sh start DIR BIN         containerd, images, kubelet, kube-proxy, CoreDNS;
-#                                            returns once the node is Ready and holds the images
+#        tools/node.sh start DIR BIN         containerd, images, kubelet, kube-proxy, CoreDNS,
+#                                            the policy engine; returns once the node is Ready,
+#                                            holds the images and the engine has set up its rules
 #        tools/node.sh down                  stops and removes exactly what net-up/start added
 #
-# Only one real node can exist on a machine at a time: iptables' KUBE-* chains, the kubepods
-# cgroups, /var/log/containers and containerd's shim sockets are global. The node's own state
+# Only one real node can exist on a machine at a time: iptables' KUBE-* chains, ipsets, the
+# kubepods cgroups, /var/log/containers and containerd's shim sockets are global. The node's own state
 # (pids, what the machine looked like before) lives in $RUN, so `down` can clean up a node
 # whose DIR is gone.
 #
@@ -19,6 +21,12 @@
 # and Service ranges (no default route), so nothing a pod does leaves this machine. The host
 # routes the Service range to the bridge too, so a ClusterIP without endpoints never goes out
 # of the machine's uplink.
+#
+# NetworkPolicy: kube-router (only its firewall: no routing, no service proxy) filters the
+# traffic of the node's pods in iptables, with ipsets of pod addresses. Pods talk to each other
+# across the bridge, so `net.bridge.bridge-nf-call-iptables` is on while the node runs (bridged
+# packets pass iptables' FORWARD chain); `down` puts back the value it had, and removes the
+# engine's chains (KUBE-ROUTER-*, KUBE-NWPLCY-*, KUBE-POD-FW-*) and every ipset it created.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -63,7 +71,7 @@ check() {
   fi
 }
 
-# Debian's packages of the node (containerd, runc, CNI plugins, iptables, conntrack).
+# Debian's packages of the node (containerd, runc, CNI plugins, iptables, conntrack, ipset).
 install_packages() {
   local need=()
   command -v containerd >/dev/null || need+=(containerd)
@@ -71,6 +79,7 @@ install_packages() {
   [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
   command -v iptables >/dev/null || need+=(iptables)
   command -v conntrack >/dev/null || need+=(conntrack)
+  command -v ipset >/dev/null || need+=(ipset)
   [ ${#need[@]} -eq 0 ] && return 0
   log "installing Debian packages: ${need[*]}"
   if [ -z "$(find /var/lib/apt/lists/ -mindepth 1 -maxdepth 1 ! -name '.*' ! -name '*lock*' ! -name '*partial*' \
@@ -107,6 +116,7 @@ net_up() {
     "$ipt-save" 2>/dev/null | grep -o '^:[A-Z0-9-]*' | sort -u >"$RUN/before/chains.$ipt" || true
   done
   nft list tables 2>/dev/null | sort >"$RUN/before/nft-tables" || true
+  ipset list -n 2>/dev/null | sort >"$RUN/before/ipsets" || true
   ls -1 /var/log/containers 2>/dev/null >"$RUN/before/containers-logs" || true
   [ -d /var/log/containers ] || touch "$RUN/before/no-containers-log-dir"
 
@@ -115,6 +125,9 @@ net_up() {
   ip link set "$BRIDGE" up
   # Service addresses go to the bridge (where kube-proxy's DNAT applies), never to the uplink.
   ip route add "$SERVICE_CIDR" dev "$BRIDGE"
+  # Bridged pod-to-pod packets through iptables, where the policy engine filters them (the
+  # value before is in $RUN/before, restored by `down`).
+  sysctl -qw net.bridge.bridge-nf-call-iptables=1
 }
 
 # --- certificates and kubeconfigs of the node's components ----------------------------------
@@ -236,9 +249,11 @@ EOF
   client_cert "$pki" kubelet "system:node:$NODE_NAME" system:nodes
   client_cert "$pki" kube-proxy system:kube-proxy ""
   client_cert "$pki" coredns abc-testenv-coredns ""
+  client_cert "$pki" kube-router abc-testenv-kube-router ""
   kubeconfig_for "$node/kubelet.kubeconfig" "$server" "$pki" kubelet
   kubeconfig_for "$node/kube-proxy.kubeconfig" "$server" "$pki" kube-proxy
   kubeconfig_for "$node/coredns.kubeconfig" "$server" "$pki" coredns
+  kubeconfig_for "$node/kube-router.kubeconfig" "$server" "$pki" kube-router
   local kubectl=("$bin/kubectl" --kubeconfig "$dir/kubeconfig")
   # The control plane authorizes with RBAC only (no Node authorizer): nodes get system:node.
   "${kubectl[@]}" apply -f - >/dev/null <<EOF
@@ -260,6 +275,22 @@ kind: ClusterRoleBinding
 metadata: {name: abc-testenv-coredns}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: abc-testenv-coredns}
 subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: abc-testenv-coredns}]
+---
+# The policy engine only reads; its informers also list Services and Endpoints(Slices).
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: abc-testenv-kube-router}
+rules:
+- {apiGroups: [""], resources: [nodes], verbs: [get, list, watch]}
+- {apiGroups: [""], resources: [pods, namespaces, services, endpoints], verbs: [list, watch]}
+- {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [list, watch]}
+- {apiGroups: [networking.k8s.io], resources: [networkpolicies], verbs: [list, watch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: abc-testenv-kube-router}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: abc-testenv-kube-router}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: abc-testenv-kube-router}]
 EOF
 
   # Pods resolve through CoreDNS on the node's address; nothing is forwarded off the machine.
@@ -349,6 +380,21 @@ EOF
     [ "$i" = 600 ] && fail_start "the node (Ready with its images)" "$logs/kubelet.log"
     sleep 0.2
   done
+
+  # The NetworkPolicy engine: kube-router's network-policy controller alone, started once the
+  # node exists (it finds the node's address by name; no pod can start before it is Ready). No
+  # health or metrics port is opened. Returns once its rules are in place: the jump to its
+  # chain in FORWARD, made by its first sync.
+  start_proc kube-router "$logs/kube-router.log" "$bin/kube-router" \
+    --kubeconfig "$node/kube-router.kubeconfig" --hostname-override "$NODE_NAME" \
+    --run-firewall=true --run-router=false --run-service-proxy=false --run-loadbalancer=false \
+    --service-cluster-ip-range "$SERVICE_CIDR" --health-port 0 --metrics-port 0
+  for i in $(seq 600); do
+    alive kube-router || fail_start kube-router "$logs/kube-router.log"
+    iptables -t filter -S FORWARD 2>/dev/null | grep -q -- '-j KUBE-ROUTER-FORWARD' && break
+    [ "$i" = 600 ] && fail_start "kube-router (its rules)" "$logs/kube-router.log"
+    sleep 0.2
+  done
 }
 
 # --- down ------------------------------------------------------------------------------------
@@ -416,6 +462,17 @@ remove_new_chains() {
   done
 }
 
+# ipsets that appeared while the node ran: the policy engine's (after its rules, which use
+# them, are gone).
+remove_new_ipsets() {
+  local set
+  command -v ipset >/dev/null || return 0
+  ipset list -n 2>/dev/null | while read -r set; do
+    grep -qxF "$set" "$RUN/before/ipsets" 2>/dev/null && continue
+    ipset destroy "$set" 2>/dev/null || true
+  done
+}
+
 # nft tables that appeared while the node ran: kube-proxy's, and the iptables-nft tables
 # (nat, filter, mangle) if they hold no rule any more.
 remove_new_nft_tables() {
@@ -438,6 +495,7 @@ down() {
   [ -d "$RUN" ] || return 0
   local dir=""
   [ -f "$RUN/dir" ] && dir=$(cat "$RUN/dir")
+  stop_proc kube-router
   stop_proc coredns
   stop_proc kube-proxy
   stop_proc kubelet
@@ -450,6 +508,7 @@ down() {
   # kube-proxy's rules: its own clean-up, then what it leaves (empty KUBE-* chains, tables).
   if [ -f "$RUN/bin" ]; then "$(cat "$RUN/bin")/kube-proxy" --cleanup >/dev/null 2>&1 || true; fi
   remove_new_chains
+  remove_new_ipsets
   remove_new_nft_tables
   ip link del "$BRIDGE" 2>/dev/null || true
   ip route del "$SERVICE_CIDR" dev "$BRIDGE" 2>/dev/null || true

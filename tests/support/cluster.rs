@@ -222,6 +222,13 @@ pub async fn client() -> Client {
     Cluster::Kwok.client().await
 }
 
+/// The labels of a namespace whose pods must meet the Pod Security Standard `restricted`,
+/// enforced by the API server's PodSecurity admission (on by default).
+pub const RESTRICTED_LABELS: [(&str, &str); 2] = [
+    ("pod-security.kubernetes.io/enforce", "restricted"),
+    ("pod-security.kubernetes.io/enforce-version", "latest"),
+];
+
 /// A namespace that exists for one test and is deleted when it is dropped.
 pub struct TestNamespace {
     pub name: String,
@@ -234,12 +241,21 @@ impl TestNamespace {
         Self::on(Cluster::Kwok, client, prefix).await
     }
 
-    /// A namespace on `cluster`, which `client` talks to.
+    /// A namespace on `cluster`, which `client` talks to. On the real node it enforces the
+    /// Pod Security Standard `restricted` (as many clusters do for users' namespaces): the API
+    /// server refuses every pod of the test that does not meet it.
     pub async fn on(cluster: Cluster, client: &Client, prefix: &str) -> TestNamespace {
         let suffix: u32 = rand::random::<u32>() % 1_000_000;
         let name = format!("{prefix}-{suffix:06}");
+        let labels: serde_json::Map<String, serde_json::Value> = match cluster {
+            Cluster::RealNode => RESTRICTED_LABELS
+                .iter()
+                .map(|(key, value)| (key.to_string(), (*value).into()))
+                .collect(),
+            Cluster::Kwok => serde_json::Map::new(),
+        };
         let ns: Namespace = serde_json::from_value(serde_json::json!({
-            "metadata": { "name": name }
+            "metadata": { "name": name, "labels": labels }
         }))
         .unwrap();
         Api::<Namespace>::all(client.clone())
