@@ -121,8 +121,18 @@ fn stop_stage(
             // no Redis to sample with (not ready yet, or gone)
             RedisReading::NotRead => true,
             RedisReading::Read(snapshot) => {
-                snapshot.analysis_id.is_none()
-                    || (snapshot.master_start.is_none() && snapshot.n_worker.unwrap_or(0) == 0)
+                // a master that cannot be asked: its workers have left the generation
+                let workers_left =
+                    snapshot.master_start.is_none() && snapshot.n_worker.unwrap_or(0) == 0;
+                match master {
+                    // a master Job that ends by itself is waited for: after its analysis ended
+                    // it still stores, prints its results and exits
+                    Some(observe::MasterState::Running) => workers_left,
+                    // none running (not started, or between a failure and its retry)
+                    Some(_) => true,
+                    // a master elsewhere
+                    None => snapshot.analysis_id.is_none() || workers_left,
+                }
             }
             // not known: a Redis that did not answer this once is asked again
             RedisReading::Failed(_) => false,

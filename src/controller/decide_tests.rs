@@ -190,15 +190,46 @@ fn a_run_asked_to_stop_asks_its_master_once_and_keeps_its_workers_until_the_anal
         Some(StopStage::Stopping),
         "between generations"
     );
-    let ended = plan(
+    let RedisReading::Read(mut no_analysis) = module_master_in_generation(0, true) else {
+        unreachable!()
+    };
+    no_analysis.analysis_id = None;
+    let ending = plan(
         &stopping,
         &running_view(),
-        &RedisReading::Read(Box::default()),
+        &RedisReading::Read(no_analysis.clone()),
+    );
+    assert_eq!(
+        ending.observed.stop,
+        Some(StopStage::Stopping),
+        "its master still stores and prints after the analysis"
+    );
+    let ended_view = ClusterView {
+        master_job: Some(master_job(
+            "{succeeded: 1, conditions: [{type: Complete, status: 'True'}]}",
+        )),
+        ..running_view()
+    };
+    let ended = plan(
+        &stopping,
+        &ended_view,
+        &RedisReading::Read(no_analysis.clone()),
     );
     assert_eq!(
         ended.observed.stop,
         Some(StopStage::Stopped),
-        "no analysis left"
+        "the master ended"
+    );
+    let elsewhere = run("image: i\nstop: true");
+    let ended = plan(
+        &elsewhere,
+        &running_view(),
+        &RedisReading::Read(no_analysis),
+    );
+    assert_eq!(
+        ended.observed.stop,
+        Some(StopStage::Stopped),
+        "a master elsewhere: no analysis left"
     );
     let unknown = plan(
         &stopping,
