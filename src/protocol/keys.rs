@@ -70,7 +70,7 @@ pub const RESUMED: &str = "abc_operator:resumed";
 /// `at`), written by the `abc_operator` module (`START_KEY` in python/abc_operator/__init__.py).
 pub const MASTER_START: &str = "abc_operator:master_start";
 /// A stop was asked of the run (`spec.stop`, `kubectl abc stop`): set by the operator, read by
-/// the `abc_operator` module (`STOP_KEY` in src/protocol/abc_operator.py), whose master ends
+/// the `abc_operator` module (`STOP_KEY` in python/abc_operator/__init__.py), whose master ends
 /// the analysis once the generation it samples is stored, and starts none while it is set.
 pub const STOP_REQUESTED: &str = "abc_operator:stop";
 /// Set of the ids of every worker ledger.
