@@ -538,7 +538,7 @@ gaussian.main()\n";
             serde_yaml::Value::Sequence(vec!["python".into(), "-c".into(), master.into()]);
     });
     let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
-    let run = wait_for_phase(&runs, "gaussian", "Succeeded", 420).await;
+    let run = wait_for_phase(&runs, "gaussian", "Succeeded", 600).await;
     let status = run.status.unwrap();
     assert_eq!(
         status.lost_workers, 0,
@@ -682,7 +682,7 @@ async fn killed_and_force_deleted_workers_are_each_repaired_once_with_their_own_
         "--force",
     ]);
 
-    let run = wait_for_phase(&runs, "gaussian", "Succeeded", 420).await;
+    let run = wait_for_phase(&runs, "gaussian", "Succeeded", 600).await;
     assert_eq!(run.status.unwrap().lost_workers, 2, "two workers were lost");
     let repairs = events_with_reason(&client, &ns.name, "RepairedLostWorker").await;
     let named: BTreeSet<String> = repairs
@@ -965,7 +965,7 @@ async fn scaling_down_during_a_generation_lets_the_removed_worker_finish() {
         (left.len() == 1).then_some(())
     })
     .await;
-    let run = wait_for_phase(&runs, "gaussian", "Succeeded", 420).await;
+    let run = wait_for_phase(&runs, "gaussian", "Succeeded", 600).await;
     assert_eq!(
         run.status.unwrap().lost_workers,
         0,
@@ -1123,7 +1123,7 @@ async fn the_hpa_example_scales_real_worker_pods_on_demand() {
         },
     )
     .await;
-    let run = wait_for_phase(&runs, "gaussian", "Succeeded", 420).await;
+    let run = wait_for_phase(&runs, "gaussian", "Succeeded", 600).await;
     let repaired: Vec<String> = events_with_reason(&client, &ns.name, "RepairedLostWorker")
         .await
         .into_iter()
