@@ -327,15 +327,8 @@ async fn stop_inside_a_generation(s: &support::run::Setup) -> abc_operator::api:
         },
     )
     .await;
-    let patch = serde_json::json!({"spec": {"stop": true}});
-    s.runs
-        .patch(
-            "sim",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
-        )
-        .await
-        .unwrap();
+    s.patch_run(serde_json::json!({"spec": {"stop": true}}))
+        .await;
     at_stop
 }
 
@@ -440,15 +433,8 @@ async fn a_run_idle_for_its_timeout_is_stopped() {
     let s = setup("wk-idle", 2, "10m", "0").await;
     let _controller = ControllerProcess::start(&s.ns.name);
     let _kubelet = s.kubelet();
-    let patch = serde_json::json!({"spec": {"idleTimeoutSeconds": 5}});
-    s.runs
-        .patch(
-            "sim",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
-        )
-        .await
-        .unwrap();
+    s.patch_run(serde_json::json!({"spec": {"idleTimeoutSeconds": 5}}))
+        .await;
     let since = eventually(60, "the run idle", || async {
         s.runs.get("sim").await.ok()?.status?.idle_since
     })
@@ -474,14 +460,7 @@ async fn a_failed_master_leaves_no_stale_analysis_lock_for_its_retry() {
     // never scheduled (the results claim is proven on the real node).
     let patch = serde_json::json!({"spec": {"master": {"command": ["python", "gaussian.py"], "backoffLimit": 2,
         "results": {"volume": "EmptyDir"}}}});
-    s.runs
-        .patch(
-            "sim",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
-        )
-        .await
-        .unwrap();
+    s.patch_run(patch).await;
     let _controller = ControllerProcess::start(&s.ns.name);
 
     let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns.name);

@@ -79,6 +79,18 @@ impl Setup {
         FakeKubelet::start(self.client.clone(), &self.ns.name, target, python())
     }
 
+    /// Merges `patch` into the run `sim`, as `kubectl patch --type merge` would.
+    pub async fn patch_run(&self, patch: serde_json::Value) {
+        self.runs
+            .patch(
+                "sim",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .unwrap();
+    }
+
     /// The master, run by the test as a user would from a laptop.
     pub fn master(&self, population: u32, generations: u32) -> Child {
         self.master_with(population, generations, &[])
