@@ -300,8 +300,10 @@ pub struct WorkersSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
-    /// Extra environment of the worker container.
+    /// Extra environment of the worker container. The operator's names (`ABC_REDIS_*`,
+    /// `ABC_WORKER_ID`, `ABC_RESULTS_DIR`) are refused; `PYTHONPATH` goes after the operator's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(e, !(e.name in ['ABC_REDIS_HOST', 'ABC_REDIS_PORT', 'ABC_REDIS_PASSWORD', 'ABC_REDIS_SOCKET', 'ABC_WORKER_ID', 'ABC_RESULTS_DIR']))").message("spec.workers.env: ABC_REDIS_HOST, ABC_REDIS_PORT, ABC_REDIS_PASSWORD, ABC_REDIS_SOCKET, ABC_WORKER_ID and ABC_RESULTS_DIR are set by the operator (the run's Redis, the worker's identity, the results folder); remove them"))]
     pub env: Vec<EnvVar>,
 
     /// Where and as what the worker pods run, and what more they mount.
@@ -427,8 +429,12 @@ pub struct MasterSpec {
     /// Arguments to the command.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
-    /// Extra environment of the master container.
+    /// Extra environment of the master container. The operator's names (`ABC_REDIS_*`,
+    /// `ABC_WORKER_ID`, `ABC_RESULTS_DIR`) are refused; a `PYTHONPATH` goes after the folder of
+    /// the `abc_operator` module, so it is a literal value.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(e, !(e.name in ['ABC_REDIS_HOST', 'ABC_REDIS_PORT', 'ABC_REDIS_PASSWORD', 'ABC_REDIS_SOCKET', 'ABC_WORKER_ID', 'ABC_RESULTS_DIR']))").message("spec.master.env: ABC_REDIS_HOST, ABC_REDIS_PORT, ABC_REDIS_PASSWORD, ABC_REDIS_SOCKET, ABC_WORKER_ID and ABC_RESULTS_DIR are set by the operator (the run's Redis, the worker's identity, the results folder); remove them"))]
+    #[x_kube(validation = Rule::new("self.all(e, e.name != 'PYTHONPATH' || !has(e.valueFrom))").message("spec.master.env: PYTHONPATH must be a value, not valueFrom (the operator puts the abc_operator module's folder before it)"))]
     pub env: Vec<EnvVar>,
     /// Compute resources of the master container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -832,6 +838,10 @@ pub enum SpecError {
     RedisBoth,
     #[error("spec.master.command must not be empty")]
     EmptyMasterCommand,
+    #[error(
+        "{field}: {name} is set by the operator (the run's Redis, the worker's identity, the results folder); remove it"
+    )]
+    ReservedEnv { field: &'static str, name: String },
 }
 
 /// Parses a pyABC runtime (`30s`, `10m`, `2h`, `2d`, fractions allowed) into seconds.
@@ -877,6 +887,22 @@ impl AbcRunSpec {
             && master.command.is_empty()
         {
             return Err(SpecError::EmptyMasterCommand);
+        }
+        let master_env = self.master.as_ref().map(|m| m.env.as_slice());
+        for (field, env) in [
+            ("spec.workers.env", Some(self.workers.env.as_slice())),
+            ("spec.master.env", master_env),
+        ] {
+            if let Some(var) = env
+                .unwrap_or_default()
+                .iter()
+                .find(|v| crate::protocol::worker_env::RESERVED.contains(&v.name.as_str()))
+            {
+                return Err(SpecError::ReservedEnv {
+                    field,
+                    name: var.name.clone(),
+                });
+            }
         }
         Ok(())
     }
@@ -927,6 +953,31 @@ mod tests {
         spec.workers.replicas = 1;
         spec.workers.runtime = "abc".into();
         assert!(spec.validate().unwrap_err().to_string().contains("\"abc\""));
+        spec.workers.runtime = "1h".into();
+        spec.workers.env = serde_yaml::from_str("[{name: ABC_WORKER_ID, value: me}]").unwrap();
+        assert_eq!(
+            spec.validate(),
+            Err(SpecError::ReservedEnv {
+                field: "spec.workers.env",
+                name: "ABC_WORKER_ID".into()
+            })
+        );
+    }
+
+    /// The CRD's rule and `validate` refuse the same names: the rule is spelled out in CEL.
+    #[test]
+    fn the_crd_refuses_every_reserved_env_name() {
+        let crd = serde_json::to_value(AbcRun::crd()).unwrap();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        for env in [
+            &spec["workers"]["properties"]["env"],
+            &spec["master"]["properties"]["env"],
+        ] {
+            let rule = env["x-kubernetes-validations"][0]["rule"].as_str().unwrap();
+            for name in crate::protocol::worker_env::RESERVED {
+                assert!(rule.contains(&format!("'{name}'")), "{rule} lacks {name}");
+            }
+        }
     }
 
     #[test]

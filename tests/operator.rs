@@ -417,6 +417,18 @@ async fn invalid_manifests_are_rejected_with_a_clear_message() {
             "image: i\n  master: {command: [m], results: {size: lots}}",
             "quantity",
         ),
+        (
+            "image: i\n  workers: {env: [{name: ABC_REDIS_HOST, value: elsewhere}]}",
+            "spec.workers.env: ABC_REDIS_HOST, ABC_REDIS_PORT",
+        ),
+        (
+            "image: i\n  master: {command: [m], env: [{name: ABC_RESULTS_DIR, value: /data}]}",
+            "are set by the operator",
+        ),
+        (
+            "image: i\n  master: {command: [m], env: [{name: PYTHONPATH, valueFrom: {configMapKeyRef: {name: c, key: k}}}]}",
+            "PYTHONPATH must be a value",
+        ),
     ];
     for (spec, expected) in cases {
         let manifest = format!(

@@ -58,8 +58,7 @@ pub fn master_job(run: &AbcRun) -> Result<Option<Job>, BuildError> {
         redis_env(run),
         vec![
             env("ABC_RESULTS_DIR", RESULTS_DIR),
-            // `import abc_operator` (new-or-resume); a user's own PYTHONPATH replaces this one
-            // and must then name ENTRYPOINT_DIR itself.
+            // `import abc_operator` (new-or-resume); a user's PYTHONPATH goes after it.
             env("PYTHONPATH", ENTRYPOINT_DIR),
             env("PYTHONUNBUFFERED", "1"),
             env("HOME", "/tmp"),
@@ -229,6 +228,15 @@ mod tests {
         let pod = job.spec.unwrap().template.spec.unwrap();
         let c = &pod.containers[0];
         assert_eq!(env_value(c, "PYTHONPATH").as_deref(), Some(ENTRYPOINT_DIR));
+        // With a PYTHONPATH of the user's, still first.
+        let with_theirs = self::job(
+            "image: img\nmaster:\n  command: [m]\n  env: [{name: PYTHONPATH, value: /models}]\n",
+        );
+        let theirs = &with_theirs.spec.unwrap().template.spec.unwrap().containers[0];
+        assert_eq!(
+            env_value(theirs, "PYTHONPATH"),
+            Some(format!("{ENTRYPOINT_DIR}:/models"))
+        );
         let mount = c
             .volume_mounts
             .iter()

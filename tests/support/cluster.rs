@@ -288,7 +288,22 @@ impl Drop for TestNamespace {
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, or panics with `what` after `secs`.
-pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_explained(secs, what, check, String::new).await
+}
+
+/// As [`eventually`], with what `explain` tells of the state things were left in added to
+/// the panic message (a timeout alone does not say whether a run hung or was slow).
+pub async fn eventually_explained<T, F, Fut>(
+    secs: u64,
+    what: &str,
+    mut check: F,
+    explain: impl FnOnce() -> String,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -299,7 +314,7 @@ where
             return value;
         }
         if tokio::time::Instant::now() > deadline {
-            panic!("timed out after {secs} s waiting for {what}");
+            panic!("timed out after {secs} s waiting for {what}\n{}", explain());
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
