@@ -169,6 +169,28 @@ pub struct WatchedPodStatus {
     pub phase: Option<String>,
     pub init_container_statuses: Option<Vec<WatchedContainer>>,
     pub container_statuses: Option<Vec<WatchedContainer>>,
+    /// The scheduler's message while it cannot place the pod (its `PodScheduled` condition is
+    /// False, reason `Unschedulable`); the pod's other conditions are not kept.
+    #[serde(default, rename = "conditions", deserialize_with = "unschedulable")]
+    pub unschedulable: Option<String>,
+}
+
+fn unschedulable<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    struct Condition {
+        #[serde(rename = "type")]
+        type_: String,
+        status: String,
+        reason: Option<String>,
+        message: Option<String>,
+    }
+    let conditions = Option::<Vec<Condition>>::deserialize(deserializer)?;
+    Ok(conditions.into_iter().flatten().find_map(|c| {
+        (c.type_ == "PodScheduled"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("Unschedulable"))
+        .then(|| c.message.unwrap_or_default())
+    }))
 }
 
 /// What is kept of a container's status (its image ID, container ID, resources and ready flag

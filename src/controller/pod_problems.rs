@@ -1,6 +1,6 @@
 //! Why a run's pods cannot run, decided from their statuses alone: an image the node cannot
 //! pull, a container the kubelet cannot create (e.g. a missing Secret key), a container that
-//! keeps exiting. Without this a run with a typo in its image would only sit in Pending.
+//! keeps exiting, a pod no node takes (its placement or requests fit none). Without this a run with a typo in its image would only sit in Pending.
 //!
 //! The same pods give the same problem, byte for byte: the kubelet's back-off durations and
 //! restart counts are left out of the message, and `ErrImagePull`/`ImagePullBackOff` (between
@@ -30,7 +30,8 @@ pub struct PodProblem {
     pub pod: String,
     /// The kubelet's reason, as conditions and Events show it: `ImagePullBackOff`,
     /// `InvalidImageName`, `ErrImageNeverPull`, `CreateContainerConfigError`,
-    /// `CreateContainerError` or `CrashLoopBackOff`.
+    /// `CreateContainerError` or `CrashLoopBackOff`; or the scheduler's, `Unschedulable` (no
+    /// node fits the pod's placement or requests: a spot pool's autoscaler may still add one).
     pub reason: String,
     /// What is wrong, naming the pod, the container, and the image or the last exit.
     pub message: String,
@@ -52,6 +53,17 @@ pub fn pod_problem(pods: &[impl Borrow<WatchedPod>], now: Timestamp) -> Option<P
     pods.sort_by_key(|p| p.name_any());
     pods.into_iter().find_map(|pod| {
         let status = pod.status.as_ref()?;
+        if let Some(scheduler) = &status.unschedulable {
+            return Some(PodProblem {
+                pod: pod.name_any(),
+                reason: "Unschedulable".into(),
+                message: format!(
+                    "pod {} cannot be placed on a node: {}",
+                    pod.name_any(),
+                    scheduler.trim()
+                ),
+            });
+        }
         let containers = status
             .init_container_statuses
             .iter()
@@ -232,6 +244,17 @@ mod tests {
 
     fn problem(name: &str) -> Option<PodProblem> {
         pod_problem(&[fixture(name)], now())
+    }
+
+    #[test]
+    fn a_pod_no_node_takes_says_what_the_scheduler_says() {
+        let p = problem("unschedulable").unwrap();
+        assert_eq!(p.reason, "Unschedulable");
+        assert!(
+            p.message.starts_with("pod sim-workers-7d9f8-abcde cannot be placed on a node: 0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector"),
+            "{}",
+            p.message
+        );
     }
 
     #[test]
