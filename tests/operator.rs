@@ -12,7 +12,9 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use std::collections::BTreeMap;
-use support::cluster::{self, TestNamespace, eventually, install_crd, kubectl, output_with_stdin};
+use support::cluster::{
+    self, TestNamespace, events_with_reason, eventually, install_crd, kubectl, output_with_stdin,
+};
 use support::controller::ControllerProcess;
 
 /// `kubectl apply -f -` of a manifest in a namespace; returns (success, stderr).
@@ -276,6 +278,57 @@ spec:
         Some(())
     })
     .await;
+}
+
+/// A Job's pod template cannot change once made: a run whose `spec.master` changes while its
+/// master Job exists keeps that Job as it is, says so once (`MasterPodKept`, with what to do),
+/// and goes on being reconciled, instead of failing every reconcile on the Job's write.
+#[tokio::test]
+async fn a_changed_master_keeps_its_job_is_said_once_and_the_run_goes_on() {
+    install_crd();
+    let client = cluster::client().await;
+    let ns = TestNamespace::new(&client, "op-master-kept").await;
+    let _controller = ControllerProcess::start(&ns.name);
+    let (ok, err) = kubectl_apply(&ns.name, GAUSSIAN);
+    assert!(ok, "{err}");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
+    let command = |job: Job| job.spec?.template.spec?.containers.first()?.command.clone();
+    eventually(60, "the master Job and status.replicas 3", || async {
+        jobs.get_opt("gaussian-master").await.ok().flatten()?;
+        (run_status(&runs, "gaussian").await?.replicas == 3).then_some(())
+    })
+    .await;
+
+    let changed = GAUSSIAN
+        .replace("[python, gaussian.py]", "[python, other.py]")
+        .replace("replicas: 3", "replicas: 4");
+    let (ok, err) = kubectl_apply(&ns.name, &changed);
+    assert!(ok, "{err}");
+    // The status is written after the owned objects: it follows only if the Job's write passed.
+    eventually(60, "status.replicas 4 after the master changed", || async {
+        (run_status(&runs, "gaussian").await?.replicas == 4).then_some(())
+    })
+    .await;
+    let kept = eventually(30, "a MasterPodKept Event", || async {
+        let events = events_with_reason(&client, &ns.name, "MasterPodKept").await;
+        (!events.is_empty()).then_some(events)
+    })
+    .await;
+    assert_eq!(kept.len(), 1, "{kept:#?}");
+    let note = kept[0].note.clone().unwrap_or_default();
+    assert!(
+        note.contains("kubectl delete job gaussian-master"),
+        "{note}"
+    );
+    let job = jobs.get("gaussian-master").await.unwrap();
+    assert_eq!(
+        command(job),
+        Some(vec!["python".to_string(), "gaussian.py".to_string()]),
+        "the Job's pod is the one it was made with"
+    );
+    let errors = events_with_reason(&client, &ns.name, "ReconcileError").await;
+    assert!(errors.is_empty(), "{errors:#?}");
 }
 
 #[tokio::test]

@@ -12,7 +12,8 @@ use super::cache::Caches;
 use super::memory::RunMemory;
 use super::owned::{self, DESIRED_HASH_ANNOTATION, OwnedObject};
 use crate::api::AbcRun;
-use crate::resources::Owned;
+use crate::resources::{Owned, POD_TEMPLATE_ANNOTATION};
+use k8s_openapi::api::batch::v1::Job;
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -67,6 +68,26 @@ pub fn unsettled(
     objects
 }
 
+/// `desired`, a master Job that exists as `live`, made appliable: a Job's pod template cannot
+/// change once made, so it gets `live`'s template, and the annotation saying which template
+/// that is ([`resources::POD_TEMPLATE_ANNOTATION`]; none when `live` predates it). The hash
+/// annotation stays the desired one, so that the run settles. Returns whether the run now
+/// builds another template than `live` has (a changed `spec.master`, or an operator version
+/// that builds it differently): that is for the user to know, and not applied.
+pub fn with_live_template(desired: &mut Job, live: &Job) -> bool {
+    let template_of = |job: &Job| job.annotations().get(POD_TEMPLATE_ANNOTATION).cloned();
+    let (kept, wanted) = (template_of(live), template_of(desired));
+    if let (Some(spec), Some(live_spec)) = (desired.spec.as_mut(), live.spec.as_ref()) {
+        spec.template = live_spec.template.clone();
+    }
+    let annotations = desired.annotations_mut();
+    match &kept {
+        Some(hash) => annotations.insert(POD_TEMPLATE_ANNOTATION.into(), hash.clone()),
+        None => annotations.remove(POD_TEMPLATE_ANNOTATION),
+    };
+    kept.is_some() && kept != wanted
+}
+
 /// `object` with the hash of its content (hash annotation excluded) in the hash annotation.
 fn with_hash(mut object: OwnedObject) -> OwnedObject {
     if let Some(annotations) = object.meta_mut().annotations.as_mut() {
@@ -83,4 +104,40 @@ fn with_hash(mut object: OwnedObject) -> OwnedObject {
         .get_or_insert_with(Default::default)
         .insert(DESIRED_HASH_ANNOTATION.into(), hex);
     object
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::master_job;
+    use crate::resources::test_support::run;
+
+    fn job(yaml: &str) -> Job {
+        master_job(&run(yaml)).unwrap().unwrap()
+    }
+
+    #[test]
+    fn an_existing_master_job_keeps_its_template_and_says_when_the_run_wants_another() {
+        let live = job("image: img\nmaster: {command: [python, a.py]}\n");
+        let mut same = live.clone();
+        assert!(!with_live_template(&mut same, &live));
+
+        let mut changed = job("image: img\nmaster: {command: [python, b.py]}\nsuspend: true\n");
+        assert!(with_live_template(&mut changed, &live));
+        let spec = changed.spec.as_ref().unwrap();
+        assert_eq!(spec.template, live.spec.as_ref().unwrap().template);
+        assert_eq!(spec.suspend, Some(true), "what a Job may change is applied");
+        assert_eq!(
+            changed.annotations().get(POD_TEMPLATE_ANNOTATION),
+            live.annotations().get(POD_TEMPLATE_ANNOTATION)
+        );
+
+        // A Job made before the annotation: its template is kept, nothing is claimed about it.
+        let mut older = live.clone();
+        older.annotations_mut().remove(POD_TEMPLATE_ANNOTATION);
+        let mut desired = job("image: img\nmaster: {command: [python, b.py]}\n");
+        assert!(!with_live_template(&mut desired, &older));
+        assert!(!desired.annotations().contains_key(POD_TEMPLATE_ANNOTATION));
+        assert_eq!(desired.spec.unwrap().template, older.spec.unwrap().template);
+    }
 }

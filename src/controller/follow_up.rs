@@ -36,6 +36,7 @@ pub mod reason {
     pub const WORKER_EXPIRED: &str = "WorkerExpired";
     pub const CLEARED_ANALYSIS_LOCK: &str = "ClearedAnalysisLock";
     pub const STOPPING: &str = "Stopping";
+    pub const MASTER_POD_KEPT: &str = "MasterPodKept";
     pub const RECONCILE_ERROR: &str = "ReconcileError";
     /// The master start warnings (`protocol::StartOutcome::warning`).
     pub const RESUME_FAILED: &str = "ResumeFailed";
@@ -456,6 +457,18 @@ pub fn cleared_lock_notice() -> Notice {
 }
 
 /// The run was asked to stop and its master was told.
+/// The run builds another master pod than its Job has (a Job's pod template cannot change).
+pub fn master_pod_kept_notice(run: &AbcRun) -> Notice {
+    let job = crate::resources::master_job_name(run);
+    notice(
+        EventType::Warning,
+        reason::MASTER_POD_KEPT,
+        format!(
+            "the master's pod changed (spec.master, or a new operator version) but Job {job} keeps              the pod it was made with, as a Job must; to run the master with the new one,              `kubectl delete job {job}`: it is made again and resumes from its database"
+        ),
+    )
+}
+
 pub fn stop_requested_notice() -> Notice {
     notice(
         EventType::Normal,

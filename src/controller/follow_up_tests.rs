@@ -410,6 +410,7 @@ fn every_notice() -> Vec<Notice> {
         worker_replaced_notice(&master, "r-workers-1", "it exited", false),
         cleared_lock_notice(),
         stop_requested_notice(),
+        master_pod_kept_notice(&master),
         reconcile_error_notice(Some("n".into()), "boom".into(), Some(("Job", "r-master"))),
         unreadable_notice("spec.workers.replicas: invalid type".into()),
     ]);

@@ -28,6 +28,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Makes a master Job that exists appliable ([`apply::with_live_template`]): one read, only
+/// when the Job is about to be written (made, suspended, its metadata changed). Returns whether
+/// the run now builds another pod template than the Job keeps.
+async fn keep_job_template(ctx: &Context, namespace: &str, job: &mut Job) -> Result<bool, Error> {
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    let live = api
+        .get_opt(&job.name_any())
+        .await
+        .map_err(Error::kube("reading the master Job"))?;
+    Ok(live.is_some_and(|live| apply::with_live_template(job, &live)))
+}
+
 /// How soon a reconcile that came before the caches had listed everything is tried again.
 const CACHES_SYNCING: Duration = Duration::from_millis(500);
 
@@ -87,7 +99,13 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
         &namespace,
         &ctx.caches,
     );
-    for object in differing {
+    for mut object in differing {
+        if let owned::OwnedObject::Job(job) = &mut object
+            && keep_job_template(&ctx, &namespace, job).await?
+        {
+            ctx.publish(run.as_ref(), follow_up::master_pod_kept_notice(&run))
+                .await;
+        }
         tracing::debug!(run = %name, namespace, object = %object.describe(), "applying");
         object.apply(&ctx.client, &namespace).await?;
     }

@@ -2,8 +2,8 @@
 //!
 //! A Job's pod template is immutable once created: this builder is deterministic (same spec,
 //! same template) so re-applying an unchanged run is a no-op. A changed `spec.master` cannot
-//! be applied to an existing Job; the controller has to decide (e.g. report it, or recreate
-//! a Job that has not started).
+//! be applied to an existing Job: the controller keeps the Job's template and says so
+//! ([`POD_TEMPLATE_ANNOTATION`]).
 
 use super::{
     BuildError, Component, ENTRYPOINT_DIR, POD_UID, container_security_context, env,
@@ -102,7 +102,29 @@ pub fn master_job(run: &AbcRun) -> Result<Option<Job>, BuildError> {
         security_context: Some(container_security_context()),
         ..Container::default()
     };
-    let meta = object_meta(run, master_job_name(run), Component::Master)?;
+    let mut meta = object_meta(run, master_job_name(run), Component::Master)?;
+    let template = PodTemplateSpec {
+        metadata: Some(pod_metadata(
+            meta.labels.clone(),
+            BTreeMap::new(),
+            &master.pod.placement,
+        )),
+        spec: Some(with_pod_settings(
+            run,
+            PodSpec {
+                restart_policy: Some("Never".into()),
+                ..hardened_pod_spec(
+                    POD_UID,
+                    vec![container],
+                    vec![results, operator_files_volume(run), tmp_volume()],
+                )
+            },
+            &master.pod,
+        )),
+    };
+    meta.annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(POD_TEMPLATE_ANNOTATION.into(), sha256_of(&template));
     Ok(Some(Job {
         spec: Some(JobSpec {
             backoff_limit: Some(master.backoff_limit),
@@ -127,30 +149,28 @@ pub fn master_job(run: &AbcRun) -> Result<Option<Job>, BuildError> {
                     on_master_exit("FailJob", RESUME_REFUSED_EXIT_CODE),
                 ],
             }),
-            template: PodTemplateSpec {
-                metadata: Some(pod_metadata(
-                    meta.labels.clone(),
-                    BTreeMap::new(),
-                    &master.pod.placement,
-                )),
-                spec: Some(with_pod_settings(
-                    run,
-                    PodSpec {
-                        restart_policy: Some("Never".into()),
-                        ..hardened_pod_spec(
-                            POD_UID,
-                            vec![container],
-                            vec![results, operator_files_volume(run), tmp_volume()],
-                        )
-                    },
-                    &master.pod,
-                )),
-            },
+            template,
             ..JobSpec::default()
         }),
         metadata: meta,
         ..Job::default()
     }))
+}
+
+/// The hash of the pod template the master Job was built with, on the Job. A Job's pod template
+/// cannot change once the Job exists: the controller applies an existing Job with the template
+/// it has and, when this hash says the run now builds another one (`spec.master` changed, or a
+/// new operator version builds it differently), says so.
+pub const POD_TEMPLATE_ANNOTATION: &str = "abc-operator.dev/pod-template-sha256";
+
+fn sha256_of(template: &PodTemplateSpec) -> String {
+    use sha2::{Digest, Sha256};
+    // Typed structs with sorted maps: the same template always gives the same bytes.
+    let bytes = serde_json::to_vec(template).unwrap_or_default();
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The master Job's one container.

@@ -31,7 +31,7 @@ pub use configmap::{
     worker_entrypoint_config_map, worker_entrypoint_name,
 };
 use configmap::{operator_files_mount, operator_files_volume};
-pub use master::{RESULTS_DIR, master_job, master_job_name};
+pub use master::{POD_TEMPLATE_ANNOTATION, RESULTS_DIR, master_job, master_job_name};
 pub use networkpolicy::{OPERATOR_NAME_LABEL_VALUE, redis_network_policy};
 pub use redis::{
     DEFAULT_REDIS_IMAGE, REDIS_UID, managed_redis, redis_deployment, redis_deployment_name,
