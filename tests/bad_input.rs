@@ -347,8 +347,9 @@ fn observed() -> BoxedStrategy<Observed> {
     );
     let problem = || {
         prop::option::of(
-            (text(), text(), text()).prop_map(|(pod, reason, message)| PodProblem {
-                pod,
+            (text(), text(), text()).prop_map(|(object, reason, message)| PodProblem {
+                kind: "Pod",
+                object,
                 reason,
                 message,
             }),

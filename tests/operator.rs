@@ -631,6 +631,59 @@ async fn a_missing_password_secret_is_a_condition_not_a_crash_or_a_hot_loop() {
     .await;
 }
 
+/// Pods the API server refuses to make (here: a priority class that does not exist) leave no
+/// pod to look at: the run says what its Deployment was told, once, and heals when the cause
+/// is gone.
+#[tokio::test]
+async fn pods_the_api_server_refuses_are_named_in_the_runs_status() {
+    install_crd();
+    let client = cluster::client().await;
+    let ns = TestNamespace::new(&client, "op-refused").await;
+    let _controller = ControllerProcess::start(&ns.name);
+    // A Redis that answers, so that the workers' problem is the one the run reports.
+    let redis = support::redis::server();
+    support::run::create_password_secret(&client, &ns.name, "redis-pw", redis.password()).await;
+    let (ok, err) = kubectl_apply(
+        &ns.name,
+        &format!(
+            "apiVersion: abc-operator.dev/v1alpha1\nkind: AbcRun\nmetadata: {{name: refused}}\n\
+             spec: {{image: i, workers: {{replicas: 1, priorityClassName: abc-test-missing}}, \
+             redis: {{external: {{host: 127.0.0.1, port: {}, passwordSecret: {{name: redis-pw}}}}}}}}\n",
+            redis.port()
+        ),
+    );
+    assert!(ok, "{err}");
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
+    let degraded = eventually(90, "a Degraded condition", || async {
+        let s = run_status(&runs, "refused").await?;
+        s.conditions
+            .into_iter()
+            .find(|c| c.type_ == "Degraded" && c.status == "True")
+    })
+    .await;
+    assert_eq!(degraded.reason, "FailedCreate", "{degraded:?}");
+    assert!(
+        degraded
+            .message
+            .starts_with("Deployment refused-workers cannot make its pods: ")
+            && degraded
+                .message
+                .contains("no PriorityClass with name abc-test-missing was found"),
+        "{}",
+        degraded.message
+    );
+    let told = events_with_reason(&client, &ns.name, "FailedCreate").await;
+    let by_us: Vec<_> = told
+        .iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("AbcRun"))
+        .collect();
+    assert_eq!(by_us.len(), 1, "{told:#?}");
+    assert_eq!(
+        by_us[0].related.as_ref().and_then(|r| r.kind.as_deref()),
+        Some("Deployment")
+    );
+}
+
 #[tokio::test]
 async fn the_operators_redis_image_is_the_default_of_a_managed_redis() {
     install_crd();

@@ -200,8 +200,17 @@ fn transitions(
         && before.as_ref().map(|b| &b.0) != Some(&reason)
     {
         let mut told = notice(EventType::Warning, &reason, message);
-        if let Some(pod) = observed.pod_problem().filter(|p| p.reason == reason) {
-            told.related = Some(pod_reference(run, &pod.pod));
+        if let Some(seen_in) = observed.pod_problem().filter(|p| p.reason == reason) {
+            told.related = Some(match seen_in.kind {
+                "Deployment" => ObjectReference {
+                    api_version: Some("apps/v1".into()),
+                    kind: Some("Deployment".into()),
+                    name: Some(seen_in.object.clone()),
+                    namespace: run.metadata.namespace.clone(),
+                    ..ObjectReference::default()
+                },
+                _ => pod_reference(run, &seen_in.object),
+            });
         }
         problem = Some(told);
     }

@@ -133,7 +133,8 @@ fn what_only_the_user_can_fix_is_looked_at_less_often_and_not_polled() {
 
 fn image_pull_problem() -> PodProblem {
     PodProblem {
-        pod: "r-workers-1".into(),
+        kind: "Pod",
+        object: "r-workers-1".into(),
         reason: "ImagePullBackOff".into(),
         message: "cannot pull image \"i\"".into(),
     }

@@ -3,7 +3,7 @@
 
 use super::cache::RunPods;
 pub use super::pod_problems::PodProblem;
-use super::pod_problems::{last_failed_exit, pod_problem};
+use super::pod_problems::{creation_problem, last_failed_exit, pod_problem};
 use super::records::RecordsRead;
 use crate::api::{AbcRun, Progress, ResultsStatus};
 use crate::protocol::{MasterStart, Resumed, Snapshot};
@@ -181,15 +181,15 @@ pub fn observe(
             .map(|_| master_state(view.master_job.as_ref())),
         progress: None,
         lost_workers: run.status.as_ref().map(|s| s.lost_workers).unwrap_or(0),
-        worker_pod_problem: pod_problem(&view.pods.workers, now),
+        worker_pod_problem: pod_problem(&view.pods.workers, now)
+            .or_else(|| creation_problem(view.workers.as_ref())),
         master_pod_problem: owned
             .master_job
             .as_ref()
             .and_then(|_| pod_problem(&view.pods.master, now)),
-        redis_pod_problem: owned
-            .redis_deployment
-            .as_ref()
-            .and_then(|_| pod_problem(&view.pods.redis, now)),
+        redis_pod_problem: owned.redis_deployment.as_ref().and_then(|_| {
+            pod_problem(&view.pods.redis, now).or_else(|| creation_problem(view.redis.as_ref()))
+        }),
         resumed: None,
         redis_run_id: None,
         master_start: None,

@@ -1,6 +1,7 @@
 //! Why a run's pods cannot run, decided from their statuses alone: an image the node cannot
 //! pull, a container the kubelet cannot create (e.g. a missing Secret key), a container that
-//! keeps exiting, a pod no node takes (its placement or requests fit none). Without this a run with a typo in its image would only sit in Pending.
+//! keeps exiting, a pod no node takes (its placement or requests fit none), pods the API server
+//! refuses to make. Without this a run with a typo in its image would only sit in Pending.
 //!
 //! The same pods give the same problem, byte for byte: the kubelet's back-off durations and
 //! restart counts are left out of the message, and `ErrImagePull`/`ImagePullBackOff` (between
@@ -8,6 +9,7 @@
 //! not change from one reconcile to the next, and its Event is published once.
 
 use super::pod_index::{WatchedContainer, WatchedPod};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use std::borrow::Borrow;
@@ -26,8 +28,10 @@ pub const RECOVERED_AFTER: Duration = Duration::from_secs(60);
 /// Why one of a run's pods cannot run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodProblem {
-    /// The pod it was seen in (the first such pod by name).
-    pub pod: String,
+    /// What it was seen in: `Pod` (the first such pod by name), or `Deployment` when the
+    /// Deployment cannot make its pods at all.
+    pub kind: &'static str,
+    pub object: String,
     /// The kubelet's reason, as conditions and Events show it: `ImagePullBackOff`,
     /// `InvalidImageName`, `ErrImageNeverPull`, `CreateContainerConfigError`,
     /// `CreateContainerError` or `CrashLoopBackOff`; or the scheduler's, `Unschedulable` (no
@@ -55,7 +59,8 @@ pub fn pod_problem(pods: &[impl Borrow<WatchedPod>], now: Timestamp) -> Option<P
         let status = pod.status.as_ref()?;
         if let Some(scheduler) = &status.unschedulable {
             return Some(PodProblem {
-                pod: pod.name_any(),
+                kind: "Pod",
+                object: pod.name_any(),
                 reason: "Unschedulable".into(),
                 message: format!(
                     "pod {} cannot be placed on a node: {}",
@@ -73,10 +78,38 @@ pub fn pod_problem(pods: &[impl Borrow<WatchedPod>], now: Timestamp) -> Option<P
             .filter_map(|c| container_problem(c, now))
             .next()
             .map(|(reason, what)| PodProblem {
-                pod: pod.name_any(),
+                kind: "Pod",
+                object: pod.name_any(),
                 reason: reason.to_string(),
                 message: format!("pod {}: {what}", pod.name_any()),
             })
+    })
+}
+
+/// Why `deployment` cannot make its pods at all: the API server refuses them (a priority class
+/// or service account that does not exist, a quota used up, Pod Security), as its
+/// `ReplicaFailure` condition says. There are no pods to look at then.
+pub fn creation_problem(deployment: Option<&Deployment>) -> Option<PodProblem> {
+    let deployment = deployment?;
+    let failure = deployment
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")?;
+    let name = deployment.name_any();
+    Some(PodProblem {
+        kind: "Deployment",
+        object: name.clone(),
+        reason: failure
+            .reason
+            .clone()
+            .unwrap_or_else(|| "FailedCreate".into()),
+        message: format!(
+            "Deployment {name} cannot make its pods: {}",
+            failure.message.as_deref().unwrap_or("refused").trim()
+        ),
     })
 }
 
@@ -247,6 +280,42 @@ mod tests {
     }
 
     #[test]
+    fn pods_the_api_server_refuses_to_make_are_the_deployments_problem() {
+        // The status kube-controller-manager gave a Deployment whose priority class does not
+        // exist (captured from the test cluster's).
+        let deployment: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "sim-workers"},
+            "status": {"conditions": [
+                {"type": "Progressing", "status": "True", "reason": "NewReplicaSetCreated",
+                 "message": "Created new replica set \"sim-workers-5bbb75cf9b\""},
+                {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable",
+                 "message": "Deployment does not have minimum availability."},
+                {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                 "message": "pods \"sim-workers-5bbb75cf9b-\" is forbidden: no PriorityClass with name nope was found"}
+            ]}
+        }))
+        .unwrap();
+        let p = creation_problem(Some(&deployment)).unwrap();
+        assert_eq!(
+            (p.kind, p.object.as_str(), p.reason.as_str()),
+            ("Deployment", "sim-workers", "FailedCreate")
+        );
+        assert_eq!(
+            p.message,
+            "Deployment sim-workers cannot make its pods: pods \"sim-workers-5bbb75cf9b-\" is forbidden: no PriorityClass with name nope was found"
+        );
+        let mut fine = deployment.clone();
+        fine.status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap()
+            .pop();
+        assert_eq!(creation_problem(Some(&fine)), None);
+    }
+
+    #[test]
     fn a_pod_no_node_takes_says_what_the_scheduler_says() {
         let p = problem("unschedulable").unwrap();
         assert_eq!(p.reason, "Unschedulable");
@@ -273,7 +342,7 @@ mod tests {
     fn a_missing_image_names_the_image_and_the_kubelets_error() {
         let p = problem("err-image-pull").unwrap();
         assert_eq!(p.reason, "ImagePullBackOff");
-        assert_eq!(p.pod, "sim-workers-7d9f8-abcde");
+        assert_eq!(p.object, "sim-workers-7d9f8-abcde");
         assert_eq!(
             p.message,
             r#"pod sim-workers-7d9f8-abcde: container "worker" cannot pull image "models/gausian:1": rpc error: code = NotFound desc = failed to pull and unpack image "docker.io/models/gausian:1": failed to resolve reference "docker.io/models/gausian:1": not found"#
@@ -389,7 +458,7 @@ mod tests {
         let pods = [second, fixture("running"), fixture("err-image-pull")];
         let p = pod_problem(&pods, now()).unwrap();
         assert_eq!(
-            (p.pod.as_str(), p.reason.as_str()),
+            (p.object.as_str(), p.reason.as_str()),
             ("sim-workers-7d9f8-abcde", "ImagePullBackOff"),
             "the same pods in any order give the same problem"
         );

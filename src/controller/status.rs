@@ -578,7 +578,8 @@ mod tests {
 
     fn image_pull_problem(pod: &str) -> PodProblem {
         PodProblem {
-            pod: pod.into(),
+            kind: "Pod",
+            object: pod.into(),
             reason: "ImagePullBackOff".into(),
             message: format!(
                 "pod {pod}: container \"worker\" cannot pull image \"models/gausian:1\": not found"
@@ -629,7 +630,8 @@ mod tests {
         let observed = Observed {
             master: Some(MasterState::Pending),
             master_pod_problem: Some(PodProblem {
-                pod: "r-master-abcde".into(),
+                kind: "Pod",
+                object: "r-master-abcde".into(),
                 reason: "CreateContainerConfigError".into(),
                 message: "pod r-master-abcde: container \"master\" cannot be created: couldn't find key password in Secret n/pw".into(),
             }),
