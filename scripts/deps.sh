@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what abc-operator's demo and tests need on a fresh machine, and nothing twice:
 #   - redis-server (Debian package),
-#   - a Python venv with the pinned pyabc (python/requirements.txt), cached outside the checkout
-#     keyed by the requirements' hash and linked as .venv, and the pinned wheels that build the
+#   - a Python venv with the pinned pyabc (python/requirements.txt) and the pinned Kubernetes
+#     client of `abc_operator.connect` (python/requirements-connect.txt), cached outside the
+#     checkout keyed by both files' hash and linked as .venv, and the pinned wheels that build the
 #     `abc_operator` package (python/requirements-build.txt), linked as .python-build,
 #   - shellcheck (Debian package; only when asked: `make check` lints with it),
 #   - chromium (Debian package; only when asked: `make test` loads each run's page in it,
@@ -40,13 +41,14 @@ case " $want " in *" python "*)
   command -v "$py" >/dev/null || apt_install python3 python3-venv
   "$py" -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
   req=$root/python/requirements.txt
-  key=$(cat "$req" <("$py" -c 'import sys; print(sys.version)') | sha256sum | cut -c1-16)
+  connect_req=$root/python/requirements-connect.txt
+  key=$(cat "$req" "$connect_req" <("$py" -c 'import sys; print(sys.version)') | sha256sum | cut -c1-16)
   cache=${XDG_CACHE_HOME:-$HOME/.cache}/abc-operator/venv-$key
   if [ ! -x "$cache/bin/python" ] || [ ! -f "$cache/.complete" ]; then
     echo "creating the Python venv with pinned pyabc (first time: about 2 minutes)" >&2
     rm -rf "$cache"
     "$py" -m venv "$cache"
-    "$cache/bin/pip" install -q --disable-pip-version-check -r "$req"
+    "$cache/bin/pip" install -q --disable-pip-version-check -r "$req" -r "$connect_req"
     touch "$cache/.complete"
   fi
   ln -sfn "$cache" "$root/.venv"

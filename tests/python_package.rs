@@ -52,19 +52,26 @@ fn succeed(command: &mut Command, what: &str) -> Output {
 /// source folder, which must not be the checkout (other test runs, `git status`).
 fn copy_package_sources(to: &Path) {
     let from = crate_dir().join("python");
-    for file in ["pyproject.toml", "README.md", "abc_operator/__init__.py"] {
+    let files = [
+        "pyproject.toml",
+        "README.md",
+        "abc_operator/__init__.py",
+        "abc_operator/connect.py",
+    ];
+    for file in files {
         let target = to.join(file);
         std::fs::create_dir_all(target.parent().unwrap()).unwrap();
         std::fs::copy(from.join(file), &target).unwrap_or_else(|err| panic!("{file}: {err}"));
     }
-    let package: Vec<_> = std::fs::read_dir(from.join("abc_operator"))
+    let mut package: Vec<_> = std::fs::read_dir(from.join("abc_operator"))
         .unwrap()
         .map(|entry| entry.unwrap().file_name().into_string().unwrap())
         .filter(|name| name != "__pycache__")
         .collect();
+    package.sort();
     assert_eq!(
         package,
-        ["__init__.py"],
+        ["__init__.py", "connect.py"],
         "copy every file of the package here (and ship it, if masters need it)"
     );
 }

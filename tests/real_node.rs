@@ -8,6 +8,8 @@
 //! The node enforces NetworkPolicy (kube-router's policy controller, tools/node.sh), and every
 //! test namespace, the operator's included, enforces Pod Security `restricted`.
 
+#[path = "real_node/connect.rs"]
+mod connect;
 mod support;
 
 use abc_operator::api::{AbcRun, RUN_LABEL};
@@ -19,7 +21,8 @@ use std::collections::BTreeSet;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 use support::cluster::{
-    Cluster, RESTRICTED_LABELS, TestNamespace, events_with_reason, eventually, output_with_stdin,
+    Cluster, RESTRICTED_LABELS, TestNamespace, events_with_reason, eventually,
+    eventually_explained, output_with_stdin,
 };
 use support::results_db::{
     database_of_another_run, history_max_t, integrity, row_counts, stored_generations,
@@ -139,17 +142,61 @@ fn phase(run: &AbcRun) -> String {
         .unwrap_or_default()
 }
 
-/// Waits for `phase`; fails early, with the run's status, if it ends in another phase.
+/// Waits for `phase`; fails early, with the run's status, if it ends in another phase, and
+/// on a timeout says where the run was left (slow or hung: its status, pods, Events and logs).
 async fn wait_for_phase(runs: &Api<AbcRun>, name: &str, want: &str, secs: u64) -> AbcRun {
-    eventually(secs, &format!("AbcRun {name} in phase {want}"), || async {
-        let run = runs.get(name).await.ok()?;
-        let now = phase(&run);
-        if now != want && ["Succeeded", "Failed"].contains(&now.as_str()) {
-            panic!("AbcRun {name} ended {now}, not {want}: {:#?}", run.status);
-        }
-        (now == want).then_some(run)
-    })
+    let ns = runs
+        .resource_url()
+        .split('/')
+        .skip_while(|part| *part != "namespaces")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    eventually_explained(
+        secs,
+        &format!("AbcRun {name} in phase {want}"),
+        || async {
+            let run = runs.get(name).await.ok()?;
+            let now = phase(&run);
+            if now != want && ["Succeeded", "Failed"].contains(&now.as_str()) {
+                panic!("AbcRun {name} ended {now}, not {want}: {:#?}", run.status);
+            }
+            (now == want).then_some(run)
+        },
+        || where_the_run_is(&ns, name),
+    )
     .await
+}
+
+/// The run's status, pods, Events, the tail of its master's log and the operator's log.
+fn where_the_run_is(ns: &str, name: &str) -> String {
+    let master = format!("job/{name}-master");
+    [
+        vec!["get", "abcrun", name, "-o", "jsonpath={.status}"],
+        vec!["get", "pods", "-o", "wide"],
+        vec!["get", "events", "--sort-by=.lastTimestamp"],
+        vec!["logs", &master, "--tail=30"],
+    ]
+    .into_iter()
+    .map(|args| [vec!["-n", ns], args].concat())
+    .chain([vec![
+        "logs",
+        "-n",
+        OPERATOR_NAMESPACE,
+        "deploy/abc-operator",
+        "--tail=60",
+    ]])
+    .map(|args| {
+        let out = NODE.kubectl().args(&args).output().unwrap();
+        format!(
+            "--- kubectl {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+    .collect::<Vec<_>>()
+    .join("\n")
 }
 
 async fn pods(client: &kube::Client, ns: &str, selector: &str) -> Vec<Pod> {
@@ -1878,5 +1925,117 @@ async fn a_restricted_namespace_refuses_pods_that_break_pod_security() {
     assert_eq!(
         wait_for_pod_output(&ns.name, "compliant").await.trim(),
         "admitted"
+    );
+}
+
+/// Pod settings on real pods: workers and master land where their affinity and node selector
+/// say, with their priority class's priority and their labels; the model reads its data from a
+/// ConfigMap volume, and a master with a PYTHONPATH of its own still imports `abc_operator`
+/// (and a module of that volume). A run whose workers fit no node says so in its status.
+///
+/// One node cannot show a toleration letting a pod onto a tainted node without keeping every
+/// other test's pods off it: tolerations are checked as far as the pods' specs (kwok tests).
+#[tokio::test]
+async fn pods_land_where_their_settings_say_and_read_their_volumes() {
+    use kube::ResourceExt;
+    install_operator();
+    let client = NODE.client().await;
+    let ns = TestNamespace::on(NODE, &client, "e2e-placed").await;
+    let node = kubectl(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"]);
+    kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: abc-e2e-science}\nvalue: 1000\n",
+    );
+    kubectl_stdin(
+        &["apply", "-n", &ns.name, "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: model-data}\n\
+         data: {shift: '1.0', modeldata.py: \"NAME = 'model data module'\\n\"}\n",
+    );
+    // The example's master with a model that adds the shift it reads from the volume: the
+    // posterior of mu moves from the observed 2.0 to about 1.0.
+    let master = "import cloudpickle, gaussian, modeldata, numpy as np\n\
+cloudpickle.register_pickle_by_value(gaussian)\n\
+def model(parameter):\n    with open('/model-data/shift') as f:\n        shift = float(f.read())\n    \
+return {'y': parameter['mu'] + shift + 0.5 * np.random.randn()}\n\
+gaussian.model, gaussian.POPULATION_SIZE, gaussian.MAX_GENERATIONS = model, 100, 4\n\
+print('imported:', modeldata.NAME)\n\
+gaussian.main()\n";
+    let on_this_node: serde_yaml::Value = serde_yaml::from_str(&format!(
+        "nodeAffinity: {{requiredDuringSchedulingIgnoredDuringExecution: {{nodeSelectorTerms: \
+         [{{matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [{node}]}}]}}]}}}}"
+    ))
+    .unwrap();
+    let data: serde_yaml::Value = serde_yaml::from_str(
+        "volumes: [{name: model-data, configMap: {name: model-data}}]\n\
+         volumeMounts: [{name: model-data, mountPath: /model-data, readOnly: true}]",
+    )
+    .unwrap();
+    apply_example(&ns.name, "gaussian/abcrun.yaml", |doc| {
+        let spec = &mut doc["spec"];
+        for part in ["workers", "master"] {
+            spec[part]["priorityClassName"] = "abc-e2e-science".into();
+            spec[part]["podLabels"] = serde_yaml::from_str("{team: bio}").unwrap();
+            for (key, value) in data.as_mapping().unwrap() {
+                spec[part][key.clone()] = value.clone();
+            }
+        }
+        spec["workers"]["affinity"] = on_this_node.clone();
+        spec["master"]["nodeSelector"] =
+            serde_yaml::from_str(&format!("{{kubernetes.io/hostname: {node}}}")).unwrap();
+        spec["master"]["env"] =
+            serde_yaml::from_str("[{name: PYTHONPATH, value: /model-data}]").unwrap();
+        spec["master"]["command"] =
+            serde_yaml::Value::Sequence(vec!["python".into(), "-c".into(), master.into()]);
+    });
+    // A run whose workers fit no node.
+    kubectl_stdin(
+        &["apply", "-n", &ns.name, "-f", "-"],
+        "apiVersion: abc-operator.dev/v1alpha1\nkind: AbcRun\nmetadata: {name: nowhere}\n\
+         spec: {image: abc-example-gaussian:0.1.0, workers: {replicas: 1, nodeSelector: {abc-e2e/pool: nowhere}}}\n",
+    );
+
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let placed = eventually(240, "a running worker and master of the run", || async {
+        let pods = pods_api
+            .list(&ListParams::default().labels("abc-operator.dev/run=gaussian,team=bio"))
+            .await
+            .ok()?;
+        let running: Vec<Pod> = pods.items.into_iter().filter(running).collect();
+        let component = |p: &Pod| p.labels().get("abc-operator.dev/component").cloned();
+        let has = |c: &str| running.iter().any(|p| component(p).as_deref() == Some(c));
+        (has("worker") && has("master")).then_some(running)
+    })
+    .await;
+    for pod in &placed {
+        let spec = pod.spec.as_ref().unwrap();
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        assert_eq!(spec.priority, Some(1000), "{name}: priority");
+        assert_eq!(spec.node_name.as_deref(), Some(node.as_str()), "{name}: node");
+    }
+
+    let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
+    let nowhere = eventually(180, "the run that fits no node Degraded", || async {
+        let run = runs.get("nowhere").await.ok()?;
+        condition(&run, "Degraded").filter(|(status, _, _)| status == "True")
+    })
+    .await;
+    assert_eq!(nowhere.1, "Unschedulable", "{nowhere:?}");
+    assert!(
+        nowhere.2.contains("didn't match Pod's node affinity/selector"),
+        "the scheduler's message: {nowhere:?}"
+    );
+
+    wait_for_phase(&runs, "gaussian", "Succeeded", 600).await;
+    let log = kubectl(&["logs", "-n", &ns.name, "job/gaussian-master"]);
+    assert!(log.contains("imported: model data module"), "{log}");
+    let mean: f64 = log
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("mu: weighted mean "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|m| m.trim_end_matches(',').parse().ok())
+        .unwrap_or_else(|| panic!("no posterior in the master's log:\n{log}"));
+    assert!(
+        (mean - 1.0).abs() < 0.5,
+        "the posterior mean of mu is {mean}, not about 1.0 (2.0 observed minus the volume's shift of 1.0):\n{log}"
     );
 }

@@ -177,6 +177,25 @@ def _early_release_sampler():
     return EarlyReleaseSampler
 
 
+def __getattr__(name):
+    """`abc_operator.connect(...)`: a master outside the cluster (a laptop, a notebook)
+    connecting to an AbcRun's Redis. It lives in the installed package (it needs the
+    `kubernetes` client) and is imported when first used, so that this module, shipped alone
+    to the masters in the cluster, never imports it."""
+    if name != "connect":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    try:
+        return importlib.import_module(f"{__name__}.connect")
+    except ModuleNotFoundError as err:
+        if err.name != f"{__name__}.connect":
+            raise
+        raise AttributeError(
+            "abc_operator.connect is in the installed package (pip install "
+            "'abc-operator[connect]'), not in the module the operator ships to its masters"
+        ) from None
+
 
 def database_url(db):
     """A SQLAlchemy URL for `db`: a URL as it is, a relative file name under `ABC_RESULTS_DIR`
