@@ -2010,7 +2010,11 @@ gaussian.main()\n";
         let spec = pod.spec.as_ref().unwrap();
         let name = pod.metadata.name.as_deref().unwrap_or_default();
         assert_eq!(spec.priority, Some(1000), "{name}: priority");
-        assert_eq!(spec.node_name.as_deref(), Some(node.as_str()), "{name}: node");
+        assert_eq!(
+            spec.node_name.as_deref(),
+            Some(node.as_str()),
+            "{name}: node"
+        );
     }
 
     let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
@@ -2021,7 +2025,9 @@ gaussian.main()\n";
     .await;
     assert_eq!(nowhere.1, "Unschedulable", "{nowhere:?}");
     assert!(
-        nowhere.2.contains("didn't match Pod's node affinity/selector"),
+        nowhere
+            .2
+            .contains("didn't match Pod's node affinity/selector"),
         "the scheduler's message: {nowhere:?}"
     );
 
