@@ -39,22 +39,25 @@ configuration, 3 the ledger was repaired by someone else (this worker was declar
 128 + N a worker process killed by signal N (e.g. 137: SIGKILL, the OOM killer).
 """
 
+import os
 import signal
 import sys
 
-# Until pyABC installs its own handler (importing it takes seconds), a SIGTERM (a scale-down or
-# a replacement right after the start) ends the worker at once: nothing is owed yet. Where
-# this process is PID 1 (a container of its own PID namespace) the kernel would otherwise not
-# deliver the signal at all, and the kubelet's SIGKILL at the end of the grace period would
-# hit the worker inside a generation.
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
+# Until the supervisor forwards signals to its worker processes, a SIGTERM (a scale-down, or a
+# replacement right after the start) or SIGINT ends this process at once: nothing is owed yet.
+# With os._exit, not sys.exit: a SystemExit raised in the middle of an import came out of a C
+# extension's initialisation as an exception that matplotlib catches, and the worker went on
+# as if nothing had been asked, until the kubelet's SIGKILL hit it inside a generation (seen on
+# the real node, about one SIGTERM in 200 in the second after a start). Where this process is
+# PID 1 (a container of its own PID namespace) a handler is also what makes the kernel deliver
+# the signal at all.
+signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+signal.signal(signal.SIGINT, lambda *_: os._exit(0))
 
 import logging  # noqa: E402
 import mmap  # noqa: E402
 import multiprocessing  # noqa: E402
 import multiprocessing.connection  # noqa: E402
-import os  # noqa: E402
 import socket  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -987,21 +990,30 @@ def supervise(config: Config) -> int:
         else [f'{config.worker_id}-{i}' for i in range(config.processes)]
     )
     children = {}
-    for i, ledger_id in enumerate(ledger_ids):
-        status = Status()
-        child = ctx.Process(
-            target=_child, args=(config, ledger_id, i, status, os.getpid()), name=ledger_id
-        )
-        child.start()
-        children[child.sentinel] = Supervised(child, status)
+    supervisor = os.getpid()
+    received = []
 
     def forward(signum, _frame):
+        if os.getpid() != supervisor:
+            # a worker process just forked, before _child set its own handler: nothing owed
+            os._exit(0)
+        received.append(signum)
         for child in children.values():
             if child.process.pid and child.process.exitcode is None:
                 os.kill(child.process.pid, signum)
 
+    # Before the first fork, so that no signal falls between a fork and the forwarding.
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    for i, ledger_id in enumerate(ledger_ids):
+        status = Status()
+        child = ctx.Process(
+            target=_child, args=(config, ledger_id, i, status, supervisor), name=ledger_id
+        )
+        child.start()
+        children[child.sentinel] = Supervised(child, status)
+        if received:  # the signal came before this child was in `children`
+            os.kill(child.pid, received[0])
     admin = config.heartbeat_client()
     heartbeat = admin.register_script(HEARTBEAT_LUA)
     code = 0
@@ -1074,8 +1086,8 @@ def _ended(child: Supervised, admin) -> int:
 
 
 def _child(config: Config, ledger_id: str, process: int, status, supervisor_pid: int):
-    # As in the supervisor before it forwards: a SIGTERM before pyABC installs its own handler
-    # ends the process at once (nothing is owed yet, or the supervisor settles it).
+    # A SIGTERM before pyABC installs its own handler ends the process at once (nothing is owed
+    # yet, or the supervisor settles its ledger); everything it imports is imported already.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
     _die_with_parent(supervisor_pid)
