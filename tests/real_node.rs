@@ -1043,6 +1043,7 @@ async fn bad_workers_are_reported(
     image: &str,
     want_reason: &str,
     want_in_message: &str,
+    edit: impl FnOnce(&mut serde_yaml::Value),
 ) {
     install_operator();
     let client = NODE.client().await;
@@ -1052,6 +1053,7 @@ async fn bad_workers_are_reported(
         // Nothing is pulled on this machine: a missing image must not be looked for elsewhere.
         doc["spec"]["imagePullPolicy"] = "Never".into();
         doc["spec"]["workers"]["replicas"] = 1.into();
+        edit(doc);
     });
     let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
     let run = eventually(
@@ -1129,6 +1131,26 @@ async fn an_image_that_does_not_exist_is_a_condition_naming_it() {
         "abc-no-such-image:1",
         "ErrImageNeverPull",
         "abc-no-such-image:1",
+        |_| {},
+    )
+    .await;
+}
+
+/// A pull that fails while the run names a pull secret that does not exist says so (the
+/// kubelet pulls without it and reports only the registry's refusal). The registry's host is
+/// one that never resolves: the pull fails on this machine without reaching out.
+#[tokio::test]
+async fn a_failed_pull_names_the_pull_secret_that_does_not_exist() {
+    bad_workers_are_reported(
+        "e2e-nosecret",
+        "registry.abc-e2e.invalid/model:1",
+        "ImagePullBackOff",
+        "spec.imagePullSecrets names \"registry-creds\" that does not exist",
+        |doc| {
+            doc["spec"]["imagePullPolicy"] = "IfNotPresent".into();
+            doc["spec"]["imagePullSecrets"] =
+                serde_yaml::from_str("[{name: registry-creds}]").unwrap();
+        },
     )
     .await;
 }
@@ -1136,7 +1158,14 @@ async fn an_image_that_does_not_exist_is_a_condition_naming_it() {
 #[tokio::test]
 async fn a_worker_that_cannot_start_is_a_condition_naming_the_exit() {
     // An image without python: the worker command fails at once, again and again.
-    bad_workers_are_reported("e2e-noexec", REDIS_IMAGE, "CrashLoopBackOff", "python").await;
+    bad_workers_are_reported(
+        "e2e-noexec",
+        REDIS_IMAGE,
+        "CrashLoopBackOff",
+        "python",
+        |_| {},
+    )
+    .await;
 }
 
 #[tokio::test]

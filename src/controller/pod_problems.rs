@@ -86,6 +86,20 @@ pub fn pod_problem(pods: &[impl Borrow<WatchedPod>], now: Timestamp) -> Option<P
     })
 }
 
+/// `problem` with the run's image pull secrets that do not exist named, when it is a failed
+/// pull: the kubelet pulls without a missing one and reports only the registry's refusal.
+pub fn name_missing_pull_secrets(problem: &mut PodProblem, missing: &[String], namespace: &str) {
+    if problem.reason != "ImagePullBackOff" || missing.is_empty() {
+        return;
+    }
+    let names: Vec<String> = missing.iter().map(|name| format!("{name:?}")).collect();
+    problem.message.push_str(&format!(
+        "; spec.imagePullSecrets names {} that {} not exist in namespace {namespace:?}",
+        names.join(", "),
+        if missing.len() == 1 { "does" } else { "do" }
+    ));
+}
+
 /// Why `deployment` cannot make its pods at all: the API server refuses them (a priority class
 /// or service account that does not exist, a quota used up, Pod Security), as its
 /// `ReplicaFailure` condition says. There are no pods to look at then.
@@ -313,6 +327,23 @@ mod tests {
             .unwrap()
             .pop();
         assert_eq!(creation_problem(Some(&fine)), None);
+    }
+
+    #[test]
+    fn a_failed_pull_names_the_pull_secrets_that_do_not_exist() {
+        let mut p = problem("image-pull-backoff").unwrap();
+        let kubelet = p.message.clone();
+        name_missing_pull_secrets(&mut p, &["registry-creds".into()], "lab");
+        assert_eq!(
+            p.message,
+            format!(
+                "{kubelet}; spec.imagePullSecrets names \"registry-creds\" that does not exist in namespace \"lab\""
+            )
+        );
+        let mut crash = problem("crash-loop-backoff").unwrap();
+        let before = crash.clone();
+        name_missing_pull_secrets(&mut crash, &["registry-creds".into()], "lab");
+        assert_eq!(crash, before, "only a failed pull is about pull secrets");
     }
 
     #[test]

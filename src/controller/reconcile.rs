@@ -13,7 +13,7 @@ use super::pod_index::WatchedPod;
 use super::records;
 use super::status;
 use super::workers::WorkerAction;
-use super::{apply, decide};
+use super::{apply, decide, pod_problems};
 use crate::api::{AbcRun, AbcRunStatus, FIELD_MANAGER, Phase, SecretKeyRef};
 use crate::protocol;
 use crate::resources;
@@ -38,6 +38,48 @@ async fn keep_job_template(ctx: &Context, namespace: &str, job: &mut Job) -> Res
         .await
         .map_err(Error::kube("reading the master Job"))?;
     Ok(live.is_some_and(|live| apply::with_live_template(job, &live)))
+}
+
+/// A failed pull of a run that names image pull secrets says which of them do not exist: a
+/// read of each, only while a pull fails.
+async fn name_missing_pull_secrets(
+    run: &AbcRun,
+    ctx: &Context,
+    namespace: &str,
+    observed: &mut Observed,
+) -> Result<(), Error> {
+    let failed_pull = |p: &Option<pod_problems::PodProblem>| {
+        p.as_ref().is_some_and(|p| p.reason == "ImagePullBackOff")
+    };
+    if run.spec.image_pull_secrets.is_empty()
+        || !(failed_pull(&observed.worker_pod_problem)
+            || failed_pull(&observed.master_pod_problem)
+            || failed_pull(&observed.redis_pod_problem))
+    {
+        return Ok(());
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut missing = Vec::new();
+    for secret in &run.spec.image_pull_secrets {
+        let found = secrets
+            .get_metadata_opt(&secret.name)
+            .await
+            .map_err(Error::kube("reading the run's image pull secrets"))?;
+        if found.is_none() {
+            missing.push(secret.name.clone());
+        }
+    }
+    for problem in [
+        &mut observed.worker_pod_problem,
+        &mut observed.master_pod_problem,
+        &mut observed.redis_pod_problem,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        pod_problems::name_missing_pull_secrets(problem, &missing, namespace);
+    }
+    Ok(())
 }
 
 /// How soon a reconcile that came before the caches had listed everything is tried again.
@@ -126,6 +168,7 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
         tracing::warn!(run = %name, error = %err, "publishing pyABC's stop failed");
     }
     let mut observed = plan.observed;
+    name_missing_pull_secrets(&run, &ctx, &namespace, &mut observed).await?;
     if let (Some(endpoint), Some(snapshot)) = (&endpoint, redis.snapshot()) {
         observed.records =
             keep_records(&run, &ctx, &namespace, endpoint, snapshot, &observed).await;
