@@ -57,7 +57,13 @@ pub fn pod_problem(pods: &[impl Borrow<WatchedPod>], now: Timestamp) -> Option<P
     pods.sort_by_key(|p| p.name_any());
     pods.into_iter().find_map(|pod| {
         let status = pod.status.as_ref()?;
-        if let Some(scheduler) = &status.unschedulable {
+        // A pod waiting for its claim to be bound (the results claim, being provisioned) is on
+        // its way; a claim that stays unbound is the run's results problem, said on its own.
+        if let Some(scheduler) = status
+            .unschedulable
+            .as_ref()
+            .filter(|m| !m.contains("unbound immediate PersistentVolumeClaims"))
+        {
             return Some(PodProblem {
                 kind: "Pod",
                 object: pod.name_any(),
@@ -348,6 +354,12 @@ mod tests {
 
     #[test]
     fn a_pod_no_node_takes_says_what_the_scheduler_says() {
+        let mut waiting_for_its_claim = fixture("unschedulable");
+        waiting_for_its_claim.status.as_mut().unwrap().unschedulable = Some(
+            "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims. not found"
+                .into(),
+        );
+        assert_eq!(pod_problem(&[waiting_for_its_claim], now()), None);
         let p = problem("unschedulable").unwrap();
         assert_eq!(p.reason, "Unschedulable");
         assert!(
