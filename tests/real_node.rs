@@ -449,12 +449,7 @@ async fn gaussian_example_runs_to_succeeded_in_real_pods() {
     let status = run.status.unwrap();
     assert_eq!(status.lost_workers, 0, "no worker was lost: {status:#?}");
     let log = kubectl(&["logs", "-n", &ns.name, "job/gaussian-master"]);
-    let mean: f64 = log
-        .lines()
-        .find_map(|l| l.split("weighted mean ").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|m| m.trim_end_matches(',').parse().ok())
-        .unwrap_or_else(|| panic!("no posterior in the master's log:\n{log}"));
+    let mean = posterior_mean(&log);
     assert!(
         (1.5..2.5).contains(&mean),
         "posterior mean {mean} is far from the observed 2.0:\n{log}"
@@ -624,6 +619,15 @@ async fn wait_until_freed(client: &kube::Client, ns: &str) {
 
 /// Every generation in the master's log (`generation t: N particles, ...`, printed by
 /// gaussian.py at the end) has exactly the example's 200 particles.
+/// The weighted mean of mu the Gaussian example's master prints (`mu: weighted mean M, ...`).
+fn posterior_mean(log: &str) -> f64 {
+    log.lines()
+        .find_map(|l| l.split("weighted mean ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|m| m.trim_end_matches(',').parse().ok())
+        .unwrap_or_else(|| panic!("no posterior in the master's log:\n{log}"))
+}
+
 fn assert_every_generation_complete(ns: &str) {
     assert_every_generation_complete_in(&kubectl(&["logs", "-n", ns, "job/gaussian-master"]));
 }
@@ -2063,12 +2067,7 @@ gaussian.main()\n";
     wait_for_phase(&runs, "gaussian", "Succeeded", 600).await;
     let log = kubectl(&["logs", "-n", &ns.name, "job/gaussian-master"]);
     assert!(log.contains("imported: model data module"), "{log}");
-    let mean: f64 = log
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("mu: weighted mean "))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|m| m.trim_end_matches(',').parse().ok())
-        .unwrap_or_else(|| panic!("no posterior in the master's log:\n{log}"));
+    let mean = posterior_mean(&log);
     assert!(
         (mean - 1.0).abs() < 0.5,
         "the posterior mean of mu is {mean}, not about 1.0 (2.0 observed minus the volume's shift of 1.0):\n{log}"

@@ -109,12 +109,7 @@ fn with_hash(mut object: OwnedObject) -> OwnedObject {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::master_job;
-    use crate::resources::test_support::run;
-
-    fn job(yaml: &str) -> Job {
-        master_job(&run(yaml)).unwrap().unwrap()
-    }
+    use crate::resources::test_support::master as job;
 
     #[test]
     fn an_existing_master_job_keeps_its_template_and_says_when_the_run_wants_another() {

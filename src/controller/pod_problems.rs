@@ -92,10 +92,17 @@ pub fn pod_problem(pods: &[impl Borrow<WatchedPod>], now: Timestamp) -> Option<P
     })
 }
 
+impl PodProblem {
+    /// An image the node cannot pull (whatever the registry said).
+    pub fn is_failed_pull(&self) -> bool {
+        self.reason == "ImagePullBackOff"
+    }
+}
+
 /// `problem` with the run's image pull secrets that do not exist named, when it is a failed
 /// pull: the kubelet pulls without a missing one and reports only the registry's refusal.
 pub fn name_missing_pull_secrets(problem: &mut PodProblem, missing: &[String], namespace: &str) {
-    if problem.reason != "ImagePullBackOff" || missing.is_empty() {
+    if !problem.is_failed_pull() || missing.is_empty() {
         return;
     }
     let names: Vec<String> = missing.iter().map(|name| format!("{name:?}")).collect();

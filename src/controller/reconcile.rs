@@ -49,7 +49,8 @@ async fn name_missing_pull_secrets(
     observed: &mut Observed,
 ) -> Result<(), Error> {
     let failed_pull = |p: &Option<pod_problems::PodProblem>| {
-        p.as_ref().is_some_and(|p| p.reason == "ImagePullBackOff")
+        p.as_ref()
+            .is_some_and(pod_problems::PodProblem::is_failed_pull)
     };
     if run.spec.image_pull_secrets.is_empty()
         || !(failed_pull(&observed.worker_pod_problem)

@@ -192,11 +192,7 @@ fn on_master_exit(action: &str, exit_code: i32) -> PodFailurePolicyRule {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::test_support::{env_value, minimal, run};
-
-    fn job(yaml: &str) -> Job {
-        master_job(&run(yaml)).unwrap().unwrap()
-    }
+    use crate::resources::test_support::{env_value, master as job, minimal, run};
 
     #[test]
     fn no_master_no_job() {

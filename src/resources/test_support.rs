@@ -14,6 +14,13 @@ pub fn run(spec_yaml: &str) -> AbcRun {
     .expect("test run parses")
 }
 
+/// The master Job of `run(spec_yaml)`, which must have a master.
+pub fn master(spec_yaml: &str) -> k8s_openapi::api::batch::v1::Job {
+    crate::resources::master_job(&run(spec_yaml))
+        .unwrap()
+        .expect("the run has a master")
+}
+
 pub fn minimal() -> AbcRun {
     run("image: models/gaussian:1")
 }

@@ -8,7 +8,7 @@ use super::support::cluster::{TestNamespace, eventually};
 use super::support::python::{Proc, python};
 use super::{
     EXAMPLES, NODE, apply_example, assert_every_generation_complete_in, install_operator, kubectl,
-    slow_model, wait_for_phase,
+    posterior_mean, slow_model, wait_for_phase,
 };
 use abc_operator::api::AbcRun;
 use kube::api::{Api, ListParams};
@@ -136,12 +136,7 @@ fn completed(master: &mut Proc) -> String {
     let status = master.wait(Duration::from_secs(600));
     let log = master.log();
     assert!(status.success(), "the master failed ({status}):\n{log}");
-    let mean: f64 = log
-        .lines()
-        .find_map(|l| l.split("weighted mean ").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|m| m.trim_end_matches(',').parse().ok())
-        .unwrap_or_else(|| panic!("no posterior in the master's output:\n{log}"));
+    let mean = posterior_mean(&log);
     assert!(
         (1.5..2.5).contains(&mean),
         "posterior mean {mean} is far from the observed 2.0:\n{log}"
