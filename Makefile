@@ -30,7 +30,8 @@ test-unit:
 
 ## test: every test, real parts included (redis-server, pyabc, a loopback control plane with
 ## a fake node, and one with a real node running the images built here), run by cargo-nextest:
-## the test binaries side by side, within the groups of .config/nextest.toml
+## the test binaries side by side, within the groups of .config/nextest.toml; then, alone, the
+## one test that upgrades the operator release the real-node tests share (ignored in the first pass)
 test: deps browser tools promtool nextest
 	@set -euo pipefail; \
 	$(CARGO) build --bin abc-operator; \
@@ -41,7 +42,10 @@ test: deps browser tools promtool nextest
 	export ABC_TEST_KUBECONFIG=$$env_dir/kubeconfig ABC_REAL_NODE_KUBECONFIG=$$real_dir/kubeconfig \
 	       ABC_PYTHON=$(PYTHON) ABC_TOOLS_BIN=$$(tools/build.sh --print) ABC_PROMTOOL=$$(tools/promtool.sh --print) \
 	       PATH=$$(dirname $$(tools/nextest.sh --print)):$$PATH; \
-	$(CARGO) nextest run --all-targets --no-fail-fast
+	rc=0; $(CARGO) nextest run --all-targets --no-fail-fast || rc=$$?; \
+	echo "make test: the real-node test that upgrades the shared operator release, alone, last"; \
+	$(CARGO) nextest run --test real_node --run-ignored only --no-fail-fast || rc=$$?; \
+	exit $$rc
 
 deps:
 	scripts/deps.sh
@@ -55,9 +59,11 @@ browser:
 nextest:
 	tools/nextest.sh >/dev/null
 
-## tools: build the control-plane binaries and helm from the pinned Go modules (cached)
+## tools: build the control-plane binaries, helm and the real node's private registry from the
+## pinned Go modules (cached)
 tools:
 	tools/build.sh >/dev/null
+	tools/registry.sh >/dev/null
 
 ## promtool: build Prometheus' promtool from its pinned Go module (cached), with which the chart
 ## tests check the alert rules and the Grafana dashboard against a real controller's /metrics

@@ -662,6 +662,10 @@ pub struct MasterStartStatus {
     pub cause: String,
     /// When (RFC 3339, the master's clock).
     pub time: String,
+    /// The version of the master's `abc_operator` module; a master run outside the cluster
+    /// brings its own, and one that is not the operator's gets a `ModuleVersionDiffers` Event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_version: Option<String>,
 }
 
 /// What a starting master did with its results database.

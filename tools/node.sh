@@ -169,6 +169,50 @@ fail_start() {
   exit 1
 }
 
+# --- the private registry -----------------------------------------------------------------
+# A registry on the node's address with basic auth (a password made here), holding the example
+# image under a name the node has no image of, so that a pod of it is pulled with a pull secret,
+# as a private registry serves a cluster (tests/real_node.rs). containerd reaches it over plain
+# HTTP (its hosts.toml); what the tests need is written to DIR/registry.json.
+REGISTRY=$NODE_IP:5000
+private_registry() { # dir example-image
+  local dir=$1 example=$2
+  local node=$dir/node logs=$dir/logs regbin password
+  local user=abc-e2e image=$REGISTRY/abc/model:private
+  regbin=$("$here/registry.sh") || die "building the registry failed (see above)"
+  password=$(openssl rand -hex 16)
+  mkdir -p "$node/registry-data" "$node/registry/$REGISTRY"
+  echo "$password" | "$regbin/htpasswd" "$user" >"$node/registry-htpasswd"
+  cat >"$node/registry-config.yml" <<EOF
+version: 0.1
+log: {level: info, formatter: text}
+storage:
+  filesystem: {rootdirectory: "$node/registry-data"}
+http: {addr: "$REGISTRY"}
+auth:
+  htpasswd: {realm: abc-e2e, path: "$node/registry-htpasswd"}
+EOF
+  printf 'server = "http://%s"\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' \
+    "$REGISTRY" "$REGISTRY" >"$node/registry/$REGISTRY/hosts.toml"
+  start_proc registry "$logs/registry.log" "$regbin/registry" serve "$node/registry-config.yml"
+  for i in $(seq 100); do
+    alive registry || fail_start registry "$logs/registry.log"
+    # Up: it refuses a request without credentials.
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$REGISTRY/v2/")" = 401 ] && break
+    [ "$i" = 100 ] && fail_start registry "$logs/registry.log"
+    sleep 0.1
+  done
+  log "pushing the example image to the private registry as $image"
+  local images=(ctr -a "$SOCK" -n k8s.io images)
+  "${images[@]}" tag --force "docker.io/library/$example" "$image" >/dev/null
+  "${images[@]}" push --plain-http --user "$user:$password" "$image" >"$logs/registry-push.log" 2>&1 ||
+    fail_start "the push to the private registry" "$logs/registry-push.log"
+  # The node has to pull it to run it.
+  "${images[@]}" rm "$image" >/dev/null
+  printf '{"image": "%s", "username": "%s", "password": "%s"}\n' "$image" "$user" "$password" \
+    >"$dir/registry.json"
+}
+
 # --- start: containerd, images, kubelet, kube-proxy, CoreDNS --------------------------------
 start() {
   local dir=$1 bin=$2
@@ -244,6 +288,11 @@ EOF
     ctr -a "$SOCK" -n k8s.io images import "$archive" >"$logs/import.log" 2>&1 ||
       fail_start "the import of $ref" "$logs/import.log"
   done <<<"$images"
+
+  local example
+  example=$(printf '%s\n' "${refs[@]}" | grep -m1 '^abc-example-gaussian:') ||
+    die "tools/images.sh gave no example image"
+  private_registry "$dir" "$example"
 
   # Certificates of the node's components, signed by the cluster CA.
   client_cert "$pki" kubelet "system:node:$NODE_NAME" system:nodes
@@ -496,6 +545,7 @@ down() {
   local dir=""
   [ -f "$RUN/dir" ] && dir=$(cat "$RUN/dir")
   stop_proc kube-router
+  stop_proc registry
   stop_proc coredns
   stop_proc kube-proxy
   stop_proc kubelet

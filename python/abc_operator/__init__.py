@@ -623,6 +623,9 @@ def _record_start(abc, outcome, cause):
                 "outcome": outcome,
                 "cause": cause,
                 "at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                # The operator warns of a module of another version than its own (a master
+                # outside the cluster brings the one installed there).
+                "module_version": __version__,
             },
         )
     except Exception as err:  # the run goes on without the record

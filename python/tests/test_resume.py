@@ -201,6 +201,7 @@ class ResumeWithRedis(unittest.TestCase):
             for key, value in self.redis.client.hgetall(abc_operator.START_KEY).items()
         }
         self.assertEqual(start["outcome"], "refused")
+        self.assertEqual(start["module_version"], abc_operator.__version__)
         self.assertIn("population size: database 20, script 15", start["cause"])
         self.assertFalse(self.redis.client.exists(abc_operator.RESUME_KEY))
         self.assertEqual(self.results.state(), state)

@@ -41,6 +41,9 @@ pub mod reason {
     /// The master start warnings (`protocol::StartOutcome::warning`).
     pub const RESUME_FAILED: &str = "ResumeFailed";
     pub const NOT_RESUMED: &str = "NotResumed";
+    /// A master whose `abc_operator` module is not the operator's version
+    /// (`protocol::MasterStart::module_version_warning`).
+    pub const MODULE_VERSION_DIFFERS: &str = "ModuleVersionDiffers";
     pub use crate::controller::guard::UNREADABLE_REASON as UNREADABLE;
 }
 
@@ -231,6 +234,13 @@ fn transitions(
     if let Some((reason, note)) = master_start_warning(&old, new) {
         notices.push(unfolded(notice(EventType::Warning, reason, note)));
     }
+    if let Some(note) = module_version_warning(&old, new) {
+        notices.push(unfolded(notice(
+            EventType::Warning,
+            reason::MODULE_VERSION_DIFFERS,
+            note,
+        )));
+    }
     let generation_of = |s: &AbcRunStatus| s.progress.as_ref().and_then(|p| p.generation);
     if let (Some(before), Some(now)) = (generation_of(&old), generation_of(new))
         && now > before
@@ -295,6 +305,20 @@ pub fn master_start_warning(
         note.push_str(" (keep the results on a claim: spec.master.resultsClaimName)");
     }
     Some((reason, note))
+}
+
+/// The Warning a new master start whose `abc_operator` module is not the operator's version
+/// deserves, once per start.
+pub fn module_version_warning(old: &AbcRunStatus, new: &AbcRunStatus) -> Option<String> {
+    let start = new.last_master_start.as_ref()?;
+    if old
+        .last_master_start
+        .as_ref()
+        .is_some_and(|b| b.time == start.time)
+    {
+        return None;
+    }
+    crate::protocol::module_version_warning(start.module_version.as_deref())
 }
 
 /// Whether `new` saw a Redis restart that `old` had not.

@@ -6,7 +6,7 @@ use crate::api::{Progress, RedisInstance, Resumes};
 use crate::controller::observe::{MasterState, PodProblem};
 use crate::controller::status::compute;
 use crate::controller::test_support::{healthy, record, run, start};
-use crate::protocol::StartOutcome;
+use crate::protocol::{MasterStart, StartOutcome};
 use std::collections::BTreeSet;
 
 const MASTER: &str = "{image: i, master: {command: [python, m.py]}}";
@@ -399,7 +399,10 @@ fn every_notice() -> Vec<Notice> {
     notices.extend(follow_up.problem);
     notices.extend(follow_up.notices);
     let refused = Observed {
-        master_start: start(StartOutcome::Refused, "other data", "t2"),
+        master_start: start(StartOutcome::Refused, "other data", "t2").map(|s| MasterStart {
+            module_version: Some("0.0.9".into()),
+            ..s
+        }),
         ..healthy()
     };
     notices.extend(follow(&sampled, &refused, at(2), Some(1)).notices);
@@ -523,6 +526,41 @@ fn only_a_restarted_master_that_started_anew_is_a_warning() {
         r.status = Some(status);
     }
     assert_eq!(warnings, [None, None, Some("NotResumed")]);
+}
+
+#[test]
+fn a_master_module_of_another_version_is_warned_of_once_per_start() {
+    let mut r = run("{image: i}");
+    let started = |at: &str, version: &str| Observed {
+        master_start: start(StartOutcome::New, "no results database there yet", at).map(|s| {
+            MasterStart {
+                module_version: Some(version.into()),
+                ..s
+            }
+        }),
+        ..healthy()
+    };
+    let ours = env!("CARGO_PKG_VERSION");
+    let mut warnings = Vec::new();
+    // An old module starts (and is seen twice), then the master is started again with the
+    // operator's.
+    for observed in [
+        started("t1", "0.0.9"),
+        started("t1", "0.0.9"),
+        started("t2", ours),
+    ] {
+        let old = r.status.clone().unwrap_or_default();
+        let status = compute(&r, &observed, Timestamp::from_second(1).unwrap());
+        warnings.push(module_version_warning(&old, &status).is_some());
+        r.status = Some(status);
+    }
+    assert_eq!(warnings, [true, false, false]);
+    let status = r.status.unwrap();
+    assert_eq!(
+        status.last_master_start.unwrap().module_version.as_deref(),
+        Some(ours),
+        "the status reports the module's version"
+    );
 }
 
 #[test]

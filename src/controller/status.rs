@@ -281,8 +281,15 @@ fn workers_ready(observed: &Observed) -> Verdict {
         Some(pod) if observed.workers_desired > 0 => {
             verdict(false, &pod.reason, pod.message.clone())
         }
+        // Nothing to be ready (not "AllReady"); one message whatever is still shutting down,
+        // so that a scale-down rewrites nothing.
+        _ if observed.workers_desired == 0 => verdict(
+            false,
+            "ScaledDown",
+            "no worker pods are wanted: the run is finished, stopped or suspended, or scaled to 0",
+        ),
         _ => verdict(
-            observed.workers_desired > 0 && observed.workers_ready >= observed.workers_desired,
+            observed.workers_ready >= observed.workers_desired,
             if observed.workers_ready >= observed.workers_desired {
                 "AllReady"
             } else {
@@ -358,6 +365,7 @@ fn master_start_status(start: &MasterStart) -> MasterStartStatus {
         outcome: start.outcome.into(),
         cause: start.cause.clone(),
         time: start.at.clone(),
+        module_version: start.module_version.clone(),
     }
 }
 
@@ -717,6 +725,13 @@ mod tests {
         assert_eq!(
             (redis.status.as_str(), redis.reason.as_str()),
             ("False", "ScaledDown")
+        );
+        let workers = condition_of(&status, WORKERS_READY);
+        assert_eq!(
+            (workers.status.as_str(), workers.reason.as_str()),
+            ("False", "ScaledDown"),
+            "a finished run's workers are not AllReady: {}",
+            workers.message
         );
         assert_eq!(condition_of(&status, DEGRADED).status, "False");
     }

@@ -33,6 +33,7 @@ pub fn start(outcome: StartOutcome, cause: &str, at: &str) -> Option<MasterStart
         outcome,
         cause: cause.into(),
         at: at.into(),
+        module_version: Some(env!("CARGO_PKG_VERSION").into()),
     })
 }
 

@@ -67,7 +67,8 @@ pub use liveness::Heartbeat;
 pub(crate) use liveness::test_support as liveness_test_support;
 pub use repair::{Repair, repair_lost_worker, repair_script_source};
 pub use snapshot::{
-    Claim, Ledger, MasterStart, Mode, Resumed, Snapshot, StartOutcome, resumed_note,
+    Claim, Ledger, MasterStart, Mode, Resumed, Snapshot, StartOutcome, module_version_warning,
+    resumed_note,
 };
 
 use redis::{ErrorKind, RedisError};

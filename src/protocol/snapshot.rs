@@ -264,6 +264,26 @@ pub struct MasterStart {
     pub cause: String,
     /// When (the master's clock, RFC 3339): tells one start from the next.
     pub at: String,
+    /// The version of the master's `abc_operator` module (none from a module before 0.1.0).
+    pub module_version: Option<String>,
+}
+
+/// The warning for a master whose `abc_operator` module (`module_version`, from its start
+/// record) is not this operator's version (the operator's `ModuleVersionDiffers` Event). A
+/// master in the cluster, or under `abc-operator run`, gets the operator's own module; one run
+/// elsewhere (a notebook with `abc_operator.connect`, a script of one's own) brings the one
+/// installed there, and the two speak through the run's Redis keys, which may change between
+/// versions.
+pub fn module_version_warning(module_version: Option<&str>) -> Option<String> {
+    let theirs = module_version?;
+    let ours = env!("CARGO_PKG_VERSION");
+    (theirs != ours).then(|| {
+        format!(
+            "the master's abc_operator module is version {theirs}, the operator is {ours}: \
+                 install the module of the operator's release where the master runs \
+                 (pip install abc-operator=={ours}, or pip install ./python from its source)"
+        )
+    })
 }
 
 /// What a starting master did with its results database.
@@ -482,9 +502,13 @@ fn master_start(value: Value) -> Result<Option<MasterStart>, ProtocolError> {
         _ => return Ok(None),
     };
     let cause = hash.optional_text("cause", &what)?.unwrap_or_default();
-    Ok(hash
-        .optional_text("at", &what)?
-        .map(|at| MasterStart { outcome, cause, at }))
+    let module_version = hash.optional_text("module_version", &what)?;
+    Ok(hash.optional_text("at", &what)?.map(|at| MasterStart {
+        outcome,
+        cause,
+        at,
+        module_version,
+    }))
 }
 
 #[cfg(test)]
@@ -583,8 +607,13 @@ mod tests {
                 outcome: StartOutcome::Refused,
                 cause: cause.1.into(),
                 at: at.1.into(),
+                module_version: None,
             })
         );
+        let start = master_start(hash(&[("outcome", "new"), at, ("module_version", "0.0.9")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(start.module_version.as_deref(), Some("0.0.9"));
         // A newer module's outcome, or a record without its time, informs nobody.
         assert_eq!(
             master_start(hash(&[("outcome", "migrated"), cause, at])).unwrap(),
@@ -594,6 +623,21 @@ mod tests {
             master_start(hash(&[("outcome", "new"), cause])).unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn a_master_module_of_another_version_is_named_and_the_operators_is_not() {
+        let warning = module_version_warning(Some("0.0.9")).unwrap();
+        assert!(
+            warning.contains("0.0.9")
+                && warning.contains(&format!("abc-operator=={}", env!("CARGO_PKG_VERSION"))),
+            "{warning}"
+        );
+        assert_eq!(
+            module_version_warning(Some(env!("CARGO_PKG_VERSION"))),
+            None
+        );
+        assert_eq!(module_version_warning(None), None);
     }
 
     /// Generation 1 of analysis `ana`, with `values` on top.

@@ -85,6 +85,8 @@ async fn snapshot_reads_every_field_by_name() {
             "continued run 1",
             "at",
             "2026-12-02T16:05:37+00:00",
+            "module_version",
+            "0.1.0",
         ])
         .query_async::<()>(&mut conn)
         .await
@@ -172,7 +174,8 @@ async fn snapshot_reads_every_field_by_name() {
             master_start: Some(MasterStart {
                 outcome: StartOutcome::Resumed,
                 cause: "continued run 1".into(),
-                at: "2026-12-02T16:05:37+00:00".into()
+                at: "2026-12-02T16:05:37+00:00".into(),
+                module_version: Some("0.1.0".into()),
             }),
             generations_recorded: 2,
             stop_requested: true,

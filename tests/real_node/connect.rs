@@ -4,7 +4,7 @@
 //! on its path, the pinned `kubernetes` client in the test venv) and the real node's
 //! kubeconfig; nothing else forwards or configures anything for it.
 
-use super::support::cluster::{TestNamespace, eventually};
+use super::support::cluster::{TestNamespace, events_with_reason, eventually};
 use super::support::python::{Proc, python};
 use super::{
     EXAMPLES, NODE, apply_example, assert_every_generation_complete_in, install_operator, kubectl,
@@ -21,7 +21,8 @@ use std::time::Duration;
 /// by value: the workers do not have it on their path), sampled by the AbcRun's workers
 /// through `abc_operator.connect`. Prints the example's summary (`generation t: N particles,
 /// ...`). With `CONNECT_DROP_IN_GENERATION`, a thread breaks every forwarded stream while
-/// that generation is being sampled, and says how it went.
+/// that generation is being sampled, and says how it went; with `CONNECT_MODULE_VERSION`, the
+/// module says it is of that version.
 const NOTEBOOK: &str = r#"
 import json, os, sys, threading, time
 import cloudpickle
@@ -31,6 +32,8 @@ import abc_operator
 import gaussian
 
 cloudpickle.register_pickle_by_value(gaussian)
+# As if the installed package were of another release than the operator.
+abc_operator.__version__ = os.environ.get("CONNECT_MODULE_VERSION", abc_operator.__version__)
 create = json.loads(os.environ["CONNECT_CREATE"]) if os.environ.get("CONNECT_CREATE") else None
 drop_in = int(os.environ.get("CONNECT_DROP_IN_GENERATION", "-1"))
 
@@ -196,6 +199,23 @@ async fn a_notebook_on_this_machine_samples_through_connect_with_the_runs_real_w
         },
     )
     .await;
+    let start = runs
+        .get("no-master")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .last_master_start;
+    assert_eq!(
+        start.and_then(|s| s.module_version).as_deref(),
+        Some(env!("CARGO_PKG_VERSION")),
+        "the status reports the notebook's module, the operator's version"
+    );
+    let differs = events_with_reason(&client, &ns.name, "ModuleVersionDiffers").await;
+    assert!(
+        differs.is_empty(),
+        "a module of the same version: {differs:#?}"
+    );
     assert!(
         !log.contains("deleted AbcRun"),
         "a run connect did not create is kept: {log}"
@@ -278,7 +298,8 @@ async fn a_run_created_from_python_samples_and_is_deleted_when_the_notebook_is_d
 /// Every forwarded stream is broken while generation 2 is being sampled (each at its next
 /// command, so that no answer of Redis is lost on the way: see connect.py's docs): the master's
 /// Redis client connects again, each new connection gets a new stream through the API server,
-/// and the analysis completes with every generation complete.
+/// and the analysis completes with every generation complete. The notebook's module says it is
+/// of another release: the operator says so, once, in a Warning naming both versions.
 #[tokio::test]
 async fn streams_broken_inside_a_generation_cost_the_analysis_nothing() {
     install_operator();
@@ -293,10 +314,25 @@ async fn streams_broken_inside_a_generation_cost_the_analysis_nothing() {
     let mut master = notebook(
         &ns.name,
         "no-master",
-        &[("CONNECT_DROP_IN_GENERATION", "2")],
+        &[
+            ("CONNECT_DROP_IN_GENERATION", "2"),
+            ("CONNECT_MODULE_VERSION", "0.0.9"),
+        ],
         dir.path(),
     );
     let log = completed(&mut master);
+    let differs = events_with_reason(&client, &ns.name, "ModuleVersionDiffers").await;
+    assert!(
+        differs.len() == 1
+            && differs[0].note.as_deref().is_some_and(|n| {
+                n.contains("module is version 0.0.9")
+                    && n.contains(&format!(
+                        "pip install abc-operator=={}",
+                        env!("CARGO_PKG_VERSION")
+                    ))
+            }),
+        "one Warning naming the notebook's module version: {differs:#?}"
+    );
     let dropped = printed(&log, "dropped ");
     let live: u32 = dropped
         .split_whitespace()
