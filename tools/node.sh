@@ -170,15 +170,19 @@ fail_start() {
 }
 
 # --- the private registry -----------------------------------------------------------------
-# A registry on the node's address with basic auth (a password made here), holding the example
-# image under a name the node has no image of, so that a pod of it is pulled with a pull secret,
-# as a private registry serves a cluster (tests/real_node.rs). containerd reaches it over plain
-# HTTP (its hosts.toml); what the tests need is written to DIR/registry.json.
+# A registry on the node's address with basic auth (a password made here), holding a copy of
+# the example image that the node does not have, so that a pod of it is pulled with a pull
+# secret, as a private registry serves a cluster (tests/real_node.rs). containerd reaches it
+# over plain HTTP (its hosts.toml); what the tests need is written to DIR/registry.json.
+#
+# The copy differs from the example image by a label, so it has an image ID of its own:
+# containerd 1.6's CRI loses track of an imported name (the kubelet then finds the image
+# missing and tries to pull it) after a pull of another name of the same image ID.
 REGISTRY=$NODE_IP:5000
-private_registry() { # dir example-image
-  local dir=$1 example=$2
+private_registry() { # dir example-archive
+  local dir=$1 archive=$2
   local node=$dir/node logs=$dir/logs regbin password
-  local user=abc-e2e image=$REGISTRY/abc/model:private
+  local user=abc-e2e image=$REGISTRY/abc/model:private copy=$dir/node/registry-image
   regbin=$("$here/registry.sh") || die "building the registry failed (see above)"
   password=$(openssl rand -hex 16)
   mkdir -p "$node/registry-data" "$node/registry/$REGISTRY"
@@ -194,7 +198,9 @@ auth:
 EOF
   printf 'server = "http://%s"\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' \
     "$REGISTRY" "$REGISTRY" >"$node/registry/$REGISTRY/hosts.toml"
-  start_proc registry "$logs/registry.log" "$regbin/registry" serve "$node/registry-config.yml"
+  # No traces: the registry would send them to localhost:4318.
+  start_proc registry "$logs/registry.log" env OTEL_TRACES_EXPORTER=none \
+    "$regbin/registry" serve "$node/registry-config.yml"
   for i in $(seq 100); do
     alive registry || fail_start registry "$logs/registry.log"
     # Up: it refuses a request without credentials.
@@ -202,13 +208,41 @@ EOF
     [ "$i" = 100 ] && fail_start registry "$logs/registry.log"
     sleep 0.1
   done
-  log "pushing the example image to the private registry as $image"
-  local images=(ctr -a "$SOCK" -n k8s.io images)
-  "${images[@]}" tag --force "docker.io/library/$example" "$image" >/dev/null
-  "${images[@]}" push --plain-http --user "$user:$password" "$image" >"$logs/registry-push.log" 2>&1 ||
-    fail_start "the push to the private registry" "$logs/registry-push.log"
-  # The node has to pull it to run it.
-  "${images[@]}" rm "$image" >/dev/null
+  log "pushing a copy of the example image to the private registry as $image"
+  rm -rf "$copy"
+  {
+    skopeo copy -q "docker-archive:$archive" "oci:$copy:private" &&
+      python3 - "$copy" <<'EOF' &&
+# Adds a label to the image's config, and so gives it a new ID: new config and manifest blobs,
+# the index pointing at the new manifest.
+import hashlib, json, os, sys
+layout = sys.argv[1]
+def blob(digest):
+    return os.path.join(layout, "blobs", *digest.split(":"))
+def put(data):
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    with open(blob(digest), "wb") as out:
+        out.write(data)
+    return {"digest": digest, "size": len(data)}
+with open(os.path.join(layout, "index.json")) as f:
+    index = json.load(f)
+entry = index["manifests"][0]
+with open(blob(entry["digest"])) as f:
+    manifest = json.load(f)
+with open(blob(manifest["config"]["digest"])) as f:
+    config = json.load(f)
+labels = config.setdefault("config", {}).get("Labels") or {}
+labels["dev.abc-operator.test"] = "private registry copy"
+config["config"]["Labels"] = labels
+manifest["config"].update(put(json.dumps(config).encode()))
+entry.update(put(json.dumps(manifest).encode()))
+with open(os.path.join(layout, "index.json"), "w") as f:
+    json.dump(index, f)
+EOF
+      skopeo copy -q --dest-tls-verify=false --dest-creds "$user:$password" \
+        "oci:$copy:private" "docker://$image"
+  } >"$logs/registry-push.log" 2>&1 || fail_start "the push to the private registry" "$logs/registry-push.log"
+  rm -rf "$copy"
   printf '{"image": "%s", "username": "%s", "password": "%s"}\n' "$image" "$user" "$password" \
     >"$dir/registry.json"
 }
@@ -267,8 +301,11 @@ EOF
   }, {"type": "loopback"}]
 }
 EOF
+  # containerd 1.6 cannot read a hosts.toml without a [host] table (it logs "invalid `host`
+  # tree" and goes to registry-1.docker.io after all).
   mkdir -p "$node/registry/docker.io"
-  printf 'server = "https://127.0.0.1:1"\n' >"$node/registry/docker.io/hosts.toml"
+  printf 'server = "https://127.0.0.1:1"\n[host."https://127.0.0.1:1"]\n  capabilities = ["pull", "resolve"]\n' \
+    >"$node/registry/docker.io/hosts.toml"
   start_proc containerd "$logs/containerd.log" containerd --config "$node/containerd.toml"
   for i in $(seq 100); do
     alive containerd || fail_start containerd "$logs/containerd.log"
@@ -280,19 +317,18 @@ EOF
   # Images: built (cached by a hash of their inputs) by tools/images.sh, imported here.
   local images
   images=$("$here/images.sh") || die "building the images failed (see above)"
-  local refs=()
+  local refs=() example_archive=""
   while IFS=$'\t' read -r ref archive; do
     [ -n "$ref" ] || continue
     refs+=("$ref")
+    [[ $ref == abc-example-gaussian:* ]] && example_archive=$archive
     log "importing $ref"
     ctr -a "$SOCK" -n k8s.io images import "$archive" >"$logs/import.log" 2>&1 ||
       fail_start "the import of $ref" "$logs/import.log"
   done <<<"$images"
 
-  local example
-  example=$(printf '%s\n' "${refs[@]}" | grep -m1 '^abc-example-gaussian:') ||
-    die "tools/images.sh gave no example image"
-  private_registry "$dir" "$example"
+  [ -n "$example_archive" ] || die "tools/images.sh gave no example image"
+  private_registry "$dir" "$example_archive"
 
   # Certificates of the node's components, signed by the cluster CA.
   client_cert "$pki" kubelet "system:node:$NODE_NAME" system:nodes
