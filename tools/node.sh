@@ -2,13 +2,14 @@
 # A real node for the test control plane: containerd and runc (Debian's packages, started on
 # private paths with their own config; no system service is touched), a CNI bridge, a kubelet,
 # kube-proxy (iptables), CoreDNS and a NetworkPolicy engine (kube-router's network-policy
-# controller alone: iptables and ipset), all built or installed here, and the project's images
-# imported without a registry. tools/cluster.sh calls it for `up DIR --real-node`.
+# controller alone: iptables and ipset), all built or installed here, the project's images
+# imported without a registry, and a private registry with basic auth holding a copy of the
+# example image (for the pull-secret tests). tools/cluster.sh calls it for `up DIR --real-node`.
 #
 # Usage: tools/node.sh check                 can this machine run containers? (names what is missing)
 #        tools/node.sh net-up DIR            the pod bridge (the API server binds to its address)
-#        tools/node.sh start DIR BIN         containerd, images, kubelet, kube-proxy, CoreDNS,
-#                                            the policy engine; returns once the node is Ready,
+#        tools/node.sh start DIR BIN         containerd, images, the private registry, kubelet,
+#                                            kube-proxy, CoreDNS, the policy engine; returns once the node is Ready,
 #                                            holds the images and the engine has set up its rules
 #        tools/node.sh down                  stops and removes exactly what net-up/start added
 #
@@ -212,33 +213,7 @@ EOF
   rm -rf "$copy"
   {
     skopeo copy -q "docker-archive:$archive" "oci:$copy:private" &&
-      python3 - "$copy" <<'EOF' &&
-# Adds a label to the image's config, and so gives it a new ID: new config and manifest blobs,
-# the index pointing at the new manifest.
-import hashlib, json, os, sys
-layout = sys.argv[1]
-def blob(digest):
-    return os.path.join(layout, "blobs", *digest.split(":"))
-def put(data):
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    with open(blob(digest), "wb") as out:
-        out.write(data)
-    return {"digest": digest, "size": len(data)}
-with open(os.path.join(layout, "index.json")) as f:
-    index = json.load(f)
-entry = index["manifests"][0]
-with open(blob(entry["digest"])) as f:
-    manifest = json.load(f)
-with open(blob(manifest["config"]["digest"])) as f:
-    config = json.load(f)
-labels = config.setdefault("config", {}).get("Labels") or {}
-labels["dev.abc-operator.test"] = "private registry copy"
-config["config"]["Labels"] = labels
-manifest["config"].update(put(json.dumps(config).encode()))
-entry.update(put(json.dumps(manifest).encode()))
-with open(os.path.join(layout, "index.json"), "w") as f:
-    json.dump(index, f)
-EOF
+      python3 "$here/registry/relabel.py" "$copy" &&
       skopeo copy -q --dest-tls-verify=false --dest-creds "$user:$password" \
         "oci:$copy:private" "docker://$image"
   } >"$logs/registry-push.log" 2>&1 || fail_start "the push to the private registry" "$logs/registry-push.log"
