@@ -1016,18 +1016,26 @@ async fn scaling_down_during_a_generation_lets_the_removed_worker_finish() {
         (left.len() == 1).then_some(())
     })
     .await;
-    let run = wait_for_phase(&runs, "gaussian", "Succeeded", 600).await;
+    succeeds_with_nothing_repaired(&client, &runs, &ns.name, "the scale-down").await;
+}
+
+/// The Gaussian run of `ns` ends Succeeded with every generation complete, and `what` (a
+/// scale-down, an upgrade) lost no worker: none counted, none repaired.
+async fn succeeds_with_nothing_repaired(
+    client: &kube::Client,
+    runs: &Api<AbcRun>,
+    ns: &str,
+    what: &str,
+) {
+    let run = wait_for_phase(runs, "gaussian", "Succeeded", 600).await;
     assert_eq!(
         run.status.unwrap().lost_workers,
         0,
-        "a worker removed by scale-down was counted as lost"
+        "a worker was counted as lost through {what}"
     );
-    let repairs = events_with_reason(&client, &ns.name, "RepairedLostWorker").await;
-    assert!(
-        repairs.is_empty(),
-        "scale-down needed repairs: {repairs:#?}"
-    );
-    assert_every_generation_complete(&ns.name);
+    let repairs = events_with_reason(client, ns, "RepairedLostWorker").await;
+    assert!(repairs.is_empty(), "{what} needed repairs: {repairs:#?}");
+    assert_every_generation_complete(ns);
 }
 
 /// The run's condition `type_`, as (status, reason, message).
@@ -2342,16 +2350,5 @@ async fn helm_upgrade_during_a_run_hands_it_over_without_rewriting_it() {
         "the upgrade replaced worker pods"
     );
 
-    let run = wait_for_phase(&runs, "gaussian", "Succeeded", 600).await;
-    assert_eq!(
-        run.status.unwrap().lost_workers,
-        0,
-        "a worker was lost through the upgrade"
-    );
-    let repairs = events_with_reason(&client, &ns.name, "RepairedLostWorker").await;
-    assert!(
-        repairs.is_empty(),
-        "the upgrade needed repairs: {repairs:#?}"
-    );
-    assert_every_generation_complete(&ns.name);
+    succeeds_with_nothing_repaired(&client, &runs, &ns.name, "the upgrade").await;
 }
