@@ -513,7 +513,10 @@ remove_new_chains() {
       done
       [ ${#new[@]} -gt 0 ] || continue
       for chain in "${new[@]}"; do
-        "$ipt" -t "$table" -S 2>/dev/null | grep -E -- "-j $chain( |\$)" | sed 's/^-A /-D /' |
+        # A chain nothing jumps to any more (kube-proxy's clean-up removes jumps) has no rule
+        # to delete: grep's "no match" must not end `down` (pipefail) before the rest.
+        { "$ipt" -t "$table" -S 2>/dev/null | grep -E -- "-j $chain( |\$)" || true; } |
+          sed 's/^-A /-D /' |
           while read -r rule; do eval "$ipt -t $table $rule" 2>/dev/null || true; done
         "$ipt" -t "$table" -F "$chain" 2>/dev/null || true
       done
