@@ -658,6 +658,14 @@ fn summary(log: &str) -> Vec<(u64, u64)> {
 }
 
 /// Makes each simulation of the Gaussian example take `seconds` (in the workers).
+/// The Gaussian example's master samples six generations, whatever epsilon they reach.
+fn six_generations(doc: &mut serde_yaml::Value) {
+    doc["spec"]["master"]["env"] = serde_yaml::from_str(
+        "[{name: GAUSSIAN_GENERATIONS, value: '6'}, {name: GAUSSIAN_MINIMUM_EPSILON, value: '0'}]",
+    )
+    .unwrap();
+}
+
 fn slow_model(doc: &mut serde_yaml::Value, seconds: &str) {
     doc["spec"]["workers"]["env"] = serde_yaml::from_str(&format!(
         "[{{name: GAUSSIAN_MODEL_SECONDS, value: '{seconds}'}}]"
@@ -1365,10 +1373,7 @@ async fn six_generations_sampling_generation_3_on(
 ) -> Api<AbcRun> {
     apply_example(ns, "gaussian/abcrun.yaml", |doc| {
         slow_model(doc, model_seconds);
-        doc["spec"]["master"]["env"] = serde_yaml::from_str(
-            "[{name: GAUSSIAN_GENERATIONS, value: '6'}, {name: GAUSSIAN_MINIMUM_EPSILON, value: '0'}]",
-        )
-        .unwrap();
+        six_generations(doc);
     });
     let runs: Api<AbcRun> = Api::namespaced(client.clone(), ns);
     eventually(300, "the master sampling generation 3", || async {
@@ -2174,16 +2179,6 @@ gaussian.main()\n";
     );
 }
 
-/// The operator's pods of the release, by name.
-async fn operator_pods(client: &kube::Client) -> Vec<Pod> {
-    pods(
-        client,
-        OPERATOR_NAMESPACE,
-        "app.kubernetes.io/name=abc-operator",
-    )
-    .await
-}
-
 /// `/metrics` of one operator pod, through the API server's pod proxy.
 fn pod_metrics(pod: &str) -> Option<String> {
     let out = NODE
@@ -2244,10 +2239,7 @@ async fn helm_upgrade_during_a_run_hands_it_over_without_rewriting_it() {
     apply_example(&ns.name, "gaussian/abcrun.yaml", |doc| {
         doc["spec"]["workers"]["replicas"] = 3.into();
         slow_model(doc, "0.05");
-        doc["spec"]["master"]["env"] = serde_yaml::from_str(
-            "[{name: GAUSSIAN_GENERATIONS, value: '6'}, {name: GAUSSIAN_MINIMUM_EPSILON, value: '0'}]",
-        )
-        .unwrap();
+        six_generations(doc);
     });
     let runs: Api<AbcRun> = Api::namespaced(client.clone(), &ns.name);
     eventually(240, "3 workers inside generation 1", || async {
@@ -2301,7 +2293,12 @@ async fn helm_upgrade_during_a_run_hands_it_over_without_rewriting_it() {
         120,
         "a replica of the new version leading the run",
         || async {
-            let pods = operator_pods(&client).await;
+            let pods = pods(
+                &client,
+                OPERATOR_NAMESPACE,
+                "app.kubernetes.io/name=abc-operator",
+            )
+            .await;
             let old_left = pods.iter().any(|p| {
                 p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some(image.as_str())
             });
