@@ -97,7 +97,7 @@ async fn a_killed_leader_is_replaced_and_a_worker_lost_meanwhile_is_repaired_onc
     let s = setup("ld-kill", 3, "10m", "0.2").await;
     let mut a = replica(&s, "replica-a").await;
     let mut b = replica(&s, "replica-b").await;
-    let kubelet = s.kubelet();
+    let _kubelet = s.kubelet();
     // Generations long enough that a worker deleted during the failover is inside one.
     let mut master = s.master(100, 2);
 
@@ -108,16 +108,11 @@ async fn a_killed_leader_is_replaced_and_a_worker_lost_meanwhile_is_repaired_onc
         other => panic!("the Lease names {other:?}, not a replica"),
     };
     wait_until_one_leads(&s, (&first, leader), (second, standby)).await;
-    eventually(120, "3 workers inside a generation", || async {
-        let p = s.runs.get("sim").await.ok()?.status?.progress?;
-        (p.active_workers == 3).then_some(())
-    })
-    .await;
+    let victim = s.worker_inside_a_generation(-1..).await;
 
     // The leader dies without a word, and a worker is lost before anyone leads again.
     leader.signal_and_wait(Signal::SIGKILL);
     let killed = Instant::now();
-    let victim = kubelet.running().into_iter().next().unwrap();
     let gone = DeleteParams {
         grace_period_seconds: Some(0),
         ..Default::default()

@@ -146,21 +146,13 @@ async fn an_idle_run_is_not_reconciled_until_its_redis_changes() {
 async fn a_worker_pod_lost_mid_generation_is_repaired_once_and_the_run_completes() {
     let s = setup("wk-lost", 3, "10m", "0.2").await;
     let controller = ControllerProcess::start(&s.ns.name);
-    let kubelet = s.kubelet();
+    let _kubelet = s.kubelet();
     let mut master = s.master(30, 2);
 
-    // Wait until every worker is inside a generation, then lose one (pod deleted with grace 0,
-    // its process SIGKILLed by the kubelet).
+    // Lose a worker inside a generation (pod deleted with grace 0, its process SIGKILLed by
+    // the kubelet).
     let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns.name);
-    eventually(120, "3 workers inside a generation", || {
-        let runs = s.runs.clone();
-        async move {
-            let p = runs.get("sim").await.ok()?.status?.progress?;
-            (p.active_workers == 3).then_some(())
-        }
-    })
-    .await;
-    let victim = kubelet.running().into_iter().next().unwrap();
+    let victim = s.worker_inside_a_generation(-1..).await;
     delete_now(&pods, &victim).await;
     // Restart the controller while it may be repairing: the repair still happens exactly once.
     controller.stop();
@@ -774,7 +766,7 @@ async fn a_hostile_redis_harms_only_its_own_run() {
         s.runs.create(&PostParams::default(), run).await.unwrap();
     }
     let mut controller = ControllerProcess::start(&s.ns.name);
-    let kubelet = s.kubelet();
+    let _kubelet = s.kubelet();
 
     // The hostile run: a condition naming the problem and the server.
     let address = format!("127.0.0.1:{hostile_port}");
@@ -814,13 +806,8 @@ async fn a_hostile_redis_harms_only_its_own_run() {
         }
         // once, inside generation 1: a worker pod lost mid-generation
         if repair.is_none()
-            && snapshot.generation == Some(1)
-            && status
-                .progress
-                .as_ref()
-                .is_some_and(|p| p.active_workers == 3)
+            && let Some(victim) = support::run::worker_inside(&snapshot, 1..=1)
         {
-            let victim = kubelet.running().into_iter().next().unwrap();
             delete_now(&pods, &victim).await;
             repair = Some((victim, Instant::now(), None));
         }

@@ -5,9 +5,11 @@ use super::cluster::{self, TestNamespace, eventually, install_crd};
 use super::kubelet::{FakeKubelet, RedisTarget};
 use abc_operator::api::AbcRun;
 use abc_operator::local::redis_server::{RedisServer, RedisServerOptions};
+use abc_operator::protocol::{self, Snapshot};
 use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
+use std::ops::{RangeBounds, RangeFrom};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
@@ -118,6 +120,19 @@ impl Setup {
             .unwrap()
     }
 
+    /// Waits until a worker is inside one of `generations` with most of it still ahead (see
+    /// [`worker_inside`]), and returns its pod's name.
+    pub async fn worker_inside_a_generation(&self, generations: RangeFrom<i64>) -> String {
+        let conn = protocol::connect(&self.redis.endpoint()).await.unwrap();
+        let what = format!("a worker inside generation {generations:?}");
+        eventually(180, &what, || {
+            let mut conn = conn.clone();
+            let generations = generations.clone();
+            async move { worker_inside(&Snapshot::read(&mut conn).await.ok()?, generations) }
+        })
+        .await
+    }
+
     /// Waits (bounded) until an Event with `reason` was published on the run's namespace.
     pub async fn wait_for_event(&self, reason: &str) {
         eventually(30, &format!("a {reason} event"), || async {
@@ -147,4 +162,19 @@ pub async fn master_finishes(master: &mut Child, secs: u64) -> bool {
     })
     .await
     .success()
+}
+
+/// The pod of a worker inside one of `generations` with most of that generation still ahead,
+/// read from the worker ledgers in the run's Redis, not from the status: the status lags, and a
+/// worker killed after it left its generation owes nothing, so there is nothing to repair.
+pub fn worker_inside(snapshot: &Snapshot, generations: impl RangeBounds<i64>) -> Option<String> {
+    let (analysis, t) = (snapshot.analysis_id.as_deref()?, snapshot.generation?);
+    let most_ahead = snapshot.n_acc.unwrap_or(0) < snapshot.n_req? / 2;
+    (generations.contains(&t) && most_ahead).then_some(())?;
+    snapshot
+        .ledgers
+        .iter()
+        .find(|l| l.joined && l.in_generation(analysis, t))?
+        .worker
+        .clone()
 }
