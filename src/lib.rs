@@ -4,6 +4,7 @@
 //! runner; [`resources`] builds objects without a client; only [`controller`] and [`local`] act
 //! on runs. [`results_copy`] is the pure part of `kubectl abc results` (the plugin acts).
 
+pub mod allocator;
 pub mod api;
 pub mod autoscaling;
 pub mod controller;

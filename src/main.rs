@@ -25,7 +25,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Controller(_)) {
-        few_malloc_arenas();
+        abc_operator::allocator::few_arenas();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -50,19 +50,5 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::from(2)
             }
         },
-    }
-}
-
-/// The controller holds a thousand runs' state for long and allocates little in parallel;
-/// glibc's default of up to 8 arenas per core keeps free memory in each thread's own arena.
-/// Two arenas: 52 -> 49 MiB of RSS at 1,000 runs (bench S), the same CPU. A
-/// `MALLOC_ARENA_MAX` in the environment still wins. Called before any thread starts.
-fn few_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets a parameter of glibc's allocator; no other thread runs yet.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
-        }
     }
 }

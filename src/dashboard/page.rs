@@ -30,6 +30,7 @@ use crate::api::{AbcRunStatus, Phase};
 use crate::protocol::inference::{Execution, GenerationRecord, MAX_PARAMETERS};
 use k8s_openapi::jiff::Timestamp;
 use std::fmt::Write;
+use std::sync::Arc;
 
 pub use super::export::csv;
 
@@ -76,12 +77,12 @@ const SERVED_AT: &str = "<!--served-at-->";
 
 /// The page (a complete HTML document).
 pub fn page(data: &PageData, options: &PageOptions) -> String {
-    fill_time(&template(data, options), data.now)
+    Template::of(&template(data, options)).fill(data.now)
 }
 
-/// The page with the time of serving left to [`fill_time`]: a page rendered once is served
-/// again while its run has not changed, each time saying when. The execution chart's line to
-/// "now" ends at `data.now`, when it was rendered.
+/// The page with the time of serving left to [`Template::fill`]: a page rendered once is
+/// served again while its run has not changed, each time saying when. The execution chart's
+/// line to "now" ends at `data.now`, when it was rendered.
 pub fn template(data: &PageData, options: &PageOptions) -> String {
     let mut out = String::with_capacity(64 * 1024);
     head(&mut out, data, options);
@@ -108,12 +109,30 @@ pub fn template(data: &PageData, options: &PageOptions) -> String {
     out
 }
 
-/// The [`template`] with `now` written where it says when the page was served.
-pub fn fill_time(template: &str, now: Timestamp) -> String {
-    template.replace(
-        SERVED_AT,
-        &now.strftime("%Y-%m-%d %H:%M:%S UTC").to_string(),
-    )
+/// A rendered page kept to be served again: its text split where the time of serving goes,
+/// so that serving it copies it once instead of searching all of it (a page is tens of KiB).
+#[derive(Clone, Debug)]
+pub struct Template(Arc<[Box<str>]>);
+
+impl Template {
+    pub fn of(template: &str) -> Template {
+        Template(template.split(SERVED_AT).map(Box::from).collect())
+    }
+
+    /// The page, served at `now`.
+    pub fn fill(&self, now: Timestamp) -> String {
+        let time = now.strftime("%Y-%m-%d %H:%M:%S UTC").to_string();
+        let parts = &self.0;
+        let length = parts.iter().map(|p| p.len()).sum::<usize>() + parts.len() * time.len();
+        let mut page = String::with_capacity(length);
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                page.push_str(&time);
+            }
+            page.push_str(part);
+        }
+        page
+    }
 }
 
 fn finished(data: &PageData) -> bool {

@@ -117,9 +117,12 @@ impl Pages {
         all.insert(uid, kept);
     }
 
-    fn run(&self, namespace: &str, name: &str) -> Option<AbcRun> {
-        let guarded = self.runs.get(&ObjectRef::new(name).within(namespace))?;
-        guarded.0.as_ref().ok().cloned()
+    /// The run as the runs watch holds it (shared, not copied: a page served again reads only
+    /// its version).
+    fn run(&self, namespace: &str, name: &str) -> Option<Arc<GuardedRun>> {
+        self.runs
+            .get(&ObjectRef::new(name).within(namespace))
+            .filter(|guarded| guarded.0.is_ok())
     }
 
     /// The run's records, read from its ConfigMap only when the status counts other ones than
@@ -265,7 +268,8 @@ async fn serve_page(
     }
     let raw_query = query.0;
     let query = parse_query(raw_query.as_deref());
-    let Some(run) = served.pages.run(&namespace, &name) else {
+    let guarded = served.pages.run(&namespace, &name);
+    let Some(run) = guarded.as_deref().and_then(|g| g.0.as_ref().ok()) else {
         let data = PageData {
             namespace: Some(namespace),
             name,
@@ -281,10 +285,10 @@ async fn serve_page(
             .into_response();
     };
     let now = k8s_openapi::jiff::Timestamp::now();
-    if let Some(rendered) = served.pages.rendered(&run, raw_query.as_deref()) {
+    if let Some(rendered) = served.pages.rendered(run, raw_query.as_deref()) {
         return rendered.response(now);
     }
-    let records = match served.pages.records(&run).await {
+    let records = match served.pages.records(run).await {
         Ok(records) => records,
         Err(err) => {
             return failure(&Failure::new(
@@ -305,7 +309,7 @@ async fn serve_page(
     let rendered = render(&data, &query);
     served
         .pages
-        .keep_rendered(&run, raw_query.as_deref(), &rendered);
+        .keep_rendered(run, raw_query.as_deref(), &rendered);
     rendered.response(now)
 }
 
@@ -318,7 +322,7 @@ pub struct Rendered {
 
 #[derive(Clone)]
 enum Body {
-    Page(Arc<str>),
+    Page(page::Template),
     Csv { file: String, text: Bytes },
     Problem(String),
 }
@@ -328,7 +332,7 @@ impl Rendered {
     pub fn response(&self, now: k8s_openapi::jiff::Timestamp) -> Response {
         let Rendered { status, body } = self;
         match body {
-            Body::Page(template) => (*status, html(page::fill_time(template, now))).into_response(),
+            Body::Page(template) => (*status, html(template.fill(now))).into_response(),
             Body::Csv { file, text } => (
                 *status,
                 [
@@ -381,7 +385,7 @@ pub fn render(data: &PageData, query: &PageQuery) -> Rendered {
                 parameters: query.parameter.clone(),
                 refresh_seconds: (!finished && !data.gone).then_some(REFRESH_SECONDS),
             };
-            Body::Page(page::template(data, &options).into())
+            Body::Page(page::Template::of(&page::template(data, &options)))
         }
     };
     Rendered {
