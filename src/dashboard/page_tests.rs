@@ -435,3 +435,16 @@ fn a_local_runs_records_without_execution_say_so() {
         "the inference is all there"
     );
 }
+
+#[test]
+fn a_page_served_again_says_when_it_was_served_each_time() {
+    let data = run(4, 2);
+    let kept = Template::of(&template(&data, &options()));
+    for now in ["2026-12-07T09:00:00Z", "2026-12-07T09:00:05Z"] {
+        let html = kept.fill(now.parse().unwrap());
+        let shown = format!("{} UTC", now.trim_end_matches('Z').replace('T', " "));
+        assert!(html.contains(&format!("As of {shown}")), "{html}");
+        assert_eq!(count(&html, &shown), 2, "the header and the footer");
+        assert!(!html.contains(SERVED_AT), "{html}");
+    }
+}
