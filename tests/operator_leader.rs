@@ -108,7 +108,7 @@ async fn a_killed_leader_is_replaced_and_a_worker_lost_meanwhile_is_repaired_onc
         other => panic!("the Lease names {other:?}, not a replica"),
     };
     wait_until_one_leads(&s, (&first, leader), (second, standby)).await;
-    let victim = s.worker_inside_a_generation(-1..).await;
+    let victim = s.worker_inside_a_generation().await;
 
     // The leader dies without a word, and a worker is lost before anyone leads again.
     leader.signal_and_wait(Signal::SIGKILL);

@@ -152,7 +152,7 @@ async fn a_worker_pod_lost_mid_generation_is_repaired_once_and_the_run_completes
     // Lose a worker inside a generation (pod deleted with grace 0, its process SIGKILLed by
     // the kubelet).
     let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns.name);
-    let victim = s.worker_inside_a_generation(-1..).await;
+    let victim = s.worker_inside_a_generation().await;
     delete_now(&pods, &victim).await;
     // Restart the controller while it may be repairing: the repair still happens exactly once.
     controller.stop();

@@ -657,7 +657,6 @@ fn summary(log: &str) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Makes each simulation of the Gaussian example take `seconds` (in the workers).
 /// The Gaussian example's master samples six generations, whatever epsilon they reach.
 fn six_generations(doc: &mut serde_yaml::Value) {
     doc["spec"]["master"]["env"] = serde_yaml::from_str(
@@ -666,6 +665,7 @@ fn six_generations(doc: &mut serde_yaml::Value) {
     .unwrap();
 }
 
+/// Makes each simulation of the Gaussian example take `seconds` (in the workers).
 fn slow_model(doc: &mut serde_yaml::Value, seconds: &str) {
     doc["spec"]["workers"]["env"] = serde_yaml::from_str(&format!(
         "[{{name: GAUSSIAN_MODEL_SECONDS, value: '{seconds}'}}]"

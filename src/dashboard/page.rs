@@ -71,19 +71,19 @@ pub enum Plot {
     Posterior,
 }
 
-/// Where the time of serving goes in a [`template`]: [`fill_time`] writes it in. A comment,
+/// Where the time of serving goes in a [`template`]: [`Template::fill`] writes it in. A comment,
 /// which no escaped text can contain.
 const SERVED_AT: &str = "<!--served-at-->";
 
 /// The page (a complete HTML document).
 pub fn page(data: &PageData, options: &PageOptions) -> String {
-    Template::of(&template(data, options)).fill(data.now)
+    template(data, options).fill(data.now)
 }
 
 /// The page with the time of serving left to [`Template::fill`]: a page rendered once is
 /// served again while its run has not changed, each time saying when. The execution chart's
 /// line to "now" ends at `data.now`, when it was rendered.
-pub fn template(data: &PageData, options: &PageOptions) -> String {
+pub fn template(data: &PageData, options: &PageOptions) -> Template {
     let mut out = String::with_capacity(64 * 1024);
     head(&mut out, data, options);
     out.push_str("<body>\n");
@@ -106,7 +106,7 @@ pub fn template(data: &PageData, options: &PageOptions) -> String {
          </body>\n</html>\n",
         SERVED_AT
     );
-    out
+    Template(out.split(SERVED_AT).map(Box::from).collect())
 }
 
 /// A rendered page kept to be served again: its text split where the time of serving goes,
@@ -115,10 +115,6 @@ pub fn template(data: &PageData, options: &PageOptions) -> String {
 pub struct Template(Arc<[Box<str>]>);
 
 impl Template {
-    pub fn of(template: &str) -> Template {
-        Template(template.split(SERVED_AT).map(Box::from).collect())
-    }
-
     /// The page, served at `now`.
     pub fn fill(&self, now: Timestamp) -> String {
         let time = now.strftime("%Y-%m-%d %H:%M:%S UTC").to_string();

@@ -439,7 +439,7 @@ fn a_local_runs_records_without_execution_say_so() {
 #[test]
 fn a_page_served_again_says_when_it_was_served_each_time() {
     let data = run(4, 2);
-    let kept = Template::of(&template(&data, &options()));
+    let kept = template(&data, &options());
     for now in ["2026-12-07T09:00:00Z", "2026-12-07T09:00:05Z"] {
         let html = kept.fill(now.parse().unwrap());
         let shown = format!("{} UTC", now.trim_end_matches('Z').replace('T', " "));

@@ -120,9 +120,7 @@ impl Pages {
     /// The run as the runs watch holds it (shared, not copied: a page served again reads only
     /// its version).
     fn run(&self, namespace: &str, name: &str) -> Option<Arc<GuardedRun>> {
-        self.runs
-            .get(&ObjectRef::new(name).within(namespace))
-            .filter(|guarded| guarded.0.is_ok())
+        self.runs.get(&ObjectRef::new(name).within(namespace))
     }
 
     /// The run's records, read from its ConfigMap only when the status counts other ones than
@@ -385,7 +383,7 @@ pub fn render(data: &PageData, query: &PageQuery) -> Rendered {
                 parameters: query.parameter.clone(),
                 refresh_seconds: (!finished && !data.gone).then_some(REFRESH_SECONDS),
             };
-            Body::Page(page::Template::of(&page::template(data, &options)))
+            Body::Page(page::template(data, &options))
         }
     };
     Rendered {
