@@ -8,7 +8,7 @@
 //! while the watch was down).
 
 use super::records::RecordsRead;
-use crate::api::{AbcRun, SecretKeyRef};
+use crate::api::{AbcRun, AbcRunStatus, SecretKeyRef};
 use kube::ResourceExt;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -50,6 +50,10 @@ struct Remembered {
     /// The generation records this controller stored last (their number and the latest one),
     /// until the cached run's status holds that number: see `reconcile::keep_records`.
     records_stored: Option<RecordsRead>,
+    /// The `status.idleSince` this controller wrote last, until the cached run holds it: a
+    /// reconcile before the runs watch brings the write back would otherwise find none and
+    /// write a later time.
+    idle_since_written: Option<Option<String>>,
 }
 
 impl RunMemory {
@@ -92,12 +96,25 @@ impl RunMemory {
         self.with(run, |r| r.status_written.map(|at| at.elapsed()))
     }
 
-    /// The run's status, with `lost_workers` repaired workers, was written now.
-    pub fn status_written(&self, run: &AbcRun, lost_workers: i64) {
+    /// The run's status `written` was written now.
+    pub fn status_written(&self, run: &AbcRun, written: &AbcRunStatus) {
         self.with(run, |r| {
             r.status_written = Some(Instant::now());
-            r.lost_workers_written = r.lost_workers_written.max(lost_workers);
+            r.lost_workers_written = r.lost_workers_written.max(written.lost_workers);
+            r.idle_since_written = Some(written.idle_since.clone());
         });
+    }
+
+    /// Since when the run is idle: what this controller wrote last, unless the cached status
+    /// (`cached`) has caught up with it (then it is forgotten).
+    pub fn idle_since(&self, run: &AbcRun, cached: Option<String>) -> Option<String> {
+        self.with(run, |r| match r.idle_since_written.take() {
+            Some(written) if written != cached => {
+                r.idle_since_written = Some(written.clone());
+                written
+            }
+            _ => cached,
+        })
     }
 
     /// The largest `status.lostWorkers` this controller wrote for the run (0: none).
@@ -191,10 +208,40 @@ mod tests {
     }
 
     #[test]
+    fn the_idle_time_written_holds_until_the_cached_run_has_it() {
+        let memory = RunMemory::default();
+        let a = run("a", "1");
+        let idle_at = |t: &str| AbcRunStatus {
+            idle_since: Some(t.into()),
+            ..AbcRunStatus::default()
+        };
+        assert_eq!(memory.idle_since(&a, None), None);
+        memory.status_written(&a, &idle_at("10:00"));
+        // The cache has not brought the write back: the time written stands.
+        assert_eq!(memory.idle_since(&a, None), Some("10:00".into()));
+        assert_eq!(memory.idle_since(&a, None), Some("10:00".into()));
+        // Caught up: forgotten, the cache decides from now on.
+        assert_eq!(
+            memory.idle_since(&a, Some("10:00".into())),
+            Some("10:00".into())
+        );
+        assert_eq!(memory.idle_since(&a, None), None);
+        // A master sampled: `None` written stands over a stale idle time.
+        memory.status_written(&a, &AbcRunStatus::default());
+        assert_eq!(memory.idle_since(&a, Some("10:00".into())), None);
+    }
+
+    #[test]
     fn a_forgotten_run_leaves_nothing_and_its_name_only_when_unused() {
         let memory = RunMemory::default();
         let (old, new) = (run("a", "1"), run("a", "2"));
-        memory.status_written(&old, 1);
+        memory.status_written(
+            &old,
+            &AbcRunStatus {
+                lost_workers: 1,
+                ..AbcRunStatus::default()
+            },
+        );
         assert_eq!(memory.lost_workers_written(&old), 1);
         memory.remember(&new);
         assert_eq!(memory.len(), 2);

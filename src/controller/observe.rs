@@ -110,6 +110,9 @@ pub struct Observed {
     pub stop: Option<StopStage>,
     /// Whether the run's Redis holds an analysis (a master samples), when Redis answered.
     pub analysis: Option<bool>,
+    /// Since when the run has been known idle: the cached status's `idleSince`, or the one this
+    /// controller wrote last while the cached run does not hold it yet.
+    pub idle_since: Option<String>,
 }
 
 /// A stop asked of the run: going on until nothing samples, or done.
@@ -211,6 +214,7 @@ pub fn observe(
         records: None,
         stop: None,
         analysis: None,
+        idle_since: run.status.as_ref().and_then(|s| s.idle_since.clone()),
     };
     match redis {
         RedisReading::NotRead => {}

@@ -178,6 +178,7 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
     observed.lost_workers = observed
         .lost_workers
         .max(ctx.memory.lost_workers_written(&run));
+    observed.idle_since = ctx.memory.idle_since(&run, observed.idle_since.take());
     handle_workers(
         &run,
         &ctx,
@@ -238,7 +239,7 @@ async fn carry_out(
     }
     if follow.write_status {
         write_status(ctx, namespace, &run.name_any(), new_status).await?;
-        ctx.memory.status_written(run, new_status.lost_workers);
+        ctx.memory.status_written(run, new_status);
         if let Some(problem) = follow.problem
             && ctx.memory.tell(run, &problem.reason)
         {

@@ -114,23 +114,19 @@ pub fn compute(run: &AbcRun, observed: &Observed, now: Timestamp) -> AbcRunStatu
         last_master_start,
         results: observed.results.clone(),
         inference: inference(run, previous.inference, observed),
-        idle_since: idle_since(run, previous.idle_since, observed, now),
+        idle_since: idle_since(run, observed, now),
     }
 }
 
 /// Since when the run's Redis has held no analysis, for a run with `idleTimeoutSeconds`: kept
 /// while it stays so (or is not read), gone when a master samples.
-fn idle_since(
-    run: &AbcRun,
-    previous: Option<String>,
-    observed: &Observed,
-    now: Timestamp,
-) -> Option<String> {
+fn idle_since(run: &AbcRun, observed: &Observed, now: Timestamp) -> Option<String> {
     run.spec.idle_timeout_seconds?;
+    let known = observed.idle_since.clone();
     match observed.analysis {
         Some(true) => None,
-        Some(false) => previous.or_else(|| Some(now.to_string())),
-        None => previous,
+        Some(false) => known.or_else(|| Some(now.to_string())),
+        None => known,
     }
 }
 
@@ -525,10 +521,14 @@ mod tests {
         let first = compute(&r, &idle, at(1000));
         assert_eq!(first.idle_since, Some(at(1000).to_string()));
         r.status = Some(first.clone());
+        let idle = Observed {
+            idle_since: first.idle_since.clone(),
+            ..idle
+        };
         assert_eq!(compute(&r, &idle, at(2000)).idle_since, first.idle_since);
         let unread = Observed {
             analysis: None,
-            ..healthy()
+            ..idle.clone()
         };
         assert_eq!(compute(&r, &unread, at(2000)).idle_since, first.idle_since);
         let sampling = Observed {
