@@ -13,7 +13,7 @@
 //! deleted owned object is created again.
 
 use super::owned::{ObjectStream, OwnedStores, OwnedStreams};
-use super::pod_index::{PodIndex, WatchedPod};
+use super::pod_index::{PodIndex, RunPod, WatchedPod};
 use crate::api::{AbcRun, RUN_LABEL};
 use crate::resources::Component;
 use kube::runtime::watcher;
@@ -65,10 +65,10 @@ impl Caches {
             .pods
             .of_run(&run.namespace().unwrap_or_default(), &run.name_any())
         {
-            let part = match pod.component.as_deref() {
-                Some(c) if c == Component::Worker.as_str() => &mut by_part.workers,
-                Some(c) if c == Component::Master.as_str() => &mut by_part.master,
-                Some(c) if c == Component::Redis.as_str() => &mut by_part.redis,
+            let part = match pod.component {
+                Some(Component::Worker) => &mut by_part.workers,
+                Some(Component::Master) => &mut by_part.master,
+                Some(Component::Redis) => &mut by_part.redis,
                 _ => continue,
             };
             part.push(pod);
@@ -89,7 +89,7 @@ impl Caches {
 /// The run's pods, by the part of the run they belong to.
 #[derive(Clone, Debug, Default)]
 pub struct RunPods {
-    pub workers: Vec<Arc<WatchedPod>>,
-    pub master: Vec<Arc<WatchedPod>>,
-    pub redis: Vec<Arc<WatchedPod>>,
+    pub workers: Vec<Arc<RunPod>>,
+    pub master: Vec<Arc<RunPod>>,
+    pub redis: Vec<Arc<RunPod>>,
 }

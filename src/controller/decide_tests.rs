@@ -50,7 +50,7 @@ status: {status}"
     ))
 }
 
-fn running_worker(name: &str) -> crate::controller::pod_index::WatchedPod {
+fn running_worker(name: &str) -> crate::controller::pod_index::RunPod {
     yaml(&format!(
         "metadata:
   name: {name}

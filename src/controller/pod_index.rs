@@ -7,8 +7,11 @@
 
 use super::owned::ObjectStream;
 use crate::api::{COMPONENT_LABEL, RUN_LABEL};
+use crate::resources::Component;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{ContainerState, Pod};
+use k8s_openapi::api::core::v1::{
+    ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, Pod,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
@@ -41,7 +44,7 @@ struct Listing {
 #[derive(Default)]
 struct Pods {
     /// Each run's pods by name (sorted, as reconciles want them).
-    by_run: HashMap<RunKey, BTreeMap<String, Arc<WatchedPod>>>,
+    by_run: HashMap<RunKey, BTreeMap<String, Arc<RunPod>>>,
     /// Each pod's run, so that a pod relabelled to another run leaves the first.
     run_of: HashMap<PodKey, String>,
 }
@@ -62,7 +65,7 @@ impl Pods {
         self.by_run
             .entry((namespace, run.clone()))
             .or_default()
-            .insert(name, Arc::new(pod.clone()));
+            .insert(name, pod.pod.clone());
     }
 
     fn remove(&mut self, pod: &WatchedPod) {
@@ -133,7 +136,7 @@ impl PodIndex {
     }
 
     /// The pods of run `run` in `namespace`, sorted by name.
-    pub fn of_run(&self, namespace: &str, run: &str) -> Vec<Arc<WatchedPod>> {
+    pub fn of_run(&self, namespace: &str, run: &str) -> Vec<Arc<RunPod>> {
         let listing = self.0.read().unwrap_or_else(|e| e.into_inner());
         listing
             .current
@@ -144,21 +147,33 @@ impl PodIndex {
     }
 }
 
-/// A pod as the watch reads it and the index keeps it: what the worker actions
-/// ([`super::workers`]) and the pod problems ([`super::pod_problems`]) read, and nothing else.
-/// Everything else is skipped while parsing (a list page holds [`super::cache::LIST_PAGE_SIZE`]
-/// pods): the spec and the managed fields, most of a pod's size, the other labels and the
-/// parts of the status no decision reads. Not k8s-openapi's `Pod`, `PodStatus` and
-/// `ContainerStatus`, which hold room for every field whether read or not: 2.7 KiB per pod in
-/// the index with them, 1.3 KiB with [`WatchedPod`] (26 against 13 MiB at 10,000 pods).
+/// A pod event as the watch reads it: what the watch and the Controller need (name, namespace,
+/// resource version, run) and, shared, what the index keeps ([`RunPod`]). Not k8s-openapi's
+/// `Pod`, which holds room for every field whether read or not.
 #[derive(Clone, Debug)]
 pub struct WatchedPod {
-    /// Name, namespace, uid, resource version, creation and deletion times; no labels.
+    /// Name, namespace and resource version (the watch resumes from the last one).
     pub metadata: ObjectMeta,
     /// The run it belongs to (its [`RUN_LABEL`]).
     pub run: Option<String>,
-    /// Its part of the run (its [`COMPONENT_LABEL`]).
-    pub component: Option<String>,
+    /// What the index keeps of it: shared with the index, not copied into it.
+    pub pod: Arc<RunPod>,
+}
+
+/// A pod as the index keeps it: what the worker actions ([`super::workers`]) and the pod
+/// problems ([`super::pod_problems`]) read, and nothing else. Everything else is skipped while
+/// parsing (a list page holds [`super::cache::LIST_PAGE_SIZE`] pods): the spec and the managed
+/// fields, most of a pod's size, the other labels and metadata, the parts of the status no
+/// decision reads. Measured in the index (bench S, 10,000 pods): 2.7 KiB per pod with
+/// k8s-openapi's `Pod`, 1.3 KiB with its `ObjectMeta` and `ContainerState`, 0.7 KiB so.
+#[derive(Clone, Debug, Default)]
+pub struct RunPod {
+    pub name: String,
+    /// Its part of the run (its [`COMPONENT_LABEL`]), when one the controller knows.
+    pub component: Option<Component>,
+    pub created: Option<Time>,
+    /// It has a deletion timestamp: on its way out.
+    pub deleting: bool,
     pub status: Option<WatchedPodStatus>,
 }
 
@@ -201,51 +216,82 @@ pub struct WatchedContainer {
     pub name: String,
     pub image: String,
     pub restart_count: i32,
-    /// Boxed: k8s-openapi's `ContainerState` has room for all three states (about 200 bytes),
-    /// and most containers never had a last state.
-    pub state: Option<Box<ContainerState>>,
-    pub last_state: Option<Box<ContainerState>>,
+    pub state: Option<WatchedState>,
+    /// Boxed: most containers never had a last state.
+    pub last_state: Option<Box<WatchedState>>,
+}
+
+/// A container's state. Not k8s-openapi's `ContainerState`, which has room for all three
+/// (about 200 bytes): a running container, nearly every one, is kept in a third of that.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct WatchedState {
+    pub waiting: Option<ContainerStateWaiting>,
+    pub running: Option<ContainerStateRunning>,
+    pub terminated: Option<Box<ContainerStateTerminated>>,
+}
+
+/// What is read of a pod; any other field is skipped unparsed.
+#[derive(Deserialize)]
+struct ReadPod {
+    metadata: ReadMetadata,
+    status: Option<WatchedPodStatus>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReadMetadata {
+    name: Option<String>,
+    namespace: Option<String>,
+    resource_version: Option<String>,
+    creation_timestamp: Option<Time>,
+    deletion_timestamp: Option<Time>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+impl ReadMetadata {
+    fn component(&self) -> Option<Component> {
+        let label = self.labels.get(COMPONENT_LABEL)?;
+        [Component::Worker, Component::Master, Component::Redis]
+            .into_iter()
+            .find(|c| c.as_str() == label)
+    }
+}
+
+impl ReadPod {
+    fn into_run_pod(self) -> RunPod {
+        RunPod {
+            component: self.metadata.component(),
+            name: self.metadata.name.unwrap_or_default(),
+            created: self.metadata.creation_timestamp,
+            deleting: self.metadata.deletion_timestamp.is_some(),
+            status: self.status,
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for WatchedPod {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        /// What is read of a pod; any other field is skipped unparsed.
-        #[derive(Deserialize)]
-        struct Read {
-            metadata: ReadMetadata,
-            status: Option<WatchedPodStatus>,
-        }
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct ReadMetadata {
-            name: Option<String>,
-            namespace: Option<String>,
-            uid: Option<String>,
-            /// The watch resumes from the last object's version.
-            resource_version: Option<String>,
-            creation_timestamp: Option<Time>,
-            deletion_timestamp: Option<Time>,
-            #[serde(default)]
-            labels: BTreeMap<String, String>,
-        }
-        let Read {
-            metadata: mut read,
-            status,
-        } = Read::deserialize(deserializer)?;
+        let mut read = ReadPod::deserialize(deserializer)?;
+        let metadata = ObjectMeta {
+            name: read.metadata.name.clone(),
+            namespace: read.metadata.namespace.take(),
+            resource_version: read.metadata.resource_version.take(),
+            ..ObjectMeta::default()
+        };
+        let run = read.metadata.labels.remove(RUN_LABEL);
         Ok(WatchedPod {
-            metadata: ObjectMeta {
-                name: read.name,
-                namespace: read.namespace,
-                uid: read.uid,
-                resource_version: read.resource_version,
-                creation_timestamp: read.creation_timestamp,
-                deletion_timestamp: read.deletion_timestamp,
-                ..ObjectMeta::default()
-            },
-            run: read.labels.remove(RUN_LABEL),
-            component: read.labels.remove(COMPONENT_LABEL),
-            status,
+            metadata,
+            run,
+            pod: Arc::new(read.into_run_pod()),
         })
+    }
+}
+
+impl<'de> Deserialize<'de> for RunPod {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(ReadPod::deserialize(deserializer)?.into_run_pod())
     }
 }
 
@@ -293,7 +339,7 @@ mod tests {
             .map(|p| {
                 format!(
                     "{}:{}",
-                    p.name_any(),
+                    p.name,
                     p.status.as_ref().unwrap().phase.clone().unwrap()
                 )
             })
@@ -338,22 +384,18 @@ status:
         .unwrap();
         let meta = &read.metadata;
         assert_eq!(
-            (
-                meta.name.as_deref(),
-                meta.namespace.as_deref(),
-                meta.uid.as_deref()
-            ),
-            (Some("w-1"), Some("a"), Some("u-1"))
+            (meta.name.as_deref(), meta.namespace.as_deref()),
+            (Some("w-1"), Some("a"))
         );
         assert_eq!(meta.resource_version.as_deref(), Some("42"));
-        assert!(meta.creation_timestamp.is_some() && meta.deletion_timestamp.is_some());
-        assert_eq!(
-            (read.run.as_deref(), read.component.as_deref()),
-            (Some("gauss"), Some("worker"))
-        );
-        assert!(meta.labels.is_none() && meta.annotations.is_none());
+        assert_eq!(read.run.as_deref(), Some("gauss"));
+        assert!(meta.labels.is_none() && meta.annotations.is_none() && meta.uid.is_none());
         assert!(meta.owner_references.is_none() && meta.managed_fields.is_none());
         assert!(meta.generate_name.is_none());
+        let read = Arc::unwrap_or_clone(read.pod);
+        assert_eq!(read.name, "w-1");
+        assert_eq!(read.component, Some(Component::Worker));
+        assert!(read.created.is_some() && read.deleting);
         let status = read.status.unwrap();
         assert_eq!(status.phase.as_deref(), Some("Running"));
         let worker = &status.container_statuses.unwrap()[0];

@@ -8,7 +8,7 @@
 //! which the kubelet alternates while it retries) are one problem. So a stuck run's status does
 //! not change from one reconcile to the next, and its Event is published once.
 
-use super::pod_index::{WatchedContainer, WatchedPod};
+use super::pod_index::{RunPod, WatchedContainer};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -44,17 +44,17 @@ pub struct PodProblem {
 /// The first problem among `pods` (by pod name, init containers first), or `None` when every
 /// pod runs or is on its way (scheduling, pulling, creating its containers). Pods being deleted
 /// and finished pods (a master Job's failed attempts: the Job's own status tells) are skipped.
-pub fn pod_problem(pods: &[impl Borrow<WatchedPod>], now: Timestamp) -> Option<PodProblem> {
-    let mut pods: Vec<&WatchedPod> = pods
+pub fn pod_problem(pods: &[impl Borrow<RunPod>], now: Timestamp) -> Option<PodProblem> {
+    let mut pods: Vec<&RunPod> = pods
         .iter()
         .map(Borrow::borrow)
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| !p.deleting)
         .filter(|p| {
             let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
             !matches!(phase, Some("Succeeded" | "Failed"))
         })
         .collect();
-    pods.sort_by_key(|p| p.name_any());
+    pods.sort_by_key(|p| &p.name);
     pods.into_iter().find_map(|pod| {
         let status = pod.status.as_ref()?;
         // A pod waiting for its claim to be bound (the results claim, being provisioned) is on
@@ -66,11 +66,11 @@ pub fn pod_problem(pods: &[impl Borrow<WatchedPod>], now: Timestamp) -> Option<P
         {
             return Some(PodProblem {
                 kind: "Pod",
-                object: pod.name_any(),
+                object: pod.name.clone(),
                 reason: "Unschedulable".into(),
                 message: format!(
                     "pod {} cannot be placed on a node: {}",
-                    pod.name_any(),
+                    pod.name,
                     scheduler.trim()
                 ),
             });
@@ -85,9 +85,9 @@ pub fn pod_problem(pods: &[impl Borrow<WatchedPod>], now: Timestamp) -> Option<P
             .next()
             .map(|(reason, what)| PodProblem {
                 kind: "Pod",
-                object: pod.name_any(),
+                object: pod.name.clone(),
                 reason: reason.to_string(),
-                message: format!("pod {}: {what}", pod.name_any()),
+                message: format!("pod {}: {what}", pod.name),
             })
     })
 }
@@ -237,11 +237,11 @@ fn crash(c: &WatchedContainer) -> String {
 
 /// How the newest of `pods` (a master Job's attempts) last failed, e.g. `Error, exit code 1
 /// (abc_operator.ResumeError: …)`: the cause a failed master Job does not tell by itself.
-pub fn last_failed_exit(pods: &[impl Borrow<WatchedPod>]) -> Option<String> {
-    let newest: &WatchedPod = pods
+pub fn last_failed_exit(pods: &[impl Borrow<RunPod>]) -> Option<String> {
+    let newest: &RunPod = pods
         .iter()
         .map(Borrow::borrow)
-        .max_by_key(|p: &&WatchedPod| (p.metadata.creation_timestamp.clone(), p.name_any()))?;
+        .max_by_key(|p: &&RunPod| (p.created.clone(), &p.name))?;
     newest
         .status
         .as_ref()?
@@ -278,8 +278,8 @@ fn exit(last: &k8s_openapi::api::core::v1::ContainerStateTerminated) -> String {
 fn last_exit(
     c: &WatchedContainer,
 ) -> Option<&k8s_openapi::api::core::v1::ContainerStateTerminated> {
-    let now = c.state.as_ref().and_then(|s| s.terminated.as_ref());
-    let before = c.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+    let now = c.state.as_ref().and_then(|s| s.terminated.as_deref());
+    let before = c.last_state.as_ref().and_then(|s| s.terminated.as_deref());
     now.or(before)
 }
 
@@ -288,7 +288,7 @@ mod tests {
     use super::*;
 
     /// A pod status as the kubelet reports it, from `tests/fixtures/pod-status/`.
-    fn fixture(name: &str) -> WatchedPod {
+    fn fixture(name: &str) -> RunPod {
         let path = format!(
             "{}/tests/fixtures/pod-status/{name}.yaml",
             env!("CARGO_MANIFEST_DIR")
@@ -478,7 +478,7 @@ mod tests {
             .as_mut()
             .unwrap()[0];
         status.restart_count = 0;
-        status.state = status.last_state.take();
+        status.state = status.last_state.take().map(|s| *s);
         assert_eq!(pod_problem(&[first], now()), Some(p));
     }
 
@@ -504,7 +504,7 @@ mod tests {
         );
 
         let mut second = fixture("crash-loop-backoff");
-        second.metadata.name = Some("sim-workers-7d9f8-zzzzz".into());
+        second.name = "sim-workers-7d9f8-zzzzz".into();
         let pods = [second, fixture("running"), fixture("err-image-pull")];
         let p = pod_problem(&pods, now()).unwrap();
         assert_eq!(
@@ -518,15 +518,13 @@ mod tests {
     fn a_failed_masters_last_exit_is_its_newest_attempts_with_the_messages_last_line() {
         let mut first = fixture("master-attempt-failed");
         let mut second = first.clone();
-        first.metadata.creation_timestamp =
-            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                "2026-01-01T10:00:00Z".parse().unwrap(),
-            ));
-        second.metadata.name = Some("sim-master-a1b2c".into());
-        second.metadata.creation_timestamp =
-            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                "2026-01-01T10:01:00Z".parse().unwrap(),
-            ));
+        first.created = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2026-01-01T10:00:00Z".parse().unwrap(),
+        ));
+        second.name = "sim-master-a1b2c".into();
+        second.created = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2026-01-01T10:01:00Z".parse().unwrap(),
+        ));
         let terminated = second
             .status
             .as_mut()
@@ -559,8 +557,7 @@ mod tests {
     #[test]
     fn a_pod_being_deleted_is_not_a_problem() {
         let mut pod = fixture("crash-loop-backoff");
-        pod.metadata.deletion_timestamp =
-            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
+        pod.deleting = true;
         assert_eq!(pod_problem(&[pod], now()), None);
     }
 }

@@ -9,7 +9,7 @@ use super::context::{Context, Error};
 use super::follow_up::{self, FollowUp, Next, Seen};
 use super::observe::{ClusterView, Observed, Password, RedisReading};
 use super::owned;
-use super::pod_index::WatchedPod;
+use super::pod_index::RunPod;
 use super::records;
 use super::status;
 use super::workers::WorkerAction;
@@ -230,7 +230,7 @@ async fn carry_out(
     namespace: &str,
     follow: FollowUp,
     new_status: &AbcRunStatus,
-    master_pods: &[Arc<WatchedPod>],
+    master_pods: &[Arc<RunPod>],
 ) -> Result<Action, Error> {
     if follow.evict_master {
         let evicted = evict_running_master(run, ctx, namespace, master_pods).await;
@@ -533,15 +533,14 @@ async fn evict_running_master(
     run: &AbcRun,
     ctx: &Context,
     namespace: &str,
-    master: &[Arc<WatchedPod>],
+    master: &[Arc<RunPod>],
 ) -> Vec<String> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let mut evicted = Vec::new();
     for pod in master.iter().filter(|p| {
-        p.metadata.deletion_timestamp.is_none()
-            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        !p.deleting && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
     }) {
-        let name = pod.name_any();
+        let name = pod.name.clone();
         match pods.evict(&name, &EvictParams::default()).await {
             Ok(_) => evicted.push(name),
             Err(err) => {

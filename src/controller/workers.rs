@@ -2,10 +2,9 @@
 //! state only: the run's worker pods (read after the Redis snapshot, so a ledger whose pod is
 //! missing from the list really lost its pod) and the snapshot's ledgers.
 
-use super::pod_index::{WatchedContainer, WatchedPod};
+use super::pod_index::{RunPod, WatchedContainer};
 use super::pod_problems::CRASH_AT_START;
 use crate::protocol::{Heartbeat, Ledger};
-use kube::ResourceExt;
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
@@ -32,14 +31,14 @@ pub enum WorkerAction {
 /// The actions for one reconcile at `now_ms` (Redis time). `heartbeat` declares a worker whose
 /// pod exists but whose ledger stopped beating (a hung process, a lost network) lost.
 pub fn decide(
-    pods: &[impl Borrow<WatchedPod>],
+    pods: &[impl Borrow<RunPod>],
     ledgers: &[Ledger],
     now_ms: i64,
     heartbeat: Heartbeat,
 ) -> Vec<WorkerAction> {
-    let by_name: BTreeMap<String, &WatchedPod> = pods
+    let by_name: BTreeMap<String, &RunPod> = pods
         .iter()
-        .map(|p| (p.borrow().name_any(), p.borrow()))
+        .map(|p| (p.borrow().name.clone(), p.borrow()))
         .collect();
     let mut actions = Vec::new();
     let mut replaced = std::collections::BTreeSet::new();
@@ -78,7 +77,7 @@ pub fn decide(
     }
 
     for (name, pod) in &by_name {
-        if pod.metadata.deletion_timestamp.is_some() || replaced.contains(name) {
+        if pod.deleting || replaced.contains(name) {
             continue;
         }
         let Some(status) = worker_status(pod) else {
@@ -112,7 +111,7 @@ pub fn decide(
     actions
 }
 
-fn worker_status(pod: &WatchedPod) -> Option<&WatchedContainer> {
+fn worker_status(pod: &RunPod) -> Option<&WatchedContainer> {
     let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
     statuses
         .iter()
@@ -201,7 +200,7 @@ mod tests {
     use super::*;
     use crate::protocol::liveness_test_support::ledger as liveness_ledger;
 
-    fn pod(name: &str, container_status: serde_json::Value) -> WatchedPod {
+    fn pod(name: &str, container_status: serde_json::Value) -> RunPod {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": name},
             "status": {"containerStatuses": [container_status]}
@@ -209,7 +208,7 @@ mod tests {
         .unwrap()
     }
 
-    fn running(name: &str) -> WatchedPod {
+    fn running(name: &str) -> RunPod {
         pod(
             name,
             serde_json::json!({"name": "worker", "image": "i", "imageID": "", "ready": true,
@@ -217,7 +216,7 @@ mod tests {
         )
     }
 
-    fn exited(name: &str, code: i32) -> WatchedPod {
+    fn exited(name: &str, code: i32) -> RunPod {
         pod(
             name,
             serde_json::json!({"name": "worker", "image": "i", "imageID": "", "ready": false,
@@ -295,7 +294,7 @@ mod tests {
 
     /// A worker whose last run started at `started` and exited with `code` at `finished`
     /// (seconds), restarted by the kubelet since.
-    fn restarted(name: &str, code: i32, started: i64, finished: i64) -> WatchedPod {
+    fn restarted(name: &str, code: i32, started: i64, finished: i64) -> RunPod {
         let time = |s: i64| {
             k8s_openapi::jiff::Timestamp::from_second(s)
                 .unwrap()
