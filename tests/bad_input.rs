@@ -372,13 +372,14 @@ fn observed() -> BoxedStrategy<Observed> {
             problem(),
             problem(),
             proptest::option::of((edge_i64(), text())),
+            proptest::option::of(text()),
         ),
     )
         .prop_map(
             |(
                 (redis_ready, redis_problem, replicas, ready, desired),
                 (selector, master, progress, lost_workers),
-                (worker_pod_problem, master_pod_problem, redis_pod_problem, resumed),
+                (worker_pod_problem, master_pod_problem, redis_pod_problem, resumed, idle_since),
             )| Observed {
                 redis_ready,
                 redis_problem,
@@ -400,6 +401,7 @@ fn observed() -> BoxedStrategy<Observed> {
                 records: None,
                 stop: None,
                 analysis: None,
+                idle_since,
                 resumed: resumed.map(|(from_generation, at)| Resumed {
                     from_generation,
                     at,
