@@ -34,6 +34,7 @@ redis-servers, masters, workers, controller) is stopped at the end, also after a
 Ctrl-C. See bench/README.md, section S, for the variables and what the figures mean.
 """
 
+import gzip
 import http.client
 import json
 import os
@@ -256,17 +257,23 @@ class Api:
                 time.sleep(0.5)
 
     def fetch(self, path):
-        """GET `path` as it is (a page: HTML, not JSON): (status, bytes); one attempt, a
-        dropped connection opened again next time."""
+        """GET `path` as a browser does (a page: HTML, not JSON, gzip accepted): (status, bytes
+        decompressed, bytes received); one attempt, a dropped connection opened again next
+        time."""
         try:
             if self.conn is None:
                 self.conn = self._connect()
-            self.conn.request("GET", path, headers={"Accept": "text/html,*/*"})
+            self.conn.request("GET", path, headers={"Accept": "text/html,*/*",
+                                                    "Accept-Encoding": "gzip, deflate"})
             resp = self.conn.getresponse()
-            return resp.status, resp.read()
-        except (OSError, http.client.HTTPException) as err:
+            body = resp.read()
+            sent = len(body)
+            if resp.getheader("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            return resp.status, body, sent
+        except (OSError, http.client.HTTPException, gzip.BadGzipFile, EOFError) as err:
             self.conn = None
-            return None, str(err).encode()
+            return None, str(err).encode(), 0
 
     def get(self, path):
         status, body = self.request("GET", path)
@@ -623,10 +630,10 @@ class PagePoller:
         while not self.stop.is_set():
             for run in runs:
                 t0 = time.monotonic()
-                status, body = api.fetch(f"{PAGES_PATH}/{run}")
+                status, body, sent = api.fetch(f"{PAGES_PATH}/{run}")
                 took = time.monotonic() - t0
                 with self.lock:
-                    self.fetches.append((t0, took, status, len(body)))
+                    self.fetches.append((t0, took, status, len(body), sent))
                     if run not in seen:
                         seen.add(run)
                         self.first.append(took)
@@ -640,7 +647,7 @@ class PagePoller:
 
     def within(self, start, end):
         with self.lock:
-            return [(took, status, size) for t0, took, status, size in self.fetches
+            return [(took, status, size, sent) for t0, took, status, size, sent in self.fetches
                     if start <= t0 <= end]
 
 
@@ -1021,9 +1028,10 @@ def measure_pages(label, cluster, live, watch, restarting, idle_servers, pages):
     result["pages"] = {
         "runs": len(runs), "live": min(len(live), PAGES),
         "per_s": len(fetched) / result["window"],
-        "latency": [took for took, status, _ in fetched if status == 200],
-        "failed": sum(1 for _, status, _ in fetched if status != 200),
-        "bytes": statistics.mean([size for _, status, size in fetched if status == 200] or [0]),
+        "latency": [took for took, status, _, _ in fetched if status == 200],
+        "failed": sum(1 for _, status, _, _ in fetched if status != 200),
+        "bytes": statistics.mean([size for _, status, size, _ in fetched if status == 200] or [0]),
+        "sent": statistics.mean([sent for _, status, _, sent in fetched if status == 200] or [0]),
         "first": first, "failures": failures,
     }
     return result
@@ -1240,7 +1248,8 @@ def report(results, labels):
         def pages_text(r):
             p = r["pages"]
             return (f"{p['per_s']:.1f}/s of {p['runs']} runs ({p['live']} live), "
-                    f"{p['bytes'] / 1024:.0f} KiB each on average"
+                    f"{p['bytes'] / 1024:.0f} KiB each on average, "
+                    f"{p['sent'] / 1024:.1f} KiB sent (gzip)"
                     + (f", {p['failed']} failed" if p["failed"] else ""))
         row("  pages fetched", pages_text, f"{PAGES}/s",
             lambda r: r["pages"]["per_s"] >= 0.9 * r["pages"]["runs"] and not r["pages"]["failed"])

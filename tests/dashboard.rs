@@ -33,6 +33,26 @@ fn raw_as(user: Option<&str>, path: &str) -> Result<String, String> {
     }
 }
 
+/// GET `path` through the API server with `Accept-Encoding: accept`: the response's
+/// `Content-Encoding` and its body as received.
+async fn fetch(client: &kube::Client, path: &str, accept: &str) -> (Option<String>, Vec<u8>) {
+    let request = axum::http::Request::get(path)
+        .header(axum::http::header::ACCEPT_ENCODING, accept)
+        .body(Vec::new())
+        .unwrap();
+    let response = client
+        .send(request.map(kube::client::Body::from))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), axum::http::StatusCode::OK);
+    let encoding = response
+        .headers()
+        .get(axum::http::header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = response.into_body().collect_bytes().await.unwrap();
+    (encoding, body.to_vec())
+}
+
 /// A Role in `namespace` granting `rules` (YAML list) to `user`.
 fn grant(namespace: &str, user: &str, rules: &str) {
     let manifest = format!(
@@ -94,6 +114,31 @@ async fn a_runs_page_is_for_whoever_may_get_the_run() {
     })
     .await;
     assert!(html.contains("data-generation=\"0\""), "{html}");
+
+    // A browser accepts gzip and gets the page kept compressed; a client that does not gets it
+    // as text. Both read the same page.
+    let compressed = fetch(&s.client, &page, "gzip, deflate, br").await;
+    assert_eq!(compressed.0.as_deref(), Some("gzip"));
+    assert!(
+        compressed.1.len() * 4 < html.len(),
+        "{} bytes",
+        compressed.1.len()
+    );
+    let mut opened = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(&compressed.1[..]),
+        &mut opened,
+    )
+    .unwrap();
+    let (encoding, text) = fetch(&s.client, &page, "identity").await;
+    assert_eq!(encoding, None);
+    let text = String::from_utf8(text).unwrap();
+    for page in [&opened, &text] {
+        assert!(
+            page.contains("data-generation=\"0\"") && page.contains("As of 2"),
+            "{page}"
+        );
+    }
 
     let page_only =
         "[{apiGroups: [dashboard.abc-operator.dev], resources: [dashboards], verbs: [get]}]";

@@ -117,7 +117,7 @@ pub struct Template(Arc<[Box<str>]>);
 impl Template {
     /// The page, served at `now`.
     pub fn fill(&self, now: Timestamp) -> String {
-        let time = now.strftime("%Y-%m-%d %H:%M:%S UTC").to_string();
+        let time = Template::time_text(now);
         let parts = &self.0;
         let length = parts.iter().map(|p| p.len()).sum::<usize>() + parts.len() * time.len();
         let mut page = String::with_capacity(length);
@@ -128,6 +128,21 @@ impl Template {
             page.push_str(part);
         }
         page
+    }
+
+    /// The page's text between the times of serving.
+    pub fn parts(&self) -> &[Box<str>] {
+        &self.0
+    }
+
+    /// The time of serving as the page says it.
+    pub fn time_text(now: Timestamp) -> String {
+        now.strftime("%Y-%m-%d %H:%M:%S UTC").to_string()
+    }
+
+    #[cfg(test)]
+    pub fn from_parts(parts: &[&str]) -> Template {
+        Template(parts.iter().map(|p| Box::from(*p)).collect())
     }
 }
 

@@ -19,12 +19,14 @@
 //! viewed for [`UNVIEWED_FOR`] are dropped, so memory is bounded by the runs being watched).
 //! The rendered page (about a millisecond of CPU) is served again while the run is unchanged
 //! (same resourceVersion, same query), for at most [`REUSE_FOR`]: the pages of runs not viewed
-//! in that time take no memory.
+//! in that time take no memory. It is kept gzip-compressed ([`super::gzip`]) and served so to
+//! whoever accepts gzip (browsers, and the API server's proxy itself).
 //!
 //! The Service in front of the operator selects the leader, whose watches are current; after a
 //! failover the next page view goes to the new leader, which serves it from the same API
 //! objects (nothing of a page lives only in one replica's memory).
 
+use super::gzip::GzipTemplate;
 use super::page::{self, PageData, PageOptions, Plot};
 use crate::api::AbcRun;
 use crate::autoscaling::auth::{Authorizer, Caller, RequestHeaderConfig};
@@ -283,8 +285,13 @@ async fn serve_page(
             .into_response();
     };
     let now = k8s_openapi::jiff::Timestamp::now();
+    let gzip = super::gzip::accepts_gzip(
+        headers
+            .get(header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok()),
+    );
     if let Some(rendered) = served.pages.rendered(run, raw_query.as_deref()) {
-        return rendered.response(now);
+        return rendered.response(now, gzip);
     }
     let records = match served.pages.records(run).await {
         Ok(records) => records,
@@ -304,11 +311,11 @@ async fn serve_page(
         gone: false,
         now,
     };
-    let rendered = render(&data, &query);
+    let rendered = render(&data, &query).compressed();
     served
         .pages
         .keep_rendered(run, raw_query.as_deref(), &rendered);
-    rendered.response(now)
+    rendered.response(now, gzip)
 }
 
 /// A page or CSV file as rendered: a page still without the time it is served at.
@@ -321,16 +328,37 @@ pub struct Rendered {
 #[derive(Clone)]
 enum Body {
     Page(page::Template),
+    Gzipped(GzipTemplate),
     Csv { file: String, text: Bytes },
     Problem(String),
 }
 
 impl Rendered {
-    /// The response, served at `now`.
-    pub fn response(&self, now: k8s_openapi::jiff::Timestamp) -> Response {
+    /// The same, its page compressed to be kept (see [`GzipTemplate`]).
+    pub fn compressed(self) -> Rendered {
+        match self.body {
+            Body::Page(template) => Rendered {
+                status: self.status,
+                body: Body::Gzipped(GzipTemplate::of(&template)),
+            },
+            _ => self,
+        }
+    }
+
+    /// The response, served at `now` to a client that accepts `gzip` or not.
+    pub fn response(&self, now: k8s_openapi::jiff::Timestamp, gzip: bool) -> Response {
         let Rendered { status, body } = self;
+        let vary = [(header::VARY, "accept-encoding")];
         match body {
             Body::Page(template) => (*status, html(template.fill(now))).into_response(),
+            Body::Gzipped(template) if gzip => (
+                *status,
+                [(header::CONTENT_ENCODING, "gzip")],
+                vary,
+                html(template.gzip(now)),
+            )
+                .into_response(),
+            Body::Gzipped(template) => (*status, vary, html(template.fill(now))).into_response(),
             Body::Csv { file, text } => (
                 *status,
                 [
@@ -350,7 +378,7 @@ impl Rendered {
 
 /// The page or one of its CSV files, for `query`, served at `data.now`.
 pub fn respond(data: &PageData, query: &PageQuery) -> Response {
-    render(data, query).response(data.now)
+    render(data, query).response(data.now, false)
 }
 
 /// The page or one of its CSV files, for `query`.
@@ -431,7 +459,7 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn html(body: String) -> impl IntoResponse {
+fn html(body: impl IntoResponse) -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
