@@ -2,7 +2,7 @@
 //! open, so that serving it again costs neither a compression nor a copy of the whole page.
 //!
 //! Why: the operator keeps the last page of each viewed run (about 47 KiB of HTML and SVG,
-//! see `server::REUSE_FOR`); compressed it is about a seventh of that, which is what a browser
+//! see `server::REUSE_FOR`); compressed it is about a quarter of that, which is what a browser
 //! receives, and what the TLS connection encrypts. A browser always accepts gzip; the API
 //! server's proxy asks for it too when its own client does not, and decompresses itself.
 //!
@@ -97,9 +97,11 @@ impl GzipTemplate {
 }
 
 /// `text` as raw deflate blocks referring to nothing before them: ending byte-aligned with a
-/// sync flush, or with the final block when `last`.
+/// sync flush, or with the final block when `last`. At the fastest level: a 47 KiB page takes
+/// 0.27 ms and 11 KiB, about as long as rendering it (the default level: 0.9 ms and 8 KiB),
+/// and a viewed run's page is rendered again at least every `server::REUSE_FOR`.
 fn deflated(text: &[u8], last: bool) -> Vec<u8> {
-    let mut encoder = DeflateEncoder::new(Vec::new(), Compression::default());
+    let mut encoder = DeflateEncoder::new(Vec::new(), Compression::fast());
     // writing into a Vec cannot fail
     let _ = encoder.write_all(text);
     if last {
