@@ -132,8 +132,8 @@ async fn an_idle_run_is_not_reconciled_until_its_redis_changes() {
         |snapshot| snapshot.analysis_id.is_some(),
     )
     .await;
-    // Without the `start` heard, the next read would come with the run's periodic reconcile,
-    // 60 s after the settled point above: over 20 s past this deadline.
+    // Without the `start` heard, the next read would come with the poller's next idle read,
+    // 10 minutes after the last (a reconcile in between uses that read).
     eventually(10, "the master's analysis in the status", || async {
         let shown = s.runs.get("sim").await.ok()?.status?.progress?.analysis_id;
         (shown == started.analysis_id).then_some(())

@@ -43,8 +43,12 @@ pub const UNHEARD_IDLE_INTERVAL: Duration = Duration::from_secs(5);
 /// The shortest time between two reads of a run without an analysis, however often messages
 /// come.
 const MIN_GAP: Duration = Duration::from_millis(200);
-/// A snapshot older than this is not used by a reconcile (its poller is behind or stopped).
-const FRESH_FOR: Duration = Duration::from_secs(2);
+/// A reconcile uses its poller's snapshot until the poller's next read is this late (the
+/// poller is behind or stopped); then it reads for itself. A run without an analysis is read
+/// every `idle_interval` and at once when a master starts, so its snapshot serves the
+/// reconciles in between: the safety-net requeue of 1,000 idle runs (`follow_up::POLL_POLLED`)
+/// read their Redis again, a third of the reads at that size (bench S).
+const OVERDUE_AFTER: Duration = Duration::from_secs(1);
 
 /// What a reconcile acts on in one reading of a run's Redis: the snapshot without the clock
 /// and heartbeat times, and which ledgers are stale; or that the read failed (and why).
@@ -69,7 +73,7 @@ impl Digest {
     }
 }
 
-/// The latest snapshot of one run, as its poller left it.
+/// The latest snapshot of one run, as its poller left it, and until when it is used.
 type Latest = Arc<Mutex<Option<(Instant, Arc<Snapshot>)>>>;
 
 struct Poller {
@@ -114,7 +118,7 @@ impl Pollers {
         }
     }
 
-    /// The run's latest snapshot, when its poller read it recently.
+    /// The run's latest snapshot, while its poller is on time ([`OVERDUE_AFTER`]).
     pub fn latest(
         &self,
         run: &AbcRun,
@@ -127,8 +131,8 @@ impl Pollers {
             return None;
         }
         let latest = poller.latest.lock().unwrap();
-        let (at, snapshot) = latest.as_ref()?;
-        (at.elapsed() <= FRESH_FOR).then(|| Snapshot::clone(snapshot))
+        let (until, snapshot) = latest.as_ref()?;
+        (Instant::now() <= *until).then(|| Snapshot::clone(snapshot))
     }
 
     /// Keeps the run's Redis polled (starts a poller, or restarts one that polls another
@@ -240,9 +244,8 @@ async fn poll(
         next_read = started + interval_after(idle, &of);
         let digest = Digest::of(&reading, of.heartbeat);
         // After a failed read the next reconcile reads for itself, and reports the failure.
-        *of.latest.lock().unwrap() = reading
-            .ok()
-            .map(|snapshot| (Instant::now(), Arc::new(snapshot)));
+        let until = next_read + OVERDUE_AFTER;
+        *of.latest.lock().unwrap() = reading.ok().map(|snapshot| (until, Arc::new(snapshot)));
         if digest != seen {
             seen = digest;
             if wake.unbounded_send(of.reference.clone()).is_err() {
