@@ -1249,7 +1249,7 @@ def report(results, labels):
             p = r["pages"]
             return (f"{p['per_s']:.1f}/s of {p['runs']} runs ({p['live']} live), "
                     f"{p['bytes'] / 1024:.0f} KiB each on average, "
-                    f"{p['sent'] / 1024:.1f} KiB sent (gzip)"
+                    f"{p['sent'] / 1024:.1f} KiB as received (gzip)"
                     + (f", {p['failed']} failed" if p["failed"] else ""))
         row("  pages fetched", pages_text, f"{PAGES}/s",
             lambda r: r["pages"]["per_s"] >= 0.9 * r["pages"]["runs"] and not r["pages"]["failed"])

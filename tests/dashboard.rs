@@ -115,8 +115,8 @@ async fn a_runs_page_is_for_whoever_may_get_the_run() {
     .await;
     assert!(html.contains("data-generation=\"0\""), "{html}");
 
-    // A browser accepts gzip and gets the page kept compressed; a client that does not gets it
-    // as text. Both read the same page.
+    // A browser accepts gzip and gets the page compressed; a client that does not gets it as
+    // text. Both read the same page.
     let compressed = fetch(&s.client, &page, "gzip, deflate, br").await;
     assert_eq!(compressed.0.as_deref(), Some("gzip"));
     assert!(

@@ -2,9 +2,10 @@
 //! open, so that serving it again costs neither a compression nor a copy of the whole page.
 //!
 //! Why: the operator keeps the last page of each viewed run (about 47 KiB of HTML and SVG,
-//! see `server::REUSE_FOR`); compressed it is about a quarter of that, which is what a browser
-//! receives, and what the TLS connection encrypts. A browser always accepts gzip; the API
-//! server's proxy asks for it too when its own client does not, and decompresses itself.
+//! see `server::REUSE_FOR`); compressed it is about a quarter of that, which is also what the
+//! TLS connection encrypts. The API server's proxy asks for gzip (Go's HTTP client does
+//! unless told otherwise) and compresses for its own client as it sees fit; a browser served
+//! by `abc-operator run` is served the page as text.
 //!
 //! How: each part of the page between two times is compressed on its own into raw deflate
 //! blocks that end byte-aligned (a sync flush) and refer to nothing before them; a page is then
