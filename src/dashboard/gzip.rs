@@ -79,8 +79,7 @@ impl GzipTemplate {
             out.extend_from_slice(&part.deflated);
             crc.combine(&crc32fast::Hasher::new_with_initial_len(part.crc, part.len));
         }
-        let whole = crc.clone();
-        out.extend_from_slice(&whole.finalize().to_le_bytes());
+        out.extend_from_slice(&crc.finalize().to_le_bytes());
         // ISIZE: the length modulo 2^32
         let length = self.0.iter().map(|p| p.len).sum::<u64>()
             + (self.0.len().saturating_sub(1) * time.len()) as u64;
