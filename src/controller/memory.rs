@@ -108,12 +108,11 @@ impl RunMemory {
     /// Since when the run is idle: what this controller wrote last, unless the cached status
     /// (`cached`) has caught up with it (then it is forgotten).
     pub fn idle_since(&self, run: &AbcRun, cached: Option<String>) -> Option<String> {
-        self.with(run, |r| match r.idle_since_written.take() {
-            Some(written) if written != cached => {
-                r.idle_since_written = Some(written.clone());
-                written
+        self.with(run, |r| {
+            if r.idle_since_written.as_ref() == Some(&cached) {
+                r.idle_since_written = None;
             }
-            _ => cached,
+            r.idle_since_written.clone().unwrap_or(cached)
         })
     }
 

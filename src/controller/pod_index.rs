@@ -252,19 +252,14 @@ struct ReadMetadata {
     labels: BTreeMap<String, String>,
 }
 
-impl ReadMetadata {
-    fn component(&self) -> Option<Component> {
-        let label = self.labels.get(COMPONENT_LABEL)?;
-        [Component::Worker, Component::Master, Component::Redis]
-            .into_iter()
-            .find(|c| c.as_str() == label)
-    }
-}
-
 impl ReadPod {
     fn into_run_pod(self) -> RunPod {
         RunPod {
-            component: self.metadata.component(),
+            component: self
+                .metadata
+                .labels
+                .get(COMPONENT_LABEL)
+                .and_then(|label| Component::from_label(label)),
             name: self.metadata.name.unwrap_or_default(),
             created: self.metadata.creation_timestamp,
             deleting: self.metadata.deletion_timestamp.is_some(),

@@ -103,6 +103,18 @@ impl Component {
             Component::Results => "results",
         }
     }
+
+    /// The part a [`COMPONENT_LABEL`] value names, if it names one.
+    pub fn from_label(label: &str) -> Option<Component> {
+        [
+            Component::Redis,
+            Component::Worker,
+            Component::Master,
+            Component::Results,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == label)
+    }
 }
 
 /// A run the builders cannot build objects for.
