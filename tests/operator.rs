@@ -672,12 +672,17 @@ async fn pods_the_api_server_refuses_are_named_in_the_runs_status() {
         "{}",
         degraded.message
     );
-    let told = events_with_reason(&client, &ns.name, "FailedCreate").await;
-    let by_us: Vec<_> = told
-        .iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("AbcRun"))
-        .collect();
-    assert_eq!(by_us.len(), 1, "{told:#?}");
+    // published after the status was written; the ReplicaSet's own FailedCreate may come first
+    let by_us = eventually(30, "a FailedCreate Event on the run", || async {
+        let by_us: Vec<_> = events_with_reason(&client, &ns.name, "FailedCreate")
+            .await
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("AbcRun"))
+            .collect();
+        (!by_us.is_empty()).then_some(by_us)
+    })
+    .await;
+    assert_eq!(by_us.len(), 1, "{by_us:#?}");
     assert_eq!(
         by_us[0].related.as_ref().and_then(|r| r.kind.as_deref()),
         Some("Deployment")

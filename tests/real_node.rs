@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 use support::cluster::{
-    Cluster, RESTRICTED_LABELS, TestNamespace, events_with_reason, eventually,
+    Cluster, RESTRICTED_LABELS, TestNamespace, events_published, events_with_reason, eventually,
     eventually_explained, output_with_stdin,
 };
 use support::results_db::{
@@ -743,7 +743,7 @@ async fn killed_and_force_deleted_workers_are_each_repaired_once_with_their_own_
 
     let run = wait_for_phase(&runs, "gaussian", "Succeeded", 600).await;
     assert_eq!(run.status.unwrap().lost_workers, 2, "two workers were lost");
-    let repairs = events_with_reason(&client, &ns.name, "RepairedLostWorker").await;
+    let repairs = events_published(&client, &ns.name, "RepairedLostWorker", 2).await;
     let named: BTreeSet<String> = repairs
         .iter()
         .filter_map(|e| {
@@ -987,7 +987,7 @@ async fn expired_workers_are_replaced_at_once_without_crash_loops() {
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let reasons = reasons.await.unwrap();
 
-    let expired = events_with_reason(&client, &ns.name, "WorkerExpired").await;
+    let expired = events_published(&client, &ns.name, "WorkerExpired", 1).await;
     assert!(
         !expired.is_empty(),
         "a run of several 20 s runtimes replaced no expired worker"
@@ -1457,7 +1457,7 @@ async fn a_killed_master_resumes_from_its_last_generation() {
         (resumes.count, resumes.last_from_generation),
         (1, before.len() as i64)
     );
-    let events = events_with_reason(&client, &ns.name, "Resumed").await;
+    let events = events_published(&client, &ns.name, "Resumed", 1).await;
     assert_eq!(events.len(), 1, "one Resumed Event: {events:#?}");
     the_results_claim_outlives_the_master_and_goes_with_the_run(&client, &ns.name, &runs).await;
 }
@@ -1529,7 +1529,7 @@ async fn a_lost_redis_costs_at_most_the_generation_in_progress() {
         now.run_id != first_redis.run_id && now.restarts == 1,
         "one new Redis server counted: {first_redis:?} then {now:?}"
     );
-    let restarted = events_with_reason(&client, &ns.name, "RedisRestarted").await;
+    let restarted = events_published(&client, &ns.name, "RedisRestarted", 1).await;
     assert_eq!(restarted.len(), 1, "{restarted:#?}");
     let resumes = status.resumes.expect("the master resumed");
     assert!(
@@ -1581,7 +1581,7 @@ async fn a_database_of_other_observed_data_fails_the_master_once_and_is_left_unc
         message.contains("gaussian.db") && message.contains("other observed data"),
         "the condition names the database and what is wrong with it: {message}"
     );
-    let refused = events_with_reason(&client, &ns.name, "ResumeFailed").await;
+    let refused = events_published(&client, &ns.name, "ResumeFailed", 1).await;
     assert_eq!(refused.len(), 1, "{refused:#?}");
     let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), &ns.name);
     let job = jobs.get("gaussian-master").await.unwrap().status.unwrap();
@@ -1653,7 +1653,7 @@ async fn kubectl_abc_stop_ends_the_run_after_the_generation_being_sampled() {
         assert!(replaced.is_empty(), "no worker replaced: {replaced:#?}");
     }
     assert_eq!(
-        events_with_reason(&client, &ns.name, "Stopping")
+        events_published(&client, &ns.name, "Stopping", 1)
             .await
             .len(),
         1,

@@ -4,7 +4,7 @@
 //! on its path, the pinned `kubernetes` client in the test venv) and the real node's
 //! kubeconfig; nothing else forwards or configures anything for it.
 
-use super::support::cluster::{TestNamespace, events_with_reason, eventually};
+use super::support::cluster::{TestNamespace, events_published, events_with_reason, eventually};
 use super::support::python::{Proc, python};
 use super::{
     EXAMPLES, NODE, apply_example, assert_every_generation_complete_in, install_operator, kubectl,
@@ -321,7 +321,7 @@ async fn streams_broken_inside_a_generation_cost_the_analysis_nothing() {
         dir.path(),
     );
     let log = completed(&mut master);
-    let differs = events_with_reason(&client, &ns.name, "ModuleVersionDiffers").await;
+    let differs = events_published(&client, &ns.name, "ModuleVersionDiffers", 1).await;
     assert!(
         differs.len() == 1
             && differs[0].note.as_deref().is_some_and(|n| {

@@ -202,6 +202,23 @@ pub async fn events_with_reason(
         .collect()
 }
 
+/// The Events in `namespace` with `reason`, once there are at least `count` (bounded wait).
+/// The controller publishes a reconcile's Events after it wrote the status, so a test that
+/// saw the status change must wait for them.
+pub async fn events_published(
+    client: &Client,
+    namespace: &str,
+    reason: &str,
+    count: usize,
+) -> Vec<k8s_openapi::api::events::v1::Event> {
+    let what = format!("{count} {reason} Event(s)");
+    eventually(30, &what, || async {
+        let events = events_with_reason(client, namespace, reason).await;
+        (events.len() >= count).then_some(events)
+    })
+    .await
+}
+
 /// The kubeconfig of the kwok test cluster.
 pub fn kubeconfig() -> &'static Path {
     Cluster::Kwok.kubeconfig()
