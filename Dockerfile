@@ -28,8 +28,8 @@ COPY src ./src
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     target="$(cat /rust-target)" \
- && cargo build --release --locked --target "$target" --bin abc-operator \
- && cp "target/$target/release/abc-operator" /abc-operator
+ && cargo build --profile dist --locked --target "$target" --bin abc-operator \
+ && cp "target/$target/dist/abc-operator" /abc-operator
 
 FROM scratch
 COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt

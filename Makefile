@@ -71,10 +71,11 @@ promtool:
 	tools/promtool.sh >/dev/null
 
 ## images: the images a real kubelet node runs (pause, redis, example, operator) as docker
-## archives, built from Debian packages and PyPI without a registry (needs root; cached)
+## archives, built from Debian packages and PyPI without a registry (needs root; cached); the
+## operator is the shipped build (Cargo.toml's profile dist)
 images:
-	$(CARGO) build --release --bin abc-operator
-	ABC_OPERATOR_BIN=$${CARGO_TARGET_DIR:-$(CURDIR)/target}/release/abc-operator tools/images.sh
+	$(CARGO) build --profile dist --bin abc-operator
+	ABC_OPERATOR_BIN=$${CARGO_TARGET_DIR:-$(CURDIR)/target}/dist/abc-operator tools/images.sh
 
 ## cluster: start the loopback control plane; writes target/testenv/kubeconfig
 cluster: tools
@@ -108,8 +109,9 @@ bench: deps
 
 ## bench-scale: the controller at cluster scale (bench/README.md, section S): 1,000 AbcRuns with
 ## 10,000 kwok worker pods, the current code against the code before the reconcile pipeline
-## (built once into a cache by commit); BENCH_QUICK=1 for 50 runs / 500 pods
+## (built once into a cache by commit), both as shipped (profile dist); BENCH_QUICK=1 for 50
+## runs / 500 pods
 bench-scale: deps tools
-	$(CARGO) build --release --bin abc-operator
-	ABC_PYTHON=$(PYTHON) ABC_OPERATOR_BIN=$${CARGO_TARGET_DIR:-$(CURDIR)/target}/release/abc-operator \
+	$(CARGO) build --profile dist --bin abc-operator
+	ABC_PYTHON=$(PYTHON) ABC_OPERATOR_BIN=$${CARGO_TARGET_DIR:-$(CURDIR)/target}/dist/abc-operator \
 	  $(PYTHON) bench/scale.py

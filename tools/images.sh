@@ -27,7 +27,7 @@
 #   - The config (user, env, workdir, entrypoint, cmd, ports, labels) is set with umoci.
 # The operator's Dockerfile builds a static musl binary; that target cannot be installed here,
 # so its test image carries the host's glibc build (ABC_OPERATOR_BIN, default
-# target/release/abc-operator), stripped, with exactly the libraries `ldd` lists at the same
+# target/dist/abc-operator, the shipped build), stripped, with exactly the libraries `ldd` lists at the same
 # paths (glibc >= 2.34 has the files/dns NSS modules built in: name resolution needs no more).
 #
 # Usage: tools/images.sh [--print] [NAME ...]     (no NAME: all four)
@@ -549,8 +549,8 @@ pause_dir() {
 }
 
 operator_bin() {
-  local b=${ABC_OPERATOR_BIN:-$root/target/release/abc-operator}
-  [ -x "$b" ] || die "no operator binary at $b: build it with 'cargo build --release --bin abc-operator' (or 'make images'), or set ABC_OPERATOR_BIN"
+  local b=${ABC_OPERATOR_BIN:-$root/target/dist/abc-operator}
+  [ -x "$b" ] || die "no operator binary at $b: build it with 'cargo build --profile dist --bin abc-operator' (or 'make images'), or set ABC_OPERATOR_BIN"
   echo "$b"
 }
 # The shared libraries the binary loads, as ldd resolves them on this host.
