@@ -49,6 +49,12 @@ const MIN_GAP: Duration = Duration::from_millis(200);
 /// reconciles in between: the safety-net requeue of 1,000 idle runs (`follow_up::POLL_POLLED`)
 /// read their Redis again, a third of the reads at that size (bench S).
 const OVERDUE_AFTER: Duration = Duration::from_secs(1);
+/// The oldest snapshot a reconcile of a run with a master Job uses, however on time its poller
+/// is. Such a master can leave what only a read shows and end before the next one: one that
+/// refuses its results database writes its start record, publishes nothing and fails. The
+/// reconcile its pod's end brings must see that record, and once the Job has failed the run's
+/// Redis is not read any more (`decide::redis_readable`).
+const FRESH_FOR_A_MASTER: Duration = Duration::from_secs(2);
 
 /// What a reconcile acts on in one reading of a run's Redis: the snapshot without the clock
 /// and heartbeat times, and which ledgers are stale; or that the read failed (and why).
@@ -73,8 +79,22 @@ impl Digest {
     }
 }
 
-/// The latest snapshot of one run, as its poller left it, and until when it is used.
-type Latest = Arc<Mutex<Option<(Instant, Arc<Snapshot>)>>>;
+/// The latest snapshot of one run, as its poller left it.
+type Latest = Arc<Mutex<Option<Reading>>>;
+
+struct Reading {
+    at: Instant,
+    /// The poller's next read is due then, and late after [`OVERDUE_AFTER`].
+    overdue: Instant,
+    snapshot: Arc<Snapshot>,
+}
+
+impl Reading {
+    /// Whether a reconcile at `now` uses this reading instead of reading for itself.
+    fn serves(&self, now: Instant, has_master_job: bool) -> bool {
+        now <= self.overdue && (!has_master_job || now <= self.at + FRESH_FOR_A_MASTER)
+    }
+}
 
 struct Poller {
     /// The endpoint and heartbeat timeout it polls with: others restart it.
@@ -118,12 +138,14 @@ impl Pollers {
         }
     }
 
-    /// The run's latest snapshot, while its poller is on time ([`OVERDUE_AFTER`]).
+    /// The run's latest snapshot, while its poller is on time ([`OVERDUE_AFTER`]) and, for a
+    /// run with a master Job, recent ([`FRESH_FOR_A_MASTER`]).
     pub fn latest(
         &self,
         run: &AbcRun,
         endpoint: &Endpoint,
         heartbeat: Heartbeat,
+        has_master_job: bool,
     ) -> Option<Snapshot> {
         let polling = self.polling.lock().unwrap();
         let poller = polling.get(&run.uid()?)?;
@@ -131,8 +153,10 @@ impl Pollers {
             return None;
         }
         let latest = poller.latest.lock().unwrap();
-        let (until, snapshot) = latest.as_ref()?;
-        (Instant::now() <= *until).then(|| Snapshot::clone(snapshot))
+        let reading = latest.as_ref()?;
+        reading
+            .serves(Instant::now(), has_master_job)
+            .then(|| Snapshot::clone(&reading.snapshot))
     }
 
     /// Keeps the run's Redis polled (starts a poller, or restarts one that polls another
@@ -244,8 +268,11 @@ async fn poll(
         next_read = started + interval_after(idle, &of);
         let digest = Digest::of(&reading, of.heartbeat);
         // After a failed read the next reconcile reads for itself, and reports the failure.
-        let until = next_read + OVERDUE_AFTER;
-        *of.latest.lock().unwrap() = reading.ok().map(|snapshot| (until, Arc::new(snapshot)));
+        *of.latest.lock().unwrap() = reading.ok().map(|snapshot| Reading {
+            at: started,
+            overdue: next_read + OVERDUE_AFTER,
+            snapshot: Arc::new(snapshot),
+        });
         if digest != seen {
             seen = digest;
             if wake.unbounded_send(of.reference.clone()).is_err() {
@@ -276,6 +303,30 @@ mod tests {
             ledgers: vec![ledger("w1", Some("w1"), Some(0), Some(heartbeat_ms))],
             ..Snapshot::default()
         })
+    }
+
+    #[test]
+    fn a_run_with_a_master_job_is_read_again_after_two_seconds_whatever_its_poller_does() {
+        let at = Instant::now();
+        let idle = Reading {
+            at,
+            overdue: at + Duration::from_secs(31),
+            snapshot: Arc::default(),
+        };
+        let later = at + Duration::from_secs(3);
+        assert!(
+            idle.serves(later, false),
+            "a run without a master: until overdue"
+        );
+        assert!(
+            !idle.serves(later, true),
+            "a master may have left a start record since"
+        );
+        assert!(idle.serves(at + Duration::from_secs(1), true));
+        assert!(
+            !idle.serves(at + Duration::from_secs(32), false),
+            "the poller is late"
+        );
     }
 
     #[test]

@@ -112,7 +112,10 @@ pub async fn reconcile(run: Arc<AbcRun>, ctx: Arc<Context>) -> Result<Action, Er
     let run_uid = run.uid().unwrap_or_default();
     let redis = match &endpoint {
         Some(endpoint) if decide::redis_readable(&run, &view, &password) => {
-            match ctx.pollers.latest(&run, endpoint, heartbeat) {
+            match ctx
+                .pollers
+                .latest(&run, endpoint, heartbeat, view.master_job.is_some())
+            {
                 Some(snapshot) => RedisReading::Read(Box::new(snapshot)),
                 None => match ctx.redis.snapshot(&run_uid, endpoint).await {
                     Ok(snapshot) => RedisReading::Read(Box::new(snapshot)),
