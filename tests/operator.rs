@@ -13,7 +13,8 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use std::collections::BTreeMap;
 use support::cluster::{
-    self, TestNamespace, events_with_reason, eventually, install_crd, kubectl, output_with_stdin,
+    self, TestNamespace, events_published, events_with_reason, eventually, install_crd, kubectl,
+    output_with_stdin,
 };
 use support::controller::ControllerProcess;
 
@@ -310,11 +311,7 @@ async fn a_changed_master_keeps_its_job_is_said_once_and_the_run_goes_on() {
         (run_status(&runs, "gaussian").await?.replicas == 4).then_some(())
     })
     .await;
-    let kept = eventually(30, "a MasterPodKept Event", || async {
-        let events = events_with_reason(&client, &ns.name, "MasterPodKept").await;
-        (!events.is_empty()).then_some(events)
-    })
-    .await;
+    let kept = events_published(&client, &ns.name, "MasterPodKept", 1).await;
     assert_eq!(kept.len(), 1, "{kept:#?}");
     let note = kept[0].note.clone().unwrap_or_default();
     assert!(
