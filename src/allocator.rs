@@ -1,50 +1,47 @@
-//! The controller's use of glibc's allocator: it holds a thousand runs' state for long, and
-//! now and then handles a burst of short-lived data (the first lists of runs and pods, the
-//! records read and stored for every run at the start, a relist after a watch failure).
+//! The binary's allocator: mimalloc, set to give freed memory back to the system at once.
 //!
-//! Measured at 1,000 runs (bench S, 2026-12-07): 63 MiB taken from the system, 43 MiB in use.
-//! The 20 MiB between are freed chunks among long-lived ones, which glibc keeps: it returns
-//! memory by itself only from the top of a heap. [`keep_trimming`] gives back the free pages
-//! inside the heaps now and then (`malloc_trim`, which walks the free chunks under the arena
-//! lock: 0.4 to 2 ms at that size). One trim of the running controller took its anonymous
-//! memory from 66 to 54 MiB; with a trim every minute, 48 MiB in the bench's window.
+//! The controller holds a thousand runs' state for long and, serving pages, allocates and
+//! frees much short-lived data. At bench S's full size (bench/LOG.md, 2026-12-07) mimalloc took
+//! the controller's CPU from 3.8 to 2.6% of a core without pages and from 5.7 to 4.1% with 100
+//! pages/s, against glibc's allocator with two arenas and a `malloc_trim` every minute, for
+//! the same RSS (60 and 63 MiB against 59 and 61). glibc's malloc and free had been a fifth of
+//! the controller's CPU while it served pages. The shipped image is static musl, whose own
+//! allocator is slower than glibc's.
 //!
-//! Elsewhere (musl, another allocator) both are no-ops.
+//! mimalloc's default keeps freed memory for a second, and gives it back only when a thread
+//! allocates again: 10 to 20 MiB more RSS at bench S's quick size (48 and 40 MiB against 34
+//! and 27). [`configure`] has it give memory back at once instead.
 
-use std::time::Duration;
+use libmimalloc_sys::{mi_option_set_default, mi_option_t};
 
-/// How often free memory is given back.
-pub const TRIM_EVERY: Duration = Duration::from_secs(60);
+/// `mi_option_purge_delay` in mimalloc v3's `mi_option_t` (include/mimalloc.h): how many
+/// milliseconds freed memory is kept before it is given back. libmimalloc-sys names only the
+/// options it deems stable, so the number is written here, and a unit test checks it against
+/// the default the library reports.
+const PURGE_DELAY: mi_option_t = 15;
 
-/// Two arenas instead of glibc's default of up to 8 per core, which keeps free memory in each
-/// thread's own arena: 52 -> 49 MiB of RSS at 1,000 runs (bench S), the same CPU. A
-/// `MALLOC_ARENA_MAX` in the environment still wins. To be called before any thread starts.
-pub fn few_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets a parameter of glibc's allocator; no other thread runs yet.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
-        }
-    }
+/// Has mimalloc give freed memory back at once; a `MIMALLOC_PURGE_DELAY` in the environment
+/// still wins. To be called first in `main`. (Options that shape the first arena, such as
+/// `arena_eager_commit`, cannot be set here: mimalloc reserves it before `main`. Eager commit
+/// costs no RSS on Linux anyway, where committed memory is resident only once touched.)
+pub fn configure() {
+    // SAFETY: this only sets a value in mimalloc's table of options, read when it purges.
+    unsafe { mi_option_set_default(PURGE_DELAY, 0) }
 }
 
-/// Gives the free pages inside the allocator's heaps back to the system every [`TRIM_EVERY`],
-/// for as long as the returned future runs.
-pub async fn keep_trimming() {
-    let mut every = tokio::time::interval(TRIM_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        // blocking: it holds each arena's lock while it walks it
-        let _ = tokio::task::spawn_blocking(trim).await;
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn trim() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free memory of glibc's allocator to the system.
-    unsafe {
-        libc::malloc_trim(0);
+    // A libmimalloc-sys that moved the option in its enum fails here, instead of the binary
+    // setting another option without a word.
+    #[test]
+    fn the_option_number_is_mimalloc_v3s_purge_delay() {
+        // SAFETY: mi_option_get only reads mimalloc's table of options.
+        let purge_delay = unsafe { libmimalloc_sys::mi_option_get(PURGE_DELAY) };
+        assert_eq!(
+            purge_delay, 1000,
+            "mimalloc v3's default purge_delay, 1000 ms (unless MIMALLOC_PURGE_DELAY is set)"
+        );
     }
 }

@@ -2,6 +2,9 @@
 
 use clap::{Parser, Subcommand};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     version,
@@ -23,10 +26,8 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    abc_operator::allocator::configure();
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Controller(_)) {
-        abc_operator::allocator::few_arenas();
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -212,7 +212,6 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     };
     tokio::select! {
         result = leader::lead(elector, &metrics, shutdown, leading) => result?,
-        () = crate::allocator::keep_trimming() => {}
         result = server => result.map_err(|e| anyhow::anyhow!("metrics endpoint on {}: {e}", args.metrics_addr))?,
     }
     Ok(())
