@@ -839,15 +839,30 @@ fn execution(out: &mut String, data: &PageData) {
         out.push_str("<p class=\"empty\" id=\"no-execution\">Nothing is known of its execution.</p></section>\n");
         return;
     }
-    let when = if data.gone { "Last seen" } else { "Now" };
+    // A finished run has given its workers back; its last progress still counts the workers
+    // that were active in its last generation.
+    let (when, workers, so_far) = if finished(data) {
+        (
+            if data.gone { "Last seen" } else { "At the end" },
+            "its workers given back".to_string(),
+            "",
+        )
+    } else {
+        (
+            if data.gone { "Last seen" } else { "Now" },
+            format!(
+                "{} of {} workers ready, {} active in the generation",
+                int(now.workers_ready),
+                int(now.workers_desired),
+                int(now.active_workers)
+            ),
+            " so far",
+        )
+    };
     let _ = writeln!(
         out,
-        "<p class=\"lead\" id=\"execution-now\">{when}: {} of {} workers ready, {} active in \
-         the generation; {} lost worker{} repaired, {} resume{} of the master, {} Redis \
-         restart{} so far.</p>",
-        int(now.workers_ready),
-        int(now.workers_desired),
-        int(now.active_workers),
+        "<p class=\"lead\" id=\"execution-now\">{when}: {workers}; {} lost worker{} \
+         repaired, {} resume{} of the master, {} Redis restart{}{so_far}.</p>",
         int(now.lost_workers),
         plural(now.lost_workers as usize),
         int(now.resumes),

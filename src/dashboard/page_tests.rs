@@ -304,6 +304,11 @@ fn a_live_page_reloads_and_a_finished_or_deleted_one_says_so() {
     let done = page(&data, &options());
     assert!(done.contains("Finished after 5 stored generations; the last ε was 0.275."));
     assert!(done.contains("phase-succeeded"));
+    // not the workers active in its last generation
+    assert!(done.contains(
+        "At the end: its workers given back; 1 lost worker repaired, 1 resume of the master, \
+         0 Redis restarts.</p>"
+    ));
     assert!(
         !done.contains("data-now="),
         "a finished run's execution ends at its last record"
@@ -312,7 +317,7 @@ fn a_live_page_reloads_and_a_finished_or_deleted_one_says_so() {
     let gone = page(&data, &options());
     assert!(gone.contains("This run was deleted"));
     assert!(gone.contains("id=\"deleted\">Deleted<"));
-    assert!(gone.contains("Last seen: 4 of 4 workers ready"));
+    assert!(gone.contains("Last seen: its workers given back;"));
     let nothing = PageData {
         namespace: Some("science".into()),
         name: "gaussian".into(),
