@@ -28,6 +28,9 @@ enum Command {
 fn main() -> std::process::ExitCode {
     abc_operator::allocator::configure();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Controller(_)) {
+        abc_operator::allocator::no_huge_pages();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
