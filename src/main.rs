@@ -5,6 +5,12 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Its options are set before Rust's runtime first allocates, as `allocator::configure` says.
+#[cfg(target_os = "linux")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static CONFIGURE_ALLOCATOR: extern "C" fn() = abc_operator::allocator::configure;
+
 #[derive(Parser)]
 #[command(
     version,
@@ -26,8 +32,10 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    #[cfg(not(target_os = "linux"))]
     abc_operator::allocator::configure();
     let cli = Cli::parse();
+    #[cfg(target_os = "linux")]
     if matches!(cli.command, Command::Controller(_)) {
         abc_operator::allocator::no_huge_pages();
     }
