@@ -2,11 +2,11 @@
 //!
 //! The controller holds a thousand runs' state for long and, serving pages, allocates and
 //! frees much short-lived data. At bench S's full size (bench/LOG.md, 2026-12-07) mimalloc took
-//! the controller's CPU from 3.8 to 2.6% of a core without pages and from 5.7 to 4.1% with 100
+//! the controller's CPU from 3.8 to 2.3% of a core without pages and from 5.7 to 3.7% with 100
 //! pages/s, against glibc's allocator with two arenas and a `malloc_trim` every minute, for
-//! the same RSS (60 and 63 MiB against 59 and 61). glibc's malloc and free had been a fifth of
-//! the controller's CPU while it served pages. The shipped image is static musl, whose own
-//! allocator is slower than glibc's.
+//! 2 or 3 MiB more RSS (61 and 64 MiB against 59 and 61). glibc's malloc and free had been a
+//! fifth of the controller's CPU while it served pages. The shipped image is static musl,
+//! whose own allocator is slower than glibc's.
 //!
 //! mimalloc's default keeps freed memory for a second, and gives it back only when a thread
 //! allocates again: 10 to 20 MiB more RSS at bench S's quick size (48 and 40 MiB against 34
