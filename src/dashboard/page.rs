@@ -841,15 +841,15 @@ fn execution(out: &mut String, data: &PageData) {
     }
     // A finished run has given its workers back; its last progress still counts the workers
     // that were active in its last generation.
-    let (when, workers, so_far) = if finished(data) {
-        (
-            if data.gone { "Last seen" } else { "At the end" },
-            "its workers given back".to_string(),
-            "",
-        )
+    let when = match (data.gone, finished(data)) {
+        (true, _) => "Last seen",
+        (false, true) => "At the end",
+        (false, false) => "Now",
+    };
+    let (workers, so_far) = if finished(data) {
+        ("its workers given back".to_string(), "")
     } else {
         (
-            if data.gone { "Last seen" } else { "Now" },
             format!(
                 "{} of {} workers ready, {} active in the generation",
                 int(now.workers_ready),
