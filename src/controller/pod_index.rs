@@ -184,8 +184,10 @@ pub struct RunPod {
 #[serde(rename_all = "camelCase")]
 pub struct WatchedPodStatus {
     pub phase: Option<String>,
-    pub init_container_statuses: Option<Vec<WatchedContainer>>,
-    pub container_statuses: Option<Vec<WatchedContainer>>,
+    /// Boxed slices, not `Vec`s: a `Vec` parsed from a list keeps room for four containers
+    /// (4.3 MiB of spare room at 10,000 one-container pods, bench S with heaptrack).
+    pub init_container_statuses: Option<Box<[WatchedContainer]>>,
+    pub container_statuses: Option<Box<[WatchedContainer]>>,
     /// The scheduler's message while it cannot place the pod (its `PodScheduled` condition is
     /// False, reason `Unschedulable`); the pod's other conditions are not kept.
     #[serde(default, rename = "conditions", deserialize_with = "unschedulable")]
