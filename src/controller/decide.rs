@@ -21,8 +21,8 @@ use std::time::Duration;
 pub fn redis_readable(run: &AbcRun, view: &ClusterView, password: &Password) -> bool {
     password.value.is_some()
         && password.problem.is_none()
-        && (run.spec.redis.external.is_some() || deployment_ready(view.redis.as_ref()))
-        && !master_state(view.master_job.as_ref()).is_finished()
+        && (run.spec.redis.external.is_some() || deployment_ready(view.redis.as_deref()))
+        && !master_state(view.master_job.as_deref()).is_finished()
 }
 
 /// What one reconcile does, and what it saw for the status.
@@ -74,7 +74,7 @@ pub fn decide(
         .collect();
     let clear_stale_lock = owned.master_job.is_some()
         && snapshot.is_some_and(|s| s.analysis_id.is_some())
-        && master_down_before_retry(view.master_job.as_ref());
+        && master_down_before_retry(view.master_job.as_deref());
     Ok(Plan {
         owned,
         request_stop,

@@ -66,9 +66,9 @@ status:
 /// A run whose managed Redis and workers are up and whose master is sampling.
 fn running_view() -> ClusterView {
     ClusterView {
-        workers: Some(deployment("gaussian-workers", 3)),
-        redis: Some(deployment("gaussian-redis", 1)),
-        master_job: Some(master_job("{active: 1}")),
+        workers: Some(deployment("gaussian-workers", 3).into()),
+        redis: Some(deployment("gaussian-redis", 1).into()),
+        master_job: Some(master_job("{active: 1}").into()),
         results_claim: None,
         pods: RunPods {
             workers: vec![
@@ -205,9 +205,9 @@ fn a_run_asked_to_stop_asks_its_master_once_and_keeps_its_workers_until_the_anal
         "its master still stores and prints after the analysis"
     );
     let ended_view = ClusterView {
-        master_job: Some(master_job(
-            "{succeeded: 1, conditions: [{type: Complete, status: 'True'}]}",
-        )),
+        master_job: Some(
+            master_job("{succeeded: 1, conditions: [{type: Complete, status: 'True'}]}").into(),
+        ),
         ..running_view()
     };
     let ended = plan(
@@ -307,7 +307,7 @@ fn a_stopping_run_lets_ended_workers_go_instead_of_replacing_them() {
 fn the_lock_of_a_dead_master_is_cleared_only_between_its_failure_and_its_retry() {
     let run = run(MANAGED);
     let with_job = |status: &str| ClusterView {
-        master_job: Some(master_job(status)),
+        master_job: Some(master_job(status).into()),
         ..running_view()
     };
     let redis = in_generation(0, vec![]);
@@ -327,9 +327,9 @@ fn a_finished_master_frees_the_workers_and_its_redis_is_not_read() {
     // The status a reconcile wrote when it saw the Job complete.
     let run = in_phase(run(MANAGED), crate::api::Phase::Succeeded);
     let view = ClusterView {
-        master_job: Some(master_job(
-            "{succeeded: 1, conditions: [{type: Complete, status: 'True'}]}",
-        )),
+        master_job: Some(
+            master_job("{succeeded: 1, conditions: [{type: Complete, status: 'True'}]}").into(),
+        ),
         ..running_view()
     };
     assert!(!redis_readable(&run, &view, &password()));

@@ -12,16 +12,18 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::jiff::Timestamp;
+use std::sync::Arc;
 
-/// The run's objects and pods as the caches hold them.
+/// The run's objects and pods as the caches hold them, shared with the caches: a reconcile
+/// copies none of them.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterView {
-    pub workers: Option<Deployment>,
+    pub workers: Option<Arc<Deployment>>,
     /// The managed Redis' Deployment (none for an external Redis).
-    pub redis: Option<Deployment>,
-    pub master_job: Option<Job>,
+    pub redis: Option<Arc<Deployment>>,
+    pub master_job: Option<Arc<Job>>,
     /// The results claim the run made, when it makes one.
-    pub results_claim: Option<PersistentVolumeClaim>,
+    pub results_claim: Option<Arc<PersistentVolumeClaim>>,
     pub pods: RunPods,
 }
 
@@ -167,7 +169,7 @@ pub fn observe(
         .unwrap_or_default();
     let mut observed = Observed {
         // An external Redis is ready when it answers (below).
-        redis_ready: owned.redis_deployment.is_none() || deployment_ready(view.redis.as_ref()),
+        redis_ready: owned.redis_deployment.is_none() || deployment_ready(view.redis.as_deref()),
         redis_problem: password.problem.clone(),
         workers_replicas: worker_status.replicas.unwrap_or(0),
         workers_ready: worker_status.ready_replicas.unwrap_or(0),
@@ -181,17 +183,17 @@ pub fn observe(
         master: owned
             .master_job
             .as_ref()
-            .map(|_| master_state(view.master_job.as_ref())),
+            .map(|_| master_state(view.master_job.as_deref())),
         progress: None,
         lost_workers: run.status.as_ref().map(|s| s.lost_workers).unwrap_or(0),
         worker_pod_problem: pod_problem(&view.pods.workers, now)
-            .or_else(|| creation_problem(view.workers.as_ref())),
+            .or_else(|| creation_problem(view.workers.as_deref())),
         master_pod_problem: owned
             .master_job
             .as_ref()
             .and_then(|_| pod_problem(&view.pods.master, now)),
         redis_pod_problem: owned.redis_deployment.as_ref().and_then(|_| {
-            pod_problem(&view.pods.redis, now).or_else(|| creation_problem(view.redis.as_ref()))
+            pod_problem(&view.pods.redis, now).or_else(|| creation_problem(view.redis.as_deref()))
         }),
         resumed: None,
         redis_run_id: None,

@@ -17,9 +17,8 @@ use super::{apply, decide, pod_problems};
 use crate::api::{AbcRun, AbcRunStatus, FIELD_MANAGER, Phase, SecretKeyRef};
 use crate::protocol;
 use crate::resources;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -365,9 +364,7 @@ async fn store_records(
 
 /// The run's objects and pods in the caches.
 fn view_of(run: &AbcRun, caches: &Caches, namespace: &str) -> ClusterView {
-    let deployment = |name: String| {
-        owned::get(&caches.owned.deployments, namespace, &name).map(|d| Deployment::clone(&d))
-    };
+    let deployment = |name: String| owned::get(&caches.owned.deployments, namespace, &name);
     ClusterView {
         workers: deployment(resources::workers_deployment_name(run)),
         redis: run
@@ -377,23 +374,17 @@ fn view_of(run: &AbcRun, caches: &Caches, namespace: &str) -> ClusterView {
             .is_none()
             .then(|| deployment(resources::redis_deployment_name(run)))
             .flatten(),
-        master_job: run
-            .spec
-            .master
-            .as_ref()
-            .and_then(|_| {
-                owned::get(
-                    &caches.owned.jobs,
-                    namespace,
-                    &resources::master_job_name(run),
-                )
-            })
-            .map(|j| Job::clone(&j)),
+        master_job: run.spec.master.as_ref().and_then(|_| {
+            owned::get(
+                &caches.owned.jobs,
+                namespace,
+                &resources::master_job_name(run),
+            )
+        }),
         results_claim: resources::results_claim(run)
             .ok()
             .flatten()
-            .and_then(|claim| owned::get(&caches.owned.claims, namespace, &claim.name_any()))
-            .map(|c| PersistentVolumeClaim::clone(&c)),
+            .and_then(|claim| owned::get(&caches.owned.claims, namespace, &claim.name_any())),
         pods: caches.run_pods(run),
     }
 }

@@ -983,7 +983,7 @@ mod tests {
         )
         .unwrap();
         let view = ClusterView {
-            results_claim: Some(claim),
+            results_claim: Some(claim.into()),
             ..ClusterView::default()
         };
         let owned =
