@@ -349,8 +349,7 @@ class LiveRun:
         self.master = None
         self.workers = {}  # pod name -> Popen
         self.generations = []  # (monotonic time first seen in Redis, generation)
-        self.recorded = 0  # generation records pushed to its list
-        self.pushed_at = []  # monotonic time of each push
+        self.pushed_at = []  # monotonic time of each generation record pushed to its list
         self.seed = int(name.rsplit("-", 1)[1])  # of its records' particles
 
 
@@ -493,10 +492,9 @@ class RedisPoller(threading.Thread):
 
     def record(self, run: LiveRun, gen: int):
         try:
-            while run.recorded < gen:
+            while len(run.pushed_at) < gen:
                 run.client.rpush(KEYS["generations"],
-                                 generation_record(run.recorded, POPULATION, run.seed))
-                run.recorded += 1
+                                 generation_record(len(run.pushed_at), POPULATION, run.seed))
                 run.pushed_at.append(time.monotonic())
         except redis.RedisError as err:
             self.error = err
@@ -557,17 +555,18 @@ class Controller:
         """Metric series labelled with a run: what a deleted run must not leave behind."""
         return sum(1 for line in self.metrics().splitlines() if 'run="' in line)
 
-    def reconciles(self):
+    def sample(self, name):
+        """The value of an unlabelled metric, or None."""
         for line in self.metrics().splitlines():
-            if line.startswith("abc_operator_reconciles_total "):
-                return int(float(line.split()[1]))
-        return 0
-
-    def remembered_runs(self):
-        for line in self.metrics().splitlines():
-            if line.startswith("abc_operator_remembered_runs "):
+            if line.startswith(name + " "):
                 return int(float(line.split()[1]))
         return None
+
+    def reconciles(self):
+        return self.sample("abc_operator_reconciles_total") or 0
+
+    def remembered_runs(self):
+        return self.sample("abc_operator_remembered_runs")
 
     def stop(self):
         self.children.stop(self.proc)
